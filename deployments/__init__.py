@@ -1,0 +1,1 @@
+"""Ray Serve deployment classes. Undecorated: serve_apps builders wrap them with serve.deployment()."""

@@ -1,0 +1,151 @@
+"""The protocol every model deployment implements, and the per-job context it gets.
+
+The router calls `run(job_id, params, attempt)` on a model deployment handle. A model implements
+`infer(params, ctx)` (sync or async); `ctx.progress(...)` publishes events to the job's Redis stream
+and `ctx.check_cancelled()` stops work between steps when the job was cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from gpu_orchestrator import workers
+from gpu_orchestrator.events import EventBus
+
+log = logging.getLogger("gpu_orchestrator.models")
+
+
+class JobCancelled(Exception):
+    """Raised inside a model between steps when the job's cancel flag is set."""
+
+
+class JobContext:
+    def __init__(self, bus: EventBus | None, job_id: str, attempt: int):
+        self.bus = bus
+        self.job_id = job_id
+        self.attempt = attempt
+        self._last_cancel_check = 0.0
+        self._cancelled = False
+
+    def progress(self, **data: Any) -> None:
+        if self.bus is not None:
+            self.bus.publish(self.job_id, "progress", attempt=self.attempt, **data)
+
+    def cancelled(self) -> bool:
+        # Rate-limited: a model may call this every step; Redis is asked at most 20 times a second.
+        now = time.monotonic()
+        if not self._cancelled and self.bus is not None and now - self._last_cancel_check > 0.05:
+            self._last_cancel_check = now
+            self._cancelled = self.bus.is_cancelled(self.job_id)
+        return self._cancelled
+
+    def check_cancelled(self) -> None:
+        if self.cancelled():
+            raise JobCancelled(f"job {self.job_id} cancelled")
+
+
+class ModelDeployment:
+    """Base class: state, load time and health for `GET /v1/workers`; the job entry point."""
+
+    model_name = "model"
+    synthetic = False
+
+    def __init__(self, *, redis_url: str | None = None, vram_gb: float = 0.0):
+        self._bus = EventBus(redis_url) if redis_url else None
+        self.declared_vram_gb = vram_gb
+        self.state = "loading"
+        self.load_error: str | None = None
+        self.load_time_s: float | None = None
+        self.jobs_done = 0
+        self.busy = 0
+        self.last_used = None  # wall-clock time of the last finished job
+        self._deployment, self._replica_id = _replica_identity(self.model_name)
+        self._stop = threading.Event()
+        if self._bus is not None:
+            threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
+        t0 = time.perf_counter()
+        try:
+            self.load()
+        except Exception as e:
+            self.state = "failed"
+            self.load_error = f"{self.model_name} failed to load: {type(e).__name__}: {e}"
+            raise
+        self.load_time_s = time.perf_counter() - t0
+        self.state = "resident"
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                workers.beat(self._bus.r, self._deployment, self._replica_id, self.info())
+            except Exception as e:  # Redis down: heartbeats are best effort
+                log.debug("heartbeat failed: %s", e)
+            self._stop.wait(workers.HEARTBEAT_S)
+
+    def __del__(self) -> None:
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
+
+    def load(self) -> None:
+        """Load weights. Subclasses override; runs once in the replica's constructor."""
+
+    def infer(self, params: dict[str, Any], ctx: JobContext) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    async def run(self, job_id: str, params: dict[str, Any], attempt: int = 1) -> Any:
+        ctx = JobContext(self._bus, job_id, attempt)
+        self.busy += 1
+        try:
+            if inspect.iscoroutinefunction(self.infer):
+                return await self.infer(params, ctx)
+            return await asyncio.to_thread(self.infer, params, ctx)
+        finally:
+            self.busy -= 1
+            self.jobs_done += 1
+            self.last_used = time.time()
+
+    def info(self) -> dict[str, Any]:
+        vram = None
+        try:
+            import torch  # optional: only models that use torch have it
+
+            if torch.cuda.is_available():
+                vram = torch.cuda.memory_reserved() / 2**30
+        except ImportError:
+            pass
+        return {
+            "model": self.model_name,
+            "deployment": self._deployment,
+            "replica_id": self._replica_id,
+            "synthetic": self.synthetic,
+            "state": "busy" if self.busy else self.state,
+            "pid": os.getpid(),
+            "node": os.uname().nodename,
+            "load_time_s": self.load_time_s,
+            "vram_declared_gb": self.declared_vram_gb,
+            "vram_held_gb": vram,
+            "jobs_done": self.jobs_done,
+            "in_flight": self.busy,
+            "last_used": self.last_used,
+        }
+
+    def check_health(self) -> None:
+        if self.load_error:
+            raise RuntimeError(self.load_error)
+
+
+def _replica_identity(default: str) -> tuple[str, str]:
+    """(deployment name, replica id) inside Serve; (default, pid) outside it (unit tests)."""
+    try:
+        from ray import serve
+
+        ctx = serve.get_replica_context()
+        return ctx.deployment, ctx.replica_id.unique_id
+    except Exception:
+        return default, str(os.getpid())

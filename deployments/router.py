@@ -1,0 +1,353 @@
+"""The router deployment: job intake over HTTP (FastAPI ingress) and Python handle methods, job
+state in Postgres, events over Redis, and the dispatcher that feeds the model deployments.
+
+Undecorated: serve_apps.orchestrator wraps it with serve.ingress(app) and serve.deployment(...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Header, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from gpu_orchestrator.config import OrchestratorConfig, parse_config
+from gpu_orchestrator.events import AsyncEventBus, Event
+from gpu_orchestrator.jobs import Job, JobStatus
+from gpu_orchestrator.registry import AppSpec, validate_params
+from gpu_orchestrator.store import JobStore
+from gpu_orchestrator import workers as worker_beats
+
+from .dispatcher import Dispatcher
+from .http_errors import ApiError, BodyLimit, install
+
+log = logging.getLogger("gpu_orchestrator.router")
+
+_limits = {"max_body_bytes": 1_048_576}
+app = FastAPI(
+    title="GPU Orchestrator",
+    description="Jobs for many AI models on shared GPUs. Submit, watch progress (SSE), cancel.",
+    version="0.1.0",
+)
+app.add_middleware(BodyLimit, limit=lambda: _limits["max_body_bytes"])
+install(app)
+
+
+class SubmitRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    app_id: str = Field(description="id of an app from GET /v1/apps", min_length=1, max_length=64)
+    params: dict[str, Any] = Field(default_factory=dict, description="validated against the app's parameter schema")
+    priority: int = Field(default=0, ge=-100, le=100, description="higher runs first within an app's queue")
+
+
+class SubmitResponse(BaseModel):
+    job_id: str
+    status: str
+
+
+JobId = Annotated[uuid.UUID, "a job id (UUID)"]
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
+
+
+class _Metrics:
+    """Counters and a gauge through ray.serve.metrics, so they show in Ray's Prometheus endpoint."""
+
+    def __init__(self) -> None:
+        from ray.serve import metrics
+
+        tags = ("app_id",)
+        self.submitted = metrics.Counter("gpu_orch_jobs_submitted", description="jobs accepted", tag_keys=tags)
+        self.succeeded = metrics.Counter("gpu_orch_jobs_succeeded", description="jobs succeeded", tag_keys=tags)
+        self.failed = metrics.Counter("gpu_orch_jobs_failed", description="jobs failed", tag_keys=tags)
+        self.cancelled = metrics.Counter("gpu_orch_jobs_cancelled", description="jobs cancelled", tag_keys=tags)
+        self.queue_depth = metrics.Gauge("gpu_orch_queue_depth", description="queued jobs per app", tag_keys=tags)
+
+    def finished(self, app_id: str, status: str) -> None:
+        counter = {"succeeded": self.succeeded, "failed": self.failed, "cancelled": self.cancelled}[status]
+        counter.inc(tags={"app_id": app_id})
+
+
+class Router:
+    def __init__(self, config: dict[str, Any], models: dict[str, Any], database_url: str, redis_url: str):
+        self.cfg: OrchestratorConfig = parse_config(config)
+        _limits["max_body_bytes"] = self.cfg.router.max_body_bytes
+        self.apps: dict[str, AppSpec] = {a.id: a for a in self.cfg.apps}
+        self.store = JobStore.connect(database_url)
+        self.bus = AsyncEventBus(redis_url)
+        self.models = models
+        self.metrics = _Metrics()
+        self.owner = f"router:{_replica_id()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.dispatcher = Dispatcher(
+            cfg=self.cfg, store=self.store, bus=self.bus, models=models, owner=self.owner, on_finished=self.metrics.finished
+        )
+        self._started = False
+        try:
+            asyncio.get_running_loop()
+            self._ensure_started()
+        except RuntimeError:
+            pass  # no loop yet: started on the first request or handle call
+
+    def _ensure_started(self) -> None:
+        if not self._started:
+            self._started = True
+            self.dispatcher.start()
+            asyncio.get_running_loop().create_task(self._gauge_loop())
+
+    async def _gauge_loop(self) -> None:
+        while True:
+            stats = self.dispatcher.queue_stats
+            for app_id in self.apps:
+                s = stats.get(app_id)
+                self.metrics.queue_depth.set(s.queued if s else 0, tags={"app_id": app_id})
+            await asyncio.sleep(2.0)
+
+    # -- core operations (shared by HTTP and handle methods) --------------------------------------
+
+    async def _submit(self, app_id: str, params: Any, priority: int = 0, idempotency_key: str | None = None) -> tuple[Job, bool]:
+        self._ensure_started()
+        spec = self.apps.get(app_id)
+        if spec is None:
+            raise ApiError(422, "unknown_app", f"unknown app {app_id!r} (known: {sorted(self.apps)})", field="app_id")
+        clean = validate_params(spec, params)
+        job, created = await asyncio.to_thread(
+            self.store.submit,
+            app_id=app_id,
+            params=clean,
+            priority=priority,
+            max_attempts=spec.max_attempts,
+            timeout_s=spec.timeout_s,
+            idempotency_key=idempotency_key,
+            max_queued=spec.max_queued,
+        )
+        if created:
+            self.metrics.submitted.inc(tags={"app_id": app_id})
+            try:
+                await self.bus.publish(job.id, "status", status="queued")
+            except Exception as e:
+                log.warning("could not publish queued event: %s", e)
+            self.dispatcher.poke()
+        return job, created
+
+    async def _get(self, job_id: uuid.UUID) -> Job:
+        return await asyncio.to_thread(self.store.get, job_id)
+
+    async def _cancel(self, job_id: uuid.UUID) -> Job:
+        self._ensure_started()
+        job, prev = await asyncio.to_thread(self.store.cancel, job_id)
+        self.metrics.finished(job.app_id, "cancelled")
+        if prev == JobStatus.running:
+            # The model checks this flag between steps; the replica holding it also cancels the request.
+            await self.bus.request_cancel(job_id)
+            self.dispatcher.cancel_local(job_id)
+        await self.bus.publish(job_id, "status", status="cancelled")
+        return job
+
+    # -- HTTP ---------------------------------------------------------------------------------------
+
+    @app.post("/v1/jobs", status_code=202, response_model=SubmitResponse, tags=["jobs"])
+    async def http_submit(self, req: SubmitRequest, idempotency_key: IdempotencyKey = None) -> Any:
+        job, created = await self._submit(req.app_id, req.params, req.priority, idempotency_key)
+        payload = {"job_id": str(job.id), "status": job.status.value}
+        return payload if created else JSONResponse(status_code=200, content=payload)
+
+    @app.get("/v1/jobs/{job_id}", tags=["jobs"])
+    async def http_get(self, job_id: uuid.UUID) -> dict[str, Any]:
+        return (await self._get(job_id)).to_api()
+
+    @app.get("/v1/jobs", tags=["jobs"])
+    async def http_list(
+        self,
+        app_id: str | None = None,
+        status: JobStatus | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        try:
+            jobs, nxt = await asyncio.to_thread(self.store.list, app_id=app_id, status=status, limit=limit, cursor=cursor)
+        except ValueError as e:
+            raise ApiError(422, "invalid_request", str(e), field="cursor") from None
+        return {"jobs": [j.to_api() for j in jobs], "next_cursor": nxt}
+
+    @app.delete("/v1/jobs/{job_id}", tags=["jobs"])
+    async def http_cancel(self, job_id: uuid.UUID) -> dict[str, Any]:
+        return (await self._cancel(job_id)).to_api()
+
+    @app.get("/v1/jobs/{job_id}/events", tags=["jobs"])
+    async def http_events(
+        self,
+        job_id: uuid.UUID,
+        last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    ) -> StreamingResponse:
+        """Server-Sent Events: progress and status; resume with the Last-Event-ID header."""
+        await self._get(job_id)  # 404 before the stream starts
+        after = last_event_id or "0-0"
+        if not _valid_stream_id(after):
+            raise ApiError(422, "invalid_request", "Last-Event-ID is not an event id from this stream", field="Last-Event-ID")
+        return StreamingResponse(self._sse(job_id, after), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def _sse(self, job_id: uuid.UUID, after: str):
+        last = after
+        async for ev in self.bus.tail(job_id, after, block_ms=2_000):
+            if ev is not None:
+                last = ev.id
+                yield ev.to_sse()
+                if ev.terminal:
+                    return
+                continue
+            # Idle: the terminal event may have been lost with Redis; Postgres has the truth.
+            job = await self._get(job_id)
+            if job.status.terminal:
+                data = {"status": job.status.value, "result": job.result, "error": job.error, "source": "database"}
+                yield Event(id=last, type="status", data=data).to_sse()
+                return
+            yield ": keep-alive\n\n"
+
+    @app.get("/v1/apps", tags=["apps"])
+    async def http_apps(self) -> dict[str, Any]:
+        return {"apps": [a.model_dump(mode="json") for a in self.cfg.apps]}
+
+    @app.get("/v1/workers", tags=["workers"])
+    async def http_workers(self) -> dict[str, Any]:
+        return {"models": await self._workers()}
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz(self) -> JSONResponse:
+        checks: dict[str, str] = {}
+        try:
+            await asyncio.to_thread(self._db_ping)
+            checks["database"] = "ok"
+        except Exception as e:
+            checks["database"] = f"error: {e}"
+        try:
+            await self.bus.ping()
+            checks["redis"] = "ok"
+        except Exception as e:
+            checks["redis"] = f"error: {e}"
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse(status_code=200 if ok else 503, content={"status": "ok" if ok else "degraded", **checks})
+
+    def _db_ping(self) -> None:
+        import sqlalchemy as sa
+
+        with self.store.engine.connect() as c:
+            c.execute(sa.text("SELECT 1"))
+
+    # Seed-compatible aliases (the original Go orchestrator's shapes).
+    @app.post("/submit", status_code=202, tags=["seed-compatible"])
+    async def seed_submit(self, req: SubmitRequest, idempotency_key: IdempotencyKey = None) -> dict[str, Any]:
+        job, _ = await self._submit(req.app_id, req.params, req.priority, idempotency_key)
+        return {"job_id": str(job.id), "status": job.status.value}
+
+    @app.get("/status/{job_id}", tags=["seed-compatible"])
+    async def seed_status(self, job_id: uuid.UUID) -> dict[str, Any]:
+        j = (await self._get(job_id)).to_api()
+        return {k: j[k] for k in ("job_id", "app_id", "status", "result", "error", "created_at", "finished_at")}
+
+    @app.get("/workers", tags=["seed-compatible"])
+    async def seed_workers(self) -> dict[str, Any]:
+        out = []
+        for m in await self._workers():
+            for r in m["replicas"]:
+                for app_id in m["apps"]:
+                    out.append({"worker_id": r["replica_id"], "app_id": app_id, "status": r["state"],
+                                "last_heartbeat": r.get("last_heartbeat")})
+        return {"count": len(out), "workers": out}
+
+    async def _workers(self) -> list[dict[str, Any]]:
+        beats = await worker_beats.read_all(self.bus.r)
+        serve_states = await asyncio.to_thread(_serve_replica_states)
+        stats = await asyncio.to_thread(self.store.queue_stats)
+        out = []
+        for name, spec in self.cfg.models.items():
+            apps = [a.id for a in self.cfg.apps if a.deployment == name]
+            replicas = [b for b in beats if b.get("deployment") == name]
+            out.append({
+                "deployment": name,
+                "impl": spec.impl,
+                "synthetic": any(self.apps[a].synthetic for a in apps),
+                "apps": apps,
+                "target_replicas": spec.num_replicas,
+                "replica_states": serve_states.get(name, {}),
+                "replicas": replicas,
+                "queued": sum(stats[a].queued for a in apps if a in stats),
+                "running": sum(stats[a].running for a in apps if a in stats),
+                "vram_declared_gb": max((self.apps[a].vram_gb for a in apps), default=0.0),
+            })
+        return out
+
+    # -- Python handle methods --------------------------------------------------------------------
+
+    async def submit(self, app_id: str, params: dict[str, Any] | None = None, priority: int = 0,
+                     idempotency_key: str | None = None) -> dict[str, Any]:
+        job, _ = await self._submit(app_id, params or {}, priority, idempotency_key)
+        return job.to_api()
+
+    async def get(self, job_id: str | uuid.UUID) -> dict[str, Any]:
+        return (await self._get(_uuid(job_id))).to_api()
+
+    async def cancel(self, job_id: str | uuid.UUID) -> dict[str, Any]:
+        return (await self._cancel(_uuid(job_id))).to_api()
+
+    async def wait(self, job_id: str | uuid.UUID, timeout_s: float = 600.0) -> dict[str, Any]:
+        """Block until the job is terminal (or timeout_s passes) and return it."""
+        jid = _uuid(job_id)
+        deadline = time.monotonic() + timeout_s
+        job = await self._get(jid)
+        async for ev in self.bus.tail(jid, "0-0", block_ms=500):
+            if (ev is not None and ev.terminal) or ev is None or time.monotonic() > deadline:
+                job = await self._get(jid)
+                if job.status.terminal or time.monotonic() > deadline:
+                    break
+        return job.to_api()
+
+    def owner_id(self) -> str:
+        return self.owner
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def _uuid(v: str | uuid.UUID) -> uuid.UUID:
+    if isinstance(v, uuid.UUID):
+        return v
+    try:
+        return uuid.UUID(str(v))
+    except ValueError:
+        raise ValueError(f"job_id {v!r} is not a UUID") from None
+
+
+def _valid_stream_id(s: str) -> bool:
+    a, _, b = s.partition("-")
+    return a.isdigit() and (b == "" or b.isdigit())
+
+
+def _replica_id() -> str:
+    try:
+        from ray import serve
+
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:
+        return "local"
+
+
+def _serve_replica_states() -> dict[str, dict[str, int]]:
+    """Per deployment name: replica counts by state, from Serve's own status."""
+    try:
+        from ray import serve
+
+        out: dict[str, dict[str, int]] = {}
+        for app_status in serve.status().applications.values():
+            for name, d in app_status.deployments.items():
+                out[name] = {str(k.value if hasattr(k, "value") else k): v for k, v in d.replica_states.items()}
+        return out
+    except Exception as e:
+        log.debug("serve.status() failed: %s", e)
+        return {}

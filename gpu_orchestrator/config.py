@@ -1,0 +1,109 @@
+"""The orchestrator application's arguments (serve_config.yaml `args`), validated at build time.
+
+Pure: no Ray import. `load_runtime_env` is the only function that touches the filesystem.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .registry import AppKind, AppSpec, format_pydantic_error
+
+
+class ConfigError(ValueError):
+    """Invalid orchestrator config; the message names every bad field."""
+
+
+class ModelSpec(BaseModel):
+    """One model deployment: which class runs it and with what resources and environment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    impl: str = Field(description="import path of the undecorated deployment class, module:Class")
+    init: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the class")
+    num_replicas: int = Field(default=1, ge=0)
+    num_cpus: float = Field(default=0.1, ge=0)
+    num_gpus: float = Field(default=0.0, ge=0)
+    max_ongoing_requests: int = Field(default=8, ge=1)
+    # Path (relative to the config file's directory or the CWD) of a runtime_envs/*.yaml, or inline.
+    runtime_env: str | dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _impl(self) -> "ModelSpec":
+        if ":" not in self.impl:
+            raise ValueError(f"impl {self.impl!r} must be 'module:Class'")
+        return self
+
+
+class RouterSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    num_replicas: int = Field(default=1, ge=1)
+    num_cpus: float = Field(default=0.1, ge=0)
+    max_ongoing_requests: int = Field(default=1000, ge=1)
+    # A claimed job's lease; the dispatcher renews it every lease_s/3. A router that dies holding
+    # jobs loses them to another replica (or its restarted self) once the lease expires.
+    lease_s: float = Field(default=30.0, gt=0)
+    # How often an idle dispatcher looks for work submitted to other router replicas.
+    poll_interval_s: float = Field(default=0.5, gt=0)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+
+
+class OrchestratorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    apps: list[AppSpec]
+    models: dict[str, ModelSpec] = Field(default_factory=dict)
+    router: RouterSpec = Field(default_factory=RouterSpec)
+    # Overrides for URLs otherwise taken from the environment (DATABASE_URL / REDIS_URL).
+    database_url: str | None = None
+    redis_url: str | None = None
+
+    @model_validator(mode="after")
+    def _cross(self) -> "OrchestratorConfig":
+        ids: set[str] = set()
+        problems = []
+        for i, app in enumerate(self.apps):
+            if app.id in ids:
+                problems.append(f"apps[{i}].id: duplicate app id {app.id!r}")
+            ids.add(app.id)
+            if app.kind == AppKind.local and app.deployment not in self.models:
+                problems.append(
+                    f"apps[{i}].deployment: {app.deployment!r} is not a model in 'models' "
+                    f"(known: {sorted(self.models)})"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def app(self, app_id: str) -> AppSpec | None:
+        return next((a for a in self.apps if a.id == app_id), None)
+
+
+def parse_config(args: dict[str, Any]) -> OrchestratorConfig:
+    try:
+        return OrchestratorConfig.model_validate(args)
+    except ValidationError as e:
+        raise ConfigError("invalid orchestrator config:\n" + format_pydantic_error(e, "args")) from None
+
+
+def load_runtime_env(spec: str | dict[str, Any] | None, base_dir: Path | None = None) -> dict[str, Any] | None:
+    """Resolve a model's runtime_env: inline dict as is, or a YAML file path."""
+    if spec is None or isinstance(spec, dict):
+        return spec
+    candidates = [Path(spec)]
+    if base_dir is not None:
+        candidates.insert(0, base_dir / spec)
+    here = Path(__file__).resolve().parent.parent
+    candidates.append(here / spec)
+    for path in candidates:
+        if path.is_file():
+            data = yaml.safe_load(path.read_text()) or {}
+            if not isinstance(data, dict):
+                raise ConfigError(f"runtime_env file {path}: expected a mapping")
+            return data
+    raise ConfigError(f"runtime_env file {spec!r} not found (looked in {[str(c) for c in candidates]})")

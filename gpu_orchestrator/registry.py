@@ -1,0 +1,200 @@
+"""The app registry: what apps exist, which model deployment serves each, and their parameter schemas.
+
+Pure: pydantic models and validation only, no I/O. Errors name the offending field.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ParamType = Literal["string", "integer", "number", "boolean", "enum", "file"]
+_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+class AppKind(str, Enum):
+    local = "local"
+    modal = "modal"
+    replicate = "replicate"
+
+
+class ParamSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    type: ParamType = "string"
+    description: str = ""
+    required: bool = False
+    default: Any = None
+    minimum: float | None = None
+    maximum: float | None = None
+    multiple_of: int | None = None
+    choices: list[Any] | None = None
+    max_length: int | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "ParamSpec":
+        if self.type == "enum" and not self.choices:
+            raise ValueError(f"parameter {self.name!r}: type enum needs 'choices'")
+        if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
+            raise ValueError(f"parameter {self.name!r}: minimum {self.minimum} > maximum {self.maximum}")
+        if self.default is not None:
+            try:
+                self.default = coerce_value(self, self.default)
+            except ParamError as e:
+                raise ValueError(f"parameter {self.name!r}: default {e.message}") from None
+        return self
+
+
+class AppSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    name: str = ""
+    description: str = ""
+    kind: AppKind = AppKind.local
+    deployment: str = Field(description="name of the model deployment (in `models`) that runs this app")
+    vram_gb: float = Field(default=0.0, ge=0)
+    num_gpus: float = Field(default=0.0, ge=0)
+    parameters: list[ParamSpec] = Field(default_factory=list)
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    timeout_s: float = Field(default=600.0, gt=0)
+    # Backpressure: submits beyond this many queued jobs answer 429 with Retry-After.
+    max_queued: int = Field(default=10_000, ge=1)
+    # Jobs of this app handed to its model deployment at once, across all router replicas.
+    max_in_flight: int = Field(default=4, ge=1)
+    synthetic: bool = Field(default=False, description="a synthetic stand-in model, not a real one")
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not _ID_RE.match(v):
+            raise ValueError("must be lowercase letters, digits, '-', '_' or '.', at most 64 characters")
+        return v
+
+    @model_validator(mode="after")
+    def _names(self) -> "AppSpec":
+        if not self.name:
+            self.name = self.id
+        seen: set[str] = set()
+        for p in self.parameters:
+            if p.name in seen:
+                raise ValueError(f"duplicate parameter {p.name!r}")
+            seen.add(p.name)
+        return self
+
+    def param(self, name: str) -> ParamSpec | None:
+        return next((p for p in self.parameters if p.name == name), None)
+
+
+class ParamError(ValueError):
+    """One invalid parameter; `field` is its dotted path as the user sent it (params.width)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class ParamsInvalid(ValueError):
+    def __init__(self, errors: list[ParamError]):
+        super().__init__("; ".join(str(e) for e in errors))
+        self.errors = errors
+
+
+def _num_from_str(spec: ParamSpec, value: str) -> float:
+    try:
+        return float(value.strip())
+    except ValueError:
+        raise ParamError(spec.name, f"expected {spec.type}, got string {value!r}") from None
+
+
+def coerce_value(spec: ParamSpec, value: Any) -> Any:
+    """Check one value against its spec; numeric strings are coerced (the seed sends "1024")."""
+    t = spec.type
+    if t in ("integer", "number"):
+        if isinstance(value, bool):
+            raise ParamError(spec.name, f"expected {t}, got boolean")
+        if isinstance(value, str):
+            value = _num_from_str(spec, value)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ParamError(spec.name, f"expected {t}, got {type(value).__name__} {value!r}")
+        if t == "integer":
+            if isinstance(value, float) and not value.is_integer():
+                raise ParamError(spec.name, f"expected integer, got {value!r}")
+            value = int(value)
+        else:
+            value = float(value)
+        if spec.minimum is not None and value < spec.minimum:
+            raise ParamError(spec.name, f"{value} is below the minimum {_fmt(spec.minimum)}")
+        if spec.maximum is not None and value > spec.maximum:
+            raise ParamError(spec.name, f"{value} is above the maximum {_fmt(spec.maximum)}")
+        if spec.multiple_of and int(value) % spec.multiple_of:
+            raise ParamError(spec.name, f"{value} is not a multiple of {spec.multiple_of}")
+        return value
+    if t == "boolean":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+            return value.strip().lower() in ("true", "1")
+        raise ParamError(spec.name, f"expected boolean, got {type(value).__name__} {value!r}")
+    if t == "enum":
+        if value in spec.choices:  # type: ignore[operator]
+            return value
+        raise ParamError(spec.name, f"{value!r} is not one of {spec.choices}")
+    # string and file (a URL or artifact reference) are both strings
+    if not isinstance(value, str):
+        raise ParamError(spec.name, f"expected string, got {type(value).__name__}")
+    if spec.max_length is not None and len(value) > spec.max_length:
+        raise ParamError(spec.name, f"length {len(value)} exceeds max_length {spec.max_length}")
+    return value
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def validate_params(app: AppSpec, params: Any) -> dict[str, Any]:
+    """Validate and normalise job params against the app's schema; defaults filled in.
+
+    Raises ParamsInvalid listing every bad field (unknown, missing, wrong type, out of range).
+    """
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise ParamsInvalid([ParamError("params", f"expected an object, got {type(params).__name__}")])
+    errors: list[ParamError] = []
+    out: dict[str, Any] = {}
+    known = {p.name for p in app.parameters}
+    for name in params:
+        if name not in known:
+            errors.append(ParamError(f"params.{name}", f"unknown parameter for app {app.id!r} (known: {sorted(known)})"))
+    for spec in app.parameters:
+        if spec.name not in params or params[spec.name] is None:
+            if spec.required:
+                errors.append(ParamError(f"params.{spec.name}", "required parameter is missing"))
+            elif spec.default is not None:
+                out[spec.name] = spec.default
+            continue
+        try:
+            out[spec.name] = coerce_value(spec, params[spec.name])
+        except ParamError as e:
+            errors.append(ParamError(f"params.{spec.name}", e.message))
+    if errors:
+        raise ParamsInvalid(errors)
+    return out
+
+
+def format_pydantic_error(err: ValidationError, prefix: str = "") -> str:
+    """One line per problem, each naming the field path (apps[2].parameters[0].type: ...)."""
+    lines = []
+    for e in err.errors():
+        path = prefix
+        for part in e["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        lines.append(f"{path or '<root>'}: {e['msg']}")
+    return "\n".join(lines)
