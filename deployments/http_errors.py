@@ -56,7 +56,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:
         fields = [{"field": exc.field, "message": exc.message}] if exc.field else None
-        return JSONResponse(status_code=exc.status, content=body(exc.error, exc.message, fields), headers=exc.headers)
+        msg = f"{exc.field}: {exc.message}" if exc.field else exc.message
+        return JSONResponse(status_code=exc.status, content=body(exc.error, msg, fields), headers=exc.headers)
 
     @app.exception_handler(JobNotFound)
     async def _nf(_: Request, exc: JobNotFound) -> JSONResponse:

@@ -1,7 +1,8 @@
 """The router deployment: job intake over HTTP (FastAPI ingress) and Python handle methods, job
 state in Postgres, events over Redis, and the dispatcher that feeds the model deployments.
 
-Undecorated: serve_apps.orchestrator wraps it with serve.ingress(app) and serve.deployment(...).
+`Router` is undecorated; `RouterIngress` is it with the FastAPI ingress, and serve_apps.orchestrator
+wraps that with serve.deployment(...) options from the config.
 """
 
 from __future__ import annotations
@@ -313,6 +314,17 @@ class Router:
 
     def pid(self) -> int:
         return os.getpid()
+
+
+def _ingress() -> type:
+    # Applied at import time, in every process: the class-based-view rewrite of `app`'s routes must
+    # happen where the replica imports this module (a rewrite done in the driver is not pickled).
+    from ray import serve
+
+    return serve.ingress(app)(Router)
+
+
+RouterIngress = _ingress()
 
 
 def _uuid(v: str | uuid.UUID) -> uuid.UUID:

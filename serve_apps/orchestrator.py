@@ -62,11 +62,11 @@ def model_deployments(cfg: OrchestratorConfig, redis_url: str, base_dir: Path | 
 def build_app(args: dict[str, Any]) -> Application:
     cfg = parse_config(args)
     db, redis = resolve_urls(cfg)
-    from deployments.router import Router, app as router_app
+    from deployments.router import RouterIngress
 
     models = model_deployments(cfg, redis)
     router = serve.deployment(
-        serve.ingress(router_app)(Router),
+        RouterIngress,
         name=ROUTER_NAME,
         num_replicas=cfg.router.num_replicas,
         max_ongoing_requests=cfg.router.max_ongoing_requests,

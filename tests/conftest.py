@@ -87,13 +87,25 @@ def embedded_services():
     embedded.stop_postgres(root / "pg")
 
 
+def _make_backend(name: str, request) -> Backend:
+    if name == "external":
+        return Backend("external", EXTERNAL_PG, EXTERNAL_REDIS)
+    pg, rd = request.getfixturevalue("embedded_services")
+    return Backend("embedded", pg, rd)
+
+
 @pytest.fixture(scope="session", params=_backends())
 def backend(request):
-    if request.param == "external":
-        b = Backend("external", EXTERNAL_PG, EXTERNAL_REDIS)
-    else:
-        pg, rd = request.getfixturevalue("embedded_services")
-        b = Backend("embedded", pg, rd)
+    """Parametrised: integration tests run against every backend available."""
+    b = _make_backend(request.param, request)
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="session")
+def serve_backend(request):
+    """One backend for the Ray tests (the machine's services where they run, else embedded)."""
+    b = _make_backend(_backends()[0], request)
     yield b
     b.close()
 
