@@ -155,7 +155,7 @@ class Dispatcher:
         app = self.cfg.app(job.app_id)
         assert app is not None
         attempt = job.attempts
-        await self._publish_status(job.id, "running", attempt=attempt)
+        await self._publish_status(job.id, "running", attempt=attempt, router=self.owner)
         try:
             handle = self.models[app.deployment]
             response = handle.run.remote(str(job.id), job.params, attempt)

@@ -1,0 +1,106 @@
+"""Crashes and concurrency: router replicas killed, model replicas killed, two routers on one queue."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import httpx
+import pytest
+
+from gpu_orchestrator.events import EventBus
+
+from .conftest import wait_healthy, wait_status
+from .test_job_path import submit
+
+pytestmark = pytest.mark.serve
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def replica_pids(deployment: str) -> list[int]:
+    # From the GCS actor table (the state API needs the dashboard, which the tests do not start).
+    import ray._private.state as state
+
+    cls = f"ServeReplica:orchestrator:{deployment}"
+    return [a["Pid"] for a in state.actors().values() if a["ActorClassName"] == cls and a["State"] == "ALIVE"]
+
+
+def kill_replicas(deployment: str) -> int:
+    pids = replica_pids(deployment)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    return len(pids)
+
+
+def wait_replicas_running(http: httpx.Client, deployment: str, n: int, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            models = {m["deployment"]: m for m in http.get("/v1/workers").json()["models"]}
+            if models[deployment]["replica_states"].get("RUNNING") == n and len(replica_pids(deployment)) == n:
+                return
+        except (httpx.HTTPError, KeyError, ValueError):
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{deployment} did not get back to {n} running replicas")
+
+
+def status_events(serve_backend, job_id: str) -> list[dict]:
+    bus = EventBus(serve_backend.redis_url)
+    try:
+        return [e.data for e in bus.read(job_id) if e.type == "status"]
+    finally:
+        bus.close()
+
+
+def test_two_router_replicas_never_dispatch_a_job_twice(http, serve_backend):
+    ids = [submit(http, steps=2, message=f"j{i}") for i in range(40)]
+    owners = set()
+    for job_id in ids:
+        job = wait_status(http, job_id, TERMINAL)
+        assert job["status"] == "succeeded" and job["attempts"] == 1
+        statuses = status_events(serve_backend, job_id)
+        running = [s for s in statuses if s["status"] == "running"]
+        assert len(running) == 1, statuses
+        owners.add(running[0]["router"])
+        assert [s["status"] for s in statuses if s["status"] in TERMINAL] == ["succeeded"]
+    assert len(owners) == 2, f"expected both router replicas to claim work, got {owners}"
+
+
+def test_killing_router_replicas_loses_no_job_and_overwrites_no_result(orchestrator, http, serve_backend):
+    quick = [submit(http, message=f"q{i}") for i in range(4)]
+    slow = [submit(http, delay_s=3, steps=3, message=f"s{i}") for i in range(6)]
+    backlog = [submit(http, app_id="echo-tiny", delay_s=1, steps=2) for _ in range(2)]  # 1 running, 1 queued
+    before = {j: wait_status(http, j, {"succeeded"}) for j in quick}
+    for j in slow:
+        wait_status(http, j, {"running"})
+    assert kill_replicas("router") == 2
+    wait_healthy(orchestrator, timeout_s=90)
+    with httpx.Client(base_url=orchestrator, timeout=30) as h:
+        final = {j: wait_status(h, j, TERMINAL, timeout_s=90) for j in quick + slow + backlog}
+    for j, job in before.items():
+        assert final[j] == job, "a recorded result changed after the router restart"
+    for j in slow + backlog:
+        assert final[j]["status"] == "succeeded", final[j]
+    # The slow jobs were running when their router died: rescued after the lease, run again.
+    assert all(final[j]["attempts"] == 2 for j in slow)
+    for j in quick + slow + backlog:
+        terminal = [s["status"] for s in status_events(serve_backend, j) if s["status"] in TERMINAL]
+        assert terminal == ["succeeded"], (j, terminal)
+
+
+def test_killing_a_model_replica_mid_job_retries_or_fails(orchestrator, http):
+    retried = submit(http, delay_s=6, steps=6)
+    once = submit(http, app_id="echo-once", delay_s=6, steps=6)
+    for j in (retried, once):
+        wait_status(http, j, {"running"})
+    time.sleep(1.5)  # both are mid-job on the model replicas
+    assert kill_replicas("echo") == 2
+    failed = wait_status(http, once, TERMINAL, timeout_s=60)
+    assert failed["status"] == "failed" and failed["attempts"] == 1
+    assert "died" in failed["error"].lower() or "actor" in failed["error"].lower(), failed["error"]
+    ok = wait_status(http, retried, TERMINAL, timeout_s=120)
+    assert ok["status"] == "succeeded" and ok["attempts"] == 2 and ok["result"]["attempt"] == 2
+    wait_replicas_running(http, "echo", 2)
