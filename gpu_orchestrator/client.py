@@ -1,0 +1,192 @@
+"""Python client for the router's HTTP API, sync (`Client`) and async (`AsyncClient`).
+
+    from gpu_orchestrator import Client
+    c = Client("http://127.0.0.1:8000")
+    job = c.submit("echo", {"message": "hi"})
+    print(c.wait(job["job_id"])["result"])
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, AsyncIterator, Iterator
+
+import httpx
+
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class ApiError(Exception):
+    """A non-2xx answer; `message` is the server's explanation (it names the bad field)."""
+
+    def __init__(self, status: int, body: Any, retry_after: str | None = None):
+        self.status = status
+        self.body = body
+        self.retry_after = retry_after
+        self.message = body.get("message", str(body)) if isinstance(body, dict) else str(body)
+        super().__init__(f"HTTP {status}: {self.message}")
+
+
+def _check(r: httpx.Response) -> Any:
+    if r.status_code >= 400:
+        try:
+            body = r.json()
+        except ValueError:
+            body = r.text
+        raise ApiError(r.status_code, body, r.headers.get("Retry-After"))
+    return r.json()
+
+
+def _submit_body(app_id: str, params: dict[str, Any] | None, priority: int) -> dict[str, Any]:
+    return {"app_id": app_id, "params": params or {}, "priority": priority}
+
+
+def _headers(idempotency_key: str | None) -> dict[str, str]:
+    return {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+
+
+class SSEParser:
+    """Incremental Server-Sent Events parser: feed lines, get {"id", "event", "data"} dicts."""
+
+    def __init__(self) -> None:
+        self.ev: dict[str, Any] = {}
+
+    def feed(self, line: str) -> dict[str, Any] | None:
+        if line == "":
+            ev, self.ev = self.ev, {}
+            return ev if "data" in ev else None
+        if not line.startswith(":"):  # ':' starts a keep-alive comment
+            key, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if key == "data":
+                self.ev["data"] = json.loads(value)
+            elif key in ("id", "event"):
+                self.ev[key] = value
+        return None
+
+
+def parse_sse(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    p = SSEParser()
+    for line in lines:
+        ev = p.feed(line)
+        if ev is not None:
+            yield ev
+
+
+class Client:
+    def __init__(self, base_url: str = DEFAULT_URL, *, timeout: float = 30.0):
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def submit(self, app_id: str, params: dict[str, Any] | None = None, *, priority: int = 0,
+               idempotency_key: str | None = None) -> dict[str, Any]:
+        return _check(self.http.post("/v1/jobs", json=_submit_body(app_id, params, priority), headers=_headers(idempotency_key)))
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        return _check(self.http.get(f"/v1/jobs/{job_id}"))
+
+    def list(self, *, app_id: str | None = None, status: str | None = None, limit: int = 50,
+             cursor: str | None = None) -> dict[str, Any]:
+        q = {k: v for k, v in {"app_id": app_id, "status": status, "limit": limit, "cursor": cursor}.items() if v is not None}
+        return _check(self.http.get("/v1/jobs", params=q))
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return _check(self.http.delete(f"/v1/jobs/{job_id}"))
+
+    def apps(self) -> list[dict[str, Any]]:
+        return _check(self.http.get("/v1/apps"))["apps"]
+
+    def workers(self) -> list[dict[str, Any]]:
+        return _check(self.http.get("/v1/workers"))["models"]
+
+    def events(self, job_id: str, *, last_event_id: str | None = None, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Progress and status events until the terminal one (the server ends the stream there)."""
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        with self.http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers,
+                              timeout=httpx.Timeout(timeout, connect=10)) as r:
+            if r.status_code >= 400:
+                r.read()
+                _check(r)
+            yield from parse_sse(r.iter_lines())
+
+    def wait(self, job_id: str, *, timeout: float = 600.0) -> dict[str, Any]:
+        """Follow the event stream until the job is terminal; reconnects (resuming) if the stream drops."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                for ev in self.events(job_id, last_event_id=last, timeout=max(1.0, deadline - time.monotonic())):
+                    last = ev.get("id", last)
+                    if ev.get("event") == "status" and ev["data"].get("status") in TERMINAL:
+                        return self.get(job_id)
+            except (httpx.TransportError, httpx.RemoteProtocolError):
+                time.sleep(0.5)
+            job = self.get(job_id)
+            if job["status"] in TERMINAL:
+                return job
+        raise TimeoutError(f"job {job_id} not finished after {timeout}s")
+
+
+class AsyncClient:
+    def __init__(self, base_url: str = DEFAULT_URL, *, timeout: float = 30.0):
+        self.http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout)
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def submit(self, app_id: str, params: dict[str, Any] | None = None, *, priority: int = 0,
+                     idempotency_key: str | None = None) -> dict[str, Any]:
+        return _check(await self.http.post("/v1/jobs", json=_submit_body(app_id, params, priority), headers=_headers(idempotency_key)))
+
+    async def get(self, job_id: str) -> dict[str, Any]:
+        return _check(await self.http.get(f"/v1/jobs/{job_id}"))
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        return _check(await self.http.delete(f"/v1/jobs/{job_id}"))
+
+    async def apps(self) -> list[dict[str, Any]]:
+        return _check(await self.http.get("/v1/apps"))["apps"]
+
+    async def workers(self) -> list[dict[str, Any]]:
+        return _check(await self.http.get("/v1/workers"))["models"]
+
+    async def events(self, job_id: str, *, last_event_id: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        async with self.http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers,
+                                    timeout=httpx.Timeout(None, connect=10)) as r:
+            if r.status_code >= 400:
+                await r.aread()
+                _check(r)
+            p = SSEParser()
+            async for line in r.aiter_lines():
+                ev = p.feed(line)
+                if ev is not None:
+                    yield ev
+
+    async def wait(self, job_id: str, *, timeout: float = 600.0, poll_s: float = 0.25) -> dict[str, Any]:
+        import asyncio
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = await self.get(job_id)
+            if job["status"] in TERMINAL:
+                return job
+            await asyncio.sleep(poll_s)
+        raise TimeoutError(f"job {job_id} not finished after {timeout}s")
+

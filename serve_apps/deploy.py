@@ -1,0 +1,69 @@
+"""Deploy a Serve config (the serve_config.yaml format) from Python, the way `serve deploy` does.
+
+`serve deploy` goes through the dashboard's REST API; this calls the same controller method
+(`apply_config`) directly, so it needs no dashboard and no auth token plumbing. Unlike `serve.run`,
+a config deploy supports everything the YAML does (e.g. application-level autoscaling policies).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    data = yaml.safe_load(Path(path).read_text())
+    if not isinstance(data, dict) or "applications" not in data:
+        raise ValueError(f"{path}: not a Serve deploy config (no 'applications')")
+    return data
+
+
+def with_env(config: dict[str, Any], env: dict[str, str], app_name: str | None = None) -> dict[str, Any]:
+    """Copy of the config with env vars added to each application's runtime_env (or one app's)."""
+    out = copy.deepcopy(config)
+    for app in out["applications"]:
+        if app_name is None or app["name"] == app_name:
+            rt = app.setdefault("runtime_env", {}) or {}
+            app["runtime_env"] = rt
+            rt.setdefault("env_vars", {}).update(env)
+    return out
+
+
+def deploy(config: dict[str, Any], *, wait: bool = True) -> None:
+    """Apply the config on the connected Ray cluster (ray.init must have been called)."""
+    from ray.serve._private.api import serve_start
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(config)
+    client = serve_start(
+        http_options=schema.http_options.model_dump(),
+        proxy_location=schema.proxy_location,
+        grpc_options=schema.grpc_options.model_dump(),
+        global_logging_config=schema.logging_config,
+    )
+    client.deploy_apps(schema, _blocking=False)
+    if wait:
+        wait_running([a.name for a in schema.applications])
+
+
+def wait_running(app_names: list[str], timeout_s: float = 600.0) -> None:
+    """Wait until every app is RUNNING; raise with Serve's own message if one fails to deploy."""
+    import time
+
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        apps = serve.status().applications
+        states = {n: apps[n].status if n in apps else "NOT_STARTED" for n in app_names}
+        failed = {n: apps[n].message for n in app_names if n in apps and str(apps[n].status).endswith("DEPLOY_FAILED")}
+        if failed:
+            raise RuntimeError("deploy failed: " + "; ".join(f"{n}: {m}" for n, m in failed.items()))
+        if all(str(s).endswith("RUNNING") for s in states.values()):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"applications not running after {timeout_s:g}s: {states}")
+        time.sleep(0.5)
