@@ -239,7 +239,10 @@ def _follow(c: Client, job_id: str) -> dict[str, Any]:
                 bar.refresh()
             elif ev.get("event") == "status":
                 msg = f"{data['status']}" + (f" (attempt {data['attempt']})" if data.get("attempt") else "")
-                (bar.write if bar else lambda m: click.echo(m, err=True))(f"status: {msg}")
+                if bar is not None:
+                    bar.write(f"status: {msg}", file=sys.stderr)
+                else:
+                    click.echo(f"status: {msg}", err=True)
                 if data["status"] in ("succeeded", "failed", "cancelled"):
                     break
     finally:

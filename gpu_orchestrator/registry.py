@@ -196,5 +196,6 @@ def format_pydantic_error(err: ValidationError, prefix: str = "") -> str:
         path = prefix
         for part in e["loc"]:
             path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-        lines.append(f"{path or '<root>'}: {e['msg']}")
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{path or '<root>'}: {msg}")
     return "\n".join(lines)
