@@ -1,0 +1,36 @@
+# Two commands do all set-up on a fresh machine (Python 3.10+ and a C toolchain-free pip install):
+#   make demo   start everything on the embedded default, submit a job, show the result
+#   make test   run the whole test suite
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PYTHON ?= python3
+
+.PHONY: install demo down test test-unit bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/gpu-orch up
+	$(VENV)/bin/gpu-orch submit echo -p message="hello from the demo" -p steps=5 -p delay_s=2 --wait
+	@echo "Stack is still up: try '$(VENV)/bin/gpu-orch workers', open http://127.0.0.1:8000/docs; stop with 'make down'."
+
+down: install
+	$(VENV)/bin/gpu-orch down
+
+test: install
+	$(PY) -m pytest -q
+
+test-unit: install
+	$(PY) -m pytest -q tests/unit
+
+bench: install
+	$(PY) bench/overhead.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache
