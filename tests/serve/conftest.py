@@ -42,8 +42,10 @@ def ray_cluster():
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    ray.init(num_cpus=16, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    yield
+    metrics_port = free_port()
+    ray.init(num_cpus=16, include_dashboard=False, configure_logging=False, log_to_driver=False,
+             _metrics_export_port=metrics_port)
+    yield {"metrics_port": metrics_port}
     from ray import serve
 
     serve.shutdown()

@@ -228,3 +228,20 @@ def test_queue_limit_answers_429_with_retry_after(http):
     assert "full" in r.json()["message"]
     for j in [blocker, *queued]:
         http.delete(f"/v1/jobs/{j}")
+
+
+def test_metrics_reach_rays_prometheus_endpoint(ray_cluster, http):
+    job_id = submit(http, message="metrics")
+    wait_status(http, job_id, {"succeeded"})
+    url = f"http://127.0.0.1:{ray_cluster['metrics_port']}/metrics"
+    wanted = ("ray_gpu_orch_jobs_submitted_total", "ray_gpu_orch_jobs_succeeded_total", "ray_gpu_orch_queue_depth")
+    deadline = time.monotonic() + 60
+    while True:
+        text = httpx.get(url, timeout=5).text
+        lines = [line for line in text.splitlines() if 'app_id="echo"' in line]
+        if all(any(line.startswith(w) for line in lines) for w in wanted):
+            break
+        assert time.monotonic() < deadline, f"gpu_orch metrics missing from {url}"
+        time.sleep(1)
+    submitted = next(line for line in lines if line.startswith("ray_gpu_orch_jobs_submitted_total"))
+    assert float(submitted.rsplit(" ", 1)[1]) >= 1
