@@ -127,15 +127,19 @@ class Dispatcher:
                 task = asyncio.get_running_loop().create_task(self._execute(job))
                 self.inflight[job.id] = InFlight(job, task)
 
+    def _cancel_response(self, job_id: uuid.UUID) -> None:
+        f = self.inflight.get(job_id)
+        if f is not None and f.response is not None:
+            try:
+                f.response.cancel()  # raises CancelledError inside the model replica's request
+            except Exception as e:
+                log.debug("could not cancel the request of job %s: %s", job_id, e)
+
     def _abort(self, job_id: uuid.UUID) -> None:
         f = self.inflight.get(job_id)
         if f is None:
             return
-        if f.response is not None:
-            try:
-                f.response.cancel()
-            except Exception:
-                pass
+        self._cancel_response(job_id)
         f.task.cancel()
 
     def cancel_local(self, job_id: uuid.UUID) -> bool:
@@ -163,11 +167,13 @@ class Dispatcher:
             result = await asyncio.wait_for(response, timeout=job.timeout_s)
         except asyncio.CancelledError:
             return  # aborted: the job was cancelled or its lease lost; its row is already settled
+        except asyncio.TimeoutError:
+            self._cancel_response(job.id)  # stop the model's work too, not just our wait
+            await self._record_failure(job, attempt, f"timed out after {job.timeout_s:g} s")
         except Exception as e:
             if is_cancellation(e):
                 return
-            error = f"timed out after {job.timeout_s:g} s" if isinstance(e, asyncio.TimeoutError) else describe_error(e)
-            await self._record_failure(job, attempt, error)
+            await self._record_failure(job, attempt, describe_error(e))
         else:
             await self._record_success(job, attempt, result, backend=f"local:{app.deployment}")
         finally:

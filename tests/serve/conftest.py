@@ -33,6 +33,7 @@ def test_args(database_url: str, redis_url: str) -> dict:
     args["apps"] += [
         dict(copy.deepcopy(echo), id="echo-once", max_attempts=1),
         dict(copy.deepcopy(echo), id="echo-tiny", max_queued=2, max_in_flight=1),
+        dict(copy.deepcopy(echo), id="echo-timeout", timeout_s=1, max_attempts=1),
     ]
     return args
 

@@ -245,3 +245,13 @@ def test_metrics_reach_rays_prometheus_endpoint(ray_cluster, http):
         time.sleep(1)
     submitted = next(line for line in lines if line.startswith("ray_gpu_orch_jobs_submitted_total"))
     assert float(submitted.rsplit(" ", 1)[1]) >= 1
+
+
+def test_job_over_its_timeout_fails_and_stops_on_the_replica(orchestrator, http):
+    job_id = submit(http, app_id="echo-timeout", delay_s=10, steps=20)
+    job = wait_status(http, job_id, {"failed", "succeeded"}, timeout_s=30)
+    assert job["status"] == "failed" and job["error"] == "timed out after 1 s"
+    seen = [e["data"]["step"] for e in read_sse(orchestrator, job_id) if e["event"] == "progress"]
+    time.sleep(1.5)
+    again = [e["data"]["step"] for e in read_sse(orchestrator, job_id) if e["event"] == "progress"]
+    assert again == seen and len(seen) < 20  # the model stopped when the request was cancelled
