@@ -1,0 +1,224 @@
+"""The GPU arbiter's policy. Pure: no Ray, no I/O, no clock; milliseconds to test, and the same
+function drives the trace simulator (gpu_orchestrator/simulator.py) and the live router.
+
+Ray's fractional `num_gpus` is a logical share with no memory isolation, so residency is decided
+here from declared/measured VRAM against each GPU's budget:
+
+- never exceed a GPU's VRAM budget (a model still holding memory counts until it is gone);
+- never take a replica with running work away (a model to be evicted is *drained*: no new work,
+  evicted when its in-flight jobs end);
+- scale a model to zero after its idle TTL;
+- a cold model with work loads where it fits; if nothing fits it takes room from idle models first,
+  then (only when its oldest job has waited `max_wait_s`, or it carries a higher priority) from the
+  busy model whose queue empties soonest;
+- otherwise a resident model keeps serving its queue in a batch (no A-B-A thrash), bounded by
+  `max_wait_s` for everyone else (no starvation);
+- higher priority first; a model pinned to a GPU or node type only goes there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+
+@dataclass(frozen=True)
+class Gpu:
+    id: str
+    vram_gb: float
+    node_type: str = ""
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """What the arbiter knows of one model deployment at decision time."""
+
+    name: str
+    vram_gb: float
+    load_s: float = 10.0  # measured (or declared) time to become resident
+    service_s: float = 1.0  # mean job time, for "whose queue empties soonest"
+    replicas: int = 0  # resident replicas
+    pending: int = 0  # replicas starting / loading
+    stopping: int = 0  # replicas asked to stop that still hold memory
+    placement: tuple[str, ...] = ()  # GPU ids its replicas (resident, pending, stopping) occupy
+    in_flight: int = 0
+    queued: int = 0
+    oldest_wait_s: float = 0.0
+    max_priority: int = 0
+    idle_s: float | None = None  # since its last job ended; None while busy or never used
+    resident_s: float = 0.0  # since it became resident (protects a fresh batch from thrash)
+    pin: str | None = None  # a GPU id or node type; None = anywhere
+    max_replicas: int = 1
+    idle_ttl_s: float | None = None  # per-model override of PolicyConfig.idle_ttl_s
+
+    @property
+    def holds(self) -> int:
+        return self.replicas + self.pending + self.stopping
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    idle_ttl_s: float = 300.0
+    # The wait bound: a cold model's oldest job should start within max_wait_s. The model displaces
+    # a busy one once waiting any longer would miss that: its wait + the busy model's in-flight
+    # drain + its own load reach max_wait_s. Until then the resident model keeps its batch.
+    max_wait_s: float = 60.0
+    # A model that just became resident serves at least this long before a waiting model may
+    # displace it for age alone (priority may): a guard against swapping straight back when every
+    # queue is past due. Worst-case wait is then about max_wait_s + min_resident_s.
+    min_resident_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    targets: dict[str, int]  # replicas per model deployment
+    placements: dict[str, tuple[str, ...]]  # GPU ids per model (for the models with targets > 0)
+    draining: frozenset[str]  # resident models that get no new work (being swapped out)
+    reasons: tuple[str, ...] = field(default_factory=tuple)
+
+    def dispatchable(self, m: ModelView) -> bool:
+        """Whether the dispatcher may hand this model new work now."""
+        return m.replicas > 0 and m.name not in self.draining and self.targets.get(m.name, 0) > 0
+
+
+def _allowed(m: ModelView, gpus: Iterable[Gpu]) -> list[Gpu]:
+    return [g for g in gpus if m.pin is None or m.pin in (g.id, g.node_type)]
+
+
+def _urgency(m: ModelView) -> tuple:
+    return (-m.max_priority, -m.oldest_wait_s, m.name)
+
+
+def decide(models: Iterable[ModelView], gpus: Iterable[Gpu], cfg: PolicyConfig = PolicyConfig()) -> Decision:
+    models = sorted(models, key=lambda m: m.name)
+    gpus = list(gpus)
+    by_name = {m.name: m for m in models}
+    reasons: list[str] = []
+    targets = {m.name: m.replicas + m.pending for m in models}
+    placements: dict[str, list[str]] = {m.name: list(m.placement) for m in models}
+    draining: set[str] = set()
+
+    # Memory actually held per GPU: every replica that exists (resident, loading, stopping).
+    used = {g.id: 0.0 for g in gpus}
+    for m in models:
+        for gid in m.placement:
+            if gid in used:
+                used[gid] += m.vram_gb
+
+    def free(gid: str) -> float:
+        cap = next(g.vram_gb for g in gpus if g.id == gid)
+        return cap - used[gid]
+
+    # 1. Idle TTL: release VRAM of models with nothing to do.
+    for m in models:
+        ttl = m.idle_ttl_s if m.idle_ttl_s is not None else cfg.idle_ttl_s
+        if targets[m.name] > 0 and m.in_flight == 0 and m.queued == 0 and m.idle_s is not None and m.idle_s >= ttl:
+            targets[m.name] = 0
+            reasons.append(f"scale {m.name} to zero: idle {m.idle_s:.0f} s >= ttl {ttl:.0f} s")
+
+    # 2. Cold models with work, most urgent first, get room.
+    wanting = sorted((m for m in models if m.queued > 0 and targets[m.name] == 0 and m.stopping == 0), key=_urgency)
+    for w in wanting:
+        allowed = _allowed(w, gpus)
+        if not allowed:
+            reasons.append(f"cannot place {w.name}: pinned to {w.pin!r}, no such GPU")
+            continue
+        fits = [g for g in allowed if w.vram_gb <= g.vram_gb]
+        if not fits:
+            reasons.append(f"cannot place {w.name}: needs {w.vram_gb} GB, largest allowed GPU has {max(g.vram_gb for g in allowed)} GB")
+            continue
+        room = [g for g in fits if free(g.id) >= w.vram_gb]
+        if room:
+            g = min(room, key=lambda g: (free(g.id), g.id))  # best fit: keep big holes for big models
+            targets[w.name] = 1
+            placements[w.name] = [g.id]
+            used[g.id] += w.vram_gb
+            reasons.append(f"load {w.name} on {g.id}: {w.queued} queued, {free(g.id) + w.vram_gb:.0f} GB free")
+            continue
+        plan = _eviction_plan(w, fits, models, targets, draining, free, cfg)
+        if plan is None:
+            reasons.append(f"{w.name} waits: {w.queued} queued (oldest {w.oldest_wait_s:.0f} s), "
+                           f"no idle model to evict, not yet due (max_wait {cfg.max_wait_s:.0f} s)")
+            continue
+        gid, victims = plan
+        for v in victims:
+            vm = by_name[v]
+            why = (f"idle {vm.idle_s:.0f} s" if vm.idle_s is not None else "idle") if vm.queued == 0 and vm.in_flight == 0 else (
+                f"{vm.queued} queued, {vm.in_flight} running")
+            cause = "higher priority" if w.max_priority > vm.max_priority else f"oldest waited {w.oldest_wait_s:.0f} s"
+            if vm.in_flight > 0:
+                draining.add(v)
+                reasons.append(f"drain {v} ({why}) for {w.name}: {w.queued} queued, {cause}")
+            else:
+                targets[v] = 0
+                reasons.append(f"evict {v} ({why}) for {w.name}: {w.queued} queued, {cause}")
+        # The newcomer starts only once the memory is really free (next decisions), so two models
+        # that do not fit together are never resident at the same moment.
+
+    # 3. Drained models whose last in-flight job ended leave.
+    for m in models:
+        if m.name in draining and m.in_flight == 0:
+            targets[m.name] = 0
+            draining.discard(m.name)
+        if targets[m.name] == 0:
+            placements[m.name] = []
+
+    # 4. Extra replicas for deep queues where room allows (max_replicas > 1).
+    for m in sorted(models, key=_urgency):
+        if m.name in draining or targets[m.name] == 0 or targets[m.name] >= m.max_replicas:
+            continue
+        if m.replicas == targets[m.name] and m.queued > m.in_flight:
+            room = [g for g in _allowed(m, gpus) if free(g.id) >= m.vram_gb and g.id not in placements[m.name]]
+            if room and not any(by_name[o].queued > 0 and targets[o] == 0 for o in by_name):
+                g = min(room, key=lambda g: (free(g.id), g.id))
+                targets[m.name] += 1
+                placements[m.name].append(g.id)
+                used[g.id] += m.vram_gb
+                reasons.append(f"add a {m.name} replica on {g.id}: {m.queued} queued")
+
+    return Decision(
+        targets=targets,
+        placements={k: tuple(v) for k, v in placements.items() if targets[k] > 0},
+        draining=frozenset(draining),
+        reasons=tuple(reasons),
+    )
+
+
+def _eviction_plan(w, fits, models, targets, draining, free, cfg):
+    """Cheapest way to make room for `w` on one GPU: (gpu id, victims) or None.
+
+    Idle models (no queue, nothing running) may always go. A model with work only goes when `w`
+    is urgent (waited max_wait_s, or outranks it); among those, the one whose queue empties soonest.
+    """
+    best = None
+    for g in fits:
+        residents = [m for m in models if g.id in m.placement and targets[m.name] > 0 and m.name != w.name]
+        idle = sorted((m for m in residents if m.queued == 0 and m.in_flight == 0),
+                      key=lambda m: (-(m.idle_s or 0.0), m.name))
+        drain_s = max((m.service_s for m in residents if m.in_flight > 0), default=0.0)
+        due = w.oldest_wait_s + drain_s + w.load_s >= cfg.max_wait_s
+
+        def may_displace(m: ModelView) -> bool:
+            if m.replicas == 0:
+                return False  # still loading: displacing it would waste the load and can livelock
+            if w.max_priority > m.max_priority:
+                return True
+            return due and m.resident_s >= cfg.min_resident_s
+
+        busy = sorted((m for m in residents if (m.queued > 0 or m.in_flight > 0) and m.name not in draining
+                       and may_displace(m)),
+                      key=lambda m: (m.max_priority, m.queued * m.service_s, m.name))
+        need = w.vram_gb - free(g.id)
+        chosen, freed, cost = [], 0.0, 0.0
+        for m in idle + busy:
+            if freed >= need:
+                break
+            chosen.append(m.name)
+            freed += m.vram_gb
+            cost += 0.0 if m in idle else 1.0 + m.queued * m.service_s
+        if freed >= need:
+            key = (cost, len(chosen), g.id)
+            if best is None or key < best[0]:
+                best = (key, g.id, chosen)
+    return None if best is None else (best[1], best[2])
+
