@@ -1,0 +1,139 @@
+"""The arbiter policy, one rule at a time."""
+
+from gpu_orchestrator.arbiter import Gpu, ModelView, PolicyConfig, decide
+
+G24 = [Gpu("gpu0", 24)]
+CFG = PolicyConfig(idle_ttl_s=300, max_wait_s=60, min_resident_s=30)
+
+
+def resident(name, vram, gpu="gpu0", **kw):
+    kw.setdefault("resident_s", 100.0)
+    return ModelView(name=name, vram_gb=vram, replicas=1, placement=(gpu,), **kw)
+
+
+def cold(name, vram, **kw):
+    return ModelView(name=name, vram_gb=vram, **kw)
+
+
+def test_cold_model_with_work_loads_where_it_fits():
+    d = decide([cold("sdxl", 16, queued=3, oldest_wait_s=1)], G24, CFG)
+    assert d.targets == {"sdxl": 1} and d.placements == {"sdxl": ("gpu0",)}
+    assert d.reasons == ("load sdxl on gpu0: 3 queued, 24 GB free",)
+
+
+def test_two_models_that_do_not_fit_together_never_both_get_targets():
+    d = decide([cold("a", 16, queued=1, oldest_wait_s=5), cold("b", 14, queued=1, oldest_wait_s=9)], G24, CFG)
+    assert d.targets == {"a": 0, "b": 1}  # the older wait first
+    ms = [resident("a", 16, queued=2, in_flight=1), cold("b", 14, queued=1, oldest_wait_s=59, load_s=6)]
+    d = decide(ms, G24, CFG)
+    assert d.targets["b"] == 0  # room is not free yet: never both resident
+
+
+def test_small_models_share_a_gpu():
+    d = decide([resident("sdxl", 16, queued=1, in_flight=1), cold("whisper", 4, queued=1)], G24, CFG)
+    assert d.targets == {"sdxl": 1, "whisper": 1}
+
+
+def test_idle_ttl_scales_to_zero():
+    assert decide([resident("a", 10, idle_s=299)], G24, CFG).targets == {"a": 1}
+    d = decide([resident("a", 10, idle_s=310)], G24, CFG)
+    assert d.targets == {"a": 0} and d.reasons == ("scale a to zero: idle 310 s >= ttl 300 s",)
+    # A per-model TTL overrides the default.
+    assert decide([resident("a", 10, idle_s=20, idle_ttl_s=15)], G24, CFG).targets == {"a": 0}
+
+
+def test_never_evicts_a_model_with_running_work():
+    ms = [resident("a", 16, in_flight=1), cold("b", 14, queued=5, oldest_wait_s=500, max_priority=99)]
+    d = decide(ms, G24, CFG)
+    assert d.targets == {"a": 1, "b": 0}
+    assert d.draining == {"a"}
+    assert any(r.startswith("drain a (0 queued, 1 running) for b") for r in d.reasons)
+    # Once its job ends, it goes; the newcomer follows when the memory is free.
+    d = decide([resident("a", 16, idle_s=0.0), cold("b", 14, queued=5, oldest_wait_s=501, max_priority=99)], G24, CFG)
+    assert d.targets == {"a": 0, "b": 0}
+    d = decide([cold("a", 16), cold("b", 14, queued=5, oldest_wait_s=502, max_priority=99)], G24, CFG)
+    assert d.targets == {"a": 0, "b": 1}
+
+
+def test_stopping_replicas_still_hold_memory():
+    ms = [ModelView(name="a", vram_gb=16, stopping=1, placement=("gpu0",)), cold("b", 14, queued=1)]
+    assert decide(ms, G24, CFG).targets["b"] == 0
+
+
+def test_idle_models_are_evicted_first_with_the_reason():
+    g = [Gpu("gpu0", 32)]
+    ms = [resident("whisper", 16, idle_s=310.0 - 20, queued=0), resident("llm", 12, queued=4, in_flight=1),
+          cold("sdxl", 14, queued=12, oldest_wait_s=2)]
+    d = decide(ms, g, CFG)
+    assert d.targets["whisper"] == 0 and d.targets["llm"] == 1 and "llm" not in d.draining
+    assert "evict whisper (idle 290 s) for sdxl: 12 queued, oldest waited 2 s" in d.reasons
+
+
+def test_busy_model_whose_queue_empties_soonest_is_displaced_when_due():
+    g = [Gpu("gpu0", 32)]
+    ms = [resident("a", 16, queued=10, service_s=2.0, in_flight=1), resident("c", 12, queued=1, service_s=1.0, in_flight=1),
+          cold("b", 14, queued=3, oldest_wait_s=55, load_s=6)]
+    d = decide(ms, g, CFG)
+    assert d.draining == {"c"} and d.targets["a"] == 1
+
+
+def test_resident_model_keeps_its_batch_until_another_job_is_due():
+    ms = [resident("a", 16, queued=5, in_flight=1, service_s=2), cold("b", 14, queued=1, oldest_wait_s=10, load_s=6)]
+    d = decide(ms, G24, CFG)
+    assert d.targets == {"a": 1, "b": 0} and not d.draining
+    assert "b waits: 1 queued (oldest 10 s)" in d.reasons[0]
+    # due: 50 s waited + 2 s drain + 6 s load >= 60 s
+    ms[1] = cold("b", 14, queued=1, oldest_wait_s=52, load_s=6)
+    assert decide(ms, G24, CFG).draining == {"a"}
+
+
+def test_fresh_model_is_protected_by_min_resident():
+    ms = [resident("a", 16, queued=5, in_flight=1, resident_s=5), cold("b", 14, queued=1, oldest_wait_s=80, load_s=6)]
+    assert not decide(ms, G24, CFG).draining
+    ms[0] = resident("a", 16, queued=5, in_flight=1, resident_s=31)
+    assert decide(ms, G24, CFG).draining == {"a"}
+
+
+def test_loading_model_is_never_displaced():
+    ms = [ModelView(name="a", vram_gb=16, pending=1, placement=("gpu0",), queued=5),
+          cold("b", 14, queued=1, oldest_wait_s=500, max_priority=50)]
+    d = decide(ms, G24, CFG)
+    assert d.targets == {"a": 1, "b": 0} and not d.draining
+
+
+def test_higher_priority_goes_first():
+    d = decide([cold("a", 16, queued=9, oldest_wait_s=30), cold("b", 14, queued=1, max_priority=5)], G24, CFG)
+    assert d.targets == {"a": 0, "b": 1}
+    # ... and displaces a lower-priority batch without waiting to be due
+    ms = [resident("a", 16, queued=9, in_flight=1, resident_s=1), cold("b", 14, queued=1, max_priority=5)]
+    d = decide(ms, G24, CFG)
+    assert d.draining == {"a"} and any("higher priority" in r for r in d.reasons)
+
+
+def test_pinning_and_fit_on_heterogeneous_gpus():
+    gpus = [Gpu("small", 24, node_type="a10g"), Gpu("big", 80, node_type="h100")]
+    d = decide([cold("llm70", 40, queued=1)], gpus, CFG)
+    assert d.placements == {"llm70": ("big",)}  # fits only on the larger one
+    d = decide([cold("whisper", 4, queued=1, pin="h100")], gpus, CFG)
+    assert d.placements == {"whisper": ("big",)}
+    d = decide([cold("whisper", 4, queued=1, pin="small")], gpus, CFG)
+    assert d.placements == {"whisper": ("small",)}
+    d = decide([cold("whisper", 4, queued=1)], gpus, CFG)
+    assert d.placements == {"whisper": ("small",)}  # best fit keeps the big GPU's room for big models
+    d = decide([cold("x", 4, queued=1, pin="tpu")], gpus, CFG)
+    assert d.targets == {"x": 0} and d.reasons == ("cannot place x: pinned to 'tpu', no such GPU",)
+    d = decide([cold("huge", 100, queued=1)], gpus, CFG)
+    assert d.targets == {"huge": 0} and "needs 100 GB" in d.reasons[0]
+
+
+def test_extra_replicas_for_deep_queues_where_room_allows():
+    gpus = [Gpu("g0", 24), Gpu("g1", 24)]
+    d = decide([resident("a", 10, gpu="g0", queued=8, in_flight=1, max_replicas=2)], gpus, CFG)
+    assert d.targets == {"a": 2} and d.placements["a"] == ("g0", "g1")
+
+
+def test_dispatchable():
+    ms = [resident("a", 16, in_flight=1), cold("b", 14, queued=5, oldest_wait_s=500)]
+    d = decide(ms, G24, CFG)
+    assert not d.dispatchable(ms[0])  # draining: no new work
+    assert decide([resident("a", 16, queued=1)], G24, CFG).dispatchable(resident("a", 16, queued=1))
