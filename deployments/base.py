@@ -127,6 +127,7 @@ class ModelDeployment:
             "state": "busy" if self.busy else self.state,
             "pid": os.getpid(),
             "node": os.uname().nodename,
+            "node_id": _node_id(),
             "load_time_s": self.load_time_s,
             "vram_declared_gb": self.declared_vram_gb,
             "vram_held_gb": vram,
@@ -149,3 +150,12 @@ def _replica_identity(default: str) -> tuple[str, str]:
         return ctx.deployment, ctx.replica_id.unique_id
     except Exception:
         return default, str(os.getpid())
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:
+        return None

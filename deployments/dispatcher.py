@@ -53,6 +53,7 @@ class Dispatcher:
         models: dict[str, Any],
         owner: str,
         on_finished: Callable[[str, str], None] | None = None,
+        gate: Callable[[str], bool] | None = None,
     ):
         self.cfg = cfg
         self.store = store
@@ -60,6 +61,8 @@ class Dispatcher:
         self.models = models
         self.owner = owner
         self.on_finished = on_finished or (lambda app_id, status: None)
+        # Whether a model deployment may be given work now (the GPU arbiter's residency decision).
+        self.gate = gate or (lambda model: True)
         self.inflight: dict[uuid.UUID, InFlight] = {}
         self.wake = asyncio.Event()
         self.lease_s = cfg.router.lease_s
@@ -116,6 +119,8 @@ class Dispatcher:
         for app in self.cfg.apps:
             if app.id not in waiting or app.kind != AppKind.local:
                 continue  # cloud backends arrive with the fallback issue
+            if not self.gate(app.deployment):
+                continue  # cold, loading or draining: its jobs stay queued (and drive the arbiter)
             mine = sum(1 for f in self.inflight.values() if f.job.app_id == app.id)
             free = app.max_in_flight - mine
             if free <= 0:

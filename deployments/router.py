@@ -69,6 +69,13 @@ class _Metrics:
         self.failed = metrics.Counter("gpu_orch_jobs_failed", description="jobs failed", tag_keys=tags)
         self.cancelled = metrics.Counter("gpu_orch_jobs_cancelled", description="jobs cancelled", tag_keys=tags)
         self.queue_depth = metrics.Gauge("gpu_orch_queue_depth", description="queued jobs per app", tag_keys=tags)
+        model = ("model",)
+        self.loads = metrics.Counter("gpu_orch_model_loads", description="arbiter scale-ups from zero (swaps in)", tag_keys=model)
+        self.evictions = metrics.Counter("gpu_orch_model_evictions", description="arbiter scale-downs to zero (swaps out, idle TTL)", tag_keys=model)
+        self.load_seconds = metrics.Histogram(
+            "gpu_orch_model_load_seconds", description="time from the arbiter's load decision to a running replica",
+            boundaries=[0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300], tag_keys=model,
+        )
 
     def finished(self, app_id: str, status: str) -> None:
         counter = {"succeeded": self.succeeded, "failed": self.failed, "cancelled": self.cancelled}[status]
@@ -85,8 +92,15 @@ class Router:
         self.models = models
         self.metrics = _Metrics()
         self.owner = f"router:{_replica_id()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.arbiter = None
+        if self.cfg.arbiter.enabled:
+            from .arbiter_loop import ArbiterLoop
+
+            self.arbiter = ArbiterLoop(cfg=self.cfg, store=self.store, redis=self.bus.r, owner=self.owner,
+                                       app_name=_app_name(), metrics=self.metrics, on_change=lambda: self.dispatcher.poke())
         self.dispatcher = Dispatcher(
-            cfg=self.cfg, store=self.store, bus=self.bus, models=models, owner=self.owner, on_finished=self.metrics.finished
+            cfg=self.cfg, store=self.store, bus=self.bus, models=models, owner=self.owner, on_finished=self.metrics.finished,
+            gate=self.arbiter.dispatchable if self.arbiter else None,
         )
         self._started = False
         try:
@@ -99,6 +113,8 @@ class Router:
         if not self._started:
             self._started = True
             self.dispatcher.start()
+            if self.arbiter is not None:
+                self.arbiter.start()
             asyncio.get_running_loop().create_task(self._gauge_loop())
 
     async def _gauge_loop(self) -> None:
@@ -217,7 +233,14 @@ class Router:
 
     @app.get("/v1/workers", tags=["workers"])
     async def http_workers(self) -> dict[str, Any]:
-        return {"models": await self._workers()}
+        out: dict[str, Any] = {"models": await self._workers()}
+        if self.arbiter is not None:
+            s = self.arbiter.snapshot
+            out["arbiter"] = None if s is None else {
+                "leader": s.leader, "decided_at": s.ts, "targets": s.targets, "dispatchable": s.dispatchable,
+                "draining": s.draining, "reasons": s.reasons,
+            }
+        return out
 
     @app.get("/healthz", tags=["health"])
     async def healthz(self) -> JSONResponse:
@@ -267,20 +290,27 @@ class Router:
         serve_states = await asyncio.to_thread(_serve_replica_states)
         stats = await asyncio.to_thread(self.store.queue_stats)
         out = []
+        snap = self.arbiter.snapshot if self.arbiter is not None else None
         for name, spec in self.cfg.models.items():
             apps = [a.id for a in self.cfg.apps if a.deployment == name]
             replicas = [b for b in beats if b.get("deployment") == name]
+            arb = (snap.models.get(name) if snap else None) or {}
+            held = [r.get("vram_held_gb") for r in replicas if r.get("vram_held_gb") is not None]
             out.append({
+                "state": arb.get("state") or _plain_state(serve_states.get(name, {})),
+                "vram_held_gb": sum(held) if held else None,
+                "last_used": max((r.get("last_used") or 0 for r in replicas), default=None) or None,
+                "arbiter": arb or None,
                 "deployment": name,
                 "impl": spec.impl,
                 "synthetic": any(self.apps[a].synthetic for a in apps),
                 "apps": apps,
-                "target_replicas": spec.num_replicas,
+                "target_replicas": arb.get("target", spec.num_replicas),
                 "replica_states": serve_states.get(name, {}),
                 "replicas": replicas,
                 "queued": sum(stats[a].queued for a in apps if a in stats),
                 "running": sum(stats[a].running for a in apps if a in stats),
-                "vram_declared_gb": max((self.apps[a].vram_gb for a in apps), default=0.0),
+                "vram_declared_gb": self.cfg.model_vram_gb(name),
             })
         return out
 
@@ -308,6 +338,12 @@ class Router:
                 if job.status.terminal or time.monotonic() > deadline:
                     break
         return job.to_api()
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve calls this on every router replica; the arbiter leader's targets ride along to the
+        application-level autoscaling policy (serve_apps/autoscaling.py)."""
+        self._ensure_started()
+        return self.arbiter.autoscaling_stats() if self.arbiter is not None else {}
 
     def owner_id(self) -> str:
         return self.owner
@@ -341,6 +377,15 @@ def _valid_stream_id(s: str) -> bool:
     return a.isdigit() and (b == "" or b.isdigit())
 
 
+def _app_name() -> str:
+    try:
+        from ray import serve
+
+        return serve.get_replica_context().app_name
+    except Exception:
+        return "orchestrator"
+
+
 def _replica_id() -> str:
     try:
         from ray import serve
@@ -350,16 +395,21 @@ def _replica_id() -> str:
         return "local"
 
 
-def _serve_replica_states() -> dict[str, dict[str, int]]:
-    """Per deployment name: replica counts by state, from Serve's own status."""
-    try:
-        from ray import serve
+def _plain_state(states: dict[str, int]) -> str:
+    """Without the arbiter: resident when a replica runs, loading while one starts, else cold."""
+    if states.get("RUNNING"):
+        return "resident"
+    if states.get("STARTING") or states.get("UPDATING"):
+        return "loading"
+    return "cold"
 
-        out: dict[str, dict[str, int]] = {}
-        for app_status in serve.status().applications.values():
-            for name, d in app_status.deployments.items():
-                out[name] = {str(k.value if hasattr(k, "value") else k): v for k, v in d.replica_states.items()}
-        return out
+
+def _serve_replica_states() -> dict[str, dict[str, int]]:
+    """Per deployment name of this application: replica counts by state, from Serve's own status."""
+    try:
+        from .arbiter_loop import _serve_states
+
+        return _serve_states(_app_name())
     except Exception as e:
         log.debug("serve.status() failed: %s", e)
         return {}

@@ -31,6 +31,15 @@ class ModelSpec(BaseModel):
     max_ongoing_requests: int = Field(default=8, ge=1)
     # Path (relative to the config file's directory or the CWD) of a runtime_envs/*.yaml, or inline.
     runtime_env: str | dict[str, Any] | None = None
+    # GPU arbiter inputs (used when `arbiter.enabled`): declared VRAM (default: the largest of its
+    # apps' vram_gb), expected load time until measured, pinning, replica cap, idle TTL override.
+    vram_gb: float | None = Field(default=None, ge=0)
+    load_s: float = Field(default=10.0, ge=0)
+    pin: str | None = Field(default=None, description="GPU pool id or node type this model may only use")
+    max_replicas: int = Field(default=1, ge=1)
+    idle_ttl_s: float | None = Field(default=None, ge=0)
+    # Extra Ray custom resources for the replica actor (e.g. {"accelerator_type:H100": 0.001}).
+    resources: dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _impl(self) -> "ModelSpec":
@@ -53,12 +62,40 @@ class RouterSpec(BaseModel):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
 
 
+class GpuPoolSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    vram_gb: float = Field(gt=0)
+    node_type: str = ""
+
+
+class ArbiterSpec(BaseModel):
+    """The GPU arbiter (docs/arbiter.md). Disabled: every model keeps `num_replicas` replicas."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    idle_ttl_s: float = Field(default=300.0, ge=0)
+    max_wait_s: float = Field(default=60.0, gt=0)
+    min_resident_s: float = Field(default=30.0, ge=0)
+    tick_s: float = Field(default=0.25, gt=0)
+    # GPU memory pools. Omitted: discovered from the Ray cluster, one pool per GPU node, its size
+    # from the node's `vram_gb` custom resource (or default_gpu_vram_gb).
+    gpus: list[GpuPoolSpec] | None = None
+    default_gpu_vram_gb: float = Field(default=24.0, gt=0)
+    # When set, each model replica also requests this custom resource in GB of its VRAM, so Ray's
+    # scheduler itself refuses to co-locate models that do not fit (nodes declare their VRAM).
+    vram_resource: str | None = None
+
+
 class OrchestratorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     apps: list[AppSpec]
     models: dict[str, ModelSpec] = Field(default_factory=dict)
     router: RouterSpec = Field(default_factory=RouterSpec)
+    arbiter: ArbiterSpec = Field(default_factory=ArbiterSpec)
     # Overrides for URLs otherwise taken from the environment (DATABASE_URL / REDIS_URL).
     database_url: str | None = None
     redis_url: str | None = None
@@ -82,6 +119,12 @@ class OrchestratorConfig(BaseModel):
 
     def app(self, app_id: str) -> AppSpec | None:
         return next((a for a in self.apps if a.id == app_id), None)
+
+    def model_vram_gb(self, name: str) -> float:
+        declared = self.models[name].vram_gb
+        if declared is not None:
+            return declared
+        return max((a.vram_gb for a in self.apps if a.deployment == name), default=0.0)
 
 
 def parse_config(args: dict[str, Any]) -> OrchestratorConfig:

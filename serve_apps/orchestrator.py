@@ -40,22 +40,50 @@ def resolve_urls(cfg: OrchestratorConfig) -> tuple[str, str]:
     return db, redis  # type: ignore[return-value]
 
 
+# Model deployments under the arbiter: Serve's own autoscaler applies the targets the router's
+# arbiter reports (serve_apps/autoscaling.py); no delays, so a decision takes effect at once.
+# A short look-back keeps the latest report fresh (metrics are recorded every look_back x 0.2 s).
+def arbiter_autoscaling(max_replicas: int) -> dict[str, Any]:
+    return {
+        "min_replicas": 0,
+        "initial_replicas": 0,
+        "max_replicas": max_replicas,
+        "look_back_period_s": 2,
+        "upscale_delay_s": 0,
+        "downscale_delay_s": 0,
+        "downscale_to_zero_delay_s": 0,
+    }
+
+
 def model_deployments(cfg: OrchestratorConfig, redis_url: str, base_dir: Path | None = None) -> dict[str, Any]:
     out = {}
+    arbiter = cfg.arbiter
     for name, m in cfg.models.items():
         cls = import_attr(m.impl)
         actor_opts: dict[str, Any] = {"num_cpus": m.num_cpus, "num_gpus": m.num_gpus}
+        resources = dict(m.resources)
+        if m.pin:
+            resources[f"node_type:{m.pin}"] = 0.001  # nodes declare node_type:<name>: 1
+        if arbiter.enabled and arbiter.vram_resource and cfg.model_vram_gb(name) > 0:
+            resources[arbiter.vram_resource] = cfg.model_vram_gb(name)
+        if resources:
+            actor_opts["resources"] = resources
         runtime_env = load_runtime_env(m.runtime_env, base_dir)
         if runtime_env:
             actor_opts["runtime_env"] = runtime_env
+        scale: dict[str, Any] = (
+            {"autoscaling_config": arbiter_autoscaling(m.max_replicas)} if arbiter.enabled else {"num_replicas": m.num_replicas}
+        )
         dep = serve.deployment(
             cls,
             name=name,
-            num_replicas=m.num_replicas,
             max_ongoing_requests=m.max_ongoing_requests,
             ray_actor_options=actor_opts,
+            **scale,
         )
-        out[name] = dep.bind(**m.init, redis_url=redis_url)
+        init = dict(m.init)
+        init.setdefault("vram_gb", cfg.model_vram_gb(name))
+        out[name] = dep.bind(**init, redis_url=redis_url)
     return out
 
 
@@ -65,10 +93,17 @@ def build_app(args: dict[str, Any]) -> Application:
     from deployments.router import RouterIngress
 
     models = model_deployments(cfg, redis)
+    # Under the arbiter the router needs an autoscaling_config of its own (min = max): without one
+    # Serve keeps no autoscaling state for it and its record_autoscaling_stats never reach the policy.
+    scale: dict[str, Any] = (
+        {"autoscaling_config": {"min_replicas": cfg.router.num_replicas, "max_replicas": cfg.router.num_replicas,
+                                "initial_replicas": cfg.router.num_replicas, "look_back_period_s": 2}}
+        if cfg.arbiter.enabled else {"num_replicas": cfg.router.num_replicas}
+    )
     router = serve.deployment(
         RouterIngress,
         name=ROUTER_NAME,
-        num_replicas=cfg.router.num_replicas,
+        **scale,
         max_ongoing_requests=cfg.router.max_ongoing_requests,
         ray_actor_options={"num_cpus": cfg.router.num_cpus},
     )
