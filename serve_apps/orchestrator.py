@@ -42,13 +42,15 @@ def resolve_urls(cfg: OrchestratorConfig) -> tuple[str, str]:
 
 # Model deployments under the arbiter: Serve's own autoscaler applies the targets the router's
 # arbiter reports (serve_apps/autoscaling.py); no delays, so a decision takes effect at once.
-# A short look-back keeps the latest report fresh (metrics are recorded every look_back x 0.2 s).
+# A short look-back keeps the latest report fresh (metrics are recorded every look_back x 0.2 s),
+# and a 0.5 s push interval means a scale-from-zero does not wait out the default 10 s.
 def arbiter_autoscaling(max_replicas: int) -> dict[str, Any]:
     return {
         "min_replicas": 0,
         "initial_replicas": 0,
         "max_replicas": max_replicas,
         "look_back_period_s": 2,
+        "metrics_interval_s": 0.5,
         "upscale_delay_s": 0,
         "downscale_delay_s": 0,
         "downscale_to_zero_delay_s": 0,
@@ -97,7 +99,8 @@ def build_app(args: dict[str, Any]) -> Application:
     # Serve keeps no autoscaling state for it and its record_autoscaling_stats never reach the policy.
     scale: dict[str, Any] = (
         {"autoscaling_config": {"min_replicas": cfg.router.num_replicas, "max_replicas": cfg.router.num_replicas,
-                                "initial_replicas": cfg.router.num_replicas, "look_back_period_s": 2}}
+                                "initial_replicas": cfg.router.num_replicas, "look_back_period_s": 2,
+                                "metrics_interval_s": 0.5}}
         if cfg.arbiter.enabled else {"num_replicas": cfg.router.num_replicas}
     )
     router = serve.deployment(

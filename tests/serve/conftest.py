@@ -38,13 +38,37 @@ def test_args(database_url: str, redis_url: str) -> dict:
     return args
 
 
+def arbiter_args(database_url: str, redis_url: str) -> dict:
+    """Three synthetic models on one fake GPU whose shares (0.6) and VRAM (16/14/12 of 24 GB)
+    cannot co-reside, under the arbiter with short timers."""
+    def model(vram, load):
+        return {"impl": "deployments.echo:Echo", "runtime_env": "runtime_envs/echo.yaml", "num_cpus": 0.1,
+                "num_gpus": 0.6, "vram_gb": vram, "load_s": load, "init": {"load_time_s": load}}
+
+    def app(i, dep):
+        return {"id": i, "deployment": dep, "synthetic": True, "max_in_flight": 4, "timeout_s": 120,
+                "parameters": [{"name": "delay_s", "type": "number", "default": 0},
+                               {"name": "steps", "type": "integer", "default": 1, "minimum": 1}]}
+
+    return {
+        "database_url": database_url, "redis_url": redis_url,
+        "router": {"num_replicas": 1, "lease_s": 5, "poll_interval_s": 0.2},
+        "arbiter": {"enabled": True, "idle_ttl_s": 6, "max_wait_s": 30, "min_resident_s": 2, "tick_s": 0.25,
+                    "gpus": [{"id": "gpu0", "vram_gb": 24}]},
+        "models": {"echo-a": model(16, 1.0), "echo-b": model(14, 1.0), "echo-c": model(12, 1.0)},
+        "apps": [app("a", "echo-a"), app("b", "echo-b"), app("c", "echo-c")],
+    }
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Scale-from-zero must not wait out the default 10 s metrics push (read when Ray starts).
+    os.environ["RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S"] = "0.5"
     metrics_port = free_port()
-    ray.init(num_cpus=16, include_dashboard=False, configure_logging=False, log_to_driver=False,
+    ray.init(num_cpus=16, num_gpus=1, include_dashboard=False, configure_logging=False, log_to_driver=False,
              _metrics_export_port=metrics_port)
     yield {"metrics_port": metrics_port}
     from ray import serve
@@ -54,21 +78,44 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="session")
-def orchestrator(ray_cluster, serve_backend):
-    """Deploys the app once; yields its base URL. Each test uses its own job ids, so sharing is safe."""
-    from ray import serve
+def deployed(ray_cluster, serve_backend):
+    """Deploys both test applications once, through the same config path as `serve deploy`
+    (the arbiter's application-level autoscaling policy is only settable that way)."""
+    from serve_apps.deploy import deploy
 
-    from serve_apps.orchestrator import build_app
-
-    db = serve_backend.fresh_database()
+    dbs = [serve_backend.fresh_database() for _ in range(2)]
+    urls = [serve_backend.url_for(d) for d in dbs]
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(test_args(serve_backend.url_for(db), serve_backend.redis_url)), name=APP_NAME, route_prefix="/")
+    deploy({
+        "http_options": {"host": "127.0.0.1", "port": port},
+        "applications": [
+            {"name": APP_NAME, "route_prefix": "/", "import_path": "serve_apps.orchestrator:build_app",
+             "args": test_args(urls[0], serve_backend.redis_url)},
+            {"name": "arbiter", "route_prefix": "/arb", "import_path": "serve_apps.orchestrator:build_app",
+             "args": arbiter_args(urls[1], serve_backend.redis_url),
+             "autoscaling_policy": {"policy_function": "serve_apps.autoscaling:arbiter_policy"}},
+        ],
+    })
     base = f"http://127.0.0.1:{port}"
     wait_healthy(base)
+    wait_healthy(base + "/arb")
     yield base
+    from ray import serve
+
     serve.delete(APP_NAME)
-    serve_backend.drop(db)
+    serve.delete("arbiter")
+    for d in dbs:
+        serve_backend.drop(d)
+
+
+@pytest.fixture(scope="session")
+def orchestrator(deployed):
+    return deployed
+
+
+@pytest.fixture(scope="session")
+def arbiter_url(deployed):
+    return deployed + "/arb"
 
 
 def wait_healthy(base: str, timeout_s: float = 60) -> None:
