@@ -119,6 +119,10 @@ def decide(models: Iterable[ModelView], gpus: Iterable[Gpu], cfg: PolicyConfig =
     # 2. Cold models with work, most urgent first, get room.
     wanting = sorted((m for m in models if m.queued > 0 and targets[m.name] == 0 and m.stopping == 0), key=_urgency)
     for w in wanting:
+        if w.vram_gb == 0:  # needs no GPU memory (a CPU model): load on demand, nothing to evict
+            targets[w.name] = 1
+            reasons.append(f"load {w.name}: {w.queued} queued, needs no GPU memory")
+            continue
         allowed = _allowed(w, gpus)
         if not allowed:
             reasons.append(f"cannot place {w.name}: pinned to {w.pin!r}, no such GPU")

@@ -301,12 +301,27 @@ def apps(ctx: click.Context) -> None:
 @click.pass_context
 def workers(ctx: click.Context) -> None:
     """Model deployments: replicas, their state, queue depth."""
+    import datetime as dt
+
     with _client(ctx) as c:
-        for m in c.workers():
-            tag = " [SYNTHETIC]" if m.get("synthetic") else ""
-            click.echo(f"{m['deployment']}{tag}: replicas {m['replica_states'] or '{}'}  queued={m['queued']} running={m['running']}")
-            for r in m["replicas"]:
-                click.echo(f"    {r['replica_id']}  {r['state']:<9} load={r['load_time_s']}s  jobs={r['jobs_done']}  pid={r['pid']}")
+        data = c.http.get("/v1/workers").json()
+    for m in data["models"]:
+        tag = " [SYNTHETIC]" if m.get("synthetic") else ""
+        held = f"{m['vram_held_gb']:.1f}" if m.get("vram_held_gb") is not None else "-"
+        used = dt.datetime.fromtimestamp(m["last_used"]).strftime("%H:%M:%S") if m.get("last_used") else "never"
+        click.echo(f"{m['deployment']}{tag}: {m['state']}  replicas {m['replica_states'] or '{}'} (target {m['target_replicas']})  "
+                   f"VRAM {held}/{m['vram_declared_gb']:g} GB  queued={m['queued']} running={m['running']}  last used {used}")
+        arb = m.get("arbiter") or {}
+        if arb.get("last_decision"):
+            click.echo(f"    last decision: {arb['last_decision']}  (loads {arb['loads']}, evictions {arb['evictions']})")
+        for r in m["replicas"]:
+            click.echo(f"    {r['replica_id']}  {r['state']:<9} load={r['load_time_s']:.2f}s  jobs={r['jobs_done']}  pid={r['pid']}"
+                       if r.get("load_time_s") is not None else f"    {r['replica_id']}  {r['state']}")
+    arbiter = data.get("arbiter")
+    if arbiter:
+        click.echo(f"arbiter: leader {arbiter['leader']}, dispatchable {arbiter['dispatchable']}, draining {arbiter['draining']}")
+        for reason in arbiter["reasons"]:
+            click.echo(f"    {reason}")
 
 
 @cli.command("import-seed")

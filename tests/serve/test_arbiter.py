@@ -137,3 +137,38 @@ def test_idle_models_scale_to_zero_after_the_ttl(arb):
     assert w["arbiter"]["last_decision"].startswith("scale echo-c to zero: idle")
     arbiter = arb.get("/v1/workers").json()["arbiter"]
     assert arbiter["targets"] == {"echo-a": 0, "echo-b": 0, "echo-c": 0}
+
+
+def test_two_gpu_nodes_fit_and_pinning(serve_backend):
+    """Two fake GPU nodes (24 GB 'small', 80 GB 'big'), run in a subprocess with its own cluster."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    db = serve_backend.fresh_database()
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "tests.serve.two_node_scenario", serve_backend.url_for(db), serve_backend.redis_url],
+            cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=400,
+        )
+    finally:
+        serve_backend.drop(db)
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert line, f"scenario failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    out = json.loads(line[len("RESULT "):])
+    assert out["status"] == {"llm40": "succeeded", "whisper": "succeeded", "tiny": "succeeded"}
+    assert out["nodes"]["llm40"] == ["big"]  # 40 GB fits only on the 80 GB node
+    assert out["nodes"]["whisper-pinned"] == ["small"]  # pinned to its node type
+    assert out["pools"]["llm40"] == ["big"] and out["pools"]["whisper-pinned"] == ["small"]
+
+
+def test_cli_workers_shows_arbiter_state(arbiter_url):
+    from click.testing import CliRunner
+
+    from gpu_orchestrator.cli import cli
+
+    r = CliRunner().invoke(cli, ["--url", arbiter_url, "workers"])
+    assert r.exit_code == 0, r.output
+    assert "echo-a [SYNTHETIC]: " in r.stdout and "VRAM -/16 GB" in r.stdout
+    assert "last decision: " in r.stdout and "arbiter: leader router:" in r.stdout

@@ -137,3 +137,8 @@ def test_dispatchable():
     d = decide(ms, G24, CFG)
     assert not d.dispatchable(ms[0])  # draining: no new work
     assert decide([resident("a", 16, queued=1)], G24, CFG).dispatchable(resident("a", 16, queued=1))
+
+
+def test_cpu_models_load_on_demand_without_gpus():
+    d = decide([cold("echo", 0, queued=1)], [], CFG)
+    assert d.targets == {"echo": 1} and d.reasons == ("load echo: 1 queued, needs no GPU memory",)
