@@ -18,8 +18,11 @@ class Echo(ModelDeployment):
     model_name = "echo"
     synthetic = True
 
-    def __init__(self, *, load_time_s: float = 0.0, vram_gb: float = 0.0, redis_url: str | None = None):
+    def __init__(self, *, load_time_s: float = 0.0, vram_gb: float = 0.0, redis_url: str | None = None,
+                 report_packages: list[str] | None = None):
         self._load_time_s = load_time_s
+        # Versions of these packages as this replica sees them (its runtime_env), in every result.
+        self._packages = {p: _version(p) for p in (report_packages or [])}
         super().__init__(redis_url=redis_url, vram_gb=vram_gb)
 
     def load(self) -> None:
@@ -38,5 +41,17 @@ class Echo(ModelDeployment):
             ctx.check_cancelled()  # a cheap Redis EXISTS, rate-limited in JobContext
             if steps > 1 or delay > 0:
                 await asyncio.to_thread(ctx.progress, step=step, total=steps)
-        return {"synthetic": True, "echo": params, "replica_pid": os.getpid(), "attempt": ctx.attempt}
+        out = {"synthetic": True, "echo": params, "replica_pid": os.getpid(), "attempt": ctx.attempt}
+        if self._packages:
+            out["packages"] = self._packages
+        return out
+
+
+def _version(package: str) -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 

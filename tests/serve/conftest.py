@@ -30,6 +30,12 @@ def test_args(database_url: str, redis_url: str) -> dict:
     args["router"].update(num_replicas=2, lease_s=3, poll_interval_s=0.2)
     args["models"]["echo"]["num_replicas"] = 2
     echo = next(a for a in args["apps"] if a["id"] == "echo")
+    # Isolation: two models pinning conflicting versions of one small package, each in its own
+    # runtime_env (a pip virtualenv on top of the base install).
+    for name in ("tabulate-old", "tabulate-new"):
+        args["models"][name] = {"impl": "deployments.echo:Echo", "runtime_env": f"tests/serve/runtime_envs/{name}.yaml",
+                                "num_cpus": 0.1, "init": {"report_packages": ["tabulate"]}}
+        args["apps"].append(dict(copy.deepcopy(echo), id=name, deployment=name))
     args["apps"] += [
         dict(copy.deepcopy(echo), id="echo-once", max_attempts=1),
         dict(copy.deepcopy(echo), id="echo-tiny", max_queued=2, max_in_flight=1),

@@ -255,3 +255,15 @@ def test_job_over_its_timeout_fails_and_stops_on_the_replica(orchestrator, http)
     time.sleep(1.5)
     again = [e["data"]["step"] for e in read_sse(orchestrator, job_id) if e["event"] == "progress"]
     assert again == seen and len(seen) < 20  # the model stopped when the request was cancelled
+
+
+def test_runtime_envs_isolate_conflicting_package_versions(http):
+    import importlib.util
+
+    assert importlib.util.find_spec("tabulate") is None  # not in the base install at all
+    got = {}
+    for app in ("tabulate-old", "tabulate-new"):
+        job = wait_status(http, submit(http, app_id=app), {"succeeded", "failed"}, timeout_s=120)
+        assert job["status"] == "succeeded", job
+        got[app] = job["result"]["packages"]["tabulate"]
+    assert got == {"tabulate-old": "0.8.10", "tabulate-new": "0.9.0"}
