@@ -8,6 +8,7 @@ wraps that with serve.deployment(...) options from the config.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -23,6 +24,7 @@ from gpu_orchestrator.events import AsyncEventBus, Event
 from gpu_orchestrator.jobs import Job, JobStatus
 from gpu_orchestrator.registry import AppSpec, validate_params
 from gpu_orchestrator.store import JobStore
+from gpu_orchestrator import openai_format as oai
 from gpu_orchestrator import workers as worker_beats
 
 from .dispatcher import Dispatcher
@@ -263,6 +265,46 @@ class Router:
 
         with self.store.engine.connect() as c:
             c.execute(sa.text("SELECT 1"))
+
+    # OpenAI-compatible API for chat apps (`task: chat`): any OpenAI client works against /v1.
+    @app.get("/v1/models", tags=["openai"])
+    async def openai_models(self) -> dict[str, Any]:
+        return oai.models_list([a.id for a in self.cfg.apps if a.task == "chat"])
+
+    @app.post("/v1/chat/completions", tags=["openai"])
+    async def openai_chat(self, req: oai.ChatRequest) -> Any:
+        spec = self.apps.get(req.model)
+        if spec is None or spec.task != "chat":
+            chat = [a.id for a in self.cfg.apps if a.task == "chat"]
+            raise ApiError(404, "model_not_found", f"{req.model!r} is not a chat app (chat apps: {chat})", field="model")
+        job, _ = await self._submit(req.model, req.job_params())
+        created = int(time.time())
+        if req.stream:
+            return StreamingResponse(self._chat_stream(job.id, req.model, created), media_type="text/event-stream")
+        done = await self.wait(job.id, timeout_s=spec.timeout_s + 30)
+        if done["status"] != "succeeded":
+            raise ApiError(502, "generation_failed", f"job {job.id} {done['status']}: {done['error']}")
+        return oai.completion(str(job.id), req.model, done["result"], created)
+
+    async def _chat_stream(self, job_id: uuid.UUID, model: str, created: int):
+        yield oai.chunk(str(job_id), model, created, {"role": "assistant", "content": ""})
+        async for ev in self.bus.tail(job_id, "0-0", block_ms=2_000):
+            if ev is None:
+                job = await self._get(job_id)
+                if not job.status.terminal:
+                    continue
+                ev = Event(id="0", type="status", data={"status": job.status.value, "result": job.result, "error": job.error})
+            if ev.type == "progress" and "token" in ev.data:
+                yield oai.chunk(str(job_id), model, created, {"content": ev.data["token"]})
+            elif ev.terminal:
+                if ev.data["status"] == "succeeded":
+                    finish = (ev.data.get("result") or {}).get("finish_reason", "stop")
+                    yield oai.chunk(str(job_id), model, created, {}, finish)
+                else:
+                    err = {"error": {"message": f"job {job_id} {ev.data['status']}: {ev.data.get('error')}", "type": "generation_failed"}}
+                    yield f"data: {json.dumps(err)}\n\n"
+                yield "data: [DONE]\n\n"
+                return
 
     # Seed-compatible aliases (the original Go orchestrator's shapes).
     @app.post("/submit", status_code=202, tags=["seed-compatible"])

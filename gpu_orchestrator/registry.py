@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-ParamType = Literal["string", "integer", "number", "boolean", "enum", "file"]
+ParamType = Literal["string", "integer", "number", "boolean", "enum", "file", "messages"]
+CHAT_ROLES = ("system", "user", "assistant")
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 
@@ -68,6 +69,8 @@ class AppSpec(BaseModel):
     # Jobs of this app handed to its model deployment at once, across all router replicas.
     max_in_flight: int = Field(default=4, ge=1)
     synthetic: bool = Field(default=False, description="a synthetic stand-in model, not a real one")
+    # What the app does; "chat" apps are also served by the OpenAI-compatible /v1/chat/completions.
+    task: Literal["generic", "chat", "image", "transcription"] = "generic"
 
     @field_validator("id")
     @classmethod
@@ -142,6 +145,8 @@ def coerce_value(spec: ParamSpec, value: Any) -> Any:
         if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
             return value.strip().lower() in ("true", "1")
         raise ParamError(spec.name, f"expected boolean, got {type(value).__name__} {value!r}")
+    if t == "messages":
+        return _messages(spec, value)
     if t == "enum":
         if value in spec.choices:  # type: ignore[operator]
             return value
@@ -152,6 +157,22 @@ def coerce_value(spec: ParamSpec, value: Any) -> Any:
     if spec.max_length is not None and len(value) > spec.max_length:
         raise ParamError(spec.name, f"length {len(value)} exceeds max_length {spec.max_length}")
     return value
+
+
+def _messages(spec: ParamSpec, value: Any) -> list[dict[str, str]]:
+    """Chat messages: a non-empty list of {"role": system|user|assistant, "content": str}."""
+    if not isinstance(value, list):
+        raise ParamError(spec.name, f"expected a list of messages, got {type(value).__name__}")
+    if not value:
+        raise ParamError(spec.name, "must contain at least one message")
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in CHAT_ROLES:
+            raise ParamError(spec.name, f"[{i}] must be {{'role': one of {list(CHAT_ROLES)}, 'content': string}}")
+        if spec.max_length is not None and len(m["content"]) > spec.max_length:
+            raise ParamError(spec.name, f"[{i}].content length {len(m['content'])} exceeds max_length {spec.max_length}")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
 
 
 def _fmt(x: float) -> str:

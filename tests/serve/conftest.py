@@ -14,6 +14,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_NAME = "orchestrator"
+# Tiny models are built once and cached here across sessions (the builders skip a finished build).
+TINY_DIR = os.environ.get("GPU_ORCH_TEST_TINY_DIR", "/tmp/gpu-orch-test-tiny")
 
 
 def free_port() -> int:
@@ -36,6 +38,19 @@ def test_args(database_url: str, redis_url: str) -> dict:
         args["models"][name] = {"impl": "deployments.echo:Echo", "runtime_env": f"tests/serve/runtime_envs/{name}.yaml",
                                 "num_cpus": 0.1, "init": {"report_packages": ["tabulate"]}}
         args["apps"].append(dict(copy.deepcopy(echo), id=name, deployment=name))
+    # A real LLM deployment (transformers engine, tiny untrained Llama built in the replica).
+    args["models"]["llm"] = {"impl": "deployments.llm:LLM", "runtime_env": "runtime_envs/llm.yaml", "num_cpus": 0.1,
+                             "init": {"demo": True, "tiny_path": TINY_DIR + "/llm"}}
+    args["apps"].append({
+        "id": "chat", "name": "Chat (tiny untrained LLM)", "deployment": "llm", "task": "chat", "max_attempts": 1,
+        "timeout_s": 120,
+        "parameters": [
+            {"name": "messages", "type": "messages", "required": True, "max_length": 20000},
+            {"name": "max_tokens", "type": "integer", "minimum": 1, "maximum": 512, "default": 32},
+            {"name": "temperature", "type": "number", "minimum": 0, "maximum": 2, "default": 0.7},
+            {"name": "seed", "type": "integer"},
+        ],
+    })
     args["apps"] += [
         dict(copy.deepcopy(echo), id="echo-once", max_attempts=1),
         dict(copy.deepcopy(echo), id="echo-tiny", max_queued=2, max_in_flight=1),

@@ -85,3 +85,13 @@ def test_bad_specs_are_rejected_naming_the_problem():
         AppSpec(id="a", deployment="d", parameters=[{"name": "x"}, {"name": "x"}])
     with pytest.raises(ValueError, match="lowercase"):
         AppSpec(id="Bad App", deployment="d")
+
+
+def test_messages_param():
+    chat = AppSpec(id="chat", deployment="llm", parameters=[{"name": "messages", "type": "messages", "required": True}])
+    ok = validate_params(chat, {"messages": [{"role": "user", "content": "hi", "name": "x"}]})
+    assert ok["messages"] == [{"role": "user", "content": "hi"}]
+    for bad, text in (([], "at least one message"), ("hi", "expected a list"), ([{"role": "robot", "content": "x"}], "[0] must be")):
+        with pytest.raises(ParamsInvalid) as e:
+            validate_params(chat, {"messages": bad})
+        assert e.value.errors[0].field == "params.messages" and text in e.value.errors[0].message

@@ -1,0 +1,50 @@
+"""The llm deployment (transformers engine, tiny untrained Llama) through the router, and the
+OpenAI-compatible API with the official client."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import wait_status
+from .test_job_path import read_sse
+
+pytestmark = pytest.mark.serve
+
+MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
+
+
+def test_chat_job_streams_tokens_that_add_up_to_the_text(orchestrator, http):
+    r = http.post("/v1/jobs", json={"app_id": "chat", "params": {"messages": MESSAGES, "max_tokens": 12, "seed": 3}})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    events = read_sse(orchestrator, job_id, timeout_s=300)
+    tokens = [e["data"]["token"] for e in events if e["event"] == "progress"]
+    assert events[-1]["data"]["status"] == "succeeded", events[-1]
+    job = wait_status(http, job_id, {"succeeded"})
+    assert tokens and "".join(tokens) == job["result"]["text"]
+    assert job["result"]["untrained"] is True and job["result"]["engine"] == "transformers"
+    assert job["result"]["completion_tokens"] == len(tokens) <= 12
+
+
+def test_openai_client_non_stream_and_stream(orchestrator):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=orchestrator + "/v1", api_key="unused")
+    assert "chat" in [m.id for m in client.models.list().data]
+    resp = client.chat.completions.create(model="chat", messages=MESSAGES, max_tokens=8, seed=1)
+    assert resp.object == "chat.completion" and resp.choices[0].message.role == "assistant"
+    assert resp.choices[0].message.content and resp.choices[0].finish_reason in ("stop", "length")
+    stream = client.chat.completions.create(model="chat", messages=MESSAGES, max_tokens=8, seed=1, stream=True)
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert text == resp.choices[0].message.content  # same seed, same tokens
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_chat_bad_input_names_the_field(http):
+    r = http.post("/v1/jobs", json={"app_id": "chat", "params": {"messages": []}})
+    assert r.status_code == 422 and "params.messages" in r.json()["message"]
+    r = http.post("/v1/chat/completions", json={"model": "chat", "messages": []})
+    assert r.status_code == 422 and "params.messages" in r.json()["message"]
+    r = http.post("/v1/chat/completions", json={"model": "echo", "messages": MESSAGES})
+    assert r.status_code == 404 and "model" in r.json()["message"]
