@@ -1,0 +1,329 @@
+"""Real-size model check for a CUDA machine: build each model at its REAL size with random weights
+from its real config (no download), save it, then measure load-from-disk time (the same loading
+call the deployment uses), bytes on disk, VRAM held and one inference. Prints a table.
+
+    python bench/gpu/models.py [--only sdxl,zimage,whisper,llm] [--dir /tmp/gpu-orch-bench]
+    python bench/gpu/models.py --tiny      # the same code paths with tiny configs (CPU is fine)
+
+Skips cleanly (exit 0) without CUDA unless --tiny. Needs diffusers, openai-whisper, transformers.
+Random weights: outputs are noise; the figures are about memory, I/O and compute, not quality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+
+def dir_bytes(p: Path) -> int:
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def drop_page_cache() -> bool:
+    """So 'load from disk' reads the disk, not the cache we just filled (needs root; may be refused)."""
+    try:
+        subprocess.run(["sync"], check=False)
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def _word_tokenizer(words: int = 1000):
+    """A word-level fast tokenizer (no download); ids stay below every model's vocab size."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(["<unk>", "<s>", "</s>", "<pad>"] + [f"w{i}" for i in range(words)])}
+    for i, w in enumerate("a photo of an astronaut riding a horse on mars hello world".split()):
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    fast.chat_template = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
+                          "{% if add_generation_prompt %}assistant :{% endif %}")
+    return fast
+
+
+def _clip_tokenizer(path: Path):
+    """CLIPTokenizer from a tiny byte-level vocab written here (the real one is 49408 BPE tokens)."""
+    from transformers import CLIPTokenizer
+
+    path.mkdir(parents=True, exist_ok=True)
+    # GPT-2's byte -> printable-unicode table, which CLIP's BPE vocabulary is written in.
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    chars = [chr(c) for c in cs]
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), pad_token="<|endoftext|>",
+                         model_max_length=77)
+
+
+# -- builders: real configs (tiny ones with --tiny) ----------------------------------------------
+
+
+def build_sdxl(out: Path, tiny: bool, dtype):
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    if tiny:
+        unet = dict(block_out_channels=(32, 64), layers_per_block=1, transformer_layers_per_block=(1, 1),
+                    attention_head_dim=(2, 4), cross_attention_dim=64, projection_class_embeddings_input_dim=80,
+                    addition_time_embed_dim=8, sample_size=32, norm_num_groups=32,
+                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+        te1 = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, projection_dim=32)
+        te2 = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, projection_dim=32)
+        vae = dict(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
+                   up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=32, sample_size=64)
+    else:  # stabilityai/stable-diffusion-xl-base-1.0
+        unet = dict(block_out_channels=(320, 640, 1280), layers_per_block=2, transformer_layers_per_block=(1, 2, 10),
+                    attention_head_dim=(5, 10, 20), cross_attention_dim=2048, projection_class_embeddings_input_dim=2816,
+                    addition_time_embed_dim=256, sample_size=128,
+                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))
+        te1 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                   projection_dim=768, hidden_act="quick_gelu")
+        te2 = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                   projection_dim=1280, hidden_act="gelu")
+        vae = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                   up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, sample_size=1024, scaling_factor=0.13025)
+    unet_model = UNet2DConditionModel(in_channels=4, out_channels=4, addition_embed_type="text_time",
+                                      use_linear_projection=True, **unet)
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, **te1))
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, **te2))
+    vae_model = AutoencoderKL(in_channels=3, out_channels=3, **vae)
+    sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                   timestep_spacing="leading", steps_offset=1)
+    tok = _clip_tokenizer(out / "_tok")
+    pipe = StableDiffusionXLPipeline(vae=vae_model, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tok, tokenizer_2=tok, unet=unet_model, scheduler=sched)
+    pipe.to(dtype=dtype).save_pretrained(out)
+    shutil.rmtree(out / "_tok", ignore_errors=True)
+
+
+def build_zimage(out: Path, tiny: bool, dtype):
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+    from transformers import Qwen3Config, Qwen3Model
+
+    if tiny:
+        tr = dict(dim=32, n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=16, axes_dims=[8, 4, 4])
+        te = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                  head_dim=8)
+        vae = dict(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
+                   up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=32)
+    else:  # Tongyi-MAI/Z-Image-Turbo: 6B single-stream DiT, Qwen3-4B text encoder, 16-channel VAE
+        tr = dict(dim=3840, n_layers=30, n_refiner_layers=2, n_heads=30, n_kv_heads=30, cap_feat_dim=2560,
+                  axes_dims=[32, 48, 48])
+        te = dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+                  num_key_value_heads=8, head_dim=128)
+        vae = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                   up_block_types=("UpDecoderBlock2D",) * 4)
+    transformer = ZImageTransformer2DModel(in_channels=16, **tr)
+    text_encoder = Qwen3Model(Qwen3Config(vocab_size=151936, max_position_embeddings=40960, rope_theta=1000000.0, **te))
+    vae_model = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16, scaling_factor=0.3611,
+                              shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False, **vae)
+    sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    pipe = ZImagePipeline(scheduler=sched, vae=vae_model, text_encoder=text_encoder, tokenizer=_word_tokenizer(),
+                          transformer=transformer)
+    pipe.to(dtype=dtype).save_pretrained(out)
+
+
+def build_whisper(out: Path, tiny: bool, dtype):
+    import torch
+    import whisper
+    from whisper.model import ModelDimensions
+
+    if tiny:
+        dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=2,
+                               n_vocab=51865, n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=2)
+    else:  # large-v3
+        dims = ModelDimensions(n_mels=128, n_audio_ctx=1500, n_audio_state=1280, n_audio_head=20, n_audio_layer=32,
+                               n_vocab=51866, n_text_ctx=448, n_text_state=1280, n_text_head=20, n_text_layer=32)
+    model = whisper.model.Whisper(dims)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"dims": asdict(dims), "model_state_dict": {k: v.to(dtype) for k, v in model.state_dict().items()}},
+               out / "model.pt")
+
+
+def build_llm(out: Path, tiny: bool, dtype):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    if tiny:
+        cfg = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)
+    else:  # Qwen2.5-7B-Instruct
+        cfg = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                   num_key_value_heads=4, rope_theta=1000000.0, max_position_embeddings=32768)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=152064, tie_word_embeddings=False, **cfg))
+    model.to(dtype).save_pretrained(out)
+    _word_tokenizer().save_pretrained(out)
+
+
+# -- load + one inference, the way the deployments do it --------------------------------------
+
+
+def run_sdxl(path: Path, device: str, dtype, tiny: bool):
+    from diffusers import StableDiffusionXLPipeline
+
+    t0 = time.perf_counter()
+    pipe = StableDiffusionXLPipeline.from_pretrained(path, torch_dtype=dtype).to(device)
+    load = _sync(t0, device)
+    size = 64 if tiny else 1024
+    steps = 2 if tiny else 30
+    t0 = time.perf_counter()
+    img = pipe("a photo of an astronaut riding a horse on mars", width=size, height=size, num_inference_steps=steps).images[0]
+    return pipe, load, _sync(t0, device), f"{img.size[0]}x{img.size[1]} image, {steps} steps"
+
+
+def run_zimage(path: Path, device: str, dtype, tiny: bool):
+    from diffusers import ZImagePipeline
+
+    t0 = time.perf_counter()
+    pipe = ZImagePipeline.from_pretrained(path, torch_dtype=dtype).to(device)
+    load = _sync(t0, device)
+    size = 64 if tiny else 1024
+    steps = 2 if tiny else 9
+    t0 = time.perf_counter()
+    img = pipe("a photo of an astronaut riding a horse on mars", width=size, height=size, num_inference_steps=steps,
+               guidance_scale=0.0).images[0]
+    return pipe, load, _sync(t0, device), f"{img.size[0]}x{img.size[1]} image, {steps} steps"
+
+
+def run_whisper(path: Path, device: str, dtype, tiny: bool):
+    import numpy as np
+    import whisper
+
+    t0 = time.perf_counter()
+    model = whisper.load_model(str(path / "model.pt"), device=device)
+    load = _sync(t0, device)
+    sr = 16000
+    t = np.arange(30 * sr) / sr
+    audio = (0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)  # 30 s tone
+    t0 = time.perf_counter()
+    res = model.transcribe(audio, language="en", fp16=device == "cuda", temperature=0.0,
+                           condition_on_previous_text=False, no_speech_threshold=None)
+    return model, load, _sync(t0, device), f"30 s audio, {len(res['segments'])} segments"
+
+
+def run_llm(path: Path, device: str, dtype, tiny: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    load = _sync(t0, device)
+    ids = tok.apply_chat_template([{"role": "user", "content": "hello world"}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True).to(device)
+    n = 16 if tiny else 128
+    t0 = time.perf_counter()
+    out = model.generate(**ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
+    took = _sync(t0, device)
+    return model, load, took, f"{out.shape[1] - ids['input_ids'].shape[1]} tokens ({n / took:.0f} tok/s)"
+
+
+def _sync(t0: float, device: str) -> float:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+MODELS = {
+    "whisper": ("openai-whisper large-v3 (1.55B)", build_whisper, run_whisper, "float16"),
+    "sdxl": ("SDXL base 1.0 (UNet 2.6B + CLIP-L + bigG)", build_sdxl, run_sdxl, "float16"),
+    "llm": ("Qwen2.5-7B-like (transformers)", build_llm, run_llm, "bfloat16"),
+    "zimage": ("Z-Image-Turbo (6B DiT + Qwen3-4B)", build_zimage, run_zimage, "bfloat16"),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default=",".join(MODELS))
+    ap.add_argument("--dir", default="/tmp/gpu-orch-bench")
+    ap.add_argument("--tiny", action="store_true", help="tiny configs: check the code paths (CPU is fine)")
+    ap.add_argument("--json", default=None, help="also write the rows here")
+    args = ap.parse_args()
+
+    import torch
+
+    if not torch.cuda.is_available() and not args.tiny:
+        print("no CUDA device: skipping the real-size model check (run with --tiny to test the code paths)")
+        return
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    gpu = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
+    print(f"device: {gpu}; torch {torch.__version__}; {'TINY configs' if args.tiny else 'real-size configs'}, random weights")
+    root = Path(args.dir)
+    rows = []
+    for key in args.only.split(","):
+        label, build, run, dt = MODELS[key]
+        dtype = getattr(torch, dt) if device == "cuda" else torch.float32
+        path = root / key
+        shutil.rmtree(path, ignore_errors=True)
+        t0 = time.perf_counter()
+        prev = torch.get_default_dtype()
+        try:
+            # Build on the GPU in the target dtype: random init of billions of weights on a CPU is slow.
+            torch.set_default_dtype(dtype if dtype != torch.float16 else torch.float32)
+            with torch.device(device):
+                build(path, args.tiny, dtype)
+        finally:
+            torch.set_default_dtype(prev)
+        build_s = time.perf_counter() - t0
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        dropped = drop_page_cache()
+        try:
+            obj, load_s, infer_s, what = run(path, device, dtype, args.tiny)
+            vram = torch.cuda.memory_reserved() / 2**30 if device == "cuda" else None
+            peak = torch.cuda.max_memory_reserved() / 2**30 if device == "cuda" else None
+            err = None
+        except Exception as e:  # report and go on to the next model
+            obj, load_s, infer_s, what, vram, peak, err = None, None, None, "", None, None, f"{type(e).__name__}: {e}"
+        row = {"model": key, "what": label, "dtype": dt, "disk_gb": dir_bytes(path) / 1e9, "build_s": build_s,
+               "load_s": load_s, "cache_dropped": dropped, "vram_gb": vram, "peak_vram_gb": peak,
+               "infer_s": infer_s, "inference": what, "error": err}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        del obj
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        shutil.rmtree(path, ignore_errors=True)
+
+    print(f"\n{'model':<44}{'dtype':>9}{'disk GB':>9}{'load s':>8}{'VRAM GB':>9}{'peak GB':>9}{'infer s':>9}  inference")
+    for r in rows:
+        f = lambda v, p=1: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
+        print(f"{r['what']:<44}{r['dtype']:>9}{f(r['disk_gb'], 2):>9}{f(r['load_s']):>8}{f(r['vram_gb']):>9}"
+              f"{f(r['peak_vram_gb']):>9}{f(r['infer_s'], 2):>9}  {r['inference'] or r['error']}")
+    print("load s = from_pretrained / whisper.load_model to weights on the device"
+          + ("" if all(r["cache_dropped"] for r in rows) else " (page cache NOT dropped: disk reads may be cached)"))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    if any(r["error"] for r in rows):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
