@@ -11,6 +11,7 @@ import asyncio
 import inspect
 import logging
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -112,13 +113,11 @@ class ModelDeployment:
 
     def info(self) -> dict[str, Any]:
         vram = None
-        try:
-            import torch  # optional: only models that use torch have it
-
-            if torch.cuda.is_available():
-                vram = torch.cuda.memory_reserved() / 2**30
-        except ImportError:
-            pass
+        # Only if the model already imported torch: a heartbeat must stay cheap (the first
+        # `import torch` can take seconds, and would delay the first beat past the key's TTL).
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            vram = torch.cuda.memory_reserved() / 2**30
         return {
             "model": self.model_name,
             "deployment": self._deployment,

@@ -81,39 +81,44 @@ def install(app: FastAPI) -> None:
 class BodyLimit:
     """ASGI middleware: 413 for a body over `limit` bytes, by Content-Length or by counting chunks."""
 
-    def __init__(self, app: Any, limit: Any):
+    def __init__(self, app: Any, limit: Any, upload_limit: Any = None, upload_paths: tuple[str, ...] = ()):
         self.app = app
         self._limit = limit  # int, or a callable so the router can set it from its config
+        self._upload_limit = upload_limit
+        self.upload_paths = upload_paths
 
-    @property
-    def limit(self) -> int:
-        return self._limit() if callable(self._limit) else self._limit
+    def limit_for(self, path: str) -> int:
+        lim = self._limit
+        if self._upload_limit is not None and any(path.endswith(p) for p in self.upload_paths):
+            lim = self._upload_limit
+        return lim() if callable(lim) else lim
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.limit_for(scope.get("path", ""))
         for k, v in scope.get("headers", []):
-            if k == b"content-length" and v.isdigit() and int(v) > self.limit:
-                return await self._reject(send)
+            if k == b"content-length" and v.isdigit() and int(v) > limit:
+                return await self._reject(send, limit)
         seen = 0
 
         async def counted() -> dict:
             nonlocal seen
             msg = await receive()
             seen += len(msg.get("body", b""))
-            if seen > self.limit:
+            if seen > limit:
                 raise _TooLarge()
             return msg
 
         try:
             await self.app(scope, counted, send)
         except _TooLarge:
-            await self._reject(send)
+            await self._reject(send, limit)
 
-    async def _reject(self, send: Any) -> None:
+    async def _reject(self, send: Any, limit: int) -> None:
         import json
 
-        payload = json.dumps(body("body_too_large", f"request body exceeds the limit of {self.limit} bytes")).encode()
+        payload = json.dumps(body("body_too_large", f"request body exceeds the limit of {limit} bytes")).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
         await send({"type": "http.response.body", "body": payload})

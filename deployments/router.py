@@ -15,14 +15,15 @@ import time
 import uuid
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import FastAPI, File, Form, Header, Query, Request, UploadFile
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from gpu_orchestrator.artifacts import ArtifactError, ArtifactStore, http_path
 from gpu_orchestrator.config import OrchestratorConfig, parse_config
 from gpu_orchestrator.events import AsyncEventBus, Event
 from gpu_orchestrator.jobs import Job, JobStatus
-from gpu_orchestrator.registry import AppSpec, validate_params
+from gpu_orchestrator.registry import AppSpec, ParamError, ParamsInvalid, validate_params
 from gpu_orchestrator.store import JobStore
 from gpu_orchestrator import openai_format as oai
 from gpu_orchestrator import workers as worker_beats
@@ -32,13 +33,15 @@ from .http_errors import ApiError, BodyLimit, install
 
 log = logging.getLogger("gpu_orchestrator.router")
 
-_limits = {"max_body_bytes": 1_048_576}
+_limits = {"max_body_bytes": 1_048_576, "max_upload_bytes": 200 * 1_048_576}
+UPLOAD_PATHS = ("/v1/artifacts", "/v1/jobs/multipart")
 app = FastAPI(
     title="GPU Orchestrator",
     description="Jobs for many AI models on shared GPUs. Submit, watch progress (SSE), cancel.",
     version="0.1.0",
 )
-app.add_middleware(BodyLimit, limit=lambda: _limits["max_body_bytes"])
+app.add_middleware(BodyLimit, limit=lambda: _limits["max_body_bytes"],
+                   upload_limit=lambda: _limits["max_upload_bytes"], upload_paths=UPLOAD_PATHS)
 install(app)
 
 
@@ -85,9 +88,12 @@ class _Metrics:
 
 
 class Router:
-    def __init__(self, config: dict[str, Any], models: dict[str, Any], database_url: str, redis_url: str):
+    def __init__(self, config: dict[str, Any], models: dict[str, Any], database_url: str, redis_url: str,
+                 artifacts_url: str | None = None):
         self.cfg: OrchestratorConfig = parse_config(config)
         _limits["max_body_bytes"] = self.cfg.router.max_body_bytes
+        _limits["max_upload_bytes"] = self.cfg.router.max_upload_bytes
+        self.artifacts = ArtifactStore(artifacts_url) if artifacts_url else None
         self.apps: dict[str, AppSpec] = {a.id: a for a in self.cfg.apps}
         self.store = JobStore.connect(database_url)
         self.bus = AsyncEventBus(redis_url)
@@ -135,6 +141,7 @@ class Router:
         if spec is None:
             raise ApiError(422, "unknown_app", f"unknown app {app_id!r} (known: {sorted(self.apps)})", field="app_id")
         clean = validate_params(spec, params)
+        await asyncio.to_thread(self._check_artifacts, spec, clean)
         job, created = await asyncio.to_thread(
             self.store.submit,
             app_id=app_id,
@@ -153,6 +160,18 @@ class Router:
                 log.warning("could not publish queued event: %s", e)
             self.dispatcher.poke()
         return job, created
+
+    def _check_artifacts(self, spec: AppSpec, params: dict[str, Any]) -> None:
+        errors = []
+        for p in spec.parameters:
+            if p.type == "file" and p.name in params:
+                try:
+                    if self.artifacts is None or not self.artifacts.exists(params[p.name]):
+                        errors.append(ParamError(f"params.{p.name}", f"artifact {params[p.name]} not found"))
+                except ArtifactError as e:
+                    errors.append(ParamError(f"params.{p.name}", str(e)))
+        if errors:
+            raise ParamsInvalid(errors)
 
     async def _get(self, job_id: uuid.UUID) -> Job:
         return await asyncio.to_thread(self.store.get, job_id)
@@ -175,6 +194,65 @@ class Router:
         job, created = await self._submit(req.app_id, req.params, req.priority, idempotency_key)
         payload = {"job_id": str(job.id), "status": job.status.value}
         return payload if created else JSONResponse(status_code=200, content=payload)
+
+    @app.post("/v1/jobs/multipart", status_code=202, response_model=SubmitResponse, tags=["jobs"])
+    async def http_submit_multipart(self, request: Request, idempotency_key: IdempotencyKey = None) -> Any:
+        """Submit with files: form fields app_id, params (a JSON object), priority, and one file
+        field per `file` parameter of the app (stored as artifacts first)."""
+        form = await request.form()
+        app_id = form.get("app_id")
+        if not isinstance(app_id, str) or not app_id:
+            raise ApiError(422, "invalid_request", "form field app_id is required", field="app_id")
+        try:
+            params = json.loads(form.get("params") or "{}")
+            priority = int(form.get("priority") or 0)
+        except (ValueError, TypeError) as e:
+            raise ApiError(422, "invalid_request", f"params must be a JSON object and priority an integer: {e}", field="params") from None
+        if not isinstance(params, dict):
+            raise ApiError(422, "invalid_request", "params must be a JSON object", field="params")
+        spec = self.apps.get(app_id)
+        files = {k: v for k, v in form.multi_items() if hasattr(v, "filename") and hasattr(v, "read")}
+        if spec is not None:
+            file_params = {p.name for p in spec.parameters if p.type == "file"}
+            for name in files:
+                if name not in file_params:
+                    raise ApiError(422, "invalid_params", f"not a file parameter of app {app_id!r} (file parameters: {sorted(file_params)})",
+                                   field=f"params.{name}")
+            if files and self.artifacts is None:
+                raise ApiError(503, "no_artifact_store", "this router has no artifact store configured")
+            for name, upload in files.items():
+                # Check the format before storing anything, so a rejected request leaves nothing behind.
+                spec_p = spec.param(name)
+                fname = upload.filename or "file"
+                ext = ("." + fname.rsplit(".", 1)[-1].lower()) if "." in fname else ""
+                if spec_p.accept and ext not in spec_p.accept:
+                    raise ParamsInvalid([ParamError(f"params.{name}", f"unsupported format {ext or '(none)'!r} (accepted: {', '.join(spec_p.accept)})")])
+            for name, upload in files.items():
+                params[name] = await asyncio.to_thread(self.artifacts.put, await upload.read(), name=upload.filename or name,
+                                                       prefix="uploads")
+        job, created = await self._submit(app_id, params, priority, idempotency_key)
+        payload = {"job_id": str(job.id), "status": job.status.value}
+        return payload if created else JSONResponse(status_code=200, content=payload)
+
+    @app.post("/v1/artifacts", status_code=201, tags=["artifacts"])
+    async def http_upload(self, file: UploadFile = File(...)) -> dict[str, Any]:
+        """Store a file (audio, image) for use as a `file` parameter; returns its artifact URI."""
+        if self.artifacts is None:
+            raise ApiError(503, "no_artifact_store", "this router has no artifact store configured")
+        data = await file.read()
+        uri = await asyncio.to_thread(self.artifacts.put, data, name=file.filename or "file", prefix="uploads")
+        return {"artifact": uri, "url": http_path(uri), "size": len(data), "content_type": file.content_type}
+
+    @app.get("/v1/artifacts/{key:path}", tags=["artifacts"])
+    async def http_artifact(self, key: str) -> Response:
+        if self.artifacts is None:
+            raise ApiError(404, "not_found", "no artifact store configured")
+        uri = "artifact://" + key
+        try:
+            data = await asyncio.to_thread(self.artifacts.read, uri)
+        except ArtifactError as e:
+            raise ApiError(404, "artifact_not_found", str(e), field="key") from None
+        return Response(content=data, media_type=self.artifacts.content_type(uri))
 
     @app.get("/v1/jobs/{job_id}", tags=["jobs"])
     async def http_get(self, job_id: uuid.UUID) -> dict[str, Any]:

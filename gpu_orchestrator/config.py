@@ -60,6 +60,8 @@ class RouterSpec(BaseModel):
     # How often an idle dispatcher looks for work submitted to other router replicas.
     poll_interval_s: float = Field(default=0.5, gt=0)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # Uploads (POST /v1/artifacts, /v1/jobs/multipart) may be larger: audio, images.
+    max_upload_bytes: int = Field(default=200 * 1_048_576, ge=1024)
 
 
 class GpuPoolSpec(BaseModel):
@@ -96,9 +98,11 @@ class OrchestratorConfig(BaseModel):
     models: dict[str, ModelSpec] = Field(default_factory=dict)
     router: RouterSpec = Field(default_factory=RouterSpec)
     arbiter: ArbiterSpec = Field(default_factory=ArbiterSpec)
-    # Overrides for URLs otherwise taken from the environment (DATABASE_URL / REDIS_URL).
+    # Overrides for URLs otherwise taken from the environment (DATABASE_URL / REDIS_URL,
+    # GPU_ORCH_ARTIFACTS; artifacts default to GPU_ORCH_HOME/artifacts).
     database_url: str | None = None
     redis_url: str | None = None
+    artifacts_url: str | None = None
 
     @model_validator(mode="after")
     def _cross(self) -> "OrchestratorConfig":

@@ -36,6 +36,8 @@ class ParamSpec(BaseModel):
     multiple_of: int | None = None
     choices: list[Any] | None = None
     max_length: int | None = None
+    # file: accepted extensions (e.g. [".wav", ".mp3"]); the value is an artifact:// URI.
+    accept: list[str] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "ParamSpec":
@@ -151,9 +153,16 @@ def coerce_value(spec: ParamSpec, value: Any) -> Any:
         if value in spec.choices:  # type: ignore[operator]
             return value
         raise ParamError(spec.name, f"{value!r} is not one of {spec.choices}")
-    # string and file (a URL or artifact reference) are both strings
+    # string and file (an artifact reference) are both strings
     if not isinstance(value, str):
         raise ParamError(spec.name, f"expected string, got {type(value).__name__}")
+    if t == "file":
+        if not value.startswith("artifact://"):
+            raise ParamError(spec.name, "expected an artifact URI (artifact://...): upload the file with POST /v1/artifacts "
+                                        "or submit it with POST /v1/jobs/multipart")
+        ext = ("." + value.rsplit(".", 1)[-1].lower()) if "." in value.rsplit("/", 1)[-1] else ""
+        if spec.accept and ext not in spec.accept:
+            raise ParamError(spec.name, f"unsupported format {ext or '(none)'!r} (accepted: {', '.join(spec.accept)})")
     if spec.max_length is not None and len(value) > spec.max_length:
         raise ParamError(spec.name, f"length {len(value)} exceeds max_length {spec.max_length}")
     return value

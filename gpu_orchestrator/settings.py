@@ -19,6 +19,7 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, alias="DATABASE_URL")
     redis_url: str | None = Field(default=None, alias="REDIS_URL")
     home: Path = Field(default_factory=default_home, alias="GPU_ORCH_HOME")
+    artifacts_url: str | None = Field(default=None, alias="GPU_ORCH_ARTIFACTS")
 
 
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,13 @@ def arbiter_autoscaling(max_replicas: int) -> dict[str, Any]:
     }
 
 
-def model_deployments(cfg: OrchestratorConfig, redis_url: str, base_dir: Path | None = None) -> dict[str, Any]:
+def resolve_artifacts(cfg: OrchestratorConfig) -> str:
+    settings = Settings()
+    return cfg.artifacts_url or settings.artifacts_url or str(settings.home / "artifacts")
+
+
+def model_deployments(cfg: OrchestratorConfig, redis_url: str, base_dir: Path | None = None,
+                      artifacts_url: str | None = None) -> dict[str, Any]:
     out = {}
     arbiter = cfg.arbiter
     for name, m in cfg.models.items():
@@ -85,6 +92,8 @@ def model_deployments(cfg: OrchestratorConfig, redis_url: str, base_dir: Path | 
         )
         init = dict(m.init)
         init.setdefault("vram_gb", cfg.model_vram_gb(name))
+        if artifacts_url and "artifacts_url" in inspect.signature(cls.__init__).parameters:
+            init.setdefault("artifacts_url", artifacts_url)
         out[name] = dep.bind(**init, redis_url=redis_url)
     return out
 
@@ -94,7 +103,8 @@ def build_app(args: dict[str, Any]) -> Application:
     db, redis = resolve_urls(cfg)
     from deployments.router import RouterIngress
 
-    models = model_deployments(cfg, redis)
+    artifacts = resolve_artifacts(cfg)
+    models = model_deployments(cfg, redis, artifacts_url=artifacts)
     # Under the arbiter the router needs an autoscaling_config of its own (min = max): without one
     # Serve keeps no autoscaling state for it and its record_autoscaling_stats never reach the policy.
     scale: dict[str, Any] = (
@@ -110,4 +120,5 @@ def build_app(args: dict[str, Any]) -> Application:
         max_ongoing_requests=cfg.router.max_ongoing_requests,
         ray_actor_options={"num_cpus": cfg.router.num_cpus},
     )
-    return router.bind(cfg.model_dump(mode="json", exclude={"database_url", "redis_url"}), models, db, redis)
+    return router.bind(cfg.model_dump(mode="json", exclude={"database_url", "redis_url", "artifacts_url"}), models, db, redis,
+                       artifacts)

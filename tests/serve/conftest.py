@@ -51,6 +51,20 @@ def test_args(database_url: str, redis_url: str) -> dict:
             {"name": "seed", "type": "integer"},
         ],
     })
+    # A real whisper deployment (openai-whisper, tiny untrained model), audio through artifacts.
+    args["artifacts_url"] = TINY_DIR + "/artifacts"
+    args["models"]["whisper"] = {"impl": "deployments.whisper_model:Whisper", "runtime_env": "runtime_envs/whisper.yaml",
+                                 "num_cpus": 0.1, "init": {"demo": True, "tiny_path": TINY_DIR + "/whisper"}}
+    args["apps"].append({
+        "id": "transcribe", "name": "Speech to text (tiny untrained Whisper)", "deployment": "whisper",
+        "task": "transcription", "max_attempts": 1, "timeout_s": 120,
+        "parameters": [
+            {"name": "audio", "type": "file", "required": True,
+             "accept": [".wav", ".mp3", ".flac", ".ogg", ".m4a", ".webm", ".mp4", ".aac", ".opus"]},
+            {"name": "language", "type": "string", "max_length": 16},
+            {"name": "task", "type": "enum", "choices": ["transcribe", "translate"], "default": "transcribe"},
+        ],
+    })
     args["apps"] += [
         dict(copy.deepcopy(echo), id="echo-once", max_attempts=1),
         dict(copy.deepcopy(echo), id="echo-tiny", max_queued=2, max_in_flight=1),

@@ -59,7 +59,12 @@ def main(db: str, redis_url: str) -> None:
             if time.monotonic() > deadline:
                 raise TimeoutError(jobs)
             time.sleep(0.25)
-        workers = c.get("/v1/workers").json()
+        # Heartbeats are written every 2 s: wait until each model's replica has reported.
+        while True:
+            workers = c.get("/v1/workers").json()
+            if all(m["replicas"] for m in workers["models"]) or time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
     out = {"status": {a: j["status"] for a, j in jobs.items()}, "nodes": {}, "pools": {}}
     for m in workers["models"]:
         out["nodes"][m["deployment"]] = sorted(names.get(r.get("node_id"), "head") for r in m["replicas"])

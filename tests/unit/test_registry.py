@@ -95,3 +95,13 @@ def test_messages_param():
         with pytest.raises(ParamsInvalid) as e:
             validate_params(chat, {"messages": bad})
         assert e.value.errors[0].field == "params.messages" and text in e.value.errors[0].message
+
+
+def test_file_params_are_artifact_uris_with_accepted_formats():
+    spec = AppSpec(id="stt", deployment="whisper",
+                   parameters=[{"name": "audio", "type": "file", "required": True, "accept": [".wav", ".mp3"]}])
+    assert validate_params(spec, {"audio": "artifact://uploads/1/a.WAV"})["audio"] == "artifact://uploads/1/a.WAV"
+    for bad, text in (("http://x/a.wav", "expected an artifact URI"), ("artifact://uploads/1/a.txt", "unsupported format '.txt'")):
+        with pytest.raises(ParamsInvalid) as e:
+            validate_params(spec, {"audio": bad})
+        assert e.value.errors[0].field == "params.audio" and text in e.value.errors[0].message
