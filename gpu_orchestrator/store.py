@@ -259,38 +259,39 @@ class JobStore:
 
     def complete(self, *, job_id: uuid.UUID, owner: str, attempt: int, result: Any, backend: str) -> Job:
         """running -> succeeded, only for the lease holder of this very attempt."""
-        with self.engine.begin() as conn:
-            row = conn.execute(
-                sa.text(
-                    f"UPDATE jobs SET status = 'succeeded', result = CAST(:result AS jsonb), backend = :backend, "
-                    f"finished_at = now(), lease_owner = NULL, lease_expires_at = NULL "
-                    f"WHERE id = :id AND status = 'running' AND lease_owner = :owner AND attempts = :attempt "
-                    f"RETURNING {_COLS}"
-                ),
-                {"id": job_id, "owner": owner, "attempt": attempt, "result": json.dumps(result, default=str), "backend": backend},
-            ).first()
-            if row is None:
-                raise TransitionError(job_id, self._status(conn, job_id), "complete")
-        return Job.from_row(row)
+        return self._leased_update(
+            "status = 'succeeded', result = CAST(:result AS jsonb), backend = :backend, finished_at = now()",
+            {"result": json.dumps(result, default=str), "backend": backend},
+            job_id=job_id, owner=owner, attempt=attempt, wanted="complete",
+        )
 
     def fail_attempt(
         self, *, job_id: uuid.UUID, owner: str, attempt: int, error: str, retryable: bool = True, backend: str | None = None
     ) -> Job:
         """running -> queued (attempts left and retryable) or failed; guarded like complete()."""
+        return self._leased_update(
+            "status = CASE WHEN :retry AND attempts < max_attempts THEN 'queued' ELSE 'failed' END, "
+            "finished_at = CASE WHEN :retry AND attempts < max_attempts THEN NULL ELSE now() END, "
+            "error = :error, backend = coalesce(:backend, backend)",
+            {"error": error, "retry": retryable, "backend": backend},
+            job_id=job_id, owner=owner, attempt=attempt, wanted="record a failed attempt",
+        )
+
+    def _leased_update(self, set_sql: str, args: dict[str, Any], *, job_id: uuid.UUID, owner: str, attempt: int,
+                       wanted: str) -> Job:
+        """The guard for ending an attempt: the job is running, under this owner's lease, on this
+        very attempt. A late result from an expired lease or a cancelled job matches zero rows."""
         with self.engine.begin() as conn:
             row = conn.execute(
                 sa.text(
-                    f"UPDATE jobs SET "
-                    f"status = CASE WHEN :retry AND attempts < max_attempts THEN 'queued' ELSE 'failed' END, "
-                    f"finished_at = CASE WHEN :retry AND attempts < max_attempts THEN NULL ELSE now() END, "
-                    f"error = :error, backend = coalesce(:backend, backend), lease_owner = NULL, lease_expires_at = NULL "
+                    f"UPDATE jobs SET {set_sql}, lease_owner = NULL, lease_expires_at = NULL "
                     f"WHERE id = :id AND status = 'running' AND lease_owner = :owner AND attempts = :attempt "
                     f"RETURNING {_COLS}"
                 ),
-                {"id": job_id, "owner": owner, "attempt": attempt, "error": error, "retry": retryable, "backend": backend},
+                {"id": job_id, "owner": owner, "attempt": attempt, **args},
             ).first()
             if row is None:
-                raise TransitionError(job_id, self._status(conn, job_id), "record a failed attempt")
+                raise TransitionError(job_id, self._status(conn, job_id), wanted)
         return Job.from_row(row)
 
     def cancel(self, job_id: uuid.UUID) -> tuple[Job, JobStatus]:
