@@ -23,7 +23,7 @@ from gpu_orchestrator.artifacts import ArtifactError, ArtifactStore, http_path
 from gpu_orchestrator.config import OrchestratorConfig, parse_config
 from gpu_orchestrator.events import AsyncEventBus, Event
 from gpu_orchestrator.jobs import Job, JobStatus
-from gpu_orchestrator.registry import AppSpec, ParamError, ParamsInvalid, validate_params
+from gpu_orchestrator.registry import AppSpec, ParamError, ParamsInvalid, check_file_format, validate_params
 from gpu_orchestrator.store import JobStore
 from gpu_orchestrator import openai_format as oai
 from gpu_orchestrator import workers as worker_beats
@@ -222,11 +222,10 @@ class Router:
                 raise ApiError(503, "no_artifact_store", "this router has no artifact store configured")
             for name, upload in files.items():
                 # Check the format before storing anything, so a rejected request leaves nothing behind.
-                spec_p = spec.param(name)
-                fname = upload.filename or "file"
-                ext = ("." + fname.rsplit(".", 1)[-1].lower()) if "." in fname else ""
-                if spec_p.accept and ext not in spec_p.accept:
-                    raise ParamsInvalid([ParamError(f"params.{name}", f"unsupported format {ext or '(none)'!r} (accepted: {', '.join(spec_p.accept)})")])
+                try:
+                    check_file_format(spec.param(name), upload.filename or "file")
+                except ParamError as e:
+                    raise ParamsInvalid([ParamError(f"params.{name}", e.message)]) from None
             for name, upload in files.items():
                 params[name] = await asyncio.to_thread(self.artifacts.put, await upload.read(), name=upload.filename or name,
                                                        prefix="uploads")

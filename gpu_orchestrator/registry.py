@@ -160,12 +160,17 @@ def coerce_value(spec: ParamSpec, value: Any) -> Any:
         if not value.startswith("artifact://"):
             raise ParamError(spec.name, "expected an artifact URI (artifact://...): upload the file with POST /v1/artifacts "
                                         "or submit it with POST /v1/jobs/multipart")
-        ext = ("." + value.rsplit(".", 1)[-1].lower()) if "." in value.rsplit("/", 1)[-1] else ""
-        if spec.accept and ext not in spec.accept:
-            raise ParamError(spec.name, f"unsupported format {ext or '(none)'!r} (accepted: {', '.join(spec.accept)})")
+        check_file_format(spec, value.rsplit("/", 1)[-1])
     if spec.max_length is not None and len(value) > spec.max_length:
         raise ParamError(spec.name, f"length {len(value)} exceeds max_length {spec.max_length}")
     return value
+
+
+def check_file_format(spec: ParamSpec, filename: str) -> None:
+    """A file parameter's accepted extensions (case-insensitive); ParamError naming it otherwise."""
+    ext = ("." + filename.rsplit(".", 1)[-1].lower()) if "." in filename else ""
+    if spec.accept and ext not in spec.accept:
+        raise ParamError(spec.name, f"unsupported format {ext or '(none)'!r} (accepted: {', '.join(spec.accept)})")
 
 
 def _messages(spec: ParamSpec, value: Any) -> list[dict[str, str]]:

@@ -21,7 +21,3 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=default_home, alias="GPU_ORCH_HOME")
     artifacts_url: str | None = Field(default=None, alias="GPU_ORCH_ARTIFACTS")
 
-
-
-def get_settings() -> Settings:
-    return Settings()

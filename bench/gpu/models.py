@@ -181,31 +181,25 @@ def build_llm(out: Path, tiny: bool, dtype):
 # -- load + one inference, the way the deployments do it --------------------------------------
 
 
-def run_sdxl(path: Path, device: str, dtype, tiny: bool):
-    from diffusers import StableDiffusionXLPipeline
+def _run_image(pipeline: str, steps: int, path: Path, device: str, dtype, tiny: bool, **kw):
+    import diffusers
 
     t0 = time.perf_counter()
-    pipe = StableDiffusionXLPipeline.from_pretrained(path, torch_dtype=dtype).to(device)
+    pipe = getattr(diffusers, pipeline).from_pretrained(path, torch_dtype=dtype).to(device)
     load = _sync(t0, device)
-    size = 64 if tiny else 1024
-    steps = 2 if tiny else 30
+    size, steps = (64, 2) if tiny else (1024, steps)
     t0 = time.perf_counter()
-    img = pipe("a photo of an astronaut riding a horse on mars", width=size, height=size, num_inference_steps=steps).images[0]
+    img = pipe("a photo of an astronaut riding a horse on mars", width=size, height=size, num_inference_steps=steps,
+               **kw).images[0]
     return pipe, load, _sync(t0, device), f"{img.size[0]}x{img.size[1]} image, {steps} steps"
+
+
+def run_sdxl(path: Path, device: str, dtype, tiny: bool):
+    return _run_image("StableDiffusionXLPipeline", 30, path, device, dtype, tiny)
 
 
 def run_zimage(path: Path, device: str, dtype, tiny: bool):
-    from diffusers import ZImagePipeline
-
-    t0 = time.perf_counter()
-    pipe = ZImagePipeline.from_pretrained(path, torch_dtype=dtype).to(device)
-    load = _sync(t0, device)
-    size = 64 if tiny else 1024
-    steps = 2 if tiny else 9
-    t0 = time.perf_counter()
-    img = pipe("a photo of an astronaut riding a horse on mars", width=size, height=size, num_inference_steps=steps,
-               guidance_scale=0.0).images[0]
-    return pipe, load, _sync(t0, device), f"{img.size[0]}x{img.size[1]} image, {steps} steps"
+    return _run_image("ZImagePipeline", 9, path, device, dtype, tiny, guidance_scale=0.0)
 
 
 def run_whisper(path: Path, device: str, dtype, tiny: bool):
