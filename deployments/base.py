@@ -26,6 +26,12 @@ class JobCancelled(Exception):
     """Raised inside a model between steps when the job's cancel flag is set."""
 
 
+class ModelLoadError(RuntimeError):
+    """The model could not load. A replica whose load failed stays up in state `failed` and fails
+    each job sent to it at once with this error (not retried), instead of leaving jobs to wait for
+    a replica that never comes; it tries loading again on a job after `reload_after_s`."""
+
+
 class JobContext:
     def __init__(self, bus: EventBus | None, job_id: str, attempt: int):
         self.bus = bus
@@ -56,6 +62,7 @@ class ModelDeployment:
 
     model_name = "model"
     synthetic = False
+    reload_after_s = 60.0  # a failed load is retried on the next job at most this often
 
     def __init__(self, *, redis_url: str | None = None, vram_gb: float = 0.0):
         self._bus = EventBus(redis_url) if redis_url else None
@@ -63,22 +70,35 @@ class ModelDeployment:
         self.state = "loading"
         self.load_error: str | None = None
         self.load_time_s: float | None = None
+        self.fatal_error: str | None = None
         self.jobs_done = 0
         self.busy = 0
         self.last_used = None  # wall-clock time of the last finished job
         self._deployment, self._replica_id = _replica_identity(self.model_name)
         self._stop = threading.Event()
+        self._load_lock = threading.Lock()
+        self._failed_at = 0.0
         if self._bus is not None:
             threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
-        t0 = time.perf_counter()
-        try:
-            self.load()
-        except Exception as e:
-            self.state = "failed"
-            self.load_error = f"{self.model_name} failed to load: {type(e).__name__}: {e}"
-            raise
-        self.load_time_s = time.perf_counter() - t0
-        self.state = "resident"
+        self._try_load()
+
+    def _try_load(self) -> None:
+        with self._load_lock:
+            if self.state == "resident":
+                return
+            self.state = "loading"
+            t0 = time.perf_counter()
+            try:
+                self.load()
+            except Exception as e:
+                self.state = "failed"
+                self.load_error = f"{self.model_name} failed to load: {type(e).__name__}: {_first_line(e)}"
+                self._failed_at = time.monotonic()
+                log.exception("%s", self.load_error)
+                return
+            self.load_error = None
+            self.load_time_s = time.perf_counter() - t0
+            self.state = "resident"
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.is_set():
@@ -100,12 +120,21 @@ class ModelDeployment:
         raise NotImplementedError
 
     async def run(self, job_id: str, params: dict[str, Any], attempt: int = 1) -> Any:
+        if self.load_error is not None and time.monotonic() - self._failed_at >= self.reload_after_s:
+            await asyncio.to_thread(self._try_load)
+        if self.load_error is not None:
+            raise ModelLoadError(self.load_error)
         ctx = JobContext(self._bus, job_id, attempt)
         self.busy += 1
         try:
             if inspect.iscoroutinefunction(self.infer):
                 return await self.infer(params, ctx)
             return await asyncio.to_thread(self.infer, params, ctx)
+        except Exception as e:
+            if "CUDA error" in str(e):
+                # A CUDA error poisons the process's context: have Serve replace this replica.
+                self.fatal_error = f"{type(e).__name__}: {_first_line(e)}"
+            raise
         finally:
             self.busy -= 1
             self.jobs_done += 1
@@ -128,6 +157,7 @@ class ModelDeployment:
             "node": os.uname().nodename,
             "node_id": _node_id(),
             "load_time_s": self.load_time_s,
+            "load_error": self.load_error,
             "vram_declared_gb": self.declared_vram_gb,
             "vram_held_gb": vram,
             "jobs_done": self.jobs_done,
@@ -136,8 +166,15 @@ class ModelDeployment:
         }
 
     def check_health(self) -> None:
-        if self.load_error:
-            raise RuntimeError(self.load_error)
+        # A failed load does not fail the health check: the replica stays up to fail its jobs with
+        # the load error (a restart loop would leave them waiting). A CUDA error does.
+        if self.fatal_error:
+            raise RuntimeError(f"{self.model_name}: unusable after {self.fatal_error}")
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    return lines[0] if lines else ""
 
 
 def _replica_identity(default: str) -> tuple[str, str]:
@@ -155,6 +192,7 @@ def _node_id() -> str | None:
     try:
         import ray
 
-        return ray.get_runtime_context().get_node_id()
+        # Outside a Ray worker (unit tests) asking would start a local Ray instance.
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
     except Exception:
         return None

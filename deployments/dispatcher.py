@@ -38,6 +38,11 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def is_load_error(exc: BaseException) -> bool:
+    """The model replica could not load (deployments.base.ModelLoadError): retrying cannot help."""
+    return "ModelLoadError" in {type(exc).__name__, type(getattr(exc, "cause", None)).__name__}
+
+
 def is_cancellation(exc: BaseException) -> bool:
     names = {type(exc).__name__, type(getattr(exc, "cause", None)).__name__}
     return bool(names & {"JobCancelled", "RequestCancelledError", "TaskCancelledError", "CancelledError"})
@@ -178,7 +183,7 @@ class Dispatcher:
         except Exception as e:
             if is_cancellation(e):
                 return
-            await self._record_failure(job, attempt, describe_error(e))
+            await self._record_failure(job, attempt, describe_error(e), retryable=not is_load_error(e))
         else:
             await self._record_success(job, attempt, result, backend=f"local:{app.deployment}")
         finally:
@@ -198,10 +203,11 @@ class Dispatcher:
         await self._publish_status(job.id, "succeeded", attempt=attempt, result=done.result)
         self.on_finished(job.app_id, "succeeded")
 
-    async def _record_failure(self, job: Job, attempt: int, error: str) -> None:
+    async def _record_failure(self, job: Job, attempt: int, error: str, retryable: bool = True) -> None:
         try:
             after = await asyncio.to_thread(
-                self.store.fail_attempt, job_id=job.id, owner=self.owner, attempt=attempt, error=error
+                self.store.fail_attempt, job_id=job.id, owner=self.owner, attempt=attempt, error=error,
+                retryable=retryable,
             )
         except TransitionError as e:
             log.info("not recording failure of job %s attempt %d: %s", job.id, attempt, e)

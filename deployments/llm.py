@@ -8,8 +8,10 @@ untrained model locally instead), max_model_len (vLLM), dtype.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+import uuid
 from typing import Any
 
 from .base import JobCancelled, JobContext, ModelDeployment
@@ -31,7 +33,7 @@ class LLM(ModelDeployment):
 
         path = self.model_id
         if self.demo:
-            from .tiny_models import build_tiny_llm
+            from .model_builders import build_tiny_llm
 
             path = str(build_tiny_llm(self.tiny_path))
         self.path = path
@@ -40,11 +42,17 @@ class LLM(ModelDeployment):
             engine = "vllm" if torch.cuda.is_available() and _has("vllm") else "transformers"
         self.engine = engine
         if engine == "vllm":
-            from vllm import LLM as VLLM  # noqa: N811
+            # The async engine: tokens stream as they are generated, and concurrent jobs on this
+            # replica are batched together by vLLM (continuous batching).
+            from vllm import AsyncEngineArgs
+            from vllm.engine.async_llm_engine import AsyncLLMEngine
 
-            self.vllm = VLLM(model=path, max_model_len=self.max_model_len, dtype=self.dtype,
-                             gpu_memory_utilization=float(self.declared_vram_gb / _gpu_gb()) if self.declared_vram_gb else 0.9)
-            self.tokenizer = self.vllm.get_tokenizer()
+            util = self.declared_vram_gb / _gpu_gb() if self.declared_vram_gb else 0.9
+            self.vllm = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(
+                model=path, max_model_len=self.max_model_len, dtype=self.dtype, gpu_memory_utilization=min(util, 0.95)))
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
         else:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -54,7 +62,7 @@ class LLM(ModelDeployment):
             self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
             self.device = device
 
-    def infer(self, params: dict[str, Any], ctx: JobContext) -> Any:
+    async def infer(self, params: dict[str, Any], ctx: JobContext) -> Any:
         prompt = self.tokenizer.apply_chat_template(params["messages"], tokenize=False, add_generation_prompt=True)
         max_tokens = int(params.get("max_tokens", 128))
         temperature = float(params.get("temperature", 0.7))
@@ -62,11 +70,13 @@ class LLM(ModelDeployment):
         t0 = time.perf_counter()
         pieces: list[str] = []
         if self.engine == "vllm":
-            finish = self._vllm(prompt, max_tokens, temperature, seed, ctx, pieces)
+            finish, n_tokens = await self._vllm(prompt, max_tokens, temperature, seed, ctx, pieces)
         else:
-            finish = self._transformers(prompt, max_tokens, temperature, seed, ctx, pieces)
+            finish, n_tokens = await asyncio.to_thread(self._transformers, prompt, max_tokens, temperature, seed, ctx, pieces)
         text = "".join(pieces)
-        out = {"text": text, "finish_reason": finish, "completion_tokens": len(pieces), "engine": self.engine,
+        n_prompt = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        out = {"text": text, "finish_reason": finish, "prompt_tokens": n_prompt, "completion_tokens": n_tokens,
+               "engine": self.engine,
                "model": self.model_id or "tiny-llm", "seconds": round(time.perf_counter() - t0, 4)}
         if self.demo:
             out["untrained"] = True  # tiny random weights: the text is noise
@@ -107,23 +117,30 @@ class LLM(ModelDeployment):
             raise result["error"]
         ctx.check_cancelled()
         generated = result["out"].shape[1] - inputs["input_ids"].shape[1]
-        return "length" if generated >= max_tokens else "stop"
+        return ("length" if generated >= max_tokens else "stop"), int(generated)
 
-    def _vllm(self, prompt, max_tokens, temperature, seed, ctx, pieces) -> str:
+    async def _vllm(self, prompt, max_tokens, temperature, seed, ctx, pieces) -> tuple[str, int]:
         from vllm import SamplingParams
 
         sp = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
-        out = self.vllm.generate([prompt], sp, use_tqdm=False)[0].outputs[0]
-        # The offline engine returns the whole completion; emit it token by token for the stream.
-        for tid in out.token_ids:
-            ctx.check_cancelled()
-            piece = self.tokenizer.decode([tid], skip_special_tokens=True)
-            if piece:
-                pieces.append(piece)
-                ctx.progress(token=piece, index=len(pieces) - 1)
-        if not pieces and out.text:
-            pieces.append(out.text)
-        return out.finish_reason or "stop"
+        request_id = f"{ctx.job_id}-{ctx.attempt}-{uuid.uuid4().hex[:8]}"
+        sent, out = 0, None
+        try:
+            # Each output carries the cumulative text; publish what is new since the last one.
+            async for res in self.vllm.generate(prompt, sp, request_id):
+                out = res.outputs[0]
+                if len(out.text) > sent:
+                    piece = out.text[sent:]
+                    sent = len(out.text)
+                    pieces.append(piece)
+                    ctx.progress(token=piece, index=len(pieces) - 1)
+                if ctx.cancelled():
+                    break
+        finally:
+            if out is None or not out.finish_reason:
+                await self.vllm.abort(request_id)  # cancelled (or the job's task was): free the KV cache
+        ctx.check_cancelled()
+        return (out.finish_reason if out else None) or "stop", len(out.token_ids) if out else 0
 
 
 def _has(module: str) -> bool:

@@ -415,8 +415,14 @@ class Router:
             replicas = [b for b in beats if b.get("deployment") == name]
             arb = (snap.models.get(name) if snap else None) or {}
             held = [r.get("vram_held_gb") for r in replicas if r.get("vram_held_gb") is not None]
+            load_errors = [r["load_error"] for r in replicas if r.get("load_error")]
+            loads = [r["load_time_s"] for r in replicas if r.get("load_time_s") is not None]
+            failed = bool(replicas) and len(load_errors) == len(replicas)
             out.append({
-                "state": arb.get("state") or _plain_state(serve_states.get(name, {})),
+                # A replica up but unable to load its model is "failed" whatever Serve says.
+                "state": "failed" if failed else (arb.get("state") or _plain_state(serve_states.get(name, {}))),
+                "load_error": load_errors[0] if load_errors else None,
+                "load_time_s": max(loads) if loads else None,
                 "vram_held_gb": sum(held) if held else None,
                 "last_used": max((r.get("last_used") or 0 for r in replicas), default=None) or None,
                 "arbiter": arb or None,

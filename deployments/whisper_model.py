@@ -38,6 +38,8 @@ class Whisper(ModelDeployment):
         _ffmpeg_on_path()
         ref = self.model_ref
         if self.demo:
+            from .model_builders import build_tiny_whisper
+
             ref = str(build_tiny_whisper(self.tiny_path))
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = whisper.load_model(ref, device=self.device)
@@ -83,27 +85,3 @@ def _ffmpeg_on_path() -> None:
     if not link.exists():
         link.symlink_to(exe)
     os.environ["PATH"] = f"{link_dir}{os.pathsep}{os.environ.get('PATH', '')}"
-
-
-def build_tiny_whisper(path: str | Path | None = None, seed: int = 0) -> Path:
-    """A 2-layer random-weight Whisper saved as a checkpoint that whisper.load_model reads."""
-    from dataclasses import asdict
-
-    import torch
-    from whisper.model import ModelDimensions, Whisper as WhisperModel
-
-    from .tiny_models import default_cache
-
-    path = Path(path or default_cache() / "whisper")
-    ckpt = path / "tiny-untrained.pt"
-    if ckpt.exists():
-        return ckpt
-    path.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=2,
-                           n_vocab=51865, n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=2)
-    model = WhisperModel(dims)
-    tmp = ckpt.with_suffix(".part")
-    torch.save({"dims": asdict(dims), "model_state_dict": model.state_dict()}, tmp)
-    tmp.replace(ckpt)
-    return ckpt

@@ -86,7 +86,9 @@ def _ray_cli() -> str:
 @cli.command()
 @click.option("--config", "config_path", default="serve_config.yaml", show_default=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--num-cpus", type=int, default=None, help="logical CPUs for a local Ray head (default: max(8, cores))")
-def up(config_path: str, num_cpus: int | None) -> None:
+@click.option("--demo", is_flag=True, help="demo profile: tiny untrained versions of every model, built locally "
+              "(CPU is enough, nothing is downloaded; outputs are noise and labelled so)")
+def up(config_path: str, num_cpus: int | None, demo: bool) -> None:
     """Start everything: Postgres/Redis (embedded when DATABASE_URL/REDIS_URL are unset), Ray, the app."""
     from . import embedded
 
@@ -135,9 +137,14 @@ def up(config_path: str, num_cpus: int | None) -> None:
     ray.init(address=address, log_to_driver=False, logging_level="ERROR")
     from serve_apps.deploy import deploy, load_config, with_env
 
-    cfg = with_env(load_config(config_path), {"DATABASE_URL": db, "REDIS_URL": redis_url}, APP_NAME)
-    click.echo(f"deploying {config_path} ...")
-    deploy(cfg)
+    cfg = with_env(load_config(config_path), {"DATABASE_URL": db, "REDIS_URL": redis_url, "GPU_ORCH_HOME": str(home)},
+                   APP_NAME)
+    if demo:
+        app = next(a for a in cfg["applications"] if a["name"] == APP_NAME)
+        app.setdefault("args", {})["profile"] = "demo"
+    click.echo(f"deploying {config_path}{' (demo profile: tiny untrained models)' if demo else ''} ... "
+               "(the first deploy builds each model's runtime_env: a few minutes)")
+    deploy(cfg, on_change=lambda line: click.echo(f"  {line}"))
     http = cfg.get("http_options", {})
     host = http.get("host", "127.0.0.1")
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{http.get('port', 8000)}"
@@ -149,7 +156,10 @@ def up(config_path: str, num_cpus: int | None) -> None:
         f"  Ray dashboard:  http://127.0.0.1:8265\n"
         f"  Metrics:        Ray's Prometheus endpoint (gpu_orch_* series)\n"
         f"  Data:           {home}\n"
-        f"Try: gpu-orch submit echo -p message=hello --wait"
+        f"  Profile:        {'demo (tiny UNTRAINED models: outputs are noise)' if demo else config_path}\n"
+        + ("Try: gpu-orch submit sdxl -p prompt='a red fox' -p width=256 -p height=256 --wait\n"
+           "     gpu-orch submit chat -p messages='[{\"role\":\"user\",\"content\":\"hi\"}]' --wait"
+           if demo else "Try: gpu-orch submit echo -p message=hello --wait")
     )
 
 

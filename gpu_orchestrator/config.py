@@ -6,7 +6,7 @@ Pure: no Ray import. `load_runtime_env` is the only function that touches the fi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -16,6 +16,16 @@ from .registry import AppKind, AppSpec, format_pydantic_error
 
 class ConfigError(ValueError):
     """Invalid orchestrator config; the message names every bad field."""
+
+
+class DemoSpec(BaseModel):
+    """What a model becomes in the demo profile: its `init` replaced (typically `demo: true`, a tiny
+    untrained model built locally) and, optionally, a lighter runtime_env. No GPU share, no VRAM."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    init: dict[str, Any] = Field(default_factory=lambda: {"demo": True})
+    runtime_env: str | dict[str, Any] | None = None
 
 
 class ModelSpec(BaseModel):
@@ -40,6 +50,7 @@ class ModelSpec(BaseModel):
     idle_ttl_s: float | None = Field(default=None, ge=0)
     # Extra Ray custom resources for the replica actor (e.g. {"accelerator_type:H100": 0.001}).
     resources: dict[str, float] = Field(default_factory=dict)
+    demo: DemoSpec | None = Field(default=None, description="overrides for the demo profile")
 
     @model_validator(mode="after")
     def _impl(self) -> "ModelSpec":
@@ -96,6 +107,9 @@ class OrchestratorConfig(BaseModel):
 
     apps: list[AppSpec]
     models: dict[str, ModelSpec] = Field(default_factory=dict)
+    # real: the models as configured. demo: each model with a `demo` block runs its tiny untrained
+    # version on CPU (see apply_profile).
+    profile: Literal["real", "demo"] = "real"
     router: RouterSpec = Field(default_factory=RouterSpec)
     arbiter: ArbiterSpec = Field(default_factory=ArbiterSpec)
     # Overrides for URLs otherwise taken from the environment (DATABASE_URL / REDIS_URL,
@@ -131,11 +145,38 @@ class OrchestratorConfig(BaseModel):
         return max((a.vram_gb for a in self.apps if a.deployment == name), default=0.0)
 
 
+DEMO_LABEL = "tiny untrained demo"
+
+
 def parse_config(args: dict[str, Any]) -> OrchestratorConfig:
     try:
-        return OrchestratorConfig.model_validate(args)
+        return apply_profile(OrchestratorConfig.model_validate(args))
     except ValidationError as e:
         raise ConfigError("invalid orchestrator config:\n" + format_pydantic_error(e, "args")) from None
+
+
+def apply_profile(cfg: OrchestratorConfig) -> OrchestratorConfig:
+    """The demo profile: models with a `demo` block take its init/runtime_env and no GPU; their apps
+    are labelled; the arbiter is off (nothing holds VRAM). Idempotent, so the router may re-parse."""
+    if cfg.profile != "demo":
+        return cfg
+    cfg = cfg.model_copy(deep=True)
+    demo_models = set()
+    for name, m in cfg.models.items():
+        if m.demo is None:
+            continue
+        demo_models.add(name)
+        m.init = dict(m.demo.init)
+        if m.demo.runtime_env is not None:
+            m.runtime_env = m.demo.runtime_env
+        m.num_gpus, m.vram_gb, m.demo = 0.0, 0.0, None
+    for app in cfg.apps:
+        if app.deployment in demo_models:
+            app.vram_gb = app.num_gpus = 0.0
+            if DEMO_LABEL not in app.name:
+                app.name = f"{app.name or app.id} ({DEMO_LABEL})"
+    cfg.arbiter.enabled = False
+    return cfg
 
 
 def load_runtime_env(spec: str | dict[str, Any] | None, base_dir: Path | None = None) -> dict[str, Any] | None:

@@ -36,7 +36,7 @@ class ChatRequest(BaseModel):
 
 
 def completion(job_id: str, model: str, result: dict[str, Any], created: int | None = None) -> dict[str, Any]:
-    n = int(result.get("completion_tokens", 0))
+    n, prompt = int(result.get("completion_tokens", 0)), int(result.get("prompt_tokens", 0))
     return {
         "id": f"chatcmpl-{job_id}",
         "object": "chat.completion",
@@ -44,7 +44,7 @@ def completion(job_id: str, model: str, result: dict[str, Any], created: int | N
         "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": result.get("text", "")},
                      "finish_reason": result.get("finish_reason", "stop")}],
-        "usage": {"prompt_tokens": 0, "completion_tokens": n, "total_tokens": n},
+        "usage": {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n},
     }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -32,7 +32,7 @@ def with_env(config: dict[str, Any], env: dict[str, str], app_name: str | None =
     return out
 
 
-def deploy(config: dict[str, Any], *, wait: bool = True) -> None:
+def deploy(config: dict[str, Any], *, wait: bool = True, on_change: Callable[[str], None] | None = None) -> None:
     """Apply the config on the connected Ray cluster (ray.init must have been called)."""
     from ray.serve._private.api import serve_start
     from ray.serve.schema import ServeDeploySchema
@@ -46,18 +46,27 @@ def deploy(config: dict[str, Any], *, wait: bool = True) -> None:
     )
     client.deploy_apps(schema, _blocking=False)
     if wait:
-        wait_running([a.name for a in schema.applications])
+        wait_running([a.name for a in schema.applications], on_change=on_change)
 
 
-def wait_running(app_names: list[str], timeout_s: float = 600.0) -> None:
-    """Wait until every app is RUNNING; raise with Serve's own message if one fails to deploy."""
+def wait_running(app_names: list[str], timeout_s: float = 900.0, on_change: Callable[[str], None] | None = None) -> None:
+    """Wait until every app is RUNNING; raise with Serve's own message if one fails to deploy.
+    `on_change` gets a line each time a deployment's status changes (progress for a long deploy)."""
     import time
 
     from ray import serve
 
     deadline = time.monotonic() + timeout_s
+    seen: dict[str, str] = {}
     while True:
         apps = serve.status().applications
+        if on_change is not None:
+            for n in app_names:
+                for dep, st in (apps[n].deployments.items() if n in apps else ()):
+                    line = f"{dep}: {str(st.status).rsplit('.', 1)[-1]}" + (f" ({st.message})" if st.message else "")
+                    if seen.get(dep) != line:
+                        seen[dep] = line
+                        on_change(line)
         states = {n: apps[n].status if n in apps else "NOT_STARTED" for n in app_names}
         failed = {n: apps[n].message for n in app_names if n in apps and str(apps[n].status).endswith("DEPLOY_FAILED")}
         if failed:

@@ -25,12 +25,18 @@ def free_port() -> int:
 
 
 def test_args(database_url: str, redis_url: str) -> dict:
-    """serve_config.yaml's args, tuned for tests: two router replicas, short leases, extra apps."""
+    """serve_config.yaml's args in the demo profile (tiny untrained sdxl, zimage, whisper, llm in their
+    own runtime_envs), tuned for tests: two router replicas, short leases, extra apps."""
     cfg = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     args = copy.deepcopy(next(a for a in cfg["applications"] if a["name"] == APP_NAME)["args"])
     args["database_url"], args["redis_url"] = database_url, redis_url
+    args["profile"] = "demo"
+    args["artifacts_url"] = TINY_DIR + "/artifacts"
     args["router"].update(num_replicas=2, lease_s=3, poll_interval_s=0.2)
     args["models"]["echo"]["num_replicas"] = 2
+    for name, model in args["models"].items():
+        if model.get("demo"):  # cache the tiny builds across test sessions
+            model["demo"]["init"]["tiny_path"] = f"{TINY_DIR}/{name}"
     echo = next(a for a in args["apps"] if a["id"] == "echo")
     # Isolation: two models pinning conflicting versions of one small package, each in its own
     # runtime_env (a pip virtualenv on top of the base install).
@@ -38,33 +44,12 @@ def test_args(database_url: str, redis_url: str) -> dict:
         args["models"][name] = {"impl": "deployments.echo:Echo", "runtime_env": f"tests/serve/runtime_envs/{name}.yaml",
                                 "num_cpus": 0.1, "init": {"report_packages": ["tabulate"]}}
         args["apps"].append(dict(copy.deepcopy(echo), id=name, deployment=name))
-    # A real LLM deployment (transformers engine, tiny untrained Llama built in the replica).
-    args["models"]["llm"] = {"impl": "deployments.llm:LLM", "runtime_env": "runtime_envs/llm.yaml", "num_cpus": 0.1,
-                             "init": {"demo": True, "tiny_path": TINY_DIR + "/llm"}}
-    args["apps"].append({
-        "id": "chat", "name": "Chat (tiny untrained LLM)", "deployment": "llm", "task": "chat", "max_attempts": 1,
-        "timeout_s": 120,
-        "parameters": [
-            {"name": "messages", "type": "messages", "required": True, "max_length": 20000},
-            {"name": "max_tokens", "type": "integer", "minimum": 1, "maximum": 512, "default": 32},
-            {"name": "temperature", "type": "number", "minimum": 0, "maximum": 2, "default": 0.7},
-            {"name": "seed", "type": "integer"},
-        ],
-    })
-    # A real whisper deployment (openai-whisper, tiny untrained model), audio through artifacts.
-    args["artifacts_url"] = TINY_DIR + "/artifacts"
-    args["models"]["whisper"] = {"impl": "deployments.whisper_model:Whisper", "runtime_env": "runtime_envs/whisper.yaml",
-                                 "num_cpus": 0.1, "init": {"demo": True, "tiny_path": TINY_DIR + "/whisper"}}
-    args["apps"].append({
-        "id": "transcribe", "name": "Speech to text (tiny untrained Whisper)", "deployment": "whisper",
-        "task": "transcription", "max_attempts": 1, "timeout_s": 120,
-        "parameters": [
-            {"name": "audio", "type": "file", "required": True,
-             "accept": [".wav", ".mp3", ".flac", ".ogg", ".m4a", ".webm", ".mp4", ".aac", ".opus"]},
-            {"name": "language", "type": "string", "max_length": 16},
-            {"name": "task", "type": "enum", "choices": ["transcribe", "translate"], "default": "transcribe"},
-        ],
-    })
+    # A real model whose load fails (a checkpoint that does not exist): its jobs must fail with the
+    # load error, not wait for a replica that never comes.
+    args["models"]["whisper-broken"] = {"impl": "deployments.whisper_model:Whisper", "runtime_env": "runtime_envs/whisper.yaml",
+                                        "num_cpus": 0.1, "init": {"model": "/nonexistent/whisper-large.pt"}}
+    transcribe = next(a for a in args["apps"] if a["id"] == "transcribe")
+    args["apps"].append(dict(copy.deepcopy(transcribe), id="transcribe-broken", deployment="whisper-broken", max_attempts=3))
     args["apps"] += [
         dict(copy.deepcopy(echo), id="echo-once", max_attempts=1),
         dict(copy.deepcopy(echo), id="echo-tiny", max_queued=2, max_in_flight=1),

@@ -34,7 +34,8 @@ def test_error_names_the_bad_field():
 def test_unknown_deployment_and_duplicate_ids():
     args = shipped_args()
     args["apps"].append(dict(args["apps"][0], deployment="nope"))
-    with pytest.raises(ConfigError, match=r"apps\[1\].id: duplicate app id 'echo'.*apps\[1\].deployment: 'nope'"):
+    n = len(args["apps"]) - 1
+    with pytest.raises(ConfigError, match=rf"apps\[{n}\].id: duplicate app id 'echo'.*apps\[{n}\].deployment: 'nope'"):
         parse_config(args)
 
 
@@ -48,3 +49,39 @@ def test_unknown_keys_rejected():
 def test_missing_runtime_env_file():
     with pytest.raises(ConfigError, match="not found"):
         load_runtime_env("runtime_envs/missing.yaml")
+
+
+
+def test_real_profile_has_real_models_with_gpu_shares_and_their_own_runtime_envs():
+    cfg = parse_config(shipped_args())
+    assert cfg.profile == "real" and cfg.arbiter.enabled
+    for name in ("sdxl", "zimage", "whisper", "llm"):
+        m = cfg.models[name]
+        assert m.num_gpus > 0 and m.vram_gb > 0 and "demo" not in m.init and m.init.get("model")
+        assert load_runtime_env(m.runtime_env)["pip"]["packages"]
+    # GPU shares follow VRAM: num_gpus = vram_gb / 80, to within rounding
+    for m in cfg.models.values():
+        assert abs(m.num_gpus - (m.vram_gb or 0) / 80) < 0.01
+    assert "vllm" in str(load_runtime_env(cfg.models["llm"].runtime_env))
+
+
+def test_demo_profile_swaps_in_tiny_models_without_gpu_and_labels_apps():
+    args = shipped_args()
+    args["profile"] = "demo"
+    cfg = parse_config(args)
+    assert not cfg.arbiter.enabled
+    for name in ("sdxl", "zimage", "whisper", "llm"):
+        m = cfg.models[name]
+        assert m.init == {"demo": True} and m.num_gpus == 0 and m.vram_gb == 0
+    assert "vllm" not in str(load_runtime_env(cfg.models["llm"].runtime_env))  # no CUDA download on a CPU
+    names = {a.id: a.name for a in cfg.apps}
+    assert "untrained" in names["sdxl"] and "untrained" in names["chat"] and "untrained" not in names["echo"]
+    # The router re-parses the dumped config: applying the profile twice changes nothing.
+    assert parse_config(cfg.model_dump(mode="json")) == cfg
+
+
+def test_demo_block_is_validated():
+    args = shipped_args()
+    args["models"]["sdxl"]["demo"] = {"init": {"demo": True}, "gpu": 1}
+    with pytest.raises(ConfigError, match=r"models\.sdxl\.demo\.gpu"):
+        parse_config(args)
