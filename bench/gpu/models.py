@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 
@@ -37,132 +36,9 @@ def drop_page_cache() -> bool:
         return False
 
 
-def _word_tokenizer(words: int = 1000):
-    """A word-level fast tokenizer (no download); ids stay below every model's vocab size."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {t: i for i, t in enumerate(["<unk>", "<s>", "</s>", "<pad>"] + [f"w{i}" for i in range(words)])}
-    for i, w in enumerate("a photo of an astronaut riding a horse on mars hello world".split()):
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##")
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    fast.chat_template = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
-                          "{% if add_generation_prompt %}assistant :{% endif %}")
-    return fast
-
-
-def _clip_tokenizer(path: Path):
-    """CLIPTokenizer from a tiny byte-level vocab written here (the real one is 49408 BPE tokens)."""
-    from transformers import CLIPTokenizer
-
-    path.mkdir(parents=True, exist_ok=True)
-    # GPT-2's byte -> printable-unicode table, which CLIP's BPE vocabulary is written in.
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    chars = [chr(c) for c in cs]
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (path / "vocab.json").write_text(json.dumps(vocab))
-    (path / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), pad_token="<|endoftext|>",
-                         model_max_length=77)
-
-
-# -- builders: real configs (tiny ones with --tiny) ----------------------------------------------
-
-
-def build_sdxl(out: Path, tiny: bool, dtype):
-    import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    if tiny:
-        unet = dict(block_out_channels=(32, 64), layers_per_block=1, transformer_layers_per_block=(1, 1),
-                    attention_head_dim=(2, 4), cross_attention_dim=64, projection_class_embeddings_input_dim=80,
-                    addition_time_embed_dim=8, sample_size=32, norm_num_groups=32,
-                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
-        te1 = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, projection_dim=32)
-        te2 = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, projection_dim=32)
-        vae = dict(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
-                   up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=32, sample_size=64)
-    else:  # stabilityai/stable-diffusion-xl-base-1.0
-        unet = dict(block_out_channels=(320, 640, 1280), layers_per_block=2, transformer_layers_per_block=(1, 2, 10),
-                    attention_head_dim=(5, 10, 20), cross_attention_dim=2048, projection_class_embeddings_input_dim=2816,
-                    addition_time_embed_dim=256, sample_size=128,
-                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))
-        te1 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                   projection_dim=768, hidden_act="quick_gelu")
-        te2 = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
-                   projection_dim=1280, hidden_act="gelu")
-        vae = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                   up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, sample_size=1024, scaling_factor=0.13025)
-    unet_model = UNet2DConditionModel(in_channels=4, out_channels=4, addition_embed_type="text_time",
-                                      use_linear_projection=True, **unet)
-    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, **te1))
-    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, **te2))
-    vae_model = AutoencoderKL(in_channels=3, out_channels=3, **vae)
-    sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                   timestep_spacing="leading", steps_offset=1)
-    tok = _clip_tokenizer(out / "_tok")
-    pipe = StableDiffusionXLPipeline(vae=vae_model, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
-                                     tokenizer=tok, tokenizer_2=tok, unet=unet_model, scheduler=sched)
-    pipe.to(dtype=dtype).save_pretrained(out)
-    shutil.rmtree(out / "_tok", ignore_errors=True)
-
-
-def build_zimage(out: Path, tiny: bool, dtype):
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
-    from transformers import Qwen3Config, Qwen3Model
-
-    if tiny:
-        tr = dict(dim=32, n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=16, axes_dims=[8, 4, 4])
-        te = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                  head_dim=8)
-        vae = dict(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
-                   up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=32)
-    else:  # Tongyi-MAI/Z-Image-Turbo: 6B single-stream DiT, Qwen3-4B text encoder, 16-channel VAE
-        tr = dict(dim=3840, n_layers=30, n_refiner_layers=2, n_heads=30, n_kv_heads=30, cap_feat_dim=2560,
-                  axes_dims=[32, 48, 48])
-        te = dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
-                  num_key_value_heads=8, head_dim=128)
-        vae = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                   up_block_types=("UpDecoderBlock2D",) * 4)
-    transformer = ZImageTransformer2DModel(in_channels=16, **tr)
-    text_encoder = Qwen3Model(Qwen3Config(vocab_size=151936, max_position_embeddings=40960, rope_theta=1000000.0, **te))
-    vae_model = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16, scaling_factor=0.3611,
-                              shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False, **vae)
-    sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
-    pipe = ZImagePipeline(scheduler=sched, vae=vae_model, text_encoder=text_encoder, tokenizer=_word_tokenizer(),
-                          transformer=transformer)
-    pipe.to(dtype=dtype).save_pretrained(out)
-
-
-def build_whisper(out: Path, tiny: bool, dtype):
-    import torch
-    import whisper
-    from whisper.model import ModelDimensions
-
-    if tiny:
-        dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=2,
-                               n_vocab=51865, n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=2)
-    else:  # large-v3
-        dims = ModelDimensions(n_mels=128, n_audio_ctx=1500, n_audio_state=1280, n_audio_head=20, n_audio_layer=32,
-                               n_vocab=51866, n_text_ctx=448, n_text_state=1280, n_text_head=20, n_text_layer=32)
-    model = whisper.model.Whisper(dims)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save({"dims": asdict(dims), "model_state_dict": {k: v.to(dtype) for k, v in model.state_dict().items()}},
-               out / "model.pt")
+# The builders the deployments use for their demo models, here at REAL size.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from deployments.model_builders import build_sdxl, build_whisper, build_zimage, word_tokenizer  # noqa: E402
 
 
 def build_llm(out: Path, tiny: bool, dtype):
@@ -175,7 +51,7 @@ def build_llm(out: Path, tiny: bool, dtype):
                    num_key_value_heads=4, rope_theta=1000000.0, max_position_embeddings=32768)
     model = Qwen2ForCausalLM(Qwen2Config(vocab_size=152064, tie_word_embeddings=False, **cfg))
     model.to(dtype).save_pretrained(out)
-    _word_tokenizer().save_pretrained(out)
+    word_tokenizer().save_pretrained(out)
 
 
 # -- load + one inference, the way the deployments do it --------------------------------------
