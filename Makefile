@@ -15,10 +15,13 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The demo profile: every model (SDXL, Z-Image, Whisper, an LLM) as a tiny UNTRAINED version built
+# locally, so it all runs on a CPU with no downloads. Outputs are noise, and labelled so.
 demo: install
-	$(VENV)/bin/gpu-orch up
-	$(VENV)/bin/gpu-orch submit echo -p message="hello from the demo" -p steps=5 -p delay_s=2 --wait
-	@echo "Stack is still up: try '$(VENV)/bin/gpu-orch workers', open http://127.0.0.1:8000/docs; stop with 'make down'."
+	$(VENV)/bin/gpu-orch up --demo
+	$(VENV)/bin/gpu-orch submit sdxl -p prompt="a red fox in the snow" -p width=256 -p height=256 -p num_inference_steps=10 --wait --out demo-output
+	$(VENV)/bin/gpu-orch submit chat -p messages='[{"role":"user","content":"hello"}]' -p max_tokens=16 --wait
+	@echo "Stack is still up: images in demo-output/; try '$(VENV)/bin/gpu-orch workers', open http://127.0.0.1:8000/docs; stop with 'make down'."
 
 down: install
 	$(VENV)/bin/gpu-orch down

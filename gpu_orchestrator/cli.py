@@ -219,20 +219,40 @@ def _parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("-p", "--param", "params", multiple=True, help="key=value (repeatable)")
 @click.option("--priority", type=int, default=0, show_default=True)
 @click.option("--idempotency-key", default=None)
+@click.option("-f", "--file", "files", multiple=True, help="name=path: upload a local file for a file parameter (repeatable)")
 @click.option("--wait", is_flag=True, help="follow progress, then print the result")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="with --wait: save the result's images here")
 @click.pass_context
-def submit(ctx: click.Context, app_id: str, params: tuple[str, ...], priority: int, idempotency_key: str | None, wait: bool) -> None:
+def submit(ctx: click.Context, app_id: str, params: tuple[str, ...], files: tuple[str, ...], priority: int,
+           idempotency_key: str | None, wait: bool, out_dir: str | None) -> None:
     """Submit a job to APP_ID."""
     with _client(ctx) as c:
-        job = c.submit(app_id, _parse_params(params), priority=priority, idempotency_key=idempotency_key)
+        p = _parse_params(params)
+        for pair in files:
+            name, sep, path = pair.partition("=")
+            if not sep or not name or not Path(path).is_file():
+                raise click.BadParameter(f"{pair!r} is not name=path of an existing file", param_hint="-f/--file")
+            p[name] = c.upload(path)
+        job = c.submit(app_id, p, priority=priority, idempotency_key=idempotency_key)
         if not wait:
             _print(job)
             return
         click.echo(f"job {job['job_id']} queued", err=True)
         final = _follow(c, job["job_id"])
         _print(final)
+        if final["status"] == "succeeded" and out_dir:
+            _save_images(c, final, Path(out_dir))
         if final["status"] != "succeeded":
             sys.exit(2)
+
+
+def _save_images(c: Client, job: dict[str, Any], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for n, img in enumerate((job.get("result") or {}).get("images", [])):
+        path = out_dir / f"{job['job_id'][:8]}-{n}.png"
+        path.write_bytes(c.download(img["url"]))
+        click.echo(f"saved {path}", err=True)
 
 
 def _follow(c: Client, job_id: str) -> dict[str, Any]:
@@ -242,11 +262,16 @@ def _follow(c: Client, job_id: str) -> dict[str, Any]:
     try:
         for ev in c.events(job_id):
             data = ev["data"]
-            if ev.get("event") == "progress" and "total" in data:
+            total = data.get("total") or data.get("steps")
+            if ev.get("event") == "progress" and total:
                 if bar is None:
-                    bar = tqdm(total=data["total"], desc=job_id[:8], unit="step", file=sys.stderr)
+                    bar = tqdm(total=total, desc=job_id[:8], unit="step", file=sys.stderr)
                 bar.n = data.get("step", bar.n)
                 bar.refresh()
+            elif ev.get("event") == "progress" and "token" in data:
+                click.echo(data["token"], nl=False, err=True)  # a chat model's text as it streams
+            elif ev.get("event") == "progress" and "stage" in data:
+                click.echo(f"stage: {data['stage']}", err=True)
             elif ev.get("event") == "status":
                 msg = f"{data['status']}" + (f" (attempt {data['attempt']})" if data.get("attempt") else "")
                 if bar is not None:

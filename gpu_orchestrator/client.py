@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
 import httpx
@@ -94,6 +95,20 @@ class Client:
 
     def get(self, job_id: str) -> dict[str, Any]:
         return _check(self.http.get(f"/v1/jobs/{job_id}"))
+
+    def upload(self, path: str | Path) -> str:
+        """Store a local file (audio, image) as an artifact; returns its artifact:// URI for a `file` param."""
+        path = Path(path)
+        with path.open("rb") as f:
+            return _check(self.http.post("/v1/artifacts", files={"file": (path.name, f)}))["artifact"]
+
+    def download(self, url_or_uri: str) -> bytes:
+        """An output's bytes, by its `url` (/v1/artifacts/...) or its artifact:// URI."""
+        path = "/v1/artifacts/" + url_or_uri[len("artifact://"):] if url_or_uri.startswith("artifact://") else url_or_uri
+        r = self.http.get(path)
+        if r.status_code >= 400:
+            _check(r)
+        return r.content
 
     def list(self, *, app_id: str | None = None, status: str | None = None, limit: int = 50,
              cursor: str | None = None) -> dict[str, Any]:

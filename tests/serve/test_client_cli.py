@@ -62,3 +62,27 @@ def test_cli_submit_wait_and_inspect(orchestrator):
     assert "echo [SYNTHETIC]" in r.stdout and "resident" in r.stdout
     r = run(cli, ["--url", orchestrator, "submit", "echo", "-p", "steps=zero"])
     assert r.exit_code != 0 and "params.steps" in str(r.exception) + r.output
+
+
+def test_cli_image_job_saves_pngs(orchestrator, tmp_path):
+    from PIL import Image
+
+    r = CliRunner().invoke(cli, ["--url", orchestrator, "submit", "sdxl", "-p", "prompt=a red fox", "-p", "width=64",
+                                 "-p", "height=64", "-p", "num_inference_steps=2", "--wait", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    saved = sorted(tmp_path.glob("*.png"))
+    assert len(saved) == 1 and Image.open(saved[0]).size == (64, 64) and "saved" in r.stderr
+
+
+def test_cli_uploads_a_file_param(orchestrator, tmp_path):
+    from .test_whisper import tone_wav
+
+    clip = tmp_path / "clip.wav"
+    clip.write_bytes(tone_wav(1.0))
+    r = CliRunner().invoke(cli, ["--url", orchestrator, "submit", "transcribe", "-f", f"audio={clip}", "--wait"])
+    assert r.exit_code == 0, r.output
+    job = json.loads(r.stdout[r.stdout.index("{"):])
+    assert job["params"]["audio"].startswith("artifact://") and job["result"]["audio_s"] == pytest.approx(1.0, abs=0.01)
+    assert "stage: decoded" in r.stderr
+    r = CliRunner().invoke(cli, ["--url", orchestrator, "submit", "transcribe", "-f", "audio=/no/such.wav"])
+    assert r.exit_code != 0 and "-f/--file" in r.output
