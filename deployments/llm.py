@@ -66,13 +66,16 @@ class LLM(ModelDeployment):
         prompt = self.tokenizer.apply_chat_template(params["messages"], tokenize=False, add_generation_prompt=True)
         max_tokens = int(params.get("max_tokens", 128))
         temperature = float(params.get("temperature", 0.7))
+        # At least this many tokens (end-of-sequence suppressed before): benchmarks, fixed-length load.
+        min_tokens = min(int(params.get("min_tokens") or 0), max_tokens)
         seed = params.get("seed")
         t0 = time.perf_counter()
         pieces: list[str] = []
         if self.engine == "vllm":
-            finish, n_tokens = await self._vllm(prompt, max_tokens, temperature, seed, ctx, pieces)
+            finish, n_tokens = await self._vllm(prompt, max_tokens, min_tokens, temperature, seed, ctx, pieces)
         else:
-            finish, n_tokens = await asyncio.to_thread(self._transformers, prompt, max_tokens, temperature, seed, ctx, pieces)
+            finish, n_tokens = await asyncio.to_thread(self._transformers, prompt, max_tokens, min_tokens, temperature,
+                                                       seed, ctx, pieces)
         text = "".join(pieces)
         n_prompt = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
         out = {"text": text, "finish_reason": finish, "prompt_tokens": n_prompt, "completion_tokens": n_tokens,
@@ -82,7 +85,7 @@ class LLM(ModelDeployment):
             out["untrained"] = True  # tiny random weights: the text is noise
         return out
 
-    def _transformers(self, prompt, max_tokens, temperature, seed, ctx, pieces) -> str:
+    def _transformers(self, prompt, max_tokens, min_tokens, temperature, seed, ctx, pieces) -> str:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
@@ -94,7 +97,8 @@ class LLM(ModelDeployment):
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         if seed is not None:
             torch.manual_seed(int(seed))
-        kw = dict(inputs, max_new_tokens=max_tokens, streamer=streamer, pad_token_id=self.tokenizer.pad_token_id,
+        kw = dict(inputs, max_new_tokens=max_tokens, min_new_tokens=min_tokens, streamer=streamer,
+                  pad_token_id=self.tokenizer.pad_token_id,
                   stopping_criteria=StoppingCriteriaList([Cancelled()]))
         kw.update(do_sample=True, temperature=temperature) if temperature > 0 else kw.update(do_sample=False)
         result: dict[str, Any] = {}
@@ -119,10 +123,10 @@ class LLM(ModelDeployment):
         generated = result["out"].shape[1] - inputs["input_ids"].shape[1]
         return ("length" if generated >= max_tokens else "stop"), int(generated)
 
-    async def _vllm(self, prompt, max_tokens, temperature, seed, ctx, pieces) -> tuple[str, int]:
+    async def _vllm(self, prompt, max_tokens, min_tokens, temperature, seed, ctx, pieces) -> tuple[str, int]:
         from vllm import SamplingParams
 
-        sp = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
+        sp = SamplingParams(max_tokens=max_tokens, min_tokens=min_tokens, temperature=temperature, seed=seed)
         request_id = f"{ctx.job_id}-{ctx.attempt}-{uuid.uuid4().hex[:8]}"
         sent, out = 0, None
         try:

@@ -3,6 +3,9 @@ OpenAI-compatible API with the official client."""
 
 from __future__ import annotations
 
+import time
+
+import httpx
 import pytest
 
 from .conftest import wait_status
@@ -49,3 +52,21 @@ def test_chat_bad_input_names_the_field(http):
     assert r.status_code == 422 and "params.messages" in r.json()["message"]
     r = http.post("/v1/chat/completions", json={"model": "echo", "messages": MESSAGES})
     assert r.status_code == 404 and "model" in r.json()["message"]
+
+
+def test_cancel_stops_generation_between_tokens(orchestrator, http):
+    params = {"messages": MESSAGES, "max_tokens": 4000, "min_tokens": 4000, "seed": 5}
+    job_id = http.post("/v1/jobs", json={"app_id": "chat", "params": params}).json()["job_id"]
+    with httpx.stream("GET", f"{orchestrator}/v1/jobs/{job_id}/events", timeout=300) as r:
+        for line in r.iter_lines():
+            if '"index": 5' in line or '"index":5' in line:
+                break
+    assert http.delete(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+    time.sleep(2.0)
+    first = [e for e in read_sse(orchestrator, job_id, timeout_s=30) if e["event"] == "progress"]
+    time.sleep(1.0)
+    again = [e for e in read_sse(orchestrator, job_id, timeout_s=30) if e["event"] == "progress"]
+    assert len(first) < 4000 and len(again) == len(first)  # no token after the cancel settled
+    # The replica is free again: a short job runs at once.
+    r = http.post("/v1/jobs", json={"app_id": "chat", "params": {"messages": MESSAGES, "max_tokens": 4}})
+    assert wait_status(http, r.json()["job_id"], {"succeeded", "failed"}, timeout_s=60)["status"] == "succeeded"
