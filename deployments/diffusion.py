@@ -38,8 +38,11 @@ class DiffusionModel(ModelDeployment):
         self.artifacts = ArtifactStore(artifacts_url) if artifacts_url else None
         super().__init__(redis_url=redis_url, vram_gb=vram_gb)
 
-    def build_tiny(self) -> str:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def build_tiny(self) -> str:
+        """The demo model: this architecture, tiny and untrained, built once from its config."""
+        from . import model_builders
+
+        return str(getattr(model_builders, f"build_tiny_{self.model_name}")(self.tiny_path))
 
     def load(self) -> None:
         import diffusers
@@ -48,7 +51,9 @@ class DiffusionModel(ModelDeployment):
         path = self.build_tiny() if self.demo else self.model_id
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = getattr(torch, self.dtype_name or (self.cuda_dtype if self.device == "cuda" else "float32"))
-        kw: dict[str, Any] = {"torch_dtype": dtype}
+        # Newer diffusers take `dtype` and deprecate `torch_dtype`; older ones know only `torch_dtype`.
+        new_api = hasattr(getattr(diffusers.utils, "deprecation_utils", None), "_resolve_dtype")
+        kw: dict[str, Any] = {"dtype" if new_api else "torch_dtype": dtype}
         if self.variant:
             kw["variant"] = self.variant  # e.g. "fp16": download the half-size weight files
         pipe = getattr(diffusers, self.pipeline_class).from_pretrained(path, **kw)

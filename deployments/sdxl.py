@@ -14,8 +14,3 @@ class SDXL(DiffusionModel):
     cuda_dtype = "float16"
     default_steps = 30
     default_guidance = 5.0
-
-    def build_tiny(self) -> str:
-        from .model_builders import build_tiny_sdxl
-
-        return str(build_tiny_sdxl(self.tiny_path))

@@ -17,11 +17,6 @@ class ZImage(DiffusionModel):
     default_steps = 9
     default_guidance = 0.0
 
-    def build_tiny(self) -> str:
-        from .model_builders import build_tiny_zimage
-
-        return str(build_tiny_zimage(self.tiny_path))
-
     def pipeline_kwargs(self, params: dict[str, Any]) -> dict[str, Any]:
         kw = super().pipeline_kwargs(params)
         if kw["guidance_scale"] <= 1:
