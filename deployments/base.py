@@ -8,6 +8,7 @@ and `ctx.check_cancelled()` stops work between steps when the job was cancelled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import os
@@ -52,6 +53,10 @@ class JobContext:
             self._cancelled = self.bus.is_cancelled(self.job_id)
         return self._cancelled
 
+    def cancel(self) -> None:
+        """This attempt's request was cancelled (or timed out): the model stops at its next check."""
+        self._cancelled = True
+
     def check_cancelled(self) -> None:
         if self.cancelled():
             raise JobCancelled(f"job {self.job_id} cancelled")
@@ -63,6 +68,9 @@ class ModelDeployment:
     model_name = "model"
     synthetic = False
     reload_after_s = 60.0  # a failed load is retried on the next job at most this often
+    # Jobs this replica runs at once (None: no limit). Models that keep per-call state in the loaded
+    # object (a diffusers pipeline's scheduler, whisper's KV-cache hooks) need 1: later jobs wait here.
+    max_concurrent: int | None = None
 
     def __init__(self, *, redis_url: str | None = None, vram_gb: float = 0.0):
         self._bus = EventBus(redis_url) if redis_url else None
@@ -77,6 +85,7 @@ class ModelDeployment:
         self._deployment, self._replica_id = _replica_identity(self.model_name)
         self._stop = threading.Event()
         self._load_lock = threading.Lock()
+        self._slots: asyncio.Semaphore | None = None  # made in the replica's event loop, on first use
         self._failed_at = 0.0
         if self._bus is not None:
             threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
@@ -125,11 +134,33 @@ class ModelDeployment:
         if self.load_error is not None:
             raise ModelLoadError(self.load_error)
         ctx = JobContext(self._bus, job_id, attempt)
+        if self.max_concurrent is None:
+            return await self._run(params, ctx)
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_concurrent)
+        if self._slots.locked():
+            ctx.progress(stage="waiting for the model", in_flight=self.busy)
+        async with self._slots:
+            ctx.check_cancelled()
+            return await self._run(params, ctx)
+
+    async def _run(self, params: dict[str, Any], ctx: JobContext) -> Any:
         self.busy += 1
+        is_async = inspect.iscoroutinefunction(self.infer)
+        task = asyncio.ensure_future(self.infer(params, ctx) if is_async else asyncio.to_thread(self.infer, params, ctx))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # an abandoned task's error is not news
         try:
-            if inspect.iscoroutinefunction(self.infer):
-                return await self.infer(params, ctx)
-            return await asyncio.to_thread(self.infer, params, ctx)
+            # Shielded: a cancelled request (DELETE, the job's timeout) cannot kill a thread, so the
+            # work is told to stop at its next step, and a one-at-a-time model keeps its slot until then.
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            ctx.cancel()
+            if is_async:
+                task.cancel()  # a coroutine can stop now (vLLM aborts the request on the way out)
+            if self.max_concurrent is not None:
+                with contextlib.suppress(BaseException):
+                    await task
+            raise
         except Exception as e:
             if "CUDA error" in str(e):
                 # A CUDA error poisons the process's context: have Serve replace this replica.

@@ -21,6 +21,7 @@ AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".ogg", ".m4a", ".webm", ".mp4", ".
 
 
 class Whisper(ModelDeployment):
+    max_concurrent = 1  # one job at a time on the loaded model (see ModelDeployment)
     model_name = "whisper"
 
     def __init__(self, *, model: str | None = None, demo: bool = False, tiny_path: str | None = None,
