@@ -9,6 +9,7 @@ system ffmpeg.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -80,9 +81,14 @@ def _ffmpeg_on_path() -> None:
     import imageio_ffmpeg
 
     exe = Path(imageio_ffmpeg.get_ffmpeg_exe())
-    link_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"gpu-orch-ffmpeg-{os.getuid()}"
+    # One directory per binary: a link left by a since-deleted virtualenv never gets in the way.
+    tag = hashlib.sha1(str(exe).encode()).hexdigest()[:12]
+    link_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"gpu-orch-ffmpeg-{os.getuid()}-{tag}"
     link_dir.mkdir(parents=True, exist_ok=True)
     link = link_dir / "ffmpeg"
     if not link.exists():
-        link.symlink_to(exe)
+        tmp = link_dir / f"ffmpeg.{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(exe)
+        os.replace(tmp, link)  # atomic, also over a dangling link
     os.environ["PATH"] = f"{link_dir}{os.pathsep}{os.environ.get('PATH', '')}"

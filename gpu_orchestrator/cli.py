@@ -135,7 +135,11 @@ def up(config_path: str, num_cpus: int | None, demo: bool) -> None:
     import ray
 
     ray.init(address=address, log_to_driver=False, logging_level="ERROR")
-    from serve_apps.deploy import deploy, load_config, with_env
+    from serve_apps.deploy import deploy, load_config, ray_session_dir, with_env
+
+    if state.get("ray_started"):
+        state["ray_session_dir"] = str(ray_session_dir() or "")
+        _save_state(home, state)
 
     cfg = with_env(load_config(config_path), {"DATABASE_URL": db, "REDIS_URL": redis_url, "GPU_ORCH_HOME": str(home)},
                    APP_NAME)
@@ -187,6 +191,9 @@ def down() -> None:
     if state.get("ray_started"):
         click.echo("stopping Ray ...")
         subprocess.run([_ray_cli(), "stop"], env=_ray_env(), capture_output=True)
+        from serve_apps.deploy import drop_runtime_envs
+
+        drop_runtime_envs(state.get("ray_session_dir"))  # GBs of per-model virtualenvs, rebuilt on the next up
     if state.get("embedded_redis"):
         click.echo("stopping embedded Redis ...")
         embedded.stop_redis(Path(state["embedded_redis"]))
@@ -259,6 +266,18 @@ def _follow(c: Client, job_id: str) -> dict[str, Any]:
     from tqdm import tqdm
 
     bar = None
+    streaming = False  # a chat model's text is being printed: end the line before a status line
+
+    def say(msg: str) -> None:
+        nonlocal streaming
+        if streaming:
+            click.echo("", err=True)
+            streaming = False
+        if bar is not None:
+            bar.write(msg, file=sys.stderr)
+        else:
+            click.echo(msg, err=True)
+
     try:
         for ev in c.events(job_id):
             data = ev["data"]
@@ -270,14 +289,11 @@ def _follow(c: Client, job_id: str) -> dict[str, Any]:
                 bar.refresh()
             elif ev.get("event") == "progress" and "token" in data:
                 click.echo(data["token"], nl=False, err=True)  # a chat model's text as it streams
+                streaming = True
             elif ev.get("event") == "progress" and "stage" in data:
-                click.echo(f"stage: {data['stage']}", err=True)
+                say(f"stage: {data['stage']}")
             elif ev.get("event") == "status":
-                msg = f"{data['status']}" + (f" (attempt {data['attempt']})" if data.get("attempt") else "")
-                if bar is not None:
-                    bar.write(f"status: {msg}", file=sys.stderr)
-                else:
-                    click.echo(f"status: {msg}", err=True)
+                say(f"status: {data['status']}" + (f" (attempt {data['attempt']})" if data.get("attempt") else ""))
                 if data["status"] in ("succeeded", "failed", "cancelled"):
                     break
     finally:
@@ -349,6 +365,8 @@ def workers(ctx: click.Context) -> None:
         arb = m.get("arbiter") or {}
         if arb.get("last_decision"):
             click.echo(f"    last decision: {arb['last_decision']}  (loads {arb['loads']}, evictions {arb['evictions']})")
+        if m.get("load_error"):
+            click.echo(f"    load error: {m['load_error']}")
         for r in m["replicas"]:
             click.echo(f"    {r['replica_id']}  {r['state']:<9} load={r['load_time_s']:.2f}s  jobs={r['jobs_done']}  pid={r['pid']}"
                        if r.get("load_time_s") is not None else f"    {r['replica_id']}  {r['state']}")

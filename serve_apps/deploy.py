@@ -63,7 +63,8 @@ def wait_running(app_names: list[str], timeout_s: float = 900.0, on_change: Call
         if on_change is not None:
             for n in app_names:
                 for dep, st in (apps[n].deployments.items() if n in apps else ()):
-                    line = f"{dep}: {str(st.status).rsplit('.', 1)[-1]}" + (f" ({st.message})" if st.message else "")
+                    msg = (st.message or "").strip().split(". ")[0].splitlines()[0] if st.message else ""
+                    line = f"{dep}: {str(st.status).rsplit('.', 1)[-1]}" + (f" ({msg})" if msg else "")
                     if seen.get(dep) != line:
                         seen[dep] = line
                         on_change(line)
@@ -76,3 +77,23 @@ def wait_running(app_names: list[str], timeout_s: float = 900.0, on_change: Call
         if time.monotonic() > deadline:
             raise TimeoutError(f"applications not running after {timeout_s:g}s: {states}")
         time.sleep(0.5)
+
+
+def ray_session_dir() -> Path | None:
+    """The connected Ray cluster's session directory (Ray has no public API for it)."""
+    try:
+        import ray
+
+        return Path(ray._private.worker._global_node.get_session_dir_path())
+    except Exception:
+        return None
+
+
+def drop_runtime_envs(session_dir: str | Path | None) -> None:
+    """Delete a stopped Ray session's runtime_env virtualenvs. Ray keeps them after shutdown, and
+    each pip env is a full clone of the base virtualenv (torch included: over 1 GB), so every
+    session would otherwise leave several GB in /tmp/ray."""
+    import shutil
+
+    if session_dir:
+        shutil.rmtree(Path(session_dir) / "runtime_resources", ignore_errors=True)

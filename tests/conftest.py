@@ -4,6 +4,7 @@ embedded ones), a fresh database per test cloned from a migrated template."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import tempfile
 import uuid
@@ -85,6 +86,7 @@ def embedded_services():
     yield pg, rd
     embedded.stop_redis(root / "redis")
     embedded.stop_postgres(root / "pg")
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _make_backend(name: str, request) -> Backend:

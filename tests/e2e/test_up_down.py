@@ -56,7 +56,13 @@ def test_up_submit_down_restart_keeps_jobs(tmp_path):
             # Artifacts and tiny models live under GPU_ORCH_HOME.
             assert list((tmp_path / "home" / "artifacts" / "sdxl").rglob("*.png"))
             assert (tmp_path / "home" / "tiny-models" / "sdxl" / "BUILT").exists()
+        import json
+
+        session = Path(json.loads((tmp_path / "home" / "state.json").read_text())["ray_session_dir"])
+        assert (session / "runtime_resources").is_dir()
         run(["down"], env)
+        # Ray keeps every session's runtime_env virtualenvs (GBs); `down` drops the ones it made.
+        assert session.is_dir() and not (session / "runtime_resources").exists()
         # The real profile (arbiter on, models scaled to zero until a job needs them): nothing loads.
         run(["up", "--config", str(config), "--num-cpus", "4"], env)
         with Client(f"http://127.0.0.1:{port}") as c:

@@ -90,11 +90,15 @@ def ray_cluster():
     metrics_port = free_port()
     ray.init(num_cpus=16, num_gpus=1, include_dashboard=False, configure_logging=False, log_to_driver=False,
              _metrics_export_port=metrics_port)
+    from serve_apps.deploy import drop_runtime_envs, ray_session_dir
+
+    session = ray_session_dir()
     yield {"metrics_port": metrics_port}
     from ray import serve
 
     serve.shutdown()
     ray.shutdown()
+    drop_runtime_envs(session)
 
 
 @pytest.fixture(scope="session")
