@@ -47,9 +47,12 @@ class LLM(ModelDeployment):
             from vllm import AsyncEngineArgs
             from vllm.engine.async_llm_engine import AsyncLLMEngine
 
-            util = self.declared_vram_gb / _gpu_gb() if self.declared_vram_gb else 0.9
+            util = min(self.declared_vram_gb / _gpu_gb() if self.declared_vram_gb else 0.9, 0.95)
             self.vllm = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(
-                model=path, max_model_len=self.max_model_len, dtype=self.dtype, gpu_memory_utilization=min(util, 0.95)))
+                model=path, max_model_len=self.max_model_len, dtype=self.dtype, gpu_memory_utilization=util))
+            # vLLM's engine core is another process: this one's torch allocator holds none of it.
+            # It takes exactly its share of the GPU (weights + KV cache), so report that.
+            self.vllm_reserved_gb = util * _gpu_gb()
             from transformers import AutoTokenizer
 
             self.tokenizer = AutoTokenizer.from_pretrained(path)
@@ -61,6 +64,12 @@ class LLM(ModelDeployment):
             dtype = torch.float16 if device == "cuda" else torch.float32
             self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
             self.device = device
+
+    def info(self) -> dict[str, Any]:
+        out = super().info()
+        if getattr(self, "engine", None) == "vllm":
+            out["vram_held_gb"] = self.vllm_reserved_gb
+        return out
 
     async def infer(self, params: dict[str, Any], ctx: JobContext) -> Any:
         prompt = self.tokenizer.apply_chat_template(params["messages"], tokenize=False, add_generation_prompt=True)

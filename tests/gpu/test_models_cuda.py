@@ -96,4 +96,4 @@ def test_llm_on_cuda_streams_tokens(tmp_path, engine):
                       "seed": 1}, ctx)
     tokens = [e["token"] for e in ctx.events if "token" in e]
     assert res["engine"] == engine and "".join(tokens) == res["text"] and res["completion_tokens"] >= len(tokens)
-    assert model.info()["vram_held_gb"] > 0 or engine == "vllm"  # vLLM allocates outside torch's caching allocator
+    assert model.info()["vram_held_gb"] > 0  # vLLM: its share of the GPU, held by its engine process
