@@ -54,6 +54,7 @@ class Snapshot:
     draining: list[str]
     reasons: list[str]
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    unplaceable: dict[str, str] = field(default_factory=dict)
 
 
 class ArbiterLoop:
@@ -213,7 +214,7 @@ class ArbiterLoop:
         return Snapshot(
             ts=now, leader=self.owner, targets=d.targets,
             dispatchable=[n for n, v in by_name.items() if d.dispatchable(v)],
-            draining=sorted(d.draining), reasons=list(d.reasons), models=models,
+            draining=sorted(d.draining), reasons=list(d.reasons), models=models, unplaceable=dict(d.unplaceable),
         )
 
     def _record(self, d: Decision, views: list[ModelView], now: float) -> None:
@@ -283,6 +284,11 @@ class ArbiterLoop:
     def dispatchable(self, model: str) -> bool:
         s = self.snapshot
         return s is not None and time.time() - s.ts < 10 and model in s.dispatchable
+
+    def unplaceable(self, model: str) -> str | None:
+        """Why this model's queued jobs can never run here (no GPU can hold it), or None."""
+        s = self.snapshot
+        return s.unplaceable.get(model) if s is not None and time.time() - s.ts < 10 else None
 
     def autoscaling_stats(self) -> dict[str, float]:
         s = self.snapshot

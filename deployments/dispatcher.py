@@ -59,6 +59,7 @@ class Dispatcher:
         owner: str,
         on_finished: Callable[[str, str], None] | None = None,
         gate: Callable[[str], bool] | None = None,
+        refuse: Callable[[str], str | None] | None = None,
     ):
         self.cfg = cfg
         self.store = store
@@ -68,6 +69,8 @@ class Dispatcher:
         self.on_finished = on_finished or (lambda app_id, status: None)
         # Whether a model deployment may be given work now (the GPU arbiter's residency decision).
         self.gate = gate or (lambda model: True)
+        # Why a model's queued jobs can never run here (the arbiter found no GPU that holds it).
+        self.refuse = refuse or (lambda model: None)
         self.inflight: dict[uuid.UUID, InFlight] = {}
         self.wake = asyncio.Event()
         self.lease_s = cfg.router.lease_s
@@ -124,6 +127,10 @@ class Dispatcher:
         for app in self.cfg.apps:
             if app.id not in waiting or app.kind != AppKind.local:
                 continue  # cloud backends arrive with the fallback issue
+            why = self.refuse(app.deployment)
+            if why:
+                await self._fail_queued(app.id, why)
+                continue
             if not self.gate(app.deployment):
                 continue  # cold, loading or draining: its jobs stay queued (and drive the arbiter)
             mine = sum(1 for f in self.inflight.values() if f.job.app_id == app.id)
@@ -136,6 +143,13 @@ class Dispatcher:
             for job in jobs:
                 task = asyncio.get_running_loop().create_task(self._execute(job))
                 self.inflight[job.id] = InFlight(job, task)
+
+    async def _fail_queued(self, app_id: str, why: str) -> None:
+        error = f"no capacity: {why}"
+        for job_id in await asyncio.to_thread(self.store.fail_queued, app_id, error):
+            log.warning("job %s failed: %s", job_id, error)
+            await self._publish_status(job_id, "failed", error=error)
+            self.on_finished(app_id, "failed")
 
     def _cancel_response(self, job_id: uuid.UUID) -> None:
         f = self.inflight.get(job_id)

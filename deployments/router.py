@@ -109,6 +109,7 @@ class Router:
         self.dispatcher = Dispatcher(
             cfg=self.cfg, store=self.store, bus=self.bus, models=models, owner=self.owner, on_finished=self.metrics.finished,
             gate=self.arbiter.dispatchable if self.arbiter else None,
+            refuse=self.arbiter.unplaceable if self.arbiter else None,
         )
         self._started = False
         try:

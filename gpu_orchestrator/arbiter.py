@@ -75,6 +75,9 @@ class Decision:
     placements: dict[str, tuple[str, ...]]  # GPU ids per model (for the models with targets > 0)
     draining: frozenset[str]  # resident models that get no new work (being swapped out)
     reasons: tuple[str, ...] = field(default_factory=tuple)
+    # Models with queued work that no GPU can ever hold (too big, or pinned to nothing), once their
+    # oldest job has waited max_wait_s: the router fails those jobs with the reason, not leave them.
+    unplaceable: dict[str, str] = field(default_factory=dict)
 
     def dispatchable(self, m: ModelView) -> bool:
         """Whether the dispatcher may hand this model new work now."""
@@ -97,6 +100,7 @@ def decide(models: Iterable[ModelView], gpus: Iterable[Gpu], cfg: PolicyConfig =
     targets = {m.name: m.replicas + m.pending for m in models}
     placements: dict[str, list[str]] = {m.name: list(m.placement) for m in models}
     draining: set[str] = set()
+    unplaceable: dict[str, str] = {}
 
     # Memory actually held per GPU: every replica that exists (resident, loading, stopping).
     used = {g.id: 0.0 for g in gpus}
@@ -124,12 +128,13 @@ def decide(models: Iterable[ModelView], gpus: Iterable[Gpu], cfg: PolicyConfig =
             reasons.append(f"load {w.name}: {w.queued} queued, needs no GPU memory")
             continue
         allowed = _allowed(w, gpus)
-        if not allowed:
-            reasons.append(f"cannot place {w.name}: pinned to {w.pin!r}, no such GPU")
-            continue
         fits = [g for g in allowed if w.vram_gb <= g.vram_gb]
         if not fits:
-            reasons.append(f"cannot place {w.name}: needs {w.vram_gb} GB, largest allowed GPU has {max(g.vram_gb for g in allowed)} GB")
+            why = (f"cannot place {w.name}: needs {w.vram_gb:g} GB, largest allowed GPU has {max(g.vram_gb for g in allowed):g} GB"
+                   if allowed else f"cannot place {w.name}: no GPU " + (f"matches pin {w.pin!r}" if w.pin else "in the cluster"))
+            reasons.append(why)
+            if w.oldest_wait_s >= cfg.max_wait_s:
+                unplaceable[w.name] = why
             continue
         room = [g for g in fits if free(g.id) >= w.vram_gb]
         if room:
@@ -185,6 +190,7 @@ def decide(models: Iterable[ModelView], gpus: Iterable[Gpu], cfg: PolicyConfig =
         placements={k: tuple(v) for k, v in placements.items() if targets[k] > 0},
         draining=frozenset(draining),
         reasons=tuple(reasons),
+        unplaceable=unplaceable,
     )
 
 

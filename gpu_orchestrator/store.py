@@ -188,6 +188,15 @@ class JobStore:
         with self.engine.connect() as conn:
             return set(conn.execute(sa.text("SELECT DISTINCT app_id FROM jobs WHERE status = 'queued'")).scalars())
 
+    def fail_queued(self, app_id: str, error: str) -> list[uuid.UUID]:
+        """queued -> failed for every queued job of an app (they can never run); returns their ids."""
+        with self.engine.begin() as conn:
+            return list(conn.execute(
+                sa.text("UPDATE jobs SET status = 'failed', finished_at = now(), error = :error "
+                        "WHERE app_id = :app AND status = 'queued' RETURNING id"),
+                {"app": app_id, "error": error},
+            ).scalars())
+
     def queue_stats(self) -> dict[str, AppQueueStats]:
         sql = sa.text(
             "SELECT app_id, count(*) FILTER (WHERE status = 'queued') AS queued, "

@@ -213,3 +213,18 @@ def test_status_check_constraint_rejects_unknown_status(store):
     with pytest.raises(sa.exc.IntegrityError):
         with store.engine.begin() as c:
             c.execute(sa.text("UPDATE jobs SET status = 'weird' WHERE id = :id"), {"id": job.id})
+
+
+def test_fail_queued_ends_only_that_apps_queued_jobs(store):
+    queued = [store.submit(app_id="zimage", params={"n": i}, max_attempts=2, timeout_s=60)[0] for i in range(2)]
+    third = store.submit(app_id="zimage", params={}, max_attempts=2, timeout_s=60)[0]
+    other = store.submit(app_id="sdxl", params={}, max_attempts=2, timeout_s=60)[0]
+    # Claim the oldest: it runs on; the two others stay queued.
+    claimed = store.claim(app_id="zimage", owner="r1", limit=1, lease_s=30, max_in_flight=4)
+    assert [j.id for j in claimed] == [queued[0].id]
+    failed = store.fail_queued("zimage", "no capacity: cannot place zimage")
+    assert set(failed) == {queued[1].id, third.id}
+    for job_id in failed:
+        job = store.get(job_id)
+        assert job.status == JobStatus.failed and job.error == "no capacity: cannot place zimage" and job.finished_at
+    assert store.get(queued[0].id).status == JobStatus.running and store.get(other.id).status == JobStatus.queued

@@ -136,7 +136,7 @@ def test_idle_models_scale_to_zero_after_the_ttl(arb):
     assert w["state"] == "cold" and w["replica_states"].get("RUNNING", 0) == 0
     assert w["arbiter"]["last_decision"].startswith("scale echo-c to zero: idle")
     arbiter = arb.get("/v1/workers").json()["arbiter"]
-    assert arbiter["targets"] == {"echo-a": 0, "echo-b": 0, "echo-c": 0}
+    assert arbiter["targets"] == {"echo-a": 0, "echo-b": 0, "echo-c": 0, "echo-huge": 0}
 
 
 def test_two_gpu_nodes_fit_and_pinning(serve_backend):
@@ -172,3 +172,17 @@ def test_cli_workers_shows_arbiter_state(arbiter_url):
     assert r.exit_code == 0, r.output
     assert "echo-a [SYNTHETIC]: " in r.stdout and "VRAM -/16 GB" in r.stdout
     assert "last decision: " in r.stdout and "arbiter: leader router:" in r.stdout
+
+
+def test_jobs_no_gpu_can_hold_fail_with_the_reason_after_max_wait(arb):
+    t0 = time.monotonic()
+    job = submit(arb, "huge")
+    time.sleep(2.0)
+    reasons = arb.get("/v1/workers").json()["arbiter"]["reasons"]
+    assert "cannot place echo-huge: needs 30 GB, largest allowed GPU has 24 GB" in reasons
+    done = wait_status(arb, job, {"succeeded", "failed"}, timeout_s=120)
+    assert done["status"] == "failed" and done["attempts"] == 0
+    assert done["error"] == "no capacity: cannot place echo-huge: needs 30 GB, largest allowed GPU has 24 GB"
+    assert time.monotonic() - t0 >= 28  # it had max_wait_s (30 s) to find room first
+    w = {m["deployment"]: m for m in arb.get("/v1/workers").json()["models"]}
+    assert w["echo-huge"]["replica_states"] in ({}, {"RUNNING": 0}) and w["echo-huge"]["queued"] == 0

@@ -121,7 +121,7 @@ def test_pinning_and_fit_on_heterogeneous_gpus():
     d = decide([cold("whisper", 4, queued=1)], gpus, CFG)
     assert d.placements == {"whisper": ("small",)}  # best fit keeps the big GPU's room for big models
     d = decide([cold("x", 4, queued=1, pin="tpu")], gpus, CFG)
-    assert d.targets == {"x": 0} and d.reasons == ("cannot place x: pinned to 'tpu', no such GPU",)
+    assert d.targets == {"x": 0} and d.reasons == ("cannot place x: no GPU matches pin 'tpu'",)
     d = decide([cold("huge", 100, queued=1)], gpus, CFG)
     assert d.targets == {"huge": 0} and "needs 100 GB" in d.reasons[0]
 
@@ -142,3 +142,17 @@ def test_dispatchable():
 def test_cpu_models_load_on_demand_without_gpus():
     d = decide([cold("echo", 0, queued=1)], [], CFG)
     assert d.targets == {"echo": 1} and d.reasons == ("load echo: 1 queued, needs no GPU memory",)
+
+
+def test_models_no_gpu_can_hold_are_unplaceable_once_their_jobs_waited_max_wait():
+    gpus = [Gpu("gpu0", 24)]
+    d = decide([cold("zimage", 25, queued=2, oldest_wait_s=10)], gpus, CFG)
+    assert d.unplaceable == {} and "needs 25 GB, largest allowed GPU has 24 GB" in d.reasons[0]  # not yet
+    d = decide([cold("zimage", 25, queued=2, oldest_wait_s=60), cold("sdxl", 16, queued=1, oldest_wait_s=60)], gpus, CFG)
+    assert d.unplaceable == {"zimage": "cannot place zimage: needs 25 GB, largest allowed GPU has 24 GB"}
+    assert d.targets["sdxl"] == 1  # the others are unaffected
+    d = decide([cold("whisper", 10, queued=1, oldest_wait_s=61)], [], CFG)  # a cluster without GPUs
+    assert d.unplaceable == {"whisper": "cannot place whisper: no GPU in the cluster"}
+    d = decide([cold("x", 4, queued=1, oldest_wait_s=61, pin="tpu")], gpus, CFG)
+    assert d.unplaceable == {"x": "cannot place x: no GPU matches pin 'tpu'"}
+    assert decide([cold("cpu", 0, queued=1, oldest_wait_s=99)], [], CFG).unplaceable == {}  # needs no GPU
