@@ -281,14 +281,19 @@ class ArbiterLoop:
 
     # -- what the router uses ---------------------------------------------------------------------
 
-    def dispatchable(self, model: str) -> bool:
+    def _fresh(self) -> Snapshot | None:
+        """The latest decision, unless it is too old to act on (the leader stopped publishing)."""
         s = self.snapshot
-        return s is not None and time.time() - s.ts < 10 and model in s.dispatchable
+        return s if s is not None and time.time() - s.ts < 10 else None
+
+    def dispatchable(self, model: str) -> bool:
+        s = self._fresh()
+        return s is not None and model in s.dispatchable
 
     def unplaceable(self, model: str) -> str | None:
         """Why this model's queued jobs can never run here (no GPU can hold it), or None."""
-        s = self.snapshot
-        return s.unplaceable.get(model) if s is not None and time.time() - s.ts < 10 else None
+        s = self._fresh()
+        return s.unplaceable.get(model) if s is not None else None
 
     def autoscaling_stats(self) -> dict[str, float]:
         s = self.snapshot

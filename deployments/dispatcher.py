@@ -38,14 +38,18 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _error_names(exc: BaseException) -> set[str]:
+    """The error's type name and, for Ray's wrappers, its cause's (raised in another process)."""
+    return {type(exc).__name__, type(getattr(exc, "cause", None)).__name__}
+
+
 def is_load_error(exc: BaseException) -> bool:
     """The model replica could not load (deployments.base.ModelLoadError): retrying cannot help."""
-    return "ModelLoadError" in {type(exc).__name__, type(getattr(exc, "cause", None)).__name__}
+    return "ModelLoadError" in _error_names(exc)
 
 
 def is_cancellation(exc: BaseException) -> bool:
-    names = {type(exc).__name__, type(getattr(exc, "cause", None)).__name__}
-    return bool(names & {"JobCancelled", "RequestCancelledError", "TaskCancelledError", "CancelledError"})
+    return bool(_error_names(exc) & {"JobCancelled", "RequestCancelledError", "TaskCancelledError", "CancelledError"})
 
 
 class Dispatcher:

@@ -36,7 +36,6 @@ class LLM(ModelDeployment):
             from .model_builders import build_tiny_llm
 
             path = str(build_tiny_llm(self.tiny_path))
-        self.path = path
         engine = self.engine_name
         if engine == "auto":
             engine = "vllm" if torch.cuda.is_available() and _has("vllm") else "transformers"
@@ -47,12 +46,13 @@ class LLM(ModelDeployment):
             from vllm import AsyncEngineArgs
             from vllm.engine.async_llm_engine import AsyncLLMEngine
 
-            util = min(self.declared_vram_gb / _gpu_gb() if self.declared_vram_gb else 0.9, 0.95)
+            gpu_gb = _gpu_gb()
+            util = min(self.declared_vram_gb / gpu_gb if self.declared_vram_gb else 0.9, 0.95)
             self.vllm = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(
                 model=path, max_model_len=self.max_model_len, dtype=self.dtype, gpu_memory_utilization=util))
             # vLLM's engine core is another process: this one's torch allocator holds none of it.
             # It takes exactly its share of the GPU (weights + KV cache), so report that.
-            self.vllm_reserved_gb = util * _gpu_gb()
+            self.vllm_reserved_gb = util * gpu_gb
             from transformers import AutoTokenizer
 
             self.tokenizer = AutoTokenizer.from_pretrained(path)

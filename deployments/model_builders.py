@@ -41,21 +41,14 @@ def build_tiny_llm(path: Path | str | None = None, seed: int = 0) -> Path:
 
 def _build_tiny_llm(path: Path, seed: int) -> None:
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     path.mkdir(parents=True, exist_ok=True)
     # Word-level vocabulary: an untrained model then streams whole words, not invalid UTF-8 bytes.
-    special = ["<unk>", "<s>", "</s>", "<pad>"]
-    words = sorted(set(_CORPUS.split()) | {"assistant", "user", "system", ":"})
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(special + words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    fast.chat_template = (
+    fast = _word_level(sorted(set(_CORPUS.split()) | {"assistant", "user", "system", ":"}), (
         "{% for m in messages %}<s> {{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
         "{% if add_generation_prompt %}<s> assistant : {% endif %}"
-    )
+    ))
     fast.save_pretrained(path)
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -83,44 +76,48 @@ def _cached(path: Path, what: str, build) -> Path:
     return path
 
 
-def build_tiny_sdxl(path: Path | str | None = None, seed: int = 0) -> Path:
+def _tiny(name: str, build, path: Path | str | None, seed: int) -> Path:
+    """The tiny version of `build`'s architecture, cached under `path` (default: the demo cache)."""
     import torch
 
     torch.manual_seed(seed)
-    return _cached(Path(path or default_cache() / "sdxl"), "sdxl", lambda p: build_sdxl(p, tiny=True, dtype=torch.float32))
+    return _cached(Path(path or default_cache() / name), name, lambda p: build(p, tiny=True, dtype=torch.float32))
+
+
+def build_tiny_sdxl(path: Path | str | None = None, seed: int = 0) -> Path:
+    return _tiny("sdxl", build_sdxl, path, seed)
 
 
 def build_tiny_zimage(path: Path | str | None = None, seed: int = 0) -> Path:
-    import torch
-
-    torch.manual_seed(seed)
-    return _cached(Path(path or default_cache() / "zimage"), "zimage",
-                   lambda p: build_zimage(p, tiny=True, dtype=torch.float32))
+    return _tiny("zimage", build_zimage, path, seed)
 
 
 def build_tiny_whisper(path: Path | str | None = None, seed: int = 0) -> Path:
     """A 2-layer random-weight Whisper checkpoint that whisper.load_model reads; returns the .pt path."""
-    import torch
-
-    torch.manual_seed(seed)
-    return _cached(Path(path or default_cache() / "whisper"), "whisper",
-                   lambda p: build_whisper(p, tiny=True, dtype=torch.float32)) / "model.pt"
+    return _tiny("whisper", build_whisper, path, seed) / "model.pt"
 
 
 def word_tokenizer(words: int = 1000):
     """A word-level fast tokenizer (no download); ids stay below every model's vocab size."""
+    return _word_level([f"w{i}" for i in range(words)] + (_CORPUS + " a photo of an astronaut riding a horse on mars").split(), (
+        "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
+        "{% if add_generation_prompt %}assistant :{% endif %}"
+    ))
+
+
+def _word_level(words: list[str], chat_template: str):
+    """A fast tokenizer over whole words (ids in order of first appearance), joined with spaces."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {t: i for i, t in enumerate(["<unk>", "<s>", "</s>", "<pad>"] + [f"w{i}" for i in range(words)])}
-    for w in (_CORPUS + " a photo of an astronaut riding a horse on mars").split():
+    vocab: dict[str, int] = {}
+    for w in ["<unk>", "<s>", "</s>", "<pad>", *words]:
         vocab.setdefault(w, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##")
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    fast.chat_template = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
-                          "{% if add_generation_prompt %}assistant :{% endif %}")
+    fast.chat_template = chat_template
     return fast
 
 
