@@ -63,7 +63,8 @@ def wait_running(app_names: list[str], timeout_s: float = 900.0, on_change: Call
         if on_change is not None:
             for n in app_names:
                 for dep, st in (apps[n].deployments.items() if n in apps else ()):
-                    msg = (st.message or "").strip().split(". ")[0].splitlines()[0] if st.message else ""
+                    # Serve's messages run to paragraphs; the first sentence says what is going on.
+                    msg = next(iter((st.message or "").strip().split(". ")[0].splitlines()), "")
                     line = f"{dep}: {str(st.status).rsplit('.', 1)[-1]}" + (f" ({msg})" if msg else "")
                     if seen.get(dep) != line:
                         seen[dep] = line
