@@ -74,6 +74,17 @@ class QueueFull(JobError):
         self.retry_after_s = retry_after_s
 
 
+class IdempotencyConflict(JobError):
+    """An Idempotency-Key was reused for a different request (another body for the same app)."""
+
+    def __init__(self, app_id: str, key: str, job_id: uuid.UUID | str):
+        super().__init__(f"Idempotency-Key {key!r} was already used for job {job_id} of app {app_id!r} "
+                         f"with a different request body; use a new key for a new request")
+        self.app_id = app_id
+        self.key = key
+        self.job_id = job_id
+
+
 def _iso(t: dt.datetime | None) -> str | None:
     return t.isoformat() if t else None
 
