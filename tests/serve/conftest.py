@@ -81,6 +81,40 @@ def arbiter_args(database_url: str, redis_url: str) -> dict:
     }
 
 
+def outage_args(database_url: str, redis_url: str, run_log: str) -> dict:
+    """The echo model alone on its own embedded Postgres and Redis (what `gpu-orch up` starts when
+    DATABASE_URL/REDIS_URL are unset), so the fault tests can kill those without touching the rest."""
+    cfg = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    args = copy.deepcopy(next(a for a in cfg["applications"] if a["name"] == APP_NAME)["args"])
+    args.update(database_url=database_url, redis_url=redis_url, artifacts_url=TINY_DIR + "/artifacts")
+    args["router"].update(num_replicas=1, lease_s=3, poll_interval_s=0.2)
+    args["arbiter"]["enabled"] = False
+    args["models"] = {"echo": args["models"]["echo"]}
+    args["models"]["echo"]["init"]["run_log"] = run_log
+    args["apps"] = [a for a in args["apps"] if a["id"] == "echo"]
+    return args
+
+
+@pytest.fixture(scope="session")
+def outage_services():
+    """Embedded Postgres and Redis (gpu_orchestrator.embedded, the default a fresh machine gets)."""
+    import shutil
+    import tempfile
+
+    from gpu_orchestrator import embedded
+
+    root = Path(tempfile.mkdtemp(prefix="gpu-orch-outage-"))
+    os.chmod(root, 0o755)  # the embedded Postgres runs as its own system user when we are root
+    dirs = {"pg": root / "pg", "redis": root / "redis", "run_log": root / "runs.log"}
+    urls = {"pg": embedded.start_postgres(dirs["pg"]), "redis": embedded.start_redis(dirs["redis"])}
+    dirs["run_log"].write_text("")
+    os.chmod(dirs["run_log"], 0o666)
+    yield {"dirs": dirs, "urls": urls}
+    embedded.stop_redis(dirs["redis"])
+    embedded.stop_postgres(dirs["pg"])
+    shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     import ray
@@ -103,7 +137,7 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="session")
-def deployed(ray_cluster, serve_backend):
+def deployed(ray_cluster, serve_backend, outage_services):
     """Deploys both test applications once, through the same config path as `serve deploy`
     (the arbiter's application-level autoscaling policy is only settable that way)."""
     from serve_apps.deploy import deploy
@@ -119,16 +153,21 @@ def deployed(ray_cluster, serve_backend):
             {"name": "arbiter", "route_prefix": "/arb", "import_path": "serve_apps.orchestrator:build_app",
              "args": arbiter_args(urls[1], serve_backend.redis_url),
              "autoscaling_policy": {"policy_function": "serve_apps.autoscaling:arbiter_policy"}},
+            {"name": "outage", "route_prefix": "/outage", "import_path": "serve_apps.orchestrator:build_app",
+             "args": outage_args(outage_services["urls"]["pg"], outage_services["urls"]["redis"],
+                                 str(outage_services["dirs"]["run_log"]))},
         ],
     })
     base = f"http://127.0.0.1:{port}"
     wait_healthy(base)
     wait_healthy(base + "/arb")
+    wait_healthy(base + "/outage")
     yield base
     from ray import serve
 
     serve.delete(APP_NAME)
     serve.delete("arbiter")
+    serve.delete("outage")
     for d in dbs:
         serve_backend.drop(d)
 
