@@ -1,17 +1,28 @@
-"""Mapping of domain errors to HTTP answers. Every 4xx body names the problem and, where one
-exists, the offending field: {"error": code, "message": text, "fields": [{"field", "message"}]}."""
+"""Mapping of domain errors to HTTP answers, and checks of HTTP-level inputs (headers). Every 4xx
+body names the problem and, where one exists, the offending field:
+{"error": code, "message": text, "fields": [{"field", "message"}]}. Outages (Postgres or Redis
+unreachable) answer 503 with Retry-After, never 500."""
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gpu_orchestrator.jobs import JobNotFound, QueueFull, TransitionError
+from gpu_orchestrator.events import reason
+from gpu_orchestrator.jobs import IdempotencyConflict, JobNotFound, QueueFull, TransitionError
 from gpu_orchestrator.registry import ParamsInvalid
+
+log = logging.getLogger("gpu_orchestrator.router")
+# Retry-After for an outage: a restarting Postgres takes seconds; Redis comes back faster.
+RETRY_AFTER_S = {"database": 5, "redis": 2}
 
 
 class ApiError(Exception):
@@ -25,6 +36,47 @@ def body(error: str, message: str, fields: list[dict[str, str]] | None = None) -
     if fields:
         out["fields"] = fields
     return out
+
+
+_KEY_RE = re.compile(r"[\x20-\x7e]{1,255}")
+_STREAM_ID_RE = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
+UINT64_MAX = 2**64 - 1
+
+
+def check_idempotency_key(key: str | None) -> str | None:
+    """1-255 printable ASCII characters (a UUID is typical), else 422 naming the header."""
+    if key is None:
+        return None
+    if not _KEY_RE.fullmatch(key):
+        why = "must not be empty" if not key else (
+            f"is {len(key)} characters; at most 255" if len(key) > 255 else "must be printable ASCII")
+        raise ApiError(422, "invalid_request", why, field="Idempotency-Key")
+    return key
+
+
+def check_last_event_id(value: str | None) -> str:
+    """A Redis stream id as this stream sends them (ms[-seq], each an unsigned 64-bit integer in ASCII
+    digits); "0-0" (from the start) when absent. Anything else: 422 naming the header."""
+    if value is None or value == "":
+        return "0-0"
+    m = _STREAM_ID_RE.fullmatch(value)
+    if m is None or any(int(g) > UINT64_MAX for g in m.groups() if g is not None):
+        raise ApiError(422, "invalid_request", "is not an event id from this stream (expected digits, or digits-digits, "
+                       "as sent in the `id:` lines)", field="Last-Event-ID")
+    return value
+
+
+def db_outage(exc: BaseException) -> bool:
+    """A database error that means "Postgres is unreachable, restarting or overloaded", not a bug."""
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)):
+        return True
+    return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)
+
+
+def unavailable(what: str, exc: BaseException) -> JSONResponse:
+    log.warning("%s unavailable: %s (%s)", what, reason(exc), type(exc).__name__)
+    return JSONResponse(status_code=503, content=body("service_unavailable", f"{what} unavailable, retry"),
+                        headers={"Retry-After": str(RETRY_AFTER_S[what])})
 
 
 def _loc(loc: tuple | list) -> str:
@@ -67,6 +119,24 @@ def install(app: FastAPI) -> None:
     async def _conflict(_: Request, exc: TransitionError) -> JSONResponse:
         return JSONResponse(status_code=409, content=body("invalid_state", str(exc)))
 
+    @app.exception_handler(IdempotencyConflict)
+    async def _idem(_: Request, exc: IdempotencyConflict) -> JSONResponse:
+        return JSONResponse(status_code=409, content=body("idempotency_conflict", str(exc),
+                                                          [{"field": "Idempotency-Key", "message": str(exc)}]))
+
+    @app.exception_handler(sa_exc.DBAPIError)
+    @app.exception_handler(sa_exc.TimeoutError)
+    async def _db(_: Request, exc: Exception) -> JSONResponse:
+        if db_outage(exc):
+            return unavailable("database", exc)
+        log.error("database error", exc_info=exc)
+        return JSONResponse(status_code=500, content=body("internal_error", "database error; see the router log"))
+
+    @app.exception_handler(redis.exceptions.ConnectionError)
+    @app.exception_handler(redis.exceptions.TimeoutError)
+    async def _redis(_: Request, exc: Exception) -> JSONResponse:
+        return unavailable("redis", exc)
+
     @app.exception_handler(QueueFull)
     async def _full(_: Request, exc: QueueFull) -> JSONResponse:
         return JSONResponse(
@@ -79,7 +149,11 @@ def install(app: FastAPI) -> None:
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for a body over `limit` bytes, by Content-Length or by counting chunks."""
+    """ASGI middleware: 413 for a body over `limit` bytes, by Content-Length or by counting chunks.
+
+    Counting happens inside `receive`, which the app calls from its body parsing; FastAPI turns any
+    error there into a 400, so once the limit is crossed the app's own answer is dropped and the
+    413 is sent instead."""
 
     def __init__(self, app: Any, limit: Any, upload_limit: Any = None, upload_paths: tuple[str, ...] = ()):
         self.app = app
@@ -100,19 +174,32 @@ class BodyLimit:
         for k, v in scope.get("headers", []):
             if k == b"content-length" and v.isdigit() and int(v) > limit:
                 return await self._reject(send, limit)
-        seen = 0
+        seen, over, started = 0, False, False
 
         async def counted() -> dict:
-            nonlocal seen
+            nonlocal seen, over
+            if over:
+                raise _TooLarge()
             msg = await receive()
             seen += len(msg.get("body", b""))
             if seen > limit:
+                over = True
                 raise _TooLarge()
             return msg
 
+        async def guarded_send(msg: dict) -> None:
+            nonlocal started
+            if over and not started:
+                return  # the app's answer to the error we raised in its receive (a 400): replaced below
+            started = True
+            await send(msg)
+
         try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
+            await self.app(scope, counted, guarded_send)
+        except Exception:
+            if not over:
+                raise
+        if over and not started:
             await self._reject(send, limit)
 
     async def _reject(self, send: Any, limit: int) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 # Fields of the OpenAI request we map onto the chat app's parameters; others are accepted and ignored.
-MAPPED = ("messages", "max_tokens", "temperature", "seed")
+MAPPED = ("messages", "max_tokens", "temperature", "seed", "min_tokens")
 
 
 class ChatRequest(BaseModel):
@@ -22,6 +22,8 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = None
     temperature: float | None = None
     seed: int | None = None
+    # Not OpenAI's, but vLLM's OpenAI server takes it too (extra_body={"min_tokens": n}).
+    min_tokens: int | None = None
 
     def job_params(self) -> dict[str, Any]:
         out: dict[str, Any] = {"messages": self.messages}
@@ -32,6 +34,8 @@ class ChatRequest(BaseModel):
             out["temperature"] = self.temperature
         if self.seed is not None:
             out["seed"] = self.seed
+        if self.min_tokens is not None:
+            out["min_tokens"] = self.min_tokens
         return out
 
 
@@ -56,3 +60,37 @@ def chunk(job_id: str, model: str, created: int, delta: dict[str, Any], finish_r
 
 def models_list(app_ids: list[str]) -> dict[str, Any]:
     return {"object": "list", "data": [{"id": a, "object": "model", "created": 0, "owned_by": "gpu-orchestrator"} for a in app_ids]}
+
+
+# The openai SDK's default timeout is 600 s and it retries (twice by default) on a timeout or a 5xx,
+# each retry a new request; it does not send an Idempotency-Key. A non-stream wait ends before the
+# client's own timeout with a retryable "still running" answer, and its retry (same body, same
+# client, `x-stainless-retry-count` >= 1) is matched back to the first request's job.
+WAIT_CAP_S = 590.0
+READ_TIMEOUT_MARGIN_S = 5.0
+
+
+def wait_bound_s(job_timeout_s: float, read_timeout: str | None, cap_s: float = WAIT_CAP_S) -> float:
+    """How long a non-stream request waits for its job: the job's timeout (+30 s for queueing) but
+    under the SDK default timeout, and under the client's own read timeout when it says so
+    (`x-stainless-read-timeout`) and leaves room for an answer (> 2 x the margin)."""
+    bound = min(job_timeout_s + 30.0, cap_s)
+    try:
+        rt = float(read_timeout) if read_timeout else None
+    except ValueError:
+        rt = None
+    if rt is not None and rt == rt and rt > 2 * READ_TIMEOUT_MARGIN_S:
+        bound = min(bound, rt - READ_TIMEOUT_MARGIN_S)
+    return bound
+
+
+def is_sdk_retry(retry_count: str | None) -> bool:
+    return bool(retry_count) and retry_count.strip() not in ("", "0")
+
+
+def fingerprint(app_id: str, params: dict[str, Any], auth: str | None, client: str | None) -> str:
+    """Identifies "the same request from the same client" across SDK retries."""
+    import hashlib
+
+    blob = json.dumps({"app": app_id, "params": params, "auth": auth, "client": client}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()

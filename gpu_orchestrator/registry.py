@@ -15,6 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 ParamType = Literal["string", "integer", "number", "boolean", "enum", "file", "messages"]
 CHAT_ROLES = ("system", "user", "assistant")
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+# Postgres text/jsonb cannot hold U+0000 or a lone UTF-16 surrogate (JSON "\ud800"): refused here,
+# naming the field, instead of failing in the INSERT with a 500.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+# Integers travel through jsonb to models that use 64-bit ints (seeds, sizes).
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 
 
 class AppKind(str, Enum):
@@ -111,6 +116,35 @@ class ParamsInvalid(ValueError):
         self.errors = errors
 
 
+def text_problem(value: str) -> str | None:
+    """Why a string cannot be stored (a NUL or a lone surrogate), or None."""
+    m = _UNSTORABLE.search(value)
+    if m is None:
+        return None
+    what = "a NUL character (U+0000)" if m.group() == "\x00" else f"a lone surrogate (U+{ord(m.group()):04X})"
+    return f"contains {what} at position {m.start()}"
+
+
+def check_text(field: str, value: Any) -> list[ParamError]:
+    """Every string in a JSON value (dict keys too), each problem naming its path (params.messages[1].content)."""
+    out: list[ParamError] = []
+    if isinstance(value, str):
+        why = text_problem(value)
+        if why:
+            out.append(ParamError(field, why))
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            path = f"{field}.{k}"
+            if isinstance(k, str) and text_problem(k):
+                out.append(ParamError(field, f"key {text_problem(k)}"))
+                path = f"{field}.<key>"
+            out.extend(check_text(path, v))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            out.extend(check_text(f"{field}[{i}]", v))
+    return out
+
+
 def _num_from_str(spec: ParamSpec, value: str) -> float:
     try:
         return float(value.strip())
@@ -126,11 +160,18 @@ def coerce_value(spec: ParamSpec, value: Any) -> Any:
             raise ParamError(spec.name, f"expected {t}, got boolean")
         if isinstance(value, str):
             value = _num_from_str(spec, value)
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ParamError(spec.name, f"expected {t}, got {type(value).__name__} {value!r}")
+        if not isinstance(value, (int, float)):
+            raise ParamError(spec.name, f"expected {t}, got {type(value).__name__} {_short(value)}")
+        if isinstance(value, int) and not INT_MIN <= value <= INT_MAX:
+            # Checked before any float conversion: float(10**400) raises OverflowError.
+            raise ParamError(spec.name, f"{_short(value)} is out of range (integers must fit in 64 bits)")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ParamError(spec.name, f"expected {t}, got {value!r}")
         if t == "integer":
             if isinstance(value, float) and not value.is_integer():
                 raise ParamError(spec.name, f"expected integer, got {value!r}")
+            if not INT_MIN <= value <= INT_MAX:
+                raise ParamError(spec.name, f"{value!r} is out of range (integers must fit in 64 bits)")
             value = int(value)
         else:
             value = float(value)
@@ -189,6 +230,11 @@ def _messages(spec: ParamSpec, value: Any) -> list[dict[str, str]]:
     return out
 
 
+def _short(v: Any, n: int = 40) -> str:
+    r = repr(v)
+    return r if len(r) <= n else f"{r[:n]}... ({len(r)} characters)"
+
+
 def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
@@ -214,6 +260,10 @@ def validate_params(app: AppSpec, params: Any) -> dict[str, Any]:
                 errors.append(ParamError(f"params.{spec.name}", "required parameter is missing"))
             elif spec.default is not None:
                 out[spec.name] = spec.default
+            continue
+        bad_text = check_text(f"params.{spec.name}", params[spec.name])
+        if bad_text:
+            errors.extend(bad_text)
             continue
         try:
             out[spec.name] = coerce_value(spec, params[spec.name])

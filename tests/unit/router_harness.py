@@ -1,0 +1,283 @@
+"""The router deployment's FastAPI app served by uvicorn in this process, without Ray: real Postgres
+and Redis (the test backends, optionally behind a TCP proxy that a test can cut or stall), and a
+stand-in model deployment handle. What Serve adds (the replica context) is the only thing faked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from types import SimpleNamespace
+from typing import Any, Iterator
+
+import httpx
+from sqlalchemy.engine import make_url
+
+from gpu_orchestrator.events import AsyncEventBus
+
+ECHO_APP = {"id": "echo", "deployment": "echo", "timeout_s": 60, "max_attempts": 2, "parameters": [
+    {"name": "message", "type": "string", "default": "hello"},
+    {"name": "delay_s", "type": "number", "minimum": 0, "maximum": 600, "default": 0},
+    {"name": "steps", "type": "integer", "minimum": 1, "maximum": 1000, "default": 1},
+    {"name": "seed", "type": "integer"},
+]}
+CHAT_APP = {"id": "chat", "deployment": "llm", "task": "chat", "timeout_s": 60, "parameters": [
+    {"name": "messages", "type": "messages", "required": True},
+    {"name": "max_tokens", "type": "integer", "minimum": 1, "maximum": 4096, "default": 8},
+    {"name": "min_tokens", "type": "integer", "minimum": 0, "default": 0},
+    {"name": "temperature", "type": "number", "minimum": 0, "maximum": 2, "default": 0.7},
+    {"name": "seed", "type": "integer"},
+]}
+AUDIO_APP = {"id": "transcribe", "deployment": "echo", "parameters": [
+    {"name": "audio", "type": "file", "required": True, "accept": [".wav", ".mp3"]},
+    {"name": "language", "type": "string", "max_length": 16},
+]}
+
+
+def config(**router: Any) -> dict[str, Any]:
+    return {
+        "apps": [ECHO_APP, CHAT_APP, AUDIO_APP,
+                 {"id": "cloud", "kind": "replicate", "deployment": "nowhere"}],
+        "models": {"echo": {"impl": "deployments.echo:Echo"}, "llm": {"impl": "deployments.llm:LLM"}},
+        "router": {"lease_s": 3, "poll_interval_s": 0.1, **router},
+    }
+
+
+class FakeModel:
+    """Stands in for a model deployment handle: `run.remote(job_id, params, attempt)` returns an
+    awaitable, cancellable response (an asyncio Task), like a DeploymentResponse. Echo: sleeps
+    delay_s per step, publishing progress. Chat: one token event per token, delay_s apart."""
+
+    def __init__(self, redis_url: str):
+        self.redis_url = redis_url
+        self.calls: list[str] = []
+        self.cancelled: list[str] = []
+        self.run = SimpleNamespace(remote=self._remote)
+        self._bus: AsyncEventBus | None = None
+
+    def _remote(self, job_id: str, params: dict, attempt: int, **_: Any) -> asyncio.Task:
+        self.calls.append(job_id)
+        return asyncio.get_running_loop().create_task(self._run(job_id, params))
+
+    async def _publish(self, job_id: str, **data: Any) -> None:
+        if self._bus is None:
+            self._bus = AsyncEventBus(self.redis_url)
+        await self._bus.try_publish(job_id, "progress", **data)
+
+    async def _run(self, job_id: str, params: dict) -> dict:
+        delay = float(params.get("delay_s", 0.05 if "messages" in params else 0))
+        try:
+            if "messages" in params:
+                n = max(params.get("min_tokens", 0), min(params.get("max_tokens", 8), 8))
+                text = ""
+                for i in range(n):
+                    await asyncio.sleep(delay)
+                    tok = f"t{i} "
+                    text += tok
+                    await self._publish(job_id, token=tok, index=i)
+                return {"text": text, "finish_reason": "length", "completion_tokens": n, "prompt_tokens": 3}
+            for step in range(1, params.get("steps", 1) + 1):
+                await asyncio.sleep(delay)
+                await self._publish(job_id, step=step)
+            return {"echo": params}
+        except asyncio.CancelledError:
+            self.cancelled.append(job_id)
+            raise
+
+
+class TcpProxy:
+    """A TCP front for a Postgres or Redis server (TCP or Unix socket) that a test can cut
+    (connections reset, new ones refused), stall (accepted, never answered: a slow server) or restore."""
+
+    def __init__(self, upstream: str | tuple[str, int]):
+        self.upstream = upstream
+        self.port = _free_port()
+        self.mode = "up"
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self._listen()
+
+    def _listen(self) -> None:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", self.port))
+        s.listen(64)
+        self._listener = s
+        threading.Thread(target=self._accept, args=(s,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            if self.mode == "stall":
+                self._track(client)
+                continue
+            try:
+                if isinstance(self.upstream, str):
+                    up = socket.socket(socket.AF_UNIX)
+                    up.connect(self.upstream)
+                else:
+                    up = socket.create_connection(self.upstream)
+            except OSError:
+                client.close()
+                continue
+            self._track(client)
+            self._track(up)
+            threading.Thread(target=self._pump, args=(client, up), daemon=True).start()
+            threading.Thread(target=self._pump, args=(up, client), daemon=True).start()
+
+    def _track(self, s: socket.socket) -> None:
+        with self._lock:
+            self._conns.append(s)
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                if self.mode == "stall":
+                    continue  # swallow: the server never answers
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def _drop_all(self) -> None:
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for s in conns:
+            with contextlib.suppress(OSError):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                s.close()
+
+    def cut(self) -> None:
+        """Down: open connections reset, new ones refused."""
+        self.mode = "down"
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        self._drop_all()
+
+    def stall(self) -> None:
+        """Slow: connections stay open but nothing comes back."""
+        self.mode = "stall"
+        if self._listener is None:
+            self._listen()
+
+    def restore(self) -> None:
+        was_stalled = self.mode == "stall"
+        self.mode = "up"
+        if was_stalled:
+            self._drop_all()
+        if self._listener is None:
+            self._listen()
+
+    def close(self) -> None:
+        self.cut()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_upstream(url: str) -> str | tuple[str, int]:
+    if url.startswith("unix://"):
+        return url[len("unix://"):].split("?")[0]
+    u = httpx.URL(url)
+    return (u.host or "127.0.0.1", u.port or 6379)
+
+
+def pg_upstream(url: str) -> str | tuple[str, int]:
+    u = make_url(url)
+    host = u.query.get("host") or u.host
+    if host and host.startswith("/"):
+        return f"{host}/.s.PGSQL.{u.port or 5432}"
+    return (host or "127.0.0.1", u.port or 5432)
+
+
+def proxied_pg_url(url: str, proxy: TcpProxy) -> str:
+    u = make_url(url)
+    return u.set(host="127.0.0.1", port=proxy.port, query={}).render_as_string(hide_password=False)
+
+
+class RunningRouter:
+    def __init__(self, router: Any, base: str, model: FakeModel, loop: asyncio.AbstractEventLoop):
+        self.router, self.base, self.model, self.loop = router, base, model, loop
+
+    def call(self, coro: Any, timeout: float = 30) -> Any:
+        """Run a coroutine on the server's event loop (where the router's clients live)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+
+@contextlib.contextmanager
+def running_router(database_url: str, redis_url: str, *, artifacts: str | None = None,
+                   cfg: dict | None = None, monkeypatch: Any) -> Iterator[RunningRouter]:
+    import uvicorn
+    from ray import serve
+
+    from deployments import router as router_mod
+
+    model = FakeModel(redis_url)  # the same Redis (or proxy) as the router, like a real replica
+    router = router_mod.Router(cfg or config(), {"echo": model, "llm": model}, database_url, redis_url, artifacts)
+    ctx = SimpleNamespace(servable_object=router, app_name="orchestrator", replica_id=SimpleNamespace(unique_id="test"))
+    monkeypatch.setattr(serve, "get_replica_context", lambda: ctx)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(router_mod.app, host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="off"))
+    loop_box: dict[str, Any] = {}
+
+    def serve_forever() -> None:
+        loop = asyncio.new_event_loop()
+        loop_box["loop"] = loop
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.serve())
+
+    t = threading.Thread(target=serve_forever, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not t.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    running = RunningRouter(router, f"http://127.0.0.1:{port}", model, loop_box["loop"])
+    try:
+        yield running
+    finally:
+        with contextlib.suppress(Exception):
+            running.call(router.dispatcher.stop(), timeout=5)
+        server.should_exit = True
+        t.join(timeout=10)
+        router.store.close()
+
+
+# Fixtures (import them into a test module to use them).
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def db_url(serve_backend):
+    name = serve_backend.fresh_database()
+    yield serve_backend.url_for(name)
+    serve_backend.drop(name)
+
+
+@pytest.fixture
+def rr(db_url, serve_backend, tmp_path, monkeypatch):
+    """A running router on the test backends (no proxy)."""
+    with running_router(db_url, serve_backend.redis_url, artifacts=str(tmp_path / "art"),
+                        cfg=config(max_body_bytes=4096, max_upload_bytes=64 * 1024 * 1024), monkeypatch=monkeypatch) as r:
+        yield r
+
+
+@pytest.fixture
+def http(rr):
+    with httpx.Client(base_url=rr.base, timeout=30) as c:
+        yield c
