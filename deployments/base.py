@@ -1,8 +1,11 @@
 """The protocol every model deployment implements, and the per-job context it gets.
 
-The router calls `run(job_id, params, attempt)` on a model deployment handle. A model implements
-`infer(params, ctx)` (sync or async); `ctx.progress(...)` publishes events to the job's Redis stream
-and `ctx.check_cancelled()` stops work between steps when the job was cancelled.
+The router calls `run(job_id, params, attempt, timeout_s=..., queue_timeout_s=...)` on a model
+deployment handle. A model implements `infer(params, ctx)` (sync or async); `ctx.progress(...)`
+publishes events to the job's Redis stream and `ctx.check_cancelled()` stops work between steps when
+the job was cancelled. Redis is best effort here: while it is down, progress events are dropped and
+the cancel flag reads "not cancelled" (the router still cancels the request itself); a job never
+fails because of it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,31 @@ class JobCancelled(Exception):
     """Raised inside a model between steps when the job's cancel flag is set."""
 
 
+class JobTimeout(Exception):
+    """The job's work ran past its timeout_s, counted from when it started on this replica (time
+    spent waiting for a slot does not count)."""
+
+
+class SlotTimeout(Exception):
+    """The job waited past its bound for a free slot on this replica (a max_concurrent model busy
+    with earlier jobs)."""
+
+
+_redis_warned_at = 0.0
+
+
+def _redis_trouble(what: str, e: BaseException) -> None:
+    """Log a Redis failure: a warning at most every 30 s per process, debug otherwise (a model may
+    hit this on every step)."""
+    global _redis_warned_at
+    now = time.monotonic()
+    if now - _redis_warned_at >= 30.0:
+        _redis_warned_at = now
+        log.warning("redis unavailable, %s (the job goes on): %s: %s", what, type(e).__name__, _first_line(e))
+    else:
+        log.debug("redis unavailable, %s: %s", what, e)
+
+
 class ModelLoadError(RuntimeError):
     """The model could not load. A replica whose load failed stays up in state `failed` and fails
     each job sent to it at once with this error (not retried), instead of leaving jobs to wait for
@@ -43,14 +71,20 @@ class JobContext:
 
     def progress(self, **data: Any) -> None:
         if self.bus is not None:
-            self.bus.publish(self.job_id, "progress", attempt=self.attempt, **data)
+            try:
+                self.bus.publish(self.job_id, "progress", attempt=self.attempt, **data)
+            except Exception as e:  # events may be lost; the job may not
+                _redis_trouble("progress event dropped", e)
 
     def cancelled(self) -> bool:
         # Rate-limited: a model may call this every step; Redis is asked at most 20 times a second.
         now = time.monotonic()
         if not self._cancelled and self.bus is not None and now - self._last_cancel_check > 0.05:
             self._last_cancel_check = now
-            self._cancelled = self.bus.is_cancelled(self.job_id)
+            try:
+                self._cancelled = self.bus.is_cancelled(self.job_id)
+            except Exception as e:  # the router cancels the request itself (ctx.cancel) when it must
+                _redis_trouble("cancel flag not checked", e)
         return self._cancelled
 
     def cancel(self) -> None:
@@ -128,38 +162,61 @@ class ModelDeployment:
     def infer(self, params: dict[str, Any], ctx: JobContext) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    async def run(self, job_id: str, params: dict[str, Any], attempt: int = 1) -> Any:
+    async def run(self, job_id: str, params: dict[str, Any], attempt: int = 1, timeout_s: float | None = None,
+                  queue_timeout_s: float | None = None) -> Any:
+        """Run one job. `timeout_s` bounds the work from when it starts here (JobTimeout);
+        `queue_timeout_s` bounds the wait for a free slot before that (SlotTimeout)."""
         if self.load_error is not None and time.monotonic() - self._failed_at >= self.reload_after_s:
             await asyncio.to_thread(self._try_load)
         if self.load_error is not None:
             raise ModelLoadError(self.load_error)
         ctx = JobContext(self._bus, job_id, attempt)
         if self.max_concurrent is None:
-            return await self._run(params, ctx)
+            return await self._run(params, ctx, timeout_s)
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_concurrent)
         if self._slots.locked():
-            ctx.progress(stage="waiting for the model", in_flight=self.busy)
-        async with self._slots:
+            await asyncio.to_thread(ctx.progress, stage="waiting for the model", in_flight=self.busy)
+        await self._take_slot(queue_timeout_s)
+        try:
             ctx.check_cancelled()
-            return await self._run(params, ctx)
+            return await self._run(params, ctx, timeout_s)
+        finally:
+            self._slots.release()
 
-    async def _run(self, params: dict[str, Any], ctx: JobContext) -> Any:
+    async def _take_slot(self, limit_s: float | None) -> None:
+        """Acquire a slot within limit_s. Not wait_for: on Python < 3.12 it can drop an acquire that
+        completes as the timeout fires, leaking the slot."""
+        assert self._slots is not None
+        acquire = asyncio.ensure_future(self._slots.acquire())
+        try:
+            await asyncio.wait({acquire}, timeout=limit_s)  # never cancels `acquire` itself
+        except BaseException:  # this request was cancelled while waiting
+            if acquire.done() and not acquire.cancelled():
+                self._slots.release()
+            else:
+                acquire.cancel()  # Semaphore.acquire hands back a slot it got while being cancelled
+            raise
+        if not acquire.done():
+            acquire.cancel()
+            raise SlotTimeout(f"waited {limit_s:g} s for a free replica slot ({self.busy} job(s) running on it)")
+
+    async def _run(self, params: dict[str, Any], ctx: JobContext, timeout_s: float | None = None) -> Any:
         self.busy += 1
         is_async = inspect.iscoroutinefunction(self.infer)
         task = asyncio.ensure_future(self.infer(params, ctx) if is_async else asyncio.to_thread(self.infer, params, ctx))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # an abandoned task's error is not news
         try:
-            # Shielded: a cancelled request (DELETE, the job's timeout) cannot kill a thread, so the
-            # work is told to stop at its next step, and a one-at-a-time model keeps its slot until then.
-            return await asyncio.shield(task)
+            # Not cancelled with the request (asyncio.wait never cancels what it waits on): a thread
+            # cannot be killed, so on a cancel or timeout the work is told to stop at its next step,
+            # and a one-at-a-time model keeps its slot until then.
+            done, _ = await asyncio.wait({task}, timeout=timeout_s)
+            if not done:
+                await self._stop_work(task, ctx, is_async)
+                raise JobTimeout(f"timed out after {timeout_s:g} s")
+            return task.result()
         except asyncio.CancelledError:
-            ctx.cancel()
-            if is_async:
-                task.cancel()  # a coroutine can stop now (vLLM aborts the request on the way out)
-            if self.max_concurrent is not None:
-                with contextlib.suppress(BaseException):
-                    await task
+            await self._stop_work(task, ctx, is_async)
             raise
         except Exception as e:
             if "CUDA error" in str(e):
@@ -170,6 +227,14 @@ class ModelDeployment:
             self.busy -= 1
             self.jobs_done += 1
             self.last_used = time.time()
+
+    async def _stop_work(self, task: asyncio.Future, ctx: JobContext, is_async: bool) -> None:
+        ctx.cancel()
+        if is_async:
+            task.cancel()  # a coroutine can stop now (vLLM aborts the request on the way out)
+        if self.max_concurrent is not None:
+            with contextlib.suppress(BaseException):
+                await task
 
     def info(self) -> dict[str, Any]:
         vram = None

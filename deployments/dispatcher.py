@@ -1,6 +1,11 @@
 """The dispatcher inside each router replica: claims queued jobs from Postgres and runs them on the
 model deployments, with a bounded number in flight per app so ordering and priority stay in our
 queue rather than in Serve's FIFO. Several router replicas run one each; claims never overlap.
+
+Each claim is one attempt, keyed (job id, attempt) here and in the lease: a job rescued and claimed
+again while an older attempt still runs on this replica is two entries, and only the current one
+keeps its lease. A result is written until it lands (a Postgres blip does not lose it); the job
+stays held, its lease renewed, meanwhile. Redis (status events) is best effort throughout.
 """
 
 from __future__ import annotations
@@ -12,35 +17,55 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import sqlalchemy as sa
+
 from gpu_orchestrator.config import OrchestratorConfig
 from gpu_orchestrator.events import AsyncEventBus
-from gpu_orchestrator.jobs import Job, JobStatus, TransitionError
+from gpu_orchestrator.jobs import Job, JobStatus, RetryPolicy, TransitionError
 from gpu_orchestrator.registry import AppKind
-from gpu_orchestrator.store import JobStore
+from gpu_orchestrator.store import JobStore, is_transient_db_error
 
 log = logging.getLogger("gpu_orchestrator.dispatcher")
+
+LeaseKey = tuple[uuid.UUID, int]  # (job id, attempt)
 
 
 @dataclass
 class InFlight:
     job: Job
-    task: asyncio.Task
+    task: asyncio.Task | None = None
     response: Any = None  # the DeploymentResponse, so a cancel can reach the replica
+    recording: bool = False  # the outcome is in hand and being written
+    write_retries: int = 0
+
+    @property
+    def key(self) -> LeaseKey:
+        return (self.job.id, self.job.claims)
+
+    @property
+    def attempt(self) -> int:
+        return self.job.claims
 
 
 def describe_error(exc: BaseException) -> str:
-    """A short 'Type: message' for the job row, unwrapping Ray's task/actor error wrappers."""
+    """A short 'Type: message' for the job row, unwrapping Ray's task/actor error wrappers. A
+    model's own timeouts read as their message ('timed out after 5 s')."""
     cause = getattr(exc, "cause", None)
     if isinstance(cause, BaseException) and cause is not exc:
         exc = cause
     msg = str(exc).strip().splitlines()
     text = msg[-1] if msg else ""
+    if text and _error_names(exc) & _TIMEOUTS:
+        return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _error_names(exc: BaseException) -> set[str]:
     """The error's type name and, for Ray's wrappers, its cause's (raised in another process)."""
     return {type(exc).__name__, type(getattr(exc, "cause", None)).__name__}
+
+
+_TIMEOUTS = {"JobTimeout", "SlotTimeout"}  # deployments.base: the work's timeout, the slot wait's
 
 
 def is_load_error(exc: BaseException) -> bool:
@@ -52,7 +77,26 @@ def is_cancellation(exc: BaseException) -> bool:
     return bool(_error_names(exc) & {"JobCancelled", "RequestCancelledError", "TaskCancelledError", "CancelledError"})
 
 
+def error_kind(exc: BaseException) -> str:
+    """The `kind` of a failed attempt in the job's error history."""
+    names = _error_names(exc)
+    if "JobTimeout" in names:
+        return "timeout"
+    if "SlotTimeout" in names:
+        return "slot_timeout"
+    if "ModelLoadError" in names:
+        return "load_error"
+    if names & {"ActorDiedError", "ActorUnavailableError", "RayActorError"}:
+        return "replica_died"  # charged: the job may be what crashed it
+    return "error"
+
+
 class Dispatcher:
+    PUBLISH_TIMEOUT_S = 2.0  # a slow Redis delays a status event this long at most
+    ANSWER_MARGIN_S = 60.0  # beyond the slot wait and the job's timeout, for the model to stop
+    RELEASE_WAIT_S = 5.0  # a stopping router finishes writing results in hand this long at most
+    WRITE_BACKOFF_S = (0.2, 5.0)
+
     def __init__(
         self,
         *,
@@ -75,11 +119,16 @@ class Dispatcher:
         self.gate = gate or (lambda model: True)
         # Why a model's queued jobs can never run here (the arbiter found no GPU that holds it).
         self.refuse = refuse or (lambda model: None)
-        self.inflight: dict[uuid.UUID, InFlight] = {}
+        self.inflight: dict[LeaseKey, InFlight] = {}
         self.wake = asyncio.Event()
         self.lease_s = cfg.router.lease_s
+        r = cfg.router
+        self.policy = RetryPolicy(backoff_s=r.retry_backoff_s, backoff_max_s=r.retry_backoff_max_s,
+                                  max_lost_attempts=r.max_lost_attempts)
         self.queue_stats: dict[str, Any] = {}
         self._task: asyncio.Task | None = None
+        self._claiming: asyncio.Future | None = None
+        self._unrunnable_since: dict[str, float] = {}
         self._stopping = False
 
     def start(self) -> None:
@@ -115,16 +164,40 @@ class Dispatcher:
                 pass
 
     async def _maintain(self) -> None:
-        held = await asyncio.to_thread(self.store.heartbeat, owner=self.owner, job_ids=list(self.inflight), lease_s=self.lease_s)
-        for job_id in set(self.inflight) - held:
+        sent = list(self.inflight)
+        held = await asyncio.to_thread(self.store.heartbeat, owner=self.owner, leases=sent, lease_s=self.lease_s)
+        for key in set(sent) - held:
             # Lost the lease (cancelled, or rescued after a stall): stop the work, drop its result.
-            self._abort(job_id)
-        for r in await asyncio.to_thread(self.store.rescue_expired):
+            self._abort(key)
+        for r in await asyncio.to_thread(self.store.rescue_expired, self.policy):
             log.warning("rescued job %s -> %s (%s)", r.job_id, r.status.value, r.error)
             await self._publish_status(r.job_id, r.status.value, error=r.error)
             if r.status == JobStatus.failed:
                 self.on_finished(r.app_id, "failed")
         self.queue_stats = await asyncio.to_thread(self.store.queue_stats)
+        await self._fail_unrunnable()
+
+    async def _fail_unrunnable(self) -> None:
+        """Queued jobs of an app no longer in the config (or of a kind nothing here runs) would wait
+        for ever: fail them once this router has seen them so for the grace period, and only jobs
+        older than it (a rolling config update may add apps this replica does not know yet)."""
+        runnable = {a.id for a in self.cfg.apps if a.kind == AppKind.local}
+        queued = {app_id for app_id, s in self.queue_stats.items() if s.queued}
+        now = time.monotonic()
+        for app_id in list(self._unrunnable_since):
+            if app_id not in queued or app_id in runnable:
+                del self._unrunnable_since[app_id]
+        grace = self.cfg.router.unconfigured_app_grace_s
+        for app_id in sorted(queued - runnable):
+            if now - self._unrunnable_since.setdefault(app_id, now) < grace:
+                continue
+            spec = self.cfg.app(app_id)
+            error = (f"app {app_id} is no longer configured" if spec is None
+                     else f"app {app_id} has kind {spec.kind.value}, which this orchestrator cannot run")
+            for job_id in await asyncio.to_thread(self.store.fail_queued, app_id, error, older_than_s=grace):
+                log.warning("job %s failed: %s", job_id, error)
+                await self._publish_status(job_id, "failed", error=error)
+                self.on_finished(app_id, "failed")
 
     async def _claim_all(self) -> None:
         waiting = await asyncio.to_thread(self.store.apps_with_queued)
@@ -139,14 +212,20 @@ class Dispatcher:
                 continue  # cold, loading or draining: its jobs stay queued (and drive the arbiter)
             mine = sum(1 for f in self.inflight.values() if f.job.app_id == app.id)
             free = app.max_in_flight - mine
-            if free <= 0:
+            if free <= 0 or self._stopping:
                 continue
-            jobs = await asyncio.to_thread(
-                self.store.claim, app_id=app.id, owner=self.owner, limit=free, lease_s=self.lease_s, max_in_flight=app.max_in_flight
-            )
+            # Shielded: a graceful stop waits for a claim in progress, then hands its jobs back too.
+            self._claiming = asyncio.ensure_future(asyncio.to_thread(
+                self.store.claim, app_id=app.id, owner=self.owner, limit=free, lease_s=self.lease_s,
+                max_in_flight=app.max_in_flight,
+            ))
+            jobs = await asyncio.shield(self._claiming)
+            if self._stopping:
+                return
             for job in jobs:
-                task = asyncio.get_running_loop().create_task(self._execute(job))
-                self.inflight[job.id] = InFlight(job, task)
+                f = InFlight(job)
+                self.inflight[f.key] = f
+                f.task = asyncio.get_running_loop().create_task(self._execute(f))
 
     async def _fail_queued(self, app_id: str, why: str) -> None:
         error = f"no capacity: {why}"
@@ -155,77 +234,149 @@ class Dispatcher:
             await self._publish_status(job_id, "failed", error=error)
             self.on_finished(app_id, "failed")
 
-    def _cancel_response(self, job_id: uuid.UUID) -> None:
-        f = self.inflight.get(job_id)
-        if f is not None and f.response is not None:
+    def _cancel_response(self, f: InFlight) -> None:
+        if f.response is not None:
             try:
                 f.response.cancel()  # raises CancelledError inside the model replica's request
             except Exception as e:
-                log.debug("could not cancel the request of job %s: %s", job_id, e)
+                log.debug("could not cancel the request of job %s: %s", f.job.id, e)
 
-    def _abort(self, job_id: uuid.UUID) -> None:
-        f = self.inflight.get(job_id)
+    def _abort(self, key: LeaseKey) -> None:
+        f = self.inflight.get(key)
         if f is None:
             return
-        self._cancel_response(job_id)
-        f.task.cancel()
+        self._cancel_response(f)
+        if f.task is not None:
+            f.task.cancel()
 
     def cancel_local(self, job_id: uuid.UUID) -> bool:
-        """Called on DELETE when this replica runs the job: cancel the request on the model replica."""
-        if job_id in self.inflight:
-            self._abort(job_id)
-            return True
-        return False
+        """Called on DELETE when this replica runs the job: cancel the request on the model replica
+        (every attempt of it running here)."""
+        keys = [k for k in self.inflight if k[0] == job_id]
+        for key in keys:
+            self._abort(key)
+        return bool(keys)
+
+    async def release_all(self) -> int:
+        """Graceful stop (Serve stopping this router: rolling update, downscale). Stop claiming,
+        cancel the in-flight model requests, and hand every lease this router holds back in one
+        UPDATE (running -> queued at once, attempt refunded), instead of leaving them to expire.
+        A result already in hand is written first (for up to RELEASE_WAIT_S). Returns how many
+        jobs were handed back."""
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+        recording = [f.task for f in self.inflight.values() if f.recording and f.task is not None]
+        for key, f in list(self.inflight.items()):
+            if not f.recording:
+                self._abort(key)
+        pending = recording + ([self._claiming] if self._claiming is not None else [])
+        if pending:
+            await asyncio.wait(pending, timeout=self.RELEASE_WAIT_S)
+        try:
+            released = await asyncio.to_thread(self.store.release, owner=self.owner, policy=self.policy)
+        except Exception as e:  # Postgres down: the leases expire and are rescued as usual
+            log.warning("could not hand back this router's leases (%s); they expire within %g s", e, self.lease_s)
+            return 0
+        log.info("handed back %d job(s) on stop", len(released))
+        await asyncio.gather(*(self._publish_status(r.job_id, r.status.value, error=r.error) for r in released))
+        for r in released:
+            if r.status == JobStatus.failed:
+                self.on_finished(r.app_id, "failed")
+        return len(released)
 
     async def _publish_status(self, job_id: uuid.UUID, status: str, **data: Any) -> None:
         try:
-            await self.bus.publish(job_id, "status", status=status, **data)
+            await asyncio.wait_for(self.bus.publish(job_id, "status", status=status, **data), self.PUBLISH_TIMEOUT_S)
+        except asyncio.CancelledError:
+            raise
         except Exception as e:  # events are lossy; the job row is the truth
             log.warning("could not publish status event for %s: %s", job_id, e)
 
-    async def _execute(self, job: Job) -> None:
+    async def _write(self, f: InFlight, fn: Callable[..., Any], **kw: Any) -> Any:
+        """Run a store write for this attempt until it lands. Transient DB errors (a restart, a
+        statement timeout, a full pool) are retried with backoff while the job stays in `inflight`,
+        so its lease is renewed; TransitionError (another attempt or a cancel owns the job) and
+        errors that would repeat are raised."""
+        delay, cap = self.WRITE_BACKOFF_S
+        while True:
+            try:
+                return await asyncio.to_thread(fn, **kw)
+            except Exception as e:
+                if not is_transient_db_error(e):
+                    raise
+                f.write_retries += 1
+                log.warning("job %s attempt %d: %s failed (%s); retrying in %.1f s", f.job.id, f.attempt,
+                            getattr(fn, "__name__", "write"), type(e).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, cap)
+
+    async def _execute(self, f: InFlight) -> None:
+        job, attempt = f.job, f.attempt
         app = self.cfg.app(job.app_id)
         assert app is not None
-        attempt = job.attempts
-        await self._publish_status(job.id, "running", attempt=attempt, router=self.owner)
+        queue_s = self.cfg.router.replica_queue_timeout_s
         try:
+            await self._publish_status(job.id, "running", attempt=attempt, router=self.owner)
+            try:
+                await self._write(f, self.store.mark_dispatched, job_id=job.id, owner=self.owner, attempt=attempt)
+            except TransitionError as e:
+                log.info("not dispatching job %s attempt %d: %s", job.id, attempt, e)
+                return
             handle = self.models[app.deployment]
-            response = handle.run.remote(str(job.id), job.params, attempt)
-            self.inflight[job.id].response = response
-            result = await asyncio.wait_for(response, timeout=job.timeout_s)
+            # The model times the work (timeout_s) apart from its wait for a slot (queue_timeout_s);
+            # our own bound only catches a replica that never answers.
+            response = handle.run.remote(str(job.id), job.params, attempt, timeout_s=job.timeout_s,
+                                         queue_timeout_s=queue_s)
+            f.response = response
+            result = await asyncio.wait_for(response, timeout=queue_s + job.timeout_s + self.ANSWER_MARGIN_S)
         except asyncio.CancelledError:
-            return  # aborted: the job was cancelled or its lease lost; its row is already settled
+            return  # aborted: the job was cancelled or its lease lost or released; its row is settled
         except asyncio.TimeoutError:
-            self._cancel_response(job.id)  # stop the model's work too, not just our wait
-            await self._record_failure(job, attempt, f"timed out after {job.timeout_s:g} s")
+            self._cancel_response(f)  # stop the model's work too, not just our wait
+            limit = queue_s + job.timeout_s + self.ANSWER_MARGIN_S
+            await self._record_failure(f, f"no answer from the model replica after {limit:g} s", kind="timeout")
         except Exception as e:
             if is_cancellation(e):
                 return
-            await self._record_failure(job, attempt, describe_error(e), retryable=not is_load_error(e))
+            await self._record_failure(f, describe_error(e), retryable=not is_load_error(e), kind=error_kind(e))
         else:
-            await self._record_success(job, attempt, result, backend=f"local:{app.deployment}")
+            await self._record_success(f, result, backend=f"local:{app.deployment}")
         finally:
-            self.inflight.pop(job.id, None)
+            if self.inflight.get(f.key) is f:
+                del self.inflight[f.key]
             self.wake.set()  # a slot freed up
 
-    async def _record_success(self, job: Job, attempt: int, result: Any, backend: str) -> None:
+    async def _record_success(self, f: InFlight, result: Any, backend: str) -> None:
+        job, attempt = f.job, f.attempt
+        f.recording = True
         try:
-            done = await asyncio.to_thread(
-                self.store.complete, job_id=job.id, owner=self.owner, attempt=attempt, result=result, backend=backend
-            )
+            done = await self._write(f, self.store.complete, job_id=job.id, owner=self.owner, attempt=attempt,
+                                     result=result, backend=backend)
         except TransitionError as e:
-            # Cancelled meanwhile, or the lease expired and another attempt owns the job: the result
-            # of this attempt is dropped so a recorded outcome is never overwritten.
-            log.info("dropping result of job %s attempt %d: %s", job.id, attempt, e)
+            if f.write_retries and e.current == JobStatus.succeeded.value:
+                # An earlier try may have committed before its connection dropped: say what the row says.
+                done = await asyncio.to_thread(self.store.get, job.id)
+            else:
+                # Cancelled meanwhile, or the lease expired and another attempt owns the job: the result
+                # of this attempt is dropped so a recorded outcome is never overwritten.
+                log.info("dropping result of job %s attempt %d: %s", job.id, attempt, e)
+                return
+        except sa.exc.DBAPIError as e:  # the result itself cannot be stored (e.g. a NUL in a string)
+            f.recording = False
+            await self._record_failure(f, f"the result could not be stored: {describe_error(e.orig or e)}",
+                                       retryable=False)
             return
         await self._publish_status(job.id, "succeeded", attempt=attempt, result=done.result)
         self.on_finished(job.app_id, "succeeded")
 
-    async def _record_failure(self, job: Job, attempt: int, error: str, retryable: bool = True) -> None:
+    async def _record_failure(self, f: InFlight, error: str, retryable: bool = True, kind: str = "error") -> None:
+        job, attempt = f.job, f.attempt
+        f.recording = True
         try:
-            after = await asyncio.to_thread(
-                self.store.fail_attempt, job_id=job.id, owner=self.owner, attempt=attempt, error=error,
-                retryable=retryable,
+            after = await self._write(
+                f, self.store.fail_attempt, job_id=job.id, owner=self.owner, attempt=attempt, error=error,
+                retryable=retryable, kind=kind, retry_delay_s=self.policy.delay_s(job.attempts),
             )
         except TransitionError as e:
             log.info("not recording failure of job %s attempt %d: %s", job.id, attempt, e)
@@ -233,5 +384,3 @@ class Dispatcher:
         await self._publish_status(job.id, after.status.value, attempt=attempt, error=error)
         if after.status == JobStatus.failed:
             self.on_finished(job.app_id, "failed")
-        else:
-            self.wake.set()

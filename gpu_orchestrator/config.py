@@ -73,6 +73,21 @@ class RouterSpec(BaseModel):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     # Uploads (POST /v1/artifacts, /v1/jobs/multipart) may be larger: audio, images.
     max_upload_bytes: int = Field(default=200 * 1_048_576, ge=1024)
+    # Retries: a failed attempt, or a run lost with its router, comes back after an exponential
+    # backoff with jitter (retry_backoff_s, doubling, at most retry_backoff_max_s). A run lost to
+    # infrastructure (the router died or stopped) costs no attempt; a job that loses its router
+    # max_lost_attempts times fails with that reason (it may be what kills them).
+    retry_backoff_s: float = Field(default=2.0, ge=0)
+    retry_backoff_max_s: float = Field(default=120.0, ge=0)
+    max_lost_attempts: int = Field(default=5, ge=1)
+    # How long a job may wait inside a model replica for a free slot (a one-at-a-time model busy
+    # with earlier jobs); its timeout_s counts from when its work starts there.
+    replica_queue_timeout_s: float = Field(default=1800.0, gt=0)
+    # Queued jobs of an app that is no longer configured (or that no backend here runs) fail after
+    # this long, so their waits end; the grace covers a rolling config update.
+    unconfigured_app_grace_s: float = Field(default=300.0, ge=0)
+    # How long an Idempotency-Key keeps answering with its job (JobStore.submit idempotency_ttl_s).
+    idempotency_ttl_s: float = Field(default=86_400.0, gt=0)
 
 
 class GpuPoolSpec(BaseModel):

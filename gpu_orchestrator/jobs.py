@@ -1,10 +1,17 @@
 """Jobs and their state machine. Pure: no I/O.
 
-    queued --claim--> running --complete--> succeeded
-      ^                  |  \--fail, attempts spent / not retryable--> failed
-      |                  |
-      +--fail/lease expired, attempts left--+
+    queued  --claim-->  running --complete--> succeeded
+    queued  <--retry--  running   a model error or timeout with attempts left (after a backoff), or
+                                  the run was lost (lease expired) or released: no attempt used
+    running --fail-->   failed    attempts spent, not retryable, or lost max_lost_attempts times
+    queued  --fail-->   failed    the app can never run here (unplaceable, no longer configured)
     queued|running --cancel--> cancelled
+
+Counters on a job: `claims` numbers the runs handed out (claim n is "attempt n" in events, errors
+and the model's ctx.attempt, and guards the lease); `attempts` counts the ones charged against
+`max_attempts` (a model error or timeout); `lost_attempts` counts runs lost to infrastructure (the
+router's lease expired or it stopped while the job was on a model replica), capped separately so a
+job that kills its routers still ends. A claim never handed to a model replica is charged nothing.
 
 The store enforces each arrow in SQL (UPDATE ... WHERE status IN (...)); TRANSITIONS documents them
 and lets the pure tests check the store against the diagram.
@@ -14,6 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
+import json
+import random
 import uuid
 from enum import Enum
 from typing import Any
@@ -85,6 +95,29 @@ class IdempotencyConflict(JobError):
         self.job_id = job_id
 
 
+def request_fingerprint(params: dict[str, Any], priority: int) -> str:
+    """sha256 of a submit's body (canonical JSON), to tell a retried request from a new one that
+    reuses its Idempotency-Key."""
+    canon = json.dumps({"params": params, "priority": priority}, sort_keys=True, separators=(",", ":"),
+                       ensure_ascii=False, default=str)
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """How soon a job runs again and how many infrastructure losses it survives."""
+
+    backoff_s: float = 2.0  # the first retry waits about this long; doubles per attempt
+    backoff_max_s: float = 120.0
+    max_lost_attempts: int = 5  # the job fails when its run is lost to infrastructure this often
+
+    def delay_s(self, n: int, rand: float | None = None) -> float:
+        """The wait before retry n (1 = the first retry): exponential, capped, with jitter in
+        [d/2, d] so jobs failed together (a replica crash) do not come back together."""
+        d = min(self.backoff_max_s, self.backoff_s * 2 ** max(0, n - 1))
+        return d * (0.5 + 0.5 * (random.random() if rand is None else rand))
+
+
 def _iso(t: dt.datetime | None) -> str | None:
     return t.isoformat() if t else None
 
@@ -108,11 +141,20 @@ class Job:
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
+    claims: int = 0
+    lost_attempts: int = 0
+    errors: tuple[dict[str, Any], ...] = ()  # one entry per failed or lost run: {attempt, error, at, kind}
+    dispatched_at: dt.datetime | None = None  # when this claim was handed to a model replica
+    run_after: dt.datetime | None = None  # a queued retry waits for its backoff until then
 
     @classmethod
     def from_row(cls, row: Any) -> "Job":
         m = row._mapping if hasattr(row, "_mapping") else row
-        return cls(**{f.name: (JobStatus(m[f.name]) if f.name == "status" else m[f.name]) for f in dataclasses.fields(cls)})
+        vals = {f.name: m[f.name] for f in dataclasses.fields(cls) if f.name in m}
+        vals["status"] = JobStatus(vals["status"])
+        if "errors" in vals:
+            vals["errors"] = tuple(vals["errors"] or ())
+        return cls(**vals)
 
     def to_api(self) -> dict[str, Any]:
         return {
@@ -125,6 +167,9 @@ class Job:
             "error": self.error,
             "attempts": self.attempts,
             "max_attempts": self.max_attempts,
+            "lost_attempts": self.lost_attempts,
+            "errors": list(self.errors),
+            "retry_at": _iso(self.run_after) if self.status == JobStatus.queued else None,
             "backend": self.backend,
             "created_at": _iso(self.created_at),
             "started_at": _iso(self.started_at),

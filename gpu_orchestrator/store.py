@@ -2,6 +2,10 @@
 
 Every state change is one guarded UPDATE (`WHERE status IN (...)`, plus the lease owner and attempt
 for a running job); zero matched rows raises TransitionError instead of passing silently.
+
+Two connection pools: lease renewal and rescue (heartbeat, rescue_expired, release) have their own
+small one, so a burst of client reads cannot starve it and let leases expire under running jobs.
+Every connection has a statement_timeout and a connect_timeout: a stuck query fails, not hangs.
 """
 
 from __future__ import annotations
@@ -17,13 +21,46 @@ from typing import Any, Iterable
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from .jobs import Job, JobNotFound, JobStatus, QueueFull, TransitionError
+from .jobs import (IdempotencyConflict, Job, JobNotFound, JobStatus, QueueFull, RetryPolicy, TransitionError,
+                   request_fingerprint)
 
 _COLS = (
     "id, app_id, status, priority, params, result, error, attempts, max_attempts, timeout_s, backend, "
-    "idempotency_key, lease_owner, lease_expires_at, created_at, started_at, finished_at"
+    "idempotency_key, lease_owner, lease_expires_at, created_at, started_at, finished_at, "
+    "claims, lost_attempts, errors, dispatched_at, run_after"
 )
 _MIGRATION_LOCK = 0x6770756F72  # "gpuor": serialises migrations across router replicas
+_MAX_ERRORS = 50  # error history kept per job (the oldest entry goes first)
+_MAX_ERROR_CHARS = 2000
+
+
+def _append_error(kind: str, msg: str, t: str = "") -> str:
+    """SQL for `errors` plus one {attempt, error, at, kind} entry; kind and msg are SQL expressions."""
+    return (f"errors = (CASE WHEN jsonb_array_length({t}errors) >= {_MAX_ERRORS} THEN {t}errors - 0 "
+            f"ELSE {t}errors END) || jsonb_build_array(jsonb_build_object("
+            f"'attempt', {t}claims, 'error', {msg}, 'at', now(), 'kind', {kind}))")
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 1] + "…"
+
+
+def is_transient_db_error(exc: BaseException) -> bool:
+    """A lost connection, a restarting server, a statement timeout, a full pool: the same write may
+    land if tried again. (A DataError or a bug would fail the same way every time.)"""
+    if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)):
+        return True
+    return isinstance(exc, sa.exc.DBAPIError) and bool(exc.connection_invalidated)
+
+
+def connect_args(*, statement_timeout_s: float | None = 30.0, connect_timeout_s: float | None = 10.0) -> dict[str, Any]:
+    """psycopg2 connect arguments bounding every query and every connection attempt."""
+    args: dict[str, Any] = {}
+    if statement_timeout_s:
+        args["options"] = f"-c statement_timeout={int(statement_timeout_s * 1000)}"
+    if connect_timeout_s:
+        args["connect_timeout"] = max(1, int(round(connect_timeout_s)))
+    return args
 
 
 def _lock_key(name: str) -> sa.TextClause:
@@ -50,6 +87,8 @@ def run_migrations(engine: Engine) -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     with engine.begin() as conn:
+        # Waiting for another replica's migration, or a long ALTER, is not a stuck query.
+        conn.execute(sa.text("SET LOCAL statement_timeout = 0"))
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
@@ -66,30 +105,46 @@ class AppQueueStats:
 
 @dataclass(frozen=True)
 class Rescued:
+    """A running job whose lease ended without its router recording an outcome."""
+
     job_id: uuid.UUID
     app_id: str
-    status: JobStatus
+    status: JobStatus  # queued again, or failed (lost max_lost_attempts times)
     error: str
+    lost: bool = False  # it was on a model replica (counted in lost_attempts), not just claimed
 
 
 class JobStore:
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, lease_engine: Engine | None = None):
         self.engine = engine
+        self.lease_engine = lease_engine or engine
 
     @classmethod
-    def connect(cls, url: str, *, migrate: bool = True, pool_size: int = 5) -> "JobStore":
-        engine = create_engine(
-            url,
-            pool_pre_ping=True,  # survive a Postgres restart without surfacing dead connections
-            pool_size=pool_size,
-            max_overflow=10,
-        )
+    def connect(
+        cls,
+        url: str,
+        *,
+        migrate: bool = True,
+        pool_size: int = 5,
+        max_overflow: int = 10,
+        lease_pool_size: int = 2,
+        statement_timeout_s: float | None = 30.0,
+        connect_timeout_s: float | None = 10.0,
+    ) -> "JobStore":
+        args = connect_args(statement_timeout_s=statement_timeout_s, connect_timeout_s=connect_timeout_s)
+        # pool_pre_ping: survive a Postgres restart without surfacing dead connections.
+        engine = create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow,
+                               connect_args=args)
+        lease_engine = create_engine(url, pool_pre_ping=True, pool_size=lease_pool_size, max_overflow=1,
+                                     pool_timeout=10, connect_args=args)
         if migrate:
             run_migrations(engine)
-        return cls(engine)
+        return cls(engine, lease_engine)
 
     def close(self) -> None:
         self.engine.dispose()
+        if self.lease_engine is not self.engine:
+            self.lease_engine.dispose()
 
     # -- intake -----------------------------------------------------------------------------------
 
@@ -104,11 +159,23 @@ class JobStore:
         idempotency_key: str | None = None,
         max_queued: int | None = None,
         job_id: uuid.UUID | None = None,
+        idempotency_ttl_s: float = 86_400.0,
     ) -> tuple[Job, bool]:
-        """Insert a queued job. Returns (job, created); created is False for a repeated Idempotency-Key."""
+        """Insert a queued job. Returns (job, created); created is False for a repeated Idempotency-Key.
+
+        Keys are scoped per app and held for `idempotency_ttl_s` after the job was created; a key
+        reused with another body (params or priority) raises IdempotencyConflict.
+        """
+        fingerprint = request_fingerprint(params, priority)
         with self.engine.begin() as conn:
             if idempotency_key is not None:
-                existing = self._by_key(conn, idempotency_key)
+                # An expired key is released (its old job keeps everything else) and starts a new job.
+                conn.execute(
+                    sa.text("UPDATE jobs SET idempotency_key = NULL WHERE app_id = :a AND idempotency_key = :k "
+                            "AND created_at < now() - make_interval(secs => :ttl)"),
+                    {"a": app_id, "k": idempotency_key, "ttl": idempotency_ttl_s},
+                )
+                existing = self._by_key(conn, app_id, idempotency_key, fingerprint)
                 if existing is not None:
                     return existing, False
             if max_queued is not None:
@@ -120,9 +187,10 @@ class JobStore:
                     raise QueueFull(app_id, depth, retry_after_s=max(1, min(60, depth // 100)))
             row = conn.execute(
                 sa.text(
-                    f"INSERT INTO jobs (id, app_id, status, priority, params, max_attempts, timeout_s, idempotency_key) "
-                    f"VALUES (:id, :app_id, 'queued', :priority, CAST(:params AS jsonb), :max_attempts, :timeout_s, :key) "
-                    f"ON CONFLICT (idempotency_key) DO NOTHING RETURNING {_COLS}"
+                    f"INSERT INTO jobs (id, app_id, status, priority, params, max_attempts, timeout_s, idempotency_key, "
+                    f"request_hash) VALUES (:id, :app_id, 'queued', :priority, CAST(:params AS jsonb), :max_attempts, "
+                    f":timeout_s, :key, :hash) "
+                    f"ON CONFLICT (app_id, idempotency_key) DO NOTHING RETURNING {_COLS}"
                 ),
                 {
                     "id": job_id or uuid.uuid4(),
@@ -132,17 +200,28 @@ class JobStore:
                     "max_attempts": max_attempts,
                     "timeout_s": timeout_s,
                     "key": idempotency_key,
+                    "hash": fingerprint,
                 },
             ).first()
             if row is None:  # lost a race with the same key
-                existing = self._by_key(conn, idempotency_key)  # type: ignore[arg-type]
+                existing = self._by_key(conn, app_id, idempotency_key, fingerprint)  # type: ignore[arg-type]
                 assert existing is not None
                 return existing, False
             return Job.from_row(row), True
 
-    def _by_key(self, conn: Connection, key: str) -> Job | None:
-        row = conn.execute(sa.text(f"SELECT {_COLS} FROM jobs WHERE idempotency_key = :k"), {"k": key}).first()
-        return Job.from_row(row) if row else None
+    def _by_key(self, conn: Connection, app_id: str, key: str, fingerprint: str) -> Job | None:
+        row = conn.execute(
+            sa.text(f"SELECT {_COLS}, request_hash FROM jobs WHERE app_id = :a AND idempotency_key = :k"),
+            {"a": app_id, "k": key},
+        ).first()
+        if row is None:
+            return None
+        job = Job.from_row(row)
+        # Rows from before request_hash existed: fingerprint what they stored.
+        stored = row.request_hash or request_fingerprint(job.params, job.priority)
+        if stored != fingerprint:
+            raise IdempotencyConflict(app_id, key, job.id)
+        return job
 
     # -- reads ------------------------------------------------------------------------------------
 
@@ -188,13 +267,16 @@ class JobStore:
         with self.engine.connect() as conn:
             return set(conn.execute(sa.text("SELECT DISTINCT app_id FROM jobs WHERE status = 'queued'")).scalars())
 
-    def fail_queued(self, app_id: str, error: str) -> list[uuid.UUID]:
-        """queued -> failed for every queued job of an app (they can never run); returns their ids."""
+    def fail_queued(self, app_id: str, error: str, *, older_than_s: float | None = None) -> list[uuid.UUID]:
+        """queued -> failed for every queued job of an app (they can never run), or only those
+        submitted more than `older_than_s` ago; returns their ids."""
+        sql = ("UPDATE jobs SET status = 'failed', finished_at = now(), error = :error, run_after = NULL "
+               "WHERE app_id = :app AND status = 'queued'")
+        if older_than_s is not None:
+            sql += " AND created_at < now() - make_interval(secs => :age)"
         with self.engine.begin() as conn:
             return list(conn.execute(
-                sa.text("UPDATE jobs SET status = 'failed', finished_at = now(), error = :error "
-                        "WHERE app_id = :app AND status = 'queued' RETURNING id"),
-                {"app": app_id, "error": error},
+                sa.text(sql + " RETURNING id"), {"app": app_id, "error": error, "age": older_than_s}
             ).scalars())
 
     def queue_stats(self) -> dict[str, AppQueueStats]:
@@ -223,7 +305,8 @@ class JobStore:
     # -- dispatch ---------------------------------------------------------------------------------
 
     def claim(self, *, app_id: str, owner: str, limit: int, lease_s: float, max_in_flight: int) -> list[Job]:
-        """Move up to `limit` queued jobs of one app to running, highest priority first.
+        """Move up to `limit` queued jobs of one app to running, highest priority first, skipping
+        retries still in their backoff. Each claim is a new attempt number (`claims`).
 
         The per-app advisory lock makes the in-flight bound exact across router replicas;
         SKIP LOCKED keeps claimers from blocking on rows another transaction holds (e.g. cancel).
@@ -238,10 +321,11 @@ class JobStore:
                 return []
             rows = conn.execute(
                 sa.text(
-                    f"UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = :owner, "
-                    f"lease_expires_at = now() + make_interval(secs => :lease), started_at = coalesce(started_at, now()), "
-                    f"error = NULL "
+                    f"UPDATE jobs SET status = 'running', attempts = attempts + 1, claims = claims + 1, "
+                    f"lease_owner = :owner, lease_expires_at = now() + make_interval(secs => :lease), "
+                    f"started_at = coalesce(started_at, now()), dispatched_at = NULL, run_after = NULL "
                     f"WHERE id IN (SELECT id FROM jobs WHERE app_id = :a AND status = 'queued' "
+                    f"AND (run_after IS NULL OR run_after <= now()) "
                     f"ORDER BY priority DESC, created_at, id LIMIT :n FOR UPDATE SKIP LOCKED) "
                     f"RETURNING {_COLS}"
                 ),
@@ -251,38 +335,62 @@ class JobStore:
         jobs.sort(key=lambda j: (-j.priority, j.created_at, j.id))
         return jobs
 
-    def heartbeat(self, *, owner: str, job_ids: Iterable[uuid.UUID], lease_s: float) -> set[uuid.UUID]:
-        """Extend leases of jobs this owner still holds; returns the ids still held."""
-        ids = list(job_ids)
-        if not ids:
-            return set()
+    def mark_dispatched(self, *, job_id: uuid.UUID, owner: str, attempt: int) -> None:
+        """Record that this claim is being handed to a model replica: from now on losing the lease
+        counts as a lost run (before it, the claim goes back to the queue for free)."""
         with self.engine.begin() as conn:
+            n = conn.execute(
+                sa.text("UPDATE jobs SET dispatched_at = now() WHERE id = :id AND status = 'running' "
+                        "AND lease_owner = :owner AND claims = :attempt"),
+                {"id": job_id, "owner": owner, "attempt": attempt},
+            ).rowcount
+            if n == 0:
+                raise TransitionError(job_id, self._status(conn, job_id), "dispatch")
+
+    def heartbeat(
+        self, *, owner: str, leases: Iterable[tuple[uuid.UUID, int]], lease_s: float
+    ) -> set[tuple[uuid.UUID, int]]:
+        """Extend the leases this owner still holds, each (job id, attempt); returns those held.
+        An older attempt of a job that was rescued and claimed again is not renewed."""
+        pairs = list(leases)
+        if not pairs:
+            return set()
+        with self.lease_engine.begin() as conn:
             rows = conn.execute(
                 sa.text(
                     "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => :lease) "
-                    "WHERE id = ANY(:ids) AND status = 'running' AND lease_owner = :owner RETURNING id"
+                    "FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[])) AS h(id, attempt) "
+                    "WHERE jobs.id = h.id AND jobs.claims = h.attempt AND jobs.status = 'running' "
+                    "AND jobs.lease_owner = :owner RETURNING jobs.id, jobs.claims"
                 ),
-                {"ids": ids, "owner": owner, "lease": lease_s},
+                {"ids": [str(i) for i, _ in pairs], "attempts": [a for _, a in pairs], "owner": owner,
+                 "lease": lease_s},
             ).all()
-        return {r.id for r in rows}
+        return {(r.id, r.claims) for r in rows}
 
     def complete(self, *, job_id: uuid.UUID, owner: str, attempt: int, result: Any, backend: str) -> Job:
         """running -> succeeded, only for the lease holder of this very attempt."""
         return self._leased_update(
-            "status = 'succeeded', result = CAST(:result AS jsonb), backend = :backend, finished_at = now()",
+            "status = 'succeeded', result = CAST(:result AS jsonb), backend = :backend, finished_at = now(), "
+            "error = NULL",
             {"result": json.dumps(result, default=str), "backend": backend},
             job_id=job_id, owner=owner, attempt=attempt, wanted="complete",
         )
 
     def fail_attempt(
-        self, *, job_id: uuid.UUID, owner: str, attempt: int, error: str, retryable: bool = True, backend: str | None = None
+        self, *, job_id: uuid.UUID, owner: str, attempt: int, error: str, retryable: bool = True,
+        backend: str | None = None, kind: str = "error", retry_delay_s: float = 0.0,
     ) -> Job:
-        """running -> queued (attempts left and retryable) or failed; guarded like complete()."""
+        """running -> queued (attempts left and retryable; claimable after `retry_delay_s`) or
+        failed; guarded like complete(). The error joins the job's `errors` history."""
+        requeue = ":retry AND attempts < max_attempts"
         return self._leased_update(
-            "status = CASE WHEN :retry AND attempts < max_attempts THEN 'queued' ELSE 'failed' END, "
-            "finished_at = CASE WHEN :retry AND attempts < max_attempts THEN NULL ELSE now() END, "
-            "error = :error, backend = coalesce(:backend, backend)",
-            {"error": error, "retry": retryable, "backend": backend},
+            f"status = CASE WHEN {requeue} THEN 'queued' ELSE 'failed' END, "
+            f"finished_at = CASE WHEN {requeue} THEN NULL ELSE now() END, "
+            f"run_after = CASE WHEN {requeue} THEN now() + make_interval(secs => :delay) END, "
+            f"error = :error, backend = coalesce(:backend, backend), dispatched_at = NULL, "
+            + _append_error(":kind", ":error"),
+            {"error": _clip(error), "retry": retryable, "backend": backend, "kind": kind, "delay": retry_delay_s},
             job_id=job_id, owner=owner, attempt=attempt, wanted="record a failed attempt",
         )
 
@@ -294,7 +402,7 @@ class JobStore:
             row = conn.execute(
                 sa.text(
                     f"UPDATE jobs SET {set_sql}, lease_owner = NULL, lease_expires_at = NULL "
-                    f"WHERE id = :id AND status = 'running' AND lease_owner = :owner AND attempts = :attempt "
+                    f"WHERE id = :id AND status = 'running' AND lease_owner = :owner AND claims = :attempt "
                     f"RETURNING {_COLS}"
                 ),
                 {"id": job_id, "owner": owner, "attempt": attempt, **args},
@@ -321,21 +429,66 @@ class JobStore:
                 raise TransitionError(job_id, prev, "cancel")
         return Job.from_row(row), JobStatus(prev)
 
-    def rescue_expired(self) -> list[Rescued]:
-        """Running jobs whose lease expired (their router died): re-queue, or fail once attempts are spent."""
-        with self.engine.begin() as conn:
-            rows = conn.execute(
-                sa.text(
-                    "UPDATE jobs SET "
-                    "status = CASE WHEN attempts < max_attempts THEN 'queued' ELSE 'failed' END, "
-                    "finished_at = CASE WHEN attempts < max_attempts THEN NULL ELSE now() END, "
-                    "error = 'lease expired: the router running attempt ' || attempts || ' stopped responding', "
-                    "lease_owner = NULL, lease_expires_at = NULL "
-                    "WHERE id IN (SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at < now() "
-                    "FOR UPDATE SKIP LOCKED) RETURNING id, app_id, status, error"
-                )
-            ).all()
-        return [Rescued(r.id, r.app_id, JobStatus(r.status), r.error) for r in rows]
+    def rescue_expired(self, policy: RetryPolicy = RetryPolicy()) -> list[Rescued]:
+        """Running jobs whose lease expired (their router died or lost Postgres for longer than the
+        lease). Not the job's fault, so no attempt is charged: a claim never handed to a model
+        replica goes back as it was; a run that was on one counts in lost_attempts, comes back
+        after a backoff, and fails the job once it reaches policy.max_lost_attempts."""
+        return self._requeue_leases(
+            "lease_expires_at < now()", {}, policy=policy, backoff=True, skip_locked=True,
+            kind_lost="lost", kind_undispatched="not_dispatched",
+            msg_lost="lease expired: the router running attempt %s stopped responding (lost run %s of %s "
+                     "allowed); re-queued without using an attempt",
+            msg_undispatched="lease expired: the router holding attempt %s stopped before handing it to a "
+                             "model replica; re-queued without using an attempt",
+        )
+
+    def release(self, *, owner: str, policy: RetryPolicy = RetryPolicy()) -> list[Rescued]:
+        """A router stopping gracefully hands back every lease it holds at once (one UPDATE):
+        running -> queued at once, attempt refunded. A run that was already on a model replica still
+        counts in lost_attempts: Serve also stops unhealthy routers, and a job making its router
+        unhealthy must not loop for ever."""
+        return self._requeue_leases(
+            "lease_owner = :owner", {"owner": owner}, policy=policy, backoff=False, skip_locked=False,
+            kind_lost="released", kind_undispatched="released",
+            msg_lost="the router running attempt %s stopped (lost run %s of %s allowed); re-queued without "
+                     "using an attempt",
+            msg_undispatched="the router holding attempt %s stopped before handing it to a model replica; "
+                             "re-queued without using an attempt",
+        )
+
+    def _requeue_leases(self, where: str, args: dict[str, Any], *, policy: RetryPolicy, backoff: bool,
+                        skip_locked: bool, kind_lost: str, kind_undispatched: str, msg_lost: str,
+                        msg_undispatched: str) -> list[Rescued]:
+        sql = (
+            f"WITH x AS (SELECT id, dispatched_at IS NOT NULL AS lost FROM jobs "
+            f"WHERE status = 'running' AND {where} FOR UPDATE{' SKIP LOCKED' if skip_locked else ''}), "
+            f"m AS (SELECT j.id, x.lost, x.lost AND j.lost_attempts + 1 >= :cap AS give_up, "
+            f"CASE WHEN x.lost AND j.lost_attempts + 1 >= :cap THEN format(:msg_give_up, j.lost_attempts + 1, j.claims) "
+            f"WHEN x.lost THEN format(:msg_lost, j.claims, j.lost_attempts + 1, :cap) "
+            f"ELSE format(:msg_undispatched, j.claims) END AS msg FROM jobs j JOIN x ON j.id = x.id) "
+            f"UPDATE jobs j SET "
+            f"status = CASE WHEN m.give_up THEN 'failed' ELSE 'queued' END, "
+            f"finished_at = CASE WHEN m.give_up THEN now() END, "
+            f"attempts = greatest(j.attempts - 1, 0), "
+            f"lost_attempts = j.lost_attempts + m.lost::int, "
+            f"run_after = CASE WHEN m.lost AND NOT m.give_up AND :backoff THEN now() + make_interval(secs => "
+            f"least(:bmax, :base * power(2, j.lost_attempts)) * (0.5 + random() / 2)) END, "
+            f"error = m.msg, "
+            + _append_error(f"CASE WHEN m.lost THEN :kind_lost ELSE :kind_undispatched END", "m.msg", "j.")
+            + ", lease_owner = NULL, lease_expires_at = NULL, dispatched_at = NULL "
+            f"FROM m WHERE j.id = m.id RETURNING j.id, j.app_id, j.status, j.error, m.lost"
+        )
+        params = {
+            **args, "cap": policy.max_lost_attempts, "backoff": backoff, "bmax": policy.backoff_max_s,
+            "base": policy.backoff_s, "kind_lost": kind_lost, "kind_undispatched": kind_undispatched,
+            "msg_lost": msg_lost, "msg_undispatched": msg_undispatched,
+            "msg_give_up": "lost its router %s times (its lease ended while attempt %s was on a model replica); "
+                           "the job may be crashing its router",
+        }
+        with self.lease_engine.begin() as conn:
+            rows = conn.execute(sa.text(sql), params).all()
+        return [Rescued(r.id, r.app_id, JobStatus(r.status), r.error, r.lost) for r in rows]
 
     def _status(self, conn: Connection, job_id: uuid.UUID) -> str | None:
         return conn.execute(sa.text("SELECT status FROM jobs WHERE id = :id"), {"id": job_id}).scalar()

@@ -9,7 +9,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from gpu_orchestrator.jobs import JobNotFound, JobStatus, QueueFull, TransitionError
+from gpu_orchestrator.jobs import IdempotencyConflict, JobNotFound, JobStatus, QueueFull, RetryPolicy, TransitionError
 from gpu_orchestrator.store import JobStore, create_engine, run_migrations
 
 
@@ -33,12 +33,50 @@ def test_get_unknown_raises(store):
         store.get(uuid.uuid4())
 
 
+def expire_lease(store, job_id):
+    """What a dead router leaves behind: the lease's time is up."""
+    with store.engine.begin() as c:
+        c.execute(sa.text("UPDATE jobs SET lease_expires_at = now() - interval '1 second' WHERE id = :id"), {"id": job_id})
+
+
 def test_idempotency_key_returns_existing_job(store):
-    a, created_a = store.submit(app_id="a", params={"x": 1}, idempotency_key="k1")
-    b, created_b = store.submit(app_id="a", params={"x": 2}, idempotency_key="k1")
+    a, created_a = store.submit(app_id="a", params={"x": 1, "y": [1, 2]}, idempotency_key="k1")
+    # The same body (key order does not matter) is a retry: the same job.
+    b, created_b = store.submit(app_id="a", params={"y": [1, 2], "x": 1}, idempotency_key="k1")
     assert created_a and not created_b
-    assert a.id == b.id and b.params == {"x": 1}
+    assert a.id == b.id
     assert len(store.list(app_id="a")[0]) == 1
+
+
+def test_idempotency_key_with_another_body_conflicts(store):
+    a, _ = store.submit(app_id="a", params={"x": 1}, priority=1, idempotency_key="k1")
+    with pytest.raises(IdempotencyConflict) as e:
+        store.submit(app_id="a", params={"x": 2}, priority=1, idempotency_key="k1")
+    assert e.value.job_id == a.id and e.value.key == "k1"
+    with pytest.raises(IdempotencyConflict):
+        store.submit(app_id="a", params={"x": 1}, priority=2, idempotency_key="k1")
+    assert [j.id for j in store.list(app_id="a")[0]] == [a.id]
+
+
+def test_idempotency_keys_are_scoped_per_app(store):
+    a, created_a = store.submit(app_id="a", params={"x": 1}, idempotency_key="k1")
+    b, created_b = store.submit(app_id="b", params={"x": 1}, idempotency_key="k1")
+    assert created_a and created_b and a.id != b.id and b.app_id == "b"
+
+
+def test_idempotency_key_expires_with_its_retention(store):
+    old, _ = store.submit(app_id="a", params={"x": 1}, idempotency_key="k1")
+    with store.engine.begin() as c:
+        c.execute(sa.text("UPDATE jobs SET created_at = now() - interval '25 hours' WHERE id = :id"), {"id": old.id})
+    # Past the 24 h default the key starts a new job, even with another body.
+    new, created = store.submit(app_id="a", params={"x": 2}, idempotency_key="k1")
+    assert created and new.id != old.id
+    assert store.get(old.id).idempotency_key is None and store.get(old.id).params == {"x": 1}
+    again, created = store.submit(app_id="a", params={"x": 2}, idempotency_key="k1")
+    assert not created and again.id == new.id
+    # A shorter retention, per call.
+    fresh, created = store.submit(app_id="a", params={"x": 3}, idempotency_key="k1", idempotency_ttl_s=0.0)
+    assert created and fresh.id != new.id
 
 
 def test_queue_limit_raises_queue_full(store):
@@ -146,31 +184,174 @@ def test_cancel_queued_running_and_finished(store):
         store.cancel(uuid.uuid4())
 
 
-def test_expired_lease_is_rescued_then_failed(store):
+NO_BACKOFF = RetryPolicy(backoff_s=0.0, max_lost_attempts=3)
+
+
+def test_expired_lease_of_a_dispatched_run_counts_as_lost_not_as_an_attempt(store):
     submit(store, max_attempts=2)
     (j,) = store.claim(app_id="a", owner="dead", limit=1, lease_s=0.2, max_in_flight=5)
-    assert store.rescue_expired() == []  # not yet expired
+    store.mark_dispatched(job_id=j.id, owner="dead", attempt=1)
+    assert store.rescue_expired(NO_BACKOFF) == []  # not yet expired
     time.sleep(0.4)
-    (r,) = store.rescue_expired()
-    assert r.job_id == j.id and r.status == JobStatus.queued and "lease expired" in r.error
-    (j2,) = store.claim(app_id="a", owner="alive", limit=1, lease_s=0.2, max_in_flight=5)
-    assert j2.attempts == 2
+    (r,) = store.rescue_expired(NO_BACKOFF)
+    assert r.job_id == j.id and r.status == JobStatus.queued and r.lost and "lease expired" in r.error
+    job = store.get(j.id)
+    assert (job.attempts, job.lost_attempts, job.claims) == (0, 1, 1)
+    (j2,) = store.claim(app_id="a", owner="alive", limit=1, lease_s=30, max_in_flight=5)
+    assert (j2.attempts, j2.claims) == (1, 2)
     # The dead owner's late result cannot land.
     with pytest.raises(TransitionError):
         store.complete(job_id=j.id, owner="dead", attempt=1, result=1, backend="x")
-    time.sleep(0.4)
-    (r,) = store.rescue_expired()
+    done = store.complete(job_id=j.id, owner="alive", attempt=2, result=2, backend="x")
+    assert done.status == JobStatus.succeeded and done.error is None and done.attempts == 1
+
+
+def test_expired_lease_of_an_undispatched_claim_is_free(store):
+    submit(store, max_attempts=1)
+    for _ in range(4):  # more times than max_attempts or the lost cap allow
+        (j,) = store.claim(app_id="a", owner="dead", limit=1, lease_s=30, max_in_flight=5)
+        expire_lease(store, j.id)
+        (r,) = store.rescue_expired(NO_BACKOFF)
+        assert r.status == JobStatus.queued and not r.lost and "before handing it to a model replica" in r.error
+    job = store.get(j.id)
+    assert (job.status, job.attempts, job.lost_attempts, job.claims) == (JobStatus.queued, 0, 0, 4)
+    assert job.run_after is None  # no backoff: it never ran
+
+
+def test_a_job_that_keeps_losing_its_router_fails_with_the_reason(store):
+    submit(store, max_attempts=2)
+    for n in range(1, 4):
+        (j,) = store.claim(app_id="a", owner=f"router-{n}", limit=1, lease_s=30, max_in_flight=5)
+        store.mark_dispatched(job_id=j.id, owner=f"router-{n}", attempt=n)
+        expire_lease(store, j.id)
+        (r,) = store.rescue_expired(NO_BACKOFF)
     assert r.status == JobStatus.failed
-    assert store.get(j.id).status == JobStatus.failed
+    job = store.get(j.id)
+    assert job.status == JobStatus.failed and job.finished_at is not None
+    assert job.lost_attempts == 3 and job.attempts == 0
+    assert job.error.startswith("lost its router 3 times") and "attempt 3" in job.error
+    assert [e["kind"] for e in job.errors] == ["lost", "lost", "lost"]
 
 
-def test_heartbeat_extends_only_own_leases(store):
+def test_lost_run_comes_back_after_a_backoff(store):
+    submit(store)
+    (j,) = store.claim(app_id="a", owner="dead", limit=1, lease_s=30, max_in_flight=5)
+    store.mark_dispatched(job_id=j.id, owner="dead", attempt=1)
+    expire_lease(store, j.id)
+    store.rescue_expired(RetryPolicy(backoff_s=30.0))
+    job = store.get(j.id)
+    assert job.status == JobStatus.queued and job.run_after is not None
+    assert store.claim(app_id="a", owner="r", limit=1, lease_s=30, max_in_flight=5) == []
+
+
+def test_heartbeat_extends_only_own_leases_of_the_same_attempt(store):
     submit(store)
     (j,) = store.claim(app_id="a", owner="r1", limit=1, lease_s=0.3, max_in_flight=5)
-    assert store.heartbeat(owner="r2", job_ids=[j.id], lease_s=30) == set()
-    assert store.heartbeat(owner="r1", job_ids=[j.id], lease_s=30) == {j.id}
+    assert store.heartbeat(owner="r2", leases=[(j.id, 1)], lease_s=30) == set()
+    assert store.heartbeat(owner="r1", leases=[(j.id, 2)], lease_s=30) == set()
+    assert store.heartbeat(owner="r1", leases=[(j.id, 1)], lease_s=30) == {(j.id, 1)}
     time.sleep(0.5)
     assert store.rescue_expired() == []
+    # Rescued and claimed again by the same router: only the new attempt's lease is renewed.
+    expire_lease(store, j.id)
+    store.rescue_expired()
+    (j2,) = store.claim(app_id="a", owner="r1", limit=1, lease_s=30, max_in_flight=5)
+    assert j2.claims == 2
+    assert store.heartbeat(owner="r1", leases=[(j.id, 1), (j.id, 2)], lease_s=30) == {(j.id, 2)}
+    with pytest.raises(TransitionError):
+        store.complete(job_id=j.id, owner="r1", attempt=1, result=1, backend="x")
+    with pytest.raises(TransitionError):
+        store.mark_dispatched(job_id=j.id, owner="r1", attempt=1)
+
+
+def test_release_hands_back_every_lease_of_its_owner_at_once(store):
+    a, b, other = submit(store), submit(store), submit(store, app="b")
+    ja, jb = store.claim(app_id="a", owner="leaving", limit=2, lease_s=300, max_in_flight=5)
+    store.mark_dispatched(job_id=ja.id, owner="leaving", attempt=1)
+    store.claim(app_id="b", owner="staying", limit=1, lease_s=300, max_in_flight=5)
+    released = store.release(owner="leaving", policy=RetryPolicy(backoff_s=60.0))
+    assert {r.job_id for r in released} == {a.id, b.id}
+    assert all(r.status == JobStatus.queued for r in released)
+    ga, gb = store.get(a.id), store.get(b.id)
+    assert (ga.status, ga.attempts, ga.lost_attempts, ga.lease_owner) == (JobStatus.queued, 0, 1, None)
+    assert (gb.status, gb.attempts, gb.lost_attempts) == (JobStatus.queued, 0, 0)
+    assert ga.errors[-1]["kind"] == "released" and "stopped" in ga.error
+    assert store.get(other.id).status == JobStatus.running
+    # No backoff: another replica takes them at once.
+    assert len(store.claim(app_id="a", owner="next", limit=5, lease_s=30, max_in_flight=5)) == 2
+
+
+def test_failed_attempt_waits_for_its_backoff(store):
+    submit(store, max_attempts=3)
+    (j,) = store.claim(app_id="a", owner="r1", limit=1, lease_s=30, max_in_flight=5)
+    after = store.fail_attempt(job_id=j.id, owner="r1", attempt=1, error="boom", retry_delay_s=0.6)
+    assert after.status == JobStatus.queued and after.run_after is not None
+    assert after.to_api()["retry_at"] is not None
+    assert store.claim(app_id="a", owner="r1", limit=1, lease_s=30, max_in_flight=5) == []
+    time.sleep(0.8)
+    (j,) = store.claim(app_id="a", owner="r1", limit=1, lease_s=30, max_in_flight=5)
+    assert j.attempts == 2 and j.run_after is None
+
+
+def test_each_attempts_error_is_kept(store):
+    submit(store, max_attempts=3)
+    (j,) = store.claim(app_id="a", owner="r1", limit=1, lease_s=30, max_in_flight=5)
+    store.fail_attempt(job_id=j.id, owner="r1", attempt=1, error="RuntimeError: first")
+    (j,) = store.claim(app_id="a", owner="r1", limit=1, lease_s=30, max_in_flight=5)
+    store.mark_dispatched(job_id=j.id, owner="r1", attempt=2)
+    expire_lease(store, j.id)
+    store.rescue_expired(NO_BACKOFF)
+    (j,) = store.claim(app_id="a", owner="r2", limit=1, lease_s=30, max_in_flight=5)
+    assert j.error.startswith("lease expired")  # the latest error stays while it runs again
+    after = store.fail_attempt(job_id=j.id, owner="r2", attempt=3, error="timed out after 5 s", kind="timeout")
+    assert after.status == JobStatus.queued and after.error == "timed out after 5 s"
+    errors = store.get(j.id).to_api()["errors"]
+    assert [(e["attempt"], e["kind"]) for e in errors] == [(1, "error"), (2, "lost"), (3, "timeout")]
+    assert errors[0]["error"] == "RuntimeError: first" and all(e["at"] for e in errors)
+
+
+def test_claim_uses_the_queued_index(store):
+    for i in range(20):
+        submit(store, params={"i": i})
+    with store.engine.begin() as c:
+        c.execute(sa.text("SET LOCAL enable_seqscan = off"))
+        plan = "\n".join(c.execute(sa.text(
+            "EXPLAIN SELECT id FROM jobs WHERE app_id = 'a' AND status = 'queued' "
+            "AND (run_after IS NULL OR run_after <= now()) ORDER BY priority DESC, created_at, id LIMIT 5 "
+            "FOR UPDATE SKIP LOCKED")).scalars())
+    assert "jobs_queued_idx" in plan
+
+
+def test_statement_timeout_bounds_every_query(database_url):
+    s = JobStore.connect(database_url, migrate=False, statement_timeout_s=0.5)
+    try:
+        for eng in (s.engine, s.lease_engine):
+            with eng.connect() as c:
+                assert c.execute(sa.text("SHOW statement_timeout")).scalar() == "500ms"
+        t0 = time.monotonic()
+        with pytest.raises(sa.exc.OperationalError):
+            with s.engine.connect() as c:
+                c.execute(sa.text("SELECT pg_sleep(5)"))
+        assert time.monotonic() - t0 < 3
+    finally:
+        s.close()
+
+
+def test_lease_renewal_has_its_own_pool(database_url):
+    s = JobStore.connect(database_url, migrate=False, pool_size=2, max_overflow=0)
+    held = []
+    try:
+        s.submit(app_id="a", params={})
+        (j,) = s.claim(app_id="a", owner="r1", limit=1, lease_s=30, max_in_flight=5)
+        held = [s.engine.connect() for _ in range(2)]  # a burst of client reads holds every connection
+        got = {}
+        t = threading.Thread(target=lambda: got.update(held=s.heartbeat(owner="r1", leases=[(j.id, 1)], lease_s=30)))
+        t.start()
+        t.join(timeout=5)
+        assert not t.is_alive() and got["held"] == {(j.id, 1)}
+    finally:
+        [c.close() for c in held]
+        s.close()
 
 
 def test_list_filters_and_paginates(store):
@@ -204,7 +385,7 @@ def test_migrations_are_idempotent_and_concurrent_safe(database_url):
     [t.start() for t in ts]
     [t.join() for t in ts]
     with engines[0].connect() as c:
-        assert c.execute(sa.text("SELECT version_num FROM gpu_orch_alembic_version")).scalar() == "0001"
+        assert c.execute(sa.text("SELECT version_num FROM gpu_orch_alembic_version")).scalar() == "0002"
     [e.dispose() for e in engines]
 
 
@@ -228,3 +409,12 @@ def test_fail_queued_ends_only_that_apps_queued_jobs(store):
         job = store.get(job_id)
         assert job.status == JobStatus.failed and job.error == "no capacity: cannot place zimage" and job.finished_at
     assert store.get(queued[0].id).status == JobStatus.running and store.get(other.id).status == JobStatus.queued
+
+
+def test_fail_queued_spares_jobs_younger_than_the_grace(store):
+    old = submit(store, app="gone")
+    with store.engine.begin() as c:
+        c.execute(sa.text("UPDATE jobs SET created_at = now() - interval '10 minutes' WHERE id = :id"), {"id": old.id})
+    young = submit(store, app="gone")
+    assert store.fail_queued("gone", "app gone is no longer configured", older_than_s=300) == [old.id]
+    assert store.get(young.id).status == JobStatus.queued
