@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -125,17 +126,27 @@ class Client:
         return _check(self.http.get("/v1/workers"))["models"]
 
     def events(self, job_id: str, *, last_event_id: str | None = None, timeout: float | None = None) -> Iterator[dict[str, Any]]:
-        """Progress and status events until the terminal one (the server ends the stream there)."""
-        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
-        with self.http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers,
-                              timeout=httpx.Timeout(timeout, connect=10)) as r:
-            if r.status_code >= 400:
-                r.read()
-                _check(r)
-            yield from parse_sse(r.iter_lines())
+        """Progress and status events until the terminal one. The server ends a stream at the terminal
+        status, or after its time limit: then this reconnects where it left off (Last-Event-ID).
+        A `gap` event says events may have been lost while the server's event bus was down."""
+        last = last_event_id
+        while True:
+            headers = {"Last-Event-ID": last} if last else {}
+            with self.http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers,
+                                  timeout=httpx.Timeout(timeout, connect=10)) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    _check(r)
+                for ev in parse_sse(r.iter_lines()):
+                    last = ev.get("id", last)
+                    yield ev
+                    if ev.get("event") == "status" and ev["data"].get("status") in TERMINAL:
+                        return
+            time.sleep(0.5)  # the SSE default reconnection delay is about this
 
     def wait(self, job_id: str, *, timeout: float = 600.0) -> dict[str, Any]:
-        """Follow the event stream until the job is terminal; reconnects (resuming) if the stream drops."""
+        """Follow the event stream until the job is terminal; reconnects (resuming) if the stream drops,
+        and waits out a 503/429 (an outage, or too many streams) as the server's Retry-After says."""
         deadline = time.monotonic() + timeout
         last = None
         while time.monotonic() < deadline:
@@ -143,13 +154,25 @@ class Client:
                 for ev in self.events(job_id, last_event_id=last, timeout=max(1.0, deadline - time.monotonic())):
                     last = ev.get("id", last)
                     if ev.get("event") == "status" and ev["data"].get("status") in TERMINAL:
-                        return self.get(job_id)
+                        break
+                job = self.get(job_id)
+                if job["status"] in TERMINAL:
+                    return job
             except (httpx.TransportError, httpx.RemoteProtocolError):
                 time.sleep(0.5)
-            job = self.get(job_id)
-            if job["status"] in TERMINAL:
-                return job
+            except ApiError as e:
+                if e.status not in (429, 503):
+                    raise
+                time.sleep(_retry_after(e.retry_after, deadline))
         raise TimeoutError(f"job {job_id} not finished after {timeout}s")
+
+
+def _retry_after(header: str | None, deadline: float) -> float:
+    try:
+        wait = float(header) if header else 1.0
+    except ValueError:
+        wait = 1.0
+    return max(0.1, min(wait, 30.0, deadline - time.monotonic()))
 
 
 class AsyncClient:
@@ -182,24 +205,35 @@ class AsyncClient:
         return _check(await self.http.get("/v1/workers"))["models"]
 
     async def events(self, job_id: str, *, last_event_id: str | None = None) -> AsyncIterator[dict[str, Any]]:
-        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
-        async with self.http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers,
-                                    timeout=httpx.Timeout(None, connect=10)) as r:
-            if r.status_code >= 400:
-                await r.aread()
-                _check(r)
-            p = SSEParser()
-            async for line in r.aiter_lines():
-                ev = p.feed(line)
-                if ev is not None:
-                    yield ev
+        """As Client.events: until the terminal status, reconnecting after the server's time limit."""
+        last = last_event_id
+        while True:
+            headers = {"Last-Event-ID": last} if last else {}
+            async with self.http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers,
+                                        timeout=httpx.Timeout(None, connect=10)) as r:
+                if r.status_code >= 400:
+                    await r.aread()
+                    _check(r)
+                p = SSEParser()
+                async for line in r.aiter_lines():
+                    ev = p.feed(line)
+                    if ev is not None:
+                        last = ev.get("id", last)
+                        yield ev
+                        if ev.get("event") == "status" and ev["data"].get("status") in TERMINAL:
+                            return
+            await asyncio.sleep(0.5)
 
     async def wait(self, job_id: str, *, timeout: float = 600.0, poll_s: float = 0.25) -> dict[str, Any]:
-        import asyncio
-
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            job = await self.get(job_id)
+            try:
+                job = await self.get(job_id)
+            except ApiError as e:  # an outage: wait as the server says
+                if e.status not in (429, 503):
+                    raise
+                await asyncio.sleep(_retry_after(e.retry_after, deadline))
+                continue
             if job["status"] in TERMINAL:
                 return job
             await asyncio.sleep(poll_s)

@@ -125,8 +125,11 @@ class _Breaker:
 
 def client_options(timeout_s: float, *, block_ms: int = 0, sync: bool = False) -> dict[str, Any]:
     """Socket timeouts (a slow Redis is a timeout, not a hang; a blocking read gets its block time on
-    top), one quick retry rather than redis-py's ten, and a ping on connections idle 15 s or more."""
-    retry = (redis.retry.Retry if sync else aredis.retry.Retry)(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 1)
+    top); one quick retry on a broken connection (a pooled one from before a Redis restart) but none
+    on a timeout (a slow server is not helped by asking again), rather than redis-py's ten; and a
+    ping on connections idle 15 s or more."""
+    retry = (redis.retry.Retry if sync else aredis.retry.Retry)(
+        ExponentialWithJitterBackoff(base=0.05, cap=0.5), 1, supported_errors=(redis.exceptions.ConnectionError,))
     return {
         "socket_timeout": timeout_s + block_ms / 1000,
         "socket_connect_timeout": timeout_s,
@@ -246,7 +249,8 @@ class AsyncEventBus:
         try:
             return await self.publish(job_id, type, **data)
         except REDIS_ERRORS as e:
-            log.warning("could not publish %s event of job %s: redis %s", type, job_id, reason(e))
+            if not isinstance(e, EventBusDown):  # logged once per outage, not per event
+                log.warning("could not publish %s event of job %s: redis %s", type, job_id, reason(e))
             return None
 
     async def request_cancel(self, job_id: uuid.UUID | str) -> None:

@@ -115,6 +115,9 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return
+            if self.mode == "down":
+                client.close()
+                return
             if self.mode == "stall":
                 self._track(client)
                 continue
@@ -152,14 +155,18 @@ class TcpProxy:
         with self._lock:
             conns, self._conns = self._conns, []
         for s in conns:
+            # shutdown first: a close() alone leaves a socket that another thread blocks on open.
             with contextlib.suppress(OSError):
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                s.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
                 s.close()
 
     def cut(self) -> None:
         """Down: open connections reset, new ones refused."""
         self.mode = "down"
         if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
             self._listener.close()
             self._listener = None
         self._drop_all()
