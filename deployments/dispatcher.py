@@ -364,7 +364,9 @@ class Dispatcher:
                 return
         except sa.exc.DBAPIError as e:  # the result itself cannot be stored (e.g. a NUL in a string)
             f.recording = False
-            await self._record_failure(f, f"the result could not be stored: {describe_error(e.orig or e)}",
+            orig = e.orig or e
+            why = (str(orig).strip().splitlines() or [""])[0]  # psycopg2 puts the reason first, context after
+            await self._record_failure(f, f"the result could not be stored: {type(orig).__name__}: {why}",
                                        retryable=False)
             return
         await self._publish_status(job.id, "succeeded", attempt=attempt, result=done.result)

@@ -381,3 +381,44 @@ def test_redis_down_never_fails_a_job(store, redis_url):
     job = run(go())
     assert job.status == JobStatus.succeeded and job.attempts == 1 and job.errors == ()
     assert job.result["echo"] == {"steps": 4, "delay_s": 0.2}
+
+
+def test_a_cancel_reaches_the_model_with_redis_down(store, redis_url):
+    async def go():
+        model = Echo(redis_url=DEAD_REDIS)  # the model cannot see the cancel flag
+        d = make_dispatcher(store, AsyncEventBus(redis_url), model)
+        job_id = submit(store, steps=100, delay_s=20)
+        d.start()
+        try:
+            await until(lambda: model.busy == 1, what="the job to start")
+            await asyncio.to_thread(store.cancel, job_id)  # what DELETE /v1/jobs/{id} does
+            # The lost lease tells the router, which cancels the model's request.
+            await until(lambda: model.busy == 0, timeout_s=5, what="the model to stop")
+            return d.models["m"].responses[0].cancelled, await asyncio.to_thread(store.get, job_id)
+        finally:
+            await shutdown(d)
+
+    cancelled, job = run(go())
+    assert cancelled and job.status == JobStatus.cancelled
+
+
+class Unstorable(ModelDeployment):
+    model_name = "unstorable"
+
+    def infer(self, params: dict[str, Any], ctx: JobContext) -> Any:
+        return {"text": "a\x00b"}  # Postgres jsonb cannot hold U+0000
+
+
+def test_a_result_postgres_cannot_store_fails_the_job_once(store, redis_url):
+    async def go():
+        d = make_dispatcher(store, AsyncEventBus(redis_url), Unstorable())
+        job_id = submit(store, max_attempts=3)
+        d.start()
+        try:
+            return await status_in(store, job_id, JobStatus.failed, JobStatus.succeeded)
+        finally:
+            await shutdown(d)
+
+    job = run(go())
+    assert job.status == JobStatus.failed and job.attempts == 1  # a re-run would fail the same way
+    assert job.error.startswith("the result could not be stored: UntranslatableCharacter: unsupported Unicode")
