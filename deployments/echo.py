@@ -19,8 +19,10 @@ class Echo(ModelDeployment):
     synthetic = True
 
     def __init__(self, *, load_time_s: float = 0.0, vram_gb: float = 0.0, redis_url: str | None = None,
-                 report_packages: list[str] | None = None):
+                 report_packages: list[str] | None = None, run_log: str | None = None):
         self._load_time_s = load_time_s
+        # Fault runs count how often each job really started on a model: one line per start.
+        self._run_log = run_log
         # Versions of these packages as this replica sees them (its runtime_env), in every result.
         self._packages = {p: _version(p) for p in (report_packages or [])}
         super().__init__(redis_url=redis_url, vram_gb=vram_gb)
@@ -31,6 +33,9 @@ class Echo(ModelDeployment):
             time.sleep(self._load_time_s)
 
     async def infer(self, params: dict[str, Any], ctx: JobContext) -> Any:
+        if self._run_log:
+            with open(self._run_log, "a") as f:  # one short O_APPEND write: lines never interleave
+                f.write(f"{ctx.job_id} {ctx.attempt}\n")
         delay = float(params.get("delay_s", 0.0))
         steps = int(params.get("steps", 1))
         if params.get("fail_message"):
