@@ -260,6 +260,10 @@ def running_router(database_url: str, redis_url: str, *, artifacts: str | None =
     finally:
         with contextlib.suppress(Exception):
             running.call(router.dispatcher.stop(), timeout=5)
+        for bus in (router.bus, model._bus):
+            if bus is not None:
+                with contextlib.suppress(Exception):
+                    running.call(bus.close(), timeout=5)
         server.should_exit = True
         t.join(timeout=10)
         router.store.close()
