@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
-from gpu_orchestrator.events import AsyncEventBus, EventBus
+import pytest
+
+from gpu_orchestrator.events import AsyncEventBus, EventBus, EventBusDown, follow, reason
+from tests.unit.router_harness import TcpProxy, redis_upstream
 
 
 def test_publish_read_resume_and_cap(redis_url):
@@ -63,3 +67,114 @@ def test_async_tail_follows_live_events_and_idles(redis_url):
     assert got[-1].data == {"status": "failed", "error": "boom"}
     assert idles >= 1
     assert got[-1].to_sse().startswith(f"id: {got[-1].id}\nevent: status\ndata: ")
+
+
+# -- Redis down or slow (a TCP proxy in front of the real server, cut or stalled) --------------------
+
+@pytest.fixture
+def proxy(redis_url):
+    p = TcpProxy(redis_upstream(redis_url))
+    yield p
+    p.close()
+
+
+def test_sync_bus_on_a_stalled_redis_times_out_then_fails_fast(proxy):
+    bus = EventBus(f"redis://127.0.0.1:{proxy.port}/0", timeout_s=1.0, cooldown_s=2.0)
+    job = uuid.uuid4()
+    assert bus.publish(job, "progress", step=1)
+    proxy.stall()
+    t0 = time.monotonic()
+    assert bus.try_publish(job, "progress", step=2) is None  # a timeout, not a hang
+    assert time.monotonic() - t0 < 3
+    t0 = time.monotonic()
+    for i in range(50):  # within the cooldown: no waiting at all
+        assert bus.try_publish(job, "progress", step=i) is None
+    assert not bus.try_is_cancelled(job)
+    assert time.monotonic() - t0 < 0.5 and bus.dropped == 51
+    with pytest.raises(EventBusDown):
+        bus.publish(job, "progress", step=3)
+    with pytest.raises(Exception) as e:
+        bus.ping()  # always tried: the health check tells the truth
+    assert reason(e.value) == "timeout"
+    proxy.restore()
+    time.sleep(2.1)
+    assert bus.publish(job, "progress", step=4) and bus.ping()
+    bus.close()
+
+
+def _row(state: dict):
+    async def row_status():
+        return state.get("row")
+    return row_status
+
+
+def test_follow_reports_a_gap_and_goes_on_when_redis_comes_back(proxy):
+    async def go():
+        bus = AsyncEventBus(f"redis://127.0.0.1:{proxy.port}/0", cooldown_s=0.2)
+        job = uuid.uuid4()
+        await bus.publish(job, "progress", step=1)
+        got = []
+        async for ev in follow(bus, job, row_status=_row({}), block_ms=200, retry_s=0.1):
+            if ev is None:
+                if len(got) == 1 and proxy.mode == "up":
+                    proxy.cut()
+                    asyncio.get_running_loop().call_later(0.8, proxy.restore)
+                elif len(got) >= 2 and got[-1].type == "gap":
+                    await bus.publish(job, "progress", step=2)
+                    await bus.publish(job, "status", status="succeeded", result={"ok": 1})
+                continue
+            got.append(ev)
+            if ev.terminal:
+                break
+        await bus.close()
+        return got
+
+    got = asyncio.run(go())
+    assert [e.type for e in got] == ["progress", "gap", "progress", "status"]
+    assert got[1].id == got[0].id  # a resume from the gap's id loses nothing delivered
+    assert got[1].data["reason"] == "event stream unavailable" and got[1].data["since"]
+    assert got[-1].data == {"status": "succeeded", "result": {"ok": 1}}
+
+
+def test_follow_ends_with_the_row_status_while_redis_is_down(proxy):
+    async def go():
+        bus = AsyncEventBus(f"redis://127.0.0.1:{proxy.port}/0", cooldown_s=0.2)
+        job = uuid.uuid4()
+        ids = [await bus.publish(job, "progress", step=1)]
+        state: dict = {}
+        got = []
+        async for ev in follow(bus, job, row_status=_row(state), block_ms=200, retry_s=0.1):
+            if ev is None:
+                if proxy.mode == "up":
+                    proxy.cut()
+                    asyncio.get_running_loop().call_later(0.5, state.__setitem__, "row", {"status": "failed", "error": "boom", "result": None})
+                continue
+            got.append(ev)
+        await bus.close()
+        return ids, got
+
+    ids, got = asyncio.run(go())
+    assert [e.type for e in got] == ["progress", "gap", "status"]
+    assert got[-1].data == {"status": "failed", "error": "boom", "result": None, "source": "database"}
+    assert got[-1].id == ids[0]
+
+
+def test_follow_keeps_waiting_while_the_database_is_away_too(proxy):
+    async def go():
+        bus = AsyncEventBus(f"redis://127.0.0.1:{proxy.port}/0", cooldown_s=0.2)
+        job = uuid.uuid4()
+        calls = {"n": 0}
+
+        async def row_status():
+            calls["n"] += 1
+            if calls["n"] < 4:
+                raise ConnectionError("database down")
+            return {"status": "succeeded", "result": 1, "error": None}
+
+        proxy.cut()
+        got = [ev async for ev in follow(bus, job, row_status=row_status, block_ms=200, retry_s=0.05) if ev is not None]
+        await bus.close()
+        return got
+
+    got = asyncio.run(go())
+    assert [e.type for e in got] == ["gap", "status"] and got[-1].data["status"] == "succeeded"
