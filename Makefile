@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine (Python 3.10+ and a C toolchain-free pip install):
 #   make demo   start everything on the embedded default, submit a job, show the result
-#   make test   run the whole test suite
+#   make test   run the whole test suite (CI: .ci/run, with HOME an empty temporary directory)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTHON ?= python3
@@ -22,6 +22,7 @@ demo: install
 	$(VENV)/bin/gpu-orch submit sdxl -p prompt="a red fox in the snow" -p width=256 -p height=256 -p num_inference_steps=10 --wait --out demo-output
 	$(VENV)/bin/gpu-orch submit chat -p messages='[{"role":"user","content":"hello"}]' -p max_tokens=16 --wait
 	@echo "Stack is still up: images in demo-output/; try '$(VENV)/bin/gpu-orch workers', open http://127.0.0.1:8000/docs; stop with 'make down'."
+	@echo 'Ray CLI with the stack auth token: eval "$$($(VENV)/bin/gpu-orch env)", then ray status, serve status.'
 
 down: install
 	$(VENV)/bin/gpu-orch down

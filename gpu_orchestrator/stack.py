@@ -114,12 +114,9 @@ def start_ray_head(home: Path, cmd: list[str], *, port: int, env: dict[str, str]
         if proc.poll() is not None or time.monotonic() > deadline:
             why = f"exited with {proc.returncode}" if proc.returncode is not None else f"not up after {timeout_s:g}s"
             stop_ray_head(home)
-            raise RuntimeError(f"ray start {why}; its output ({log}):\n{_tail(output)}")
-
-
-def _tail(text: str, lines: int = 12) -> str:
-    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # Ray colours its output
-    return "\n".join(text.strip().splitlines()[-lines:])
+            tail = re.sub(r"\x1b\[[0-9;]*m", "", output).strip().splitlines()[-12:]  # Ray colours its output
+            raise RuntimeError(f"ray start {why}: {tail[-1] if tail else '(no output)'}\n"
+                               f"--- the end of its output ({log}) ---\n" + "\n".join(tail))
 
 
 def stop_ray_head(home: Path, timeout_s: float = 60) -> bool:
