@@ -11,6 +11,7 @@ fails because of it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import inspect
 import logging
@@ -105,6 +106,9 @@ class ModelDeployment:
     # Jobs this replica runs at once (None: no limit). Models that keep per-call state in the loaded
     # object (a diffusers pipeline's scheduler, whisper's KV-cache hooks) need 1: later jobs wait here.
     max_concurrent: int | None = None
+    # Successful results kept for a re-sent job (see run): few, and briefly: a rescue comes within a lease.
+    RECENT_MAX = 64
+    RECENT_TTL_S = 600.0
 
     def __init__(self, *, redis_url: str | None = None, vram_gb: float = 0.0):
         self._bus = EventBus(redis_url) if redis_url else None
@@ -121,6 +125,8 @@ class ModelDeployment:
         self._load_lock = threading.Lock()
         self._slots: asyncio.Semaphore | None = None  # made in the replica's event loop, on first use
         self._failed_at = 0.0
+        self._running: dict[str, tuple[asyncio.Future, set]] = {}  # job id -> (its run here, requests awaiting it)
+        self._recent: collections.OrderedDict[str, tuple[float, int, Any]] = collections.OrderedDict()
         if self._bus is not None:
             threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
         self._try_load()
@@ -165,7 +171,47 @@ class ModelDeployment:
     async def run(self, job_id: str, params: dict[str, Any], attempt: int = 1, timeout_s: float | None = None,
                   queue_timeout_s: float | None = None) -> Any:
         """Run one job. `timeout_s` bounds the work from when it starts here (JobTimeout);
-        `queue_timeout_s` bounds the wait for a free slot before that (SlotTimeout)."""
+        `queue_timeout_s` bounds the wait for a free slot before that (SlotTimeout).
+
+        A job sent again while this replica still runs it, or shortly after it succeeded here (its
+        router died before recording the result, and the lease rescue re-queued it), re-attaches to
+        that run instead of repeating GPU work: same params, same job, the result is the same."""
+        done = self._recent.get(job_id)
+        if done is not None and time.monotonic() - done[0] < self.RECENT_TTL_S:
+            log.info("job %s attempt %d: returning the result of attempt %s run here earlier", job_id, attempt, done[1])
+            return done[2]
+        entry = self._running.get(job_id)
+        if entry is not None and not entry[0].done():
+            log.info("job %s attempt %d: re-attached to the run already in progress here", job_id, attempt)
+        else:
+            work = asyncio.ensure_future(self._run_job(job_id, params, attempt, timeout_s, queue_timeout_s))
+            entry = (work, set())
+            self._running[job_id] = entry
+            work.add_done_callback(lambda t: self._finished(job_id, attempt, t))
+        work, waiters = entry
+        me = object()
+        waiters.add(me)
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            waiters.discard(me)
+            if not waiters:
+                work.cancel()  # every request for it was cancelled (DELETE, lease lost): stop the work
+            raise
+        finally:
+            waiters.discard(me)
+
+    def _finished(self, job_id: str, attempt: int, task: asyncio.Future) -> None:
+        if self._running.get(job_id, (None,))[0] is task:
+            del self._running[job_id]
+        if task.cancelled() or task.exception() is not None:
+            return  # only a success is worth handing to a later attempt
+        self._recent[job_id] = (time.monotonic(), attempt, task.result())
+        while len(self._recent) > self.RECENT_MAX:
+            self._recent.popitem(last=False)
+
+    async def _run_job(self, job_id: str, params: dict[str, Any], attempt: int, timeout_s: float | None,
+                       queue_timeout_s: float | None) -> Any:
         if self.load_error is not None and time.monotonic() - self._failed_at >= self.reload_after_s:
             await asyncio.to_thread(self._try_load)
         if self.load_error is not None:

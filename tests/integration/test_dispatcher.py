@@ -40,17 +40,18 @@ class Response:
 
 
 class Handle:
-    """Stands in for a Serve DeploymentHandle of one model replica."""
+    """Stands in for a Serve DeploymentHandle: calls go round-robin over the model replicas given."""
 
-    def __init__(self, model: ModelDeployment):
-        self.model = model
+    def __init__(self, model: ModelDeployment | list[ModelDeployment]):
+        self.replicas = model if isinstance(model, list) else [model]
         self.calls: list[tuple[tuple, dict]] = []
         self.responses: list[Response] = []
         self.run = SimpleNamespace(remote=self._remote)
 
     def _remote(self, *args: Any, **kw: Any) -> Response:
+        replica = self.replicas[len(self.calls) % len(self.replicas)]
         self.calls.append((args, kw))
-        self.responses.append(Response(self.model.run(*args, **kw)))
+        self.responses.append(Response(replica.run(*args, **kw)))
         return self.responses[-1]
 
 
@@ -195,8 +196,9 @@ def test_db_error_while_recording_success_keeps_the_result(store, redis_url):
 
 def test_two_attempts_of_one_job_on_one_router_never_both_record(store, redis_url):
     async def go():
-        model = Gate()
-        d = make_dispatcher(store, AsyncEventBus(redis_url), model)
+        model, other = Gate(), Gate()  # two replicas: attempt 2 lands on the other one and really starts
+        other.started, other.open = model.started, model.open
+        d = make_dispatcher(store, AsyncEventBus(redis_url), [model, other])
         job_id = submit(store)
         d.start()
         try:
@@ -228,6 +230,29 @@ def test_two_attempts_of_one_job_on_one_router_never_both_record(store, redis_ur
     assert [(e["attempt"], e["kind"]) for e in job.errors] == [(1, "lost")]
 
 
+def test_a_rescued_job_sent_to_the_replica_still_running_it_does_not_run_twice(store, redis_url):
+    async def go():
+        model = Gate()
+        dead = make_dispatcher(store, AsyncEventBus(redis_url), model, owner="router-that-dies")
+        job_id = submit(store)
+        dead.start()
+        await until(lambda: model.started == [1], what="attempt 1 to start")
+        dead._task.cancel()  # the router dies: no heartbeats, no result recorded; its model call goes on
+        dead.inflight.clear()
+        d = make_dispatcher(store, AsyncEventBus(redis_url), model, owner="router-2")
+        d.start()
+        try:
+            await until(lambda: (job_id, 2) in d.inflight, what="the rescued job to be claimed again")
+            model.open.setdefault(1, asyncio.Event()).set()
+            return await status_in(store, job_id, JobStatus.succeeded, JobStatus.failed)
+        finally:
+            await shutdown(d)
+
+    job = run(go())
+    assert job.status == JobStatus.succeeded and job.result == {"attempt": 1}
+    assert (job.attempts, job.claims, job.lost_attempts) == (1, 2, 1)
+
+
 def test_a_claim_never_dispatched_goes_back_without_using_an_attempt(store, redis_url):
     async def go():
         job_id = submit(store, max_attempts=1)
@@ -250,7 +275,10 @@ def test_lost_routers_cost_no_attempt_and_a_poison_job_fails_with_the_reason(sto
     async def go():
         job_id = submit(store, hang=True, max_attempts=1)
         model = Gate()
-        routers = [make_dispatcher(store, AsyncEventBus(redis_url), model, owner=f"router-{i}", max_lost_attempts=2)
+        replicas = [Gate() for _ in range(3)]  # each run on another replica (one would re-attach)
+        for r in replicas:
+            r.started, r.open = model.started, model.open
+        routers = [make_dispatcher(store, AsyncEventBus(redis_url), replicas[i], owner=f"router-{i}", max_lost_attempts=2)
                    for i in range(3)]
         try:
             for i, d in enumerate(routers[:2]):

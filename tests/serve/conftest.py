@@ -32,7 +32,7 @@ def test_args(database_url: str, redis_url: str) -> dict:
     args["database_url"], args["redis_url"] = database_url, redis_url
     args["profile"] = "demo"
     args["artifacts_url"] = TINY_DIR + "/artifacts"
-    args["router"].update(num_replicas=2, lease_s=3, poll_interval_s=0.2)
+    args["router"].update(num_replicas=2, lease_s=3, poll_interval_s=0.2, retry_backoff_s=0.2)
     args["models"]["echo"]["num_replicas"] = 2
     for name, model in args["models"].items():
         if model.get("demo"):  # cache the tiny builds across test sessions
@@ -87,7 +87,7 @@ def outage_args(database_url: str, redis_url: str, run_log: str) -> dict:
     cfg = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     args = copy.deepcopy(next(a for a in cfg["applications"] if a["name"] == APP_NAME)["args"])
     args.update(database_url=database_url, redis_url=redis_url, artifacts_url=TINY_DIR + "/artifacts")
-    args["router"].update(num_replicas=1, lease_s=3, poll_interval_s=0.2)
+    args["router"].update(num_replicas=1, lease_s=3, poll_interval_s=0.2, retry_backoff_s=0.2)
     args["arbiter"]["enabled"] = False
     args["models"] = {"echo": args["models"]["echo"]}
     args["models"]["echo"]["init"]["run_log"] = run_log

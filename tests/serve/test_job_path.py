@@ -120,9 +120,16 @@ def test_list_jobs_filters_and_cursor(http):
 def test_idempotency_key(http):
     key = f"k-{uuid.uuid4()}"
     a = http.post("/v1/jobs", json={"app_id": "echo", "params": {}}, headers={"Idempotency-Key": key})
-    b = http.post("/v1/jobs", json={"app_id": "echo", "params": {"message": "other"}}, headers={"Idempotency-Key": key})
-    assert a.status_code == 202 and b.status_code == 200
-    assert a.json()["job_id"] == b.json()["job_id"]
+    again = http.post("/v1/jobs", json={"app_id": "echo", "params": {}}, headers={"Idempotency-Key": key})
+    assert a.status_code == 202 and again.status_code == 200
+    assert a.json()["job_id"] == again.json()["job_id"]
+    # The same key with another body is a client bug, not a retry: 409, and the old job is untouched.
+    other = http.post("/v1/jobs", json={"app_id": "echo", "params": {"message": "other"}}, headers={"Idempotency-Key": key})
+    assert other.status_code == 409 and other.json()["error"] == "idempotency_conflict", other.text
+    assert "Idempotency-Key" in other.json()["message"]
+    # Keys are scoped per app: the same key for another app is a new job.
+    b = http.post("/v1/jobs", json={"app_id": "echo-once", "params": {}}, headers={"Idempotency-Key": key})
+    assert b.status_code == 202 and b.json()["job_id"] != a.json()["job_id"]
 
 
 def _count_jobs(http) -> int:
