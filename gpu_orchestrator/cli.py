@@ -93,7 +93,10 @@ def up(config_path: str, num_cpus: int | None, demo: bool) -> None:
     try:
         _up(s, state, started, config_path, num_cpus, demo)
     except BaseException as e:
-        _roll_back(home, state, started)
+        try:
+            _roll_back(home, state, started)
+        except Exception as rb:  # say so, but the error that made `up` fail is the one to show
+            click.echo(f"could not stop everything ({rb}): run `gpu-orch down`", err=True)
         if isinstance(e, (click.ClickException, SystemExit)):
             raise
         if isinstance(e, KeyboardInterrupt):
@@ -110,8 +113,8 @@ def _up(s: Settings, state: dict[str, Any], started: list[str], config_path: str
     # Checks first, so that a stack that cannot start starts nothing.
     if address and os.environ.get("RAY_AUTH_MODE", "").lower() != "disabled" and ray_auth.external_token_source() is None:
         raise click.ClickException(ray_auth.missing_token_message(address))
-    head_pid = stack.ray_head_pid(home) if own_head else None
-    if own_head and head_pid is None:
+    head = stack.ray_head(home) if own_head else None  # (pid, port) of the head an earlier `up` started
+    if own_head and head is None:
         for port, var, what in ((s.ray_port, "GPU_ORCH_RAY_PORT", "Ray's port"),
                                 (s.ray_dashboard_port, "GPU_ORCH_RAY_DASHBOARD_PORT", "the Ray dashboard's port")):
             if stack.port_in_use(port):
@@ -153,19 +156,23 @@ def _up(s: Settings, state: dict[str, Any], started: list[str], config_path: str
     JobStore.connect(db).close()
 
     env = _ray_env(home, own_head=own_head)
+    dashboard_port = s.ray_dashboard_port
     if own_head:
-        address = f"127.0.0.1:{s.ray_port}"
         ray_auth.ensure_token(home)
-        if head_pid is not None:
+        if head is not None:
+            head_pid, port = head
+            dashboard_port = state.get("ray_dashboard_port") or dashboard_port
+            address = f"127.0.0.1:{port}"
             click.echo(f"Ray head already running at {address}")
         else:
+            address = f"127.0.0.1:{s.ray_port}"
             cpus = num_cpus or max(8, os.cpu_count() or 1)
             click.echo(f"starting Ray (head at {address}, {cpus} logical CPUs) ...")
             started.append("ray")
             cmd = [_ray_cli(), "start", "--head", "--block", f"--port={s.ray_port}", f"--num-cpus={cpus}",
-                   "--dashboard-host=127.0.0.1", f"--dashboard-port={s.ray_dashboard_port}", "--disable-usage-stats"]
+                   "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--disable-usage-stats"]
             head_pid = stack.start_ray_head(home, cmd, port=s.ray_port, env=ray_auth.child_env(env))
-        record(ray_head_pid=head_pid, ray_address=address, ray_dashboard_port=s.ray_dashboard_port)
+        record(ray_head_pid=head_pid, ray_address=address, ray_dashboard_port=dashboard_port)
     else:
         token_file = os.environ.get("RAY_AUTH_TOKEN_PATH")
         record(ray_address=address, ray_head_pid=None,
@@ -200,7 +207,7 @@ def _up(s: Settings, state: dict[str, Any], started: list[str], config_path: str
     record(url=base)
     if own_head:
         token = ray_auth.token_path(home)
-        ray_lines = (f"  Ray dashboard:  http://127.0.0.1:{s.ray_dashboard_port}   (it asks for the token in {token})\n"
+        ray_lines = (f"  Ray dashboard:  http://127.0.0.1:{dashboard_port}   (it asks for the token in {token})\n"
                      f"  Ray CLI:        export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={token}   "
                      "(or: eval \"$(gpu-orch env)\"), then `ray status`, `serve status`\n")
     else:

@@ -21,8 +21,8 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=default_home, alias="GPU_ORCH_HOME")
     artifacts_url: str | None = Field(default=None, alias="GPU_ORCH_ARTIFACTS")
     # The local Ray head `gpu-orch up` starts (not 6379: Redis's port, and Ray's GCS default).
-    ray_port: int = Field(default=6380, alias="GPU_ORCH_RAY_PORT")
-    ray_dashboard_port: int = Field(default=8265, alias="GPU_ORCH_RAY_DASHBOARD_PORT")
+    ray_port: int = Field(default=6380, ge=1, le=65535, alias="GPU_ORCH_RAY_PORT")
+    ray_dashboard_port: int = Field(default=8265, ge=1, le=65535, alias="GPU_ORCH_RAY_DASHBOARD_PORT")
     # Memory bound of the embedded Redis (redis-server syntax: 256mb, 1gb); see embedded.py.
     redis_maxmemory: str = Field(default="256mb", alias="GPU_ORCH_REDIS_MAXMEMORY")
 

@@ -76,10 +76,10 @@ def _is_ray_start(pid: int) -> bool:
     return "start" in cmd and "--head" in cmd and any(Path(a).name == "ray" for a in cmd)
 
 
-def ray_head_pid(home: Path) -> int | None:
-    """The pid of the running `ray start --head --block` this home started, if any."""
+def ray_head(home: Path) -> tuple[int, int] | None:
+    """(pid, port) of the running `ray start --head --block` this home started, if any."""
     head = _read_head(home)
-    return head[0] if head and _is_ray_start(head[0]) else None
+    return head if head and _is_ray_start(head[0]) else None
 
 
 def port_in_use(port: int) -> bool:

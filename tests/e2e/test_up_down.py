@@ -1,9 +1,12 @@
-"""The README's main command path: `gpu-orch up` on the embedded default (no DATABASE_URL/REDIS_URL),
-a job through it, `gpu-orch down`, and the data surviving a restart."""
+"""The README's main command path on a fresh machine: `gpu-orch up --demo` on the embedded default
+with an empty HOME (Ray's auth token made by `up`, nothing from ~/.ray), a job through it, the Ray
+CLI and a Python driver reaching the stack with the token `up` made, `gpu-orch down` leaving no
+process, and the data surviving a restart."""
 
 from __future__ import annotations
 
-import os
+import json
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -13,35 +16,31 @@ import yaml
 
 from gpu_orchestrator import Client
 
-from ..serve.conftest import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
-GPU_ORCH = str(Path(sys.executable).parent / "gpu-orch")
-
-
-def run(args, env, timeout=300):
-    r = subprocess.run([GPU_ORCH, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    assert r.returncode == 0, f"gpu-orch {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}"
-    return r.stdout + r.stderr
+from .conftest import GPU_ORCH, ROOT, free_port, processes_mentioning
 
 
 @pytest.mark.serve
-@pytest.mark.timeout(1500)  # a fresh Ray cluster builds each model's runtime_env (pip cache: minutes)
-def test_up_submit_down_restart_keeps_jobs(tmp_path):
+@pytest.mark.timeout(1500)  # a fresh Ray cluster builds each model's runtime_env (minutes)
+def test_up_submit_down_restart_keeps_jobs(user):
     port = free_port()
     cfg = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     cfg["http_options"] = {"host": "127.0.0.1", "port": port}
-    config = tmp_path / "serve_config.yaml"
+    config = user.home.parent / f"{user.home.name}-serve_config.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "RAY_ADDRESS")}
-    env["GPU_ORCH_HOME"] = str(tmp_path / "home")
+    home = user.gpu_home
     try:
         # The README's main command: the demo profile, every model tiny and untrained, on a CPU.
-        out = run(["up", "--demo", "--config", str(config), "--num-cpus", "4"], env, timeout=900)
+        out = user.ok("up", "--demo", "--config", str(config), "--num-cpus", "4", timeout=900)
         assert "starting embedded Postgres" in out and "starting embedded Redis" in out
         assert f"http://127.0.0.1:{port}/v1/jobs" in out and "demo profile" in out
         assert "sdxl: " in out  # deployment progress while the runtime_envs build
-        assert (tmp_path / "home" / "postgres" / "PG_VERSION").exists()
+        assert (home / "postgres" / "PG_VERSION").exists()
+        # `up` made the Ray token, private, with the stack's state; HOME's ~/.ray played no part.
+        token = home / "ray_auth_token"
+        assert stat.S_IMODE(token.stat().st_mode) == 0o600 and len(token.read_text()) == 64
+        assert stat.S_IMODE((home / "state.json").stat().st_mode) == 0o600
+        assert not (user.home / ".ray").exists()
+        assert f"RAY_AUTH_TOKEN_PATH={token}" in out  # the hint for the `ray` CLI
         with Client(f"http://127.0.0.1:{port}") as c:
             job = c.submit("echo", {"message": "embedded", "steps": 2})
             done = c.wait(job["job_id"], timeout=120)
@@ -54,18 +53,35 @@ def test_up_submit_down_restart_keeps_jobs(tmp_path):
             png = c.download(img["result"]["images"][0]["url"])
             assert png[:8] == b"\x89PNG\r\n\x1a\n"
             # Artifacts and tiny models live under GPU_ORCH_HOME.
-            assert list((tmp_path / "home" / "artifacts" / "sdxl").rglob("*.png"))
-            assert (tmp_path / "home" / "tiny-models" / "sdxl" / "BUILT").exists()
-        import json
+            assert list((home / "artifacts" / "sdxl").rglob("*.png"))
+            assert (home / "tiny-models" / "sdxl" / "BUILT").exists()
 
-        session = Path(json.loads((tmp_path / "home" / "state.json").read_text())["ray_session_dir"])
-        assert (session / "runtime_resources").is_dir()
-        run(["down"], env)
+        state = json.loads((home / "state.json").read_text())
+        # The README's hint for the `ray`/`serve` CLIs, and the helper tests and benches use.
+        ray_cli = Path(sys.executable).parent / "ray"
+        cli = subprocess.run(["bash", "-c", f'eval "$({GPU_ORCH} env)" && {ray_cli} status --address {state["ray_address"]}'],
+                             env=user.env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert cli.returncode == 0 and "Node status" in cli.stdout, cli.stdout + cli.stderr
+        driver = subprocess.run([sys.executable, "-c", "from gpu_orchestrator.ray_auth import connect; connect(); "
+                                 "from ray import serve; print(serve.status().applications['orchestrator'].status)"],
+                                env=user.env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert driver.returncode == 0 and "RUNNING" in driver.stdout, driver.stdout + driver.stderr
+
+        session = state["ray_session_dir"]
+        assert (Path(session) / "runtime_resources").is_dir()
+        first_token = token.read_text()
+        out = user.ok("down")
+        assert "stopping the Ray head" in out and "stopping embedded Postgres" in out
+        # Nothing of the stack is left: no Postgres/Redis under this HOME, no Ray process of its session.
+        assert user.processes() == [] and processes_mentioning(session) == []
         # Ray keeps every session's runtime_env virtualenvs (GBs); `down` drops the ones it made.
-        assert session.is_dir() and not (session / "runtime_resources").exists()
+        assert Path(session).is_dir() and not (Path(session) / "runtime_resources").exists()
+        assert "nothing to stop" in user.ok("down")
         # The real profile (arbiter on, models scaled to zero until a job needs them): nothing loads.
-        run(["up", "--config", str(config), "--num-cpus", "4"], env)
+        user.ok("up", "--config", str(config), "--num-cpus", "4")
         with Client(f"http://127.0.0.1:{port}") as c:
             assert c.get(job["job_id"])["status"] == "succeeded"  # survived the restart
+        assert token.read_text() == first_token  # kept across `up`s
     finally:
-        subprocess.run([GPU_ORCH, "down"], env=env, cwd=ROOT, capture_output=True, timeout=300)
+        user.gpu_orch("down")
+        config.unlink(missing_ok=True)
