@@ -83,11 +83,15 @@ def test_multipart_priority_has_the_json_range(http):
     assert http.post("/v1/jobs/multipart", data={"app_id": "echo", "priority": "-100"}).status_code == 202
 
 
-@pytest.mark.parametrize("bad", ["\u00b2", "\u0661\u0662\u0663", "1" * 21, "1" * 23 + "-0", "0-" + "9" * 21,
+@pytest.mark.parametrize("bad", ["\u00b2", "1\u00b9", "\u00b3-0", "\u0661\u0662\u0663", "1" * 21, "1" * 23 + "-0", "0-" + "9" * 21,
                                  "18446744073709551616-0", "1-", "-1", "1-2-3", "1 2", "0x10"])
 def test_last_event_id_must_be_a_stream_id(http, bad):
     job_id = http.post("/v1/jobs", json={"app_id": "echo"}).json()["job_id"]
-    r = http.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": bad.encode("utf-8")})
+    try:  # what a client sends for a character in a header: latin-1 where it can (Starlette decodes so)
+        raw = bad.encode("latin-1")
+    except UnicodeEncodeError:
+        raw = bad.encode("utf-8")
+    r = http.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": raw})
     assert r.status_code == 422 and fields(r) == {"Last-Event-ID"}, (bad, r.text)
 
 

@@ -209,4 +209,7 @@ def test_graceful_stop_hands_leases_back(faulty, http):
     faulty.call(faulty.router.__del__())  # what Serve awaits when it stops the replica
     job = http.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "queued", job
-    assert job_id in faulty.model.cancelled
+    deadline = time.monotonic() + 5
+    while job_id not in faulty.model.cancelled and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job_id in faulty.model.cancelled  # the model's request was cancelled too
