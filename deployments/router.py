@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gpu_orchestrator.artifacts import ArtifactError, ArtifactStore, content_id, http_path, serve_headers
 from gpu_orchestrator.config import OrchestratorConfig, parse_config
-from gpu_orchestrator.events import REDIS_ERRORS, AsyncEventBus, Event, follow, reason
+from gpu_orchestrator.events import DEFAULT_TIMEOUT_S as REDIS_TIMEOUT_S
+from gpu_orchestrator.events import REDIS_ERRORS, AsyncEventBus, follow, reason
 from gpu_orchestrator.jobs import IdempotencyConflict, Job, JobError, JobStatus
 from gpu_orchestrator.registry import (AppKind, AppSpec, ParamError, ParamsInvalid, text_problem, validate_params)
 from gpu_orchestrator.store import JobStore
@@ -107,7 +108,8 @@ class Router:
         self.artifacts = ArtifactStore(artifacts_url) if artifacts_url else None
         self.apps: dict[str, AppSpec] = {a.id: a for a in self.cfg.apps}
         self.store = JobStore.connect(database_url)
-        self.bus = AsyncEventBus(redis_url)
+        # A slow Redis costs a request at most this long (then it is treated as down for a moment).
+        self.bus = AsyncEventBus(redis_url, timeout_s=getattr(self.cfg.router, "redis_timeout_s", None) or REDIS_TIMEOUT_S)
         self.models = models
         self.metrics = _Metrics()
         self.owner = f"router:{_replica_id()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
