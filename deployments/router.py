@@ -545,16 +545,16 @@ class Router:
                                                         request.client.host if request.client else None)
         if oai.is_sdk_retry(request.headers.get("x-stainless-retry-count")):
             try:
-                earlier = await self.bus.r.get(fp)
+                earlier = await self.bus.get_value(fp)
                 if earlier:
-                    job = await self._get(uuid.UUID(earlier.decode()))
+                    job = await self._get(uuid.UUID(earlier))
                     if job.status in (JobStatus.queued, JobStatus.running, JobStatus.succeeded):
                         return job
             except (REDIS_ERRORS + (JobError, ValueError)) as e:
                 log.info("openai retry not matched to a job: %s", reason(e) if isinstance(e, REDIS_ERRORS) else e)
         job, _ = await self._submit(spec.id, params)
         try:
-            await self.bus.r.set(fp, str(job.id), ex=int(spec.timeout_s + 120))
+            await self.bus.set_value(fp, str(job.id), int(spec.timeout_s + 120))
         except REDIS_ERRORS as e:
             log.info("openai retry key not stored: redis %s", reason(e))
         return job

@@ -256,6 +256,14 @@ class AsyncEventBus:
     async def request_cancel(self, job_id: uuid.UUID | str) -> None:
         await self._call(lambda: self.r.set(cancel_key(job_id), "1", ex=self.ttl_s))
 
+    async def get_value(self, key: str) -> str | None:
+        """A small lossy value (a cache entry), through the same timeouts and fail-fast as events."""
+        v = await self._call(lambda: self.r.get(key))
+        return v.decode() if isinstance(v, bytes) else v
+
+    async def set_value(self, key: str, value: str, ttl_s: int) -> None:
+        await self._call(lambda: self.r.set(key, value, ex=ttl_s))
+
     async def tail(self, job_id: uuid.UUID | str, after: str = "0-0", *, block_ms: int = 5_000) -> AsyncIterator[Event | None]:
         """Yield events after `after`; yields None on each idle block so callers can send keep-alives
         and re-check the job in Postgres (the terminal event may have been lost with Redis).
