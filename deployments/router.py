@@ -23,7 +23,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gpu_orchestrator.artifacts import ArtifactError, ArtifactStore, content_id, http_path, serve_headers
 from gpu_orchestrator.config import OrchestratorConfig, parse_config
-from gpu_orchestrator.events import DEFAULT_TIMEOUT_S as REDIS_TIMEOUT_S
 from gpu_orchestrator.events import REDIS_ERRORS, AsyncEventBus, follow, reason
 from gpu_orchestrator.jobs import IdempotencyConflict, Job, JobError, JobStatus
 from gpu_orchestrator.registry import (AppKind, AppSpec, ParamError, ParamsInvalid, text_problem, validate_params)
@@ -39,7 +38,6 @@ log = logging.getLogger("gpu_orchestrator.router")
 _limits = {"max_body_bytes": 1_048_576, "max_upload_bytes": 200 * 1_048_576}
 PRIORITY_MIN, PRIORITY_MAX = -100, 100
 # An event stream ends after this long with a `retry:` hint; clients resume with Last-Event-ID.
-MAX_STREAM_S = 1800.0
 SSE_RETRY_MS = 1000
 # SSE and streamed chat responses per router replica beyond which new ones get 503 + Retry-After
 # (default: half the replica's max_ongoing_requests, so streams never starve submits).
@@ -109,12 +107,12 @@ class Router:
         self.apps: dict[str, AppSpec] = {a.id: a for a in self.cfg.apps}
         self.store = JobStore.connect(database_url)
         # A slow Redis costs a request at most this long (then it is treated as down for a moment).
-        self.bus = AsyncEventBus(redis_url, timeout_s=getattr(self.cfg.router, "redis_timeout_s", None) or REDIS_TIMEOUT_S)
+        self.bus = AsyncEventBus(redis_url, timeout_s=self.cfg.router.redis_timeout_s)
         self.models = models
         self.metrics = _Metrics()
         self.owner = f"router:{_replica_id()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.max_streams = getattr(self.cfg.router, "max_streams", None) or max(1, self.cfg.router.max_ongoing_requests // 2)
-        self.max_stream_s = getattr(self.cfg.router, "max_stream_s", None) or MAX_STREAM_S
+        self.max_streams = self.cfg.router.max_streams or max(1, self.cfg.router.max_ongoing_requests // 2)
+        self.max_stream_s = self.cfg.router.max_stream_s
         self.streams = 0  # open SSE / streamed chat responses on this replica
         self._attached: dict[uuid.UUID, int] = {}  # OpenAI requests waiting on each job here
         self._tasks: set[asyncio.Task] = set()

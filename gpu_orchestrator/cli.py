@@ -399,6 +399,8 @@ def _follow(c: Client, job_id: str) -> dict[str, Any]:
                 streaming = True
             elif ev.get("event") == "progress" and "stage" in data:
                 say(f"stage: {data['stage']}")
+            elif ev.get("event") == "gap":
+                say("event stream was unavailable for a while: some progress events may be missing")
             elif ev.get("event") == "status":
                 say(f"status: {data['status']}" + (f" (attempt {data['attempt']})" if data.get("attempt") else ""))
                 if data["status"] in ("succeeded", "failed", "cancelled"):

@@ -88,6 +88,13 @@ class RouterSpec(BaseModel):
     unconfigured_app_grace_s: float = Field(default=300.0, ge=0)
     # How long an Idempotency-Key keeps answering with its job (JobStore.submit idempotency_ttl_s).
     idempotency_ttl_s: float = Field(default=86_400.0, gt=0)
+    # Event streams (SSE, streamed chat) per router replica; beyond: 503 + Retry-After.
+    # None: half of max_ongoing_requests, so streams never starve submits.
+    max_streams: int | None = Field(default=None, ge=1)
+    # A stream ends after this long with a `retry:` hint; clients resume with Last-Event-ID.
+    max_stream_s: float = Field(default=1800.0, gt=0)
+    # Redis connect/command timeout: a slow Redis is a timeout, not a hang.
+    redis_timeout_s: float = Field(default=2.0, gt=0)
 
 
 class GpuPoolSpec(BaseModel):

@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from gpu_orchestrator.events import AsyncEventBus, EventBus, EventBusDown, follow, reason
-from tests.unit.router_harness import TcpProxy, redis_upstream
+from tests.integration.router_harness import TcpProxy, redis_upstream
 
 
 def test_publish_read_resume_and_cap(redis_url):
@@ -45,7 +45,7 @@ def test_async_tail_follows_live_events_and_idles(redis_url):
         got = []
 
         async def producer():
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.5)  # several 100 ms idle blocks first, even on a loaded machine
             await bus.publish(job, "progress", step=1)
             await bus.publish(job, "status", status="failed", error="boom")
 
