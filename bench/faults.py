@@ -159,7 +159,13 @@ def run_scenario(base: str, fault_name: str, fault: Callable[[], None], *, run_l
     deadline = time.monotonic() + timeout_s
     sse_out: list[int] = []
     threads: list[threading.Thread] = []
-    fault_thread = threading.Thread(target=fault, name=f"fault-{fault_name}")
+    def inject() -> None:
+        try:
+            fault()
+        except Exception as e:  # a fault that could not be injected (or undone) must show in the report
+            rep.errors.append(f"fault {fault_name}: {type(e).__name__}: {e}")
+
+    fault_thread = threading.Thread(target=inject, name=f"fault-{fault_name}")
     ids: list[str] = []
     with httpx.Client(base_url=base, timeout=15) as c:
         for i in range(n):

