@@ -63,13 +63,17 @@ def kill_postgres(pg_dir: Path, down_s: float = 5.0) -> None:
 
 
 def replica_pids(app: str, deployment: str) -> list[int]:
-    """Serve replicas are Ray workers whose process title names them (ray::ServeReplica:APP:DEP)."""
-    out = subprocess.run(["pgrep", "-f", f"ServeReplica:{app}:{deployment}$"], capture_output=True, text=True).stdout
+    """Serve replicas are Ray workers whose process title names them: `ray::ServeReplica:APP:DEP`, with
+    the method it runs appended while busy (`...:router.handle_request`)."""
+    out = subprocess.run(["pgrep", "-f", f"^ray::ServeReplica:{app}:{deployment}([.]| |$)"],
+                         capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]
 
 
 def kill_replicas(app: str, deployment: str) -> int:
     pids = replica_pids(app, deployment)
+    if not pids:
+        raise RuntimeError(f"no running replica of {app}:{deployment} to kill")
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     return len(pids)
@@ -86,6 +90,7 @@ class Report:
     failed: int = 0
     lost: int = 0
     reran: int = 0
+    resent: int = 0  # jobs handed to a model more than once (a lost or failed attempt in their history)
     sse_clients: int = 0
     sse_terminal: int = 0  # SSE clients that saw their job's terminal status
     sse_multi_terminal: int = 0  # streams that carried more than one terminal status
@@ -93,7 +98,7 @@ class Report:
     jobs: dict[str, dict] = field(default_factory=dict)
 
     def row(self) -> str:
-        return (f"| {self.fault} | {self.accepted} | {self.succeeded} | {self.failed} | {self.lost} | {self.reran} "
+        return (f"| {self.fault} | {self.accepted} | {self.succeeded} | {self.failed} | {self.lost} | {self.resent} | {self.reran} "
                 f"| {self.sse_terminal}/{self.sse_clients} |")
 
 
@@ -198,6 +203,7 @@ def run_scenario(base: str, fault_name: str, fault: Callable[[], None], *, run_l
     rep.sse_clients = len(threads)
     rep.sse_terminal = sum(1 for x in sse_out if x >= 1)
     rep.sse_multi_terminal = sum(1 for x in sse_out if x > 1)
+    rep.resent = sum(1 for j in rep.jobs.values() if j.get("errors") or j["attempts"] > 1)
     if run_log is not None and run_log.exists():
         starts = Counter(line.split()[0] for line in run_log.read_text().splitlines() if line.strip())
         rep.reran = sum(1 for j in ids if starts.get(j, 0) > 1)
@@ -266,11 +272,11 @@ def main() -> None:
             time.sleep(3)  # let replicas come back before the next fault
     finally:
         subprocess.run([gpu_orch, "down"], env=env, capture_output=True, text=True)
-    print("\n| fault | accepted | succeeded | failed | lost | ran more than once | SSE clients saw the end |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| fault | accepted | succeeded | failed | lost | sent again | ran more than once | SSE clients saw the end |")
+    print("|---|---|---|---|---|---|---|---|")
     for rep in reports:
         print(rep.row())
-    ok = all(r.failed == 0 and r.lost == 0 and r.sse_terminal == r.sse_clients for r in reports)
+    ok = all(r.failed == 0 and r.lost == 0 and r.sse_terminal == r.sse_clients and not r.errors for r in reports)
     for rep in reports:
         for e in rep.errors[:5]:
             print(f"  {rep.fault}: {e}")
