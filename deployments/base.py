@@ -111,7 +111,9 @@ class ModelDeployment:
     RECENT_TTL_S = 600.0
 
     def __init__(self, *, redis_url: str | None = None, vram_gb: float = 0.0):
-        self._bus = EventBus(redis_url) if redis_url else None
+        # A model calls Redis from its work loop (progress, cancel flag): after a failure it stops
+        # asking for 10 s, so a hung Redis blocks a step for one timeout per 10 s, not per token.
+        self._bus = EventBus(redis_url, cooldown_s=10.0) if redis_url else None
         self.declared_vram_gb = vram_gb
         self.state = "loading"
         self.load_error: str | None = None

@@ -354,10 +354,13 @@ class Dispatcher:
             done = await self._write(f, self.store.complete, job_id=job.id, owner=self.owner, attempt=attempt,
                                      result=result, backend=backend)
         except TransitionError as e:
+            done = None
             if f.write_retries and e.current == JobStatus.succeeded.value:
-                # An earlier try may have committed before its connection dropped: say what the row says.
+                # An earlier try may have committed before its connection dropped: say what the row says,
+                # if it is this attempt's success (a later attempt that succeeded publishes its own).
                 done = await asyncio.to_thread(self.store.get, job.id)
-            else:
+                done = done if done.claims == attempt else None
+            if done is None:
                 # Cancelled meanwhile, or the lease expired and another attempt owns the job: the result
                 # of this attempt is dropped so a recorded outcome is never overwritten.
                 log.info("dropping result of job %s attempt %d: %s", job.id, attempt, e)
@@ -375,6 +378,9 @@ class Dispatcher:
     async def _record_failure(self, f: InFlight, error: str, retryable: bool = True, kind: str = "error") -> None:
         job, attempt = f.job, f.attempt
         f.recording = True
+        # A model's message may hold what Postgres text cannot (NUL, lone surrogates): escape it, so
+        # the failure is recorded rather than lost with the task (the job would loop as "lost").
+        error = error.replace("\x00", "\\0").encode("utf-8", "backslashreplace").decode("utf-8")
         try:
             after = await self._write(
                 f, self.store.fail_attempt, job_id=job.id, owner=self.owner, attempt=attempt, error=error,
@@ -382,6 +388,12 @@ class Dispatcher:
             )
         except TransitionError as e:
             log.info("not recording failure of job %s attempt %d: %s", job.id, attempt, e)
+            return
+        except Exception as e:
+            log.exception("job %s attempt %d: could not record its failure", job.id, attempt)
+            if error.startswith("the failure could not be recorded"):
+                return
+            await self._record_failure(f, f"the failure could not be recorded ({type(e).__name__})", retryable, kind)
             return
         await self._publish_status(job.id, after.status.value, attempt=attempt, error=error)
         if after.status == JobStatus.failed:

@@ -198,6 +198,7 @@ class Router:
             max_attempts=spec.max_attempts,
             timeout_s=spec.timeout_s,
             idempotency_key=key,
+            idempotency_ttl_s=self.cfg.router.idempotency_ttl_s,
             max_queued=spec.max_queued,
         )
         if not created and job.app_id != app_id:  # a key is one request: never another app's job
@@ -332,8 +333,8 @@ class Router:
                     stored.append(uri)
                 params[name] = uri
             job, job_created = await self._submit(spec.id, params, priority, idempotency_key)
-        except BaseException:
-            await asyncio.to_thread(self._delete_artifacts, stored)  # nothing left behind by a refusal
+        except Exception:  # a refusal: nothing left behind. Not on a cancel: the job may be committed already
+            await asyncio.to_thread(self._delete_artifacts, stored)
             raise
         payload = {"job_id": str(job.id), "status": job.status.value}
         return payload if job_created else JSONResponse(status_code=200, content=payload)

@@ -33,14 +33,17 @@ def ensure_token(home: Path) -> Path:
     """Create the stack's token when missing (32 random bytes as hex, as Ray generates); mode 600."""
     path = token_path(home)
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others
-    except FileExistsError:
+    if path.exists() and path.read_text().strip():
         if path.stat().st_mode & 0o077:
             path.chmod(0o600)
         return path
+    # Written whole to a temp file, then renamed: an interrupted write never leaves an empty token
+    # that later runs would reuse.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32))
+    os.replace(tmp, path)
     return path
 
 

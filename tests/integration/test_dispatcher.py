@@ -450,3 +450,25 @@ def test_a_result_postgres_cannot_store_fails_the_job_once(store, redis_url):
     job = run(go())
     assert job.status == JobStatus.failed and job.attempts == 1  # a re-run would fail the same way
     assert job.error.startswith("the result could not be stored: UntranslatableCharacter: unsupported Unicode")
+
+
+class UnstorableError(ModelDeployment):
+    model_name = "unstorable-error"
+
+    def infer(self, params: dict[str, Any], ctx: JobContext) -> Any:
+        raise RuntimeError("bad\x00byte \ud800 here")  # text Postgres cannot hold, in the error
+
+
+def test_an_error_message_postgres_cannot_store_is_still_recorded(store, redis_url):
+    async def go():
+        d = make_dispatcher(store, AsyncEventBus(redis_url), UnstorableError())
+        job_id = submit(store, max_attempts=1)
+        d.start()
+        try:
+            return await status_in(store, job_id, JobStatus.failed, JobStatus.succeeded)
+        finally:
+            await shutdown(d)
+
+    job = run(go())
+    assert job.status == JobStatus.failed and job.lost_attempts == 0  # recorded, not lost with its task
+    assert job.error == "RuntimeError: bad\\0byte \\ud800 here"

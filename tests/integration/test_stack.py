@@ -66,6 +66,8 @@ def test_state_and_token_files_are_private(tmp):
     token = ray_auth.ensure_token(home)
     assert mode(token) == 0o600 and len(token.read_text()) == 64
     assert ray_auth.ensure_token(home).read_text() == token.read_text()  # kept across `up`s
+    token.write_text("")  # an interrupted older write: treated as missing, never reused
+    assert len(ray_auth.ensure_token(home).read_text()) == 64 and mode(token) == 0o600
 
 
 def _fake_ray_head(tmp: Path) -> tuple[int, int]:
