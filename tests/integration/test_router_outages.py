@@ -202,10 +202,14 @@ def test_event_streams_end_after_a_time_limit_and_clients_resume(faulty, http):
 
 
 def test_graceful_stop_hands_leases_back(faulty, http):
-    if not hasattr(faulty.router.dispatcher, "release_all"):
-        pytest.skip("Dispatcher.release_all not there yet")
     job_id = submit(http, steps=100, delay_s=0.1)
     wait_status(http, job_id, {"running"})
+    # "running" is written at the claim; wait until the model really has it (a claim not yet handed
+    # to the model goes back too, but then there is no model request to cancel).
+    deadline = time.monotonic() + 5
+    while job_id not in faulty.model.calls and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # its first step is under way
     faulty.call(faulty.router.__del__())  # what Serve awaits when it stops the replica
     job = http.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "queued", job
