@@ -187,7 +187,6 @@ def test_missing_artifact_is_404_naming_the_key_on_a_local_store(http):
 
 
 def test_missing_artifact_is_404_on_an_fsspec_store(db_url, serve_backend, monkeypatch):
-    pytest.importorskip("fsspec")
     with running_router(db_url, serve_backend.redis_url, artifacts="memory://gpu-orch-test-arts", monkeypatch=monkeypatch) as r:
         with httpx.Client(base_url=r.base) as c:
             missing = c.get("/v1/artifacts/outputs/0123/none.png")
