@@ -109,24 +109,24 @@ class ArtifactStore:
         key = self.key(uri)
         try:
             if self.local:
-                path = self.root / key
-                if not path.is_file():
-                    raise ArtifactNotFound(uri)
-                return path.stat().st_size
+                return self._local_file(uri, key).stat().st_size
             if not self.fs.isfile(f"{self.base}/{key}"):
                 raise ArtifactNotFound(uri)
             return int(self.fs.size(f"{self.base}/{key}"))
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise ArtifactNotFound(uri) from None
 
+    def _local_file(self, uri: str, key: str) -> Path:
+        path = self.root / key
+        if not path.is_file():
+            raise ArtifactNotFound(uri)
+        return path
+
     def open(self, uri: str) -> IO[bytes]:
         key = self.key(uri)
         try:
             if self.local:
-                path = self.root / key
-                if not path.is_file():
-                    raise ArtifactNotFound(uri)
-                return path.open("rb")
+                return self._local_file(uri, key).open("rb")
             return self.fs.open(f"{self.base}/{key}", "rb")
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise ArtifactNotFound(uri) from None
