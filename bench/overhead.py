@@ -100,7 +100,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from serve_apps.orchestrator import build_app
+    from gpu_orchestrator.serve.app import build_app
 
     db, rd, where = services()
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False, logging_level="ERROR")

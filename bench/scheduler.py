@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpu_orchestrator.arbiter import Gpu, PolicyConfig  # noqa: E402
-from gpu_orchestrator.simulator import SimModel, TraceJob, lower_bound, simulate, simulate_fifo  # noqa: E402
+from gpu_orchestrator.core.policy import Gpu, PolicyConfig  # noqa: E402
+from gpu_orchestrator.core.simulator import SimModel, TraceJob, lower_bound, simulate, simulate_fifo  # noqa: E402
 
 MODELS = [SimModel("sdxl", 16, 8.0), SimModel("llm", 14, 6.0), SimModel("zimage", 12, 5.0), SimModel("whisper", 4, 3.0)]
 SERVICE = {"sdxl": 2.0, "llm": 1.5, "zimage": 1.0, "whisper": 0.8}

@@ -151,7 +151,7 @@ def _up(s: Settings, state: dict[str, Any], started: list[str], config_path: str
         redis_url = embedded.start_redis(redis_dir, maxmemory=s.redis_maxmemory)
         record(redis_url=redis_url)
     click.echo("migrating the job store ...")
-    from .store import JobStore
+    from gpu_orchestrator.store.postgres.postgres import JobStore
 
     JobStore.connect(db).close()
 
@@ -188,7 +188,7 @@ def _up(s: Settings, state: dict[str, Any], started: list[str], config_path: str
             f"could not connect to Ray at {address}: {type(e).__name__}: {e}"
             + ("" if own_head else "\n(RAY_ADDRESS is set: is the cluster up, and is its auth token the one in "
                "RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH / ~/.ray/auth_token?)")) from None
-    from serve_apps.deploy import deploy, load_config, ray_session_dir, with_env
+    from gpu_orchestrator.serve.deploy import deploy, load_config, ray_session_dir, with_env
 
     if own_head:
         record(ray_session_dir=str(ray_session_dir() or ""))
@@ -242,7 +242,7 @@ def _roll_back(home: Path, state: dict[str, Any], started: list[str]) -> None:
         ray.shutdown()
     stack.stop(home, started, state, say=lambda msg: click.echo(msg, err=True))
     if "ray" in started:
-        from serve_apps.deploy import drop_runtime_envs
+        from gpu_orchestrator.serve.deploy import drop_runtime_envs
 
         drop_runtime_envs(state.get("ray_session_dir"))
     for name in started:
@@ -283,7 +283,7 @@ def down() -> None:
             click.echo(f"could not delete the Serve app: {e}", err=True)
     stopped = stack.stop(home, state=state, say=click.echo)
     if "ray" in stopped:
-        from serve_apps.deploy import drop_runtime_envs
+        from gpu_orchestrator.serve.deploy import drop_runtime_envs
 
         drop_runtime_envs(state.get("ray_session_dir"))  # GBs of per-model virtualenvs, rebuilt on the next up
     stack.state_path(home).unlink(missing_ok=True)

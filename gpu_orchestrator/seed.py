@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .registry import AppSpec, format_pydantic_error
+from gpu_orchestrator.core.apps import AppSpec, format_pydantic_error
 
 _TYPE_ALIASES = {
     "str": "string", "string": "string", "text": "string", "textarea": "string",

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from gpu_orchestrator import embedded
-from gpu_orchestrator.store import JobStore, create_engine, run_migrations
+from gpu_orchestrator.store.postgres import JobStore, create_engine, run_migrations
 
 EXTERNAL_PG = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 EXTERNAL_REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

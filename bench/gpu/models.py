@@ -38,7 +38,7 @@ def drop_page_cache() -> bool:
 
 # The builders the deployments use for their demo models, here at REAL size.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from deployments.model_builders import build_sdxl, build_whisper, build_zimage, word_tokenizer  # noqa: E402
+from gpu_orchestrator.models.builders import build_sdxl, build_whisper, build_zimage, word_tokenizer  # noqa: E402
 
 
 def build_llm(out: Path, tiny: bool, dtype):

@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
-from deployments.base import JobCancelled, JobContext  # noqa: E402
+from gpu_orchestrator.models.base import JobCancelled, JobContext  # noqa: E402
 
 
 class Ctx(JobContext):
@@ -62,7 +62,7 @@ def test_whisper_on_cuda(tmp_path):
     pytest.importorskip("whisper")
     import numpy as np
 
-    from deployments.whisper_model import Whisper
+    from gpu_orchestrator.models.whisper import Whisper
     from gpu_orchestrator.artifacts import ArtifactStore
 
     store = ArtifactStore(tmp_path / "art")
@@ -87,7 +87,7 @@ def test_llm_on_cuda_streams_tokens(tmp_path, engine):
     pytest.importorskip("transformers")
     if engine == "vllm":
         pytest.importorskip("vllm")
-    from deployments.llm import LLM
+    from gpu_orchestrator.models.llm import LLM
 
     model = LLM(demo=True, tiny_path=str(tmp_path / "llm"), engine=engine, vram_gb=4)
     assert model.state == "resident", model.load_error

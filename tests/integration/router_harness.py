@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import httpx
 from sqlalchemy.engine import make_url
 
-from gpu_orchestrator.events import AsyncEventBus
+from gpu_orchestrator.bus.events import AsyncEventBus
 
 ECHO_APP = {"id": "echo", "deployment": "echo", "timeout_s": 60, "max_attempts": 2, "parameters": [
     {"name": "message", "type": "string", "default": "hello"},
@@ -233,7 +233,7 @@ def running_router(database_url: str, redis_url: str, *, artifacts: str | None =
     import uvicorn
     from ray import serve
 
-    from deployments import router as router_mod
+    from gpu_orchestrator.serve import router as router_mod
 
     model = FakeModel(redis_url)  # the same Redis (or proxy) as the router, like a real replica
     router = router_mod.Router(cfg or config(), {"echo": model, "llm": model}, database_url, redis_url, artifacts)

@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from deployments.base import JobContext, JobTimeout, ModelDeployment, SlotTimeout
-from deployments.dispatcher import Dispatcher
-from deployments.echo import Echo
-from gpu_orchestrator.config import parse_config
-from gpu_orchestrator.events import AsyncEventBus, EventBus
-from gpu_orchestrator.jobs import JobStatus, RetryPolicy
+from gpu_orchestrator.models.base import JobContext, JobTimeout, ModelDeployment, SlotTimeout
+from gpu_orchestrator.service.dispatcher import Dispatcher
+from gpu_orchestrator.models.echo import Echo
+from gpu_orchestrator.core.config import parse_config
+from gpu_orchestrator.bus.events import AsyncEventBus, EventBus
+from gpu_orchestrator.core.jobs import JobStatus, RetryPolicy
 
 DEAD_REDIS = "redis://127.0.0.1:1"
 

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from gpu_orchestrator.events import AsyncEventBus, EventBus, EventBusDown, follow, reason
+from gpu_orchestrator.bus.events import AsyncEventBus, EventBus, EventBusDown, follow, reason
 from tests.integration.router_harness import TcpProxy, redis_upstream
 
 

@@ -137,7 +137,7 @@ def _chunks(n: int, size: int = 512):
 ])
 def test_chunked_body_over_the_limit_is_413(rr, path, ctype):
     rr.router.cfg.router.max_upload_bytes = 8192
-    import deployments.router as router_mod
+    import gpu_orchestrator.serve.router as router_mod
 
     router_mod._limits["max_upload_bytes"] = 8192
     prefix = b'--zz\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n' if "multipart" in ctype else b"{"

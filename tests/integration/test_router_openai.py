@@ -98,7 +98,7 @@ def test_finished_stream_does_not_cancel(rr, http):
 
 
 def test_wait_bound_follows_the_client_read_timeout():
-    from gpu_orchestrator.openai_format import WAIT_CAP_S, wait_bound_s
+    from gpu_orchestrator.api.openai_format import WAIT_CAP_S, wait_bound_s
 
     assert wait_bound_s(600, None) == WAIT_CAP_S < 600  # under the SDK's 600 s default
     assert wait_bound_s(600, "600") == WAIT_CAP_S

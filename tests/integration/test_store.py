@@ -9,8 +9,8 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from gpu_orchestrator.jobs import IdempotencyConflict, JobNotFound, JobStatus, QueueFull, RetryPolicy, TransitionError
-from gpu_orchestrator.store import JobStore, create_engine, run_migrations
+from gpu_orchestrator.core.jobs import IdempotencyConflict, JobNotFound, JobStatus, QueueFull, RetryPolicy, TransitionError
+from gpu_orchestrator.store.postgres import JobStore, create_engine, run_migrations
 
 
 def submit(store, app="a", **kw):

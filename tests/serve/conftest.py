@@ -125,7 +125,7 @@ def ray_cluster():
     metrics_port = free_port()
     ray.init(address="local", num_cpus=16, num_gpus=1, include_dashboard=False, configure_logging=False, log_to_driver=False,
              _metrics_export_port=metrics_port)
-    from serve_apps.deploy import drop_runtime_envs, ray_session_dir
+    from gpu_orchestrator.serve.deploy import drop_runtime_envs, ray_session_dir
 
     session = ray_session_dir()
     yield {"metrics_port": metrics_port}
@@ -140,7 +140,7 @@ def ray_cluster():
 def deployed(ray_cluster, serve_backend, outage_services):
     """Deploys both test applications once, through the same config path as `serve deploy`
     (the arbiter's application-level autoscaling policy is only settable that way)."""
-    from serve_apps.deploy import deploy
+    from gpu_orchestrator.serve.deploy import deploy
 
     dbs = [serve_backend.fresh_database() for _ in range(2)]
     urls = [serve_backend.url_for(d) for d in dbs]

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from gpu_orchestrator.events import EventBus
+from gpu_orchestrator.bus.events import EventBus
 
 from .conftest import wait_healthy, wait_status
 from .test_job_path import submit

@@ -20,7 +20,7 @@ def main(db: str, redis_url: str) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    from serve_apps.deploy import deploy
+    from gpu_orchestrator.serve.deploy import deploy
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 4})
     small = cluster.add_node(num_cpus=4, num_gpus=1, resources={"vram_gb": 24, "node_type:small": 1})

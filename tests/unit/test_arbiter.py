@@ -1,6 +1,6 @@
 """The arbiter policy, one rule at a time."""
 
-from gpu_orchestrator.arbiter import Gpu, ModelView, PolicyConfig, decide
+from gpu_orchestrator.core.policy import Gpu, ModelView, PolicyConfig, decide
 
 G24 = [Gpu("gpu0", 24)]
 CFG = PolicyConfig(idle_ttl_s=300, max_wait_s=60, min_resident_s=30)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gpu_orchestrator.config import ConfigError, load_runtime_env, parse_config
+from gpu_orchestrator.core.config import ConfigError, load_runtime_env, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -4,8 +4,8 @@ tests/integration/test_store.py)."""
 import datetime as dt
 import uuid
 
-import gpu_orchestrator.jobs as jobs_module
-from gpu_orchestrator.jobs import (TERMINAL, TRANSITIONS, Job, JobStatus, RetryPolicy, can_transition,
+import gpu_orchestrator.core.jobs as jobs_module
+from gpu_orchestrator.core.jobs import (TERMINAL, TRANSITIONS, Job, JobStatus, RetryPolicy, can_transition,
                                    request_fingerprint)
 
 

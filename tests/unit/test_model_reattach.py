@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from deployments.base import JobContext, ModelDeployment
+from gpu_orchestrator.models.base import JobContext, ModelDeployment
 
 
 class Counting(ModelDeployment):

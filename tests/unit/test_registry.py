@@ -2,7 +2,7 @@
 
 import pytest
 
-from gpu_orchestrator.registry import AppSpec, ParamsInvalid, validate_params
+from gpu_orchestrator.core.apps import AppSpec, ParamsInvalid, validate_params
 
 
 def app(**params):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gpu_orchestrator.registry import AppSpec, validate_params
+from gpu_orchestrator.core.apps import AppSpec, validate_params
 from gpu_orchestrator.seed import convert
 
 ROOT = Path(__file__).resolve().parents[2]

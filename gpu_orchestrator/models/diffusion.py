@@ -41,7 +41,7 @@ class DiffusionModel(ModelDeployment):
 
     def build_tiny(self) -> str:
         """The demo model: this architecture, tiny and untrained, built once from its config."""
-        from . import model_builders
+        from . import builders as model_builders
 
         return str(getattr(model_builders, f"build_tiny_{self.model_name}")(self.tiny_path))
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .registry import AppKind, AppSpec, format_pydantic_error
+from gpu_orchestrator.core.apps import AppKind, AppSpec, format_pydantic_error
 
 
 class ConfigError(ValueError):
@@ -208,7 +208,7 @@ def load_runtime_env(spec: str | dict[str, Any] | None, base_dir: Path | None = 
     candidates = [Path(spec)]
     if base_dir is not None:
         candidates.insert(0, base_dir / spec)
-    here = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve().parents[2]  # the project root (runtime_envs/)
     candidates.append(here / spec)
     for path in candidates:
         if path.is_file():

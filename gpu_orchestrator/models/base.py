@@ -21,8 +21,8 @@ import threading
 import time
 from typing import Any
 
-from gpu_orchestrator import workers
-from gpu_orchestrator.events import EventBus
+from gpu_orchestrator.bus import workers
+from gpu_orchestrator.bus.events import EventBus
 
 log = logging.getLogger("gpu_orchestrator.models")
 

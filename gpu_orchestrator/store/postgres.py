@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from .jobs import (IdempotencyConflict, Job, JobNotFound, JobStatus, QueueFull, RetryPolicy, TransitionError,
+from gpu_orchestrator.core.jobs import (IdempotencyConflict, Job, JobNotFound, JobStatus, QueueFull, RetryPolicy, TransitionError,
                    request_fingerprint)
 
 _COLS = (

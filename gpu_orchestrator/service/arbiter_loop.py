@@ -1,5 +1,5 @@
 """The GPU arbiter's loop inside the router: one leader router replica (a Postgres advisory lock)
-gathers the queue, replica states and heartbeats, runs the pure policy (gpu_orchestrator.arbiter),
+gathers the queue, replica states and heartbeats, runs the pure policy (gpu_orchestrator.core.policy),
 reports targets to Serve via record_autoscaling_stats, and shares the decision through Redis so
 every router's dispatcher only sends work to models the arbiter made resident.
 """
@@ -15,12 +15,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from gpu_orchestrator import workers as worker_beats
-from gpu_orchestrator.arbiter import Decision, Gpu, ModelView, PolicyConfig, decide
-from gpu_orchestrator.config import OrchestratorConfig
-from gpu_orchestrator.store import JobStore
+from gpu_orchestrator.bus import workers as worker_beats
+from gpu_orchestrator.core.policy import Decision, Gpu, ModelView, PolicyConfig, decide
+from gpu_orchestrator.core.config import OrchestratorConfig
+from gpu_orchestrator.store.postgres import JobStore
 
-log = logging.getLogger("gpu_orchestrator.arbiter")
+log = logging.getLogger("gpu_orchestrator.core.policy")
 
 LEADER_KEY = "arbiter_leader"
 TS_KEY = "arbiter_ts"

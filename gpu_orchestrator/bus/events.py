@@ -26,7 +26,7 @@ import redis.asyncio.retry
 import redis.retry
 from redis.backoff import ExponentialWithJitterBackoff
 
-log = logging.getLogger("gpu_orchestrator.events")
+log = logging.getLogger("gpu_orchestrator.bus.events")
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 # Everything a Redis call can raise when the server is down, slow, restarting or unreachable.

@@ -16,9 +16,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gpu_orchestrator.events import reason
-from gpu_orchestrator.jobs import IdempotencyConflict, JobNotFound, QueueFull, TransitionError
-from gpu_orchestrator.registry import ParamsInvalid
+from gpu_orchestrator.bus.events import reason
+from gpu_orchestrator.core.jobs import IdempotencyConflict, JobNotFound, QueueFull, TransitionError
+from gpu_orchestrator.core.apps import ParamsInvalid
 
 log = logging.getLogger("gpu_orchestrator.router")
 # Retry-After for an outage: a restarting Postgres takes seconds; Redis comes back faster.

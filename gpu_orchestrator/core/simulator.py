@@ -14,7 +14,7 @@ import itertools
 import math
 from dataclasses import dataclass, field
 
-from .arbiter import Gpu, ModelView, PolicyConfig, decide
+from gpu_orchestrator.core.policy import Gpu, ModelView, PolicyConfig, decide
 
 
 @dataclass(frozen=True)

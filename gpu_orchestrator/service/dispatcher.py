@@ -19,11 +19,11 @@ from typing import Any, Callable
 
 import sqlalchemy as sa
 
-from gpu_orchestrator.config import OrchestratorConfig
-from gpu_orchestrator.events import AsyncEventBus
-from gpu_orchestrator.jobs import Job, JobStatus, RetryPolicy, TransitionError
-from gpu_orchestrator.registry import AppKind
-from gpu_orchestrator.store import JobStore, is_transient_db_error
+from gpu_orchestrator.core.config import OrchestratorConfig
+from gpu_orchestrator.bus.events import AsyncEventBus
+from gpu_orchestrator.core.jobs import Job, JobStatus, RetryPolicy, TransitionError
+from gpu_orchestrator.core.apps import AppKind
+from gpu_orchestrator.store.postgres import JobStore, is_transient_db_error
 
 log = logging.getLogger("gpu_orchestrator.dispatcher")
 
@@ -65,11 +65,11 @@ def _error_names(exc: BaseException) -> set[str]:
     return {type(exc).__name__, type(getattr(exc, "cause", None)).__name__}
 
 
-_TIMEOUTS = {"JobTimeout", "SlotTimeout"}  # deployments.base: the work's timeout, the slot wait's
+_TIMEOUTS = {"JobTimeout", "SlotTimeout"}  # gpu_orchestrator.models.base: the work's timeout, the slot wait's
 
 
 def is_load_error(exc: BaseException) -> bool:
-    """The model replica could not load (deployments.base.ModelLoadError): retrying cannot help."""
+    """The model replica could not load (gpu_orchestrator.models.base.ModelLoadError): retrying cannot help."""
     return "ModelLoadError" in _error_names(exc)
 
 

@@ -1,0 +1,124 @@
+"""Builds the orchestrator application: the router plus one deployment per model.
+
+`import_path: serve_apps.orchestrator:build_app` in serve_config.yaml; the same function from Python:
+`serve.run(build_app(args))`. Deployment classes stay undecorated; options come from the config.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from gpu_orchestrator.core.config import ConfigError, OrchestratorConfig, load_runtime_env, parse_config
+from gpu_orchestrator.settings import Settings
+
+ROUTER_NAME = "router"
+
+
+def import_attr(path: str) -> Any:
+    module, _, attr = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"cannot import {path!r}: {e}") from None
+
+
+def resolve_urls(cfg: OrchestratorConfig) -> tuple[str, str]:
+    settings = Settings()
+    db = cfg.database_url or settings.database_url
+    redis = cfg.redis_url or settings.redis_url
+    missing = [n for n, v in (("DATABASE_URL", db), ("REDIS_URL", redis)) if not v]
+    if missing:
+        raise ConfigError(
+            f"{' and '.join(missing)} not set: set them, or run `gpu-orch up`, which starts an embedded "
+            "Postgres/Redis and passes their URLs to the application"
+        )
+    return db, redis  # type: ignore[return-value]
+
+
+# Model deployments under the arbiter: Serve's own autoscaler applies the targets the router's
+# arbiter reports (serve_apps/autoscaling.py); no delays, so a decision takes effect at once.
+# A short look-back keeps the latest report fresh (metrics are recorded every look_back x 0.2 s),
+# and a 0.5 s push interval means a scale-from-zero does not wait out the default 10 s.
+def arbiter_autoscaling(max_replicas: int) -> dict[str, Any]:
+    return {
+        "min_replicas": 0,
+        "initial_replicas": 0,
+        "max_replicas": max_replicas,
+        "look_back_period_s": 2,
+        "metrics_interval_s": 0.5,
+        "upscale_delay_s": 0,
+        "downscale_delay_s": 0,
+        "downscale_to_zero_delay_s": 0,
+    }
+
+
+def resolve_artifacts(cfg: OrchestratorConfig) -> str:
+    settings = Settings()
+    return cfg.artifacts_url or settings.artifacts_url or str(settings.home / "artifacts")
+
+
+def model_deployments(cfg: OrchestratorConfig, redis_url: str, base_dir: Path | None = None,
+                      artifacts_url: str | None = None) -> dict[str, Any]:
+    out = {}
+    arbiter = cfg.arbiter
+    for name, m in cfg.models.items():
+        cls = import_attr(m.impl)
+        actor_opts: dict[str, Any] = {"num_cpus": m.num_cpus, "num_gpus": m.num_gpus}
+        resources = dict(m.resources)
+        if m.pin:
+            resources[f"node_type:{m.pin}"] = 0.001  # nodes declare node_type:<name>: 1
+        if arbiter.enabled and arbiter.vram_resource and cfg.model_vram_gb(name) > 0:
+            resources[arbiter.vram_resource] = cfg.model_vram_gb(name)
+        if resources:
+            actor_opts["resources"] = resources
+        runtime_env = load_runtime_env(m.runtime_env, base_dir)
+        if runtime_env:
+            actor_opts["runtime_env"] = runtime_env
+        scale: dict[str, Any] = (
+            {"autoscaling_config": arbiter_autoscaling(m.max_replicas)} if arbiter.enabled else {"num_replicas": m.num_replicas}
+        )
+        dep = serve.deployment(
+            cls,
+            name=name,
+            max_ongoing_requests=m.max_ongoing_requests,
+            ray_actor_options=actor_opts,
+            **scale,
+        )
+        init = dict(m.init)
+        init.setdefault("vram_gb", cfg.model_vram_gb(name))
+        if artifacts_url and "artifacts_url" in inspect.signature(cls.__init__).parameters:
+            init.setdefault("artifacts_url", artifacts_url)
+        out[name] = dep.bind(**init, redis_url=redis_url)
+    return out
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    cfg = parse_config(args)
+    db, redis = resolve_urls(cfg)
+    from gpu_orchestrator.serve.router import RouterIngress
+
+    artifacts = resolve_artifacts(cfg)
+    models = model_deployments(cfg, redis, artifacts_url=artifacts)
+    # Under the arbiter the router needs an autoscaling_config of its own (min = max): without one
+    # Serve keeps no autoscaling state for it and its record_autoscaling_stats never reach the policy.
+    scale: dict[str, Any] = (
+        {"autoscaling_config": {"min_replicas": cfg.router.num_replicas, "max_replicas": cfg.router.num_replicas,
+                                "initial_replicas": cfg.router.num_replicas, "look_back_period_s": 2,
+                                "metrics_interval_s": 0.5}}
+        if cfg.arbiter.enabled else {"num_replicas": cfg.router.num_replicas}
+    )
+    router = serve.deployment(
+        RouterIngress,
+        name=ROUTER_NAME,
+        **scale,
+        max_ongoing_requests=cfg.router.max_ongoing_requests,
+        ray_actor_options={"num_cpus": cfg.router.num_cpus},
+    )
+    return router.bind(cfg.model_dump(mode="json", exclude={"database_url", "redis_url", "artifacts_url"}), models, db, redis,
+                       artifacts)

@@ -1,0 +1,59 @@
+"""The application-level autoscaling policy that enforces the GPU arbiter's decisions.
+
+serve_config.yaml:  applications[].autoscaling_policy.policy_function: serve_apps.autoscaling:arbiter_policy
+
+The arbiter itself runs in the router (the leader replica: it has the queue in Postgres and the
+replica states); it reports its targets through `record_autoscaling_stats`. This function runs in
+the Serve controller and returns those targets for every model deployment, so Serve's own
+autoscaler starts and stops the replicas and the Ray dashboard shows the truth.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gpu_orchestrator.service.arbiter_loop import LEADER_KEY, TARGET_PREFIX, TS_KEY
+
+ROUTER = "router"
+
+
+def _latest(series: Any) -> tuple[float, float] | None:
+    if not series:
+        return None
+    p = max(series, key=lambda x: x.timestamp)
+    return p.timestamp, p.value
+
+
+def pick_targets(raw: dict[str, dict[Any, Any]]) -> dict[str, int] | None:
+    """From the router replicas' raw metrics, the targets of the freshest leader report."""
+    best = None
+    for replica, series in (raw.get(LEADER_KEY) or {}).items():
+        latest = _latest(series)
+        if latest is None or latest[1] < 1:
+            continue
+        ts = _latest((raw.get(TS_KEY) or {}).get(replica))
+        key = ts[1] if ts else latest[0]
+        if best is None or key > best[0]:
+            best = (key, replica)
+    if best is None:
+        return None
+    replica = best[1]
+    out = {}
+    for name, per_replica in raw.items():
+        if name.startswith(TARGET_PREFIX):
+            latest = _latest(per_replica.get(replica))
+            if latest is not None:
+                out[name[len(TARGET_PREFIX):]] = int(round(latest[1]))
+    return out
+
+
+def arbiter_policy(contexts: dict[Any, Any]) -> tuple[dict[Any, int], dict]:
+    router = next((c for c in contexts.values() if c.deployment_name == ROUTER), None)
+    targets = pick_targets(router.raw_metrics or {}) if router is not None else None
+    decisions = {}
+    for dep_id, ctx in contexts.items():
+        if ctx.deployment_name == ROUTER or targets is None or ctx.deployment_name not in targets:
+            decisions[dep_id] = ctx.target_num_replicas  # no fresh report: change nothing
+        else:
+            decisions[dep_id] = targets[ctx.deployment_name]
+    return decisions, {}

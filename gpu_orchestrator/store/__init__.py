@@ -1,0 +1,1 @@
+"""Where jobs live: the JobStore protocol, the Postgres store and an in-memory one for tests."""
