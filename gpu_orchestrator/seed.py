@@ -87,8 +87,11 @@ def convert(seed: Any) -> SeedImport:
             "description": raw.get("description", ""),
             "kind": kind if kind in _CLOUD else "local",
             "deployment": app_id,
-            "vram_gb": float(_num(raw.get("gpu_vram_gb", 0)) or 0),
         }
+        vram = _num(raw.get("gpu_vram_gb", 0))
+        if vram:  # VRAM belongs to the model deployment here (several apps can share one model)
+            notes.append(f"{where}.gpu_vram_gb = {raw['gpu_vram_gb']!r}: declare it on the model deployment: "
+                         f"models.{app_id}.vram_gb: {vram}")
         if kind not in _CLOUD and "type" in raw:
             notes.append(f"{where}.type: {raw['type']!r} is not a cloud backend; imported as a local app")
         params = raw.get("parameters") or []

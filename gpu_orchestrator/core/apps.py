@@ -23,6 +23,9 @@ INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 
 
 class AppKind(str, Enum):
+    """Where an app's jobs run. modal/replicate are accepted so seed configs import whole; until a
+    cloud backend is configured their submits answer 422 app_not_runnable (nothing waits forever)."""
+
     local = "local"
     modal = "modal"
     replicate = "replicate"
@@ -66,8 +69,6 @@ class AppSpec(BaseModel):
     description: str = ""
     kind: AppKind = AppKind.local
     deployment: str = Field(description="name of the model deployment (in `models`) that runs this app")
-    vram_gb: float = Field(default=0.0, ge=0)
-    num_gpus: float = Field(default=0.0, ge=0)
     parameters: list[ParamSpec] = Field(default_factory=list)
     max_attempts: int = Field(default=3, ge=1, le=100)
     timeout_s: float = Field(default=600.0, gt=0)
@@ -78,6 +79,17 @@ class AppSpec(BaseModel):
     synthetic: bool = Field(default=False, description="a synthetic stand-in model, not a real one")
     # What the app does; "chat" apps are also served by the OpenAI-compatible /v1/chat/completions.
     task: Literal["generic", "chat", "image", "transcription"] = "generic"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resources_live_on_the_model(cls, data: Any) -> Any:
+        # GPU memory and shares have one home, the model deployment (several apps share one model).
+        if isinstance(data, dict):
+            for key in ("vram_gb", "num_gpus"):
+                if key in data:
+                    raise ValueError(f"{key}: declared on the model deployment, not the app: set "
+                                     f"models.{data.get('deployment', '<deployment>')}.{key}")
+        return data
 
     @field_validator("id")
     @classmethod

@@ -1,14 +1,12 @@
 """The orchestrator application's arguments (serve_config.yaml `args`), validated at build time.
 
-Pure: no Ray import. `load_runtime_env` is the only function that touches the filesystem.
+Pure: no Ray, no I/O (runtime_env files are read where the app is built, serve/app.py).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gpu_orchestrator.core.apps import AppKind, AppSpec, format_pydantic_error
@@ -41,9 +39,9 @@ class ModelSpec(BaseModel):
     max_ongoing_requests: int = Field(default=8, ge=1)
     # Path (relative to the config file's directory or the CWD) of a runtime_envs/*.yaml, or inline.
     runtime_env: str | dict[str, Any] | None = None
-    # GPU arbiter inputs (used when `arbiter.enabled`): declared VRAM (default: the largest of its
-    # apps' vram_gb), expected load time until measured, pinning, replica cap, idle TTL override.
-    vram_gb: float | None = Field(default=None, ge=0)
+    # GPU arbiter inputs (used when `arbiter.enabled`): declared VRAM (its only home: apps name the
+    # model), expected load time until measured, pinning, replica cap, idle TTL override.
+    vram_gb: float = Field(default=0.0, ge=0)
     load_s: float = Field(default=10.0, ge=0)
     pin: str | None = Field(default=None, description="GPU pool id or node type this model may only use")
     max_replicas: int = Field(default=1, ge=1)
@@ -161,10 +159,7 @@ class OrchestratorConfig(BaseModel):
         return next((a for a in self.apps if a.id == app_id), None)
 
     def model_vram_gb(self, name: str) -> float:
-        declared = self.models[name].vram_gb
-        if declared is not None:
-            return declared
-        return max((a.vram_gb for a in self.apps if a.deployment == name), default=0.0)
+        return self.models[name].vram_gb
 
 
 DEMO_LABEL = "tiny untrained demo"
@@ -194,26 +189,7 @@ def apply_profile(cfg: OrchestratorConfig) -> OrchestratorConfig:
         m.num_gpus, m.vram_gb, m.demo = 0.0, 0.0, None
     for app in cfg.apps:
         if app.deployment in demo_models:
-            app.vram_gb = app.num_gpus = 0.0
             if DEMO_LABEL not in app.name:
                 app.name = f"{app.name or app.id} ({DEMO_LABEL})"
     cfg.arbiter.enabled = False
     return cfg
-
-
-def load_runtime_env(spec: str | dict[str, Any] | None, base_dir: Path | None = None) -> dict[str, Any] | None:
-    """Resolve a model's runtime_env: inline dict as is, or a YAML file path."""
-    if spec is None or isinstance(spec, dict):
-        return spec
-    candidates = [Path(spec)]
-    if base_dir is not None:
-        candidates.insert(0, base_dir / spec)
-    here = Path(__file__).resolve().parents[2]  # the project root (runtime_envs/)
-    candidates.append(here / spec)
-    for path in candidates:
-        if path.is_file():
-            data = yaml.safe_load(path.read_text()) or {}
-            if not isinstance(data, dict):
-                raise ConfigError(f"runtime_env file {path}: expected a mapping")
-            return data
-    raise ConfigError(f"runtime_env file {spec!r} not found (looked in {[str(c) for c in candidates]})")

@@ -11,10 +11,11 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+import yaml
 from ray import serve
 from ray.serve import Application
 
-from gpu_orchestrator.core.config import ConfigError, OrchestratorConfig, load_runtime_env, parse_config
+from gpu_orchestrator.core.config import ConfigError, OrchestratorConfig, parse_config
 from gpu_orchestrator.settings import Settings
 
 ROUTER_NAME = "router"
@@ -122,3 +123,21 @@ def build_app(args: dict[str, Any]) -> Application:
     )
     return router.bind(cfg.model_dump(mode="json", exclude={"database_url", "redis_url", "artifacts_url"}), models, db, redis,
                        artifacts)
+
+
+def load_runtime_env(spec: str | dict[str, Any] | None, base_dir: Path | None = None) -> dict[str, Any] | None:
+    """Resolve a model's runtime_env: inline dict as is, or a YAML file path."""
+    if spec is None or isinstance(spec, dict):
+        return spec
+    candidates = [Path(spec)]
+    if base_dir is not None:
+        candidates.insert(0, base_dir / spec)
+    here = Path(__file__).resolve().parents[2]  # the project root (runtime_envs/)
+    candidates.append(here / spec)
+    for path in candidates:
+        if path.is_file():
+            data = yaml.safe_load(path.read_text()) or {}
+            if not isinstance(data, dict):
+                raise ConfigError(f"runtime_env file {path}: expected a mapping")
+            return data
+    raise ConfigError(f"runtime_env file {spec!r} not found (looked in {[str(c) for c in candidates]})")

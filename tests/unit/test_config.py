@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gpu_orchestrator.core.config import ConfigError, load_runtime_env, parse_config
+from gpu_orchestrator.core.config import ConfigError, parse_config
+from gpu_orchestrator.serve.app import load_runtime_env
 
 ROOT = Path(__file__).resolve().parents[2]
 

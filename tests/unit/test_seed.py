@@ -16,12 +16,13 @@ def test_shipped_seed_converts_with_every_dropped_field_reported():
     apps = {a["id"]: AppSpec.model_validate(a) for a in res.apps}
     assert set(apps) == {"sdxl", "whisper", "flux-cloud"}
     sdxl = apps["sdxl"]
-    assert sdxl.vram_gb == 12.0 and sdxl.kind.value == "local" and sdxl.deployment == "sdxl"
+    assert sdxl.kind.value == "local" and sdxl.deployment == "sdxl"
     w = sdxl.param("width")
     assert (w.type, w.default, w.minimum, w.maximum) == ("integer", 1024, 512, 2048)
     assert apps["whisper"].param("task").choices == ["transcribe", "translate"]
     assert apps["flux-cloud"].kind.value == "replicate"
     joined = "\n".join(res.notes)
+    assert "apps[0].gpu_vram_gb = '12': declare it on the model deployment: models.sdxl.vram_gb: 12" in res.notes
     for dropped in ("apps[0].queue", "apps[0].docker_image", "apps[1].docker_image", "apps[2].endpoint", "apps[0].type"):
         assert dropped in joined
     # Seed-style string numbers validate against the converted schema.
