@@ -1,6 +1,9 @@
 """GPU Orchestrator: many AI models on shared GPUs, one Ray Serve application.
 
-The core library (registry, jobs, store, events, client, CLI) imports no ray.serve.
+Rooms (docs/architecture.md): core/ is pure (jobs, apps, config, the arbiter policy); store/ keeps
+jobs (Postgres, in-memory); bus/ is Redis (events, heartbeats, decisions); service/ is the job
+service, dispatcher and arbiter loop; api/ is the FastAPI app; models/ the model classes; serve/ is
+the only package that imports Ray. The client and the CLI import no Ray until a command deploys.
 """
 
 from .client import ApiError, AsyncClient, Client

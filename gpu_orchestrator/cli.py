@@ -21,7 +21,7 @@ from typing import Any
 import click
 import yaml
 
-from .client import DEFAULT_URL, ApiError, Client
+from .client import DEFAULT_URL, TERMINAL, ApiError, Client
 from .settings import Settings
 
 APP_NAME = "orchestrator"
@@ -179,16 +179,16 @@ def _up(s: Settings, state: dict[str, Any], started: list[str], config_path: str
                ray_auth_token_path=str(Path(token_file).expanduser().resolve()) if token_file else None)
     ray_auth.apply(env)
 
-    import ray
+    # Ray lives at the edge (gpu_orchestrator.serve): imported only by the commands that deploy.
+    from gpu_orchestrator.serve.deploy import connect, deploy, load_config, ray_session_dir, with_env
 
     try:
-        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        connect(address)
     except Exception as e:
         raise click.ClickException(
             f"could not connect to Ray at {address}: {type(e).__name__}: {e}"
             + ("" if own_head else "\n(RAY_ADDRESS is set: is the cluster up, and is its auth token the one in "
                "RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH / ~/.ray/auth_token?)")) from None
-    from gpu_orchestrator.serve.deploy import deploy, load_config, ray_session_dir, with_env
 
     if own_head:
         record(ray_session_dir=str(ray_session_dir() or ""))
@@ -403,7 +403,7 @@ def _follow(c: Client, job_id: str) -> dict[str, Any]:
                 say("event stream was unavailable for a while: some progress events may be missing")
             elif ev.get("event") == "status":
                 say(f"status: {data['status']}" + (f" (attempt {data['attempt']})" if data.get("attempt") else ""))
-                if data["status"] in ("succeeded", "failed", "cancelled"):
+                if data["status"] in TERMINAL:
                     break
     finally:
         if bar is not None:

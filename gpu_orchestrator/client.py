@@ -16,7 +16,9 @@ from typing import Any, AsyncIterator, Iterator
 
 import httpx
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+from gpu_orchestrator.core.jobs import TERMINAL as _TERMINAL
+
+TERMINAL = frozenset(s.value for s in _TERMINAL)  # status strings as the API sends them
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 

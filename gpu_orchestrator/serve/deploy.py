@@ -32,6 +32,13 @@ def with_env(config: dict[str, Any], env: dict[str, str], app_name: str | None =
     return out
 
 
+def connect(address: str) -> None:
+    """Connect this process to the Ray cluster as a driver (the auth token is in the environment)."""
+    import ray
+
+    ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+
+
 def deploy(config: dict[str, Any], *, wait: bool = True, on_change: Callable[[str], None] | None = None) -> None:
     """Apply the config on the connected Ray cluster (ray.init must have been called)."""
     from ray.serve._private.api import serve_start
