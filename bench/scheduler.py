@@ -2,7 +2,7 @@
 
     python bench/scheduler.py [--max-wait 60] [--seed 7]
 
-Pure simulation (gpu_orchestrator/simulator.py drives the same arbiter.decide the router uses), so
+Pure simulation (gpu_orchestrator/core/simulator.py drives the same core.policy.decide the router uses), so
 it is deterministic and takes seconds. One 24 GB GPU; three large models that never fit together
 (16/14/12 GB, loads 8/6/5 s) and a small one (4 GB) that fits beside any of them.
 """

@@ -151,9 +151,9 @@ def _up(s: Settings, state: dict[str, Any], started: list[str], config_path: str
         redis_url = embedded.start_redis(redis_dir, maxmemory=s.redis_maxmemory)
         record(redis_url=redis_url)
     click.echo("migrating the job store ...")
-    from gpu_orchestrator.store.postgres.postgres import JobStore
+    from gpu_orchestrator.store.postgres import PostgresJobStore
 
-    JobStore.connect(db).close()
+    PostgresJobStore.connect(db).close()
 
     env = _ray_env(home, own_head=own_head)
     dashboard_port = s.ray_dashboard_port

@@ -1,5 +1,6 @@
 """Shared fixtures: Postgres and Redis backends (the machine's own when reachable, and always the
-embedded ones), a fresh database per test cloned from a migrated template."""
+embedded ones), a fresh database per test cloned from a migrated template, and job stores: `store`
+(Postgres), `memory_store` (no database) and `any_store` (each of them in turn)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from gpu_orchestrator import embedded
-from gpu_orchestrator.store.postgres import JobStore, create_engine, run_migrations
+from gpu_orchestrator.store.memory import ManualClock, MemoryJobStore
+from gpu_orchestrator.store.postgres import PostgresJobStore, create_engine, run_migrations
 
 EXTERNAL_PG = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 EXTERNAL_REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -96,12 +98,27 @@ def _make_backend(name: str, request) -> Backend:
     return Backend("embedded", pg, rd)
 
 
+# One fixture per backend (so a test can pick one by name, as any_store does, without the
+# parametrised `backend`); the embedded one is torn down before the services it runs on.
+@pytest.fixture(scope="session")
+def external_backend():
+    b = Backend("external", EXTERNAL_PG, EXTERNAL_REDIS)
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="session")
+def embedded_backend(embedded_services):
+    pg, rd = embedded_services
+    b = Backend("embedded", pg, rd)
+    yield b
+    b.close()
+
+
 @pytest.fixture(scope="session", params=_backends())
 def backend(request):
     """Parametrised: integration tests run against every backend available."""
-    b = _make_backend(request.param, request)
-    yield b
-    b.close()
+    return request.getfixturevalue(f"{request.param}_backend")
 
 
 @pytest.fixture(scope="session")
@@ -121,9 +138,30 @@ def database_url(backend):
 
 @pytest.fixture
 def store(database_url):
-    s = JobStore.connect(database_url, migrate=False)
+    s = PostgresJobStore.connect(database_url, migrate=False)
     yield s
     s.close()
+
+
+@pytest.fixture
+def memory_store():
+    """A MemoryJobStore on a ManualClock: `memory_store.clock.advance(s)` moves its time."""
+    return MemoryJobStore(clock=ManualClock())
+
+
+@pytest.fixture(params=["memory"] + [f"postgres-{b}" for b in _backends()])
+def any_store(request):
+    """The same test against each store: the memory one (no database) and Postgres on every
+    backend available."""
+    if request.param == "memory":
+        yield MemoryJobStore(clock=ManualClock())
+        return
+    b = request.getfixturevalue(f"{request.param.removeprefix('postgres-')}_backend")
+    db = b.fresh_database()
+    s = PostgresJobStore.connect(b.url_for(db), migrate=False)
+    yield s
+    s.close()
+    b.drop(db)
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
-"""Mapping of domain errors to HTTP answers, and checks of HTTP-level inputs (headers). Every 4xx
-body names the problem and, where one exists, the offending field:
-{"error": code, "message": text, "fields": [{"field", "message"}]}. Outages (Postgres or Redis
-unreachable) answer 503 with Retry-After, never 500."""
+"""Domain errors mapped to HTTP answers in one place (`install`), checks of HTTP-level inputs
+(headers), and the request body limit. Every 4xx body names the problem and, where one exists, the
+offending field: {"error": code, "message": text, "fields": [{"field", "message"}]}. Outages
+(Postgres or Redis unreachable) answer 503 with Retry-After, never 500. `ApiError` is for answers
+the API itself decides (a header, a stream limit, the OpenAI route's shapes), never raised below it."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gpu_orchestrator.bus.events import reason
-from gpu_orchestrator.core.jobs import IdempotencyConflict, JobNotFound, QueueFull, TransitionError
+from gpu_orchestrator.core.jobs import (IdempotencyConflict, InvalidRequest, JobNotFound, QueueFull, TransitionError,
+                                        idempotency_key_problem)
 from gpu_orchestrator.core.apps import ParamsInvalid
+from gpu_orchestrator.store.base import StoreUnavailable
 
 log = logging.getLogger("gpu_orchestrator.router")
 # Retry-After for an outage: a restarting Postgres takes seconds; Redis comes back faster.
@@ -38,7 +41,6 @@ def body(error: str, message: str, fields: list[dict[str, str]] | None = None) -
     return out
 
 
-_KEY_RE = re.compile(r"[\x20-\x7e]{1,255}")
 _STREAM_ID_RE = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
 UINT64_MAX = 2**64 - 1
 
@@ -47,9 +49,8 @@ def check_idempotency_key(key: str | None) -> str | None:
     """1-255 printable ASCII characters (a UUID is typical), else 422 naming the header."""
     if key is None:
         return None
-    if not _KEY_RE.fullmatch(key):
-        why = "must not be empty" if not key else (
-            f"is {len(key)} characters; at most 255" if len(key) > 255 else "must be printable ASCII")
+    why = idempotency_key_problem(key)
+    if why:
         raise ApiError(422, "invalid_request", why, field="Idempotency-Key")
     return key
 
@@ -111,6 +112,11 @@ def install(app: FastAPI) -> None:
         msg = f"{exc.field}: {exc.message}" if exc.field else exc.message
         return JSONResponse(status_code=exc.status, content=body(exc.error, msg, fields), headers=exc.headers)
 
+    @app.exception_handler(InvalidRequest)
+    async def _invalid(_: Request, exc: InvalidRequest) -> JSONResponse:
+        fields = [{"field": exc.field, "message": exc.message}]
+        return JSONResponse(status_code=422, content=body(exc.code, f"{exc.field}: {exc.message}", fields))
+
     @app.exception_handler(JobNotFound)
     async def _nf(_: Request, exc: JobNotFound) -> JSONResponse:
         return JSONResponse(status_code=404, content=body("job_not_found", str(exc), [{"field": "job_id", "message": "no such job"}]))
@@ -131,6 +137,10 @@ def install(app: FastAPI) -> None:
             return unavailable("database", exc)
         log.error("database error", exc_info=exc)
         return JSONResponse(status_code=500, content=body("internal_error", "database error; see the router log"))
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        return unavailable("database", exc)
 
     @app.exception_handler(redis.exceptions.ConnectionError)
     @app.exception_handler(redis.exceptions.TimeoutError)

@@ -26,9 +26,11 @@ import redis.asyncio.retry
 import redis.retry
 from redis.backoff import ExponentialWithJitterBackoff
 
+from gpu_orchestrator.core.jobs import TERMINAL
+
 log = logging.getLogger("gpu_orchestrator.bus.events")
 
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+TERMINAL_STATUSES = frozenset(s.value for s in TERMINAL)
 # Everything a Redis call can raise when the server is down, slow, restarting or unreachable.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
 DEFAULT_TIMEOUT_S = 2.0

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis
-import redis.asyncio as aredis
+if TYPE_CHECKING:  # the client is passed in; nothing here needs redis at import time
+    import redis
+    import redis.asyncio as aredis
 
 PREFIX = "gpu-orch:worker:"
 HEARTBEAT_S = 2.0
@@ -32,3 +33,13 @@ async def read_all(r: aredis.Redis) -> list[dict[str, Any]]:
     if not keys:
         return []
     return [json.loads(v) for v in await r.mget(keys) if v is not None]
+
+
+class WorkerBeats:
+    """The heartbeats as the arbiter loop reads them (service.arbiter_ports.Heartbeats)."""
+
+    def __init__(self, r: aredis.Redis):
+        self.r = r
+
+    async def read_all(self) -> list[dict[str, Any]]:
+        return await read_all(self.r)

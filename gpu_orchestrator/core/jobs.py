@@ -24,6 +24,7 @@ import datetime as dt
 import hashlib
 import json
 import random
+import re
 import uuid
 from enum import Enum
 from typing import Any
@@ -93,6 +94,42 @@ class IdempotencyConflict(JobError):
         self.app_id = app_id
         self.key = key
         self.job_id = job_id
+
+
+class InvalidRequest(JobError):
+    """A request the domain refuses, naming the offending field (`app_id`, `priority`, a header)."""
+
+    code = "invalid_request"
+
+    def __init__(self, field: str, message: str, code: str | None = None):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class UnknownApp(InvalidRequest):
+    code = "unknown_app"
+
+
+class AppNotRunnable(InvalidRequest):
+    """The app exists but nothing here can run it: its jobs would wait forever."""
+
+    code = "app_not_runnable"
+
+
+PRIORITY_MIN, PRIORITY_MAX = -100, 100
+_KEY_RE = re.compile(r"[\x20-\x7e]{1,255}")
+
+
+def idempotency_key_problem(key: str) -> str | None:
+    """Why `key` is no Idempotency-Key (1-255 printable ASCII characters; a UUID is typical), or None."""
+    if _KEY_RE.fullmatch(key):
+        return None
+    if not key:
+        return "must not be empty"
+    return f"is {len(key)} characters; at most 255" if len(key) > 255 else "must be printable ASCII"
 
 
 def request_fingerprint(params: dict[str, Any], priority: int) -> str:

@@ -1,5 +1,6 @@
 """The GPU arbiter's policy. Pure: no Ray, no I/O, no clock; milliseconds to test, and the same
-function drives the trace simulator (gpu_orchestrator/simulator.py) and the live router.
+function drives the trace simulator (gpu_orchestrator/core/simulator.py) and the live router.
+`decide()` returns typed actions (what to do, to which model, where); their text is for people.
 
 Ray's fractional `num_gpus` is a logical share with no memory isolation, so residency is decided
 here from declared/measured VRAM against each GPU's budget:
@@ -19,6 +20,7 @@ here from declared/measured VRAM against each GPU's budget:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Iterable
 
 
@@ -69,15 +71,55 @@ class PolicyConfig:
     min_resident_s: float = 30.0
 
 
+class Verb(str, Enum):
+    """What the policy decided for one model. The first five change residency; the last two only
+    explain why a model with work stays cold."""
+
+    load = "load"  # a cold model gets a replica
+    add = "add"  # a resident model gets one more replica
+    evict = "evict"  # to zero now, to make room for another model
+    drain = "drain"  # no new work; to zero when its in-flight jobs end (room for another model)
+    scale_to_zero = "scale_to_zero"  # idle for its TTL
+    wait = "wait"  # cold with work, no room yet and not due to displace anyone
+    cannot_place = "cannot_place"  # no allowed GPU is big enough (or none matches its pin)
+
+
+ACTING = frozenset({Verb.load, Verb.add, Verb.evict, Verb.drain, Verb.scale_to_zero})
+
+
+@dataclass(frozen=True)
+class Action:
+    verb: Verb
+    model: str
+    gpus: tuple[str, ...] = ()  # where a load or an added replica goes
+    for_model: str | None = None  # the model an eviction or drain makes room for
+    text: str = ""  # the human reason (GET /v1/workers shows it)
+
+    @property
+    def acting(self) -> bool:
+        return self.verb in ACTING
+
+    def concerns(self, model: str) -> bool:
+        """The model acted on, or the one the room is made for."""
+        return self.model == model or self.for_model == model
+
+    def __str__(self) -> str:
+        return self.text
+
+
 @dataclass(frozen=True)
 class Decision:
     targets: dict[str, int]  # replicas per model deployment
     placements: dict[str, tuple[str, ...]]  # GPU ids per model (for the models with targets > 0)
     draining: frozenset[str]  # resident models that get no new work (being swapped out)
-    reasons: tuple[str, ...] = field(default_factory=tuple)
+    actions: tuple[Action, ...] = field(default_factory=tuple)
     # Models with queued work that no GPU can ever hold (too big, or pinned to nothing), once their
     # oldest job has waited max_wait_s: the router fails those jobs with the reason, not leave them.
     unplaceable: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        return tuple(a.text for a in self.actions)
 
     def dispatchable(self, m: ModelView) -> bool:
         """Whether the dispatcher may hand this model new work now."""
@@ -96,7 +138,7 @@ def decide(models: Iterable[ModelView], gpus: Iterable[Gpu], cfg: PolicyConfig =
     models = sorted(models, key=lambda m: m.name)
     gpus = list(gpus)
     by_name = {m.name: m for m in models}
-    reasons: list[str] = []
+    actions: list[Action] = []
     targets = {m.name: m.replicas + m.pending for m in models}
     placements: dict[str, list[str]] = {m.name: list(m.placement) for m in models}
     draining: set[str] = set()
@@ -118,21 +160,22 @@ def decide(models: Iterable[ModelView], gpus: Iterable[Gpu], cfg: PolicyConfig =
         ttl = m.idle_ttl_s if m.idle_ttl_s is not None else cfg.idle_ttl_s
         if targets[m.name] > 0 and m.in_flight == 0 and m.queued == 0 and m.idle_s is not None and m.idle_s >= ttl:
             targets[m.name] = 0
-            reasons.append(f"scale {m.name} to zero: idle {m.idle_s:.0f} s >= ttl {ttl:.0f} s")
+            actions.append(Action(Verb.scale_to_zero, m.name,
+                                  text=f"scale {m.name} to zero: idle {m.idle_s:.0f} s >= ttl {ttl:.0f} s"))
 
     # 2. Cold models with work, most urgent first, get room.
     wanting = sorted((m for m in models if m.queued > 0 and targets[m.name] == 0 and m.stopping == 0), key=_urgency)
     for w in wanting:
         if w.vram_gb == 0:  # needs no GPU memory (a CPU model): load on demand, nothing to evict
             targets[w.name] = 1
-            reasons.append(f"load {w.name}: {w.queued} queued, needs no GPU memory")
+            actions.append(Action(Verb.load, w.name, text=f"load {w.name}: {w.queued} queued, needs no GPU memory"))
             continue
         allowed = _allowed(w, gpus)
         fits = [g for g in allowed if w.vram_gb <= g.vram_gb]
         if not fits:
             why = (f"cannot place {w.name}: needs {w.vram_gb:g} GB, largest allowed GPU has {max(g.vram_gb for g in allowed):g} GB"
                    if allowed else f"cannot place {w.name}: no GPU " + (f"matches pin {w.pin!r}" if w.pin else "in the cluster"))
-            reasons.append(why)
+            actions.append(Action(Verb.cannot_place, w.name, text=why))
             if w.oldest_wait_s >= cfg.max_wait_s:
                 unplaceable[w.name] = why
             continue
@@ -142,12 +185,14 @@ def decide(models: Iterable[ModelView], gpus: Iterable[Gpu], cfg: PolicyConfig =
             targets[w.name] = 1
             placements[w.name] = [g.id]
             used[g.id] += w.vram_gb
-            reasons.append(f"load {w.name} on {g.id}: {w.queued} queued, {free(g.id) + w.vram_gb:.0f} GB free")
+            actions.append(Action(Verb.load, w.name, (g.id,),
+                                  text=f"load {w.name} on {g.id}: {w.queued} queued, {free(g.id) + w.vram_gb:.0f} GB free"))
             continue
         plan = _eviction_plan(w, fits, models, targets, draining, free, cfg)
         if plan is None:
-            reasons.append(f"{w.name} waits: {w.queued} queued (oldest {w.oldest_wait_s:.0f} s), "
-                           f"no idle model to evict, not yet due (max_wait {cfg.max_wait_s:.0f} s)")
+            actions.append(Action(Verb.wait, w.name, text=(
+                f"{w.name} waits: {w.queued} queued (oldest {w.oldest_wait_s:.0f} s), "
+                f"no idle model to evict, not yet due (max_wait {cfg.max_wait_s:.0f} s)")))
             continue
         gid, victims = plan
         for v in victims:
@@ -157,10 +202,12 @@ def decide(models: Iterable[ModelView], gpus: Iterable[Gpu], cfg: PolicyConfig =
             cause = "higher priority" if w.max_priority > vm.max_priority else f"oldest waited {w.oldest_wait_s:.0f} s"
             if vm.in_flight > 0:
                 draining.add(v)
-                reasons.append(f"drain {v} ({why}) for {w.name}: {w.queued} queued, {cause}")
+                actions.append(Action(Verb.drain, v, for_model=w.name,
+                                      text=f"drain {v} ({why}) for {w.name}: {w.queued} queued, {cause}"))
             else:
                 targets[v] = 0
-                reasons.append(f"evict {v} ({why}) for {w.name}: {w.queued} queued, {cause}")
+                actions.append(Action(Verb.evict, v, for_model=w.name,
+                                      text=f"evict {v} ({why}) for {w.name}: {w.queued} queued, {cause}"))
         # The newcomer starts only once the memory is really free (next decisions), so two models
         # that do not fit together are never resident at the same moment.
 
@@ -183,13 +230,13 @@ def decide(models: Iterable[ModelView], gpus: Iterable[Gpu], cfg: PolicyConfig =
                 targets[m.name] += 1
                 placements[m.name].append(g.id)
                 used[g.id] += m.vram_gb
-                reasons.append(f"add a {m.name} replica on {g.id}: {m.queued} queued")
+                actions.append(Action(Verb.add, m.name, (g.id,), text=f"add a {m.name} replica on {g.id}: {m.queued} queued"))
 
     return Decision(
         targets=targets,
         placements={k: tuple(v) for k, v in placements.items() if targets[k] > 0},
         draining=frozenset(draining),
-        reasons=tuple(reasons),
+        actions=tuple(actions),
         unplaceable=unplaceable,
     )
 

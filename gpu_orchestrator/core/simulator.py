@@ -1,7 +1,7 @@
 """Trace simulator for GPU scheduling policies. Pure and deterministic: event-driven, no clock.
 
 Runs a job trace (arrival, model, service time, priority) on GPUs with per-model load costs, either
-under the arbiter's policy (`simulate`, the same `arbiter.decide` the router uses) or under
+under the arbiter's policy (`simulate`, the same `core.policy.decide` the router uses) or under
 FIFO-with-swap-on-demand (`simulate_fifo`: what the original system and Ollama do: run jobs in
 arrival order, loading the next job's model, evicting least-recently-used ones to make room).
 Each replica runs one job at a time (a GPU serialises work).
@@ -14,7 +14,7 @@ import itertools
 import math
 from dataclasses import dataclass, field
 
-from gpu_orchestrator.core.policy import Gpu, ModelView, PolicyConfig, decide
+from gpu_orchestrator.core.policy import Gpu, ModelView, PolicyConfig, Verb, decide
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,7 @@ def simulate(trace: list[TraceJob], models: list[SimModel], gpus: list[Gpu], cfg
             for name, target in d.targets.items():
                 r = reps.get(name)
                 if target == 0 and r is not None and r.running is None:
-                    if not any(x.startswith(f"scale {name} to zero") for x in d.reasons):
+                    if not any(a.verb is Verb.scale_to_zero and a.model == name for a in d.actions):
                         swaps += 1  # evicted or drained for another model, not an idle-TTL release
                     del reps[name]
                     resident_since.pop(name, None)

@@ -23,23 +23,12 @@ from typing import Any
 
 from gpu_orchestrator.bus import workers
 from gpu_orchestrator.bus.events import EventBus
+# The errors a run ends with live in core (the service layer reads them); importable from here as before.
+from gpu_orchestrator.core.model_errors import JobCancelled, JobTimeout, ModelLoadError, SlotTimeout
 
 log = logging.getLogger("gpu_orchestrator.models")
 
-
-class JobCancelled(Exception):
-    """Raised inside a model between steps when the job's cancel flag is set."""
-
-
-class JobTimeout(Exception):
-    """The job's work ran past its timeout_s, counted from when it started on this replica (time
-    spent waiting for a slot does not count)."""
-
-
-class SlotTimeout(Exception):
-    """The job waited past its bound for a free slot on this replica (a max_concurrent model busy
-    with earlier jobs)."""
-
+__all__ = ["JobCancelled", "JobContext", "JobTimeout", "ModelDeployment", "ModelLoadError", "SlotTimeout"]
 
 _redis_warned_at = 0.0
 
@@ -54,12 +43,6 @@ def _redis_trouble(what: str, e: BaseException) -> None:
         log.warning("redis unavailable, %s (the job goes on): %s: %s", what, type(e).__name__, _first_line(e))
     else:
         log.debug("redis unavailable, %s: %s", what, e)
-
-
-class ModelLoadError(RuntimeError):
-    """The model could not load. A replica whose load failed stays up in state `failed` and fails
-    each job sent to it at once with this error (not retried), instead of leaving jobs to wait for
-    a replica that never comes; it tries loading again on a job after `reload_after_s`."""
 
 
 class JobContext:

@@ -41,9 +41,9 @@ class DiffusionModel(ModelDeployment):
 
     def build_tiny(self) -> str:
         """The demo model: this architecture, tiny and untrained, built once from its config."""
-        from . import builders as model_builders
+        from . import builders
 
-        return str(getattr(model_builders, f"build_tiny_{self.model_name}")(self.tiny_path))
+        return str(getattr(builders, f"build_tiny_{self.model_name}")(self.tiny_path))
 
     def load(self) -> None:
         import diffusers

@@ -33,7 +33,7 @@ class LLM(ModelDeployment):
 
         path = self.model_id
         if self.demo:
-            from .model_builders import build_tiny_llm
+            from .builders import build_tiny_llm
 
             path = str(build_tiny_llm(self.tiny_path))
         engine = self.engine_name

@@ -40,7 +40,7 @@ class Whisper(ModelDeployment):
         _ffmpeg_on_path()
         ref = self.model_ref
         if self.demo:
-            from .model_builders import build_tiny_whisper
+            from .builders import build_tiny_whisper
 
             ref = str(build_tiny_whisper(self.tiny_path))
         self.device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -121,8 +121,9 @@ def build_app(args: dict[str, Any]) -> Application:
         max_ongoing_requests=cfg.router.max_ongoing_requests,
         ray_actor_options={"num_cpus": cfg.router.num_cpus},
     )
-    return router.bind(cfg.model_dump(mode="json", exclude={"database_url", "redis_url", "artifacts_url"}), models, db, redis,
-                       artifacts)
+    # The parsed config itself (parsed once, here); the URLs travel apart, already resolved.
+    bound_cfg = cfg.model_copy(update={"database_url": None, "redis_url": None, "artifacts_url": None})
+    return router.bind(bound_cfg, models, db, redis, artifacts)
 
 
 def load_runtime_env(spec: str | dict[str, Any] | None, base_dir: Path | None = None) -> dict[str, Any] | None:

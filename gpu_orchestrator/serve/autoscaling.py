@@ -1,20 +1,37 @@
-"""The application-level autoscaling policy that enforces the GPU arbiter's decisions.
+"""The application-level autoscaling policy that enforces the GPU arbiter's decisions: both ends of
+the channel, and its keys, in one place.
 
 serve_config.yaml:  applications[].autoscaling_policy.policy_function: serve_apps.autoscaling:arbiter_policy
 
-The arbiter itself runs in the router (the leader replica: it has the queue in Postgres and the
-replica states); it reports its targets through `record_autoscaling_stats`. This function runs in
-the Serve controller and returns those targets for every model deployment, so Serve's own
+The arbiter runs in the router (the leader replica: it has the queue and the replica states). Each
+router replica's `record_autoscaling_stats` returns `encode(arbiter.snapshot, arbiter.is_leader)`;
+`arbiter_policy` runs in the Serve controller, picks the freshest leader's report from those
+metrics (`pick_targets`) and returns its targets for every model deployment, so Serve's own
 autoscaler starts and stops the replicas and the Ray dashboard shows the truth.
+
+Imports nothing heavy: the Serve controller loads this module.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gpu_orchestrator.service.arbiter_loop import LEADER_KEY, TARGET_PREFIX, TS_KEY
+if TYPE_CHECKING:
+    from gpu_orchestrator.bus.decisions import Snapshot
 
 ROUTER = "router"
+LEADER_KEY = "arbiter_leader"  # 1.0 from the leader, 0.0 from the others
+TS_KEY = "arbiter_ts"  # when the leader decided: the freshest leader wins during a handover
+TARGET_PREFIX = "target:"  # target:<deployment> -> replicas
+
+
+def encode(snapshot: Snapshot | None, is_leader: bool) -> dict[str, float]:
+    """What a router replica reports to the controller (record_autoscaling_stats)."""
+    if not is_leader or snapshot is None:
+        return {LEADER_KEY: 0.0}
+    out = {LEADER_KEY: 1.0, TS_KEY: snapshot.ts}
+    out.update({f"{TARGET_PREFIX}{k}": float(v) for k, v in snapshot.targets.items()})
+    return out
 
 
 def _latest(series: Any) -> tuple[float, float] | None:

@@ -1,11 +1,15 @@
-"""The dispatcher inside each router replica: claims queued jobs from Postgres and runs them on the
-model deployments, with a bounded number in flight per app so ordering and priority stay in our
+"""The dispatcher inside each router replica: claims queued jobs from the store and runs them on the
+model backends, with a bounded number in flight per app so ordering and priority stay in our
 queue rather than in Serve's FIFO. Several router replicas run one each; claims never overlap.
 
 Each claim is one attempt, keyed (job id, attempt) here and in the lease: a job rescued and claimed
 again while an older attempt still runs on this replica is two entries, and only the current one
-keeps its lease. A result is written until it lands (a Postgres blip does not lose it); the job
-stays held, its lease renewed, meanwhile. Redis (status events) is best effort throughout.
+keeps its lease. A result is written until it lands (a database blip does not lose it); the job
+stays held, its lease renewed, meanwhile. After every transition it commits, the dispatcher
+announces it (one status event, one metric: service.transitions), best effort.
+
+What a run ends with arrives typed (core.model_errors, translated by the backend): its `kind` goes
+into the job's error history and `retryable` decides whether the job is queued again.
 """
 
 from __future__ import annotations
@@ -15,15 +19,15 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
-import sqlalchemy as sa
-
-from gpu_orchestrator.core.config import OrchestratorConfig
-from gpu_orchestrator.bus.events import AsyncEventBus
-from gpu_orchestrator.core.jobs import Job, JobStatus, RetryPolicy, TransitionError
 from gpu_orchestrator.core.apps import AppKind
-from gpu_orchestrator.store.postgres import JobStore, is_transient_db_error
+from gpu_orchestrator.core.config import OrchestratorConfig
+from gpu_orchestrator.core.jobs import Job, JobStatus, RetryPolicy, TransitionError
+from gpu_orchestrator.core.model_errors import JobCancelled, as_model_error
+from gpu_orchestrator.service.backends import ModelBackend, ModelRun
+from gpu_orchestrator.service.transitions import Transitions
+from gpu_orchestrator.store.base import JobStore, ResultNotStorable
 
 log = logging.getLogger("gpu_orchestrator.dispatcher")
 
@@ -34,7 +38,7 @@ LeaseKey = tuple[uuid.UUID, int]  # (job id, attempt)
 class InFlight:
     job: Job
     task: asyncio.Task | None = None
-    response: Any = None  # the DeploymentResponse, so a cancel can reach the replica
+    run: ModelRun | None = None  # the model backend's run, so a cancel can reach the replica
     recording: bool = False  # the outcome is in hand and being written
     write_retries: int = 0
 
@@ -47,52 +51,7 @@ class InFlight:
         return self.job.claims
 
 
-def describe_error(exc: BaseException) -> str:
-    """A short 'Type: message' for the job row, unwrapping Ray's task/actor error wrappers. A
-    model's own timeouts read as their message ('timed out after 5 s')."""
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, BaseException) and cause is not exc:
-        exc = cause
-    msg = str(exc).strip().splitlines()
-    text = msg[-1] if msg else ""
-    if text and _error_names(exc) & _TIMEOUTS:
-        return text
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _error_names(exc: BaseException) -> set[str]:
-    """The error's type name and, for Ray's wrappers, its cause's (raised in another process)."""
-    return {type(exc).__name__, type(getattr(exc, "cause", None)).__name__}
-
-
-_TIMEOUTS = {"JobTimeout", "SlotTimeout"}  # gpu_orchestrator.models.base: the work's timeout, the slot wait's
-
-
-def is_load_error(exc: BaseException) -> bool:
-    """The model replica could not load (gpu_orchestrator.models.base.ModelLoadError): retrying cannot help."""
-    return "ModelLoadError" in _error_names(exc)
-
-
-def is_cancellation(exc: BaseException) -> bool:
-    return bool(_error_names(exc) & {"JobCancelled", "RequestCancelledError", "TaskCancelledError", "CancelledError"})
-
-
-def error_kind(exc: BaseException) -> str:
-    """The `kind` of a failed attempt in the job's error history."""
-    names = _error_names(exc)
-    if "JobTimeout" in names:
-        return "timeout"
-    if "SlotTimeout" in names:
-        return "slot_timeout"
-    if "ModelLoadError" in names:
-        return "load_error"
-    if names & {"ActorDiedError", "ActorUnavailableError", "RayActorError"}:
-        return "replica_died"  # charged: the job may be what crashed it
-    return "error"
-
-
 class Dispatcher:
-    PUBLISH_TIMEOUT_S = 2.0  # a slow Redis delays a status event this long at most
     ANSWER_MARGIN_S = 60.0  # beyond the slot wait and the job's timeout, for the model to stop
     RELEASE_WAIT_S = 5.0  # a stopping router finishes writing results in hand this long at most
     WRITE_BACKOFF_S = (0.2, 5.0)
@@ -102,19 +61,17 @@ class Dispatcher:
         *,
         cfg: OrchestratorConfig,
         store: JobStore,
-        bus: AsyncEventBus,
-        models: dict[str, Any],
+        transitions: Transitions,
+        backends: Mapping[str, ModelBackend],
         owner: str,
-        on_finished: Callable[[str, str], None] | None = None,
         gate: Callable[[str], bool] | None = None,
         refuse: Callable[[str], str | None] | None = None,
     ):
         self.cfg = cfg
         self.store = store
-        self.bus = bus
-        self.models = models
+        self.transitions = transitions
+        self.backends = backends  # by model deployment name
         self.owner = owner
-        self.on_finished = on_finished or (lambda app_id, status: None)
         # Whether a model deployment may be given work now (the GPU arbiter's residency decision).
         self.gate = gate or (lambda model: True)
         # Why a model's queued jobs can never run here (the arbiter found no GPU that holds it).
@@ -154,7 +111,7 @@ class Dispatcher:
                 await self._claim_all()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # Postgres restarting, Redis down: keep going, jobs are safe in the DB
+            except Exception:  # the database restarting: keep going, jobs are safe in it
                 log.exception("dispatcher tick failed; retrying")
                 await asyncio.sleep(1.0)
             self.wake.clear()
@@ -171,9 +128,7 @@ class Dispatcher:
             self._abort(key)
         for r in await asyncio.to_thread(self.store.rescue_expired, self.policy):
             log.warning("rescued job %s -> %s (%s)", r.job_id, r.status.value, r.error)
-            await self._publish_status(r.job_id, r.status.value, error=r.error)
-            if r.status == JobStatus.failed:
-                self.on_finished(r.app_id, "failed")
+            await self.transitions.announce(r.job_id, r.app_id, r.status, error=r.error)
         self.queue_stats = await asyncio.to_thread(self.store.queue_stats)
         await self._fail_unrunnable()
 
@@ -196,8 +151,7 @@ class Dispatcher:
                      else f"app {app_id} has kind {spec.kind.value}, which this orchestrator cannot run")
             for job_id in await asyncio.to_thread(self.store.fail_queued, app_id, error, older_than_s=grace):
                 log.warning("job %s failed: %s", job_id, error)
-                await self._publish_status(job_id, "failed", error=error)
-                self.on_finished(app_id, "failed")
+                await self.transitions.announce(job_id, app_id, JobStatus.failed, error=error)
 
     async def _claim_all(self) -> None:
         waiting = await asyncio.to_thread(self.store.apps_with_queued)
@@ -231,13 +185,12 @@ class Dispatcher:
         error = f"no capacity: {why}"
         for job_id in await asyncio.to_thread(self.store.fail_queued, app_id, error):
             log.warning("job %s failed: %s", job_id, error)
-            await self._publish_status(job_id, "failed", error=error)
-            self.on_finished(app_id, "failed")
+            await self.transitions.announce(job_id, app_id, JobStatus.failed, error=error)
 
-    def _cancel_response(self, f: InFlight) -> None:
-        if f.response is not None:
+    def _cancel_run(self, f: InFlight) -> None:
+        if f.run is not None:
             try:
-                f.response.cancel()  # raises CancelledError inside the model replica's request
+                f.run.cancel()  # stops the work on the model replica
             except Exception as e:
                 log.debug("could not cancel the request of job %s: %s", f.job.id, e)
 
@@ -245,7 +198,7 @@ class Dispatcher:
         f = self.inflight.get(key)
         if f is None:
             return
-        self._cancel_response(f)
+        self._cancel_run(f)
         if f.task is not None:
             f.task.cancel()
 
@@ -275,23 +228,13 @@ class Dispatcher:
             await asyncio.wait(pending, timeout=self.RELEASE_WAIT_S)
         try:
             released = await asyncio.to_thread(self.store.release, owner=self.owner, policy=self.policy)
-        except Exception as e:  # Postgres down: the leases expire and are rescued as usual
+        except Exception as e:  # the database down: the leases expire and are rescued as usual
             log.warning("could not hand back this router's leases (%s); they expire within %g s", e, self.lease_s)
             return 0
         log.info("handed back %d job(s) on stop", len(released))
-        await asyncio.gather(*(self._publish_status(r.job_id, r.status.value, error=r.error) for r in released))
-        for r in released:
-            if r.status == JobStatus.failed:
-                self.on_finished(r.app_id, "failed")
+        await asyncio.gather(*(self.transitions.announce(r.job_id, r.app_id, r.status, error=r.error)
+                               for r in released))
         return len(released)
-
-    async def _publish_status(self, job_id: uuid.UUID, status: str, **data: Any) -> None:
-        try:
-            await asyncio.wait_for(self.bus.publish(job_id, "status", status=status, **data), self.PUBLISH_TIMEOUT_S)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # events are lossy; the job row is the truth
-            log.warning("could not publish status event for %s: %s", job_id, e)
 
     async def _write(self, f: InFlight, fn: Callable[..., Any], **kw: Any) -> Any:
         """Run a store write for this attempt until it lands. Transient DB errors (a restart, a
@@ -303,7 +246,7 @@ class Dispatcher:
             try:
                 return await asyncio.to_thread(fn, **kw)
             except Exception as e:
-                if not is_transient_db_error(e):
+                if not self.store.is_transient(e):  # the store knows its driver's errors
                     raise
                 f.write_retries += 1
                 log.warning("job %s attempt %d: %s failed (%s); retrying in %.1f s", f.job.id, f.attempt,
@@ -316,30 +259,29 @@ class Dispatcher:
         app = self.cfg.app(job.app_id)
         assert app is not None
         queue_s = self.cfg.router.replica_queue_timeout_s
+        # The model times the work (timeout_s) apart from its wait for a slot (queue_timeout_s);
+        # our own bound only catches a replica that never answers.
+        limit = queue_s + job.timeout_s + self.ANSWER_MARGIN_S
         try:
-            await self._publish_status(job.id, "running", attempt=attempt, router=self.owner)
+            # The claim committed `running`: announced once per attempt, before the model gets it.
+            await self.transitions.announce(job.id, job.app_id, JobStatus.running, attempt=attempt, router=self.owner)
             try:
                 await self._write(f, self.store.mark_dispatched, job_id=job.id, owner=self.owner, attempt=attempt)
             except TransitionError as e:
                 log.info("not dispatching job %s attempt %d: %s", job.id, attempt, e)
                 return
-            handle = self.models[app.deployment]
-            # The model times the work (timeout_s) apart from its wait for a slot (queue_timeout_s);
-            # our own bound only catches a replica that never answers.
-            response = handle.run.remote(str(job.id), job.params, attempt, timeout_s=job.timeout_s,
-                                         queue_timeout_s=queue_s)
-            f.response = response
-            result = await asyncio.wait_for(response, timeout=queue_s + job.timeout_s + self.ANSWER_MARGIN_S)
+            f.run = self.backends[app.deployment].run(job, attempt, timeout_s=job.timeout_s, queue_timeout_s=queue_s)
+            result = await asyncio.wait_for(f.run, timeout=limit)
         except asyncio.CancelledError:
             return  # aborted: the job was cancelled or its lease lost or released; its row is settled
         except asyncio.TimeoutError:
-            self._cancel_response(f)  # stop the model's work too, not just our wait
-            limit = queue_s + job.timeout_s + self.ANSWER_MARGIN_S
+            self._cancel_run(f)  # stop the model's work too, not just our wait
             await self._record_failure(f, f"no answer from the model replica after {limit:g} s", kind="timeout")
         except Exception as e:
-            if is_cancellation(e):
-                return
-            await self._record_failure(f, describe_error(e), retryable=not is_load_error(e), kind=error_kind(e))
+            err = as_model_error(e)  # a backend raises model errors; anything else failed all the same
+            if isinstance(err, JobCancelled):
+                return  # the model saw the cancel flag, or its request was cancelled: the cancel settles the row
+            await self._record_failure(f, err.describe(), retryable=err.retryable, kind=err.kind)
         else:
             await self._record_success(f, result, backend=f"local:{app.deployment}")
         finally:
@@ -365,20 +307,16 @@ class Dispatcher:
                 # of this attempt is dropped so a recorded outcome is never overwritten.
                 log.info("dropping result of job %s attempt %d: %s", job.id, attempt, e)
                 return
-        except sa.exc.DBAPIError as e:  # the result itself cannot be stored (e.g. a NUL in a string)
+        except ResultNotStorable as e:  # e.g. a NUL in a string: a re-run would fail the same way
             f.recording = False
-            orig = e.orig or e
-            why = (str(orig).strip().splitlines() or [""])[0]  # psycopg2 puts the reason first, context after
-            await self._record_failure(f, f"the result could not be stored: {type(orig).__name__}: {why}",
-                                       retryable=False)
+            await self._record_failure(f, f"the result could not be stored: {e}", retryable=False)
             return
-        await self._publish_status(job.id, "succeeded", attempt=attempt, result=done.result)
-        self.on_finished(job.app_id, "succeeded")
+        await self.transitions.announce(job.id, job.app_id, JobStatus.succeeded, attempt=attempt, result=done.result)
 
     async def _record_failure(self, f: InFlight, error: str, retryable: bool = True, kind: str = "error") -> None:
         job, attempt = f.job, f.attempt
         f.recording = True
-        # A model's message may hold what Postgres text cannot (NUL, lone surrogates): escape it, so
+        # A model's message may hold what the database cannot (NUL, lone surrogates): escape it, so
         # the failure is recorded rather than lost with the task (the job would loop as "lost").
         error = error.replace("\x00", "\\0").encode("utf-8", "backslashreplace").decode("utf-8")
         try:
@@ -395,6 +333,4 @@ class Dispatcher:
                 return
             await self._record_failure(f, f"the failure could not be recorded ({type(e).__name__})", retryable, kind)
             return
-        await self._publish_status(job.id, after.status.value, attempt=attempt, error=error)
-        if after.status == JobStatus.failed:
-            self.on_finished(job.app_id, "failed")
+        await self.transitions.announce(job.id, job.app_id, after.status, attempt=attempt, error=error)

@@ -6,6 +6,8 @@ the state it expects, else TransitionError (another router, a cancel or a rescue
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import uuid
 from dataclasses import dataclass
 from typing import Any, Iterable, Protocol
@@ -13,6 +15,58 @@ from typing import Any, Iterable, Protocol
 from gpu_orchestrator.core.jobs import Job, JobStatus, RetryPolicy
 
 LeaseKey = tuple[uuid.UUID, int]  # (job id, claim number)
+
+MAX_ERRORS = 50  # error history kept per job (the oldest entry goes first)
+MAX_ERROR_CHARS = 2000
+
+
+def clip_error(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
+
+
+@dataclass(frozen=True)
+class LeaseEnd:
+    """How a running job's lease ended without an outcome, as both stores word and file it.
+    Messages are %s-format strings (Postgres' format() reads the same)."""
+
+    backoff: bool  # a lost run waits before it runs again
+    kind_lost: str  # errors[].kind when the run was on a model replica
+    kind_undispatched: str
+    msg_lost: str  # % (claim, lost runs so far, the cap)
+    msg_undispatched: str  # % (claim,)
+
+
+LEASE_EXPIRED = LeaseEnd(
+    backoff=True, kind_lost="lost", kind_undispatched="not_dispatched",
+    msg_lost="lease expired: the router running attempt %s stopped responding (lost run %s of %s "
+             "allowed); re-queued without using an attempt",
+    msg_undispatched="lease expired: the router holding attempt %s stopped before handing it to a "
+                     "model replica; re-queued without using an attempt",
+)
+RELEASED = LeaseEnd(
+    backoff=False, kind_lost="released", kind_undispatched="released",
+    msg_lost="the router running attempt %s stopped (lost run %s of %s allowed); re-queued without "
+             "using an attempt",
+    msg_undispatched="the router holding attempt %s stopped before handing it to a model replica; "
+                     "re-queued without using an attempt",
+)
+MSG_GIVE_UP = ("lost its router %s times (its lease ended while attempt %s was on a model replica); "
+               "the job may be crashing its router")  # % (lost runs, claim)
+
+
+def encode_cursor(job: Job) -> str:
+    """list()'s page cursor: the last job's (created_at, id), newest first."""
+    raw = f"{job.created_at.isoformat()}|{job.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, cid = raw.split("|")
+        return dt.datetime.fromisoformat(created), uuid.UUID(cid)
+    except Exception:
+        raise ValueError("cursor is not a cursor returned by this API") from None
 
 
 @dataclass(frozen=True)
@@ -44,8 +98,10 @@ class JobStore(Protocol):
     def list(self, *, app_id: str | None = None, status: JobStatus | None = None, limit: int = 50,
              cursor: str | None = None) -> tuple[list[Job], str | None]: ...
     def cancel(self, job_id: uuid.UUID) -> tuple[Job, JobStatus]: ...
-    def ping(self) -> None: ...
+    def ping(self) -> None: ...  # raises when the store cannot answer
+    def is_transient(self, exc: BaseException) -> bool: ...  # the same write may land if tried again
     def close(self) -> None: ...
+    def leader_lock(self, key: int) -> "LeaderLock": ...  # a new contender for lock `key`
 
     # the dispatcher's
     def apps_with_queued(self) -> set[str]: ...
@@ -54,9 +110,10 @@ class JobStore(Protocol):
     def claim(self, *, app_id: str, owner: str, limit: int, lease_s: float, max_in_flight: int) -> list[Job]: ...
     def mark_dispatched(self, *, job_id: uuid.UUID, owner: str, attempt: int) -> None: ...
     def heartbeat(self, *, owner: str, leases: Iterable[LeaseKey], lease_s: float) -> set[LeaseKey]: ...
-    def complete(self, *, job_id: uuid.UUID, owner: str, attempt: int, result: Any, backend: str) -> Job: ...
+    def complete(self, *, job_id: uuid.UUID, owner: str, attempt: int, result: Any,
+                 backend: str) -> Job: ...  # ResultNotStorable: the result itself cannot be kept
     def fail_attempt(self, *, job_id: uuid.UUID, owner: str, attempt: int, error: str, retryable: bool = True,
-                     kind: str = "error", retry_delay_s: float = 0.0) -> Job: ...
+                     backend: str | None = None, kind: str = "error", retry_delay_s: float = 0.0) -> Job: ...
     def fail_queued(self, app_id: str, error: str, *, older_than_s: float | None = None) -> list[uuid.UUID]: ...
     def rescue_expired(self, policy: RetryPolicy = RetryPolicy()) -> list[Rescued]: ...
     def release(self, *, owner: str, policy: RetryPolicy = RetryPolicy()) -> list[Rescued]: ...
@@ -71,4 +128,9 @@ class LeaderLock(Protocol):
 
 
 class StoreUnavailable(Exception):
-    """The store cannot be reached (a database outage): callers answer 503 + Retry-After."""
+    """The store cannot be reached (a database outage): callers answer 503 + Retry-After, and a
+    write may be tried again (store.postgres.is_transient_db_error counts it as transient)."""
+
+
+class ResultNotStorable(Exception):
+    """complete() cannot store this result (e.g. a NUL in a string): trying again fails the same way."""

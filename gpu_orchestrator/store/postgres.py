@@ -10,19 +10,26 @@ Every connection has a statement_timeout and a connect_timeout: a stuck query fa
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
 import json
+import logging
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from gpu_orchestrator.core.jobs import (IdempotencyConflict, Job, JobNotFound, JobStatus, QueueFull, RetryPolicy, TransitionError,
-                   request_fingerprint)
+from gpu_orchestrator.core.jobs import (IdempotencyConflict, Job, JobNotFound, JobStatus, QueueFull, RetryPolicy,
+                                        TransitionError, request_fingerprint)
+from gpu_orchestrator.store.base import (LEASE_EXPIRED, MAX_ERRORS, MSG_GIVE_UP, RELEASED, AppQueueStats, LeaseEnd,
+                                         ResultNotStorable, Rescued, StoreUnavailable,
+                                         clip_error, decode_cursor, encode_cursor)
+
+__all__ = ["AppQueueStats", "JobStore", "PostgresJobStore", "PostgresLeaderLock", "Rescued", "ResultNotStorable",
+           "connect_args", "create_engine", "decode_cursor", "encode_cursor", "is_transient_db_error", "run_migrations",
+           "sqlalchemy_url"]
+
+log = logging.getLogger(__name__)
 
 _COLS = (
     "id, app_id, status, priority, params, result, error, attempts, max_attempts, timeout_s, backend, "
@@ -30,25 +37,20 @@ _COLS = (
     "claims, lost_attempts, errors, dispatched_at, run_after"
 )
 _MIGRATION_LOCK = 0x6770756F72  # "gpuor": serialises migrations across router replicas
-_MAX_ERRORS = 50  # error history kept per job (the oldest entry goes first)
-_MAX_ERROR_CHARS = 2000
 
 
 def _append_error(kind: str, msg: str, t: str = "") -> str:
     """SQL for `errors` plus one {attempt, error, at, kind} entry; kind and msg are SQL expressions."""
-    return (f"errors = (CASE WHEN jsonb_array_length({t}errors) >= {_MAX_ERRORS} THEN {t}errors - 0 "
+    return (f"errors = (CASE WHEN jsonb_array_length({t}errors) >= {MAX_ERRORS} THEN {t}errors - 0 "
             f"ELSE {t}errors END) || jsonb_build_array(jsonb_build_object("
             f"'attempt', {t}claims, 'error', {msg}, 'at', now(), 'kind', {kind}))")
 
 
-def _clip(text: str) -> str:
-    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 1] + "…"
-
-
 def is_transient_db_error(exc: BaseException) -> bool:
     """A lost connection, a restarting server, a statement timeout, a full pool: the same write may
-    land if tried again. (A DataError or a bug would fail the same way every time.)"""
-    if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)):
+    land if tried again (and the memory store's simulated outage, StoreUnavailable). A DataError
+    or a bug would fail the same way every time."""
+    if isinstance(exc, (StoreUnavailable, sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)):
         return True
     return isinstance(exc, sa.exc.DBAPIError) and bool(exc.connection_invalidated)
 
@@ -94,27 +96,7 @@ def run_migrations(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
-@dataclass(frozen=True)
-class AppQueueStats:
-    app_id: str
-    queued: int
-    running: int
-    oldest_queued_age_s: float | None
-    max_queued_priority: int | None
-
-
-@dataclass(frozen=True)
-class Rescued:
-    """A running job whose lease ended without its router recording an outcome."""
-
-    job_id: uuid.UUID
-    app_id: str
-    status: JobStatus  # queued again, or failed (lost max_lost_attempts times)
-    error: str
-    lost: bool = False  # it was on a model replica (counted in lost_attempts), not just claimed
-
-
-class JobStore:
+class PostgresJobStore:
     def __init__(self, engine: Engine, lease_engine: Engine | None = None):
         self.engine = engine
         self.lease_engine = lease_engine or engine
@@ -130,7 +112,7 @@ class JobStore:
         lease_pool_size: int = 2,
         statement_timeout_s: float | None = 30.0,
         connect_timeout_s: float | None = 10.0,
-    ) -> "JobStore":
+    ) -> "PostgresJobStore":
         args = connect_args(statement_timeout_s=statement_timeout_s, connect_timeout_s=connect_timeout_s)
         # pool_pre_ping: survive a Postgres restart without surfacing dead connections.
         engine = create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow,
@@ -145,6 +127,17 @@ class JobStore:
         self.engine.dispose()
         if self.lease_engine is not self.engine:
             self.lease_engine.dispose()
+
+    def ping(self) -> None:
+        """Raises (an sqlalchemy error) when Postgres cannot answer."""
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    def is_transient(self, exc: BaseException) -> bool:
+        return is_transient_db_error(exc)
+
+    def leader_lock(self, key: int) -> "PostgresLeaderLock":
+        return PostgresLeaderLock(self.engine, key)
 
     # -- intake -----------------------------------------------------------------------------------
 
@@ -369,13 +362,21 @@ class JobStore:
         return {(r.id, r.claims) for r in rows}
 
     def complete(self, *, job_id: uuid.UUID, owner: str, attempt: int, result: Any, backend: str) -> Job:
-        """running -> succeeded, only for the lease holder of this very attempt."""
-        return self._leased_update(
-            "status = 'succeeded', result = CAST(:result AS jsonb), backend = :backend, finished_at = now(), "
-            "error = NULL",
-            {"result": json.dumps(result, default=str), "backend": backend},
-            job_id=job_id, owner=owner, attempt=attempt, wanted="complete",
-        )
+        """running -> succeeded, only for the lease holder of this very attempt. ResultNotStorable
+        when Postgres refuses the result itself (a NUL or a lone surrogate in a string)."""
+        try:
+            return self._leased_update(
+                "status = 'succeeded', result = CAST(:result AS jsonb), backend = :backend, finished_at = now(), "
+                "error = NULL",
+                {"result": json.dumps(result, default=str), "backend": backend},
+                job_id=job_id, owner=owner, attempt=attempt, wanted="complete",
+            )
+        except sa.exc.DBAPIError as e:
+            if is_transient_db_error(e):
+                raise
+            orig = e.orig or e
+            why = (str(orig).strip().splitlines() or [""])[0]  # psycopg2 puts the reason first, context after
+            raise ResultNotStorable(f"{type(orig).__name__}: {why}") from e
 
     def fail_attempt(
         self, *, job_id: uuid.UUID, owner: str, attempt: int, error: str, retryable: bool = True,
@@ -390,7 +391,7 @@ class JobStore:
             f"run_after = CASE WHEN {requeue} THEN now() + make_interval(secs => :delay) END, "
             f"error = :error, backend = coalesce(:backend, backend), dispatched_at = NULL, "
             + _append_error(":kind", ":error"),
-            {"error": _clip(error), "retry": retryable, "backend": backend, "kind": kind, "delay": retry_delay_s},
+            {"error": clip_error(error), "retry": retryable, "backend": backend, "kind": kind, "delay": retry_delay_s},
             job_id=job_id, owner=owner, attempt=attempt, wanted="record a failed attempt",
         )
 
@@ -434,32 +435,19 @@ class JobStore:
         lease). Not the job's fault, so no attempt is charged: a claim never handed to a model
         replica goes back as it was; a run that was on one counts in lost_attempts, comes back
         after a backoff, and fails the job once it reaches policy.max_lost_attempts."""
-        return self._requeue_leases(
-            "lease_expires_at < now()", {}, policy=policy, backoff=True, skip_locked=True,
-            kind_lost="lost", kind_undispatched="not_dispatched",
-            msg_lost="lease expired: the router running attempt %s stopped responding (lost run %s of %s "
-                     "allowed); re-queued without using an attempt",
-            msg_undispatched="lease expired: the router holding attempt %s stopped before handing it to a "
-                             "model replica; re-queued without using an attempt",
-        )
+        return self._requeue_leases("lease_expires_at < now()", {}, policy=policy, how=LEASE_EXPIRED,
+                                    skip_locked=True)
 
     def release(self, *, owner: str, policy: RetryPolicy = RetryPolicy()) -> list[Rescued]:
         """A router stopping gracefully hands back every lease it holds at once (one UPDATE):
         running -> queued at once, attempt refunded. A run that was already on a model replica still
         counts in lost_attempts: Serve also stops unhealthy routers, and a job making its router
         unhealthy must not loop for ever."""
-        return self._requeue_leases(
-            "lease_owner = :owner", {"owner": owner}, policy=policy, backoff=False, skip_locked=False,
-            kind_lost="released", kind_undispatched="released",
-            msg_lost="the router running attempt %s stopped (lost run %s of %s allowed); re-queued without "
-                     "using an attempt",
-            msg_undispatched="the router holding attempt %s stopped before handing it to a model replica; "
-                             "re-queued without using an attempt",
-        )
+        return self._requeue_leases("lease_owner = :owner", {"owner": owner}, policy=policy, how=RELEASED,
+                                    skip_locked=False)
 
-    def _requeue_leases(self, where: str, args: dict[str, Any], *, policy: RetryPolicy, backoff: bool,
-                        skip_locked: bool, kind_lost: str, kind_undispatched: str, msg_lost: str,
-                        msg_undispatched: str) -> list[Rescued]:
+    def _requeue_leases(self, where: str, args: dict[str, Any], *, policy: RetryPolicy, how: LeaseEnd,
+                        skip_locked: bool) -> list[Rescued]:
         sql = (
             f"WITH x AS (SELECT id, dispatched_at IS NOT NULL AS lost FROM jobs "
             f"WHERE status = 'running' AND {where} FOR UPDATE{' SKIP LOCKED' if skip_locked else ''}), "
@@ -480,11 +468,9 @@ class JobStore:
             f"FROM m WHERE j.id = m.id RETURNING j.id, j.app_id, j.status, j.error, m.lost"
         )
         params = {
-            **args, "cap": policy.max_lost_attempts, "backoff": backoff, "bmax": policy.backoff_max_s,
-            "base": policy.backoff_s, "kind_lost": kind_lost, "kind_undispatched": kind_undispatched,
-            "msg_lost": msg_lost, "msg_undispatched": msg_undispatched,
-            "msg_give_up": "lost its router %s times (its lease ended while attempt %s was on a model replica); "
-                           "the job may be crashing its router",
+            **args, "cap": policy.max_lost_attempts, "backoff": how.backoff, "bmax": policy.backoff_max_s,
+            "base": policy.backoff_s, "kind_lost": how.kind_lost, "kind_undispatched": how.kind_undispatched,
+            "msg_lost": how.msg_lost, "msg_undispatched": how.msg_undispatched, "msg_give_up": MSG_GIVE_UP,
         }
         with self.lease_engine.begin() as conn:
             rows = conn.execute(sa.text(sql), params).all()
@@ -494,15 +480,53 @@ class JobStore:
         return conn.execute(sa.text("SELECT status FROM jobs WHERE id = :id"), {"id": job_id}).scalar()
 
 
-def encode_cursor(job: Job) -> str:
-    raw = f"{job.created_at.isoformat()}|{job.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+JobStore = PostgresJobStore  # the old name; goes once every caller names PostgresJobStore
 
 
-def decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, cid = raw.split("|")
-        return dt.datetime.fromisoformat(created), uuid.UUID(cid)
-    except Exception:
-        raise ValueError("cursor is not a cursor returned by this API") from None
+class PostgresLeaderLock:
+    """A session-level advisory lock held on a dedicated connection. If the holder dies (or its
+    connection does), Postgres releases the lock and another replica can take it."""
+
+    def __init__(self, engine: Engine, key: int):
+        self.engine = engine
+        self.key = key
+        self._conn: Connection | None = None
+
+    def hold(self) -> bool:
+        """Take the lock, or confirm it is still held (the connection still answers)."""
+        try:
+            if self._conn is None:
+                self._conn = self.engine.connect()
+                got = self._conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}).scalar()
+                self._conn.commit()
+                if not got:
+                    self._conn.close()
+                    self._conn = None
+                return bool(got)
+            self._conn.execute(sa.text("SELECT 1"))
+            self._conn.commit()
+            return True
+        except Exception as e:
+            log.warning("leader lock %#x lost: %s", self.key, e)
+            self._drop()
+            return False
+
+    def release(self) -> None:
+        if self._conn is None:
+            return
+        try:
+            self._conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+            self._conn.commit()
+            self._conn.close()
+        except Exception:
+            self._drop()  # a dead connection holds nothing: Postgres dropped the lock with it
+        self._conn = None
+
+    def _drop(self) -> None:
+        # invalidate, not close: a connection in an unknown state must not go back to the pool
+        if self._conn is not None:
+            try:
+                self._conn.invalidate()
+            except Exception:
+                pass
+        self._conn = None

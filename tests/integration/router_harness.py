@@ -1,6 +1,7 @@
 """The router deployment's FastAPI app served by uvicorn in this process, without Ray: real Postgres
 and Redis (the test backends, optionally behind a TCP proxy that a test can cut or stall), and a
-stand-in model deployment handle. What Serve adds (the replica context) is the only thing faked.
+stand-in model deployment handle. The app is built as on a replica (Router, then
+`__serve_build_asgi_app__`); what Serve adds (the replica context) is the only thing faked.
 """
 
 from __future__ import annotations
@@ -236,11 +237,14 @@ def running_router(database_url: str, redis_url: str, *, artifacts: str | None =
     from gpu_orchestrator.serve import router as router_mod
 
     model = FakeModel(redis_url)  # the same Redis (or proxy) as the router, like a real replica
-    router = router_mod.Router(cfg or config(), {"echo": model, "llm": model}, database_url, redis_url, artifacts)
-    ctx = SimpleNamespace(servable_object=router, app_name="orchestrator", replica_id=SimpleNamespace(unique_id="test"))
+    ctx = SimpleNamespace(servable_object=None, app_name="orchestrator", replica_id=SimpleNamespace(unique_id="test"))
     monkeypatch.setattr(serve, "get_replica_context", lambda: ctx)
+    # As Serve does on a replica: construct, then build the ASGI app (serve.ingress() late-bound).
+    router = router_mod.Router(cfg or config(), {"echo": model, "llm": model}, database_url, redis_url, artifacts)
+    ctx.servable_object = router
+    app = router.__serve_build_asgi_app__()
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(router_mod.app, host="127.0.0.1", port=port, log_level="warning",
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            lifespan="off"))
     loop_box: dict[str, Any] = {}
 

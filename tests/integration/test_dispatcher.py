@@ -1,7 +1,7 @@
 """The dispatcher's failure paths, on a real JobStore (Postgres) and a real event bus (Redis).
 
-The one stand-in is the Serve handle: `Handle.run.remote(...)` calls a real ModelDeployment in this
-process and returns an awaitable with `.cancel()`, as a DeploymentResponse does.
+The one stand-in is the model backend: `Backend.run(...)` runs a real ModelDeployment in this
+process and returns an awaitable with `.cancel()`, as serve.backend.ServeBackend does over a handle.
 """
 
 from __future__ import annotations
@@ -10,14 +10,15 @@ import asyncio
 import datetime as dt
 import time
 import uuid
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from gpu_orchestrator.models.base import JobContext, JobTimeout, ModelDeployment, SlotTimeout
+from gpu_orchestrator.service.backends import InProcessBackend, StartedRun
 from gpu_orchestrator.service.dispatcher import Dispatcher
+from gpu_orchestrator.service.transitions import Transitions
 from gpu_orchestrator.models.echo import Echo
 from gpu_orchestrator.core.config import parse_config
 from gpu_orchestrator.bus.events import AsyncEventBus, EventBus
@@ -26,33 +27,19 @@ from gpu_orchestrator.core.jobs import JobStatus, RetryPolicy
 DEAD_REDIS = "redis://127.0.0.1:1"
 
 
-class Response:
-    def __init__(self, coro):
-        self.task = asyncio.ensure_future(coro)
-        self.cancelled = False
-
-    def __await__(self):
-        return self.task.__await__()
-
-    def cancel(self) -> None:
-        self.cancelled = True
-        self.task.cancel()
-
-
-class Handle:
-    """Stands in for a Serve DeploymentHandle: calls go round-robin over the model replicas given."""
+class Backend:
+    """An in-process model backend whose runs go round-robin over the model replicas given, each
+    run a task in this loop (a Serve handle's call, without Ray)."""
 
     def __init__(self, model: ModelDeployment | list[ModelDeployment]):
         self.replicas = model if isinstance(model, list) else [model]
-        self.calls: list[tuple[tuple, dict]] = []
-        self.responses: list[Response] = []
-        self.run = SimpleNamespace(remote=self._remote)
+        self.runs: list[StartedRun] = []
 
-    def _remote(self, *args: Any, **kw: Any) -> Response:
-        replica = self.replicas[len(self.calls) % len(self.replicas)]
-        self.calls.append((args, kw))
-        self.responses.append(Response(replica.run(*args, **kw)))
-        return self.responses[-1]
+    def run(self, job, attempt: int, *, timeout_s: float, queue_timeout_s: float) -> StartedRun:
+        replica = self.replicas[len(self.runs) % len(self.replicas)]
+        run = InProcessBackend(replica).run(job, attempt, timeout_s=timeout_s, queue_timeout_s=queue_timeout_s)
+        self.runs.append(run)
+        return run
 
 
 class Gate(ModelDeployment):
@@ -111,7 +98,7 @@ def make_dispatcher(store, bus, model, *, owner="router-1", app: dict | None = N
         "models": {"m": {"impl": "deployments.echo:Echo"}},
         "router": {"lease_s": 1.0, "poll_interval_s": 0.05, "retry_backoff_s": 0.0, **router},
     })
-    return Dispatcher(cfg=cfg, store=store, bus=bus, models={"m": Handle(model)}, owner=owner)
+    return Dispatcher(cfg=cfg, store=store, transitions=Transitions(bus), backends={"m": Backend(model)}, owner=owner)
 
 
 def submit(store, app="a", max_attempts=2, **params) -> uuid.UUID:
@@ -185,7 +172,7 @@ def test_db_error_while_recording_success_keeps_the_result(store, redis_url):
             job = await status_in(store, job_id, JobStatus.succeeded, JobStatus.failed, timeout_s=30)
         finally:
             await shutdown(d)
-        return job, flaky.calls, len(d.models["m"].calls)
+        return job, flaky.calls, len(d.backends["m"].runs)
 
     job, complete_calls, runs = run(go())
     assert job.status == JobStatus.succeeded and job.result["echo"] == {"message": "hi"}
@@ -212,7 +199,7 @@ def test_two_attempts_of_one_job_on_one_router_never_both_record(store, redis_ur
                     break
             # This router claims it again while attempt 1 still runs here.
             await until(lambda: model.started == [1, 2], what="attempt 2 to start")
-            first, second = d.models["m"].responses
+            first, second = d.backends["m"].runs
             await until(lambda: first.cancelled, timeout_s=5, what="attempt 1's request to be cancelled")
             await until(lambda: set(d.inflight) == {(job_id, 2)}, timeout_s=5, what="only attempt 2 held")
             assert not second.cancelled
@@ -307,7 +294,7 @@ def test_release_all_hands_every_job_back_at_once(store, redis_url):
         n = await leaving.release_all()
         took = time.monotonic() - t0
         jobs = [await asyncio.to_thread(store.get, i) for i in ids]
-        responses = leaving.models["m"].responses
+        responses = leaving.backends["m"].runs
         return n, took, jobs, responses, ids
 
     n, took, jobs, responses, ids = run(go())
@@ -422,7 +409,7 @@ def test_a_cancel_reaches_the_model_with_redis_down(store, redis_url):
             await asyncio.to_thread(store.cancel, job_id)  # what DELETE /v1/jobs/{id} does
             # The lost lease tells the router, which cancels the model's request.
             await until(lambda: model.busy == 0, timeout_s=5, what="the model to stop")
-            return d.models["m"].responses[0].cancelled, await asyncio.to_thread(store.get, job_id)
+            return d.backends["m"].runs[0].cancelled, await asyncio.to_thread(store.get, job_id)
         finally:
             await shutdown(d)
 

@@ -117,7 +117,7 @@ def test_unknown_and_unrunnable_apps_are_refused_at_submit(http):
 
 def test_app_whose_model_is_not_deployed_is_refused(db_url, serve_backend, monkeypatch):
     with running_router(db_url, serve_backend.redis_url, monkeypatch=monkeypatch) as r:
-        r.router.models.pop("llm")  # a deployment this router has no handle for
+        r.router.backends.pop("llm")  # a deployment this router has no handle for
         with httpx.Client(base_url=r.base) as c:
             res = c.post("/v1/jobs", json={"app_id": "chat", "params": {"messages": [{"role": "user", "content": "x"}]}})
     assert res.status_code == 422 and res.json()["error"] == "app_not_runnable" and fields(res) == {"app_id"}
@@ -136,10 +136,7 @@ def _chunks(n: int, size: int = 512):
     ("/v1/jobs/multipart", "multipart/form-data; boundary=zz"),
 ])
 def test_chunked_body_over_the_limit_is_413(rr, path, ctype):
-    rr.router.cfg.router.max_upload_bytes = 8192
-    import gpu_orchestrator.serve.router as router_mod
-
-    router_mod._limits["max_upload_bytes"] = 8192
+    rr.router.api.state.limits.max_upload_bytes = 8192  # read per request
     prefix = b'--zz\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n' if "multipart" in ctype else b"{"
 
     def body():

@@ -169,7 +169,7 @@ def test_database_outage_answers_503_with_retry_after(faulty, http):
 
 
 def test_event_streams_are_bounded_per_replica(faulty, http):
-    faulty.router.max_streams = 1
+    faulty.router.api.state.limits.max_streams = 1
     job_id = submit(http, steps=30, delay_s=0.1)
     with httpx.stream("GET", f"{faulty.base}/v1/jobs/{job_id}/events", timeout=30) as first:
         assert first.status_code == 200
@@ -181,14 +181,14 @@ def test_event_streams_are_bounded_per_replica(faulty, http):
         r = http.post("/v1/chat/completions", json={"model": "chat", "messages": msgs, "stream": True})
         assert r.status_code == 503
     deadline = time.monotonic() + 5
-    while faulty.router.streams and time.monotonic() < deadline:
+    while faulty.router.api.state.streams.open and time.monotonic() < deadline:
         time.sleep(0.05)
     events, _ = read_sse(faulty.base, job_id)
     assert events[-1]["data"]["status"] == "succeeded"
 
 
 def test_event_streams_end_after_a_time_limit_and_clients_resume(faulty, http):
-    faulty.router.max_stream_s = 0.5
+    faulty.router.api.state.limits.max_stream_s = 0.5
     job_id = submit(http, steps=25, delay_s=0.1)
     events, lines = read_sse(faulty.base, job_id)
     assert any(line.startswith("retry: ") for line in lines)

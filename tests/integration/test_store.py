@@ -1,4 +1,7 @@
-"""The job store against real Postgres (the machine's and the embedded one)."""
+"""The job store's behaviour, against every store: the in-memory one and real Postgres (the
+machine's and the embedded one). The `store` fixture here is parametrised over them; tests of
+Postgres itself (migrations, SQL plans, timeouts, pools, connection loss) take `pg_store` or a
+database_url."""
 
 from __future__ import annotations
 
@@ -10,13 +13,60 @@ import pytest
 import sqlalchemy as sa
 
 from gpu_orchestrator.core.jobs import IdempotencyConflict, JobNotFound, JobStatus, QueueFull, RetryPolicy, TransitionError
-from gpu_orchestrator.store.postgres import JobStore, create_engine, run_migrations
+from gpu_orchestrator.store.base import ResultNotStorable, StoreUnavailable
+from gpu_orchestrator.store.memory import MemoryJobStore
+from gpu_orchestrator.store.postgres import PostgresJobStore, create_engine, is_transient_db_error, run_migrations
+
+
+@pytest.fixture
+def store(any_store):
+    return any_store
+
+
+@pytest.fixture
+def pg_store(database_url):
+    s = PostgresJobStore.connect(database_url, migrate=False)
+    yield s
+    s.close()
+
+
+def is_memory(store) -> bool:
+    return isinstance(store, MemoryJobStore)
 
 
 def submit(store, app="a", **kw):
     job, created = store.submit(app_id=app, params=kw.pop("params", {"x": 1}), **kw)
     assert created
     return job
+
+
+def wait(store, seconds):
+    """Let time pass: the memory store's clock moves; Postgres' has to be waited for."""
+    if is_memory(store):
+        store.clock.advance(seconds)
+    else:
+        time.sleep(seconds)
+
+
+def expire_lease(store, job_id):
+    """What a dead router leaves behind: the lease's time is up."""
+    if is_memory(store):
+        left = (store.get(job_id).lease_expires_at.timestamp() - store.clock())
+        store.clock.advance(left + 1)
+        return
+    with store.engine.begin() as c:
+        c.execute(sa.text("UPDATE jobs SET lease_expires_at = now() - interval '1 second' WHERE id = :id"), {"id": job_id})
+
+
+def backdate(store, job_id, seconds):
+    """Make a job `seconds` older. (The memory store's clock moves instead, so every job existing
+    now ages; the tests below create the jobs that must stay young afterwards.)"""
+    if is_memory(store):
+        store.clock.advance(seconds)
+        return
+    with store.engine.begin() as c:
+        c.execute(sa.text("UPDATE jobs SET created_at = created_at - make_interval(secs => :s) WHERE id = :id"),
+                  {"id": job_id, "s": seconds})
 
 
 def test_submit_persists_queued_row(store):
@@ -31,12 +81,6 @@ def test_submit_persists_queued_row(store):
 def test_get_unknown_raises(store):
     with pytest.raises(JobNotFound):
         store.get(uuid.uuid4())
-
-
-def expire_lease(store, job_id):
-    """What a dead router leaves behind: the lease's time is up."""
-    with store.engine.begin() as c:
-        c.execute(sa.text("UPDATE jobs SET lease_expires_at = now() - interval '1 second' WHERE id = :id"), {"id": job_id})
 
 
 def test_idempotency_key_returns_existing_job(store):
@@ -66,8 +110,7 @@ def test_idempotency_keys_are_scoped_per_app(store):
 
 def test_idempotency_key_expires_with_its_retention(store):
     old, _ = store.submit(app_id="a", params={"x": 1}, idempotency_key="k1")
-    with store.engine.begin() as c:
-        c.execute(sa.text("UPDATE jobs SET created_at = now() - interval '25 hours' WHERE id = :id"), {"id": old.id})
+    backdate(store, old.id, 25 * 3600)
     # Past the 24 h default the key starts a new job, even with another body.
     new, created = store.submit(app_id="a", params={"x": 2}, idempotency_key="k1")
     assert created and new.id != old.id
@@ -105,12 +148,16 @@ def test_claim_respects_max_in_flight_across_owners(store):
     assert store.claim(app_id="a", owner="r2", limit=10, lease_s=30, max_in_flight=2) == []
 
 
-def test_concurrent_claimers_never_share_a_job(store, database_url):
+def test_concurrent_claimers_never_share_a_job(store):
     n = 60
     for _ in range(n):
         submit(store)
     claimed: dict[str, list] = {}
-    stores = [JobStore.connect(database_url, migrate=False) for _ in range(4)]
+    if is_memory(store):  # threads on one store, as the dispatcher's to_thread calls are
+        stores = [store] * 4
+    else:  # four routers: a connection pool each
+        url = store.engine.url.render_as_string(hide_password=False)
+        stores = [PostgresJobStore.connect(url, migrate=False) for _ in range(4)]
 
     def worker(i):
         got = []
@@ -125,7 +172,8 @@ def test_concurrent_claimers_never_share_a_job(store, database_url):
     ts = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
     [t.start() for t in ts]
     [t.join() for t in ts]
-    [s.close() for s in stores]
+    if not is_memory(store):
+        [s.close() for s in stores]
     all_ids = [j for ids in claimed.values() for j in ids]
     assert len(all_ids) == n and len(set(all_ids)) == n
 
@@ -148,14 +196,17 @@ def test_complete_is_guarded_by_owner_and_attempt(store):
 
 def test_fail_attempt_requeues_then_fails(store):
     submit(store, max_attempts=2)
-    (j,) = store.claim(app_id="a", owner="r1", limit=1, lease_s=30, max_in_flight=5)
-    after = store.fail_attempt(job_id=j.id, owner="r1", attempt=1, error="RuntimeError: boom")
+    (first,) = store.claim(app_id="a", owner="r1", limit=1, lease_s=30, max_in_flight=5)
+    after = store.fail_attempt(job_id=first.id, owner="r1", attempt=1, error="RuntimeError: boom",
+                               backend="local:x")
     assert after.status == JobStatus.queued and after.error == "RuntimeError: boom" and after.lease_owner is None
+    assert after.backend == "local:x"
     (j,) = store.claim(app_id="a", owner="r1", limit=1, lease_s=30, max_in_flight=5)
-    assert j.attempts == 2
+    assert j.attempts == 2 and j.started_at == first.started_at  # started_at is the first run's start
     after = store.fail_attempt(job_id=j.id, owner="r1", attempt=2, error="RuntimeError: boom again")
     assert after.status == JobStatus.failed and after.finished_at is not None
     assert after.error == "RuntimeError: boom again"
+    assert after.backend == "local:x"  # a failure that names no backend keeps the last one
 
 
 def test_non_retryable_failure_fails_at_once(store):
@@ -169,6 +220,7 @@ def test_cancel_queued_running_and_finished(store):
     q = submit(store)
     job, prev = store.cancel(q.id)
     assert prev == JobStatus.queued and job.status == JobStatus.cancelled
+    assert job.error == "cancelled by request" and job.finished_at is not None
     r = submit(store)
     store.claim(app_id="a", owner="r1", limit=1, lease_s=30, max_in_flight=5)
     job, prev = store.cancel(r.id)
@@ -182,6 +234,12 @@ def test_cancel_queued_running_and_finished(store):
     assert e.value.current == "cancelled"
     with pytest.raises(JobNotFound):
         store.cancel(uuid.uuid4())
+    done = submit(store)
+    store.claim(app_id="a", owner="r1", limit=1, lease_s=30, max_in_flight=5)
+    store.complete(job_id=done.id, owner="r1", attempt=1, result=1, backend="x")
+    with pytest.raises(TransitionError) as e:
+        store.cancel(done.id)
+    assert e.value.current == "succeeded" and store.get(done.id).status == JobStatus.succeeded
 
 
 NO_BACKOFF = RetryPolicy(backoff_s=0.0, max_lost_attempts=3)
@@ -192,7 +250,7 @@ def test_expired_lease_of_a_dispatched_run_counts_as_lost_not_as_an_attempt(stor
     (j,) = store.claim(app_id="a", owner="dead", limit=1, lease_s=0.2, max_in_flight=5)
     store.mark_dispatched(job_id=j.id, owner="dead", attempt=1)
     assert store.rescue_expired(NO_BACKOFF) == []  # not yet expired
-    time.sleep(0.4)
+    wait(store, 0.4)
     (r,) = store.rescue_expired(NO_BACKOFF)
     assert r.job_id == j.id and r.status == JobStatus.queued and r.lost and "lease expired" in r.error
     job = store.get(j.id)
@@ -250,7 +308,7 @@ def test_heartbeat_extends_only_own_leases_of_the_same_attempt(store):
     assert store.heartbeat(owner="r2", leases=[(j.id, 1)], lease_s=30) == set()
     assert store.heartbeat(owner="r1", leases=[(j.id, 2)], lease_s=30) == set()
     assert store.heartbeat(owner="r1", leases=[(j.id, 1)], lease_s=30) == {(j.id, 1)}
-    time.sleep(0.5)
+    wait(store, 0.5)
     assert store.rescue_expired() == []
     # Rescued and claimed again by the same router: only the new attempt's lease is renewed.
     expire_lease(store, j.id)
@@ -288,7 +346,7 @@ def test_failed_attempt_waits_for_its_backoff(store):
     assert after.status == JobStatus.queued and after.run_after is not None
     assert after.to_api()["retry_at"] is not None
     assert store.claim(app_id="a", owner="r1", limit=1, lease_s=30, max_in_flight=5) == []
-    time.sleep(0.8)
+    wait(store, 0.8)
     (j,) = store.claim(app_id="a", owner="r1", limit=1, lease_s=30, max_in_flight=5)
     assert j.attempts == 2 and j.run_after is None
 
@@ -310,7 +368,8 @@ def test_each_attempts_error_is_kept(store):
     assert errors[0]["error"] == "RuntimeError: first" and all(e["at"] for e in errors)
 
 
-def test_claim_uses_the_queued_index(store):
+def test_claim_uses_the_queued_index(pg_store):
+    store = pg_store
     for i in range(20):
         submit(store, params={"i": i})
     with store.engine.begin() as c:
@@ -323,7 +382,7 @@ def test_claim_uses_the_queued_index(store):
 
 
 def test_statement_timeout_bounds_every_query(database_url):
-    s = JobStore.connect(database_url, migrate=False, statement_timeout_s=0.5)
+    s = PostgresJobStore.connect(database_url, migrate=False, statement_timeout_s=0.5)
     try:
         for eng in (s.engine, s.lease_engine):
             with eng.connect() as c:
@@ -338,7 +397,7 @@ def test_statement_timeout_bounds_every_query(database_url):
 
 
 def test_lease_renewal_has_its_own_pool(database_url):
-    s = JobStore.connect(database_url, migrate=False, pool_size=2, max_overflow=0)
+    s = PostgresJobStore.connect(database_url, migrate=False, pool_size=2, max_overflow=0)
     held = []
     try:
         s.submit(app_id="a", params={})
@@ -389,7 +448,8 @@ def test_migrations_are_idempotent_and_concurrent_safe(database_url):
     [e.dispose() for e in engines]
 
 
-def test_status_check_constraint_rejects_unknown_status(store):
+def test_status_check_constraint_rejects_unknown_status(pg_store):
+    store = pg_store
     job = submit(store)
     with pytest.raises(sa.exc.IntegrityError):
         with store.engine.begin() as c:
@@ -413,8 +473,125 @@ def test_fail_queued_ends_only_that_apps_queued_jobs(store):
 
 def test_fail_queued_spares_jobs_younger_than_the_grace(store):
     old = submit(store, app="gone")
-    with store.engine.begin() as c:
-        c.execute(sa.text("UPDATE jobs SET created_at = now() - interval '10 minutes' WHERE id = :id"), {"id": old.id})
+    backdate(store, old.id, 600)
     young = submit(store, app="gone")
     assert store.fail_queued("gone", "app gone is no longer configured", older_than_s=300) == [old.id]
     assert store.get(young.id).status == JobStatus.queued
+
+
+def test_service_times_average_recent_successes_only(store):
+    for _ in range(2):
+        submit(store, app="a")
+    submit(store, app="b")
+    ja, jb = store.claim(app_id="a", owner="r", limit=2, lease_s=30, max_in_flight=5)
+    (jf,) = store.claim(app_id="b", owner="r", limit=1, lease_s=30, max_in_flight=5)
+    wait(store, 0.3)
+    store.complete(job_id=ja.id, owner="r", attempt=1, result=1, backend="x")
+    wait(store, 0.3)
+    store.complete(job_id=jb.id, owner="r", attempt=1, result=1, backend="x")
+    store.fail_attempt(job_id=jf.id, owner="r", attempt=1, error="boom", retryable=False)
+    times = store.service_times()
+    assert set(times) == {"a"}  # failures are not service times
+    assert 0.44 <= times["a"] < 5  # the mean of about 0.3 s and 0.6 s
+    wait(store, 1.0)
+    assert store.service_times(window_s=0.5) == {}
+
+
+def test_queue_stats_age_of_the_oldest_queued_job(store):
+    submit(store, app="a")
+    wait(store, 0.5)
+    submit(store, app="a")
+    age = store.queue_stats()["a"].oldest_queued_age_s
+    assert 0.5 <= age < 5
+
+
+def test_error_history_is_capped_and_long_errors_clipped(store):
+    submit(store, max_attempts=1)
+    for n in range(1, 52):  # a released claim is free, so one job collects many errors
+        (j,) = store.claim(app_id="a", owner="r", limit=1, lease_s=30, max_in_flight=5)
+        store.release(owner="r")
+    errors = store.get(j.id).errors
+    assert len(errors) == 50 and errors[0]["attempt"] == 2 and errors[-1]["attempt"] == 51
+    (j,) = store.claim(app_id="a", owner="r", limit=1, lease_s=30, max_in_flight=5)
+    after = store.fail_attempt(job_id=j.id, owner="r", attempt=52, error="x" * 5000)
+    assert after.status == JobStatus.failed
+    assert len(after.error) == 2000 and after.error.endswith("…") and after.errors[-1]["error"] == after.error
+    assert len(after.errors) == 50
+
+
+def test_results_and_params_come_back_as_json(store):
+    job = submit(store, params={"sizes": (1, 2), "n": 3})
+    assert store.get(job.id).params == {"sizes": [1, 2], "n": 3}
+    store.claim(app_id="a", owner="r", limit=1, lease_s=30, max_in_flight=5)
+    when = uuid.uuid4()
+    done = store.complete(job_id=job.id, owner="r", attempt=1, result={"id": when, 1: "one"}, backend="x")
+    assert done.result == {"id": str(when), "1": "one"} and store.get(job.id).result == done.result
+
+
+def test_ping_answers_when_the_store_is_up(store):
+    store.ping()  # no exception
+
+
+def test_leader_lock_has_one_holder_at_a_time(store):
+    a, b = store.leader_lock(0x7465737401), store.leader_lock(0x7465737401)
+    other = store.leader_lock(0x7465737402)
+    try:
+        assert a.hold() is True
+        assert b.hold() is False
+        assert a.hold() is True  # still held: confirming is not taking it again
+        assert other.hold() is True  # another key is another lock
+        a.release()
+        assert b.hold() is True and a.hold() is False
+    finally:
+        for lock in (a, b, other):
+            lock.release()
+
+
+def test_leader_lock_moves_on_when_its_holders_connection_dies(pg_store, database_url):
+    key = 0x7465737403
+    a, b = pg_store.leader_lock(key), pg_store.leader_lock(key)
+    admin = create_engine(database_url, isolation_level="AUTOCOMMIT")
+    try:
+        assert a.hold() and not b.hold()
+        with admin.connect() as c:  # the holder's connection dies (a network cut, a killed backend)
+            killed = c.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+                                       "AND ((classid::bigint << 32) | objid::bigint) = :k"), {"k": key}).scalars().all()
+        assert killed == [True]
+        assert a.hold() is False  # the holder learns it lost the lead
+        assert b.hold() is True
+        assert a.hold() is False
+    finally:
+        a.release()
+        b.release()
+        admin.dispose()
+
+
+def test_ping_raises_a_transient_error_when_postgres_is_down():
+    s = PostgresJobStore.connect("postgresql://postgres@127.0.0.1:1/none", migrate=False, connect_timeout_s=1)
+    try:
+        with pytest.raises(sa.exc.OperationalError) as e:
+            s.ping()
+        assert is_transient_db_error(e.value)
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("bad", ["a\x00b", {"k\x00": 1}, ["x\ud800y"]])
+def test_a_result_the_store_cannot_hold_is_refused_and_the_attempt_stays_open(store, bad):
+    submit(store)
+    (j,) = store.claim(app_id="a", owner="r1", limit=1, lease_s=30, max_in_flight=5)
+    with pytest.raises(ResultNotStorable) as e:
+        store.complete(job_id=j.id, owner="r1", attempt=1, result={"text": bad}, backend="x")
+    assert not store.is_transient(e.value)  # trying again cannot help
+    if bad != ["x\ud800y"]:  # the wording the dispatcher records (a lone surrogate gets another)
+        assert str(e.value) == "UntranslatableCharacter: unsupported Unicode escape sequence"
+    assert store.get(j.id).status == JobStatus.running
+    after = store.fail_attempt(job_id=j.id, owner="r1", attempt=1, retryable=False,
+                               error=f"the result could not be stored: {e.value}")
+    assert after.status == JobStatus.failed and after.result is None
+
+
+def test_is_transient_tells_an_outage_from_a_bug(store):
+    assert store.is_transient(StoreUnavailable("down"))
+    assert not store.is_transient(ValueError("bad input"))
+    assert not store.is_transient(TransitionError(uuid.uuid4(), "succeeded", "complete"))

@@ -1,6 +1,6 @@
 """The arbiter policy, one rule at a time."""
 
-from gpu_orchestrator.core.policy import Gpu, ModelView, PolicyConfig, decide
+from gpu_orchestrator.core.policy import Action, Gpu, ModelView, PolicyConfig, Verb, decide
 
 G24 = [Gpu("gpu0", 24)]
 CFG = PolicyConfig(idle_ttl_s=300, max_wait_s=60, min_resident_s=30)
@@ -19,6 +19,7 @@ def test_cold_model_with_work_loads_where_it_fits():
     d = decide([cold("sdxl", 16, queued=3, oldest_wait_s=1)], G24, CFG)
     assert d.targets == {"sdxl": 1} and d.placements == {"sdxl": ("gpu0",)}
     assert d.reasons == ("load sdxl on gpu0: 3 queued, 24 GB free",)
+    assert d.actions == (Action(Verb.load, "sdxl", ("gpu0",), text=d.reasons[0]),)
 
 
 def test_two_models_that_do_not_fit_together_never_both_get_targets():
@@ -67,6 +68,9 @@ def test_idle_models_are_evicted_first_with_the_reason():
     d = decide(ms, g, CFG)
     assert d.targets["whisper"] == 0 and d.targets["llm"] == 1 and "llm" not in d.draining
     assert "evict whisper (idle 290 s) for sdxl: 12 queued, oldest waited 2 s" in d.reasons
+    (evict,) = [a for a in d.actions if a.verb is Verb.evict]
+    assert (evict.model, evict.for_model, evict.acting) == ("whisper", "sdxl", True)
+    assert evict.concerns("sdxl") and evict.concerns("whisper") and not evict.concerns("llm")
 
 
 def test_busy_model_whose_queue_empties_soonest_is_displaced_when_due():
@@ -82,6 +86,7 @@ def test_resident_model_keeps_its_batch_until_another_job_is_due():
     d = decide(ms, G24, CFG)
     assert d.targets == {"a": 1, "b": 0} and not d.draining
     assert "b waits: 1 queued (oldest 10 s)" in d.reasons[0]
+    assert [(a.verb, a.model, a.acting) for a in d.actions] == [(Verb.wait, "b", False)]
     # due: 50 s waited + 2 s drain + 6 s load >= 60 s
     ms[1] = cold("b", 14, queued=1, oldest_wait_s=52, load_s=6)
     assert decide(ms, G24, CFG).draining == {"a"}
@@ -130,6 +135,7 @@ def test_extra_replicas_for_deep_queues_where_room_allows():
     gpus = [Gpu("g0", 24), Gpu("g1", 24)]
     d = decide([resident("a", 10, gpu="g0", queued=8, in_flight=1, max_replicas=2)], gpus, CFG)
     assert d.targets == {"a": 2} and d.placements["a"] == ("g0", "g1")
+    assert d.actions == (Action(Verb.add, "a", ("g1",), text="add a a replica on g1: 8 queued"),)
 
 
 def test_dispatchable():
@@ -150,6 +156,7 @@ def test_models_no_gpu_can_hold_are_unplaceable_once_their_jobs_waited_max_wait(
     assert d.unplaceable == {} and "needs 25 GB, largest allowed GPU has 24 GB" in d.reasons[0]  # not yet
     d = decide([cold("zimage", 25, queued=2, oldest_wait_s=60), cold("sdxl", 16, queued=1, oldest_wait_s=60)], gpus, CFG)
     assert d.unplaceable == {"zimage": "cannot place zimage: needs 25 GB, largest allowed GPU has 24 GB"}
+    assert [(a.verb, a.model) for a in d.actions if not a.acting] == [(Verb.cannot_place, "zimage")]
     assert d.targets["sdxl"] == 1  # the others are unaffected
     d = decide([cold("whisper", 10, queued=1, oldest_wait_s=61)], [], CFG)  # a cluster without GPUs
     assert d.unplaceable == {"whisper": "cannot place whisper: no GPU in the cluster"}

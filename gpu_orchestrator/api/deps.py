@@ -1,0 +1,37 @@
+"""Dependencies of the routes, read from what create_app stored on `app.state`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from gpu_orchestrator.api.streams import Streams
+from gpu_orchestrator.artifacts import ArtifactStore
+from gpu_orchestrator.service.fleet import Fleet
+from gpu_orchestrator.service.jobs import JobService
+
+
+def _jobs(request: Request) -> JobService:
+    return request.app.state.jobs
+
+
+def _fleet(request: Request) -> Fleet:
+    return request.app.state.fleet
+
+
+def _artifacts(request: Request) -> ArtifactStore | None:
+    return request.app.state.artifacts
+
+
+def _streams(request: Request) -> Streams:
+    return request.app.state.streams
+
+
+Jobs = Annotated[JobService, Depends(_jobs)]
+FleetDep = Annotated[Fleet, Depends(_fleet)]
+Artifacts = Annotated[ArtifactStore | None, Depends(_artifacts)]
+StreamsDep = Annotated[Streams, Depends(_streams)]
+# Checked by check_idempotency_key / the service (1-255 printable ASCII), so the 422 names the header.
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+LastEventId = Annotated[str | None, Header(alias="Last-Event-ID")]

@@ -1,0 +1,141 @@
+"""/v1/jobs: submit (JSON or multipart with files), get, list, cancel, and the job's events (SSE)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from gpu_orchestrator.api.deps import Artifacts, IdempotencyKey, Jobs, LastEventId, StreamsDep
+from gpu_orchestrator.api.errors import ApiError, check_idempotency_key, check_last_event_id
+from gpu_orchestrator.api.streams import sse
+from gpu_orchestrator.artifacts import content_id
+from gpu_orchestrator.core.apps import validate_params
+from gpu_orchestrator.core.jobs import PRIORITY_MAX, PRIORITY_MIN, Job, JobStatus
+
+log = logging.getLogger("gpu_orchestrator.api")
+router = APIRouter(tags=["jobs"])
+_SMALL_INT = re.compile(r"[+-]?[0-9]{1,6}")
+
+
+class SubmitRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    app_id: str = Field(description="id of an app from GET /v1/apps", min_length=1, max_length=64)
+    params: dict[str, Any] = Field(default_factory=dict, description="validated against the app's parameter schema")
+    priority: int = Field(default=0, ge=PRIORITY_MIN, le=PRIORITY_MAX, description="higher runs first within an app's queue")
+
+
+class SubmitResponse(BaseModel):
+    job_id: str
+    status: str
+
+
+def submitted(job: Job, created: bool) -> Any:
+    """202 for a new job; 200 when an Idempotency-Key found the earlier one."""
+    payload = {"job_id": str(job.id), "status": job.status.value}
+    return payload if created else JSONResponse(status_code=200, content=payload)
+
+
+@router.post("/v1/jobs", status_code=202, response_model=SubmitResponse)
+async def submit(req: SubmitRequest, jobs: Jobs, idempotency_key: IdempotencyKey = None) -> Any:
+    return submitted(*await jobs.submit(req.app_id, req.params, req.priority, idempotency_key))
+
+
+@router.post("/v1/jobs/multipart", status_code=202, response_model=SubmitResponse)
+async def submit_multipart(request: Request, jobs: Jobs, artifacts: Artifacts,
+                           idempotency_key: IdempotencyKey = None) -> Any:
+    """Submit with files: form fields app_id, params (a JSON object), priority, and one file
+    field per `file` parameter of the app. Everything is validated before any file is stored."""
+    check_idempotency_key(idempotency_key)
+    form = await request.form(max_files=32, max_fields=32)
+    spec = jobs.runnable_app(form.get("app_id"))
+    try:
+        params = json.loads(form.get("params") or "{}")
+    except (ValueError, TypeError) as e:
+        raise ApiError(422, "invalid_request", f"must be a JSON object: {e}", field="params") from None
+    if not isinstance(params, dict):
+        raise ApiError(422, "invalid_request", "must be a JSON object", field="params")
+    priority = form.get("priority") or "0"
+    if not isinstance(priority, str) or not _SMALL_INT.fullmatch(priority.strip()):
+        raise ApiError(422, "invalid_request", f"must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}", field="priority")
+    files = {k: v for k, v in form.multi_items() if hasattr(v, "filename") and hasattr(v, "read")}
+    file_params = {p.name for p in spec.parameters if p.type == "file"}
+    for name in files:
+        if name not in file_params:
+            raise ApiError(422, "invalid_params", f"not a file parameter of app {spec.id!r} (file parameters: "
+                           f"{sorted(file_params)})", field=f"params.{name}")
+    if files and artifacts is None:
+        raise ApiError(503, "no_artifact_store", "this router has no artifact store configured")
+    # Validate everything (file formats included, via placeholder URIs) before storing a byte, so a
+    # refused request leaves no file behind.
+    pending = {name: f"artifact://pending/{upload.filename or name}" for name, upload in files.items()}
+    validate_params(spec, {**params, **pending})
+    stored: list[str] = []
+    try:
+        for name, upload in files.items():
+            # With an Idempotency-Key, the same file under the same key gets the same URI, so a
+            # retried request has the same params and finds its job (not a 409).
+            uid = await asyncio.to_thread(content_id, upload.file, spec.id, idempotency_key, name) \
+                if idempotency_key else None
+            uri, _, created = await asyncio.to_thread(artifacts.put_file, upload.file, prefix="uploads",
+                                                      name=upload.filename or name, id=uid)
+            if created:
+                stored.append(uri)
+            params[name] = uri
+        # the priority's range is checked with the JSON route's, in the service
+        job, job_created = await jobs.submit(spec.id, params, int(priority), idempotency_key)
+    except Exception:  # a refusal: nothing left behind. Not on a cancel: the job may be committed already
+        await asyncio.to_thread(_delete, artifacts, stored)
+        raise
+    return submitted(job, job_created)
+
+
+def _delete(artifacts: Any, uris: list[str]) -> None:
+    for uri in uris:
+        try:
+            artifacts.delete(uri)
+        except Exception as e:
+            log.warning("could not remove %s: %s", uri, e)
+
+
+@router.get("/v1/jobs/{job_id}")
+async def get(job_id: uuid.UUID, jobs: Jobs) -> dict[str, Any]:
+    return (await jobs.get(job_id)).to_api()
+
+
+@router.get("/v1/jobs")
+async def list_jobs(
+    jobs: Jobs,
+    app_id: str | None = None,
+    status: JobStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    found, nxt = await jobs.list(app_id=app_id, status=status, limit=limit, cursor=cursor)
+    return {"jobs": [j.to_api() for j in found], "next_cursor": nxt}
+
+
+@router.delete("/v1/jobs/{job_id}")
+async def cancel(job_id: uuid.UUID, jobs: Jobs) -> dict[str, Any]:
+    return (await jobs.cancel(job_id)).to_api()
+
+
+@router.get("/v1/jobs/{job_id}/events")
+async def events(job_id: uuid.UUID, jobs: Jobs, streams: StreamsDep,
+                 last_event_id: LastEventId = None) -> StreamingResponse:
+    """Server-Sent Events: progress and status; resume with the Last-Event-ID header. A stream
+    ends at the terminal status, or after a time limit with a `retry:` hint (resume then)."""
+    after = check_last_event_id(last_event_id)
+    await jobs.get(job_id)  # 404 before the stream starts
+    streams.admit()
+    body = sse(jobs.follow(job_id, after), streams.limits.max_stream_s)
+    return StreamingResponse(streams.counted(body), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,0 +1,80 @@
+"""The arbiter's decision, shared by every router replica: the leader publishes a Snapshot, the
+others read it. In Redis with a short TTL, so a dead leader's decision expires; followers also treat
+a snapshot older than a few seconds as stale (ArbiterLoop). MemoryDecisionBoard for tests.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+if TYPE_CHECKING:  # the loop that uses a board must not import redis
+    import redis.asyncio as aredis
+
+TTL_S = 30
+
+
+@dataclass
+class Snapshot:
+    """The decision every router replica acts on (published by the leader)."""
+
+    ts: float
+    leader: str
+    targets: dict[str, int]
+    dispatchable: list[str]
+    draining: list[str]
+    reasons: list[str]
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # per model, as GET /v1/workers shows it
+    unplaceable: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Snapshot:
+        return cls(**json.loads(raw))
+
+
+class DecisionBoard(Protocol):
+    async def publish(self, snapshot: Snapshot) -> None: ...
+    async def read(self) -> Snapshot | None: ...
+
+
+def board_key(app_name: str) -> str:
+    return f"gpu-orch:arbiter:{app_name}:decision"
+
+
+class RedisDecisionBoard:
+    def __init__(self, r: aredis.Redis, app_name: str, ttl_s: int = TTL_S):
+        self.r = r
+        self.key = board_key(app_name)
+        self.ttl_s = ttl_s
+
+    async def publish(self, snapshot: Snapshot) -> None:
+        await self.r.set(self.key, snapshot.to_json(), ex=self.ttl_s)
+
+    async def read(self) -> Snapshot | None:
+        raw = await self.r.get(self.key)
+        return Snapshot.from_json(raw) if raw else None
+
+
+class MemoryDecisionBoard:
+    """One board shared by the loops of a test; stores the JSON, as Redis would, with the TTL."""
+
+    def __init__(self, ttl_s: float = TTL_S, clock: Callable[[], float] = time.time):
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._raw: str | None = None
+        self._at = 0.0
+        self.publishes = 0
+
+    async def publish(self, snapshot: Snapshot) -> None:
+        self._raw, self._at = snapshot.to_json(), self.clock()
+        self.publishes += 1
+
+    async def read(self) -> Snapshot | None:
+        if self._raw is None or self.clock() - self._at >= self.ttl_s:
+            return None
+        return Snapshot.from_json(self._raw)

@@ -1,0 +1,58 @@
+"""The dispatcher's ModelBackend over a Ray Serve deployment handle: the one place Ray's error
+wrappers are read.
+
+A model's exception reaches the router as a RayTaskError whose `cause` is the original (JobTimeout,
+ModelLoadError, a ValueError from the model's code); a dead replica as a RayActorError; a cancelled
+request as RequestCancelledError / TaskCancelledError (or a CancelledError inside the task). `from_ray`
+turns each into a core.model_errors type, so nothing past here needs to know Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from typing import Any
+
+import ray.exceptions
+import ray.serve.exceptions
+
+from gpu_orchestrator.core.jobs import Job
+from gpu_orchestrator.core.model_errors import JobCancelled, ModelError, ModelFailed, ReplicaDied
+from gpu_orchestrator.service.backends import StartedRun
+
+_CANCELLED = (JobCancelled, ray.serve.exceptions.RequestCancelledError, ray.serve.exceptions.TaskCancelledError,
+              ray.exceptions.TaskCancelledError, asyncio.CancelledError, concurrent.futures.CancelledError)
+_REPLICA_DIED = (ray.exceptions.RayActorError,)  # ActorDiedError, ActorUnavailableError
+
+
+def from_ray(exc: BaseException) -> ModelError:
+    """The model error that `exc`, as a Serve call raised it, stands for."""
+    cause = getattr(exc, "cause", None)
+    inner = cause if isinstance(cause, BaseException) and cause is not exc else exc
+    if isinstance(exc, _CANCELLED) or isinstance(inner, _CANCELLED):
+        return inner if isinstance(inner, JobCancelled) else JobCancelled(str(inner))
+    if isinstance(inner, ModelError):
+        return inner  # raised by the model (JobTimeout, SlotTimeout, ModelLoadError ...), unwrapped
+    if isinstance(exc, _REPLICA_DIED) or isinstance(inner, _REPLICA_DIED):
+        return ReplicaDied.of(inner)  # charged: the job may be what crashed it
+    return ModelFailed.of(inner)
+
+
+class ServeBackend:
+    """Runs jobs on a model deployment through its DeploymentHandle (`run.remote(job_id, params,
+    attempt, timeout_s=, queue_timeout_s=)`, see models/base.py)."""
+
+    def __init__(self, handle: Any):
+        self.handle = handle
+
+    def run(self, job: Job, attempt: int, *, timeout_s: float, queue_timeout_s: float) -> StartedRun:
+        try:
+            response = self.handle.run.remote(str(job.id), job.params, attempt, timeout_s=timeout_s,
+                                              queue_timeout_s=queue_timeout_s)
+        except Exception as e:  # e.g. the deployment is gone: a failed attempt like any other
+            raise from_ray(e) from e
+        # Cancelling the response raises CancelledError inside the model replica's request.
+        return StartedRun(response, response.cancel, from_ray)
+
+
+__all__ = ["ServeBackend", "from_ray"]

@@ -1,0 +1,71 @@
+"""The leader's memory between ticks, per model: when it became resident, how long its load took
+(measured from the load decision to a running replica), its last decision, loads and evictions.
+Updated from the policy's typed actions and targets; no I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from gpu_orchestrator.core.policy import Decision
+from gpu_orchestrator.service.arbiter_ports import ArbiterMetrics
+
+log = logging.getLogger("gpu_orchestrator.arbiter")
+
+
+@dataclass
+class ModelTrack:
+    resident_since: float | None = None
+    load_started: float | None = None
+    measured_load_s: float | None = None
+    last_target: int = 0
+    placement: tuple[str, ...] = ()
+    last_action: str | None = None
+    last_action_at: float | None = None
+    loads: int = 0
+    evictions: int = 0
+
+
+class DecisionBook:
+    def __init__(self, models: Iterable[str], metrics: ArbiterMetrics):
+        self.tracks: dict[str, ModelTrack] = {name: ModelTrack() for name in models}
+        self.metrics = metrics
+
+    def __getitem__(self, model: str) -> ModelTrack:
+        return self.tracks[model]
+
+    def observe(self, running: Mapping[str, int], now: float) -> None:
+        """Before deciding: replicas running per model. The first running replica after a load
+        decision ends that load (its time becomes the model's load_s)."""
+        for name, tr in self.tracks.items():
+            if running.get(name, 0) > 0 and tr.resident_since is None:
+                tr.resident_since = now
+                if tr.load_started is not None:
+                    tr.measured_load_s = now - tr.load_started
+                    self.metrics.load_seconds(name, tr.measured_load_s)
+                    tr.load_started = None
+            if running.get(name, 0) == 0:
+                tr.resident_since = None
+
+    def record(self, d: Decision, now: float) -> None:
+        """After deciding: each model's latest action (its own, or one making room for it) and its
+        target crossing zero, counted as a load or an eviction."""
+        for name, tr in self.tracks.items():
+            new = d.targets.get(name, 0)
+            acting = [a for a in d.actions if a.acting and a.concerns(name)]
+            if acting:
+                if acting[-1].text != tr.last_action:
+                    log.info("arbiter: %s", acting[-1].text)
+                tr.last_action, tr.last_action_at = acting[-1].text, now
+            if tr.last_target == 0 and new > 0:
+                tr.loads += 1
+                tr.load_started = now
+                self.metrics.loaded(name)
+            elif tr.last_target > 0 and new == 0:
+                tr.evictions += 1
+                self.metrics.evicted(name)
+            tr.last_target = new
+            if new > 0:
+                tr.placement = d.placements.get(name, tr.placement)

@@ -1,0 +1,154 @@
+"""Pure assembly for the arbiter: GPU pools from the cluster's nodes, the policy's ModelViews from
+the queue, replica states, heartbeats and the leader's tracks, and the Snapshot that shares the
+decision. No I/O: the loop gathers the inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from gpu_orchestrator.bus.decisions import Snapshot
+from gpu_orchestrator.core.config import ArbiterSpec, OrchestratorConfig
+from gpu_orchestrator.core.policy import Decision, Gpu, ModelView
+from gpu_orchestrator.service.arbiter_ports import Node
+from gpu_orchestrator.service.arbiter_tracks import ModelTrack
+from gpu_orchestrator.store.base import AppQueueStats
+
+
+@dataclass(frozen=True)
+class Pools:
+    gpus: list[Gpu]
+    node_pool: dict[str, str] = field(default_factory=dict)  # node id -> the GPU pool it belongs to
+
+
+def _node_types(n: Node) -> list[str]:
+    return [k.split(":", 1)[1] for k in n.resources if k.startswith("node_type:")]
+
+
+def gpu_pools(nodes: Iterable[Node], spec: ArbiterSpec) -> Pools:
+    """Declared pools (nodes matched to them by node type, or all to the only pool), else one pool
+    per GPU node, sized by its VRAM resource."""
+    node_pool: dict[str, str] = {}
+    if spec.gpus:
+        gpus = [Gpu(g.id, g.vram_gb, g.node_type) for g in spec.gpus]
+        for n in nodes:
+            types = _node_types(n)
+            match = next((p.id for p in gpus if p.node_type and p.node_type in types), None)
+            if match is None and len(gpus) == 1:
+                match = gpus[0].id
+            if match:
+                node_pool[n.node_id] = match
+        return Pools(gpus, node_pool)
+    gpus = []
+    for n in nodes:
+        if n.resources.get("GPU", 0) <= 0:
+            continue
+        types = _node_types(n)
+        vram = n.resources.get(spec.vram_resource or "vram_gb", spec.default_gpu_vram_gb)
+        pid = types[0] if types else n.node_id[:12]
+        gpus.append(Gpu(pid, float(vram), types[0] if types else ""))
+        node_pool[n.node_id] = pid
+    return Pools(gpus, node_pool)
+
+
+def placement(holding: int, node_ids: Iterable[str], pools: Pools, previous: tuple[str, ...]) -> tuple[str, ...]:
+    """The GPU pools a model's `holding` replicas occupy: from its replicas' heartbeats (their
+    nodes), filled in from where the arbiter last placed it."""
+    if holding == 0:
+        return ()
+    if len(pools.gpus) == 1:
+        return (pools.gpus[0].id,) * holding
+    known = [p for p in (pools.node_pool.get(n) for n in node_ids) if p]
+    if len(known) >= holding:
+        return tuple(known[:holding])
+    return tuple(known) + tuple(previous[len(known):holding]) or previous
+
+
+def replica_counts(states: Mapping[str, int]) -> tuple[int, int, int]:
+    """(running, starting, stopping) from Serve's replica states of one deployment."""
+    return (states.get("RUNNING", 0), states.get("STARTING", 0) + states.get("UPDATING", 0),
+            states.get("STOPPING", 0))
+
+
+def model_views(cfg: OrchestratorConfig, *, stats: Mapping[str, AppQueueStats], service: Mapping[str, float],
+                states: Mapping[str, Mapping[str, int]], beats: Iterable[dict[str, Any]],
+                tracks: Mapping[str, ModelTrack], pools: Pools, now: float) -> list[ModelView]:
+    """What the policy sees of every model deployment now. `tracks` must already have observed
+    this tick's replica states (resident_since)."""
+    beats = list(beats)
+    views = []
+    for name, spec in cfg.models.items():
+        apps = [a.id for a in cfg.apps if a.deployment == name and a.id in stats]
+        running, starting, stopping = replica_counts(states.get(name, {}))
+        mine = [b for b in beats if b.get("deployment") == name]
+        queued = sum(stats[a].queued for a in apps)
+        in_flight = sum(stats[a].running for a in apps)
+        oldest = max((stats[a].oldest_queued_age_s or 0.0 for a in apps), default=0.0)
+        prio = max((stats[a].max_queued_priority or 0 for a in apps if stats[a].queued), default=0)
+        tr = tracks[name]
+        last_used = max((b.get("last_used") or 0.0 for b in mine), default=0.0) or None
+        idle_from = max(filter(None, [last_used, tr.resident_since]), default=None)
+        services = [service[a.id] for a in cfg.apps if a.deployment == name and a.id in service]
+        views.append(ModelView(
+            name=name,
+            vram_gb=cfg.model_vram_gb(name),
+            load_s=tr.measured_load_s if tr.measured_load_s is not None else spec.load_s,
+            service_s=sum(services) / len(services) if services else 1.0,
+            replicas=running,
+            pending=starting,
+            stopping=stopping,
+            placement=placement(running + starting + stopping, [b.get("node_id", "") for b in mine], pools,
+                                tr.placement),
+            in_flight=in_flight,
+            queued=queued,
+            oldest_wait_s=oldest,
+            max_priority=prio,
+            idle_s=(now - idle_from) if idle_from is not None and in_flight == 0 else None,
+            resident_s=(now - tr.resident_since) if tr.resident_since else 0.0,
+            pin=spec.pin,
+            max_replicas=spec.max_replicas,
+            idle_ttl_s=spec.idle_ttl_s,
+        ))
+    return views
+
+
+def model_state(v: ModelView, d: Decision) -> str:
+    if v.name in d.draining:
+        return "draining"
+    if v.replicas > 0 and d.targets.get(v.name, 0) == 0:
+        return "stopping"
+    if v.replicas > 0:
+        return "resident"
+    if v.pending > 0 or d.targets.get(v.name, 0) > 0:
+        return "loading"
+    return "cold"
+
+
+def decision_snapshot(views: list[ModelView], d: Decision, tracks: Mapping[str, ModelTrack], *, leader: str,
+                      now: float) -> Snapshot:
+    models = {
+        v.name: {
+            "state": model_state(v, d),
+            "target": d.targets.get(v.name, 0),
+            "replicas": v.replicas,
+            "pending": v.pending,
+            "stopping": v.stopping,
+            "placement": list(d.placements.get(v.name, v.placement)),
+            "vram_declared_gb": v.vram_gb,
+            "queued": v.queued,
+            "in_flight": v.in_flight,
+            "idle_s": v.idle_s,
+            "load_s": v.load_s,
+            "loads": tracks[v.name].loads,
+            "evictions": tracks[v.name].evictions,
+            "last_decision": tracks[v.name].last_action,
+            "last_decision_at": tracks[v.name].last_action_at,
+        }
+        for v in views
+    }
+    return Snapshot(
+        ts=now, leader=leader, targets=d.targets,
+        dispatchable=[v.name for v in views if d.dispatchable(v)],
+        draining=sorted(d.draining), reasons=list(d.reasons), models=models, unplaceable=dict(d.unplaceable),
+    )

@@ -1,0 +1,290 @@
+"""JobService: what a caller can do with jobs (submit, cancel, get, list, wait, follow), over the
+store and the event bus, the same for HTTP routes and Python handle methods. No Ray, no HTTP:
+refusals are domain errors (core.jobs, core.apps) that the API maps to status codes.
+
+The job row is the truth; events and the cancel flag are best effort. After each committed
+transition, `Transitions.announce` counts it and publishes it, and never raises: a Redis outage
+after a committed submit or cancel is a log line, not an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from typing import Any, AsyncIterator, Awaitable, Callable, Container, Iterator, Protocol
+
+from gpu_orchestrator.artifacts import ArtifactError
+from gpu_orchestrator.bus.events import Event, follow as follow_events, reason
+from gpu_orchestrator.core.apps import AppKind, AppSpec, ParamError, ParamsInvalid, text_problem, validate_params
+from gpu_orchestrator.core.config import OrchestratorConfig
+from gpu_orchestrator.core.jobs import (PRIORITY_MAX, PRIORITY_MIN, AppNotRunnable, IdempotencyConflict,
+                                        InvalidRequest, Job, JobError, JobStatus, UnknownApp, idempotency_key_problem)
+from gpu_orchestrator.service.transitions import Transitions
+from gpu_orchestrator.store.base import JobStore
+
+log = logging.getLogger("gpu_orchestrator.jobs")
+
+
+class EventSource(Protocol):
+    """What the service needs from the event bus besides publishing (Transitions does that)."""
+
+    def tail(self, job_id: uuid.UUID | str, after: str = "0-0", *, block_ms: int = 5_000) -> AsyncIterator[Event | None]: ...
+    async def request_cancel(self, job_id: uuid.UUID | str) -> None: ...
+    async def get_value(self, key: str) -> str | None: ...
+    async def set_value(self, key: str, value: str, ttl_s: int) -> None: ...
+    async def ping(self) -> bool: ...
+
+
+class ArtifactLookup(Protocol):
+    def exists(self, uri: str) -> bool: ...
+
+
+class ClientGone(Exception):
+    """The caller waiting for a job went away (`wait(..., gone=...)` said so)."""
+
+    def __init__(self) -> None:
+        super().__init__("client disconnected")
+
+
+def _noop(*_: Any) -> None:
+    return None
+
+
+class JobService:
+    def __init__(self, *, cfg: OrchestratorConfig, store: JobStore, events: EventSource, transitions: Transitions,
+                 deployed: Container[str], artifacts: ArtifactLookup | None = None,
+                 on_submitted: Callable[[], None] = _noop, cancel_local: Callable[[uuid.UUID], Any] = _noop,
+                 flag_timeout_s: float = 2.0):
+        self.cfg = cfg
+        self.apps: dict[str, AppSpec] = {a.id: a for a in cfg.apps}
+        self.store = store
+        self.events = events
+        self.transitions = transitions
+        # Model deployments this router has a backend for (read on each submit: may change).
+        self.deployed = deployed
+        self.artifacts = artifacts
+        self.on_submitted = on_submitted  # the dispatcher's poke
+        self.cancel_local = cancel_local  # the dispatcher cancels the request it holds for a job
+        self.flag_timeout_s = flag_timeout_s
+        self._attached: dict[uuid.UUID, int] = {}  # callers waiting on each job here (see attached)
+        self._tasks: set[asyncio.Task] = set()
+
+    # -- intake -----------------------------------------------------------------------------------
+
+    def runnable_app(self, app_id: Any) -> AppSpec:
+        """The app's spec, or a refusal naming app_id: unknown, or nothing here can run it (its jobs
+        would otherwise wait forever)."""
+        if not isinstance(app_id, str) or not app_id:
+            raise InvalidRequest("app_id", "is required (a string)")
+        why = text_problem(app_id)
+        if why:
+            raise InvalidRequest("app_id", why)
+        spec = self.apps.get(app_id)
+        if spec is None:
+            raise UnknownApp("app_id", f"unknown app {app_id[:64]!r} (known: {sorted(self.apps)})")
+        if spec.kind != AppKind.local:
+            raise AppNotRunnable("app_id", f"app {app_id!r} is a {spec.kind.value} app and this orchestrator has "
+                                 f"no {spec.kind.value} backend yet; its jobs could never run")
+        if spec.deployment not in self.cfg.models or spec.deployment not in self.deployed:
+            raise AppNotRunnable("app_id", f"app {app_id!r} needs model deployment {spec.deployment!r}, which "
+                                 f"this orchestrator does not run")
+        return spec
+
+    async def submit(self, app_id: Any, params: Any, priority: Any = 0,
+                     idempotency_key: str | None = None) -> tuple[Job, bool]:
+        """(job, created): created is False when the Idempotency-Key found an earlier job."""
+        spec = self.runnable_app(app_id)
+        if idempotency_key is not None and (why := idempotency_key_problem(idempotency_key)):
+            raise InvalidRequest("Idempotency-Key", why)
+        if isinstance(priority, bool) or not isinstance(priority, int) or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+            raise InvalidRequest("priority", f"must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}")
+        clean = validate_params(spec, params)
+        await asyncio.to_thread(self._check_artifacts, spec, clean)
+        job, created = await asyncio.to_thread(
+            self.store.submit,
+            app_id=spec.id,
+            params=clean,
+            priority=priority,
+            max_attempts=spec.max_attempts,
+            timeout_s=spec.timeout_s,
+            idempotency_key=idempotency_key,
+            idempotency_ttl_s=self.cfg.router.idempotency_ttl_s,
+            max_queued=spec.max_queued,
+        )
+        if not created and job.app_id != spec.id:  # a key is one request: never another app's job
+            raise IdempotencyConflict(spec.id, idempotency_key or "", job.id)
+        if created:
+            await self.transitions.announce(job.id, job.app_id, JobStatus.queued, new=True)
+            self.on_submitted()
+        return job, created
+
+    def _check_artifacts(self, spec: AppSpec, params: dict[str, Any]) -> None:
+        errors = []
+        for p in spec.parameters:
+            if p.type == "file" and p.name in params:
+                try:
+                    if self.artifacts is None or not self.artifacts.exists(params[p.name]):
+                        errors.append(ParamError(f"params.{p.name}", f"artifact {params[p.name]} not found"))
+                except ArtifactError as e:
+                    errors.append(ParamError(f"params.{p.name}", str(e)))
+        if errors:
+            raise ParamsInvalid(errors)
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    async def get(self, job_id: uuid.UUID) -> Job:
+        return await asyncio.to_thread(self.store.get, job_id)
+
+    async def list(self, *, app_id: str | None = None, status: JobStatus | None = None, limit: int = 50,
+                   cursor: str | None = None) -> tuple[list[Job], str | None]:
+        for field, value in (("app_id", app_id), ("cursor", cursor)):
+            if value is not None and (why := text_problem(value)):
+                raise InvalidRequest(field, why)
+        try:
+            return await asyncio.to_thread(self.store.list, app_id=app_id, status=status, limit=limit, cursor=cursor)
+        except ValueError as e:  # a cursor this store did not hand out
+            raise InvalidRequest("cursor", str(e)) from None
+
+    # -- cancel -----------------------------------------------------------------------------------
+
+    async def cancel(self, job_id: uuid.UUID) -> Job:
+        job, prev = await asyncio.to_thread(self.store.cancel, job_id)
+        # The cancel is committed; what follows only hurries the model along and tells watchers, so
+        # nothing here may turn it into an error (watchers also read the row).
+        if prev == JobStatus.running:
+            try:  # the model checks this flag between steps
+                await asyncio.wait_for(self.events.request_cancel(job_id), self.flag_timeout_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("cancel flag for job %s not set: %s", job_id, reason(e))
+            try:  # the replica holding it also cancels the model request
+                self.cancel_local(job_id)
+            except Exception as e:
+                log.warning("job %s: local cancel failed: %s", job_id, e)
+        await self.transitions.announce(job.id, job.app_id, JobStatus.cancelled)
+        return job
+
+    @contextlib.contextmanager
+    def attached(self, job_id: uuid.UUID) -> Iterator[None]:
+        """Marks a caller on this replica as waiting for the job, so cancel_soon from another one
+        (a client that left) does not cancel it under this one."""
+        self._attached[job_id] = self._attached.get(job_id, 0) + 1
+        try:
+            yield
+        finally:
+            n = self._attached.get(job_id, 0) - 1
+            if n > 0:
+                self._attached[job_id] = n
+            else:
+                self._attached.pop(job_id, None)
+
+    def cancel_soon(self, job_id: uuid.UUID, why: str) -> None:
+        """Cancel a job in the background (from a request being torn down), unless it is over or
+        another caller on this replica still waits for it."""
+        if self._attached.get(job_id):
+            return
+
+        async def go() -> None:
+            try:
+                job = await self.get(job_id)
+                if not job.status.terminal:
+                    await self.cancel(job_id)
+                    log.info("job %s cancelled: %s", job_id, why)
+            except JobError:
+                pass  # finished meanwhile
+            except Exception as e:
+                log.warning("could not cancel job %s (%s): %s", job_id, why, reason(e))
+
+        task = asyncio.get_running_loop().create_task(go())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- watching ---------------------------------------------------------------------------------
+
+    async def _row_status(self, job_id: uuid.UUID) -> dict[str, Any] | None:
+        job = await self.get(job_id)
+        return {"status": job.status.value, "result": job.result, "error": job.error} if job.status.terminal else None
+
+    def follow(self, job_id: uuid.UUID, after: str = "0-0", *, block_ms: int = 2_000,
+               retry_s: float = 1.0) -> AsyncIterator[Event | None]:
+        """The job's events after `after` until its terminal status, through Redis outages: None on
+        idle, a `gap` event where events may be lost, and the terminal status from the job row when
+        its event is missing (see bus.events.follow)."""
+        return follow_events(self.events, job_id, after, row_status=lambda: self._row_status(job_id),
+                             block_ms=block_ms, retry_s=retry_s)
+
+    async def wait(self, job_id: uuid.UUID, timeout_s: float,
+                   gone: Callable[[], Awaitable[bool]] | None = None) -> Job:
+        """The job once terminal, or as it is after timeout_s. `gone` is asked about twice a second
+        whether the caller left; when it says so, ClientGone is raised."""
+        deadline = time.monotonic() + timeout_s
+        next_check = 0.0
+        events = self.follow(job_id, block_ms=500, retry_s=0.5)
+        try:
+            async for ev in events:
+                if ev is not None and ev.terminal:
+                    break
+                now = time.monotonic()
+                if now > deadline:
+                    break
+                if gone is not None and now >= next_check:
+                    next_check = now + 0.5
+                    if await gone():
+                        raise ClientGone()
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+        return await self.get(job_id)
+
+    # -- lossy hints (OpenAI SDK retries) ----------------------------------------------------------
+
+    async def recall(self, key: str) -> Job | None:
+        """The job remembered under `key` (see remember), or None: unknown, expired, or Redis away."""
+        try:
+            earlier = await self.events.get_value(key)
+        except Exception as e:  # lossy by design
+            log.info("no job recalled: %s", reason(e))
+            return None
+        if not earlier:
+            return None
+        try:
+            return await self.get(uuid.UUID(earlier))
+        except (JobError, ValueError) as e:
+            log.info("no job recalled: %s", e)
+            return None
+
+    async def remember(self, key: str, job_id: uuid.UUID, ttl_s: float) -> None:
+        try:
+            await self.events.set_value(key, str(job_id), int(ttl_s))
+        except Exception as e:  # lossy by design: a retry then runs anew
+            log.info("job %s not remembered: %s", job_id, reason(e))
+
+    # -- health -----------------------------------------------------------------------------------
+
+    async def health(self) -> tuple[dict[str, str], dict[str, str]]:
+        """({"database": "ok"|"down", "redis": ...}, {what: short reason}) ; never the raw error."""
+        checks: dict[str, str] = {}
+        reasons: dict[str, str] = {}
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.store.ping), timeout=5.0)
+            checks["database"] = "ok"
+        except Exception as e:
+            checks["database"], reasons["database"] = "down", reason(e)
+        try:
+            await self.events.ping()
+            checks["redis"] = "ok"
+        except Exception as e:
+            checks["redis"], reasons["redis"] = "down", reason(e)
+        return checks, reasons
+
+
+def parse_job_id(v: str | uuid.UUID) -> uuid.UUID:
+    if isinstance(v, uuid.UUID):
+        return v
+    try:
+        return uuid.UUID(str(v))
+    except ValueError:
+        raise ValueError(f"job_id {v!r} is not a UUID") from None

@@ -1,0 +1,299 @@
+"""The arbiter loop without Postgres, Redis or Ray: an in-memory store (its leader lock too), the
+in-memory decision board, a fake cluster and a fake clock. Each test drives `tick()` by hand."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gpu_orchestrator.bus.decisions import MemoryDecisionBoard, Snapshot
+from gpu_orchestrator.core.config import ArbiterSpec, GpuPoolSpec, parse_config
+from gpu_orchestrator.core.policy import Gpu
+from gpu_orchestrator.service.arbiter_loop import LEADER_LOCK_KEY, STALE_AFTER_S, ArbiterLoop
+from gpu_orchestrator.service.arbiter_ports import CountingArbiterMetrics, Node
+from gpu_orchestrator.service.arbiter_views import Pools, gpu_pools, placement
+from gpu_orchestrator.store.memory import MemoryJobStore
+
+T0 = 1_700_000_000.0
+HUGE_WHY = "cannot place echo-huge: needs 30 GB, largest allowed GPU has 24 GB"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, s: float) -> None:
+        self.now += s
+
+
+class FakeCluster:
+    """Serve's replica states as the test sets them; one 24 GB GPU node."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, dict[str, int]] = {}
+        self.node_list = [Node("node-1", {"GPU": 1.0, "vram_gb": 24.0})]
+
+    def running(self, model: str, n: int = 1) -> None:
+        self.states[model] = {"RUNNING": n} if n else {}
+
+    def replica_states(self) -> dict[str, dict[str, int]]:
+        return {k: dict(v) for k, v in self.states.items()}
+
+    def nodes(self) -> list[Node]:
+        return list(self.node_list)
+
+
+class FakeBeats:
+    def __init__(self) -> None:
+        self.beats: list[dict] = []
+
+    async def read_all(self) -> list[dict]:
+        return list(self.beats)
+
+
+class BrokenLock:
+    def hold(self) -> bool:
+        raise ConnectionError("database gone")
+
+    def release(self) -> None:
+        pass
+
+
+def config(**arbiter):
+    models = {"echo-a": 16, "echo-b": 14, "echo-c": 12, "echo-huge": 30}
+    return parse_config({
+        "apps": [{"id": m, "deployment": m} for m in models],
+        "models": {m: {"impl": "deployments.echo:Echo", "vram_gb": v, "load_s": 2.0} for m, v in models.items()},
+        "arbiter": {"enabled": True, **arbiter},
+    })
+
+
+class World:
+    """One database, one board, one cluster, shared by every router replica's loop."""
+
+    def __init__(self, **arbiter) -> None:
+        self.cfg = config(**arbiter)
+        self.clock = Clock()
+        self.store = MemoryJobStore(clock=self.clock)
+        self.board = MemoryDecisionBoard(clock=self.clock)
+        self.cluster = FakeCluster()
+        self.beats = FakeBeats()
+
+    def router(self, name: str, *, lock=None):
+        metrics = CountingArbiterMetrics()
+        pokes: list[int] = []
+        loop = ArbiterLoop(cfg=self.cfg, store=self.store, lock=lock or self.store.leader_lock(LEADER_LOCK_KEY),
+                           board=self.board, cluster=self.cluster, heartbeats=self.beats, owner=name,
+                           metrics=metrics, on_change=lambda: pokes.append(1), clock=self.clock)
+        return loop, metrics, pokes
+
+    def submit(self, app_id: str, priority: int = 0) -> None:
+        self.store.submit(app_id=app_id, params={}, priority=priority)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_leader_publishes_and_a_follower_acts_on_its_decision():
+    w = World()
+    a, _, _ = w.router("router-a")
+    b, _, b_pokes = w.router("router-b")
+    w.submit("echo-a")
+    run(a.tick())
+    run(b.tick())
+    assert a.is_leader and not b.is_leader
+    assert b.snapshot == a.snapshot and b.snapshot.leader == "router-a"
+    assert a.snapshot.targets == {"echo-a": 1, "echo-b": 0, "echo-c": 0, "echo-huge": 0}
+    assert a.snapshot.reasons == ["load echo-a on node-1: 1 queued, 24 GB free"]  # the pool discovered from the node
+    # Loading: a target, but no replica yet, so nothing is dispatchable anywhere.
+    assert not a.dispatchable("echo-a") and not b.dispatchable("echo-a")
+    assert a.snapshot.models["echo-a"]["state"] == "loading"
+
+    w.cluster.running("echo-a")
+    w.clock.advance(1.0)
+    run(a.tick())
+    run(b.tick())
+    assert a.dispatchable("echo-a") and b.dispatchable("echo-a")
+    assert b_pokes == [1]  # the follower's dispatcher is woken when residency changes
+    assert a.snapshot.models["echo-a"]["state"] == "resident"
+
+
+def test_gate_opens_only_for_models_the_decision_made_resident():
+    w = World()
+    a, _, _ = w.router("router-a")
+    # Resident by the decision: dispatchable. Cold ones and unknown names: not.
+    w.submit("echo-a")
+    run(a.tick())
+    w.cluster.running("echo-a")
+    run(a.tick())
+    assert a.dispatchable("echo-a")
+    assert not a.dispatchable("echo-b") and not a.dispatchable("echo-c") and not a.dispatchable("nope")
+
+    # A higher-priority job for a model that does not fit beside echo-a: echo-a has a job running,
+    # so it drains (no new work) instead of being evicted.
+    w.store.claim(app_id="echo-a", owner="router-a", limit=1, lease_s=60, max_in_flight=4)
+    w.submit("echo-a")
+    w.submit("echo-b", priority=5)
+    run(a.tick())
+    assert a.snapshot.draining == ["echo-a"] and not a.dispatchable("echo-a")
+    assert a.snapshot.models["echo-a"]["state"] == "draining"
+    assert a.snapshot.models["echo-a"]["last_decision"].startswith("drain echo-a (1 queued, 1 running) for echo-b")
+    # The model the room is made for shows the same decision as its last one.
+    assert a.snapshot.models["echo-b"]["last_decision"] == a.snapshot.models["echo-a"]["last_decision"]
+
+
+def test_stale_snapshot_gates_everything_off():
+    w = World()
+    a, _, _ = w.router("router-a")
+    b, _, _ = w.router("router-b")
+    w.submit("echo-a")
+    w.cluster.running("echo-a")
+    run(a.tick())
+    run(b.tick())
+    assert a.dispatchable("echo-a") and b.dispatchable("echo-a")
+    w.clock.advance(STALE_AFTER_S)  # the leader stopped publishing
+    assert not a.dispatchable("echo-a") and not b.dispatchable("echo-a")
+    # A follower reading a board whose leader went quiet keeps nothing either.
+    run(b.tick())
+    assert not b.dispatchable("echo-a")
+
+
+def test_unplaceable_model_is_reported_with_the_reason_once_due():
+    w = World()
+    a, _, _ = w.router("router-a")
+    b, _, _ = w.router("router-b")
+    w.submit("echo-huge")
+    run(a.tick())
+    assert HUGE_WHY in a.snapshot.reasons
+    assert a.unplaceable("echo-huge") is None  # not before its oldest job waited max_wait_s
+    w.clock.advance(61.0)
+    run(a.tick())
+    run(b.tick())
+    assert a.unplaceable("echo-huge") == HUGE_WHY and b.unplaceable("echo-huge") == HUGE_WHY
+    assert a.unplaceable("echo-a") is None and a.snapshot.targets["echo-huge"] == 0
+    w.clock.advance(STALE_AFTER_S)
+    assert b.unplaceable("echo-huge") is None  # a stale decision refuses nothing
+
+
+def test_loads_evictions_and_load_time_go_through_the_metrics():
+    w = World(idle_ttl_s=5.0)
+    a, metrics, _ = w.router("router-a")
+    w.submit("echo-a")
+    run(a.tick())
+    assert metrics.loads == {"echo-a": 1} and not metrics.evictions
+    w.clock.advance(3.5)
+    w.cluster.running("echo-a")
+    run(a.tick())
+    assert metrics.load_times == {"echo-a": [3.5]}  # decision to running replica
+    assert a.snapshot.models["echo-a"]["load_s"] == 3.5  # the measured time replaces the declared one
+    # Its job ends; after the idle TTL it scales to zero: an eviction.
+    (job,) = w.store.claim(app_id="echo-a", owner="router-a", limit=1, lease_s=60, max_in_flight=4)
+    w.store.complete(job_id=job.id, owner="router-a", attempt=job.claims, result={}, backend="echo-a")
+    w.beats.beats = [{"deployment": "echo-a", "replica_id": "r1", "node_id": "node-1", "last_used": w.clock.now}]
+    w.clock.advance(6.0)
+    run(a.tick())
+    assert metrics.evictions == {"echo-a": 1} and metrics.loads == {"echo-a": 1}
+    m = a.snapshot.models["echo-a"]
+    assert (m["loads"], m["evictions"], m["target"]) == (1, 1, 0)
+    assert m["last_decision"] == "scale echo-a to zero: idle 6 s >= ttl 5 s"
+    assert m["last_decision_at"] == w.clock.now
+
+
+def test_losing_the_lock_stops_leading_and_another_replica_takes_over():
+    w = World()
+    a, _, _ = w.router("router-a")
+    b, _, _ = w.router("router-b")
+    w.submit("echo-a")
+    run(a.tick())
+    assert a.is_leader and w.board.publishes == 1
+    w.store.available = False  # a's database connection drops: the lock goes with it
+    run(a.tick())
+    assert not a.is_leader and w.board.publishes == 1
+    w.store.available = True
+    run(b.tick())
+    run(a.tick())
+    assert b.is_leader and not a.is_leader
+    assert a.snapshot.leader == "router-b" and w.board.publishes == 2
+
+
+def test_a_lock_that_raises_means_not_leading():
+    w = World()
+    a, _, _ = w.router("router-a", lock=BrokenLock())
+    w.submit("echo-a")
+    run(a.tick())
+    assert not a.is_leader and a.snapshot is None and w.board.publishes == 0
+
+
+def test_stop_hands_leadership_over():
+    w = World()
+    a, _, _ = w.router("router-a")
+    b, _, _ = w.router("router-b")
+
+    async def scenario():
+        a.start()
+        await asyncio.sleep(0.05)
+        assert a.is_leader
+        await a.stop()
+        await b.tick()
+
+    run(scenario())
+    assert b.is_leader and not a.is_leader
+
+
+def test_snapshot_survives_the_board_as_json():
+    s = Snapshot(ts=T0, leader="r", targets={"a": 1}, dispatchable=["a"], draining=[], reasons=["load a"],
+                 models={"a": {"idle_s": None, "placement": ["gpu0"]}}, unplaceable={"b": "why"})
+    assert Snapshot.from_json(s.to_json()) == s
+    clock = Clock()
+    board = MemoryDecisionBoard(ttl_s=30, clock=clock)
+    run(board.publish(s))
+    assert run(board.read()) == s
+    clock.advance(30)
+    assert run(board.read()) is None  # expired, as the Redis key would
+
+
+# -- the pure parts --------------------------------------------------------------------------------
+
+
+def test_discovered_pools_one_per_gpu_node():
+    nodes = [Node("aaaaaaaaaaaaaaaa", {"GPU": 1.0, "vram_gb": 80.0, "node_type:h100": 1.0}),
+             Node("bbbbbbbbbbbbbbbb", {"GPU": 1.0}), Node("cccc", {"CPU": 8.0})]
+    p = gpu_pools(nodes, ArbiterSpec(default_gpu_vram_gb=24.0))
+    assert p.gpus == [Gpu("h100", 80.0, "h100"), Gpu("bbbbbbbbbbbb", 24.0, "")]
+    assert p.node_pool == {"aaaaaaaaaaaaaaaa": "h100", "bbbbbbbbbbbbbbbb": "bbbbbbbbbbbb"}
+
+
+def test_declared_pools_match_nodes_by_type():
+    spec = ArbiterSpec(gpus=[GpuPoolSpec(id="big", vram_gb=80, node_type="h100"),
+                             GpuPoolSpec(id="small", vram_gb=24, node_type="l4")])
+    nodes = [Node("n1", {"node_type:l4": 1.0}), Node("n2", {"node_type:h100": 1.0}), Node("n3", {})]
+    p = gpu_pools(nodes, spec)
+    assert [g.id for g in p.gpus] == ["big", "small"] and p.node_pool == {"n1": "small", "n2": "big"}
+    # One declared pool takes every node.
+    one = gpu_pools(nodes, ArbiterSpec(gpus=[GpuPoolSpec(id="gpu0", vram_gb=24)]))
+    assert one.node_pool == {"n1": "gpu0", "n2": "gpu0", "n3": "gpu0"}
+
+
+def test_placement_from_heartbeats_then_the_last_decision():
+    pools = Pools([Gpu("big", 80), Gpu("small", 24)], {"n1": "small", "n2": "big"})
+    assert placement(0, ["n1"], pools, ("big",)) == ()
+    assert placement(1, ["n1"], pools, ("big",)) == ("small",)
+    assert placement(2, ["n1"], pools, ("big", "big")) == ("small", "big")
+    assert placement(1, [], pools, ("big",)) == ("big",)
+    assert placement(2, [], Pools([Gpu("gpu0", 24)]), ()) == ("gpu0", "gpu0")
+
+
+@pytest.mark.parametrize("module", ["gpu_orchestrator.service.arbiter_loop", "gpu_orchestrator.serve.autoscaling"])
+def test_no_ray_database_or_redis_behind_the_loop_and_the_policy_function(module):
+    import subprocess
+    import sys
+
+    code = (f"import sys, {module}; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'redis', 'sqlalchemy'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
