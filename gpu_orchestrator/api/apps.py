@@ -13,4 +13,8 @@ router = APIRouter(tags=["apps"])
 
 @router.get("/v1/apps")
 async def apps(jobs: Jobs) -> dict[str, Any]:
-    return {"apps": [a.model_dump(mode="json") for a in jobs.apps.values()]}
+    models = jobs.cfg.models
+    # vram_gb is declared once, on the model deployment; each app shows its model's (0 for cloud apps).
+    return {"apps": [{**a.model_dump(mode="json"),
+                      "vram_gb": models[a.deployment].vram_gb if a.deployment in models else 0.0}
+                     for a in jobs.apps.values()]}

@@ -26,7 +26,7 @@ CONFIG = {
         {"id": "chat", "deployment": "llm", "task": "chat",
          "parameters": [{"name": "messages", "type": "messages", "required": True}]},
     ],
-    "models": {"echo": {"impl": "deployments.echo:Echo"}, "llm": {"impl": "deployments.llm:LLM"}},
+    "models": {"echo": {"impl": "deployments.echo:Echo"}, "llm": {"impl": "deployments.llm:LLM", "vram_gb": 22}},
 }
 
 
@@ -221,6 +221,8 @@ def test_apps_workers_and_seed_aliases():
     assert sub.status_code == 202 and set(sub.json()) == {"job_id", "status"}
     assert status.json()["status"] == "queued"
     assert [a["id"] for a in apps.json()["apps"]] == ["echo", "small", "chat"]
+    # VRAM is declared on the model; each app shows its model's.
+    assert {a["id"]: a["vram_gb"] for a in apps.json()["apps"]} == {"echo": 0.0, "small": 0.0, "chat": 22.0}
     w = {m["deployment"]: m for m in workers.json()["models"]}
     assert w["echo"]["queued"] == 1 and w["echo"]["state"] == "cold" and "arbiter" not in workers.json()
     assert seed_workers.json() == {"count": 0, "workers": []}
