@@ -34,7 +34,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-TERMINAL = {"succeeded", "failed", "cancelled"}
+from gpu_orchestrator.client import TERMINAL  # noqa: E402
 
 
 # -- faults -----------------------------------------------------------------------------------------

@@ -55,6 +55,13 @@ def pct(xs: list[float], p: float) -> float:
 
 
 async def ours_one(c: httpx.AsyncClient, i: int) -> float:
+    return await asyncio.wait_for(_ours_one(c, i), timeout=JOB_DEADLINE_S)  # a stuck job fails the bench
+
+
+JOB_DEADLINE_S = 120.0
+
+
+async def _ours_one(c: httpx.AsyncClient, i: int) -> float:
     t0 = time.perf_counter()
     r = await c.post("/v1/jobs", json={"app_id": "echo", "params": {"message": f"m{i}"}})
     r.raise_for_status()
@@ -112,8 +119,11 @@ def main() -> None:
     cfg = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     orch_args = copy.deepcopy(next(a for a in cfg["applications"] if a["name"] == "orchestrator")["args"])
     orch_args.update(database_url=db, redis_url=rd)
-    orch_args["models"]["echo"]["max_ongoing_requests"] = 64
-    next(a for a in orch_args["apps"] if a["id"] == "echo")["max_in_flight"] = 64
+    # The echo model alone, always resident: the job path's own overhead, no GPU models, no arbiter
+    # (its autoscaling policy applies only through a config deploy, not serve.run).
+    orch_args["models"] = {"echo": {**orch_args["models"]["echo"], "max_ongoing_requests": 64}}
+    orch_args["apps"] = [{**next(a for a in orch_args["apps"] if a["id"] == "echo"), "max_in_flight": 64}]
+    orch_args["arbiter"] = {**orch_args.get("arbiter", {}), "enabled": False}
     serve.run(build_app(orch_args), name="orchestrator", route_prefix="/")
 
     @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)

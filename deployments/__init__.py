@@ -1,1 +1,2 @@
-"""Ray Serve deployment classes. Undecorated: serve_apps builders wrap them with serve.deployment()."""
+"""Entry points named in serve_config.yaml (`impl: deployments.sdxl:SDXL`, ...): each module
+re-exports a model class from gpu_orchestrator.models, where the code lives."""

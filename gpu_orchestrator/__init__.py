@@ -3,7 +3,8 @@
 Rooms (docs/architecture.md): core/ is pure (jobs, apps, config, the arbiter policy); store/ keeps
 jobs (Postgres, in-memory); bus/ is Redis (events, heartbeats, decisions); service/ is the job
 service, dispatcher and arbiter loop; api/ is the FastAPI app; models/ the model classes; serve/ is
-the only package that imports Ray. The client and the CLI import no Ray until a command deploys.
+where the application meets Ray (the CLI's stack.py and ray_auth.py manage the Ray head process).
+The client and the CLI import no Ray until a command starts, deploys or stops a stack.
 """
 
 from .client import ApiError, AsyncClient, Client

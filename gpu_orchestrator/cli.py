@@ -237,9 +237,9 @@ def _roll_back(home: Path, state: dict[str, Any], started: list[str]) -> None:
         return
     click.echo(f"up failed: stopping what it started ({', '.join(started)}) ...", err=True)
     if "ray" in sys.modules:
-        import ray
+        from gpu_orchestrator.serve.deploy import disconnect
 
-        ray.shutdown()
+        disconnect()
     stack.stop(home, started, state, say=lambda msg: click.echo(msg, err=True))
     if "ray" in started:
         from gpu_orchestrator.serve.deploy import drop_runtime_envs
@@ -272,12 +272,9 @@ def down() -> None:
     if state.get("ray_address") and ("ray" in found or not state.get("ray_head_pid")):
         try:  # remove the app first, so its replicas shut down gracefully
             ray_auth.apply(ray_auth.state_env(home, state))
-            import ray
-            from ray import serve
+            from gpu_orchestrator.serve.deploy import delete_app
 
-            ray.init(address=state["ray_address"], log_to_driver=False, logging_level="ERROR")
-            serve.delete(APP_NAME)
-            ray.shutdown()
+            delete_app(state["ray_address"], APP_NAME)
             deleted_app = True
         except Exception as e:
             click.echo(f"could not delete the Serve app: {e}", err=True)

@@ -174,7 +174,7 @@ def parse_config(args: dict[str, Any]) -> OrchestratorConfig:
 
 def apply_profile(cfg: OrchestratorConfig) -> OrchestratorConfig:
     """The demo profile: models with a `demo` block take its init/runtime_env and no GPU; their apps
-    are labelled; the arbiter is off (nothing holds VRAM). Idempotent, so the router may re-parse."""
+    are labelled; the arbiter is off (nothing holds VRAM). Idempotent: parsing a config that already had it applied changes nothing."""
     if cfg.profile != "demo":
         return cfg
     cfg = cfg.model_copy(deep=True)

@@ -306,20 +306,12 @@ def _first_line(e: BaseException) -> str:
 
 def _replica_identity(default: str) -> tuple[str, str]:
     """(deployment name, replica id) inside Serve; (default, pid) outside it (unit tests)."""
-    try:
-        from ray import serve
+    from gpu_orchestrator.serve.context import deployment_and_replica  # Ray stays in serve/
 
-        ctx = serve.get_replica_context()
-        return ctx.deployment, ctx.replica_id.unique_id
-    except Exception:
-        return default, str(os.getpid())
+    return deployment_and_replica(default)
 
 
 def _node_id() -> str | None:
-    try:
-        import ray
+    from gpu_orchestrator.serve.context import node_id
 
-        # Outside a Ray worker (unit tests) asking would start a local Ray instance.
-        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-    except Exception:
-        return None
+    return node_id()

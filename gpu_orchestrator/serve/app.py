@@ -43,7 +43,7 @@ def resolve_urls(cfg: OrchestratorConfig) -> tuple[str, str]:
 
 
 # Model deployments under the arbiter: Serve's own autoscaler applies the targets the router's
-# arbiter reports (serve_apps/autoscaling.py); no delays, so a decision takes effect at once.
+# arbiter reports (serve/autoscaling.py); no delays, so a decision takes effect at once.
 # A short look-back keeps the latest report fresh (metrics are recorded every look_back x 0.2 s),
 # and a 0.5 s push interval means a scale-from-zero does not wait out the default 10 s.
 def arbiter_autoscaling(max_replicas: int) -> dict[str, Any]:

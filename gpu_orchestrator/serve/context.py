@@ -15,6 +15,30 @@ def app_name() -> str:
         return DEFAULT_APP_NAME
 
 
+def deployment_and_replica(default: str) -> tuple[str, str]:
+    """(deployment name, replica id) inside a Serve replica; (default, pid) outside one."""
+    import os
+
+    try:
+        from ray import serve
+
+        ctx = serve.get_replica_context()
+        return ctx.deployment, ctx.replica_id.unique_id
+    except Exception:
+        return default, str(os.getpid())
+
+
+def node_id() -> str | None:
+    """The Ray node this process runs on, or None outside a Ray worker."""
+    try:
+        import ray
+
+        # Outside a Ray worker (unit tests) asking would start a local Ray instance.
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:
+        return None
+
+
 def replica_id() -> str:
     try:
         from ray import serve

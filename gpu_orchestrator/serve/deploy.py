@@ -39,6 +39,27 @@ def connect(address: str) -> None:
     ray.init(address=address, log_to_driver=False, logging_level="ERROR")
 
 
+def disconnect() -> None:
+    """Leave the cluster if this process joined it (a failed `up` rolling back)."""
+    import sys
+
+    if "ray" in sys.modules:
+        import ray
+
+        ray.shutdown()
+
+
+def delete_app(address: str, app_name: str) -> None:
+    """Delete a Serve application (its replicas stop gracefully), as a short-lived driver."""
+    from ray import serve
+
+    connect(address)
+    try:
+        serve.delete(app_name)
+    finally:
+        disconnect()
+
+
 def deploy(config: dict[str, Any], *, wait: bool = True, on_change: Callable[[str], None] | None = None) -> None:
     """Apply the config on the connected Ray cluster (ray.init must have been called)."""
     from ray.serve._private.api import serve_start

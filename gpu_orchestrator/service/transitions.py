@@ -13,6 +13,7 @@ import uuid
 from collections import Counter
 from typing import Any, Protocol
 
+from gpu_orchestrator.bus.events import EventBusDown, reason
 from gpu_orchestrator.core.jobs import JobStatus
 
 log = logging.getLogger("gpu_orchestrator.transitions")
@@ -67,10 +68,6 @@ class Transitions:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # events are lossy; watchers fall back to the job row
-            log.warning("status event for job %s -> %s not published: %s", job_id, status.value, _why(e))
-
-
-def _why(e: BaseException) -> str:
-    from gpu_orchestrator.bus.events import reason
-
-    return reason(e)
+            # Once the bus is known down (its breaker open), one line per job would flood the log.
+            level = logging.DEBUG if isinstance(e, EventBusDown) else logging.WARNING
+            log.log(level, "status event for job %s -> %s not published: %s", job_id, status.value, reason(e))
