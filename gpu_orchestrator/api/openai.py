@@ -115,6 +115,7 @@ async def _chat_stream(jobs: JobService, job_id: uuid.UUID, model: str, created:
                 yield "data: [DONE]\n\n"
                 return
     finally:
-        await events.aclose()  # type: ignore[attr-defined]
+        # Schedule the cancel first: a close that raises (or is cancelled) must not skip it.
         if not finished:  # the client went away mid-stream: stop the generation
             jobs.cancel_soon(job_id, "client disconnected from the stream")
+        await events.aclose()  # type: ignore[attr-defined]

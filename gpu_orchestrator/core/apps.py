@@ -121,11 +121,17 @@ class ParamError(ValueError):
         self.field = field
         self.message = message
 
+    def __reduce__(self):  # survives pickling (crosses Ray)
+        return type(self), (self.field, self.message), self.__dict__
+
 
 class ParamsInvalid(ValueError):
     def __init__(self, errors: list[ParamError]):
         super().__init__("; ".join(str(e) for e in errors))
         self.errors = errors
+
+    def __reduce__(self):  # survives pickling (crosses Ray)
+        return type(self), (self.errors,), self.__dict__
 
 
 def text_problem(value: str) -> str | None:

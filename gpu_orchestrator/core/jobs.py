@@ -58,13 +58,18 @@ def can_transition(src: JobStatus, dst: JobStatus) -> bool:
 
 
 class JobError(Exception):
-    pass
+    """A domain error. Each subclass defines `__reduce__` (its constructor's arguments plus its
+    attributes) so it survives pickling: these cross Ray from the Router's handle methods to callers,
+    and the default (`type(self)(*self.args)`) would call the constructor with the formatted message."""
 
 
 class JobNotFound(JobError):
     def __init__(self, job_id: uuid.UUID | str):
         super().__init__(f"job {job_id} not found")
         self.job_id = job_id
+
+    def __reduce__(self):
+        return type(self), (self.job_id,), self.__dict__
 
 
 class TransitionError(JobError):
@@ -76,6 +81,9 @@ class TransitionError(JobError):
         self.current = current
         self.wanted = wanted
 
+    def __reduce__(self):
+        return type(self), (self.job_id, self.current, self.wanted), self.__dict__
+
 
 class QueueFull(JobError):
     def __init__(self, app_id: str, depth: int, retry_after_s: int):
@@ -83,6 +91,9 @@ class QueueFull(JobError):
         self.app_id = app_id
         self.depth = depth
         self.retry_after_s = retry_after_s
+
+    def __reduce__(self):
+        return type(self), (self.app_id, self.depth, self.retry_after_s), self.__dict__
 
 
 class IdempotencyConflict(JobError):
@@ -94,6 +105,9 @@ class IdempotencyConflict(JobError):
         self.app_id = app_id
         self.key = key
         self.job_id = job_id
+
+    def __reduce__(self):
+        return type(self), (self.app_id, self.key, self.job_id), self.__dict__
 
 
 class InvalidRequest(JobError):
@@ -107,6 +121,10 @@ class InvalidRequest(JobError):
         self.message = message
         if code is not None:
             self.code = code
+
+    def __reduce__(self):
+        # The instance's own `code` (when the constructor was given one) rides in the state dict.
+        return type(self), (self.field, self.message), self.__dict__
 
 
 class UnknownApp(InvalidRequest):

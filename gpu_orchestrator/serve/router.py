@@ -122,8 +122,9 @@ class Router:
         release = getattr(getattr(self, "dispatcher", None), "release_all", None)
         if release is None:
             return
-        if self._gauge is not None:
-            self._gauge.cancel()
+        gauge = getattr(self, "_gauge", None)  # absent when __init__ failed part-way
+        if gauge is not None:
+            gauge.cancel()
         try:
             await asyncio.wait_for(release(), timeout=10.0)
         except Exception as e:  # the leases still expire on their own
@@ -135,21 +136,27 @@ class Router:
                 log.warning("could not stop the arbiter loop: %s", reason(e))
 
     # -- Python handle methods --------------------------------------------------------------------
+    # Each starts the dispatcher (and the arbiter) if nothing has yet: a router outside Serve that
+    # only ever sees cancels or replays must still run its dispatcher.
 
     async def submit(self, app_id: str, params: dict[str, Any] | None = None, priority: int = 0,
                      idempotency_key: str | None = None) -> dict[str, Any]:
+        self._ensure_started()
         job, _ = await self.jobs.submit(app_id, params or {}, priority, idempotency_key)
         return job.to_api()
 
     async def get(self, job_id: str | uuid.UUID) -> dict[str, Any]:
+        self._ensure_started()
         return (await self.jobs.get(parse_job_id(job_id))).to_api()
 
     async def cancel(self, job_id: str | uuid.UUID) -> dict[str, Any]:
+        self._ensure_started()
         return (await self.jobs.cancel(parse_job_id(job_id))).to_api()
 
     async def wait(self, job_id: str | uuid.UUID, timeout_s: float = 600.0) -> dict[str, Any]:
         """Block until the job is terminal (or timeout_s passes) and return it. Follows the event
         stream, and the job row while Redis is unavailable."""
+        self._ensure_started()
         return (await self.jobs.wait(parse_job_id(job_id), timeout_s)).to_api()
 
     async def record_autoscaling_stats(self) -> dict[str, float]:

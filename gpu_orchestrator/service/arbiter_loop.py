@@ -73,9 +73,10 @@ class ArbiterLoop:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        if self.is_leader:
-            self.is_leader = False
-            await asyncio.to_thread(self.lock.release)
+        # Unconditionally: a hold() still running in its worker thread when the tick was cancelled
+        # may have taken the lock although is_leader was never set.
+        self.is_leader = False
+        await asyncio.to_thread(self.lock.release)
 
     async def _loop(self) -> None:
         while True:

@@ -33,9 +33,6 @@ class DecisionBook:
         self.tracks: dict[str, ModelTrack] = {name: ModelTrack() for name in models}
         self.metrics = metrics
 
-    def __getitem__(self, model: str) -> ModelTrack:
-        return self.tracks[model]
-
     def observe(self, running: Mapping[str, int], now: float) -> None:
         """Before deciding: replicas running per model. The first running replica after a load
         decision ends that load (its time becomes the model's load_s)."""

@@ -64,11 +64,18 @@ def _cancelling() -> bool:
     return True if cancelling is None else bool(cancelling())
 
 
+class RunnableModel(Protocol):
+    """What InProcessBackend needs of a model object: a ModelDeployment's `run` (models.base)."""
+
+    def run(self, job_id: str, params: dict[str, Any], attempt: int, *, timeout_s: float,
+            queue_timeout_s: float) -> Awaitable[Any]: ...
+
+
 class InProcessBackend:
     """A model object (a ModelDeployment: `async run(job_id, params, attempt, timeout_s=,
     queue_timeout_s=)`) run as a task in this event loop. `runs` keeps every run started, in order."""
 
-    def __init__(self, model: Any):
+    def __init__(self, model: RunnableModel):
         self.model = model
         self.runs: list[StartedRun] = []
 
@@ -81,4 +88,4 @@ class InProcessBackend:
         return run
 
 
-__all__ = ["InProcessBackend", "ModelBackend", "ModelRun", "StartedRun"]
+__all__ = ["InProcessBackend", "ModelBackend", "ModelRun", "RunnableModel", "StartedRun"]

@@ -27,7 +27,7 @@ from gpu_orchestrator.core.jobs import Job, JobStatus, RetryPolicy, TransitionEr
 from gpu_orchestrator.core.model_errors import JobCancelled, as_model_error
 from gpu_orchestrator.service.backends import ModelBackend, ModelRun
 from gpu_orchestrator.service.transitions import Transitions
-from gpu_orchestrator.store.base import JobStore, ResultNotStorable
+from gpu_orchestrator.store.base import AppQueueStats, JobStore, ResultNotStorable
 
 log = logging.getLogger("gpu_orchestrator.dispatcher")
 
@@ -82,7 +82,7 @@ class Dispatcher:
         r = cfg.router
         self.policy = RetryPolicy(backoff_s=r.retry_backoff_s, backoff_max_s=r.retry_backoff_max_s,
                                   max_lost_attempts=r.max_lost_attempts)
-        self.queue_stats: dict[str, Any] = {}
+        self.queue_stats: dict[str, AppQueueStats] = {}
         self._task: asyncio.Task | None = None
         self._claiming: asyncio.Future | None = None
         self._unrunnable_since: dict[str, float] = {}

@@ -311,15 +311,21 @@ class MemoryLeaderLock:
     def __init__(self, store: MemoryJobStore, key: int):
         self.store = store
         self.key = key
+        self.closed = False  # released for good (a stopping router), as PostgresLeaderLock
 
     def hold(self) -> bool:
         with self.store._mutex:
-            if not self.store.available:
-                self.release()
+            if self.closed or not self.store.available:
+                self._drop()
                 return False
             return self.store._leaders.setdefault(self.key, self) is self
 
     def release(self) -> None:
+        with self.store._mutex:
+            self.closed = True
+            self._drop()
+
+    def _drop(self) -> None:
         with self.store._mutex:
             if self.store._leaders.get(self.key) is self:
                 del self.store._leaders[self.key]

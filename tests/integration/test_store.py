@@ -566,6 +566,44 @@ def test_leader_lock_moves_on_when_its_holders_connection_dies(pg_store, databas
         admin.dispose()
 
 
+def test_leader_lock_is_done_after_release(pg_store):
+    # release() is final: a hold() that arrives late (a worker thread still running when the arbiter
+    # stopped) must not take the lock back, and another contender can take it at once.
+    key = 0x7465737404
+    a, b = pg_store.leader_lock(key), pg_store.leader_lock(key)
+    try:
+        assert a.hold() is True and b.hold() is False
+        a.release()
+        assert a.closed
+        assert a.hold() is False
+        assert b.hold() is True
+        assert a.hold() is False  # still done, even with the lock now free of a's connection
+        b.release()
+        assert a.hold() is False  # nobody holds it now, and a still does not take it
+        c = pg_store.leader_lock(key)
+        assert c.hold() is True
+        c.release()
+    finally:
+        a.release()
+        b.release()
+
+
+def test_leader_lock_release_waits_for_a_hold_in_flight(pg_store):
+    # hold() and release() from two threads: whichever runs first, the lock ends up free.
+    key = 0x7465737405
+    for _ in range(20):
+        a = pg_store.leader_lock(key)
+        t = threading.Thread(target=a.hold)
+        t.start()
+        a.release()
+        t.join()
+        b = pg_store.leader_lock(key)
+        try:
+            assert b.hold() is True
+        finally:
+            b.release()
+
+
 def test_ping_raises_a_transient_error_when_postgres_is_down():
     s = PostgresJobStore.connect("postgresql://postgres@127.0.0.1:1/none", migrate=False, connect_timeout_s=1)
     try:

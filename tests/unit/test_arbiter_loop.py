@@ -245,6 +245,33 @@ def test_stop_hands_leadership_over():
     assert b.is_leader and not a.is_leader
 
 
+def test_stop_releases_a_lock_taken_without_is_leader_being_set():
+    # A hold() still running in its worker thread when stop() cancelled the tick takes the lock, but
+    # the cancelled tick never sets is_leader: stop() must release it anyway.
+    w = World()
+    a, _, _ = w.router("router-a")
+    b, _, _ = w.router("router-b")
+    assert a.lock.hold() and not a.is_leader  # what the orphaned thread did
+
+    async def scenario():
+        await b.tick()
+        assert not b.is_leader  # a holds the lock
+        await a.stop()
+        await b.tick()
+
+    run(scenario())
+    assert b.is_leader and not a.is_leader
+
+
+def test_stop_without_ever_ticking_releases_harmlessly():
+    w = World()
+    a, _, _ = w.router("router-a")
+    b, _, _ = w.router("router-b")
+    run(a.stop())
+    run(b.tick())
+    assert b.is_leader and not a.is_leader
+
+
 def test_snapshot_survives_the_board_as_json():
     s = Snapshot(ts=T0, leader="r", targets={"a": 1}, dispatchable=["a"], draining=[], reasons=["load a"],
                  models={"a": {"idle_s": None, "placement": ["gpu0"]}}, unplaceable={"b": "why"})

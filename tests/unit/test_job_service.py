@@ -218,11 +218,35 @@ def test_an_idempotency_key_never_returns_another_apps_job():
         await h.svc.submit("echo", {}, 0, "k")
         await h.svc.submit("chat", {"messages": [{"role": "user", "content": "x"}]}, 0, "k")
 
-    # The store keys by (app, key): another app's key is another job; the service checks anyway.
+    # The store keys by (app, key): another app's key is another job.
     run(go())
     assert len(h.store.list()[0]) == 2
     with pytest.raises(IdempotencyConflict):
         run(h.svc.submit("echo", {"message": "other"}, 0, "k"))
+
+    # Neither store can hand back another app's job for a key; the service checks anyway. A store
+    # that did (created=False, app "chat" for a submit to "echo") is refused, and nothing is announced.
+    h = Harness()
+    (chat_job, _) = h.store.submit(app_id="chat", params={"messages": []}, priority=0, idempotency_key="k")
+
+    class CrossAppStore:
+        def __init__(self, inner: MemoryJobStore) -> None:
+            self.inner = inner
+            self.calls: list[dict[str, Any]] = []
+
+        def submit(self, **kw: Any) -> tuple[Any, bool]:
+            self.calls.append(kw)
+            return chat_job, False
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+    h.svc.store = stub = CrossAppStore(h.store)
+    with pytest.raises(IdempotencyConflict) as e:
+        run(h.svc.submit("echo", {}, 0, "k"))
+    assert [c["app_id"] for c in stub.calls] == ["echo"]  # the check ran after the store's submit
+    assert (e.value.app_id, e.value.key, e.value.job_id) == ("echo", "k", chat_job.id)
+    assert h.bus.published == [] and h.metrics.total() == 0 and h.pokes == 0
 
 
 def test_get_list_and_bad_inputs():
