@@ -133,6 +133,19 @@ async def stop(rig: Rig) -> None:
     await asyncio.sleep(0.01)
 
 
+def run_to_end(rig: Rig, **submit: object):
+    """Submit one job, run the dispatcher until the job is terminal, stop it; the job."""
+    async def go():
+        job_id = rig.submit(**submit)
+        rig.d.start()
+        try:
+            return await settled(rig, job_id)
+        finally:
+            await stop(rig)
+
+    return run(go())
+
+
 def test_claim_and_success():
     async def go():
         rig = Rig(FakeBackend({"out": 1}))
@@ -158,16 +171,8 @@ def test_claim_and_success():
 
 
 def test_failure_then_retry_then_success():
-    async def go():
-        rig = Rig(FakeBackend(ModelFailed.of(RuntimeError("out of memory (first try)")), {"attempt": 2}))
-        job_id = rig.submit()
-        rig.d.start()
-        try:
-            return rig, await settled(rig, job_id)
-        finally:
-            await stop(rig)
-
-    rig, job = run(go())
+    rig = Rig(FakeBackend(ModelFailed.of(RuntimeError("out of memory (first try)")), {"attempt": 2}))
+    job = run_to_end(rig)
     assert job.status == S and job.result == {"attempt": 2} and job.error is None
     assert (job.attempts, job.claims) == (2, 2)
     (err,) = job.errors
@@ -180,17 +185,9 @@ def test_failure_then_retry_then_success():
 
 
 def test_retries_exhausted_fail_the_job_with_each_error_kept():
-    async def go():
-        rig = Rig(FakeBackend(ReplicaDied("the actor died unexpectedly", "ActorDiedError"),
-                              ModelFailed.of(ValueError("bad input"))))
-        job_id = rig.submit(max_attempts=2)
-        rig.d.start()
-        try:
-            return rig, await settled(rig, job_id)
-        finally:
-            await stop(rig)
-
-    rig, job = run(go())
+    rig = Rig(FakeBackend(ReplicaDied("the actor died unexpectedly", "ActorDiedError"),
+                          ModelFailed.of(ValueError("bad input"))))
+    job = run_to_end(rig, max_attempts=2)
     assert job.status == F and job.attempts == 2 and job.error == "ValueError: bad input"
     assert [(e["attempt"], e["kind"], e["error"]) for e in job.errors] == [
         (1, "replica_died", "ActorDiedError: the actor died unexpectedly"), (2, "error", "ValueError: bad input")]
@@ -200,16 +197,8 @@ def test_retries_exhausted_fail_the_job_with_each_error_kept():
 
 
 def test_a_load_error_is_not_retried():
-    async def go():
-        rig = Rig(FakeBackend(ModelLoadError("m failed to load: OSError: no such file")))
-        job_id = rig.submit(max_attempts=3)
-        rig.d.start()
-        try:
-            return rig, await settled(rig, job_id)
-        finally:
-            await stop(rig)
-
-    rig, job = run(go())
+    rig = Rig(FakeBackend(ModelLoadError("m failed to load: OSError: no such file")))
+    job = run_to_end(rig, max_attempts=3)
     assert job.status == F and job.attempts == 1 and len(rig.backend.runs) == 1
     assert job.error == "ModelLoadError: m failed to load: OSError: no such file"
     assert job.errors[0]["kind"] == "load_error"
@@ -531,16 +520,8 @@ def test_a_backend_that_lets_another_error_through_fails_the_attempt(error):
 
 
 def test_a_result_the_store_cannot_keep_fails_the_job_once():
-    async def go():
-        rig = Rig(FakeBackend({"text": "a\x00b"}, {"text": "again"}))
-        job_id = rig.submit(max_attempts=3)
-        rig.d.start()
-        try:
-            return rig, await settled(rig, job_id)
-        finally:
-            await stop(rig)
-
-    rig, job = run(go())
+    rig = Rig(FakeBackend({"text": "a\x00b"}, {"text": "again"}))
+    job = run_to_end(rig, max_attempts=3)
     assert job.status == F and job.attempts == 1 and len(rig.backend.runs) == 1  # a re-run would fail the same way
     assert job.error == "the result could not be stored: UntranslatableCharacter: unsupported Unicode escape sequence"
     assert rig.statuses(job.id) == ["running", "failed"]
