@@ -22,6 +22,7 @@ from gpu_orchestrator.core.jobs import (IdempotencyConflict, InvalidRequest, Job
                                         idempotency_key_problem)
 from gpu_orchestrator.core.apps import ParamsInvalid
 from gpu_orchestrator.store.base import StoreUnavailable
+from gpu_orchestrator.store.postgres import is_transient_db_error
 
 log = logging.getLogger("gpu_orchestrator.router")
 # Retry-After for an outage: a restarting Postgres takes seconds; Redis comes back faster.
@@ -65,13 +66,6 @@ def check_last_event_id(value: str | None) -> str:
         raise ApiError(422, "invalid_request", "is not an event id from this stream (expected digits, or digits-digits, "
                        "as sent in the `id:` lines)", field="Last-Event-ID")
     return value
-
-
-def db_outage(exc: BaseException) -> bool:
-    """A database error that means "Postgres is unreachable, restarting or overloaded", not a bug."""
-    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)):
-        return True
-    return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)
 
 
 def unavailable(what: str, exc: BaseException) -> JSONResponse:
@@ -133,7 +127,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(sa_exc.DBAPIError)
     @app.exception_handler(sa_exc.TimeoutError)
     async def _db(_: Request, exc: Exception) -> JSONResponse:
-        if db_outage(exc):
+        # Postgres unreachable, restarting or overloaded (what the store retries a write for), not a bug.
+        if is_transient_db_error(exc):
             return unavailable("database", exc)
         log.error("database error", exc_info=exc)
         return JSONResponse(status_code=500, content=body("internal_error", "database error; see the router log"))

@@ -27,11 +27,9 @@ from gpu_orchestrator.core.jobs import Job, JobStatus, RetryPolicy, TransitionEr
 from gpu_orchestrator.core.model_errors import JobCancelled, as_model_error
 from gpu_orchestrator.service.backends import ModelBackend, ModelRun
 from gpu_orchestrator.service.transitions import Transitions
-from gpu_orchestrator.store.base import AppQueueStats, JobStore, ResultNotStorable
+from gpu_orchestrator.store.base import AppQueueStats, JobStore, LeaseKey, ResultNotStorable
 
 log = logging.getLogger("gpu_orchestrator.dispatcher")
-
-LeaseKey = tuple[uuid.UUID, int]  # (job id, attempt)
 
 
 @dataclass
@@ -149,9 +147,7 @@ class Dispatcher:
             spec = self.cfg.app(app_id)
             error = (f"app {app_id} is no longer configured" if spec is None
                      else f"app {app_id} has kind {spec.kind.value}, which this orchestrator cannot run")
-            for job_id in await asyncio.to_thread(self.store.fail_queued, app_id, error, older_than_s=grace):
-                log.warning("job %s failed: %s", job_id, error)
-                await self.transitions.announce(job_id, app_id, JobStatus.failed, error=error)
+            await self._fail_queued(app_id, error, older_than_s=grace)
 
     async def _claim_all(self) -> None:
         waiting = await asyncio.to_thread(self.store.apps_with_queued)
@@ -160,7 +156,7 @@ class Dispatcher:
                 continue  # cloud backends arrive with the fallback issue
             why = self.refuse(app.deployment)
             if why:
-                await self._fail_queued(app.id, why)
+                await self._fail_queued(app.id, f"no capacity: {why}")
                 continue
             if not self.gate(app.deployment):
                 continue  # cold, loading or draining: its jobs stay queued (and drive the arbiter)
@@ -181,9 +177,9 @@ class Dispatcher:
                 self.inflight[f.key] = f
                 f.task = asyncio.get_running_loop().create_task(self._execute(f))
 
-    async def _fail_queued(self, app_id: str, why: str) -> None:
-        error = f"no capacity: {why}"
-        for job_id in await asyncio.to_thread(self.store.fail_queued, app_id, error):
+    async def _fail_queued(self, app_id: str, error: str, older_than_s: float | None = None) -> None:
+        """queued -> failed for the app's jobs that can never run here, each announced."""
+        for job_id in await asyncio.to_thread(self.store.fail_queued, app_id, error, older_than_s=older_than_s):
             log.warning("job %s failed: %s", job_id, error)
             await self.transitions.announce(job_id, app_id, JobStatus.failed, error=error)
 

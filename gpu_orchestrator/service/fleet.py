@@ -14,6 +14,7 @@ from typing import Any, Awaitable, Callable
 
 from gpu_orchestrator.bus.decisions import Snapshot
 from gpu_orchestrator.core.config import OrchestratorConfig
+from gpu_orchestrator.service.arbiter_views import replica_counts
 from gpu_orchestrator.store.base import AppQueueStats, JobStore
 
 log = logging.getLogger("gpu_orchestrator.fleet")
@@ -23,11 +24,8 @@ ReplicaStates = dict[str, dict[str, int]]  # deployment -> {"RUNNING": 2, "START
 
 def plain_state(states: dict[str, int]) -> str:
     """Without the arbiter: resident when a replica runs, loading while one starts, else cold."""
-    if states.get("RUNNING"):
-        return "resident"
-    if states.get("STARTING") or states.get("UPDATING"):
-        return "loading"
-    return "cold"
+    running, starting, _ = replica_counts(states)
+    return "resident" if running else "loading" if starting else "cold"
 
 
 def models_view(cfg: OrchestratorConfig, beats: list[dict[str, Any]], replica_states: ReplicaStates,

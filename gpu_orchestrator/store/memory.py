@@ -15,14 +15,13 @@ import copy
 import dataclasses
 import datetime as dt
 import json
-import random
-import re
 import threading
 import time
 import uuid
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator
 
+from gpu_orchestrator.core.apps import check_text
 from gpu_orchestrator.core.jobs import (IdempotencyConflict, Job, JobNotFound, JobStatus, QueueFull, RetryPolicy,
                                         TransitionError, request_fingerprint)
 from gpu_orchestrator.store.base import (LEASE_EXPIRED, MAX_ERRORS, MSG_GIVE_UP, RELEASED, AppQueueStats, LeaseEnd,
@@ -53,18 +52,6 @@ def _json(value: Any, default: Callable[[Any], Any] | None = None) -> Any:
 
 # What Postgres answers for a NUL in a jsonb string (a lone surrogate gets another message there).
 _JSONB_REFUSES = "UntranslatableCharacter: unsupported Unicode escape sequence"
-_REFUSED_CHARS = re.compile("[\x00\ud800-\udfff]")
-
-
-def _jsonb_refuses(value: Any) -> bool:
-    """Strings jsonb cannot hold: a NUL, or half of a UTF-16 surrogate pair."""
-    if isinstance(value, str):
-        return _REFUSED_CHARS.search(value) is not None
-    if isinstance(value, dict):
-        return any(_jsonb_refuses(k) or _jsonb_refuses(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_jsonb_refuses(v) for v in value)
-    return False
 
 
 def _secs(s: float) -> dt.timedelta:
@@ -235,7 +222,7 @@ class MemoryJobStore:
         with self._tx() as now:
             job = self._leased(job_id, owner, attempt, "complete")
             result = _json(result, default=str)
-            if _jsonb_refuses(result):
+            if check_text("result", result):  # a string jsonb cannot hold, as the params check finds them
                 raise ResultNotStorable(_JSONB_REFUSES)
             return self._set(job, status=JobStatus.succeeded, result=result, backend=backend,
                              finished_at=now, error=None, lease_owner=None, lease_expires_at=None)
@@ -285,9 +272,8 @@ class MemoryJobStore:
             else:
                 msg = how.msg_undispatched % j.claims
             run_after = None
-            if lost and not give_up and how.backoff:
-                wait = min(policy.backoff_max_s, policy.backoff_s * 2 ** j.lost_attempts) * (0.5 + random.random() / 2)
-                run_after = now + _secs(wait)
+            if lost and not give_up and how.backoff:  # the lost run is retry n_lost: its backoff
+                run_after = now + _secs(policy.delay_s(n_lost))
             new = self._set(
                 j, status=JobStatus.failed if give_up else Q, finished_at=now if give_up else None,
                 attempts=max(j.attempts - 1, 0), lost_attempts=n_lost, run_after=run_after, error=msg,
