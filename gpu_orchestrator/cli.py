@@ -479,6 +479,9 @@ def workers(ctx: click.Context) -> None:
     arbiter = data.get("arbiter")
     if arbiter:
         click.echo(f"arbiter: leader {arbiter['leader']}, dispatchable {arbiter['dispatchable']}, draining {arbiter['draining']}")
+        credit = arbiter.get("swap_credit_s") or {}
+        if credit:
+            click.echo("  swap budget left: " + ", ".join(f"{g} {c:g} s" for g, c in credit.items()))
         for reason in arbiter["reasons"]:
             click.echo(f"    {reason}")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 if TYPE_CHECKING:  # the loop that uses a board must not import redis
@@ -28,13 +28,16 @@ class Snapshot:
     reasons: list[str]
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # per model, as GET /v1/workers shows it
     unplaceable: dict[str, str] = field(default_factory=dict)
+    swap_credit_s: dict[str, float] = field(default_factory=dict)  # per GPU pool: what the swap budget still allows
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Snapshot:
-        return cls(**json.loads(raw))
+        # Fields a newer leader added are dropped, so replicas of two versions can share the board.
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in json.loads(raw).items() if k in known})
 
 
 class DecisionBoard(Protocol):

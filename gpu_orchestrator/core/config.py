@@ -112,6 +112,11 @@ class ArbiterSpec(BaseModel):
     idle_ttl_s: float = Field(default=300.0, ge=0)
     max_wait_s: float = Field(default=60.0, gt=0)
     min_resident_s: float = Field(default=30.0, ge=0)
+    # Under overload, swap-ins take at most this share of a GPU's time (docs/arbiter.md); null: no
+    # budget (swap as often as the wait bound asks). The allowance saved over swap_window_s pays for
+    # rare swaps at once.
+    swap_budget: float | None = Field(default=0.08, gt=0, le=1)
+    swap_window_s: float = Field(default=150.0, gt=0)
     tick_s: float = Field(default=0.25, gt=0)
     # GPU memory pools. Omitted: discovered from the Ray cluster, one pool per GPU node, its size
     # from the node's `vram_gb` custom resource (or default_gpu_vram_gb).

@@ -14,14 +14,20 @@ here from declared/measured VRAM against each GPU's budget:
   busy model whose queue empties soonest;
 - otherwise a resident model keeps serving its queue in a batch (no A-B-A thrash), bounded by
   `max_wait_s` for everyone else (no starvation);
+- under overload (swapping often enough to keep that bound would eat the GPU), swapping out a model
+  that still has queued work spends a swap budget (core.swap_budget): loads take at most
+  `swap_budget` of GPU time, so batches grow as long as the budget requires instead of thrashing;
+  a higher-priority job still goes first, within `max_wait_s`, and its loads are paid from the same
+  budget (normal-priority swaps wait longer to make up for them);
 - higher priority first; a model pinned to a GPU or node type only goes there.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Iterable
+from typing import Iterable, Mapping
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,7 @@ class ModelView:
     max_priority: int = 0
     idle_s: float | None = None  # since its last job ended; None while busy or never used
     resident_s: float = 0.0  # since it became resident (protects a fresh batch from thrash)
+    cold_s: float | None = None  # since it was last resident; None: not resident since anyone knows
     pin: str | None = None  # a GPU id or node type; None = anywhere
     max_replicas: int = 1
     idle_ttl_s: float | None = None  # per-model override of PolicyConfig.idle_ttl_s
@@ -69,6 +76,13 @@ class PolicyConfig:
     # displace it for age alone (priority may): a guard against swapping straight back when every
     # queue is past due. Worst-case wait is then about max_wait_s + min_resident_s.
     min_resident_s: float = 30.0
+    # Under overload, loads take at most this share of a GPU's time (the swap budget): swapping out a
+    # model that still has queued work must be paid for, both ways (its reload included), from
+    # credit that refills at this share of wall time. A rare swap is paid from the allowance saved
+    # over `swap_window_s`; a stream of them waits for credit, so batches lengthen instead.
+    # None: no budget (the bound is kept by swapping as often as it takes).
+    swap_budget: float | None = 0.08
+    swap_window_s: float = 150.0
 
 
 class Verb(str, Enum):
@@ -84,6 +98,8 @@ class Verb(str, Enum):
     cannot_place = "cannot_place"  # no allowed GPU is big enough (or none matches its pin)
 
 
+DRAIN_MARGIN = 1.5
+
 ACTING = frozenset({Verb.load, Verb.add, Verb.evict, Verb.drain, Verb.scale_to_zero})
 
 
@@ -91,7 +107,7 @@ ACTING = frozenset({Verb.load, Verb.add, Verb.evict, Verb.drain, Verb.scale_to_z
 class Action:
     verb: Verb
     model: str
-    gpus: tuple[str, ...] = ()  # where a load or an added replica goes
+    gpus: tuple[str, ...] = ()  # where a load or an added replica goes, or where room is made
     for_model: str | None = None  # the model an eviction or drain makes room for
     text: str = ""  # the human reason (GET /v1/workers shows it)
 
@@ -131,10 +147,16 @@ def _allowed(m: ModelView, gpus: Iterable[Gpu]) -> list[Gpu]:
 
 
 def _urgency(m: ModelView) -> tuple:
-    return (-m.max_priority, -m.oldest_wait_s, m.name)
+    """Who gets the GPU first: higher priority, then the longest wait *for the GPU*: a model just
+    swapped out (its jobs old, its cold time short) does not take back the room it made for another."""
+    waited = m.oldest_wait_s if m.cold_s is None else min(m.oldest_wait_s, m.cold_s)
+    return (-m.max_priority, -waited, m.name)
 
 
-def decide(models: Iterable[ModelView], gpus: Iterable[Gpu], cfg: PolicyConfig = PolicyConfig()) -> Decision:
+def decide(models: Iterable[ModelView], gpus: Iterable[Gpu], cfg: PolicyConfig = PolicyConfig(),
+           credit: Mapping[str, float] | None = None) -> Decision:
+    """`credit`: per GPU id, the load seconds the swap budget still allows (core.swap_budget);
+    None = no budget (every due swap is affordable)."""
     models = sorted(models, key=lambda m: m.name)
     gpus = list(gpus)
     by_name = {m.name: m for m in models}
@@ -188,13 +210,21 @@ def decide(models: Iterable[ModelView], gpus: Iterable[Gpu], cfg: PolicyConfig =
             actions.append(Action(Verb.load, w.name, (g.id,),
                                   text=f"load {w.name} on {g.id}: {w.queued} queued, {free(g.id) + w.vram_gb:.0f} GB free"))
             continue
-        plan = _eviction_plan(w, fits, models, targets, draining, free, cfg)
+        plan = _eviction_plan(w, fits, models, targets, draining, free, cfg, credit)
         if plan is None:
-            actions.append(Action(Verb.wait, w.name, text=(
-                f"{w.name} waits: {w.queued} queued (oldest {w.oldest_wait_s:.0f} s), "
-                f"no idle model to evict, not yet due (max_wait {cfg.max_wait_s:.0f} s)")))
+            unpaid = credit is not None and _eviction_plan(w, fits, models, targets, draining, free, cfg, None)
+            if unpaid:
+                gid = unpaid[0]
+                actions.append(Action(Verb.wait, w.name, text=(
+                    f"{w.name} waits: {w.queued} queued (oldest {w.oldest_wait_s:.0f} s), overloaded: swap budget "
+                    f"on {gid} has {max(0.0, credit.get(gid, 0.0)):.0f} s of the {unpaid[2]:.0f} s this swap costs "
+                    f"(loads held to {cfg.swap_budget:.0%} of GPU time)")))
+            else:
+                actions.append(Action(Verb.wait, w.name, text=(
+                    f"{w.name} waits: {w.queued} queued (oldest {w.oldest_wait_s:.0f} s), "
+                    f"no idle model to evict, not yet due (max_wait {cfg.max_wait_s:.0f} s)")))
             continue
-        gid, victims = plan
+        gid, victims, _ = plan
         for v in victims:
             vm = by_name[v]
             why = (f"idle {vm.idle_s:.0f} s" if vm.idle_s is not None else "idle") if vm.queued == 0 and vm.in_flight == 0 else (
@@ -202,11 +232,11 @@ def decide(models: Iterable[ModelView], gpus: Iterable[Gpu], cfg: PolicyConfig =
             cause = "higher priority" if w.max_priority > vm.max_priority else f"oldest waited {w.oldest_wait_s:.0f} s"
             if vm.in_flight > 0:
                 draining.add(v)
-                actions.append(Action(Verb.drain, v, for_model=w.name,
+                actions.append(Action(Verb.drain, v, (gid,), for_model=w.name,
                                       text=f"drain {v} ({why}) for {w.name}: {w.queued} queued, {cause}"))
             else:
                 targets[v] = 0
-                actions.append(Action(Verb.evict, v, for_model=w.name,
+                actions.append(Action(Verb.evict, v, (gid,), for_model=w.name,
                                       text=f"evict {v} ({why}) for {w.name}: {w.queued} queued, {cause}"))
         # The newcomer starts only once the memory is really free (next decisions), so two models
         # that do not fit together are never resident at the same moment.
@@ -241,26 +271,39 @@ def decide(models: Iterable[ModelView], gpus: Iterable[Gpu], cfg: PolicyConfig =
     )
 
 
-def _eviction_plan(w, fits, models, targets, draining, free, cfg):
-    """Cheapest way to make room for `w` on one GPU: (gpu id, victims) or None.
+def _eviction_plan(w, fits, models, targets, draining, free, cfg, credit):
+    """Cheapest way to make room for `w` on one GPU: (gpu id, victims, swap cost in load seconds) or
+    None.
 
     Idle models (no queue, nothing running) may always go. A model with work only goes when `w`
-    is urgent (waited max_wait_s, or outranks it); among those, the one whose queue empties soonest.
+    is urgent (waited max_wait_s, or outranks it) and the swap budget on that GPU pays for the
+    round trip (w's load and the victim's reload; a higher-priority `w` that is due goes anyway);
+    among those, the one whose queue empties soonest.
     """
     best = None
+    by = {m.name: m for m in models}
     for g in fits:
         residents = [m for m in models if g.id in m.placement and targets[m.name] > 0 and m.name != w.name]
         idle = sorted((m for m in residents if m.queued == 0 and m.in_flight == 0),
                       key=lambda m: (-(m.idle_s or 0.0), m.name))
-        drain_s = max((m.service_s for m in residents if m.in_flight > 0), default=0.0)
-        due = w.oldest_wait_s + drain_s + w.load_s >= cfg.max_wait_s
+        # A busy resident may start its next job any moment: count one job of it to drain.
+        drain_s = max((m.service_s for m in residents if m.in_flight > 0 or m.queued > 0), default=0.0)
+        # Due: waiting any longer would start w's oldest job after max_wait_s. service_s is a mean,
+        # so that job counts half again (a long one must not push w past the bound).
+        due = w.oldest_wait_s + DRAIN_MARGIN * drain_s + w.load_s >= cfg.max_wait_s
+
+        # A full bucket pays for any one swap, even one dearer than the cap (or it would never run).
+        have = credit.get(g.id, math.inf) if credit is not None and cfg.swap_budget is not None else math.inf
+        if have >= (cfg.swap_budget or 0.0) * cfg.swap_window_s:
+            have = math.inf
 
         def may_displace(m: ModelView) -> bool:
             if m.replicas == 0:
                 return False  # still loading: displacing it would waste the load and can livelock
+            affordable = have >= w.load_s + reload_cost(m)
             if w.max_priority > m.max_priority:
-                return True
-            return due and m.resident_s >= cfg.min_resident_s
+                return affordable or due
+            return due and m.resident_s >= cfg.min_resident_s and affordable
 
         busy = sorted((m for m in residents if (m.queued > 0 or m.in_flight > 0) and m.name not in draining
                        and may_displace(m)),
@@ -276,6 +319,11 @@ def _eviction_plan(w, fits, models, targets, draining, free, cfg):
         if freed >= need:
             key = (cost, len(chosen), g.id)
             if best is None or key < best[0]:
-                best = (key, g.id, chosen)
-    return None if best is None else (best[1], best[2])
+                best = (key, g.id, chosen, w.load_s + sum(reload_cost(by[m]) for m in chosen))
+    return None if best is None else (best[1], best[2], best[3])
+
+
+def reload_cost(m: ModelView) -> float:
+    """What swapping out `m` costs beyond the newcomer's load: its reload, if it still has work."""
+    return m.load_s if m.queued > 0 else 0.0
 

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 
 from gpu_orchestrator.core.policy import Gpu, ModelView, PolicyConfig, Verb, decide
+from gpu_orchestrator.core.swap_budget import SwapBudget
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,19 @@ class SimResult:
     records: list[JobRecord]
     loads: int
     swaps: int  # evictions made to fit another model (not idle-TTL releases)
-    busy_s: float
+    busy_s: float  # GPU time spent serving jobs
     n_gpus: int
     max_coresident_vram: dict[str, float] = field(default_factory=dict)
+    load_s: float = 0.0  # GPU time spent loading models
+
+    @property
+    def load_share(self) -> float:
+        """Loading's share of the time the GPUs worked (serving + loading)."""
+        return self.load_s / (self.busy_s + self.load_s) if self.busy_s + self.load_s else 0.0
+
+    def p99_by_model(self) -> dict[str, float]:
+        models = sorted({r.job.model for r in self.records})
+        return {m: percentile([r.wait for r in self.records if r.job.model == m], 99) for m in models}
 
     @property
     def makespan(self) -> float:
@@ -109,9 +120,11 @@ def simulate(trace: list[TraceJob], models: list[SimModel], gpus: list[Gpu], cfg
     queues: dict[str, list[TraceJob]] = {m: [] for m in mdl}
     reps: dict[str, _Replica] = {}
     resident_since: dict[str, float] = {}
+    cold_since: dict[str, float] = {}
     last_end: dict[str, float] = {}
     loads = swaps = 0
-    busy = 0.0
+    busy = load_s = 0.0
+    budget = SwapBudget(cfg.swap_budget, cfg.swap_window_s) if cfg.swap_budget is not None else None
     est = service_estimate or _mean_service(trace)
     events: list[tuple[float, int]] = []
     seq = itertools.count()
@@ -159,9 +172,14 @@ def simulate(trace: list[TraceJob], models: list[SimModel], gpus: list[Gpu], cfg
                     max_priority=max((j.priority for j in q), default=0),
                     idle_s=(t - idle_from) if r and not r.running and idle_from is not None else None,
                     resident_s=t - resident_since[name] if name in resident_since else 0.0,
+                    cold_s=t - cold_since[name] if r is None and name in cold_since else None,
                     pin=m.pin,
                 ))
-            d = decide(views, gpus, cfg)
+            if budget is not None:
+                budget.refill(t)
+            d = decide(views, gpus, cfg, budget.credits([g.id for g in gpus]) if budget is not None else None)
+            if budget is not None:
+                budget.note(d)
             # Apply: unload (instant, frees memory), then load.
             for name, target in d.targets.items():
                 r = reps.get(name)
@@ -170,12 +188,16 @@ def simulate(trace: list[TraceJob], models: list[SimModel], gpus: list[Gpu], cfg
                         swaps += 1  # evicted or drained for another model, not an idle-TTL release
                     del reps[name]
                     resident_since.pop(name, None)
+                    cold_since[name] = t
                     changed = True
             for name, target in d.targets.items():
                 if target > 0 and name not in reps:
                     gid = d.placements[name][0]
                     reps[name] = _Replica(gpu=gid, ready_at=t + mdl[name].load_s)
                     loads += 1
+                    load_s += mdl[name].load_s
+                    if budget is not None:
+                        budget.loaded(name, mdl[name].load_s)
                     heapq.heappush(events, (t + mdl[name].load_s, next(seq)))
             for gid in peak:
                 peak[gid] = max(peak[gid], sum(mdl[n].vram_gb for n, r in reps.items() if r.gpu == gid))
@@ -197,7 +219,7 @@ def simulate(trace: list[TraceJob], models: list[SimModel], gpus: list[Gpu], cfg
             heapq.heappush(events, (next_arrival.arrival, next(seq)))
         if done == len(trace):
             break
-    return SimResult(list(records.values()), loads, swaps, busy, len(gpus), peak)
+    return SimResult(list(records.values()), loads, swaps, busy, len(gpus), peak, load_s)
 
 
 def simulate_fifo(trace: list[TraceJob], models: list[SimModel], gpus: list[Gpu]) -> SimResult:
@@ -208,7 +230,7 @@ def simulate_fifo(trace: list[TraceJob], models: list[SimModel], gpus: list[Gpu]
     free_at = {g.id: 0.0 for g in gpus}
     resident: dict[str, dict[str, float]] = {g.id: {} for g in gpus}  # gpu -> model -> last used
     cap = {g.id: g.vram_gb for g in gpus}
-    records, loads, swaps, busy = [], 0, 0, 0.0
+    records, loads, swaps, busy, load_s = [], 0, 0, 0.0, 0.0
     for j in trace:
         m = mdl[j.model]
         allowed = [g for g in gpus if m.pin is None or m.pin in (g.id, g.node_type)]
@@ -223,12 +245,13 @@ def simulate_fifo(trace: list[TraceJob], models: list[SimModel], gpus: list[Gpu]
                 swaps += 1
             start += m.load_s
             loads += 1
+            load_s += m.load_s
         resident[g.id][j.model] = start + j.service_s
         rec = JobRecord(j, start=start, end=start + j.service_s)
         records.append(rec)
         busy += j.service_s
         free_at[g.id] = rec.end
-    return SimResult(records, loads, swaps, busy, len(gpus))
+    return SimResult(records, loads, swaps, busy, len(gpus), load_s=load_s)
 
 
 def _mean_service(trace: list[TraceJob]) -> dict[str, float]:

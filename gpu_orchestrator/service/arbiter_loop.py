@@ -19,6 +19,7 @@ from typing import Callable
 from gpu_orchestrator.bus.decisions import DecisionBoard, Snapshot
 from gpu_orchestrator.core.config import OrchestratorConfig
 from gpu_orchestrator.core.policy import PolicyConfig, decide
+from gpu_orchestrator.core.swap_budget import SwapBudget
 from gpu_orchestrator.service.arbiter_ports import (ArbiterMetrics, ClusterView, Heartbeats, NoArbiterMetrics,
                                                     QueueReader)
 from gpu_orchestrator.service.arbiter_tracks import DecisionBook
@@ -46,9 +47,10 @@ class ArbiterLoop:
         self.owner = owner
         self.on_change = on_change or (lambda: None)  # pokes the dispatcher when residency changes
         self.clock = clock
-        self.policy = PolicyConfig(
-            idle_ttl_s=cfg.arbiter.idle_ttl_s, max_wait_s=cfg.arbiter.max_wait_s, min_resident_s=cfg.arbiter.min_resident_s
-        )
+        a = cfg.arbiter
+        self.policy = PolicyConfig(idle_ttl_s=a.idle_ttl_s, max_wait_s=a.max_wait_s, min_resident_s=a.min_resident_s,
+                                   swap_budget=a.swap_budget, swap_window_s=a.swap_window_s)
+        self.budget = SwapBudget(a.swap_budget, a.swap_window_s) if a.swap_budget is not None else None
         self.book = DecisionBook(cfg.models, metrics or NoArbiterMetrics())
         self.snapshot: Snapshot | None = None
         self.is_leader = False
@@ -127,9 +129,18 @@ class ArbiterLoop:
         self.book.observe({name: replica_counts(states.get(name, {}))[0] for name in self.cfg.models}, now)
         views = model_views(self.cfg, stats=stats, service=self._service, states=states, beats=beats,
                             tracks=self.book.tracks, pools=pools, now=now)
-        d = decide(views, pools.gpus, self.policy)
-        self.book.record(d, now)
-        return decision_snapshot(views, d, self.book.tracks, leader=self.owner, now=now)
+        credit = None
+        if self.budget is not None:
+            self.budget.refill(now)
+            credit = self.budget.credits([g.id for g in pools.gpus])
+        d = decide(views, pools.gpus, self.policy, credit)
+        loaded = self.book.record(d, now)
+        if self.budget is not None:
+            self.budget.note(d)
+            load_s = {v.name: v.load_s for v in views}
+            for name in loaded:
+                self.budget.loaded(name, load_s[name])
+        return decision_snapshot(views, d, self.book.tracks, leader=self.owner, now=now, swap_credit_s=credit)
 
     async def _gpu_pools(self, now: float) -> Pools:
         if self._pools is not None and (self.cfg.arbiter.gpus or now - self._pools_at < NODES_EVERY_S):

@@ -18,6 +18,7 @@ log = logging.getLogger("gpu_orchestrator.arbiter")
 @dataclass
 class ModelTrack:
     resident_since: float | None = None
+    cold_since: float | None = None  # when its last replica stopped running (None: not seen resident)
     load_started: float | None = None
     measured_load_s: float | None = None
     last_target: int = 0
@@ -44,11 +45,15 @@ class DecisionBook:
                     self.metrics.load_seconds(name, tr.measured_load_s)
                     tr.load_started = None
             if running.get(name, 0) == 0:
+                if tr.resident_since is not None:
+                    tr.cold_since = now
                 tr.resident_since = None
 
-    def record(self, d: Decision, now: float) -> None:
+    def record(self, d: Decision, now: float) -> list[str]:
         """After deciding: each model's latest action (its own, or one making room for it) and its
-        target crossing zero, counted as a load or an eviction."""
+        target crossing zero, counted as a load or an eviction. Returns the models it counted a load
+        for."""
+        loaded = []
         for name, tr in self.tracks.items():
             new = d.targets.get(name, 0)
             acting = [a for a in d.actions if a.acting and a.concerns(name)]
@@ -57,6 +62,7 @@ class DecisionBook:
                     log.info("arbiter: %s", acting[-1].text)
                 tr.last_action, tr.last_action_at = acting[-1].text, now
             if tr.last_target == 0 and new > 0:
+                loaded.append(name)
                 tr.loads += 1
                 tr.load_started = now
                 self.metrics.loaded(name)
@@ -66,3 +72,4 @@ class DecisionBook:
             tr.last_target = new
             if new > 0:
                 tr.placement = d.placements.get(name, tr.placement)
+        return loaded

@@ -106,6 +106,7 @@ def model_views(cfg: OrchestratorConfig, *, stats: Mapping[str, AppQueueStats], 
             max_priority=prio,
             idle_s=(now - idle_from) if idle_from is not None and in_flight == 0 else None,
             resident_s=(now - tr.resident_since) if tr.resident_since else 0.0,
+            cold_s=(now - tr.cold_since) if tr.cold_since is not None and running == 0 else None,
             pin=spec.pin,
             max_replicas=spec.max_replicas,
             idle_ttl_s=spec.idle_ttl_s,
@@ -126,7 +127,7 @@ def model_state(v: ModelView, d: Decision) -> str:
 
 
 def decision_snapshot(views: list[ModelView], d: Decision, tracks: Mapping[str, ModelTrack], *, leader: str,
-                      now: float) -> Snapshot:
+                      now: float, swap_credit_s: Mapping[str, float] | None = None) -> Snapshot:
     models = {
         v.name: {
             "state": model_state(v, d),
@@ -151,4 +152,5 @@ def decision_snapshot(views: list[ModelView], d: Decision, tracks: Mapping[str, 
         ts=now, leader=leader, targets=d.targets,
         dispatchable=[v.name for v in views if d.dispatchable(v)],
         draining=sorted(d.draining), reasons=list(d.reasons), models=models, unplaceable=dict(d.unplaceable),
+        swap_credit_s={g: round(c, 1) for g, c in (swap_credit_s or {}).items()},
     )
