@@ -217,7 +217,7 @@ def decide(models: Iterable[ModelView], gpus: Iterable[Gpu], cfg: PolicyConfig =
                 gid = unpaid[0]
                 actions.append(Action(Verb.wait, w.name, text=(
                     f"{w.name} waits: {w.queued} queued (oldest {w.oldest_wait_s:.0f} s), overloaded: swap budget "
-                    f"on {gid} has {max(0.0, credit.get(gid, 0.0)):.0f} s of the {unpaid[2]:.0f} s this swap costs "
+                    f"on {gid} has {max(0.0, credit.get(gid, 0.0)):.1f} s of the {unpaid[2]:.1f} s this swap costs "
                     f"(loads held to {cfg.swap_budget:.0%} of GPU time)")))
             else:
                 actions.append(Action(Verb.wait, w.name, text=(

@@ -140,6 +140,7 @@ class ArbiterLoop:
             load_s = {v.name: v.load_s for v in views}
             for name in loaded:
                 self.budget.loaded(name, load_s[name])
+            credit = self.budget.credits([g.id for g in pools.gpus])
         return decision_snapshot(views, d, self.book.tracks, leader=self.owner, now=now, swap_credit_s=credit)
 
     async def _gpu_pools(self, now: float) -> Pools:

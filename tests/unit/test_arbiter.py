@@ -163,3 +163,71 @@ def test_models_no_gpu_can_hold_are_unplaceable_once_their_jobs_waited_max_wait(
     d = decide([cold("x", 4, queued=1, oldest_wait_s=61, pin="tpu")], gpus, CFG)
     assert d.unplaceable == {"x": "cannot place x: no GPU matches pin 'tpu'"}
     assert decide([cold("cpu", 0, queued=1, oldest_wait_s=99)], [], CFG).unplaceable == {}  # needs no GPU
+
+
+# -- the swap budget (overload) ---------------------------------------------------------------------
+
+def backlog_and_due_newcomer(**kw):
+    """`a` resident with a backlog (its own jobs long past due), `b` cold and due: swapping costs b's
+    load now and a's reload later (5 + 8 s)."""
+    return [resident("a", 16, queued=40, in_flight=1, oldest_wait_s=300, service_s=2.0, load_s=8.0),
+            cold("b", 14, queued=3, oldest_wait_s=70, load_s=5.0, **kw)]
+
+
+def test_swapping_out_a_busy_model_needs_the_round_trip_in_credit():
+    cfg = PolicyConfig(max_wait_s=60, min_resident_s=30, swap_budget=0.1, swap_window_s=300)  # cap 30 s
+    d = decide(backlog_and_due_newcomer(), G24, cfg, credit={"gpu0": 12.9})
+    assert d.targets == {"a": 1, "b": 0} and not d.draining
+    (wait,) = d.actions
+    assert wait.verb is Verb.wait and wait.text == (
+        "b waits: 3 queued (oldest 70 s), overloaded: swap budget on gpu0 has 12.9 s of the 13.0 s this swap costs "
+        "(loads held to 10% of GPU time)")
+    d = decide(backlog_and_due_newcomer(), G24, cfg, credit={"gpu0": 13.0})
+    assert d.draining == {"a"} and d.actions[0].gpus == ("gpu0",) and d.actions[0].for_model == "b"
+
+
+def test_a_full_bucket_pays_for_any_one_swap():
+    cfg = PolicyConfig(max_wait_s=60, min_resident_s=30, swap_budget=0.1, swap_window_s=100)  # cap 10 s < 13 s
+    assert decide(backlog_and_due_newcomer(), G24, cfg, credit={"gpu0": 10.0}).draining == {"a"}
+    assert not decide(backlog_and_due_newcomer(), G24, cfg, credit={"gpu0": 9.9}).draining
+
+
+def test_no_budget_without_credit_or_when_switched_off():
+    cfg = PolicyConfig(max_wait_s=60, min_resident_s=30, swap_budget=None)
+    assert decide(backlog_and_due_newcomer(), G24, cfg, credit={"gpu0": -50.0}).draining == {"a"}
+    assert decide(backlog_and_due_newcomer(), G24, CFG).draining == {"a"}
+
+
+def test_idle_models_go_without_credit():
+    ms = [resident("a", 16, idle_s=5.0, load_s=8.0), cold("b", 14, queued=1, oldest_wait_s=1, load_s=5.0)]
+    d = decide(ms, G24, CFG, credit={"gpu0": -30.0})
+    assert d.targets["a"] == 0 and d.actions[0].text.startswith("evict a (idle 5 s) for b")
+
+
+def test_higher_priority_goes_at_once_when_affordable_else_when_due():
+    urgent = dict(max_priority=10)
+    ms = lambda wait: [resident("a", 16, queued=40, in_flight=1, oldest_wait_s=300, service_s=2.0, load_s=8.0),  # noqa: E731
+                       cold("b", 14, queued=1, oldest_wait_s=wait, load_s=5.0, **urgent)]
+    assert decide(ms(1), G24, CFG, credit={"gpu0": 20.0}).draining == {"a"}
+    assert not decide(ms(1), G24, CFG, credit={"gpu0": 0.0}).draining
+    # Due: 52 s waited + one job of a to drain (2 s, counted 1.5x) + b's load (5 s) reaches 60 s.
+    assert not decide(ms(51.9), G24, CFG, credit={"gpu0": 0.0}).draining
+    assert decide(ms(52.0), G24, CFG, credit={"gpu0": 0.0}).draining == {"a"}
+
+
+def test_due_counts_the_next_job_of_a_busy_resident_even_between_jobs():
+    # a has queued work but nothing in flight at this instant: it will start a job any moment.
+    ms = [resident("a", 16, queued=5, oldest_wait_s=2, service_s=8.0, load_s=8.0),
+          cold("b", 14, queued=1, oldest_wait_s=43.0, load_s=5.0)]
+    assert decide(ms, G24, CFG).targets["a"] == 0  # 43 + 1.5 x 8 + 5 >= 60
+
+
+def test_a_model_just_swapped_out_does_not_take_back_the_room_it_made():
+    # a was evicted for b a moment ago: both cold with work, a's jobs older; b has waited longer
+    # for the GPU, so b loads.
+    ms = [cold("a", 16, queued=30, oldest_wait_s=200, cold_s=0.5), cold("b", 14, queued=2, oldest_wait_s=60)]
+    d = decide(ms, G24, CFG)
+    assert d.targets == {"a": 0, "b": 1}
+    # Priority still comes first.
+    ms = [cold("a", 16, queued=30, oldest_wait_s=200, cold_s=0.5, max_priority=5), cold("b", 14, queued=2, oldest_wait_s=60)]
+    assert decide(ms, G24, CFG).targets == {"a": 1, "b": 0}

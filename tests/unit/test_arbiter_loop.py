@@ -284,6 +284,45 @@ def test_snapshot_survives_the_board_as_json():
     assert run(board.read()) is None  # expired, as the Redis key would
 
 
+def test_swap_ins_spend_the_budget_and_the_next_busy_swap_waits_for_credit():
+    w = World(swap_budget=0.1, swap_window_s=40.0, max_wait_s=30.0, min_resident_s=0.0)  # a 4 s allowance
+    a, _, _ = w.router("router-a")
+    for _ in range(20):
+        w.submit("echo-a")
+    run(a.tick())
+    w.clock.advance(2.0)  # each load takes 2 s (measured: decision to running replica)
+    w.cluster.running("echo-a")
+    run(a.tick())
+    assert a.snapshot.swap_credit_s == {"node-1": 4.0}  # a load into free memory costs nothing
+    w.store.claim(app_id="echo-a", owner="router-a", limit=1, lease_s=600, max_in_flight=4)
+    w.submit("echo-b")
+    w.clock.advance(40.0)  # echo-b is due; echo-a still has 19 queued and one running
+    run(a.tick())
+    assert a.snapshot.draining == ["echo-a"]  # a full bucket pays for the round trip (2 + 2 s)
+    (job,) = [j for j in w.store.list(app_id="echo-a", status="running", limit=5)[0]]
+    w.store.complete(job_id=job.id, owner="router-a", attempt=job.claims, result={}, backend="echo-a")
+    run(a.tick())  # drained: echo-a goes
+    w.cluster.running("echo-a", 0)
+    run(a.tick())  # the memory is free: echo-b loads, a swap-in paid from the credit
+    assert a.snapshot.targets["echo-b"] == 1
+    assert a.snapshot.swap_credit_s == {"node-1": 2.0}
+    # echo-b resident and busy; echo-a waits for the GPU with credit for less than the round trip.
+    w.clock.advance(2.0)
+    w.cluster.running("echo-b")
+    run(a.tick())
+    w.store.claim(app_id="echo-b", owner="router-a", limit=1, lease_s=600, max_in_flight=4)
+    w.submit("echo-b")
+    w.store.claim(app_id="echo-b", owner="router-a", limit=0, lease_s=600, max_in_flight=4)
+    w.clock.advance(3.0)
+    run(a.tick())
+    assert a.snapshot.targets["echo-a"] == 0 and not a.snapshot.draining
+    assert any(r.startswith("echo-a waits: 19 queued") and "swap budget on node-1 has 2.5 s of the 4.0 s" in r
+               for r in a.snapshot.reasons)
+    w.clock.advance(15.0)  # credit refills at 0.1 s per second
+    run(a.tick())
+    assert a.snapshot.draining == ["echo-b"]
+
+
 # -- the pure parts --------------------------------------------------------------------------------
 
 

@@ -86,3 +86,15 @@ def test_demo_block_is_validated():
     args["models"]["sdxl"]["demo"] = {"init": {"demo": True}, "gpu": 1}
     with pytest.raises(ConfigError, match=r"models\.sdxl\.demo\.gpu"):
         parse_config(args)
+
+
+def test_swap_budget_defaults_can_be_switched_off_and_are_checked():
+    args = shipped_args()
+    a = parse_config(args).arbiter
+    assert (a.swap_budget, a.swap_window_s) == (0.08, 150.0)
+    args["arbiter"] = {**args.get("arbiter", {}), "swap_budget": None}
+    assert parse_config(args).arbiter.swap_budget is None  # no budget: swap as the wait bound asks
+    args["arbiter"]["swap_budget"] = 1.5
+    with pytest.raises(ConfigError) as e:
+        parse_config(args)
+    assert "args.arbiter.swap_budget" in str(e.value)

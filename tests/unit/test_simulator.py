@@ -56,3 +56,47 @@ def test_starvation_bound_on_a_hot_stream():
 
 def test_percentile():
     assert percentile([1, 2, 3, 4], 50) == 2 and percentile(list(range(1, 101)), 99) == 99
+
+
+# -- overload: the swap budget ----------------------------------------------------------------------
+
+REAL = [SimModel("sdxl", 10, 12.0), SimModel("zimage", 20, 25.0), SimModel("whisper", 4, 5.0)]
+
+
+def backlog_and_chatter(n_backlog=150, n_chatter=100, span=1200.0):
+    """sdxl's backlog at t=0, zimage (cannot sit beside it) asking every 12 s."""
+    return ([TraceJob(i * 0.001, "sdxl", 8.0) for i in range(n_backlog)]
+            + [TraceJob(5.0 + i * span / n_chatter, "zimage", 1.5) for i in range(n_chatter)])
+
+
+def test_backlog_plus_chatter_swaps_within_the_budget_and_is_not_dominated_by_fifo():
+    trace = backlog_and_chatter()
+    cfg = PolicyConfig(max_wait_s=60, min_resident_s=30, swap_budget=0.08, swap_window_s=150)
+    ours, fifo = simulate(trace, REAL, G, cfg), simulate_fifo(trace, REAL, G)
+    unbudgeted = simulate(trace, REAL, G, PolicyConfig(max_wait_s=60, min_resident_s=30, swap_budget=None))
+    # Swap-ins: every load after the first two. They take at most the share of the time plus the
+    # window's allowance (one swap of either kind past it).
+    swap_in_s = ours.load_s - 12.0 - 25.0
+    assert swap_in_s <= 0.08 * ours.makespan + 0.08 * 150 + 25.0
+    assert ours.loads < unbudgeted.loads
+    # Chatter is served during the backlog (rationed, not starved), and sooner than FIFO serves it.
+    p99 = ours.p99_by_model()
+    assert p99["zimage"] < fifo.p99_by_model()["zimage"]
+    first_chatter = min(r.start for r in ours.records if r.job.model == "zimage")
+    assert first_chatter < max(r.start for r in ours.records if r.job.model == "sdxl")
+    assert ours.makespan <= 1.10 * lower_bound(trace, {m.name: m for m in REAL})
+
+
+def test_high_priority_keeps_the_bound_under_overload():
+    backlog = [TraceJob(i * 0.001, "zimage", 8.0) for i in range(80)]
+    urgent = [TraceJob(10.0 + 25.0 * i, "sdxl", 2.0, priority=10) for i in range(12)]
+    r = simulate(backlog + urgent, REAL, G, PolicyConfig(max_wait_s=60, min_resident_s=30))
+    assert r.p99_wait(10) <= 60.0
+    assert r.loads < 2 + 2 * len(urgent)  # urgent jobs share swaps once the budget is spent
+
+
+def test_load_seconds_and_per_model_waits():
+    r = simulate(abaac(), M, G)
+    assert r.load_s == pytest.approx(8.0 + 6.0 + 5.0)
+    assert r.load_share == pytest.approx(19.0 / (19.0 + 10.0))
+    assert set(r.p99_by_model()) == {"A", "B", "C"}
