@@ -46,12 +46,16 @@ def resolve_urls(cfg: OrchestratorConfig) -> tuple[str, str]:
 # arbiter reports (serve/autoscaling.py); no delays, so a decision takes effect at once.
 # A short look-back keeps the latest report fresh (metrics are recorded every look_back x 0.2 s),
 # and a 0.5 s push interval means a scale-from-zero does not wait out the default 10 s.
+# Requests aggregate by their minimum over the look-back: Serve's cold-start fast path restarts a
+# deployment with no replicas whose aggregated requests are above zero, overriding the arbiter's 0;
+# with the window mean, a model evicted a second after its last job came straight back.
 def arbiter_autoscaling(max_replicas: int) -> dict[str, Any]:
     return {
         "min_replicas": 0,
         "initial_replicas": 0,
         "max_replicas": max_replicas,
         "look_back_period_s": 2,
+        "aggregation_function": "min",
         "metrics_interval_s": 0.5,
         "upscale_delay_s": 0,
         "downscale_delay_s": 0,

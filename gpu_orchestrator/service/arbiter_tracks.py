@@ -21,7 +21,7 @@ class ModelTrack:
     cold_since: float | None = None  # when its last replica stopped running (None: not seen resident)
     load_started: float | None = None
     measured_load_s: float | None = None
-    last_target: int = 0
+    last_target: int | None = None  # None until this leader has decided for the model
     placement: tuple[str, ...] = ()
     last_action: str | None = None
     last_action_at: float | None = None
@@ -61,12 +61,12 @@ class DecisionBook:
                 if acting[-1].text != tr.last_action:
                     log.info("arbiter: %s", acting[-1].text)
                 tr.last_action, tr.last_action_at = acting[-1].text, now
-            if tr.last_target == 0 and new > 0:
+            if not tr.last_target and new > 0:
                 loaded.append(name)
                 tr.loads += 1
                 tr.load_started = now
                 self.metrics.loaded(name)
-            elif tr.last_target > 0 and new == 0:
+            elif tr.last_target and new == 0:
                 tr.evictions += 1
                 self.metrics.evicted(name)
             tr.last_target = new

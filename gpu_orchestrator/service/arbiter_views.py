@@ -81,12 +81,17 @@ def model_views(cfg: OrchestratorConfig, *, stats: Mapping[str, AppQueueStats], 
     for name, spec in cfg.models.items():
         apps = [a.id for a in cfg.apps if a.deployment == name and a.id in stats]
         running, starting, stopping = replica_counts(states.get(name, {}))
+        tr = tracks[name]
+        if tr.last_target == 0 and running + starting > 0:
+            # Replicas this leader did not ask for (Serve's cold-start fast path restarts a model
+            # evicted a moment after its last request): memory held, not adopted, so the model it
+            # was evicted for still waits for it to go and the two are never loading together.
+            running, starting, stopping = 0, 0, stopping + running + starting
         mine = [b for b in beats if b.get("deployment") == name]
         queued = sum(stats[a].queued for a in apps)
         in_flight = sum(stats[a].running for a in apps)
         oldest = max((stats[a].oldest_queued_age_s or 0.0 for a in apps), default=0.0)
         prio = max((stats[a].max_queued_priority or 0 for a in apps if stats[a].queued), default=0)
-        tr = tracks[name]
         last_used = max((b.get("last_used") or 0.0 for b in mine), default=0.0) or None
         idle_from = max(filter(None, [last_used, tr.resident_since]), default=None)
         services = [service[a.id] for a in cfg.apps if a.deployment == name and a.id in service]

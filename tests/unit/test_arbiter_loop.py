@@ -323,6 +323,29 @@ def test_swap_ins_spend_the_budget_and_the_next_busy_swap_waits_for_credit():
     assert a.snapshot.draining == ["echo-b"]
 
 
+def test_a_replica_serve_starts_against_a_target_of_zero_is_not_adopted():
+    w = World()
+    a, metrics, _ = w.router("router-a")
+    w.submit("echo-a")
+    run(a.tick())
+    w.cluster.running("echo-a")
+    run(a.tick())
+    (job,) = w.store.claim(app_id="echo-a", owner="router-a", limit=1, lease_s=60, max_in_flight=4)
+    w.store.complete(job_id=job.id, owner="router-a", attempt=job.claims, result={}, backend="echo-a")
+    w.submit("echo-b")
+    run(a.tick())
+    assert a.snapshot.targets["echo-a"] == 0  # idle: evicted for echo-b
+    # Serve stops it, then its cold-start fast path starts it again (recent requests in its window).
+    w.cluster.states["echo-a"] = {"STOPPING": 1, "STARTING": 1}
+    run(a.tick())
+    assert a.snapshot.targets == {"echo-a": 0, "echo-b": 0, "echo-c": 0, "echo-huge": 0}
+    assert metrics.loads == {"echo-a": 1}  # not counted as a load of the arbiter's
+    assert any(r.startswith("echo-b waits") for r in a.snapshot.reasons)  # its memory still counts
+    w.cluster.states["echo-a"] = {}
+    run(a.tick())
+    assert a.snapshot.targets["echo-b"] == 1
+
+
 # -- the pure parts --------------------------------------------------------------------------------
 
 
