@@ -73,8 +73,9 @@ def arbiter_args(database_url: str, redis_url: str) -> dict:
     return {
         "database_url": database_url, "redis_url": redis_url,
         "router": {"num_replicas": 1, "lease_s": 5, "poll_interval_s": 0.2},
+        # The swap budget's allowance (12 s) refills in a minute rather than 150 s, like the other timers.
         "arbiter": {"enabled": True, "idle_ttl_s": 6, "max_wait_s": 30, "min_resident_s": 2, "tick_s": 0.25,
-                    "gpus": [{"id": "gpu0", "vram_gb": 24}]},
+                    "swap_budget": 0.2, "swap_window_s": 60, "gpus": [{"id": "gpu0", "vram_gb": 24}]},
         # echo-huge needs more than the GPU has: its jobs must fail with the reason, not wait forever.
         "models": {"echo-a": model(16, 1.0), "echo-b": model(14, 1.0), "echo-c": model(12, 1.0), "echo-huge": model(30, 0.1)},
         "apps": [app("a", "echo-a"), app("b", "echo-b"), app("c", "echo-c"), app("huge", "echo-huge")],

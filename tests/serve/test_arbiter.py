@@ -88,6 +88,24 @@ def swap_credit(c, gpu="gpu0") -> float | None:
     return ((workers(c).get("arbiter") or {}).get("swap_credit_s") or {}).get(gpu)
 
 
+def wait_for_round_trip_credit(c, a="echo-a", b="echo-b") -> tuple[float, float]:
+    """Wait until the swap budget pays for one round trip between two models (earlier tests spent
+    some of it): (the credit then, what the round trip costs)."""
+    from gpu_orchestrator.core.config import ArbiterSpec
+
+    from .conftest import arbiter_args
+
+    spec = ArbiterSpec.model_validate(arbiter_args("", "")["arbiter"])
+    cap = spec.swap_budget * spec.swap_window_s
+    ms = {m["deployment"]: m for m in workers(c)["models"]}
+    need = min(cap, (ms[a]["arbiter"]["load_s"] or 1.0) + (ms[b]["arbiter"]["load_s"] or 1.0) + 1.0)
+    deadline = time.monotonic() + (need + cap) / spec.swap_budget + 20  # from the deepest debt (-cap)
+    while (credit := swap_credit(c)) is None or credit < need:
+        assert time.monotonic() < deadline, f"swap credit {credit} never refilled to {need:.1f}"
+        time.sleep(1.0)
+    return credit, need
+
+
 def effective_service(jobs: list[dict]) -> dict[str, float]:
     """Per job id, its share of its model's replica time: its run time divided by how many jobs of
     that model ran alongside it on average (the echo replica runs up to max_in_flight at once, the
@@ -164,6 +182,7 @@ def test_models_that_do_not_fit_swap_and_are_never_resident_together(arb):
 
 
 def test_a_model_with_a_running_job_is_not_evicted(arb):
+    wait_for_round_trip_credit(arb)  # a higher priority displaces at once only while the budget pays
     long_job = submit(arb, "a", delay_s=6, steps=6)
     wait_status(arb, long_job, {"running"}, timeout_s=60)
     time.sleep(1.0)
@@ -275,14 +294,9 @@ def test_backlog_plus_chatter_keeps_loads_within_the_swap_budget(arb, monkeypatc
     wait_all_cold(arb)
     # Earlier tests spent some of the budget: wait until it pays one round trip (b in, a back), so
     # b can be served during the backlog; the simulator then starts from the same credit.
-    ms = {m["deployment"]: m for m in workers(arb)["models"]}
-    need = min(cap, ms["echo-a"]["arbiter"]["load_s"] + ms["echo-b"]["arbiter"]["load_s"] + 1.0)
     waited = time.monotonic()
-    deadline = waited + (need + cap) / spec.swap_budget + 20  # from the deepest debt (-cap)
-    while (c := swap_credit(arb)) is None or c < need:
-        assert time.monotonic() < deadline, f"swap credit {c} never refilled to {need:.1f}"
-        time.sleep(1.0)
-    credit0, waited = c, time.monotonic() - waited
+    credit0, need = wait_for_round_trip_credit(arb)
+    waited = time.monotonic() - waited
     before = loads(arb)
     t0 = time.monotonic()
     wall0 = time.time()
