@@ -1,0 +1,157 @@
+"""Job store latency as the jobs table grows: 1k, 100k and 1M rows, mostly terminal (a real install
+after months), on Postgres.
+
+    python bench/store.py [--database-url postgresql://postgres@127.0.0.1:5432/postgres] [--sizes 1000,100000,1000000]
+
+For each size it creates the rows (terminal, spread over the 60 days before the last two hours, eight apps), then times the
+store calls the job path and the arbiter make: submit, claim (one queued job), status (get by id),
+list (first page of one app), queue_stats (the arbiter, every tick) and service_times (the arbiter,
+every 10 s). Prints the median per call and per size, the 1M/1k ratio with PASS/MISS against the
+target (flat within 1.2x), and EXPLAIN ANALYZE of the claim and queue_stats queries at the largest
+size. Uses a scratch database (gpu_orch_bench_store), dropped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import sqlalchemy as sa  # noqa: E402
+
+from gpu_orchestrator.store.postgres import PostgresJobStore, create_engine  # noqa: E402
+
+DB = "gpu_orch_bench_store"
+APPS = [f"app{i}" for i in range(8)]
+TARGET = 1.2
+REPEAT = 200
+
+
+def admin_url(url: str, db: str) -> str:
+    return url.rsplit("/", 1)[0] + "/" + db
+
+
+def recreate(url: str) -> None:
+    eng = create_engine(url, isolation_level="AUTOCOMMIT")
+    with eng.connect() as c:
+        c.execute(sa.text(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
+        c.execute(sa.text(f"CREATE DATABASE {DB}"))
+    eng.dispose()
+
+
+def drop(url: str) -> None:
+    eng = create_engine(url, isolation_level="AUTOCOMMIT")
+    with eng.connect() as c:
+        c.execute(sa.text(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
+    eng.dispose()
+
+
+def grow(store: PostgresJobStore, n: int) -> None:
+    """Add terminal rows until the table holds n (created over the last 60 days)."""
+    with store.engine.begin() as c:
+        have = c.execute(sa.text("SELECT count(*) FROM jobs")).scalar_one()
+        add = n - have
+        if add <= 0:
+            return
+        c.execute(sa.text(
+            "INSERT INTO jobs (id, app_id, status, priority, params, result, attempts, claims, created_at, "
+            "started_at, finished_at) "
+            "SELECT gen_random_uuid(), 'app' || (g % 8), "
+            "CASE WHEN g % 50 = 0 THEN 'failed' WHEN g % 97 = 0 THEN 'cancelled' ELSE 'succeeded' END, "
+            "0, '{\"prompt\": \"x\"}'::jsonb, '{\"ok\": true}'::jsonb, 1, 1, "
+            "t, t + interval '1 second', t + interval '3 seconds' "
+            # Older than service_times' window: every size sees the same recent traffic (the bench's).
+            "FROM (SELECT g, now() - interval '2 hours' - make_interval(secs => random() * 60 * 86400) AS t "
+            "      FROM generate_series(1, :add) AS g) s"), {"add": add})
+        c.execute(sa.text("ANALYZE jobs"))
+
+
+def median_ms(fn: Callable[[], object], repeat: int = REPEAT) -> float:
+    fn()  # warm
+    xs = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        xs.append((time.perf_counter() - t) * 1000)
+    return statistics.median(xs)
+
+
+def measure(store: PostgresJobStore) -> dict[str, float]:
+    out = {}
+    ids: list[uuid.UUID] = []
+    out["submit"] = median_ms(lambda: ids.append(store.submit(app_id="app1", params={"prompt": "x"}, max_queued=10_000)[0].id))
+
+    xs = []
+    for _ in range(REPEAT):
+        store.submit(app_id="app2", params={}, max_queued=10_000)
+        t = time.perf_counter()
+        (c,) = store.claim(app_id="app2", owner="bench", limit=1, lease_s=60, max_in_flight=8)
+        xs.append((time.perf_counter() - t) * 1000)
+        store.complete(job_id=c.id, owner="bench", attempt=c.claims, result={}, backend="bench")
+    out["claim"] = statistics.median(xs)
+    with store.engine.begin() as c:  # the submitted jobs end, so every size sees the same active set
+        c.execute(sa.text("UPDATE jobs SET status = 'cancelled', finished_at = now() WHERE id = ANY(:ids)"),
+                  {"ids": ids})
+    out["status"] = median_ms(lambda: store.get(ids[len(ids) // 2]))
+    out["list"] = median_ms(lambda: store.list(app_id="app3", limit=50), repeat=50)
+    out["queue_stats"] = median_ms(store.queue_stats, repeat=50)
+    out["service_times"] = median_ms(store.service_times, repeat=20)
+    return out
+
+
+def explain(store: PostgresJobStore) -> str:
+    store.submit(app_id="app4", params={})
+    claim = ("SELECT id FROM jobs WHERE app_id = 'app4' AND status = 'queued' AND (run_after IS NULL OR "
+             "run_after <= now()) ORDER BY priority DESC, created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED")
+    stats = ("SELECT app_id, count(*) FILTER (WHERE status = 'queued'), count(*) FILTER (WHERE status = 'running') "
+             "FROM jobs WHERE status IN ('queued', 'running') GROUP BY app_id")
+    running = "SELECT count(*) FROM jobs WHERE app_id = 'app4' AND status = 'running'"
+    out = []
+    with store.engine.begin() as c:
+        for name, q in (("claim (the row pick)", claim), ("claim (in-flight count)", running), ("queue_stats", stats)):
+            plan = c.execute(sa.text("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) " + q)).scalars().all()
+            out.append(f"-- {name}\n" + "\n".join(plan))
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    ap.add_argument("--sizes", default="1000,100000,1000000")
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    recreate(args.database_url)
+    store = PostgresJobStore.connect(admin_url(args.database_url, DB))
+    try:
+        with store.engine.begin() as c:
+            c.execute(sa.text("CREATE EXTENSION IF NOT EXISTS pgcrypto"))
+        results: dict[int, dict[str, float]] = {}
+        for n in sizes:
+            t = time.perf_counter()
+            grow(store, n)
+            print(f"{n:>9,} rows (made in {time.perf_counter() - t:.1f} s)", flush=True)
+            results[n] = measure(store)
+        calls = list(results[sizes[0]])
+        print(f"\nmedian ms per call{'':<6}" + "".join(f"{n:>12,}" for n in sizes) + f"{'ratio':>9}  target")
+        verdicts = []
+        for call in calls:
+            ratio = results[sizes[-1]][call] / results[sizes[0]][call]
+            ok = ratio <= TARGET
+            verdicts.append(ok)
+            print(f"{call:<24}" + "".join(f"{results[n][call]:>12.2f}" for n in sizes)
+                  + f"{ratio:>8.2f}x  {'PASS' if ok else 'MISS'} (<= {TARGET}x from {sizes[0]:,} to {sizes[-1]:,})")
+        print(f"\n{sum(verdicts)} PASS, {len(verdicts) - sum(verdicts)} MISS\n")
+        print(f"EXPLAIN ANALYZE at {sizes[-1]:,} rows:\n{explain(store)}")
+    finally:
+        store.close()
+        drop(args.database_url)
+
+
+if __name__ == "__main__":
+    main()
