@@ -1,6 +1,6 @@
 """Scheduling policy benchmark on job traces: the arbiter vs FIFO-with-swap-on-demand vs a lower bound.
 
-    python bench/scheduler.py [--max-wait 60] [--min-resident 30] [--swap-budget 0.10|off] [--seed 7]
+    python bench/scheduler.py [--max-wait 60] [--min-resident 30] [--swap-budget 0.08|off] [--seed 7]
 
 Pure simulation (gpu_orchestrator/core/simulator.py drives the same core.policy.decide the router
 uses), so it is deterministic and takes seconds. One 24 GB GPU and two model sets:

@@ -42,6 +42,10 @@ class SwapBudget:
             if a.for_model and a.gpus:
                 self._room_made[a.for_model] = a.gpus[0]
 
+    def forget_room(self) -> None:
+        """Leadership changed hands: room made in an earlier term is not this term's swap."""
+        self._room_made.clear()
+
     def loaded(self, model: str, load_s: float) -> None:
         """`model` started loading: a swap-in if room was made for it, paid from that GPU's credit.
         Swaps the policy could not refuse (a higher-priority job due, an idle model replaced) may

@@ -93,8 +93,15 @@ class ArbiterLoop:
 
     async def tick(self) -> None:
         """One round: lead (decide and publish) or follow (read the leader's decision)."""
+        was_leader = self.is_leader
         self.is_leader = await asyncio.to_thread(self._hold)
         snap: Snapshot | None
+        if self.is_leader and not was_leader:
+            # A new term: what this replica remembered from leading before (targets, swaps it made
+            # room for) may be stale; another leader may have loaded models since.
+            self.book.new_term()
+            if self.budget is not None:
+                self.budget.forget_room()
         if self.is_leader:
             snap = await self._lead()
             await self.board.publish(snap)

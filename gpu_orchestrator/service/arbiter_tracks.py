@@ -34,6 +34,13 @@ class DecisionBook:
         self.tracks: dict[str, ModelTrack] = {name: ModelTrack() for name in models}
         self.metrics = metrics
 
+    def new_term(self) -> None:
+        """Leadership (re)gained: forget this replica's own targets and load timings; counts and
+        measured load times stay."""
+        for tr in self.tracks.values():
+            tr.last_target = None
+            tr.load_started = None
+
     def observe(self, running: Mapping[str, int], now: float) -> None:
         """Before deciding: replicas running per model. The first running replica after a load
         decision ends that load (its time becomes the model's load_s)."""

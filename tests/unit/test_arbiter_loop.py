@@ -346,6 +346,50 @@ def test_a_replica_serve_starts_against_a_target_of_zero_is_not_adopted():
     assert a.snapshot.targets["echo-b"] == 1
 
 
+class LosableLock:
+    """A replica's leader lock that the test can take away (a database blip) and give back."""
+
+    def __init__(self, store):
+        self.store, self.lost = store, False
+        self.inner = store.leader_lock(LEADER_LOCK_KEY)
+
+    def hold(self) -> bool:
+        if self.lost:
+            self.inner.release()
+            return False
+        return self.inner.hold()
+
+    def regain(self) -> None:
+        self.lost, self.inner = False, self.store.leader_lock(LEADER_LOCK_KEY)
+
+    def release(self) -> None:
+        self.inner.release()
+
+
+def test_a_leader_that_regains_the_lock_adopts_what_the_other_leader_loaded():
+    w = World()
+    lock = LosableLock(w.store)
+    a, _, _ = w.router("router-a", lock=lock)
+    b, _, _ = w.router("router-b")
+    run(a.tick())  # a leads; nothing to do: echo-a's target is 0 in a's tracks
+    assert a.is_leader and a.snapshot.targets["echo-a"] == 0
+    lock.lost = True
+    run(a.tick())
+    assert not a.is_leader
+    w.submit("echo-a")
+    w.submit("echo-a")
+    run(b.tick())
+    assert b.is_leader and b.snapshot.targets["echo-a"] == 1  # b loads echo-a
+    w.cluster.running("echo-a")
+    run(b.tick())
+    w.store.claim(app_id="echo-a", owner="router-b", limit=1, lease_s=60, max_in_flight=4)
+    run(b.stop())
+    lock.regain()
+    run(a.tick())  # a leads again: echo-a is resident with work, not a replica to disown
+    assert a.is_leader and a.snapshot.targets["echo-a"] == 1 and a.dispatchable("echo-a")
+    assert a.snapshot.models["echo-a"]["state"] == "resident"
+
+
 # -- the pure parts --------------------------------------------------------------------------------
 
 
