@@ -124,7 +124,7 @@ def simulate(trace: list[TraceJob], models: list[SimModel], gpus: list[Gpu], cfg
     last_end: dict[str, float] = {}
     loads = swaps = 0
     busy = load_s = 0.0
-    budget = SwapBudget(cfg.swap_budget, cfg.swap_window_s) if cfg.swap_budget is not None else None
+    budget = SwapBudget(cfg.swap_budget, cfg.swap_window_s)
     est = service_estimate or _mean_service(trace)
     events: list[tuple[float, int]] = []
     seq = itertools.count()
@@ -175,11 +175,9 @@ def simulate(trace: list[TraceJob], models: list[SimModel], gpus: list[Gpu], cfg
                     cold_s=t - cold_since[name] if r is None and name in cold_since else None,
                     pin=m.pin,
                 ))
-            if budget is not None:
-                budget.refill(t)
-            d = decide(views, gpus, cfg, budget.credits([g.id for g in gpus]) if budget is not None else None)
-            if budget is not None:
-                budget.note(d)
+            budget.refill(t)
+            d = decide(views, gpus, cfg, budget.credits([g.id for g in gpus]))
+            budget.note(d)
             # Apply: unload (instant, frees memory), then load.
             for name, target in d.targets.items():
                 r = reps.get(name)
@@ -196,8 +194,7 @@ def simulate(trace: list[TraceJob], models: list[SimModel], gpus: list[Gpu], cfg
                     reps[name] = _Replica(gpu=gid, ready_at=t + mdl[name].load_s)
                     loads += 1
                     load_s += mdl[name].load_s
-                    if budget is not None:
-                        budget.loaded(name, mdl[name].load_s)
+                    budget.loaded(name, mdl[name].load_s)
                     heapq.heappush(events, (t + mdl[name].load_s, next(seq)))
             for gid in peak:
                 peak[gid] = max(peak[gid], sum(mdl[n].vram_gb for n, r in reps.items() if r.gpu == gid))

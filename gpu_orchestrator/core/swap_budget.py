@@ -18,7 +18,7 @@ from gpu_orchestrator.core.policy import Decision
 
 @dataclass
 class SwapBudget:
-    share: float  # loads may take this share of GPU time while swaps compete (0 < share <= 1)
+    share: float | None  # loads may take this share of GPU time while swaps compete; None: no budget
     window_s: float  # the allowance saved up while no swap was needed: share * window_s seconds
     _credit: dict[str, float] = field(default_factory=dict)
     _at: float | None = None
@@ -26,9 +26,11 @@ class SwapBudget:
 
     @property
     def cap_s(self) -> float:
-        return self.share * self.window_s
+        return (self.share or 0.0) * self.window_s
 
     def refill(self, now: float) -> None:
+        if self.share is None:
+            return
         if self._at is not None and now > self._at:
             gained = (now - self._at) * self.share
             for gid in self._credit:
@@ -51,11 +53,12 @@ class SwapBudget:
         Swaps the policy could not refuse (a higher-priority job due, an idle model replaced) may
         run the credit into debt, down to one window's allowance."""
         gpu = self._room_made.pop(model, None)
-        if gpu is not None:
+        if gpu is not None and self.share is not None:
             self._credit[gpu] = max(-self.cap_s, self.credit(gpu) - load_s)
 
     def credit(self, gpu: str) -> float:
         return self._credit.setdefault(gpu, self.cap_s)
 
-    def credits(self, gpus: list[str]) -> dict[str, float]:
-        return {g: self.credit(g) for g in gpus}
+    def credits(self, gpus: list[str]) -> dict[str, float] | None:
+        """What decide() takes: per GPU, the credit left; None when there is no budget."""
+        return {g: self.credit(g) for g in gpus} if self.share is not None else None

@@ -50,7 +50,7 @@ class ArbiterLoop:
         a = cfg.arbiter
         self.policy = PolicyConfig(idle_ttl_s=a.idle_ttl_s, max_wait_s=a.max_wait_s, min_resident_s=a.min_resident_s,
                                    swap_budget=a.swap_budget, swap_window_s=a.swap_window_s)
-        self.budget = SwapBudget(a.swap_budget, a.swap_window_s) if a.swap_budget is not None else None
+        self.budget = SwapBudget(a.swap_budget, a.swap_window_s)
         self.book = DecisionBook(cfg.models, metrics or NoArbiterMetrics())
         self.snapshot: Snapshot | None = None
         self.is_leader = False
@@ -100,8 +100,7 @@ class ArbiterLoop:
             # A new term: what this replica remembered from leading before (targets, swaps it made
             # room for) may be stale; another leader may have loaded models since.
             self.book.new_term()
-            if self.budget is not None:
-                self.budget.forget_room()
+            self.budget.forget_room()
         if self.is_leader:
             snap = await self._lead()
             await self.board.publish(snap)
@@ -136,19 +135,15 @@ class ArbiterLoop:
         self.book.observe({name: replica_counts(states.get(name, {}))[0] for name in self.cfg.models}, now)
         views = model_views(self.cfg, stats=stats, service=self._service, states=states, beats=beats,
                             tracks=self.book.tracks, pools=pools, now=now)
-        credit = None
-        if self.budget is not None:
-            self.budget.refill(now)
-            credit = self.budget.credits([g.id for g in pools.gpus])
-        d = decide(views, pools.gpus, self.policy, credit)
-        loaded = self.book.record(d, now)
-        if self.budget is not None:
-            self.budget.note(d)
-            load_s = {v.name: v.load_s for v in views}
-            for name in loaded:
-                self.budget.loaded(name, load_s[name])
-            credit = self.budget.credits([g.id for g in pools.gpus])
-        return decision_snapshot(views, d, self.book.tracks, leader=self.owner, now=now, swap_credit_s=credit)
+        gpu_ids = [g.id for g in pools.gpus]
+        self.budget.refill(now)
+        d = decide(views, pools.gpus, self.policy, self.budget.credits(gpu_ids))
+        self.budget.note(d)
+        load_s = {v.name: v.load_s for v in views}
+        for name in self.book.record(d, now):
+            self.budget.loaded(name, load_s[name])
+        return decision_snapshot(views, d, self.book.tracks, leader=self.owner, now=now,
+                                 swap_credit_s=self.budget.credits(gpu_ids))
 
     async def _gpu_pools(self, now: float) -> Pools:
         if self._pools is not None and (self.cfg.arbiter.gpus or now - self._pools_at < NODES_EVERY_S):
