@@ -198,12 +198,17 @@ def _up(s: Settings, state: dict[str, Any], started: list[str], config_path: str
     if demo:
         app = next(a for a in cfg["applications"] if a["name"] == APP_NAME)
         app.setdefault("args", {})["profile"] = "demo"
-    click.echo(f"deploying {config_path}{' (demo profile: tiny untrained models)' if demo else ''} ... "
-               "(the first deploy builds each model's runtime_env: a few minutes)")
-    deploy(cfg, on_change=lambda line: click.echo(f"  {line}"))
     http = cfg.get("http_options", {})
     host = http.get("host", "127.0.0.1")
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{http.get('port', 8000)}"
+    # The UIs talk to the router through the Serve proxy on their own node (every node runs one).
+    uis = [a for a in cfg["applications"] if a["name"] != APP_NAME]
+    for app in uis:
+        cfg = with_env(cfg, {"GPU_ORCH_URL": base}, app["name"])
+    click.echo(f"deploying {config_path}{' (demo profile: tiny untrained models)' if demo else ''} ... "
+               "(the first deploy builds each model's runtime_env: a few minutes)")
+    record(serve_apps=[a["name"] for a in cfg["applications"]])
+    deploy(cfg, on_change=lambda line: click.echo(f"  {line}"))
     record(url=base)
     if own_head:
         token = ray_auth.token_path(home)
@@ -215,6 +220,7 @@ def _up(s: Settings, state: dict[str, Any], started: list[str], config_path: str
     click.echo(
         f"\nGPU Orchestrator is up.\n"
         f"  API:            {base}/v1/jobs   (docs: {base}/docs)\n"
+        + "".join(f"  UI:             {base}{a['route_prefix']}/\n" for a in uis if a.get("route_prefix"))
         + ray_lines +
         f"  Metrics:        Ray's Prometheus endpoint (gpu_orch_* series)\n"
         f"  Data:           {home}\n"
@@ -225,7 +231,7 @@ def _up(s: Settings, state: dict[str, Any], started: list[str], config_path: str
     )
 
 
-_STATE_KEYS = {"ray": ("ray_head_pid", "ray_address", "ray_session_dir", "ray_dashboard_port", "url"),
+_STATE_KEYS = {"ray": ("ray_head_pid", "ray_address", "ray_session_dir", "ray_dashboard_port", "url", "serve_apps"),
                "redis": ("embedded_redis", "redis_url"), "postgres": ("embedded_postgres", "database_url")}
 
 
@@ -274,7 +280,7 @@ def down() -> None:
             ray_auth.apply(ray_auth.state_env(home, state))
             from gpu_orchestrator.serve.deploy import delete_app
 
-            delete_app(state["ray_address"], APP_NAME)
+            delete_app(state["ray_address"], *(state.get("serve_apps") or [APP_NAME]))
             deleted_app = True
         except Exception as e:
             click.echo(f"could not delete the Serve app: {e}", err=True)

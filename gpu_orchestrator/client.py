@@ -43,6 +43,10 @@ def _check(r: httpx.Response) -> Any:
     return r.json()
 
 
+def _artifact_path(url_or_uri: str) -> str:
+    return "/v1/artifacts/" + url_or_uri[len("artifact://"):] if url_or_uri.startswith("artifact://") else url_or_uri
+
+
 def _submit_body(app_id: str, params: dict[str, Any] | None, priority: int) -> dict[str, Any]:
     return {"app_id": app_id, "params": params or {}, "priority": priority}
 
@@ -107,8 +111,7 @@ class Client:
 
     def download(self, url_or_uri: str) -> bytes:
         """An output's bytes, by its `url` (/v1/artifacts/...) or its artifact:// URI."""
-        path = "/v1/artifacts/" + url_or_uri[len("artifact://"):] if url_or_uri.startswith("artifact://") else url_or_uri
-        r = self.http.get(path)
+        r = self.http.get(_artifact_path(url_or_uri))
         if r.status_code >= 400:
             _check(r)
         return r.content
@@ -126,6 +129,13 @@ class Client:
 
     def workers(self) -> list[dict[str, Any]]:
         return _check(self.http.get("/v1/workers"))["models"]
+
+    def fleet(self) -> dict[str, Any]:
+        """All of GET /v1/workers: the models and the arbiter's latest decision."""
+        return _check(self.http.get("/v1/workers"))
+
+    def stats(self, *, minutes: int = 60) -> dict[str, Any]:
+        return _check(self.http.get("/v1/stats", params={"minutes": minutes}))
 
     def events(self, job_id: str, *, last_event_id: str | None = None, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """Progress and status events until the terminal one. The server ends a stream at the terminal
@@ -205,6 +215,28 @@ class AsyncClient:
 
     async def workers(self) -> list[dict[str, Any]]:
         return _check(await self.http.get("/v1/workers"))["models"]
+
+    async def fleet(self) -> dict[str, Any]:
+        return _check(await self.http.get("/v1/workers"))
+
+    async def stats(self, *, minutes: int = 60) -> dict[str, Any]:
+        return _check(await self.http.get("/v1/stats", params={"minutes": minutes}))
+
+    async def list(self, *, app_id: str | None = None, status: str | None = None, limit: int = 50,
+                   cursor: str | None = None) -> dict[str, Any]:
+        q = {k: v for k, v in {"app_id": app_id, "status": status, "limit": limit, "cursor": cursor}.items() if v is not None}
+        return _check(await self.http.get("/v1/jobs", params=q))
+
+    async def upload(self, path: str | Path) -> str:
+        path = Path(path)
+        data = await asyncio.to_thread(path.read_bytes)
+        return _check(await self.http.post("/v1/artifacts", files={"file": (path.name, data)}))["artifact"]
+
+    async def download(self, url_or_uri: str) -> bytes:
+        r = await self.http.get(_artifact_path(url_or_uri))
+        if r.status_code >= 400:
+            _check(r)
+        return r.content
 
     async def events(self, job_id: str, *, last_event_id: str | None = None) -> AsyncIterator[dict[str, Any]]:
         """As Client.events: until the terminal status, reconnecting after the server's time limit."""

@@ -12,6 +12,7 @@ from gpu_orchestrator.api import jobs as jobs_api
 from gpu_orchestrator.api import openai as openai_api
 from gpu_orchestrator.api import seed as seed_api
 from gpu_orchestrator.api import workers as workers_api
+from gpu_orchestrator.api import stats as stats_api
 from gpu_orchestrator.api.errors import BodyLimit, install
 from gpu_orchestrator.api.limits import Limits
 from gpu_orchestrator.api.streams import Streams
@@ -19,7 +20,7 @@ from gpu_orchestrator.artifacts import ArtifactStore
 from gpu_orchestrator.service.fleet import Fleet
 from gpu_orchestrator.service.jobs import JobService
 
-ROUTERS = (jobs_api, artifacts_api, apps_api, workers_api, health_api, openai_api, seed_api)
+ROUTERS = (jobs_api, artifacts_api, apps_api, workers_api, stats_api, health_api, openai_api, seed_api)
 
 
 def create_app(*, jobs: JobService, fleet: Fleet, artifacts: ArtifactStore | None = None,

@@ -29,6 +29,7 @@ class Snapshot:
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # per model, as GET /v1/workers shows it
     unplaceable: dict[str, str] = field(default_factory=dict)
     swap_credit_s: dict[str, float] = field(default_factory=dict)  # per GPU pool: what the swap budget still allows
+    history: list[list] = field(default_factory=list)  # the leader's latest actions, [ts, text], oldest first
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

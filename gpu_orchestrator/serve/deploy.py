@@ -49,13 +49,14 @@ def disconnect() -> None:
         ray.shutdown()
 
 
-def delete_app(address: str, app_name: str) -> None:
-    """Delete a Serve application (its replicas stop gracefully), as a short-lived driver."""
+def delete_app(address: str, *app_names: str) -> None:
+    """Delete Serve applications (their replicas stop gracefully), as a short-lived driver."""
     from ray import serve
 
     connect(address)
     try:
-        serve.delete(app_name)
+        for name in app_names:
+            serve.delete(name)
     finally:
         disconnect()
 

@@ -6,6 +6,7 @@ Updated from the policy's typed actions and targets; no I/O.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
@@ -13,6 +14,7 @@ from gpu_orchestrator.core.policy import Decision
 from gpu_orchestrator.service.arbiter_ports import ArbiterMetrics
 
 log = logging.getLogger("gpu_orchestrator.arbiter")
+HISTORY = 30  # actions kept for GET /v1/workers
 
 
 @dataclass
@@ -33,6 +35,8 @@ class DecisionBook:
     def __init__(self, models: Iterable[str], metrics: ArbiterMetrics):
         self.tracks: dict[str, ModelTrack] = {name: ModelTrack() for name in models}
         self.metrics = metrics
+        # The latest distinct actions, oldest first (the admin page's "recent decisions").
+        self.history: deque[tuple[float, str]] = deque(maxlen=HISTORY)
 
     def new_term(self) -> None:
         """Leadership (re)gained: forget this replica's own targets and load timings; counts and
@@ -60,13 +64,14 @@ class DecisionBook:
         """After deciding: each model's latest action (its own, or one making room for it) and its
         target crossing zero, counted as a load or an eviction. Returns the models it counted a load
         for."""
-        loaded = []
+        loaded: list[str] = []
+        fresh: list[str] = []
         for name, tr in self.tracks.items():
             new = d.targets.get(name, 0)
             acting = [a for a in d.actions if a.acting and a.concerns(name)]
             if acting:
                 if acting[-1].text != tr.last_action:
-                    log.info("arbiter: %s", acting[-1].text)
+                    fresh.append(acting[-1].text)
                 tr.last_action, tr.last_action_at = acting[-1].text, now
             if not tr.last_target and new > 0:
                 loaded.append(name)
@@ -79,4 +84,7 @@ class DecisionBook:
             tr.last_target = new
             if new > 0:
                 tr.placement = d.placements.get(name, tr.placement)
+        for text in dict.fromkeys(fresh):  # one action can concern two models (evict X for Y)
+            log.info("arbiter: %s", text)
+            self.history.append((now, text))
         return loaded

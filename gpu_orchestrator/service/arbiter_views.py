@@ -132,7 +132,8 @@ def model_state(v: ModelView, d: Decision) -> str:
 
 
 def decision_snapshot(views: list[ModelView], d: Decision, tracks: Mapping[str, ModelTrack], *, leader: str,
-                      now: float, swap_credit_s: Mapping[str, float] | None = None) -> Snapshot:
+                      now: float, swap_credit_s: Mapping[str, float] | None = None,
+                      history: Iterable[tuple[float, str]] = ()) -> Snapshot:
     models = {
         v.name: {
             "state": model_state(v, d),
@@ -158,4 +159,5 @@ def decision_snapshot(views: list[ModelView], d: Decision, tracks: Mapping[str, 
         dispatchable=[v.name for v in views if d.dispatchable(v)],
         draining=sorted(d.draining), reasons=list(d.reasons), models=models, unplaceable=dict(d.unplaceable),
         swap_credit_s={g: round(c, 1) for g, c in (swap_credit_s or {}).items()},
+        history=[[ts, text] for ts, text in history],
     )

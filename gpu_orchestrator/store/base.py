@@ -79,6 +79,15 @@ class AppQueueStats:
 
 
 @dataclass(frozen=True)
+class MinuteCount:
+    """Jobs submitted in one minute (UTC, truncated) that are now in `status`."""
+
+    minute: dt.datetime
+    status: JobStatus
+    count: int
+
+
+@dataclass(frozen=True)
 class Rescued:
     """A running job whose lease ended without its router recording an outcome."""
 
@@ -106,6 +115,7 @@ class JobStore(Protocol):
     # the dispatcher's
     def apps_with_queued(self) -> set[str]: ...
     def queue_stats(self) -> dict[str, AppQueueStats]: ...
+    def jobs_per_minute(self, *, minutes: int) -> list[MinuteCount]: ...  # jobs submitted in the last `minutes`
     def service_times(self, *, window_s: float = 3600.0) -> dict[str, float]: ...
     def claim(self, *, app_id: str, owner: str, limit: int, lease_s: float, max_in_flight: int) -> list[Job]: ...
     def mark_dispatched(self, *, job_id: uuid.UUID, owner: str, attempt: int) -> None: ...

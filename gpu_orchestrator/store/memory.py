@@ -25,7 +25,7 @@ from gpu_orchestrator.core.apps import check_text
 from gpu_orchestrator.core.jobs import (IdempotencyConflict, Job, JobNotFound, JobStatus, QueueFull, RetryPolicy,
                                         TransitionError, request_fingerprint)
 from gpu_orchestrator.store.base import (LEASE_EXPIRED, MAX_ERRORS, MSG_GIVE_UP, RELEASED, AppQueueStats, LeaseEnd,
-                                         LeaseKey, Rescued, ResultNotStorable, StoreUnavailable, clip_error,
+                                         MinuteCount, LeaseKey, Rescued, ResultNotStorable, StoreUnavailable, clip_error,
                                          decode_cursor, encode_cursor)
 
 _US = dt.timedelta(microseconds=1)
@@ -175,6 +175,15 @@ class MemoryJobStore:
                 out[app] = AppQueueStats(app, len(queued), running, oldest,
                                          max(j.priority for j in queued) if queued else None)
             return out
+
+    def jobs_per_minute(self, *, minutes: int) -> list[MinuteCount]:
+        with self._tx() as now:
+            counts: dict[tuple[dt.datetime, JobStatus], int] = {}
+            for j in self._jobs.values():
+                if j.created_at > now - _secs(60 * minutes):
+                    key = (j.created_at.replace(second=0, microsecond=0), j.status)
+                    counts[key] = counts.get(key, 0) + 1
+            return [MinuteCount(m, st, n) for (m, st), n in sorted(counts.items(), key=lambda kv: (kv[0][0], kv[0][1].value))]
 
     def service_times(self, *, window_s: float = 3600.0) -> dict[str, float]:
         with self._tx() as now:

@@ -52,6 +52,11 @@ def test_up_submit_down_restart_keeps_jobs(user):
             assert img["status"] == "succeeded" and img["result"]["untrained"] is True, img
             png = c.download(img["result"]["images"][0]["url"])
             assert png[:8] == b"\x89PNG\r\n\x1a\n"
+            # The web UIs came up with the stack, at the routes `up` prints (tests/browser drives them).
+            for ui in ("images", "speech", "chat", "admin"):
+                assert f"http://127.0.0.1:{port}/ui/{ui}/" in out
+                page = c.http.get(f"/ui/{ui}/", follow_redirects=True)
+                assert page.status_code == 200 and "gradio" in page.text.lower(), (ui, page.status_code)
             # Artifacts and tiny models live under GPU_ORCH_HOME.
             assert list((home / "artifacts" / "sdxl").rglob("*.png"))
             assert (home / "tiny-models" / "sdxl" / "BUILT").exists()

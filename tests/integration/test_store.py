@@ -438,6 +438,21 @@ def test_queue_stats(store):
     assert store.apps_with_queued() == {"a"}
 
 
+def test_jobs_per_minute_counts_the_last_hour_by_current_status(store):
+    done = submit(store, app="a")
+    submit(store, app="a")
+    submit(store, app="b")
+    [claimed] = store.claim(app_id="a", owner="r", limit=1, lease_s=30, max_in_flight=5)
+    assert claimed.id == done.id
+    store.complete(job_id=done.id, owner="r", attempt=claimed.attempts, result={}, backend="local:echo")
+    rows = store.jobs_per_minute(minutes=60)
+    by_status = {}
+    for m in rows:
+        assert m.minute.second == 0 and m.minute.microsecond == 0
+        by_status[m.status.value] = by_status.get(m.status.value, 0) + m.count
+    assert by_status == {"queued": 2, "succeeded": 1}
+
+
 def test_migrations_are_idempotent_and_concurrent_safe(database_url):
     engines = [create_engine(database_url) for _ in range(3)]
     ts = [threading.Thread(target=run_migrations, args=(e,)) for e in engines]

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from .conftest import wait_status
+from tests.ray_session import wait_status
 
 pytestmark = pytest.mark.serve
 MODELS = ("echo-a", "echo-b", "echo-c")
@@ -93,7 +93,7 @@ def wait_for_round_trip_credit(c, a="echo-a", b="echo-b") -> tuple[float, float]
     some of it): (the credit then, what the round trip costs)."""
     from gpu_orchestrator.core.config import ArbiterSpec
 
-    from .conftest import arbiter_args
+    from tests.ray_session import arbiter_args
 
     spec = ArbiterSpec.model_validate(arbiter_args("", "")["arbiter"])
     cap = spec.swap_budget * spec.swap_window_s
@@ -283,7 +283,7 @@ def test_backlog_plus_chatter_keeps_loads_within_the_swap_budget(arb, monkeypatc
     from gpu_orchestrator.core.policy import Gpu, PolicyConfig
     from gpu_orchestrator.core.simulator import SimModel, TraceJob, simulate
 
-    from .conftest import arbiter_args
+    from tests.ray_session import arbiter_args
 
     from gpu_orchestrator.core import simulator
     from gpu_orchestrator.core.swap_budget import SwapBudget

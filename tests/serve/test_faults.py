@@ -11,7 +11,7 @@ import pytest
 
 from gpu_orchestrator.bus.events import EventBus
 
-from .conftest import wait_healthy, wait_status
+from tests.ray_session import wait_healthy, wait_status
 from .test_job_path import submit
 
 pytestmark = pytest.mark.serve

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import TINY_DIR, wait_status
+from tests.ray_session import TINY_DIR, wait_status
 
 pytestmark = pytest.mark.serve
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from .conftest import wait_status
+from tests.ray_session import wait_status
 from .test_job_path import read_sse
 
 pytestmark = pytest.mark.serve

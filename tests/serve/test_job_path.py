@@ -9,7 +9,7 @@ import uuid
 import httpx
 import pytest
 
-from .conftest import APP_NAME, wait_status
+from tests.ray_session import APP_NAME, wait_status
 
 pytestmark = pytest.mark.serve
 

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from .conftest import wait_status
+from tests.ray_session import wait_status
 from .test_job_path import read_sse
 
 pytestmark = pytest.mark.serve

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from .conftest import wait_status
+from tests.ray_session import wait_status
 from .test_whisper import tone_wav
 
 pytestmark = pytest.mark.serve

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, wait_healthy
+from tests.ray_session import ROOT, wait_healthy
 
 sys.path.insert(0, str(ROOT))
 from bench.faults import kill_postgres, kill_redis, kill_replicas, run_scenario  # noqa: E402

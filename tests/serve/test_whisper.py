@@ -10,7 +10,7 @@ import wave
 import numpy as np
 import pytest
 
-from .conftest import wait_status
+from tests.ray_session import wait_status
 from .test_job_path import read_sse
 
 pytestmark = pytest.mark.serve

@@ -87,6 +87,22 @@ def test_bodies_over_the_limits_from_create_app_are_413(path, limit, ctype, firs
     assert api.store.list()[0] == []
 
 
+def test_stats_show_each_apps_queue_and_jobs_per_minute():
+    api = Api()
+
+    async def go(c: httpx.AsyncClient) -> tuple[httpx.Response, httpx.Response]:
+        for _ in range(2):
+            assert (await c.post("/v1/jobs", json={"app_id": "echo"})).status_code == 202
+        return await c.get("/v1/stats", params={"minutes": 5}), await c.get("/v1/stats", params={"minutes": 0})
+
+    ok, bad = api.run(go)
+    assert ok.status_code == 200, ok.text
+    body = ok.json()
+    assert body["apps"]["echo"]["queued"] == 2 and body["apps"]["echo"]["oldest_queued_age_s"] >= 0
+    assert [(b["status"], b["count"]) for b in body["jobs_per_minute"]] == [("queued", 2)]
+    assert bad.status_code == 422 and "minutes" in bad.text
+
+
 def test_limits_are_read_per_request():
     api = Api()
     body = {"app_id": "echo", "params": {"message": "x" * 900}}

@@ -202,6 +202,10 @@ def test_loads_evictions_and_load_time_go_through_the_metrics():
     assert (m["loads"], m["evictions"], m["target"]) == (1, 1, 0)
     assert m["last_decision"] == "scale echo-a to zero: idle 6 s >= ttl 5 s"
     assert m["last_decision_at"] == w.clock.now
+    # The admin page's "recent decisions": each action once, oldest first, with its time.
+    history = a.snapshot.history
+    assert [t for _, t in history][-1] == "scale echo-a to zero: idle 6 s >= ttl 5 s" and history[-1][0] == w.clock.now
+    assert len(history) == 2 and history[0][1].startswith("load echo-a")
 
 
 def test_losing_the_lock_stops_leading_and_another_replica_takes_over():
@@ -302,6 +306,8 @@ def test_swap_ins_spend_the_budget_and_the_next_busy_swap_waits_for_credit():
     (job,) = [j for j in w.store.list(app_id="echo-a", status="running", limit=5)[0]]
     w.store.complete(job_id=job.id, owner="router-a", attempt=job.claims, result={}, backend="echo-a")
     run(a.tick())  # drained: echo-a goes
+    texts = [t for _, t in a.snapshot.history]
+    assert len(texts) == len(set(texts)) and any("echo-a" in t and "echo-b" in t for t in texts)  # one action, two models: once
     w.cluster.running("echo-a", 0)
     run(a.tick())  # the memory is free: echo-b loads, a swap-in paid from the credit
     assert a.snapshot.targets["echo-b"] == 1

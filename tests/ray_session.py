@@ -1,4 +1,5 @@
-"""One Ray instance and one orchestrator application for the whole Serve test session."""
+"""One Ray instance and the deployed applications (the orchestrator on the demo profile, the arbiter
+and outage apps, the UIs) for the whole test session: tests/serve and tests/browser share them."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 APP_NAME = "orchestrator"
 # Tiny models are built once and cached here across sessions (the builders skip a finished build).
 TINY_DIR = os.environ.get("GPU_ORCH_TEST_TINY_DIR", "/tmp/gpu-orch-test-tiny")
@@ -82,6 +83,14 @@ def arbiter_args(database_url: str, redis_url: str) -> dict:
     }
 
 
+def ui_apps(api_url: str) -> list[dict]:
+    """The UI applications exactly as serve_config.yaml ships them, pointed at the test orchestrator."""
+    cfg = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    apps = [a for a in cfg["applications"] if a["import_path"].startswith("gradio_uis.")]
+    assert {a["args"]["ui"] for a in apps} == {"images", "speech", "chat", "admin"}
+    return [{**a, "args": {**a["args"], "api_url": api_url}} for a in apps]
+
+
 def outage_args(database_url: str, redis_url: str, run_log: str) -> dict:
     """The echo model alone on its own embedded Postgres and Redis (what `gpu-orch up` starts when
     DATABASE_URL/REDIS_URL are unset), so the fault tests can kill those without touching the rest."""
@@ -146,6 +155,10 @@ def deployed(ray_cluster, serve_backend, outage_services):
     dbs = [serve_backend.fresh_database() for _ in range(2)]
     urls = [serve_backend.url_for(d) for d in dbs]
     port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    # The admin page also over the arbiter app (fake GPU, short timers), where models change state.
+    uis = ui_apps(base) + [{"name": "ui-admin-arb", "route_prefix": "/ui/admin-arb", "import_path": "gradio_uis.serve:build_app",
+                            "args": {"ui": "admin", "api_url": base + "/arb"}}]
     deploy({
         "http_options": {"host": "127.0.0.1", "port": port},
         "applications": [
@@ -157,18 +170,17 @@ def deployed(ray_cluster, serve_backend, outage_services):
             {"name": "outage", "route_prefix": "/outage", "import_path": "serve_apps.orchestrator:build_app",
              "args": outage_args(outage_services["urls"]["pg"], outage_services["urls"]["redis"],
                                  str(outage_services["dirs"]["run_log"]))},
+            *uis,
         ],
     })
-    base = f"http://127.0.0.1:{port}"
     wait_healthy(base)
     wait_healthy(base + "/arb")
     wait_healthy(base + "/outage")
     yield base
     from ray import serve
 
-    serve.delete(APP_NAME)
-    serve.delete("arbiter")
-    serve.delete("outage")
+    for name in (APP_NAME, "arbiter", "outage", *(a["name"] for a in uis)):
+        serve.delete(name)
     for d in dbs:
         serve_backend.drop(d)
 

@@ -1,0 +1,27 @@
+"""/v1/stats: what the admin page charts. Each app's queue (depth, running, oldest wait) and the
+jobs submitted per minute by their current status."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from gpu_orchestrator.api.deps import Jobs
+
+router = APIRouter(tags=["workers"])
+
+
+@router.get("/v1/stats")
+async def stats(jobs: Jobs, minutes: Annotated[int, Query(ge=1, le=1440)] = 60) -> dict[str, Any]:
+    store = jobs.store
+    queues, per_minute = await asyncio.gather(asyncio.to_thread(store.queue_stats),
+                                              asyncio.to_thread(store.jobs_per_minute, minutes=minutes))
+    return {
+        "apps": {app_id: {"queued": q.queued, "running": q.running, "oldest_queued_age_s": q.oldest_queued_age_s}
+                 for app_id, q in sorted(queues.items())},
+        "jobs_per_minute": [{"minute": m.minute.isoformat(), "status": m.status.value, "count": m.count}
+                            for m in per_minute],
+        "minutes": minutes,
+    }

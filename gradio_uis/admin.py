@@ -1,0 +1,159 @@
+"""The admin page: each app's queue, each model's state and VRAM per GPU, the arbiter's recent
+decisions, recent jobs (filtered, cancellable) and jobs per minute by status. Refreshes itself."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from gpu_orchestrator.client import AsyncClient
+from gradio_uis.common import DELETE_CACHE, api_url, error_html, explain, standalone
+
+REFRESH_S = 2.0
+ALL = "(all)"
+STATUSES = [ALL, "queued", "running", "succeeded", "failed", "cancelled"]
+QUEUE_COLS = ["app", "queued", "running", "oldest wait (s)"]
+MODEL_COLS = ["model", "state", "gpu", "vram held (GB)", "vram declared (GB)", "replicas", "target", "queued",
+              "running", "loads", "evictions", "last decision"]
+GPU_COLS = ["gpu", "models", "vram declared (GB)", "swap credit (s)"]
+DECISION_COLS = ["time", "decision"]
+JOB_COLS = ["created", "job id", "app", "status", "attempts", "ran on", "error"]
+
+
+def _clock(ts: float | None) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%H:%M:%S") if ts else ""
+
+
+def queue_rows(stats: dict[str, Any], app_ids: list[str]) -> list[list[Any]]:
+    """Every configured app, idle ones included (0 queued), so the table does not jump around."""
+    apps = stats.get("apps", {})
+    rows = []
+    for app_id in sorted(set(app_ids) | set(apps)):
+        a = apps.get(app_id, {})
+        age = a.get("oldest_queued_age_s")
+        rows.append([app_id, a.get("queued", 0), a.get("running", 0), round(age, 1) if age is not None else ""])
+    return rows
+
+
+def model_rows(fleet: dict[str, Any]) -> list[list[Any]]:
+    rows = []
+    for m in fleet.get("models", []):
+        arb = m.get("arbiter") or {}
+        running = (m.get("replica_states") or {}).get("RUNNING", 0)
+        rows.append([m["deployment"], m["state"], ", ".join(arb.get("placement") or []) or "",
+                     m.get("vram_held_gb") if m.get("vram_held_gb") is not None else "",
+                     m.get("vram_declared_gb") or 0, running, m.get("target_replicas"), m.get("queued", 0),
+                     m.get("running", 0), arb.get("loads", ""), arb.get("evictions", ""), arb.get("last_decision") or ""])
+    return rows
+
+
+def gpu_rows(fleet: dict[str, Any]) -> list[list[Any]]:
+    """Per GPU: the models placed on it (resident or loading) and the VRAM they declare."""
+    placed: dict[str, list[tuple[str, float]]] = {}
+    for m in fleet.get("models", []):
+        arb = m.get("arbiter") or {}
+        if m["state"] in ("resident", "loading", "draining"):
+            for g in arb.get("placement") or []:
+                placed.setdefault(g, []).append((m["deployment"], m.get("vram_declared_gb") or 0))
+    credit = ((fleet.get("arbiter") or {}).get("swap_credit_s")) or {}
+    return [[g, ", ".join(n for n, _ in placed.get(g, [])), round(sum(v for _, v in placed.get(g, [])), 1),
+             credit.get(g, "")] for g in sorted(set(placed) | set(credit))]
+
+
+def decision_rows(fleet: dict[str, Any]) -> tuple[list[list[Any]], str]:
+    """The arbiter's recent actions (newest first) and what is waiting now, with reasons."""
+    arb = fleet.get("arbiter") or {}
+    rows = [[_clock(ts), text] for ts, text in reversed(arb.get("history") or [])]
+    waits = [r for r in arb.get("reasons") or [] if r not in {t for _, t in arb.get("history") or []}]
+    now = "\n".join(f"- {r}" for r in waits) or "nothing waiting"
+    leader = f"leader `{arb['leader']}`, decided {_clock(arb.get('decided_at'))}" if arb else "the arbiter is off"
+    return rows, f"**Arbiter:** {leader}\n\n{now}"
+
+
+def job_rows(jobs: list[dict[str, Any]]) -> list[list[Any]]:
+    return [[(j.get("created_at") or "")[:19].replace("T", " "), j["job_id"], j["app_id"], j["status"],
+             f"{j.get('attempts', 0)}/{j.get('max_attempts', '')}", j.get("backend") or "", (j.get("error") or "")[:200]]
+            for j in jobs]
+
+
+def minute_frame(stats: dict[str, Any]) -> pd.DataFrame:
+    rows = [{"minute": dt.datetime.fromisoformat(b["minute"]).astimezone().strftime("%H:%M"), "status": b["status"],
+             "jobs": b["count"]} for b in stats.get("jobs_per_minute", [])]
+    return pd.DataFrame(rows, columns=["minute", "status", "jobs"])
+
+
+def build(api: str | None = None) -> gr.Blocks:
+    url = api_url(api)
+
+    async def refresh(app_filter: str, status_filter: str):
+        async with AsyncClient(url) as c:
+            try:
+                apps = await c.apps()
+                fleet = await c.fleet()
+                stats = await c.stats(minutes=60)
+                jobs = (await c.list(app_id=None if app_filter in (None, ALL) else app_filter,
+                                     status=None if status_filter in (None, ALL) else status_filter, limit=50))["jobs"]
+            except Exception as e:
+                return (error_html(explain(e)),) + (gr.skip(),) * 8
+        decisions, waiting = decision_rows(fleet)
+        app_ids = [a["id"] for a in apps]
+        return ("", queue_rows(stats, app_ids), model_rows(fleet), gpu_rows(fleet), decisions, waiting,
+                job_rows(jobs), minute_frame(stats), gr.update(choices=[ALL] + app_ids))
+
+    async def cancel(job_id: str):
+        job_id = (job_id or "").strip()
+        if not job_id:
+            return error_html("job id: pick a job in the table or paste its id")
+        try:
+            async with AsyncClient(url) as c:
+                job = await c.cancel(job_id)
+        except Exception as e:
+            return error_html(explain(e))
+        return f"<div>job {job['job_id']} is {job['status']}</div>"
+
+    def pick(evt: gr.SelectData, table: pd.DataFrame) -> str:
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        return str(table.iloc[row]["job id"]) if 0 <= row < len(table) else ""
+
+    with gr.Blocks(delete_cache=DELETE_CACHE, title="GPU Orchestrator: admin") as demo:
+        gr.Markdown("## GPU Orchestrator")
+        error = gr.HTML(elem_id="error")
+        with gr.Row():
+            queues = gr.Dataframe(headers=QUEUE_COLS, label="Queues", elem_id="queues", interactive=False)
+            gpus = gr.Dataframe(headers=GPU_COLS, label="GPUs", elem_id="gpus", interactive=False)
+        models = gr.Dataframe(headers=MODEL_COLS, label="Models", elem_id="models", interactive=False, wrap=True)
+        with gr.Row():
+            with gr.Column():
+                waiting = gr.Markdown(elem_id="waiting")
+                decisions = gr.Dataframe(headers=DECISION_COLS, label="Recent decisions", elem_id="decisions",
+                                         interactive=False, wrap=True, max_height=300)
+            chart = gr.BarPlot(x="minute", y="jobs", color="status", label="Jobs per minute (last hour, by status)",
+                               elem_id="jobs-chart", height=300)
+        with gr.Row():
+            app_filter = gr.Dropdown([ALL], value=ALL, label="App", elem_id="filter-app")
+            status_filter = gr.Dropdown(STATUSES, value=ALL, label="Status", elem_id="filter-status")
+            job_id = gr.Textbox(label="Job id", elem_id="cancel-id")
+            cancel_btn = gr.Button("Cancel job", variant="stop", elem_id="cancel")
+        cancel_out = gr.HTML(elem_id="cancel-result")
+        jobs = gr.Dataframe(headers=JOB_COLS, label="Recent jobs (select one to cancel it)", elem_id="jobs",
+                            interactive=False, wrap=True)
+        outputs = [error, queues, models, gpus, decisions, waiting, jobs, chart, app_filter]
+        timer = gr.Timer(REFRESH_S)
+        timer.tick(refresh, [app_filter, status_filter], outputs, show_progress="hidden")
+        demo.load(refresh, [app_filter, status_filter], outputs)
+        for f in (app_filter, status_filter):
+            f.change(refresh, [app_filter, status_filter], outputs)
+        jobs.select(pick, [jobs], job_id)
+        cancel_btn.click(cancel, job_id, cancel_out)
+    return demo
+
+
+def main() -> None:
+    standalone(build, "admin")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Text to image (SDXL or Z-Image): submit, a live progress bar from the job's event stream, a
+gallery of the PNGs with downloads, and where the job ran."""
+
+from __future__ import annotations
+
+from typing import Any, AsyncIterator
+
+import gradio as gr
+
+from gpu_orchestrator.client import AsyncClient
+from gradio_uis.common import (DELETE_CACHE, api_url, error_html, event_progress, explain, job_line, output_dir,
+                               param_info, progress_html, standalone, sweep)
+
+MODELS = [("Stable Diffusion XL", "sdxl"), ("Z-Image Turbo", "zimage")]
+
+
+def image_params(prompt: str, negative: str, width: Any, height: Any, steps: Any, guidance: Any, seed: Any,
+                 num_images: Any) -> dict[str, Any]:
+    """The job's params from the form. Blank fields are left out (the router fills its defaults, or
+    says the field is required); values go as typed, so the router's checks name any bad one."""
+    if isinstance(seed, str) and seed.strip().isdigit():
+        seed = int(seed)  # anything else goes as typed: the router's message names the field
+    raw = {"prompt": prompt, "negative_prompt": negative, "width": width, "height": height,
+           "num_inference_steps": steps, "guidance_scale": guidance, "seed": seed, "num_images": num_images}
+    return {k: v for k, v in raw.items() if v is not None and not (isinstance(v, str) and not v.strip())}
+
+
+def build(api: str | None = None) -> gr.Blocks:
+    url = api_url(api)
+    out_dir = output_dir("images")
+
+    async def generate(app_id, prompt, negative, width, height, steps, guidance, seed, num_images) -> AsyncIterator:
+        # Outputs: error, progress, gallery, job info.
+        params = image_params(prompt, negative, width, height, steps, guidance, seed, num_images)
+        async with AsyncClient(url) as c:
+            try:
+                job = await c.submit(app_id, params)
+            except Exception as e:
+                yield error_html(explain(e)), progress_html(0, "not submitted"), [], ""
+                return
+            job_id = job["job_id"]
+            yield "", progress_html(0, "queued"), [], job_line(job)
+            try:
+                async for ev in c.events(job_id):
+                    shown = event_progress(ev)
+                    if shown is not None:
+                        yield gr.skip(), progress_html(*shown), gr.skip(), gr.skip()
+                job = await c.get(job_id)
+                if job["status"] != "succeeded":
+                    yield error_html(f"{job['status']}: {job.get('error') or ''}"), progress_html(None, job["status"]), [], job_line(job)
+                    return
+                sweep(out_dir)
+                paths = []
+                for i, img in enumerate(job["result"]["images"]):
+                    p = out_dir / f"{job_id}-{i}.png"
+                    p.write_bytes(await c.download(img["url"]))
+                    paths.append(str(p))
+            except Exception as e:
+                yield error_html(explain(e)), gr.skip(), gr.skip(), gr.skip()
+                return
+            seed_used = job["result"].get("seed")
+            note = " · untrained demo model: the images are noise" if job["result"].get("untrained") else ""
+            yield ("", progress_html(1.0, "succeeded"), paths,
+                   job_line(job) + (f" · seed {seed_used}" if seed_used is not None else "") + note)
+
+    with gr.Blocks(delete_cache=DELETE_CACHE, title="GPU Orchestrator: images") as demo:
+        gr.Markdown("## Text to image")
+        with gr.Row():
+            with gr.Column():
+                model = gr.Radio(MODELS, value="sdxl", label="Model", elem_id="model")
+                prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt")
+                negative = gr.Textbox(label="Negative prompt", elem_id="negative-prompt")
+                with gr.Row():
+                    # Plain numbers, not sliders: the router's limits (per model) are the ones that count,
+                    # and its message names the field when a value is outside them.
+                    width = gr.Number(value=512, precision=0, label="Width", elem_id="width")
+                    height = gr.Number(value=512, precision=0, label="Height", elem_id="height")
+                with gr.Row():
+                    steps = gr.Number(value=20, precision=0, label="Steps", elem_id="steps")
+                    guidance = gr.Number(value=5.0, label="Guidance", elem_id="guidance")
+                with gr.Row():
+                    seed = gr.Textbox(label="Seed (blank: random)", elem_id="seed")
+                    num_images = gr.Number(value=1, precision=0, label="Images", elem_id="num-images")
+                go = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Column():
+                error = gr.HTML(elem_id="error")
+                progress = gr.HTML(progress_html(0, "idle"), elem_id="progress")
+                gallery = gr.Gallery(label="Images", elem_id="gallery", columns=2, format="png")
+                info = gr.Markdown(elem_id="job-info")
+        hinted = {"width": width, "height": height, "num_inference_steps": steps, "guidance_scale": guidance,
+                  "num_images": num_images}
+
+        async def hints(app_id: str):
+            """Each input's limits for the chosen model, from the router (it still checks them)."""
+            try:
+                async with AsyncClient(url) as c:
+                    app = next((a for a in await c.apps() if a["id"] == app_id), None)
+            except Exception:
+                app = None  # hints only: the router answers for real at submit
+            return [gr.update(info=param_info(app, name)) for name in hinted]
+
+        demo.load(hints, model, list(hinted.values()))
+        model.change(hints, model, list(hinted.values()))
+        go.click(generate, [model, prompt, negative, width, height, steps, guidance, seed, num_images],
+                 [error, progress, gallery, info], show_progress="hidden")
+    return demo
+
+
+def main() -> None:
+    standalone(build, "images")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Speech to text (Whisper): upload or record audio, pick language and task; the transcript with
+timestamped segments, downloadable as text and SRT."""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+import gradio as gr
+
+from gpu_orchestrator.client import AsyncClient
+from gradio_uis.common import (DELETE_CACHE, api_url, error_html, event_progress, explain, job_line, output_dir,
+                               progress_html, standalone, sweep)
+from gradio_uis.formats import segment_rows, to_srt, to_text
+
+APP_ID = "transcribe"
+
+
+def build(api: str | None = None) -> gr.Blocks:
+    url = api_url(api)
+    out_dir = output_dir("speech")
+
+    async def transcribe(audio_path, language, task) -> AsyncIterator:
+        # Outputs: error, progress, transcript, segments, downloads, job info.
+        if not audio_path:
+            yield error_html("audio: upload or record a clip first"), gr.skip(), "", [], None, ""
+            return
+        params = {"task": task}
+        if language and language.strip():
+            params["language"] = language.strip()
+        async with AsyncClient(url) as c:
+            try:
+                params["audio"] = await c.upload(audio_path)
+                job = await c.submit(APP_ID, params)
+            except Exception as e:
+                yield error_html(explain(e)), progress_html(0, "not submitted"), "", [], None, ""
+                return
+            job_id = job["job_id"]
+            yield "", progress_html(0, "queued"), "", [], None, job_line(job)
+            try:
+                async for ev in c.events(job_id):
+                    shown = event_progress(ev)
+                    if shown is not None:
+                        yield gr.skip(), progress_html(*shown), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                job = await c.get(job_id)
+            except Exception as e:
+                yield error_html(explain(e)), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                return
+        if job["status"] != "succeeded":
+            yield (error_html(f"{job['status']}: {job.get('error') or ''}"), progress_html(None, job["status"]),
+                   "", [], None, job_line(job))
+            return
+        res = job["result"]
+        sweep(out_dir)
+        txt, srt = out_dir / f"{job_id}.txt", out_dir / f"{job_id}.srt"
+        txt.write_text(to_text(res))
+        srt.write_text(to_srt(res.get("segments") or []))
+        note = " · untrained demo model: the words are noise" if res.get("untrained") else ""
+        yield ("", progress_html(1.0, "succeeded"), res.get("text", ""), segment_rows(res.get("segments") or []),
+               [str(txt), str(srt)], job_line(job) + f" · language {res.get('language') or '?'}" + note)
+
+    with gr.Blocks(delete_cache=DELETE_CACHE, title="GPU Orchestrator: speech to text") as demo:
+        gr.Markdown("## Speech to text")
+        with gr.Row():
+            with gr.Column():
+                audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Audio", elem_id="audio")
+                language = gr.Textbox(label="Language (blank: detect)", placeholder="e.g. en", elem_id="language")
+                task = gr.Radio(["transcribe", "translate"], value="transcribe", label="Task", elem_id="task")
+                go = gr.Button("Transcribe", variant="primary", elem_id="transcribe")
+            with gr.Column():
+                error = gr.HTML(elem_id="error")
+                progress = gr.HTML(progress_html(0, "idle"), elem_id="progress")
+                transcript = gr.Textbox(label="Transcript", lines=4, elem_id="transcript", interactive=False)
+                segments = gr.Dataframe(headers=["start", "end", "text"], label="Segments", elem_id="segments",
+                                        interactive=False, wrap=True)
+                downloads = gr.File(label="Download (.txt, .srt)", file_count="multiple", elem_id="downloads",
+                                    interactive=False)
+                info = gr.Markdown(elem_id="job-info")
+        go.click(transcribe, [audio, language, task], [error, progress, transcript, segments, downloads, info],
+                 show_progress="hidden")
+    return demo
+
+
+def main() -> None:
+    standalone(build, "speech to text")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""Each UI in a real browser, served by Ray Serve next to the demo orchestrator: what a user does
+(fill the form, click) and what they see (the image of the size they asked for, the transcript's
+segments, chat text streaming then stopping, the admin page listing their job and a model changing
+state). Locators are the UIs' elem_ids. The tab fixture also fails a test whose page asked any host
+but the stack's own."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from tests.serve.test_whisper import tone_wav
+
+pytestmark = [pytest.mark.serve, pytest.mark.timeout(600)]
+
+# Gradio 6's Dataframe draws its visible rows as [role=row] of [role=gridcell] (a hidden <table>
+# only sizes the columns).
+ROWS_JS = """sel => Array.from(document.querySelectorAll(sel + ' [role=row]'))
+    .map(r => Array.from(r.querySelectorAll('[role=gridcell]')).map(c => c.textContent.trim())).filter(r => r.length)"""
+# Every text the progress element showed, as the page changed (polling could miss a fast step).
+WATCH_JS = """() => { window.__seen = []; const el = document.querySelector('#progress');
+    new MutationObserver(() => { const t = el.querySelector('.progress-text'); if (t) window.__seen.push(t.innerText); })
+    .observe(el, {subtree: true, childList: true, characterData: true}); }"""
+
+
+def wait_for(fn, what: str, timeout_s: float = 120, every_s: float = 0.2):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not seen within {timeout_s:g} s: {what}")
+        time.sleep(every_s)
+
+
+def rows(page, elem: str) -> list[list[str]]:
+    return page.evaluate(ROWS_JS, elem)
+
+
+def test_images_generates_an_image_of_the_requested_size(tab, http):
+    page = tab.page
+    tab.open("/ui/images/")
+    page.locator("#prompt textarea").fill("a red fox in the snow")
+    page.locator("#width input").fill("128")
+    page.locator("#height input").fill("64")
+    page.locator("#steps input").fill("6")
+    page.evaluate(WATCH_JS)
+    page.locator("#generate").click()
+    img = page.locator("#gallery img").first
+    img.wait_for(timeout=180_000)
+    assert page.evaluate("i => [i.naturalWidth, i.naturalHeight]", img.element_handle()) == [128, 64]
+    info = page.locator("#job-info").inner_text()
+    assert "succeeded" in info and "this cluster (sdxl)" in info and "untrained" in info
+    seen = page.evaluate("() => window.__seen")
+    assert any(s.startswith("step ") for s in seen) and seen[-1] == "succeeded", seen  # fed by the job's events
+    # The job the page ran is the router's, with the form's values.
+    job_id = info.split("job ", 1)[1].split()[0]
+    job = http.get(f"/v1/jobs/{job_id}").json()
+    assert job["params"]["width"] == 128 and job["params"]["prompt"] == "a red fox in the snow"
+    # Z-Image, chosen in the page, at its own size.
+    page.locator("#model label", has_text="Z-Image Turbo").click()
+    page.locator("#width input").fill("96")
+    page.locator("#steps input").fill("2")
+    page.locator("#generate").click()
+    wait_for(lambda: "zimage" in page.locator("#job-info").inner_text() and "succeeded" in page.locator("#job-info").inner_text(),
+             "the Z-Image job succeeded", 180)
+    img = page.locator("#gallery img").first
+    assert page.evaluate("i => [i.naturalWidth, i.naturalHeight]", img.element_handle()) == [96, 64]
+    tab.screenshot("ui-images")
+
+
+def test_images_shows_the_routers_message_naming_the_field(tab, http):
+    page = tab.page
+    tab.open("/ui/images/")
+    before = len(http.get("/v1/jobs", params={"app_id": "sdxl", "limit": 500}).json()["jobs"])
+    page.locator("#generate").click()  # empty prompt
+    err = page.locator("#error .error")
+    err.wait_for()
+    assert "prompt: required parameter is missing" in err.inner_text()
+    page.locator("#prompt textarea").fill("a fox")
+    page.locator("#width input").fill("4096")
+    page.locator("#generate").click()
+    wait_for(lambda: "width:" in page.locator("#error").inner_text(), "the width error")
+    text = page.locator("#error").inner_text()
+    assert "2048" in text and "Traceback" not in text and "prompt" not in text
+    assert len(http.get("/v1/jobs", params={"app_id": "sdxl", "limit": 500}).json()["jobs"]) == before  # nothing submitted
+    tab.screenshot("ui-images-error")
+
+
+def test_speech_transcribes_an_upload_with_segments_and_downloads(tab, tmp_path):
+    page = tab.page
+    clip = tmp_path / "tone.wav"
+    clip.write_bytes(tone_wav(1.5))
+    tab.open("/ui/speech/")
+    page.locator("#audio input[type=file]").set_input_files(str(clip))
+    page.locator("#language textarea").fill("en")
+    page.locator("#transcribe").click()
+    wait_for(lambda: "succeeded" in page.locator("#job-info").inner_text(), "the transcription succeeded", 300)
+    assert "language en" in page.locator("#job-info").inner_text()
+    segs = wait_for(lambda: [r for r in rows(page, "#segments") if any(r)], "the segments table filled", 30)
+    assert segs and all(r[0].startswith("00:00:") and r[1].startswith("00:00:") for r in segs), segs
+    links = page.locator("#downloads a")
+    names = [links.nth(i).inner_text() for i in range(links.count())]
+    assert any(n.endswith(".txt") for n in names) and any(n.endswith(".srt") for n in names), names
+    with page.expect_download() as dl:
+        page.locator("#downloads a", has_text=".srt").first.click()
+    srt = open(dl.value.path()).read()
+    assert srt.startswith("1\n00:00:") and " --> " in srt
+    tab.screenshot("ui-speech")
+
+
+def test_chat_streams_text_that_grows_then_stops_and_stop_cancels(tab, http):
+    page = tab.page
+    tab.open("/ui/chat/")
+    page.locator("#system textarea").fill("You are terse.")
+    page.locator("#max-tokens input").fill("48")
+    page.locator("#chatbot").scroll_into_view_if_needed()
+    page.get_by_text("More").click()
+    page.locator("#min-tokens input").fill("48")  # the untrained model would often end at once
+    page.locator("#message textarea").fill("hello there")
+    page.locator("#send").click()
+    lengths = []
+
+    def done() -> bool:
+        bots = page.locator('#chatbot [data-testid="bot"]')
+        if bots.count():
+            lengths.append(len(bots.last.inner_text()))
+        return "succeeded" in page.locator("#job-info").inner_text()
+
+    wait_for(done, "the reply finished", 180, every_s=0.05)
+    final = len(page.locator('#chatbot [data-testid="bot"]').last.inner_text())
+    grew = sorted(set(lengths))
+    assert final > 0 and len(grew) >= 2, f"text never grew while streaming: {lengths}"
+    time.sleep(1.0)
+    assert len(page.locator('#chatbot [data-testid="bot"]').last.inner_text()) == final  # stopped
+    job_id = page.locator("#job-info").inner_text().split("job ", 1)[1].split()[0]
+    job = http.get(f"/v1/jobs/{job_id}").json()
+    assert job["params"]["messages"][0] == {"role": "system", "content": "You are terse."}
+    assert job["result"]["completion_tokens"] == 48
+    tab.screenshot("ui-chat")
+
+    # A long reply, stopped: the job is cancelled and the text stops growing.
+    page.locator("#max-tokens input").fill("4000")
+    page.locator("#min-tokens input").fill("4000")
+    page.locator("#message textarea").fill("tell me everything")
+    page.locator("#send").click()
+    wait_for(lambda: page.locator('#chatbot [data-testid="bot"]').count() >= 2
+             and len(page.locator('#chatbot [data-testid="bot"]').last.inner_text()) > 10, "the second reply started")
+    job_id = page.locator("#job-info").inner_text().split("job ", 1)[1].split()[0]
+    page.locator("#stop").click()
+    wait_for(lambda: http.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled", "the job cancelled", 60)
+    wait_for(lambda: page.locator('#chatbot [data-testid="bot"]').last.inner_text().endswith("[stopped]"),
+             "the reply marked stopped", 30)
+    assert http.get(f"/v1/jobs/{job_id}").json()["result"] is None
+
+
+def test_admin_lists_the_job_just_run_charts_it_and_cancels_from_the_page(tab, http):
+    page = tab.page
+    done = http.post("/v1/jobs", json={"app_id": "echo", "params": {"message": "from the admin test"}}).json()["job_id"]
+    slow = http.post("/v1/jobs", json={"app_id": "echo", "params": {"delay_s": 120}}).json()["job_id"]
+    tab.open("/ui/admin/")
+    wait_for(lambda: any(r[1] == done and r[3] == "succeeded" for r in rows(page, "#jobs")), "the finished job listed", 60)
+    wait_for(lambda: any(r[0] == "echo" for r in rows(page, "#queues")), "echo's queue row")
+    models = {r[0]: r for r in rows(page, "#models")}
+    assert models["echo"][1] == "resident" and {"sdxl", "llm", "whisper", "zimage"} <= set(models)
+    assert page.locator("#jobs-chart svg, #jobs-chart canvas").count() > 0
+    # The status filter: only running jobs (the slow one).
+    page.locator("#filter-status input").click()
+    page.get_by_role("option", name="running").click()
+    wait_for(lambda: rows(page, "#jobs") and all(r[3] == "running" for r in rows(page, "#jobs")), "only running jobs")
+    # Cancel the slow job by picking its row.
+    page.locator("#jobs [role=gridcell]", has_text=slow).first.click()
+    wait_for(lambda: page.locator("#cancel-id textarea").input_value() == slow, "the picked job id")
+    page.locator("#cancel").click()
+    wait_for(lambda: "cancelled" in page.locator("#cancel-result").inner_text(), "the cancel confirmed", 30)
+    assert http.get(f"/v1/jobs/{slow}").json()["status"] == "cancelled"
+    tab.screenshot("ui-admin")
+
+
+def test_admin_shows_a_model_changing_state_and_the_arbiters_decisions(tab, orchestrator):
+    page = tab.page
+    arb = httpx.Client(base_url=orchestrator + "/arb", timeout=30)
+    tab.open("/ui/admin-arb/")
+    state = lambda: {r[0]: r[1] for r in rows(page, "#models")}.get("echo-c")  # noqa: E731
+    wait_for(lambda: state() == "cold", "echo-c cold (idle models scale to zero)", 120)
+    job = arb.post("/v1/jobs", json={"app_id": "c", "params": {"delay_s": 2}}).json()["job_id"]
+    seen = [state()]
+
+    def resident() -> bool:
+        s = state()
+        if s != seen[-1]:
+            seen.append(s)
+        return s == "resident"
+
+    wait_for(resident, "echo-c resident after its job arrived", 120, every_s=0.1)
+    assert seen[0] == "cold" and seen[-1] == "resident", seen
+    wait_for(lambda: any("echo-c" in r[1] for r in rows(page, "#decisions")), "the arbiter's decision for echo-c", 30)
+    gpus = rows(page, "#gpus")
+    assert gpus and gpus[0][0] == "gpu0"
+    wait_for(lambda: arb.get(f"/v1/jobs/{job}").json()["status"] == "succeeded", "the job done", 60)
+    tab.screenshot("ui-admin-arbiter")
+    arb.close()

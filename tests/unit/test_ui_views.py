@@ -1,0 +1,110 @@
+"""The UIs' pure parts: what a form becomes as job params, how router errors read, transcript
+downloads, and the admin page's tables from the router's answers."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from gpu_orchestrator.client import ApiError
+from gradio_uis.admin import decision_rows, gpu_rows, job_rows, minute_frame, model_rows, queue_rows
+from gradio_uis.chat import chat_messages
+from gradio_uis.common import event_progress, explain, param_info, where_ran
+from gradio_uis.formats import segment_rows, srt_time, to_srt, to_text
+from gradio_uis.images import image_params
+
+
+def test_blank_fields_are_left_to_the_router_and_values_go_as_typed():
+    p = image_params("  ", "", 512, 3000, 20, 5.0, "", 1)
+    assert "prompt" not in p and "negative_prompt" not in p and "seed" not in p  # the router says prompt is required
+    assert p["height"] == 3000  # out of range: the router's check names it, not the form's
+    assert image_params("fox", "", 64, 64, 1, 0, "42", 2)["seed"] == 42
+    assert image_params("fox", "", 64, 64, 1, 0, "x1", 2)["seed"] == "x1"
+
+
+def test_router_errors_read_as_field_and_reason():
+    e = ApiError(422, {"error": "invalid_params", "message": "invalid params",
+                       "fields": [{"field": "params.width", "message": "must be <= 2048"},
+                                  {"field": "params.prompt", "message": "required parameter is missing"}]})
+    assert explain(e) == "width: must be <= 2048; prompt: required parameter is missing"
+    assert "try again in 5 s" in explain(ApiError(429, {"error": "queue_full", "message": "queue full"}, "5"))
+    assert explain(ConnectionError("refused")).startswith("could not reach the orchestrator")
+
+
+def test_progress_from_events_and_where_a_job_ran():
+    assert event_progress({"event": "progress", "data": {"step": 3, "steps": 12}}) == (0.25, "step 3/12")
+    assert event_progress({"event": "progress", "data": {"stage": "decoded"}}) == (None, "decoded")
+    assert event_progress({"event": "status", "data": {"status": "succeeded"}}) == (1.0, "succeeded")
+    assert event_progress({"event": "progress", "data": {"token": "x"}}) is None
+    assert where_ran({"backend": "local:sdxl"}) == "this cluster (sdxl)"
+    assert where_ran({"backend": None}) == "-"
+    app = {"parameters": [{"name": "width", "minimum": 64.0, "maximum": 2048.0, "multiple_of": 8}]}
+    assert param_info(app, "width") == "64–2048, multiple of 8" and param_info(app, "nope") is None
+
+
+def test_chat_messages_put_the_system_prompt_first():
+    turns = [{"role": "user", "content": "hi"}]
+    assert chat_messages("  ", turns) == turns
+    assert chat_messages("be brief", turns)[0] == {"role": "system", "content": "be brief"}
+
+
+def test_srt_and_text_downloads():
+    segs = [{"id": 7, "start": 0.0, "end": 1.5, "text": " hello"}, {"id": 8, "start": 61.25, "end": 3723.004, "text": "x"}]
+    assert srt_time(3723.004) == "01:02:03,004"
+    assert to_srt(segs) == "1\n00:00:00,000 --> 00:00:01,500\nhello\n\n2\n00:01:01,250 --> 01:02:03,004\nx\n"
+    assert to_text({"text": " hello x "}) == "hello x\n"
+    assert segment_rows(segs)[0] == ["00:00:00.000", "00:00:01.500", "hello"]
+
+
+FLEET = {
+    "models": [
+        {"deployment": "sdxl", "state": "resident", "vram_held_gb": 15.2, "vram_declared_gb": 16, "target_replicas": 1,
+         "replica_states": {"RUNNING": 1}, "queued": 2, "running": 1,
+         "arbiter": {"placement": ["gpu0"], "loads": 3, "evictions": 2, "last_decision": "load sdxl on gpu0"}},
+        {"deployment": "llm", "state": "cold", "vram_held_gb": None, "vram_declared_gb": 22, "target_replicas": 0,
+         "replica_states": {}, "queued": 0, "running": 0, "arbiter": {"placement": ["gpu0"], "loads": 1, "evictions": 1}},
+    ],
+    "arbiter": {"leader": "r1", "decided_at": 1_700_000_000.0, "swap_credit_s": {"gpu0": 7.5},
+                "history": [[1_700_000_000.0, "evict llm for sdxl"], [1_700_000_001.0, "load sdxl on gpu0"]],
+                "reasons": ["load sdxl on gpu0", "zimage waits: 1 queued, overloaded: swap budget"]},
+}
+
+
+def test_admin_tables():
+    rows = model_rows(FLEET)
+    assert rows[0][:6] == ["sdxl", "resident", "gpu0", 15.2, 16, 1] and rows[1][1] == "cold" and rows[1][3] == ""
+    assert gpu_rows(FLEET) == [["gpu0", "sdxl", 16.0, 7.5]]  # a cold model holds nothing
+    decisions, waiting = decision_rows(FLEET)
+    assert [d[1] for d in decisions] == ["load sdxl on gpu0", "evict llm for sdxl"]  # newest first
+    assert "zimage waits" in waiting and "load sdxl" not in waiting and "leader `r1`" in waiting
+    assert decision_rows({})[1].startswith("**Arbiter:** the arbiter is off")
+    stats = {"apps": {"sdxl": {"queued": 2, "running": 1, "oldest_queued_age_s": 12.345}},
+             "jobs_per_minute": [{"minute": "2026-11-28T10:01:00+00:00", "status": "succeeded", "count": 4}]}
+    assert queue_rows(stats, ["chat", "sdxl"]) == [["chat", 0, 0, ""], ["sdxl", 2, 1, 12.3]]
+    frame = minute_frame(stats)
+    assert list(frame.columns) == ["minute", "status", "jobs"] and frame.iloc[0]["jobs"] == 4
+    local = dt.datetime.fromisoformat("2026-11-28T10:01:00+00:00").astimezone().strftime("%H:%M")
+    assert frame.iloc[0]["minute"] == local
+    assert minute_frame({}).empty
+    job = {"job_id": "j1", "app_id": "sdxl", "status": "failed", "attempts": 2, "max_attempts": 2,
+           "backend": "local:sdxl", "error": "boom", "created_at": "2026-11-28T10:01:02.5+00:00"}
+    assert job_rows([job]) == [["2026-11-28 10:01:02", "j1", "sdxl", "failed", "2/2", "local:sdxl", "boom"]]
+
+
+@pytest.mark.parametrize("ui", ["images", "speech", "chat", "admin"])
+def test_each_ui_builds_without_a_router(ui):
+    import importlib
+
+    demo = importlib.import_module(f"gradio_uis.{ui}").build("http://127.0.0.1:9")  # nothing listens there
+    ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
+    assert "error" in ids
+
+
+def test_serve_builder_refuses_unknown_uis_and_fields():
+    from gradio_uis.serve import build_app
+
+    with pytest.raises(ValueError, match="args.ui: must be one of images, speech, chat, admin"):
+        build_app({"ui": "nope"})
+    with pytest.raises(ValueError, match="unknown field"):
+        build_app({"ui": "chat", "colour": "red"})
