@@ -10,7 +10,7 @@ import gradio as gr
 import pandas as pd
 
 from gpu_orchestrator.client import AsyncClient
-from gradio_uis.common import DELETE_CACHE, api_url, error_html, explain, standalone
+from gradio_uis.common import CONCURRENCY, DELETE_CACHE, api_url, error_html, explain, standalone
 
 REFRESH_S = 2.0
 ALL = "(all)"
@@ -148,7 +148,7 @@ def build(api: str | None = None) -> gr.Blocks:
             f.change(refresh, [app_filter, status_filter], outputs)
         jobs.select(pick, [jobs], job_id)
         cancel_btn.click(cancel, job_id, cancel_out)
-    return demo
+    return demo.queue(default_concurrency_limit=CONCURRENCY)
 
 
 def main() -> None:

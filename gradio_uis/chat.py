@@ -8,7 +8,8 @@ from typing import Any, AsyncIterator
 import gradio as gr
 
 from gpu_orchestrator.client import AsyncClient
-from gradio_uis.common import DELETE_CACHE, api_url, error_html, explain, job_line, standalone
+from gradio_uis.common import (CONCURRENCY, DELETE_CACHE, api_url, error_html, explain, job_line, standalone,
+                               typed_int)
 
 APP_ID = "chat"
 
@@ -32,8 +33,8 @@ def build(api: str | None = None) -> gr.Blocks:
         turns = conversation + [{"role": "user", "content": message}]
         params = {"messages": chat_messages(system, turns)}
         for k, v in (("temperature", temperature), ("max_tokens", max_tokens), ("min_tokens", min_tokens),
-                     ("seed", seed)):
-            if v is not None and v != "":
+                     ("seed", typed_int(seed))):
+            if v is not None:
                 params[k] = v
         reply = {"role": "assistant", "content": ""}
         session = request.session_hash or ""
@@ -108,7 +109,7 @@ def build(api: str | None = None) -> gr.Blocks:
                 with gr.Accordion("More", open=False):
                     min_tokens = gr.Number(value=0, precision=0, label="Min tokens (end of text ignored before)",
                                            elem_id="min-tokens")
-                    seed = gr.Number(value=None, precision=0, label="Seed", elem_id="seed")
+                    seed = gr.Textbox(label="Seed (blank: random)", elem_id="seed")
                 clear = gr.Button("Clear", elem_id="clear")
         inputs = [box, conversation, system, temperature, max_tokens, min_tokens, seed]
         outputs = [chatbot, conversation, box, error, info]
@@ -116,7 +117,7 @@ def build(api: str | None = None) -> gr.Blocks:
         box.submit(send, inputs, outputs)
         stop_btn.click(stop, None, error)
         clear.click(lambda: ([], [], "", ""), None, [chatbot, conversation, error, info])
-    return demo
+    return demo.queue(default_concurrency_limit=CONCURRENCY)
 
 
 def main() -> None:

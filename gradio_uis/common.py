@@ -27,6 +27,8 @@ CSS = """
 """
 
 
+# Events each UI runs at once (Gradio's default, 1, would make every user wait on the others' jobs).
+CONCURRENCY = 32
 # Gradio's own cache of served files: swept hourly of anything a day old (a UI runs for months).
 DELETE_CACHE = (3600, 86_400)
 
@@ -68,6 +70,14 @@ def explain(e: BaseException) -> str:
         return f"timed out: {e}"
     # Connection problems and the like: the router is unreachable, say where.
     return f"could not reach the orchestrator: {type(e).__name__}: {e}"
+
+
+def typed_int(text: Any) -> Any:
+    """An optional integer typed in a text box: blank -> None, digits -> int, anything else as typed
+    (the router's message then names the field)."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return None
+    return int(text) if isinstance(text, str) and text.strip().isdigit() else text
 
 
 def error_html(message: str) -> str:

@@ -8,8 +8,8 @@ from typing import Any, AsyncIterator
 import gradio as gr
 
 from gpu_orchestrator.client import AsyncClient
-from gradio_uis.common import (DELETE_CACHE, api_url, error_html, event_progress, explain, job_line, output_dir,
-                               param_info, progress_html, standalone, sweep)
+from gradio_uis.common import (CONCURRENCY, DELETE_CACHE, api_url, error_html, event_progress, explain, job_line,
+                               output_dir, param_info, progress_html, standalone, sweep, typed_int)
 
 MODELS = [("Stable Diffusion XL", "sdxl"), ("Z-Image Turbo", "zimage")]
 
@@ -18,10 +18,8 @@ def image_params(prompt: str, negative: str, width: Any, height: Any, steps: Any
                  num_images: Any) -> dict[str, Any]:
     """The job's params from the form. Blank fields are left out (the router fills its defaults, or
     says the field is required); values go as typed, so the router's checks name any bad one."""
-    if isinstance(seed, str) and seed.strip().isdigit():
-        seed = int(seed)  # anything else goes as typed: the router's message names the field
     raw = {"prompt": prompt, "negative_prompt": negative, "width": width, "height": height,
-           "num_inference_steps": steps, "guidance_scale": guidance, "seed": seed, "num_images": num_images}
+           "num_inference_steps": steps, "guidance_scale": guidance, "seed": typed_int(seed), "num_images": num_images}
     return {k: v for k, v in raw.items() if v is not None and not (isinstance(v, str) and not v.strip())}
 
 
@@ -103,7 +101,7 @@ def build(api: str | None = None) -> gr.Blocks:
         model.change(hints, model, list(hinted.values()))
         go.click(generate, [model, prompt, negative, width, height, steps, guidance, seed, num_images],
                  [error, progress, gallery, info], show_progress="hidden")
-    return demo
+    return demo.queue(default_concurrency_limit=CONCURRENCY)
 
 
 def main() -> None:

@@ -25,7 +25,6 @@ def _asgi_builder(ui: str, api: str | None):
         from gradio_uis.common import CSS, THEME
 
         blocks = importlib.import_module(f"gradio_uis.{ui}").build(api)
-        blocks.queue(default_concurrency_limit=32)  # Gradio's default (1) would make users wait on each other
         return gr.mount_gradio_app(FastAPI(), blocks, path="/", theme=THEME, css=CSS, ssr_mode=False)
     return build
 

@@ -8,8 +8,8 @@ from typing import AsyncIterator
 import gradio as gr
 
 from gpu_orchestrator.client import AsyncClient
-from gradio_uis.common import (DELETE_CACHE, api_url, error_html, event_progress, explain, job_line, output_dir,
-                               progress_html, standalone, sweep)
+from gradio_uis.common import (CONCURRENCY, DELETE_CACHE, api_url, error_html, event_progress, explain, job_line,
+                               output_dir, progress_html, standalone, sweep)
 from gradio_uis.formats import segment_rows, to_srt, to_text
 
 APP_ID = "transcribe"
@@ -69,15 +69,17 @@ def build(api: str | None = None) -> gr.Blocks:
             with gr.Column():
                 error = gr.HTML(elem_id="error")
                 progress = gr.HTML(progress_html(0, "idle"), elem_id="progress")
-                transcript = gr.Textbox(label="Transcript", lines=4, elem_id="transcript", interactive=False)
+                transcript = gr.Textbox(label="Transcript", lines=4, max_lines=10, elem_id="transcript",
+                                        interactive=False)
                 segments = gr.Dataframe(headers=["start", "end", "text"], label="Segments", elem_id="segments",
-                                        interactive=False, wrap=True)
+                                        interactive=False, wrap=True, max_height=360,
+                                        column_widths=["18%", "18%", "64%"])
                 downloads = gr.File(label="Download (.txt, .srt)", file_count="multiple", elem_id="downloads",
                                     interactive=False)
                 info = gr.Markdown(elem_id="job-info")
         go.click(transcribe, [audio, language, task], [error, progress, transcript, segments, downloads, info],
                  show_progress="hidden")
-    return demo
+    return demo.queue(default_concurrency_limit=CONCURRENCY)
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import pytest
 from gpu_orchestrator.client import ApiError
 from gradio_uis.admin import decision_rows, gpu_rows, job_rows, minute_frame, model_rows, queue_rows
 from gradio_uis.chat import chat_messages
-from gradio_uis.common import event_progress, explain, param_info, where_ran
+from gradio_uis.common import event_progress, explain, param_info, typed_int, where_ran
 from gradio_uis.formats import segment_rows, srt_time, to_srt, to_text
 from gradio_uis.images import image_params
 
@@ -21,6 +21,7 @@ def test_blank_fields_are_left_to_the_router_and_values_go_as_typed():
     assert p["height"] == 3000  # out of range: the router's check names it, not the form's
     assert image_params("fox", "", 64, 64, 1, 0, "42", 2)["seed"] == 42
     assert image_params("fox", "", 64, 64, 1, 0, "x1", 2)["seed"] == "x1"
+    assert typed_int(" 7 ") == 7 and typed_int("") is None and typed_int(None) is None and typed_int("-1") == "-1"
 
 
 def test_router_errors_read_as_field_and_reason():
