@@ -9,6 +9,7 @@ router's memory.
 from __future__ import annotations
 
 import mimetypes
+import os
 import re
 import shutil
 import tempfile
@@ -29,6 +30,12 @@ INLINE_TYPES = frozenset({
 })
 # Kept as is but downloaded: text a browser shows without running it (with nosniff).
 PLAIN_TYPES = frozenset({"text/plain", "application/json"})
+
+
+# The served types, from the system's mime.types and Python's defaults only: the module-level table
+# is process-wide and other libraries loaded in the same process rewrite it (Gradio maps .wav to
+# audio/wav), which would change what the API answers.
+_TYPES = mimetypes.MimeTypes(filenames=[f for f in mimetypes.knownfiles if os.path.isfile(f)])
 
 
 class ArtifactError(ValueError):
@@ -164,7 +171,7 @@ class ArtifactStore:
         return tmp
 
     def content_type(self, uri: str) -> str:
-        return mimetypes.guess_type(self.key(uri))[0] or "application/octet-stream"
+        return _TYPES.guess_type(self.key(uri))[0] or "application/octet-stream"
 
     def cleanup_tmp(self, path: Path) -> None:
         if not self.local:

@@ -18,7 +18,9 @@ CHROMIUM = os.environ.get("GPU_ORCH_CHROMIUM", "/usr/bin/chromium")
 SHOTS = Path(os.environ.get("GPU_ORCH_SCREENSHOTS", ROOT / "build" / "screenshots"))
 
 
-@pytest.fixture(scope="session")
+# Package scope: Playwright's sync API keeps an event loop running in this thread while it is open,
+# and tests after these (asyncio.run) need it gone.
+@pytest.fixture(scope="package")
 def browser():
     from playwright.sync_api import sync_playwright
 

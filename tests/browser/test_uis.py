@@ -54,6 +54,7 @@ def test_images_generates_an_image_of_the_requested_size(tab, http):
     page.locator("#width input").fill("128")
     page.locator("#height input").fill("64")
     page.locator("#steps input").fill("6")
+    page.locator("#progress .progress-text").wait_for()  # Gradio draws the page after "load"
     page.evaluate(WATCH_JS)
     page.locator("#generate").click()
     img = page.locator("#gallery img").first
@@ -129,6 +130,7 @@ def test_chat_streams_text_that_grows_then_stops_and_stop_cancels(tab, http):
     page.get_by_text("More").click()
     page.locator("#min-tokens input").fill("800")  # the untrained model would often end at once
     page.locator("#message textarea").fill("hello there")
+    page.locator("#chatbot").wait_for()
     page.evaluate(WATCH_CHAT_JS)
     page.locator("#send").click()
     wait_for(lambda: "succeeded" in page.locator("#job-info").inner_text(), "the reply finished", 180)

@@ -109,3 +109,12 @@ def test_serve_builder_refuses_unknown_uis_and_fields():
         build_app({"ui": "nope"})
     with pytest.raises(ValueError, match="unknown field"):
         build_app({"ui": "chat", "colour": "red"})
+
+
+@pytest.mark.parametrize("ui", ["images", "admin"])
+def test_each_ui_runs_standalone_against_a_router_url(ui):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", f"gradio_uis.{ui}", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "--api" in r.stdout and "GPU_ORCH_URL" in r.stdout, r.stdout + r.stderr
