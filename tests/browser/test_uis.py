@@ -43,6 +43,14 @@ def wait_for(fn, what: str, timeout_s: float = 120, every_s: float = 0.2):
         time.sleep(every_s)
 
 
+def type_number(page, elem: str, value: str) -> None:
+    """Type into a Number input and leave it, as a user does (Gradio may apply the value on blur)."""
+    box = page.locator(f"{elem} input")
+    box.fill(value)
+    box.press("Tab")
+    assert box.input_value() == value
+
+
 def rows(page, elem: str) -> list[list[str]]:
     return page.evaluate(ROWS_JS, elem)
 
@@ -51,9 +59,9 @@ def test_images_generates_an_image_of_the_requested_size(tab, http):
     page = tab.page
     tab.open("/ui/images/")
     page.locator("#prompt textarea").fill("a red fox in the snow")
-    page.locator("#width input").fill("128")
-    page.locator("#height input").fill("64")
-    page.locator("#steps input").fill("6")
+    type_number(page, "#width", "128")
+    type_number(page, "#height", "64")
+    type_number(page, "#steps", "6")
     page.locator("#progress .progress-text").wait_for()  # Gradio draws the page after "load"
     page.evaluate(WATCH_JS)
     page.locator("#generate").click()
@@ -70,8 +78,8 @@ def test_images_generates_an_image_of_the_requested_size(tab, http):
     assert job["params"]["width"] == 128 and job["params"]["prompt"] == "a red fox in the snow"
     # Z-Image, chosen in the page, at its own size.
     page.locator("#model label", has_text="Z-Image Turbo").click()
-    page.locator("#width input").fill("96")
-    page.locator("#steps input").fill("2")
+    type_number(page, "#width", "96")
+    type_number(page, "#steps", "2")
     page.locator("#generate").click()
     wait_for(lambda: "zimage" in page.locator("#job-info").inner_text() and "succeeded" in page.locator("#job-info").inner_text(),
              "the Z-Image job succeeded", 180)
@@ -89,7 +97,7 @@ def test_images_shows_the_routers_message_naming_the_field(tab, http):
     err.wait_for()
     assert "prompt: required parameter is missing" in err.inner_text()
     page.locator("#prompt textarea").fill("a fox")
-    page.locator("#width input").fill("4096")
+    type_number(page, "#width", "4096")
     page.locator("#generate").click()
     wait_for(lambda: "width:" in page.locator("#error").inner_text(), "the width error")
     text = page.locator("#error").inner_text()
@@ -125,10 +133,10 @@ def test_chat_streams_text_that_grows_then_stops_and_stop_cancels(tab, http):
     page = tab.page
     tab.open("/ui/chat/")
     page.locator("#system textarea").fill("You are terse.")
-    page.locator("#max-tokens input").fill("800")
+    type_number(page, "#max-tokens", "800")
     page.locator("#chatbot").scroll_into_view_if_needed()
     page.get_by_text("More").click()
-    page.locator("#min-tokens input").fill("800")  # the untrained model would often end at once
+    type_number(page, "#min-tokens", "800")  # the untrained model would often end at once
     page.locator("#message textarea").fill("hello there")
     page.locator("#chatbot").wait_for()
     page.evaluate(WATCH_CHAT_JS)
@@ -149,22 +157,29 @@ def test_chat_streams_text_that_grows_then_stops_and_stop_cancels(tab, http):
     assert job["result"]["completion_tokens"] >= 3, job["result"]
     tab.screenshot("ui-chat")
 
-    # A long reply, stopped: the job is cancelled and the text stops growing.
-    first_id, first_text = job_id, page.locator('#chatbot [data-testid="bot"]').last.inner_text()
-    page.locator("#max-tokens input").fill("4000")
-    page.locator("#min-tokens input").fill("4000")
-    page.locator("#message textarea").fill("tell me everything")
-    page.locator("#send").click()
+    # A long reply, stopped: the job is cancelled and the text stops growing. (Under the test session's
+    # 3 s leases on a loaded 2-core machine a demo reply has been seen to end early, long before its
+    # min_tokens: then Stop had nothing left to stop, so the user asks again, once.)
+    type_number(page, "#max-tokens", "4000")
+    type_number(page, "#min-tokens", "4000")
     shown_id = lambda: page.locator("#job-info").inner_text().split("job ", 1)[-1].split()[0]  # noqa: E731
-    job_id = wait_for(lambda: shown_id() != first_id and shown_id(), "the second job shown")
     reply = lambda: page.locator('#chatbot [data-testid="bot"]').last.inner_text()  # noqa: E731
-    wait_for(lambda: reply() != first_text and len(reply()) > 10, "the second reply streaming")
-    page.locator("#stop").click()
-    try:
-        wait_for(lambda: http.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled", "the job cancelled", 60)
-    except AssertionError as e:
-        raise AssertionError(f"{e}: job {http.get(f'/v1/jobs/{job_id}').json()['status']}, first job {first_id}, "
-                             f"page error {page.locator('#error').inner_text()!r}") from None
+    for attempt in range(2):
+        before_id, before_text = shown_id(), reply()
+        page.locator("#message textarea").fill("tell me everything")
+        page.locator("#send").click()
+        job_id = wait_for(lambda: shown_id() != before_id and shown_id(), "the next job shown")
+        wait_for(lambda: reply() != before_text and len(reply()) > 10, "the reply streaming")
+        page.locator("#stop").click()
+        wait_for(lambda: http.get(f"/v1/jobs/{job_id}").json()["status"] in ("cancelled", "succeeded", "failed"),
+                 "the job ended", 60)
+        job = http.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] == "cancelled":
+            break
+        assert attempt == 0, f"Stop never caught a running reply: {job}"
+        print(f"the reply ended before Stop: {job['status']}, {job.get('result')}, attempts {job['attempts']}, "
+              f"lost {job['lost_attempts']}, errors {job['errors']}")
+        wait_for(lambda: "succeeded" in page.locator("#job-info").inner_text(), "the page showed it done", 30)
     wait_for(lambda: reply().endswith("[stopped]"), "the reply marked stopped", 30)
     stopped = reply()
     time.sleep(1.0)
