@@ -3,6 +3,7 @@ temperature, max tokens, and a Stop button that cancels the job."""
 
 from __future__ import annotations
 
+import time
 from typing import Any, AsyncIterator
 
 import gradio as gr
@@ -12,6 +13,7 @@ from gradio_uis.common import (CONCURRENCY, DELETE_CACHE, api_url, error_html, e
                                typed_int)
 
 APP_ID = "chat"
+UPDATE_EVERY_S = 0.1
 
 
 def chat_messages(system: str, conversation: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -48,12 +50,17 @@ def build(api: str | None = None) -> gr.Blocks:
             job_id = running[session] = job["job_id"]
             shown = turns + [reply]
             yield shown, conversation, "", "", job_line(job)
+            shown_at = 0.0
             try:
                 async for ev in c.events(job_id):
                     data = ev.get("data") or {}
                     if ev.get("event") == "progress" and "token" in data:
                         reply["content"] += data["token"]
-                        yield shown, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                        # Each update re-sends the whole conversation: one per token would keep this
+                        # process busy (and Stop waiting) on a long reply. At most every 0.1 s.
+                        if time.monotonic() - shown_at >= UPDATE_EVERY_S:
+                            shown_at = time.monotonic()
+                            yield shown, gr.skip(), gr.skip(), gr.skip(), gr.skip()
                 job = await c.get(job_id)
                 finished = True
             except Exception as e:
