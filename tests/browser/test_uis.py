@@ -51,6 +51,25 @@ def type_number(page, elem: str, value: str) -> None:
     assert box.input_value() == value
 
 
+# The first gallery image's decoded size, or null while it is still loading (the <img> appears
+# before its bytes arrive; naturalWidth is 0 until then).
+IMAGE_SIZE_JS = """() => { const i = document.querySelector('#gallery img');
+    return i && i.complete && i.naturalWidth ? [i.naturalWidth, i.naturalHeight] : null; }"""
+
+
+def gallery_image_size(page, want: list[int], timeout_s: float = 60) -> list[int] | None:
+    """The size of the image the gallery shows once it has loaded, waiting (up to timeout_s) for it
+    to be `want`, since the previous image may still be on screen for a moment."""
+    seen = None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        seen = page.evaluate(IMAGE_SIZE_JS)
+        if seen == want:
+            break
+        time.sleep(0.2)
+    return seen
+
+
 def rows(page, elem: str) -> list[list[str]]:
     return page.evaluate(ROWS_JS, elem)
 
@@ -67,7 +86,7 @@ def test_images_generates_an_image_of_the_requested_size(tab, http):
     page.locator("#generate").click()
     img = page.locator("#gallery img").first
     img.wait_for(timeout=180_000)
-    assert page.evaluate("i => [i.naturalWidth, i.naturalHeight]", img.element_handle()) == [128, 64]
+    assert gallery_image_size(page, [128, 64]) == [128, 64]
     info = page.locator("#job-info").inner_text()
     assert "succeeded" in info and "this cluster (sdxl)" in info and "untrained" in info
     seen = page.evaluate("() => window.__seen")
@@ -83,8 +102,7 @@ def test_images_generates_an_image_of_the_requested_size(tab, http):
     page.locator("#generate").click()
     wait_for(lambda: "zimage" in page.locator("#job-info").inner_text() and "succeeded" in page.locator("#job-info").inner_text(),
              "the Z-Image job succeeded", 180)
-    img = page.locator("#gallery img").first
-    assert page.evaluate("i => [i.naturalWidth, i.naturalHeight]", img.element_handle()) == [96, 64]
+    assert gallery_image_size(page, [96, 64]) == [96, 64]
     tab.screenshot("ui-images")
 
 
