@@ -99,13 +99,23 @@ def convert(seed: Any) -> SeedImport:
             app["parameters"] = [_param(v, f"{where}.parameters.{k}", notes, name=k) for k, v in params.items()]
         else:
             app["parameters"] = [_param(p, f"{where}.parameters[{j}]", notes) for j, p in enumerate(params)]
+        if kind in _CLOUD:  # the seed's endpoint: a Replicate model (owner/name) or a Modal web endpoint URL
+            endpoint = str(raw.get("endpoint") or "")
+            if not endpoint:
+                raise ValueError(f"{where} ({app_id}): a {kind} app needs its endpoint (Replicate: owner/name; "
+                                 f"Modal: the web endpoint URL)")
+            app.pop("deployment")
+            app["cloud"] = ({"backend": "replicate", "model": endpoint} if kind == "replicate"
+                            else {"backend": "modal", "endpoint": endpoint})
         for key in ("queue", "docker_image", "endpoint"):
+            if key == "endpoint" and kind in _CLOUD:
+                continue
             if key in raw:
                 why = {
                     "queue": "each app has its own queue in Postgres; Redis queue names are not used",
                     "docker_image": "models run as Ray Serve deployments with a runtime_env, not containers; "
                                     f"write runtime_envs/{app_id}.yaml and add a '{app_id}' entry under models",
-                    "endpoint": "cloud endpoints are configured per backend (modal/replicate)",
+                    "endpoint": "a local app runs on this cluster; a cloud fallback is its `fallback:`",
                 }[key]
                 notes.append(f"{where}.{key} = {raw[key]!r}: not imported ({why})")
         for key in sorted(set(raw) - {"id", "name", "type", "queue", "description", "gpu_vram_gb", "docker_image", "endpoint", "parameters"}):

@@ -7,6 +7,7 @@ from fastapi import FastAPI
 
 from gpu_orchestrator.api import apps as apps_api
 from gpu_orchestrator.api import artifacts as artifacts_api
+from gpu_orchestrator.api import costs as costs_api
 from gpu_orchestrator.api import health as health_api
 from gpu_orchestrator.api import jobs as jobs_api
 from gpu_orchestrator.api import openai as openai_api
@@ -20,7 +21,7 @@ from gpu_orchestrator.artifacts import ArtifactStore
 from gpu_orchestrator.service.fleet import Fleet
 from gpu_orchestrator.service.jobs import JobService
 
-ROUTERS = (jobs_api, artifacts_api, apps_api, workers_api, stats_api, health_api, openai_api, seed_api)
+ROUTERS = (jobs_api, artifacts_api, apps_api, workers_api, stats_api, costs_api, health_api, openai_api, seed_api)
 
 
 def create_app(*, jobs: JobService, fleet: Fleet, artifacts: ArtifactStore | None = None,

@@ -36,11 +36,14 @@ class SubmitRequest(BaseModel):
 class SubmitResponse(BaseModel):
     job_id: str
     status: str
+    route: str = "local"  # where it will run: local, or the cloud backend it was sent to
+    route_reason: str | None = None
 
 
 def submitted(job: Job, created: bool) -> Any:
     """202 for a new job; 200 when an Idempotency-Key found the earlier one."""
-    payload = {"job_id": str(job.id), "status": job.status.value}
+    payload = {"job_id": str(job.id), "status": job.status.value, "route": job.route or "local",
+               "route_reason": job.route_reason}
     return payload if created else JSONResponse(status_code=200, content=payload)
 
 

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gpu_orchestrator.core.cloud import CloudTarget, Fallback
+
 ParamType = Literal["string", "integer", "number", "boolean", "enum", "file", "messages"]
 CHAT_ROLES = ("system", "user", "assistant")
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -23,8 +25,8 @@ INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 
 
 class AppKind(str, Enum):
-    """Where an app's jobs run. modal/replicate are accepted so seed configs import whole; until a
-    cloud backend is configured their submits answer 422 app_not_runnable (nothing waits forever)."""
+    """Where an app's jobs run: local model deployments, or only in the cloud (the app's `cloud:`
+    target names the provider's model; core.cloud)."""
 
     local = "local"
     modal = "modal"
@@ -68,7 +70,7 @@ class AppSpec(BaseModel):
     name: str = ""
     description: str = ""
     kind: AppKind = AppKind.local
-    deployment: str = Field(description="name of the model deployment (in `models`) that runs this app")
+    deployment: str = Field(default="", description="name of the model deployment (in `models`) that runs this app")
     parameters: list[ParamSpec] = Field(default_factory=list)
     max_attempts: int = Field(default=3, ge=1, le=100)
     timeout_s: float = Field(default=600.0, gt=0)
@@ -79,6 +81,9 @@ class AppSpec(BaseModel):
     synthetic: bool = Field(default=False, description="a synthetic stand-in model, not a real one")
     # What the app does; "chat" apps are also served by the OpenAI-compatible /v1/chat/completions.
     task: Literal["generic", "chat", "image", "transcription"] = "generic"
+    # kind replicate|modal: where its jobs run. kind local: where they may go instead (core.cloud).
+    cloud: CloudTarget | None = None
+    fallback: Fallback | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -102,6 +107,16 @@ class AppSpec(BaseModel):
     def _names(self) -> "AppSpec":
         if not self.name:
             self.name = self.id
+        if self.kind == AppKind.local:
+            if not self.deployment:
+                raise ValueError("deployment: a local app names its model deployment")
+            if self.cloud is not None:
+                raise ValueError("cloud: only for kind replicate|modal; a local app's cloud is its `fallback`")
+        else:
+            if self.cloud is None or self.cloud.backend != self.kind.value:
+                raise ValueError(f"cloud: a {self.kind.value} app needs cloud: {{backend: {self.kind.value}, ...}}")
+            if self.fallback is not None:
+                raise ValueError("fallback: a cloud-only app has no local side to fall back from")
         seen: set[str] = set()
         for p in self.parameters:
             if p.name in seen:

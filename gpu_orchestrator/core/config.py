@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gpu_orchestrator.core.apps import AppKind, AppSpec, format_pydantic_error
+from gpu_orchestrator.core.costs import CostsSpec
 
 
 class ConfigError(ValueError):
@@ -48,6 +49,8 @@ class ModelSpec(BaseModel):
     idle_ttl_s: float | None = Field(default=None, ge=0)
     # Extra Ray custom resources for the replica actor (e.g. {"accelerator_type:H100": 0.001}).
     resources: dict[str, float] = Field(default_factory=dict)
+    # The GPU it runs on, for its cost (costs.local_per_gpu_hour); unset: costs.local_gpu_type.
+    gpu_type: str | None = None
     demo: DemoSpec | None = Field(default=None, description="overrides for the demo profile")
 
     @model_validator(mode="after")
@@ -127,6 +130,37 @@ class ArbiterSpec(BaseModel):
     vram_resource: str | None = None
 
 
+class ReplicateSpec(BaseModel):
+    """The Replicate account. The token is read from the environment (token_env) or a file (a
+    mounted secret), never from this config, and never logged or stored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token_env: str = "REPLICATE_API_TOKEN"
+    token_file: str | None = None
+    base_url: str | None = Field(default=None, description="default: the replicate client's (api.replicate.com)")
+
+
+class ModalSpec(BaseModel):
+    """Modal credentials: the SDK's token (MODAL_TOKEN_ID / MODAL_TOKEN_SECRET) for deployed
+    classes, and proxy-auth tokens (Modal-Key / Modal-Secret headers) for web endpoints."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token_id_env: str = "MODAL_TOKEN_ID"
+    token_secret_env: str = "MODAL_TOKEN_SECRET"
+    proxy_key_env: str = "MODAL_PROXY_KEY"
+    proxy_secret_env: str = "MODAL_PROXY_SECRET"
+    token_file: str | None = Field(default=None, description="YAML/JSON with the four values, by env name")
+
+
+class CloudSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    replicate: ReplicateSpec = Field(default_factory=ReplicateSpec)
+    modal: ModalSpec = Field(default_factory=ModalSpec)
+
+
 class OrchestratorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -137,6 +171,8 @@ class OrchestratorConfig(BaseModel):
     profile: Literal["real", "demo"] = "real"
     router: RouterSpec = Field(default_factory=RouterSpec)
     arbiter: ArbiterSpec = Field(default_factory=ArbiterSpec)
+    cloud: CloudSpec = Field(default_factory=CloudSpec)
+    costs: CostsSpec = Field(default_factory=CostsSpec)
     # Overrides for URLs otherwise taken from the environment (DATABASE_URL / REDIS_URL,
     # GPU_ORCH_ARTIFACTS; artifacts default to GPU_ORCH_HOME/artifacts).
     database_url: str | None = None

@@ -201,6 +201,12 @@ class Job:
     errors: tuple[dict[str, Any], ...] = ()  # one entry per failed or lost run: {attempt, error, at, kind}
     dispatched_at: dt.datetime | None = None  # when this claim was handed to a model replica
     run_after: dt.datetime | None = None  # a queued retry waits for its backoff until then
+    route: str | None = None  # None: local; else the cloud backend it was sent to (core.cloud)
+    route_reason: str | None = None
+    cloud_ref: dict[str, Any] | None = None  # the provider's handle on the current run
+    gpu_seconds: float | None = None
+    cost_usd: float | None = None
+    usage: dict[str, Any] | None = None  # what the cost was computed from (provider metrics, price)
 
     @classmethod
     def from_row(cls, row: Any) -> "Job":
@@ -226,6 +232,10 @@ class Job:
             "errors": list(self.errors),
             "retry_at": _iso(self.run_after) if self.status == JobStatus.queued else None,
             "backend": self.backend,
+            "route": self.route or "local",
+            "route_reason": self.route_reason,
+            "cost": None if self.cost_usd is None else {
+                "gpu_seconds": self.gpu_seconds, "usd": self.cost_usd, "usage": self.usage},
             "created_at": _iso(self.created_at),
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),

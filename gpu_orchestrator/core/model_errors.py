@@ -11,7 +11,7 @@ Ray and Python put the reason), or just the message for a timeout ('timed out af
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
 def last_line(text: str) -> str:
@@ -106,11 +106,28 @@ class ModelFailed(_Named):
         return cls(str(exc), type(exc).__name__)
 
 
+class ProviderFailed(ModelError):
+    """A cloud provider ran the job and reports it failed (its own message follows). Not retried:
+    the same input would fail the same way there. `cost` (store.base.Cost) is what the run was billed."""
+
+    kind = "provider_error"
+    retryable = False
+    cost: Any = None
+
+
+class ProviderUnavailable(ModelError):
+    """The provider did not answer usefully (429, 5xx, timeouts) after our in-run retries: retried
+    as a new attempt after the job's backoff."""
+
+    kind = "provider_unavailable"
+
+
 def as_model_error(exc: BaseException) -> ModelError:
     """A model's own error as it is; anything else wrapped as ModelFailed. (Ray's wrappers are
     unwrapped before this, in serve/backend.py.)"""
     return exc if isinstance(exc, ModelError) else ModelFailed.of(exc)
 
 
-__all__ = ["JobCancelled", "JobTimeout", "ModelError", "ModelFailed", "ModelLoadError", "ReplicaDied",
+__all__ = ["JobCancelled", "JobTimeout", "ModelError", "ModelFailed", "ModelLoadError", "ProviderFailed",
+           "ProviderUnavailable", "ReplicaDied",
            "SlotTimeout", "as_model_error", "last_line"]

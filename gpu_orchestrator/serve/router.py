@@ -27,8 +27,9 @@ from gpu_orchestrator.serve.backend import ServeBackend
 from gpu_orchestrator.serve.cluster import RayClusterView
 from gpu_orchestrator.serve.context import app_name, replica_id
 from gpu_orchestrator.serve.metrics import ServeMetrics
+from gpu_orchestrator.service.cloud import build_cloud
 from gpu_orchestrator.service.dispatcher import Dispatcher
-from gpu_orchestrator.service.fleet import Fleet
+from gpu_orchestrator.service.fleet import Fleet, load_failures
 from gpu_orchestrator.service.jobs import JobService, parse_job_id
 from gpu_orchestrator.service.transitions import Transitions
 from gpu_orchestrator.store.postgres import PostgresJobStore
@@ -40,7 +41,7 @@ GAUGE_INTERVAL_S = 2.0
 
 class Router:
     def __init__(self, config: OrchestratorConfig | dict[str, Any], models: dict[str, Any], database_url: str,
-                 redis_url: str, artifacts_url: str | None = None):
+                 redis_url: str, artifacts_url: str | None = None, cloud_providers: dict[str, Any] | None = None):
         self.cfg = config if isinstance(config, OrchestratorConfig) else parse_config(config)
         rc = self.cfg.router
         self.artifacts = ArtifactStore(artifacts_url) if artifacts_url else None
@@ -55,20 +56,25 @@ class Router:
         self.cluster = RayClusterView(app_name())
         self.beats = WorkerBeats(self.bus.r)
         self.arbiter = self._arbiter() if self.cfg.arbiter.enabled else None
+        # Cloud backends (Replicate, Modal) for the apps that name one; `cloud_providers`: tests' fakes.
+        self.cloud = build_cloud(self.cfg, self.artifacts, cloud_providers)
+        self._load_failures: dict[str, str] = {}  # model -> load error, from the replicas' heartbeats
         self.dispatcher = Dispatcher(
             cfg=self.cfg, store=self.store, transitions=self.transitions, backends=self.backends, owner=self.owner,
             gate=self.arbiter.dispatchable if self.arbiter else None,
             refuse=self.arbiter.unplaceable if self.arbiter else None,
+            cloud=self.cloud, failing=self._load_failures.get,
         )
         self.jobs = JobService(
             cfg=self.cfg, store=self.store, events=self.bus, transitions=self.transitions, deployed=self.backends,
             artifacts=self.artifacts, on_submitted=self._submitted, cancel_local=self.dispatcher.cancel_local,
-            flag_timeout_s=rc.redis_timeout_s,
+            flag_timeout_s=rc.redis_timeout_s, routing=self.dispatcher.routing,
         )
         arbiter = self.arbiter
         self.fleet = Fleet(self.cfg, self.store, heartbeats=self.beats.read_all,
                            replica_states=self.cluster.replica_states,
-                           snapshot=(lambda: arbiter.snapshot) if arbiter is not None else None)
+                           snapshot=(lambda: arbiter.snapshot) if arbiter is not None else None,
+                           cloud=self.dispatcher.routing.unavailable)
         self.api: FastAPI | None = None  # built by __serve_build_asgi_app__
         self._started = False
         self._gauge: asyncio.Task | None = None
@@ -108,11 +114,19 @@ class Router:
             self._gauge = asyncio.get_running_loop().create_task(self._gauge_loop())
 
     async def _gauge_loop(self) -> None:
+        watch_loads = any(a.fallback is not None for a in self.cfg.apps)
         while True:
             stats = self.dispatcher.queue_stats
             for app_id in self.jobs.apps:
                 s = stats.get(app_id)
                 self.metrics.set_queue_depth(app_id, s.queued if s else 0)
+            if watch_loads:  # a model failing to load sends its app's jobs to the fallback
+                try:
+                    failures = load_failures(await self.beats.read_all())
+                    self._load_failures.clear()
+                    self._load_failures.update(failures)
+                except Exception as e:  # heartbeats are in Redis: keep the last view
+                    log.debug("heartbeats unavailable: %s", reason(e))
             await asyncio.sleep(GAUGE_INTERVAL_S)
 
     async def __del__(self) -> None:

@@ -8,6 +8,11 @@ keeps its lease. A result is written until it lands (a database blip does not lo
 stays held, its lease renewed, meanwhile. After every transition it commits, the dispatcher
 announces it (one status event, one metric: service.transitions), best effort.
 
+Cloud: jobs routed to a provider at submit (job.route) are claimed apart from the app's local ones,
+with the cloud target's own in-flight cap, and run on its CloudBackend (service/cloud.py). Queued
+local jobs of an app with a fallback move there when their model turns out unplaceable or fails to
+load. Each run's cost (local: seconds x GPU share x the GPU's rate) is written with its outcome.
+
 What a run ends with arrives typed (core.model_errors, translated by the backend): its `kind` goes
 into the job's error history and `retryable` decides whether the job is queued again.
 """
@@ -21,13 +26,16 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from gpu_orchestrator.core.apps import AppKind
+from gpu_orchestrator.core.apps import AppKind, AppSpec
 from gpu_orchestrator.core.config import OrchestratorConfig
+from gpu_orchestrator.core.costs import local_cost
 from gpu_orchestrator.core.jobs import Job, JobStatus, RetryPolicy, TransitionError
 from gpu_orchestrator.core.model_errors import JobCancelled, as_model_error
 from gpu_orchestrator.service.backends import ModelBackend, ModelRun
+from gpu_orchestrator.service.cloud import CloudBackend, Outcome
+from gpu_orchestrator.service.cloud_routing import CloudRouting
 from gpu_orchestrator.service.transitions import Transitions
-from gpu_orchestrator.store.base import AppQueueStats, JobStore, LeaseKey, ResultNotStorable
+from gpu_orchestrator.store.base import AppQueueStats, Cost, JobStore, LeaseKey, ResultNotStorable
 
 log = logging.getLogger("gpu_orchestrator.dispatcher")
 
@@ -39,6 +47,7 @@ class InFlight:
     run: ModelRun | None = None  # the model backend's run, so a cancel can reach the replica
     recording: bool = False  # the outcome is in hand and being written
     write_retries: int = 0
+    started: float | None = None  # monotonic time the run was handed to its backend
 
     @property
     def key(self) -> LeaseKey:
@@ -64,6 +73,8 @@ class Dispatcher:
         owner: str,
         gate: Callable[[str], bool] | None = None,
         refuse: Callable[[str], str | None] | None = None,
+        cloud: Mapping[str, CloudBackend] | None = None,
+        failing: Callable[[str], str | None] | None = None,
     ):
         self.cfg = cfg
         self.store = store
@@ -74,6 +85,14 @@ class Dispatcher:
         self.gate = gate or (lambda model: True)
         # Why a model's queued jobs can never run here (the arbiter found no GPU that holds it).
         self.refuse = refuse or (lambda model: None)
+        # Cloud backends by provider name, and the routing of new jobs between them and local.
+        self.cloud = dict(cloud or {})
+        for b in self.cloud.values():
+            b.remember, b.progress = self._remember_cloud, self._cloud_progress
+        self.routing = CloudRouting(cfg, {n: b.provider.unavailable() for n, b in self.cloud.items()},
+                                    refuse=self.refuse, failing=failing or (lambda model: None),
+                                    resident=self.gate)
+        self._service_at = 0.0
         self.inflight: dict[LeaseKey, InFlight] = {}
         self.wake = asyncio.Event()
         self.lease_s = cfg.router.lease_s
@@ -127,14 +146,17 @@ class Dispatcher:
         for r in await asyncio.to_thread(self.store.rescue_expired, self.policy):
             log.warning("rescued job %s -> %s (%s)", r.job_id, r.status.value, r.error)
             await self.transitions.announce(r.job_id, r.app_id, r.status, error=r.error)
-        self.queue_stats = await asyncio.to_thread(self.store.queue_stats)
+        self.queue_stats = self.routing.stats = await asyncio.to_thread(self.store.queue_stats)
+        if self.cloud and time.monotonic() - self._service_at > 30.0:  # the wait estimate's service times
+            self._service_at = time.monotonic()
+            self.routing.service_s = await asyncio.to_thread(self.store.service_times)
         await self._fail_unrunnable()
 
     async def _fail_unrunnable(self) -> None:
         """Queued jobs of an app no longer in the config (or of a kind nothing here runs) would wait
         for ever: fail them once this router has seen them so for the grace period, and only jobs
         older than it (a rolling config update may add apps this replica does not know yet)."""
-        runnable = {a.id for a in self.cfg.apps if a.kind == AppKind.local}
+        runnable = {a.id for a in self.cfg.apps if a.kind == AppKind.local or a.kind.value in self.cloud}
         queued = {app_id for app_id, s in self.queue_stats.items() if s.queued}
         now = time.monotonic()
         for app_id in list(self._unrunnable_since):
@@ -146,36 +168,58 @@ class Dispatcher:
                 continue
             spec = self.cfg.app(app_id)
             error = (f"app {app_id} is no longer configured" if spec is None
-                     else f"app {app_id} has kind {spec.kind.value}, which this orchestrator cannot run")
+                     else f"app {app_id} runs on {spec.kind.value}, which this orchestrator has no backend for")
             await self._fail_queued(app_id, error, older_than_s=grace)
 
     async def _claim_all(self) -> None:
         waiting = await asyncio.to_thread(self.store.apps_with_queued)
         for app in self.cfg.apps:
-            if app.id not in waiting or app.kind != AppKind.local:
-                continue  # cloud backends arrive with the fallback issue
+            if app.id not in waiting:
+                continue
+            if app.kind != AppKind.local:
+                if app.kind.value in self.cloud and app.cloud is not None:
+                    await self._claim(app, app.kind.value, app.cloud.max_in_flight)
+                continue
+            fb = app.fallback
+            usable = (fb is not None and fb.when != "never" and fb.backend in self.cloud
+                      and self.routing.why_unavailable(fb.backend) is None)
             why = self.refuse(app.deployment)
+            failing = self.routing.failing(app.deployment) if usable else None
+            if usable and (why or failing):  # its queued local jobs can go where they will run
+                assert fb is not None
+                reason = (f"no local GPU can hold the model ({why})" if why
+                          else f"the local model fails to load ({failing})")
+                for job_id in await asyncio.to_thread(self.store.reroute_queued, app.id, fb.backend, reason):
+                    log.info("job %s -> %s: %s", job_id, fb.backend, reason)
+            if usable:
+                assert fb is not None
+                await self._claim(app, fb.backend, fb.max_in_flight)
             if why:
-                await self._fail_queued(app.id, f"no capacity: {why}")
+                if not usable:
+                    await self._fail_queued(app.id, f"no capacity: {why}")
                 continue
             if not self.gate(app.deployment):
                 continue  # cold, loading or draining: its jobs stay queued (and drive the arbiter)
-            mine = sum(1 for f in self.inflight.values() if f.job.app_id == app.id)
-            free = app.max_in_flight - mine
-            if free <= 0 or self._stopping:
-                continue
-            # Shielded: a graceful stop waits for a claim in progress, then hands its jobs back too.
-            self._claiming = asyncio.ensure_future(asyncio.to_thread(
-                self.store.claim, app_id=app.id, owner=self.owner, limit=free, lease_s=self.lease_s,
-                max_in_flight=app.max_in_flight,
-            ))
-            jobs = await asyncio.shield(self._claiming)
-            if self._stopping:
-                return
-            for job in jobs:
-                f = InFlight(job)
-                self.inflight[f.key] = f
-                f.task = asyncio.get_running_loop().create_task(self._execute(f))
+            await self._claim(app, None, app.max_in_flight)
+
+    async def _claim(self, app: AppSpec, route: str | None, cap: int) -> None:
+        """Claim what this replica may run of the app's jobs on `route` (None: local) and start them."""
+        mine = sum(1 for f in self.inflight.values() if f.job.app_id == app.id and f.job.route == route)
+        free = cap - mine
+        if free <= 0 or self._stopping:
+            return
+        # Shielded: a graceful stop waits for a claim in progress, then hands its jobs back too.
+        self._claiming = asyncio.ensure_future(asyncio.to_thread(
+            self.store.claim, app_id=app.id, owner=self.owner, limit=free, lease_s=self.lease_s,
+            max_in_flight=cap, route=route,
+        ))
+        jobs = await asyncio.shield(self._claiming)
+        if self._stopping:
+            return
+        for job in jobs:
+            f = InFlight(job)
+            self.inflight[f.key] = f
+            f.task = asyncio.get_running_loop().create_task(self._execute(f))
 
     async def _fail_queued(self, app_id: str, error: str, older_than_s: float | None = None) -> None:
         """queued -> failed for the app's jobs that can never run here, each announced."""
@@ -217,7 +261,13 @@ class Dispatcher:
             self._task.cancel()
         recording = [f.task for f in self.inflight.values() if f.recording and f.task is not None]
         for key, f in list(self.inflight.items()):
-            if not f.recording:
+            if f.recording:
+                continue
+            detach = getattr(f.run, "detach", None)
+            if detach is not None and f.task is not None:  # a cloud run goes on; its next claimer re-attaches
+                detach()
+                f.task.cancel()
+            else:
                 self._abort(key)
         pending = recording + ([self._claiming] if self._claiming is not None else [])
         if pending:
@@ -260,37 +310,78 @@ class Dispatcher:
         limit = queue_s + job.timeout_s + self.ANSWER_MARGIN_S
         try:
             # The claim committed `running`: announced once per attempt, before the model gets it.
-            await self.transitions.announce(job.id, job.app_id, JobStatus.running, attempt=attempt, router=self.owner)
+            await self.transitions.announce(job.id, job.app_id, JobStatus.running, attempt=attempt, router=self.owner,
+                                            backend=job.route or "local", reason=job.route_reason)
             try:
                 await self._write(f, self.store.mark_dispatched, job_id=job.id, owner=self.owner, attempt=attempt)
             except TransitionError as e:
                 log.info("not dispatching job %s attempt %d: %s", job.id, attempt, e)
                 return
-            f.run = self.backends[app.deployment].run(job, attempt, timeout_s=job.timeout_s, queue_timeout_s=queue_s)
+            backend = self.cloud[job.route] if job.route else self.backends[app.deployment]
+            f.started = time.monotonic()
+            f.run = backend.run(job, attempt, timeout_s=job.timeout_s, queue_timeout_s=queue_s)
             result = await asyncio.wait_for(f.run, timeout=limit)
         except asyncio.CancelledError:
             return  # aborted: the job was cancelled or its lease lost or released; its row is settled
         except asyncio.TimeoutError:
             self._cancel_run(f)  # stop the model's work too, not just our wait
-            await self._record_failure(f, f"no answer from the model replica after {limit:g} s", kind="timeout")
+            await self._record_failure(f, f"no answer from the model replica after {limit:g} s", kind="timeout",
+                                       cost=self._local_cost(f, app))
         except Exception as e:
             err = as_model_error(e)  # a backend raises model errors; anything else failed all the same
             if isinstance(err, JobCancelled):
                 return  # the model saw the cancel flag, or its request was cancelled: the cancel settles the row
-            await self._record_failure(f, err.describe(), retryable=err.retryable, kind=err.kind)
+            cost = getattr(err, "cost", None) if job.route else self._local_cost(f, app)
+            await self._record_failure(f, err.describe(), retryable=err.retryable, kind=err.kind, cost=cost)
         else:
-            await self._record_success(f, result, backend=f"local:{app.deployment}")
+            if isinstance(result, Outcome):
+                await self._record_success(f, result.result, backend=f"{job.route}:{self.cloud[job.route].targets[job.app_id].target.ref}",
+                                           cost=result.cost)
+            else:
+                await self._record_success(f, result, backend=f"local:{app.deployment}", cost=self._local_cost(f, app))
         finally:
             if self.inflight.get(f.key) is f:
                 del self.inflight[f.key]
             self.wake.set()  # a slot freed up
 
-    async def _record_success(self, f: InFlight, result: Any, backend: str) -> None:
+    def _local_cost(self, f: InFlight, app: AppSpec) -> Cost | None:
+        """A local run's GPU-seconds (its wall time x the GPU share its model holds) and price."""
+        model = self.cfg.models.get(app.deployment)
+        if f.started is None or model is None:
+            return None
+        seconds = time.monotonic() - f.started
+        gpu_type = model.gpu_type or self.cfg.costs.local_gpu_type
+        gs, usd = local_cost(seconds, model.num_gpus, gpu_type, self.cfg.costs)
+        return Cost(round(gs, 6), round(usd, 8), {
+            "provider": "local", "seconds": round(seconds, 3), "num_gpus": model.num_gpus, "gpu_type": gpu_type,
+            "usd_per_gpu_hour": self.cfg.costs.local_per_gpu_hour.get(gpu_type, 0.0)})
+
+    async def _remember_cloud(self, job: Job, attempt: int, ref: dict[str, Any]) -> None:
+        """A cloud run's id on the job row, before anyone waits on it (CloudBackend calls this).
+        Raises JobCancelled when this attempt no longer holds the job."""
+        f = self.inflight.get((job.id, attempt))
+        if f is None:
+            raise JobCancelled("the attempt no longer holds the job")
+        try:
+            await self._write(f, self.store.set_cloud_ref, job_id=job.id, owner=self.owner, attempt=attempt, ref=ref)
+        except TransitionError as e:
+            raise JobCancelled(str(e)) from None
+
+    async def _cloud_progress(self, job: Job, attempt: int, data: dict[str, Any]) -> None:
+        try:
+            await asyncio.wait_for(self.transitions.events.publish(job.id, "progress", attempt=attempt, **data),
+                                   self.transitions.timeout_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # events are lossy
+            log.debug("progress of job %s not published: %s", job.id, e)
+
+    async def _record_success(self, f: InFlight, result: Any, backend: str, cost: Cost | None = None) -> None:
         job, attempt = f.job, f.attempt
         f.recording = True
         try:
             done = await self._write(f, self.store.complete, job_id=job.id, owner=self.owner, attempt=attempt,
-                                     result=result, backend=backend)
+                                     result=result, backend=backend, cost=cost)
         except TransitionError as e:
             done = None
             if f.write_retries and e.current == JobStatus.succeeded.value:
@@ -309,7 +400,8 @@ class Dispatcher:
             return
         await self.transitions.announce(job.id, job.app_id, JobStatus.succeeded, attempt=attempt, result=done.result)
 
-    async def _record_failure(self, f: InFlight, error: str, retryable: bool = True, kind: str = "error") -> None:
+    async def _record_failure(self, f: InFlight, error: str, retryable: bool = True, kind: str = "error",
+                              cost: Cost | None = None) -> None:
         job, attempt = f.job, f.attempt
         f.recording = True
         # A model's message may hold what the database cannot (NUL, lone surrogates): escape it, so
@@ -318,7 +410,7 @@ class Dispatcher:
         try:
             after = await self._write(
                 f, self.store.fail_attempt, job_id=job.id, owner=self.owner, attempt=attempt, error=error,
-                retryable=retryable, kind=kind, retry_delay_s=self.policy.delay_s(job.attempts),
+                retryable=retryable, kind=kind, retry_delay_s=self.policy.delay_s(job.attempts), cost=cost,
             )
         except TransitionError as e:
             log.info("not recording failure of job %s attempt %d: %s", job.id, attempt, e)

@@ -63,6 +63,25 @@ def models_view(cfg: OrchestratorConfig, beats: list[dict[str, Any]], replica_st
     return out
 
 
+def load_failures(beats: list[dict[str, Any]]) -> dict[str, str]:
+    """Model deployments whose every replica reports a load error, with the first error."""
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for b in beats:
+        by_model.setdefault(b.get("deployment") or "", []).append(b)
+    return {m: rs[0]["load_error"] for m, rs in by_model.items() if m and all(r.get("load_error") for r in rs)}
+
+
+def cloud_view(cfg: OrchestratorConfig, unavailable: dict[str, str | None]) -> list[dict[str, Any]]:
+    """One entry per configured cloud backend: whether it can be used (never a token) and its apps."""
+    out = []
+    for name, why in sorted(unavailable.items()):
+        only = [a.id for a in cfg.apps if a.cloud is not None and a.cloud.backend == name]
+        fallback = [a.id for a in cfg.apps if a.fallback is not None and a.fallback.backend == name]
+        out.append({"backend": name, "available": why is None, "reason": why, "apps": only,
+                    "fallback_for": fallback})
+    return out
+
+
 def arbiter_view(s: Snapshot | None) -> dict[str, Any] | None:
     if s is None:
         return None
@@ -88,8 +107,10 @@ class Fleet:
     def __init__(self, cfg: OrchestratorConfig, store: JobStore, *,
                  heartbeats: Callable[[], Awaitable[list[dict[str, Any]]]],
                  replica_states: Callable[[], ReplicaStates] = dict,
-                 snapshot: Callable[[], Snapshot | None] | None = None):
+                 snapshot: Callable[[], Snapshot | None] | None = None,
+                 cloud: dict[str, str | None] | None = None):
         self.cfg = cfg
+        self.cloud = cloud or {}  # cloud backend -> why it is unavailable (None: usable)
         self.store = store
         self.heartbeats = heartbeats
         self.replica_states = replica_states
@@ -115,7 +136,8 @@ class Fleet:
 
     async def view(self) -> dict[str, Any]:
         """`GET /v1/workers`: the models, and the arbiter's latest decision when it runs here."""
+        cloud = cloud_view(self.cfg, self.cloud)
         if self.snapshot is None:
-            return {"models": await self.models()}
+            return {"models": await self.models(), "cloud": cloud}
         snap = self.snapshot()  # one decision for both parts
-        return {"models": await self.models(snap), "arbiter": arbiter_view(snap)}
+        return {"models": await self.models(snap), "arbiter": arbiter_view(snap), "cloud": cloud}

@@ -22,6 +22,7 @@ from gpu_orchestrator.core.apps import AppKind, AppSpec, ParamError, ParamsInval
 from gpu_orchestrator.core.config import OrchestratorConfig
 from gpu_orchestrator.core.jobs import (PRIORITY_MAX, PRIORITY_MIN, AppNotRunnable, IdempotencyConflict,
                                         InvalidRequest, Job, JobError, JobStatus, UnknownApp, idempotency_key_problem)
+from gpu_orchestrator.service.cloud_routing import CloudRouting
 from gpu_orchestrator.service.transitions import Transitions
 from gpu_orchestrator.store.base import JobStore
 
@@ -57,7 +58,7 @@ class JobService:
     def __init__(self, *, cfg: OrchestratorConfig, store: JobStore, events: EventSource, transitions: Transitions,
                  deployed: Container[str], artifacts: ArtifactLookup | None = None,
                  on_submitted: Callable[[], None] = _noop, cancel_local: Callable[[uuid.UUID], Any] = _noop,
-                 flag_timeout_s: float = 2.0):
+                 flag_timeout_s: float = 2.0, routing: CloudRouting | None = None):
         self.cfg = cfg
         self.apps: dict[str, AppSpec] = {a.id: a for a in cfg.apps}
         self.store = store
@@ -69,6 +70,7 @@ class JobService:
         self.on_submitted = on_submitted  # the dispatcher's poke
         self.cancel_local = cancel_local  # the dispatcher cancels the request it holds for a job
         self.flag_timeout_s = flag_timeout_s
+        self.routing = routing or CloudRouting(cfg, {})  # where new jobs go (local or a cloud backend)
         self._attached: dict[uuid.UUID, int] = {}  # callers waiting on each job here (see attached)
         self._tasks: set[asyncio.Task] = set()
 
@@ -86,8 +88,11 @@ class JobService:
         if spec is None:
             raise UnknownApp("app_id", f"unknown app {app_id[:64]!r} (known: {sorted(self.apps)})")
         if spec.kind != AppKind.local:
-            raise AppNotRunnable("app_id", f"app {app_id!r} is a {spec.kind.value} app and this orchestrator has "
-                                 f"no {spec.kind.value} backend yet; its jobs could never run")
+            why = self.routing.why_unavailable(spec.kind.value)
+            if why:
+                raise AppNotRunnable("app_id", f"app {app_id!r} runs on {spec.kind.value}, which is unavailable "
+                                     f"here ({why}); its jobs could never run")
+            return spec
         if spec.deployment not in self.cfg.models or spec.deployment not in self.deployed:
             raise AppNotRunnable("app_id", f"app {app_id!r} needs model deployment {spec.deployment!r}, which "
                                  f"this orchestrator does not run")
@@ -102,6 +107,7 @@ class JobService:
         if isinstance(priority, bool) or not isinstance(priority, int) or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
             raise InvalidRequest("priority", f"must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}")
         clean = validate_params(spec, params)
+        route = self.routing.route(spec, clean)  # ParamsInvalid: a param the cloud-only app's provider does not take
         await asyncio.to_thread(self._check_artifacts, spec, clean)
         job, created = await asyncio.to_thread(
             self.store.submit,
@@ -113,11 +119,14 @@ class JobService:
             idempotency_key=idempotency_key,
             idempotency_ttl_s=self.cfg.router.idempotency_ttl_s,
             max_queued=spec.max_queued,
+            route=route.backend,
+            route_reason=route.reason or None,
         )
         if not created and job.app_id != spec.id:  # a key is one request: never another app's job
             raise IdempotencyConflict(spec.id, idempotency_key or "", job.id)
         if created:
-            await self.transitions.announce(job.id, job.app_id, JobStatus.queued, new=True)
+            where = {"backend": job.route, "reason": job.route_reason} if job.route else {}
+            await self.transitions.announce(job.id, job.app_id, JobStatus.queued, new=True, **where)
             self.on_submitted()
         return job, created
 

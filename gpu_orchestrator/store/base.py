@@ -88,6 +88,26 @@ class MinuteCount:
 
 
 @dataclass(frozen=True)
+class Cost:
+    """What one run cost: GPU-seconds, dollars, and what they were computed from."""
+
+    gpu_seconds: float
+    usd: float
+    usage: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CostRow:
+    """Finished jobs of one group (a backend, an app or a day) in a cost report."""
+
+    key: str
+    jobs: int
+    cloud_jobs: int
+    gpu_seconds: float
+    usd: float
+
+
+@dataclass(frozen=True)
 class Rescued:
     """A running job whose lease ended without its router recording an outcome."""
 
@@ -102,7 +122,8 @@ class JobStore(Protocol):
     # intake and reads
     def submit(self, *, app_id: str, params: dict[str, Any], priority: int = 0, max_attempts: int = 3,
                timeout_s: float = 600.0, idempotency_key: str | None = None, max_queued: int | None = None,
-               job_id: uuid.UUID | None = None, idempotency_ttl_s: float = 86_400.0) -> tuple[Job, bool]: ...
+               job_id: uuid.UUID | None = None, idempotency_ttl_s: float = 86_400.0, route: str | None = None,
+               route_reason: str | None = None) -> tuple[Job, bool]: ...
     def get(self, job_id: uuid.UUID) -> Job: ...
     def list(self, *, app_id: str | None = None, status: JobStatus | None = None, limit: int = 50,
              cursor: str | None = None) -> tuple[list[Job], str | None]: ...
@@ -117,13 +138,21 @@ class JobStore(Protocol):
     def queue_stats(self) -> dict[str, AppQueueStats]: ...
     def jobs_per_minute(self, *, minutes: int) -> list[MinuteCount]: ...  # jobs submitted in the last `minutes`
     def service_times(self, *, window_s: float = 3600.0) -> dict[str, float]: ...
-    def claim(self, *, app_id: str, owner: str, limit: int, lease_s: float, max_in_flight: int) -> list[Job]: ...
+    # route None: the app's local jobs; a backend name: the jobs sent to that cloud backend.
+    def claim(self, *, app_id: str, owner: str, limit: int, lease_s: float, max_in_flight: int,
+              route: str | None = None) -> list[Job]: ...
+    def reroute_queued(self, app_id: str, backend: str, reason: str) -> list[uuid.UUID]: ...  # local -> cloud
+    def set_cloud_ref(self, *, job_id: uuid.UUID, owner: str, attempt: int, ref: dict[str, Any]) -> None: ...
     def mark_dispatched(self, *, job_id: uuid.UUID, owner: str, attempt: int) -> None: ...
     def heartbeat(self, *, owner: str, leases: Iterable[LeaseKey], lease_s: float) -> set[LeaseKey]: ...
     def complete(self, *, job_id: uuid.UUID, owner: str, attempt: int, result: Any,
-                 backend: str) -> Job: ...  # ResultNotStorable: the result itself cannot be kept
+                 backend: str, cost: Cost | None = None) -> Job: ...  # ResultNotStorable: the result itself cannot be kept
     def fail_attempt(self, *, job_id: uuid.UUID, owner: str, attempt: int, error: str, retryable: bool = True,
-                     backend: str | None = None, kind: str = "error", retry_delay_s: float = 0.0) -> Job: ...
+                     backend: str | None = None, kind: str = "error", retry_delay_s: float = 0.0,
+                     cost: Cost | None = None) -> Job: ...
+    # Finished jobs in [since, until): by backend ("local" or the cloud's), app or day (UTC).
+    def cost_summary(self, *, since: dt.datetime, until: dt.datetime, app_id: str | None = None,
+                     group_by: str = "backend") -> list[CostRow]: ...
     def fail_queued(self, app_id: str, error: str, *, older_than_s: float | None = None) -> list[uuid.UUID]: ...
     def rescue_expired(self, policy: RetryPolicy = RetryPolicy()) -> list[Rescued]: ...
     def release(self, *, owner: str, policy: RetryPolicy = RetryPolicy()) -> list[Rescued]: ...

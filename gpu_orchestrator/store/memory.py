@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Iterator
 from gpu_orchestrator.core.apps import check_text
 from gpu_orchestrator.core.jobs import (IdempotencyConflict, Job, JobNotFound, JobStatus, QueueFull, RetryPolicy,
                                         TransitionError, request_fingerprint)
-from gpu_orchestrator.store.base import (LEASE_EXPIRED, MAX_ERRORS, MSG_GIVE_UP, RELEASED, AppQueueStats, LeaseEnd,
+from gpu_orchestrator.store.base import (LEASE_EXPIRED, MAX_ERRORS, MSG_GIVE_UP, RELEASED, AppQueueStats, Cost, CostRow, LeaseEnd,
                                          MinuteCount, LeaseKey, Rescued, ResultNotStorable, StoreUnavailable, clip_error,
                                          decode_cursor, encode_cursor)
 
@@ -103,7 +103,8 @@ class MemoryJobStore:
 
     def submit(self, *, app_id: str, params: dict[str, Any], priority: int = 0, max_attempts: int = 3,
                timeout_s: float = 600.0, idempotency_key: str | None = None, max_queued: int | None = None,
-               job_id: uuid.UUID | None = None, idempotency_ttl_s: float = 86_400.0) -> tuple[Job, bool]:
+               job_id: uuid.UUID | None = None, idempotency_ttl_s: float = 86_400.0, route: str | None = None,
+               route_reason: str | None = None) -> tuple[Job, bool]:
         fingerprint = request_fingerprint(params, priority)
         with self._tx() as now:
             if idempotency_key is not None:
@@ -125,7 +126,7 @@ class MemoryJobStore:
                 id=job_id, app_id=app_id, status=Q, priority=priority, params=_json(params), result=None,
                 error=None, attempts=0, max_attempts=max_attempts, timeout_s=float(timeout_s), backend=None,
                 idempotency_key=idempotency_key, lease_owner=None, lease_expires_at=None, created_at=now,
-                started_at=None, finished_at=None,
+                started_at=None, finished_at=None, route=route, route_reason=route_reason,
             )
             self._hashes[job_id] = fingerprint
             return _copy(job), True
@@ -168,9 +169,10 @@ class MemoryJobStore:
     def queue_stats(self) -> dict[str, AppQueueStats]:
         with self._tx() as now:
             out = {}
-            for app in {j.app_id for j in self._jobs.values() if j.status in (Q, R)}:
-                queued = [j for j in self._jobs.values() if j.app_id == app and j.status == Q]
-                running = sum(1 for j in self._jobs.values() if j.app_id == app and j.status == R)
+            local = [j for j in self._jobs.values() if j.status in (Q, R) and j.route is None]
+            for app in {j.app_id for j in local}:
+                queued = [j for j in local if j.app_id == app and j.status == Q]
+                running = sum(1 for j in local if j.app_id == app and j.status == R)
                 oldest = (now - min(j.created_at for j in queued)).total_seconds() if queued else None
                 out[app] = AppQueueStats(app, len(queued), running, oldest,
                                          max(j.priority for j in queued) if queued else None)
@@ -193,14 +195,15 @@ class MemoryJobStore:
                     runs.setdefault(j.app_id, []).append((j.finished_at - j.started_at).total_seconds())
             return {app: sum(v) / len(v) for app, v in runs.items()}
 
-    def claim(self, *, app_id: str, owner: str, limit: int, lease_s: float, max_in_flight: int) -> list[Job]:
+    def claim(self, *, app_id: str, owner: str, limit: int, lease_s: float, max_in_flight: int,
+              route: str | None = None) -> list[Job]:
         with self._tx() as now:
-            running = sum(1 for j in self._jobs.values() if j.app_id == app_id and j.status == R)
+            running = sum(1 for j in self._jobs.values() if j.app_id == app_id and j.status == R and j.route == route)
             n = min(limit, max_in_flight - running)
             if n <= 0:
                 return []
-            ready = [j for j in self._jobs.values()
-                     if j.app_id == app_id and j.status == Q and (j.run_after is None or j.run_after <= now)]
+            ready = [j for j in self._jobs.values() if j.app_id == app_id and j.status == Q and j.route == route
+                     and (j.run_after is None or j.run_after <= now)]
             ready.sort(key=lambda j: (-j.priority, j.created_at, j.id))
             return [self._set(j, status=R, attempts=j.attempts + 1, claims=j.claims + 1, lease_owner=owner,
                               lease_expires_at=now + _secs(lease_s), started_at=j.started_at or now,
@@ -227,17 +230,42 @@ class MemoryJobStore:
                     held.add((job_id, attempt))
         return held
 
-    def complete(self, *, job_id: uuid.UUID, owner: str, attempt: int, result: Any, backend: str) -> Job:
+    def set_cloud_ref(self, *, job_id: uuid.UUID, owner: str, attempt: int, ref: dict[str, Any]) -> None:
+        with self._tx():
+            self._set(self._leased(job_id, owner, attempt, "record its cloud run"), cloud_ref=_json(ref))
+
+    def reroute_queued(self, app_id: str, backend: str, reason: str) -> list[uuid.UUID]:
+        with self._tx():
+            ids = [j.id for j in self._jobs.values() if j.app_id == app_id and j.status == Q and j.route is None]
+            for job_id in ids:
+                self._set(self._jobs[job_id], route=backend, route_reason=reason)
+            return ids
+
+    def cost_summary(self, *, since: dt.datetime, until: dt.datetime, app_id: str | None = None,
+                     group_by: str = "backend") -> list[CostRow]:
+        key = {"backend": lambda j: j.route or "local", "app": lambda j: j.app_id,
+               "day": lambda j: j.finished_at.astimezone(dt.timezone.utc).strftime("%Y-%m-%d")}[group_by]
+        groups: dict[str, list[Job]] = {}
+        with self._tx():
+            for j in self._jobs.values():
+                if j.finished_at is not None and since <= j.finished_at < until and app_id in (None, j.app_id):
+                    groups.setdefault(key(j), []).append(j)
+        return [CostRow(k, len(js), sum(1 for j in js if j.route), sum(j.gpu_seconds or 0.0 for j in js),
+                        sum(j.cost_usd or 0.0 for j in js)) for k, js in sorted(groups.items())]
+
+    def complete(self, *, job_id: uuid.UUID, owner: str, attempt: int, result: Any, backend: str,
+                 cost: Cost | None = None) -> Job:
         with self._tx() as now:
             job = self._leased(job_id, owner, attempt, "complete")
             result = _json(result, default=str)
             if check_text("result", result):  # a string jsonb cannot hold, as the params check finds them
                 raise ResultNotStorable(_JSONB_REFUSES)
             return self._set(job, status=JobStatus.succeeded, result=result, backend=backend,
-                             finished_at=now, error=None, lease_owner=None, lease_expires_at=None)
+                             finished_at=now, error=None, lease_owner=None, lease_expires_at=None, **_cost(job, cost))
 
     def fail_attempt(self, *, job_id: uuid.UUID, owner: str, attempt: int, error: str, retryable: bool = True,
-                     backend: str | None = None, kind: str = "error", retry_delay_s: float = 0.0) -> Job:
+                     backend: str | None = None, kind: str = "error", retry_delay_s: float = 0.0,
+                     cost: Cost | None = None) -> Job:
         error = clip_error(error)
         with self._tx() as now:
             job = self._leased(job_id, owner, attempt, "record a failed attempt")
@@ -247,11 +275,12 @@ class MemoryJobStore:
                 run_after=now + _secs(retry_delay_s) if requeue else None, error=error,
                 backend=backend if backend is not None else job.backend, dispatched_at=None,
                 errors=_append_error(job, kind, error, now), lease_owner=None, lease_expires_at=None,
+                **_cost(job, cost),
             )
 
     def fail_queued(self, app_id: str, error: str, *, older_than_s: float | None = None) -> list[uuid.UUID]:
         with self._tx() as now:
-            ids = [j.id for j in self._jobs.values() if j.app_id == app_id and j.status == Q
+            ids = [j.id for j in self._jobs.values() if j.app_id == app_id and j.status == Q and j.route is None
                    and (older_than_s is None or j.created_at < now - _secs(older_than_s))]
             for job_id in ids:
                 self._set(self._jobs[job_id], status=JobStatus.failed, finished_at=now, error=error, run_after=None)
@@ -291,6 +320,14 @@ class MemoryJobStore:
             )
             out.append(Rescued(j.id, j.app_id, new.status, msg, lost))
         return out
+
+
+def _cost(job: Job, cost: Cost | None) -> dict[str, Any]:
+    """A run's cost added to the earlier attempts' (as the Postgres store's _COST_SET)."""
+    if cost is None:
+        return {}
+    return {"gpu_seconds": (job.gpu_seconds or 0.0) + cost.gpu_seconds, "cost_usd": (job.cost_usd or 0.0) + cost.usd,
+            "usage": _json(cost.usage, default=str)}
 
 
 def _append_error(job: Job, kind: str, error: str, now: dt.datetime) -> tuple[dict[str, Any], ...]:

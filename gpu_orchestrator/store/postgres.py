@@ -10,6 +10,7 @@ Every connection has a statement_timeout and a connect_timeout: a stuck query fa
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import threading
@@ -22,8 +23,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from gpu_orchestrator.core.jobs import (IdempotencyConflict, Job, JobNotFound, JobStatus, QueueFull, RetryPolicy,
                                         TransitionError, request_fingerprint)
-from gpu_orchestrator.store.base import (LEASE_EXPIRED, MAX_ERRORS, MSG_GIVE_UP, RELEASED, AppQueueStats, LeaseEnd,
-                                         MinuteCount, ResultNotStorable, Rescued, StoreUnavailable,
+from gpu_orchestrator.store.base import (LEASE_EXPIRED, MAX_ERRORS, MSG_GIVE_UP, RELEASED, AppQueueStats, Cost,
+                                         CostRow, LeaseEnd, MinuteCount, ResultNotStorable, Rescued, StoreUnavailable,
                                          clip_error, decode_cursor, encode_cursor)
 
 __all__ = ["AppQueueStats", "JobStore", "PostgresJobStore", "PostgresLeaderLock", "Rescued", "ResultNotStorable",
@@ -35,9 +36,22 @@ log = logging.getLogger(__name__)
 _COLS = (
     "id, app_id, status, priority, params, result, error, attempts, max_attempts, timeout_s, backend, "
     "idempotency_key, lease_owner, lease_expires_at, created_at, started_at, finished_at, "
-    "claims, lost_attempts, errors, dispatched_at, run_after"
+    "claims, lost_attempts, errors, dispatched_at, run_after, route, route_reason, cloud_ref, gpu_seconds, "
+    "cost_usd, usage"
 )
 _MIGRATION_LOCK = 0x6770756F72  # "gpuor": serialises migrations across router replicas
+
+
+# A run's cost adds to what earlier attempts of the job cost (a failed cloud run is billed too).
+_COST_SET = ("gpu_seconds = CASE WHEN CAST(:gs AS float8) IS NULL THEN gpu_seconds ELSE coalesce(gpu_seconds, 0) + :gs END, "
+             "cost_usd = CASE WHEN CAST(:usd AS float8) IS NULL THEN cost_usd ELSE coalesce(cost_usd, 0) + :usd END, "
+             "usage = coalesce(CAST(:usage AS jsonb), usage)")
+
+
+def _cost_args(cost: Cost | None) -> dict[str, Any]:
+    if cost is None:
+        return {"gs": None, "usd": None, "usage": None}
+    return {"gs": cost.gpu_seconds, "usd": cost.usd, "usage": json.dumps(cost.usage, default=str)}
 
 
 def _append_error(kind: str, msg: str, t: str = "") -> str:
@@ -154,6 +168,8 @@ class PostgresJobStore:
         max_queued: int | None = None,
         job_id: uuid.UUID | None = None,
         idempotency_ttl_s: float = 86_400.0,
+        route: str | None = None,
+        route_reason: str | None = None,
     ) -> tuple[Job, bool]:
         """Insert a queued job. Returns (job, created); created is False for a repeated Idempotency-Key.
 
@@ -182,8 +198,8 @@ class PostgresJobStore:
             row = conn.execute(
                 sa.text(
                     f"INSERT INTO jobs (id, app_id, status, priority, params, max_attempts, timeout_s, idempotency_key, "
-                    f"request_hash) VALUES (:id, :app_id, 'queued', :priority, CAST(:params AS jsonb), :max_attempts, "
-                    f":timeout_s, :key, :hash) "
+                    f"request_hash, route, route_reason) VALUES (:id, :app_id, 'queued', :priority, CAST(:params AS jsonb), "
+                    f":max_attempts, :timeout_s, :key, :hash, :route, :reason) "
                     f"ON CONFLICT (app_id, idempotency_key) DO NOTHING RETURNING {_COLS}"
                 ),
                 {
@@ -195,6 +211,8 @@ class PostgresJobStore:
                     "timeout_s": timeout_s,
                     "key": idempotency_key,
                     "hash": fingerprint,
+                    "route": route,
+                    "reason": route_reason,
                 },
             ).first()
             if row is None:  # lost a race with the same key
@@ -265,7 +283,7 @@ class PostgresJobStore:
         """queued -> failed for every queued job of an app (they can never run), or only those
         submitted more than `older_than_s` ago; returns their ids."""
         sql = ("UPDATE jobs SET status = 'failed', finished_at = now(), error = :error, run_after = NULL "
-               "WHERE app_id = :app AND status = 'queued'")
+               "WHERE app_id = :app AND status = 'queued' AND route IS NULL")
         if older_than_s is not None:
             sql += " AND created_at < now() - make_interval(secs => :age)"
         with self.engine.begin() as conn:
@@ -273,13 +291,34 @@ class PostgresJobStore:
                 sa.text(sql + " RETURNING id"), {"app": app_id, "error": error, "age": older_than_s}
             ).scalars())
 
+    def reroute_queued(self, app_id: str, backend: str, reason: str) -> list[uuid.UUID]:
+        """The app's queued local jobs go to a cloud backend (its model cannot run here after all)."""
+        with self.engine.begin() as conn:
+            return list(conn.execute(
+                sa.text("UPDATE jobs SET route = :b, route_reason = :r WHERE app_id = :a AND status = 'queued' "
+                        "AND route IS NULL RETURNING id"), {"a": app_id, "b": backend, "r": reason}).scalars())
+
+    def cost_summary(self, *, since: dt.datetime, until: dt.datetime, app_id: str | None = None,
+                     group_by: str = "backend") -> list[CostRow]:
+        key = {"backend": "coalesce(route, 'local')", "app": "app_id",
+               "day": "to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"}[group_by]
+        sql = (f"SELECT {key} AS k, count(*) AS n, count(*) FILTER (WHERE route IS NOT NULL) AS cloud, "
+               f"coalesce(sum(gpu_seconds), 0) AS gs, coalesce(sum(cost_usd), 0) AS usd FROM jobs "
+               f"WHERE finished_at IS NOT NULL AND finished_at >= :since AND finished_at < :until")
+        if app_id is not None:
+            sql += " AND app_id = :app"
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.text(sql + " GROUP BY 1 ORDER BY 1"), {"since": since, "until": until, "app": app_id})
+            return [CostRow(r.k, r.n, r.cloud, float(r.gs), float(r.usd)) for r in rows]
+
     def queue_stats(self) -> dict[str, AppQueueStats]:
+        # Local demand only: jobs sent to a cloud backend ask nothing of our GPUs.
         sql = sa.text(
             "SELECT app_id, count(*) FILTER (WHERE status = 'queued') AS queued, "
             "count(*) FILTER (WHERE status = 'running') AS running, "
             "extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'queued')) AS oldest, "
             "max(priority) FILTER (WHERE status = 'queued') AS maxprio "
-            "FROM jobs WHERE status IN ('queued', 'running') GROUP BY app_id"
+            "FROM jobs WHERE status IN ('queued', 'running') AND route IS NULL GROUP BY app_id"
         )
         with self.engine.connect() as conn:
             return {
@@ -307,7 +346,8 @@ class PostgresJobStore:
 
     # -- dispatch ---------------------------------------------------------------------------------
 
-    def claim(self, *, app_id: str, owner: str, limit: int, lease_s: float, max_in_flight: int) -> list[Job]:
+    def claim(self, *, app_id: str, owner: str, limit: int, lease_s: float, max_in_flight: int,
+              route: str | None = None) -> list[Job]:
         """Move up to `limit` queued jobs of one app to running, highest priority first, skipping
         retries still in their backoff. Each claim is a new attempt number (`claims`).
 
@@ -315,9 +355,10 @@ class PostgresJobStore:
         SKIP LOCKED keeps claimers from blocking on rows another transaction holds (e.g. cancel).
         """
         with self.engine.begin() as conn:
-            conn.execute(_lock_key(f"claim:{app_id}"))
+            conn.execute(_lock_key(f"claim:{app_id}" + (f":{route}" if route else "")))
             running = conn.execute(
-                sa.text("SELECT count(*) FROM jobs WHERE app_id = :a AND status = 'running'"), {"a": app_id}
+                sa.text("SELECT count(*) FROM jobs WHERE app_id = :a AND status = 'running' "
+                        "AND route IS NOT DISTINCT FROM :route"), {"a": app_id, "route": route}
             ).scalar_one()
             n = min(limit, max_in_flight - running)
             if n <= 0:
@@ -328,11 +369,11 @@ class PostgresJobStore:
                     f"lease_owner = :owner, lease_expires_at = now() + make_interval(secs => :lease), "
                     f"started_at = coalesce(started_at, now()), dispatched_at = NULL, run_after = NULL "
                     f"WHERE id IN (SELECT id FROM jobs WHERE app_id = :a AND status = 'queued' "
-                    f"AND (run_after IS NULL OR run_after <= now()) "
+                    f"AND route IS NOT DISTINCT FROM :route AND (run_after IS NULL OR run_after <= now()) "
                     f"ORDER BY priority DESC, created_at, id LIMIT :n FOR UPDATE SKIP LOCKED) "
                     f"RETURNING {_COLS}"
                 ),
-                {"a": app_id, "owner": owner, "lease": lease_s, "n": n},
+                {"a": app_id, "owner": owner, "lease": lease_s, "n": n, "route": route},
             ).all()
         jobs = [Job.from_row(r) for r in rows]
         jobs.sort(key=lambda j: (-j.priority, j.created_at, j.id))
@@ -371,14 +412,26 @@ class PostgresJobStore:
             ).all()
         return {(r.id, r.claims) for r in rows}
 
-    def complete(self, *, job_id: uuid.UUID, owner: str, attempt: int, result: Any, backend: str) -> Job:
+    def set_cloud_ref(self, *, job_id: uuid.UUID, owner: str, attempt: int, ref: dict[str, Any]) -> None:
+        """Record the provider's id for this attempt's run (before waiting on it)."""
+        with self.engine.begin() as conn:
+            n = conn.execute(
+                sa.text("UPDATE jobs SET cloud_ref = CAST(:ref AS jsonb) WHERE id = :id AND status = 'running' "
+                        "AND lease_owner = :owner AND claims = :attempt"),
+                {"id": job_id, "owner": owner, "attempt": attempt, "ref": json.dumps(ref)},
+            ).rowcount
+            if n == 0:
+                raise TransitionError(job_id, self._status(conn, job_id), "record its cloud run")
+
+    def complete(self, *, job_id: uuid.UUID, owner: str, attempt: int, result: Any, backend: str,
+                 cost: Cost | None = None) -> Job:
         """running -> succeeded, only for the lease holder of this very attempt. ResultNotStorable
         when Postgres refuses the result itself (a NUL or a lone surrogate in a string)."""
         try:
             return self._leased_update(
                 "status = 'succeeded', result = CAST(:result AS jsonb), backend = :backend, finished_at = now(), "
-                "error = NULL",
-                {"result": json.dumps(result, default=str), "backend": backend},
+                "error = NULL, " + _COST_SET,
+                {"result": json.dumps(result, default=str), "backend": backend, **_cost_args(cost)},
                 job_id=job_id, owner=owner, attempt=attempt, wanted="complete",
             )
         except sa.exc.DBAPIError as e:
@@ -390,7 +443,7 @@ class PostgresJobStore:
 
     def fail_attempt(
         self, *, job_id: uuid.UUID, owner: str, attempt: int, error: str, retryable: bool = True,
-        backend: str | None = None, kind: str = "error", retry_delay_s: float = 0.0,
+        backend: str | None = None, kind: str = "error", retry_delay_s: float = 0.0, cost: Cost | None = None,
     ) -> Job:
         """running -> queued (attempts left and retryable; claimable after `retry_delay_s`) or
         failed; guarded like complete(). The error joins the job's `errors` history."""
@@ -399,9 +452,10 @@ class PostgresJobStore:
             f"status = CASE WHEN {requeue} THEN 'queued' ELSE 'failed' END, "
             f"finished_at = CASE WHEN {requeue} THEN NULL ELSE now() END, "
             f"run_after = CASE WHEN {requeue} THEN now() + make_interval(secs => :delay) END, "
-            f"error = :error, backend = coalesce(:backend, backend), dispatched_at = NULL, "
+            f"error = :error, backend = coalesce(:backend, backend), dispatched_at = NULL, {_COST_SET}, "
             + _append_error(":kind", ":error"),
-            {"error": clip_error(error), "retry": retryable, "backend": backend, "kind": kind, "delay": retry_delay_s},
+            {"error": clip_error(error), "retry": retryable, "backend": backend, "kind": kind, "delay": retry_delay_s,
+             **_cost_args(cost)},
             job_id=job_id, owner=owner, attempt=attempt, wanted="record a failed attempt",
         )
 

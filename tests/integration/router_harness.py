@@ -41,8 +41,10 @@ AUDIO_APP = {"id": "transcribe", "deployment": "echo", "parameters": [
 def config(**router: Any) -> dict[str, Any]:
     return {
         "apps": [ECHO_APP, CHAT_APP, AUDIO_APP,
-                 {"id": "cloud", "kind": "replicate", "deployment": "nowhere"}],
+                 {"id": "cloud", "kind": "replicate", "cloud": {"backend": "replicate", "model": "stability-ai/sdxl"}}],
         "models": {"echo": {"impl": "deployments.echo:Echo"}, "llm": {"impl": "deployments.llm:LLM"}},
+        # No token: the cloud-only app is refused at submit, naming why.
+        "cloud": {"replicate": {"token_env": "GPU_ORCH_TEST_UNSET_TOKEN"}},
         "router": {"lease_s": 3, "poll_interval_s": 0.1, **router},
     }
 

@@ -108,8 +108,12 @@ def test_last_event_id_at_the_uint64_limit_is_accepted(http):
 def test_unknown_and_unrunnable_apps_are_refused_at_submit(http):
     r = http.post("/v1/jobs", json={"app_id": "nope"})
     assert r.status_code == 422 and fields(r) == {"app_id"} and r.json()["error"] == "unknown_app"
-    r = http.post("/v1/jobs", json={"app_id": "cloud"})  # kind: replicate, no backend yet
+    r = http.post("/v1/jobs", json={"app_id": "cloud"})  # kind: replicate, no token for it
     assert r.status_code == 422 and fields(r) == {"app_id"} and r.json()["error"] == "app_not_runnable", r.text
+    assert "GPU_ORCH_TEST_UNSET_TOKEN is not set" in r.text
+    cloud = http.get("/v1/workers").json()["cloud"]
+    assert cloud == [{"backend": "replicate", "available": False, "apps": ["cloud"], "fallback_for": [],
+                      "reason": "no Replicate API token ($GPU_ORCH_TEST_UNSET_TOKEN is not set)"}]
     r = http.post("/v1/jobs/multipart", data={"app_id": "cloud"})
     assert r.status_code == 422 and fields(r) == {"app_id"}
     assert http.get("/v1/jobs", params={"app_id": "cloud"}).json()["jobs"] == []

@@ -25,7 +25,7 @@ CONFIG = {
         {"id": "chat", "deployment": "llm", "task": "chat",
          "parameters": [{"name": "messages", "type": "messages", "required": True}]},
         {"id": "audio", "deployment": "echo", "parameters": [{"name": "audio", "type": "file", "required": True}]},
-        {"id": "cloud", "kind": "replicate", "deployment": "nowhere"},
+        {"id": "cloud", "kind": "replicate", "cloud": {"backend": "replicate", "model": "stability-ai/sdxl"}},
     ],
     "models": {"echo": {"impl": "deployments.echo:Echo"}, "llm": {"impl": "deployments.llm:LLM"}},
 }

@@ -21,9 +21,10 @@ def test_shipped_seed_converts_with_every_dropped_field_reported():
     assert (w.type, w.default, w.minimum, w.maximum) == ("integer", 1024, 512, 2048)
     assert apps["whisper"].param("task").choices == ["transcribe", "translate"]
     assert apps["flux-cloud"].kind.value == "replicate"
+    assert apps["flux-cloud"].cloud.model == "black-forest-labs/flux-schnell"  # the seed's endpoint
     joined = "\n".join(res.notes)
     assert "apps[0].gpu_vram_gb = '12': declare it on the model deployment: models.sdxl.vram_gb: 12" in res.notes
-    for dropped in ("apps[0].queue", "apps[0].docker_image", "apps[1].docker_image", "apps[2].endpoint", "apps[0].type"):
+    for dropped in ("apps[0].queue", "apps[0].docker_image", "apps[1].docker_image", "apps[0].type"):
         assert dropped in joined
     # Seed-style string numbers validate against the converted schema.
     assert validate_params(sdxl, {"prompt": "a", "width": "768"})["width"] == 768

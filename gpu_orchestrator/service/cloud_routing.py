@@ -1,0 +1,89 @@
+"""Which jobs go to the cloud, from what the router knows of the local side (no Ray, no I/O of
+its own: the dispatcher feeds it queue stats and service times; the arbiter and the replicas'
+heartbeats say what cannot be placed or fails to load).
+
+A new job is routed once, at submit: cloud-only apps to their provider; a local app with a
+`fallback` to the cloud when its model can never be placed, fails to load, or (when: busy) the
+estimated local wait is over `max_local_wait_s`, unless the estimated cost is over
+`max_cost_per_job` or the provider is unavailable. Queued local jobs move to the fallback only
+when their model becomes unplaceable or fails to load; jobs running locally never move.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from gpu_orchestrator.core.apps import AppKind, AppSpec, ParamError, ParamsInvalid
+from gpu_orchestrator.core.cloud import LOCAL, LocalOutlook, NotTaken, Route, check_inputs, choose, local_wait_s, resolve
+from gpu_orchestrator.core.config import OrchestratorConfig
+from gpu_orchestrator.core.costs import estimate_cloud_cost
+from gpu_orchestrator.store.base import AppQueueStats
+
+Why = Callable[[str], "str | None"]
+
+
+def _none(_: str) -> None:
+    return None
+
+
+class CloudRouting:
+    def __init__(self, cfg: OrchestratorConfig, unavailable: Mapping[str, str | None], *,
+                 refuse: Why = _none, failing: Why = _none, resident: Callable[[str], bool] = lambda m: True):
+        self.cfg = cfg
+        self.unavailable = dict(unavailable)  # provider -> why not (None: usable); absent: not configured
+        self.refuse = refuse  # model -> why no GPU can hold it
+        self.failing = failing  # model -> its load error
+        self.resident = resident
+        self.stats: dict[str, AppQueueStats] = {}
+        self.service_s: dict[str, float] = {}
+
+    def why_unavailable(self, backend: str) -> str | None:
+        if backend not in self.unavailable:
+            return f"no {backend} backend is configured"
+        return self.unavailable[backend]
+
+    def outlook(self, app: AppSpec) -> LocalOutlook:
+        model = self.cfg.models.get(app.deployment)
+        if model is None:
+            return LocalOutlook(unplaceable=f"model {app.deployment!r} is not configured")
+        s = self.stats.get(app.id)
+        service = self.service_s.get(app.id) or (app.fallback.service_s if app.fallback else 10.0)
+        wait = local_wait_s(queued=s.queued if s else 0, running=s.running if s else 0, slots=app.max_in_flight,
+                            service_s=service, load_s=model.load_s, resident=self.resident(app.deployment))
+        return LocalOutlook(unplaceable=self.refuse(app.deployment), failing=self.failing(app.deployment), wait_s=wait)
+
+    def route(self, app: AppSpec, params: dict[str, Any]) -> Route:
+        """Where a new job of `app` goes. Cloud-only apps: their provider, their params checked
+        against what it takes (ParamsInvalid naming them)."""
+        if app.kind != AppKind.local:
+            self._check_taken(app, params)
+            return Route(app.kind.value, "cloud-only app")
+        fb = app.fallback
+        if fb is None or fb.when == "never":
+            return LOCAL
+        try:
+            check_inputs(resolve(fb, app.task), params, self._defaults(app))
+        except NotTaken:
+            return LOCAL  # the fallback cannot take this job as asked: it stays local
+        return choose(fb, self.outlook(app), available=self.why_unavailable(fb.backend) is None,
+                      cost_estimate=self.estimate(app, params))
+
+    def estimate(self, app: AppSpec, params: dict[str, Any]) -> float:
+        fb = app.fallback
+        assert fb is not None
+        r = resolve(fb, app.task)
+        seconds = self.service_s.get(app.id) or fb.service_s
+        return estimate_cloud_cost(fb.backend, r.pricing, fb.gpu, seconds, int(params.get("num_images") or 1),
+                                   int(params.get("max_tokens") or 0), self.cfg.costs)
+
+    def _check_taken(self, app: AppSpec, params: dict[str, Any]) -> None:
+        assert app.cloud is not None
+        try:
+            check_inputs(resolve(app.cloud, app.task), params, self._defaults(app))
+        except NotTaken as e:
+            raise ParamsInvalid([ParamError(f, f"not taken by {app.cloud.backend} {app.cloud.ref}; leave it unset")
+                                 for f in e.fields]) from None
+
+    @staticmethod
+    def _defaults(app: AppSpec) -> dict[str, Any]:
+        return {p.name: p.default for p in app.parameters}
