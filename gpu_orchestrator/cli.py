@@ -490,6 +490,29 @@ def workers(ctx: click.Context) -> None:
             click.echo("  swap budget left: " + ", ".join(f"{g} {c:g} s" for g, c in credit.items()))
         for reason in arbiter["reasons"]:
             click.echo(f"    {reason}")
+    for c in data.get("cloud") or []:
+        state = "available" if c["available"] else f"UNAVAILABLE: {c['reason']}"
+        click.echo(f"cloud {c['backend']}: {state}  apps {c['apps'] or '-'}  fallback for {c['fallback_for'] or '-'}")
+
+
+@cli.command()
+@click.option("--since", default=None, help="ISO time (default: 30 days before --until)")
+@click.option("--until", default=None, help="ISO time (default: now)")
+@click.option("--app", "app_id", default=None, help="only this app's jobs")
+@click.option("--by", "group_by", type=click.Choice(["backend", "app", "day"]), default="backend", show_default=True)
+@click.pass_context
+def costs(ctx: click.Context, since: str | None, until: str | None, app_id: str | None, group_by: str) -> None:
+    """What finished jobs cost: GPU-seconds and dollars, local vs cloud, and the cloud share."""
+    with _client(ctx) as c:
+        data = c.costs(since=since, until=until, app_id=app_id, group_by=group_by)
+    click.echo(f"{data['since']} .. {data['until']}" + (f"  app {app_id}" if app_id else ""))
+    click.echo(f"{group_by:<24} {'jobs':>7} {'cloud':>7} {'GPU-s':>12} {'USD':>12}")
+    for g in data["groups"]:
+        click.echo(f"{g['key']:<24} {g['jobs']:>7} {g['cloud_jobs']:>7} {g['gpu_seconds']:>12.1f} {g['usd']:>12.4f}")
+    t = data["total"]
+    click.echo(f"{'total':<24} {t['jobs']:>7} {t['cloud_jobs']:>7} {t['gpu_seconds']:>12.1f} {t['usd']:>12.4f}")
+    click.echo(f"local ${t['local_usd']:.4f}, cloud ${t['cloud_usd']:.4f}; cloud share of jobs {data['cloud_share']:.1%}")
+    click.echo(f"prices: {data['prices']}")
 
 
 @cli.command("import-seed")

@@ -137,6 +137,12 @@ class Client:
     def stats(self, *, minutes: int = 60) -> dict[str, Any]:
         return _check(self.http.get("/v1/stats", params={"minutes": minutes}))
 
+    def costs(self, *, since: str | None = None, until: str | None = None, app_id: str | None = None,
+              group_by: str = "backend") -> dict[str, Any]:
+        """GET /v1/costs: finished jobs' GPU-seconds and dollars, local vs cloud (ISO times)."""
+        q = {k: v for k, v in {"since": since, "until": until, "app_id": app_id, "group_by": group_by}.items() if v}
+        return _check(self.http.get("/v1/costs", params=q))
+
     def events(self, job_id: str, *, last_event_id: str | None = None, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """Progress and status events until the terminal one. The server ends a stream at the terminal
         status, or after its time limit: then this reconnects where it left off (Last-Event-ID).
@@ -221,6 +227,11 @@ class AsyncClient:
 
     async def stats(self, *, minutes: int = 60) -> dict[str, Any]:
         return _check(await self.http.get("/v1/stats", params={"minutes": minutes}))
+
+    async def costs(self, *, since: str | None = None, until: str | None = None, app_id: str | None = None,
+                    group_by: str = "backend") -> dict[str, Any]:
+        q = {k: v for k, v in {"since": since, "until": until, "app_id": app_id, "group_by": group_by}.items() if v}
+        return _check(await self.http.get("/v1/costs", params=q))
 
     async def list(self, *, app_id: str | None = None, status: str | None = None, limit: int = 50,
                    cursor: str | None = None) -> dict[str, Any]:

@@ -25,7 +25,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_args(database_url: str, redis_url: str) -> dict:
+ECHO_CLOUD = {"backend": "replicate", "model": "test/echo", "poll_interval_s": 0.1, "call_timeout_s": 5}
+
+
+def cloud_args(replicate: dict | None) -> dict:
+    """The `cloud:` block pointing Replicate at the session's loopback fake (its token in a file)."""
+    if replicate is None:
+        return {}
+    return {"cloud": {"replicate": {"base_url": replicate["base_url"], "token_file": replicate["token_file"]}}}
+
+
+def test_args(database_url: str, redis_url: str, replicate: dict | None = None) -> dict:
     """serve_config.yaml's args in the demo profile (tiny untrained sdxl, zimage, whisper, llm in their
     own runtime_envs), tuned for tests: two router replicas, short leases, extra apps."""
     cfg = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
@@ -55,11 +65,16 @@ def test_args(database_url: str, redis_url: str) -> dict:
         dict(copy.deepcopy(echo), id="echo-once", max_attempts=1),
         dict(copy.deepcopy(echo), id="echo-tiny", max_queued=2, max_in_flight=1),
         dict(copy.deepcopy(echo), id="echo-timeout", timeout_s=1, max_attempts=1),
+        # Cloud routing: busy -> the fallback (Replicate's fake) for new jobs; a cloud-only app.
+        dict(copy.deepcopy(echo), id="echo-busy", max_in_flight=1, fallback={
+            **ECHO_CLOUD, "when": "busy", "max_local_wait_s": 1, "service_s": 5}),
+        dict(copy.deepcopy(echo), id="echo-cloud", kind="replicate", deployment="", cloud=ECHO_CLOUD),
     ]
+    args.update(cloud_args(replicate))
     return args
 
 
-def arbiter_args(database_url: str, redis_url: str) -> dict:
+def arbiter_args(database_url: str, redis_url: str, replicate: dict | None = None) -> dict:
     """Three synthetic models on one fake GPU whose shares (0.6) and VRAM (16/14/12 of 24 GB)
     cannot co-reside, under the arbiter with short timers."""
     def model(vram, load):
@@ -79,7 +94,10 @@ def arbiter_args(database_url: str, redis_url: str) -> dict:
                     "swap_budget": 0.2, "swap_window_s": 60, "gpus": [{"id": "gpu0", "vram_gb": 24}]},
         # echo-huge needs more than the GPU has: its jobs must fail with the reason, not wait forever.
         "models": {"echo-a": model(16, 1.0), "echo-b": model(14, 1.0), "echo-c": model(12, 1.0), "echo-huge": model(30, 0.1)},
-        "apps": [app("a", "echo-a"), app("b", "echo-b"), app("c", "echo-c"), app("huge", "echo-huge")],
+        # huge-fb: the same unplaceable model with a fallback: its jobs run in the cloud instead.
+        "apps": [app("a", "echo-a"), app("b", "echo-b"), app("c", "echo-c"), app("huge", "echo-huge"),
+                 {**app("huge-fb", "echo-huge"), "fallback": ECHO_CLOUD}],
+        **cloud_args(replicate),
     }
 
 
@@ -147,7 +165,22 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="session")
-def deployed(ray_cluster, serve_backend, outage_services):
+def fake_replicate(tmp_path_factory):
+    """One loopback Replicate for the session (tests/fakes/cloud.py); model test/echo answers
+    {"echo": its input}."""
+    from tests.fakes.cloud import Behaviour, FakeReplicate
+
+    with FakeReplicate() as fake:
+        token = tmp_path_factory.mktemp("replicate") / "token"
+        token.write_text(fake.token)
+        os.chmod(token.parent, 0o755)
+        os.chmod(token, 0o644)
+        fake.behaviours["test/echo"] = Behaviour(polls=1, output=lambda inp, _: {"echo": inp}, predict_time=0.5)
+        yield {"fake": fake, "base_url": fake.base_url, "token_file": str(token)}
+
+
+@pytest.fixture(scope="session")
+def deployed(ray_cluster, serve_backend, outage_services, fake_replicate):
     """Deploys both test applications once, through the same config path as `serve deploy`
     (the arbiter's application-level autoscaling policy is only settable that way)."""
     from gpu_orchestrator.serve.deploy import deploy
@@ -163,9 +196,9 @@ def deployed(ray_cluster, serve_backend, outage_services):
         "http_options": {"host": "127.0.0.1", "port": port},
         "applications": [
             {"name": APP_NAME, "route_prefix": "/", "import_path": "serve_apps.orchestrator:build_app",
-             "args": test_args(urls[0], serve_backend.redis_url)},
+             "args": test_args(urls[0], serve_backend.redis_url, fake_replicate)},
             {"name": "arbiter", "route_prefix": "/arb", "import_path": "serve_apps.orchestrator:build_app",
-             "args": arbiter_args(urls[1], serve_backend.redis_url),
+             "args": arbiter_args(urls[1], serve_backend.redis_url, fake_replicate),
              "autoscaling_policy": {"policy_function": "serve_apps.autoscaling:arbiter_policy"}},
             {"name": "outage", "route_prefix": "/outage", "import_path": "serve_apps.orchestrator:build_app",
              "args": outage_args(outage_services["urls"]["pg"], outage_services["urls"]["redis"],

@@ -147,7 +147,8 @@ class CloudBackend:
         name = self.provider.name
         t0 = time.monotonic()
         ref = job.cloud_ref if job.cloud_ref and job.cloud_ref.get("provider") == name else None
-        if ref and ref.get("id"):
+        can = getattr(self.provider, "can_reattach", None)
+        if ref and ref.get("id") and (can is None or can(str(ref["id"]))):
             run_id = str(ref["id"])  # the run a previous router started: re-attach, never create twice
             log.info("job %s attempt %d: re-attaching to %s run %s", job.id, attempt, name, run_id)
             await self.remember(job, attempt, {**ref, "attempt": attempt})
@@ -262,7 +263,8 @@ def build_cloud(cfg: Any, artifacts: Artifacts | None, providers: dict[str, Clou
             else:
                 from gpu_orchestrator.service.cloud_modal import ModalProvider
 
-                provider = ModalProvider(cfg.cloud.modal)
+                targets = [t for a in cfg.apps for t in (a.cloud, a.fallback) if t is not None and t.backend == name]
+                provider = ModalProvider(cfg.cloud.modal, modes={"endpoint" if t.endpoint else "sdk" for t in targets})
         out[name] = CloudBackend(provider, apps=cfg.apps, costs=cfg.costs, artifacts=artifacts)
         why = provider.unavailable()
         if why:  # said at start (the stack's log); /v1/workers shows it too

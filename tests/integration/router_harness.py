@@ -232,7 +232,7 @@ class RunningRouter:
 
 @contextlib.contextmanager
 def running_router(database_url: str, redis_url: str, *, artifacts: str | None = None,
-                   cfg: dict | None = None, monkeypatch: Any) -> Iterator[RunningRouter]:
+                   cfg: dict | None = None, monkeypatch: Any, cloud_providers: dict | None = None) -> Iterator[RunningRouter]:
     import uvicorn
     from ray import serve
 
@@ -242,7 +242,8 @@ def running_router(database_url: str, redis_url: str, *, artifacts: str | None =
     ctx = SimpleNamespace(servable_object=None, app_name="orchestrator", replica_id=SimpleNamespace(unique_id="test"))
     monkeypatch.setattr(serve, "get_replica_context", lambda: ctx)
     # As Serve does on a replica: construct, then build the ASGI app (serve.ingress() late-bound).
-    router = router_mod.Router(cfg or config(), {"echo": model, "llm": model}, database_url, redis_url, artifacts)
+    router = router_mod.Router(cfg or config(), {"echo": model, "llm": model}, database_url, redis_url, artifacts,
+                               cloud_providers=cloud_providers)
     ctx.servable_object = router
     app = router.__serve_build_asgi_app__()
     port = _free_port()

@@ -242,3 +242,48 @@ def test_the_token_is_in_no_log_row_event_or_response(rr, fake, db_url, caplog):
     for where, text in [("responses/events", "\n".join(seen)), ("rows", "\n".join(rows)), ("logs", caplog.text)]:
         assert fake.token not in text, where
     assert repr(rr.router.cloud["replicate"].provider).endswith("token=set)")
+
+
+def test_costs_of_local_and_cloud_jobs_by_hand(db_url, serve_backend, tmp_path, monkeypatch, fake):
+    from click.testing import CliRunner
+
+    from gpu_orchestrator.cli import cli
+
+    fake.behaviours["stability-ai/sdxl"] = Behaviour(output=images_of_the_requested_size, predict_time=3.2)
+    cfg = cloud_config(fake, tmp_path)
+    cfg["models"]["echo"].update(num_gpus=0.5, gpu_type="L4")  # half an L4 at $0.7992/GPU-hour
+    with running_router(db_url, serve_backend.redis_url, artifacts=str(tmp_path / "art"), cfg=cfg,
+                        monkeypatch=monkeypatch) as rr, httpx.Client(base_url=rr.base, timeout=10) as http:
+        local = wait_terminal(http, http.post("/v1/jobs", json={"app_id": "echo", "params": {"delay_s": 0.3}}).json()["job_id"])
+        cloud = wait_terminal(http, http.post("/v1/jobs", json={"app_id": "sdxl-cloud", "params": {
+            "prompt": "x", "width": 64, "height": 64}}).json()["job_id"])
+        assert local["status"] == cloud["status"] == "succeeded"
+        seconds = local["cost"]["usage"]["seconds"]
+        assert seconds >= 0.3 and local["cost"]["usage"]["gpu_type"] == "L4" and local["route"] == "local"
+        assert local["cost"]["gpu_seconds"] == pytest.approx(seconds * 0.5, abs=1e-3)
+        assert local["cost"]["usd"] == pytest.approx(seconds * 0.5 * 0.7992 / 3600, rel=1e-3)
+        assert cloud["cost"]["usd"] == pytest.approx(3.2 * 0.000975)
+        by_backend = http.get("/v1/costs").json()
+        rows = {g["key"]: g for g in by_backend["groups"]}
+        assert rows["local"]["jobs"] == 1 and rows["local"]["usd"] == pytest.approx(local["cost"]["usd"])
+        assert rows["replicate"] == {"key": "replicate", "jobs": 1, "cloud_jobs": 1, "gpu_seconds": 3.2,
+                                     "usd": pytest.approx(0.00312)}
+        assert by_backend["cloud_share"] == 0.5
+        assert by_backend["total"]["usd"] == pytest.approx(local["cost"]["usd"] + 0.00312)
+        by_app = {g["key"]: g["jobs"] for g in http.get("/v1/costs", params={"group_by": "app"}).json()["groups"]}
+        assert by_app == {"echo": 1, "sdxl-cloud": 1}
+        only = http.get("/v1/costs", params={"app_id": "sdxl-cloud", "group_by": "day"}).json()
+        assert len(only["groups"]) == 1 and only["total"]["jobs"] == 1 and only["cloud_share"] == 1.0
+        assert only["groups"][0]["key"] == cloud["finished_at"][:10]
+        # A window with nothing in it, and bad input named.
+        empty = http.get("/v1/costs", params={"until": "2020-01-01T00:00:00Z"}).json()
+        assert empty["total"]["jobs"] == 0 and empty["cloud_share"] == 0.0
+        bad = http.get("/v1/costs", params={"since": "yesterday"})
+        assert bad.status_code == 422 and bad.json()["fields"][0]["field"] == "since"
+        bad = http.get("/v1/costs", params={"since": "2030-01-01T00:00:00Z", "until": "2029-01-01T00:00:00Z"})
+        assert bad.status_code == 422 and bad.json()["fields"][0]["field"] == "since"
+        out = CliRunner().invoke(cli, ["--url", rr.base, "costs"])
+        assert out.exit_code == 0, out.output
+        assert "cloud share of jobs 50.0%" in out.output and "replicate" in out.output
+        out = CliRunner().invoke(cli, ["--url", rr.base, "workers"])
+        assert "cloud replicate: available  apps ['cloud', 'sdxl-cloud', 'zimage-cloud', 'sdxl-version', 'whisper-cloud']" in out.output
