@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import httpx
 import yaml
 
 from .client import DEFAULT_URL, TERMINAL, ApiError, Client
@@ -221,7 +222,7 @@ def _up(s: Settings, state: dict[str, Any], started: list[str], config_path: str
         f"\nGPU Orchestrator is up.\n"
         f"  API:            {base}/v1/jobs   (docs: {base}/docs)\n"
         + "".join(f"  UI:             {base}{a['route_prefix']}/\n" for a in uis if a.get("route_prefix"))
-        + ray_lines +
+        + ray_lines + _cloud_lines(base) +
         f"  Metrics:        Ray's Prometheus endpoint (gpu_orch_* series)\n"
         f"  Data:           {home}\n"
         f"  Profile:        {'demo (tiny UNTRAINED models: outputs are noise)' if demo else config_path}\n"
@@ -229,6 +230,16 @@ def _up(s: Settings, state: dict[str, Any], started: list[str], config_path: str
            "     gpu-orch submit chat -p messages='[{\"role\":\"user\",\"content\":\"hi\"}]' --wait"
            if demo else "Try: gpu-orch submit echo -p message=hello --wait")
     )
+
+
+def _cloud_lines(base: str) -> str:
+    """The cloud backends the config names, and whether each can be used (a missing token said at start)."""
+    try:
+        cloud = httpx.get(f"{base}/v1/workers", timeout=10).json().get("cloud") or []
+    except Exception:  # the stack is up; this is a courtesy
+        return ""
+    return "".join(f"  Cloud:          {c['backend']} " + ("ready\n" if c["available"] else f"UNAVAILABLE: {c['reason']}\n")
+                   for c in cloud)
 
 
 _STATE_KEYS = {"ray": ("ray_head_pid", "ray_address", "ray_session_dir", "ray_dashboard_port", "url", "serve_apps"),

@@ -195,8 +195,9 @@ class CloudBackend:
             if r.pricing.mode == "per_second":
                 usage["usd_per_s"] = self.costs.replicate_per_s.get(r.pricing.hardware or "", 0.0)
         else:
+            seconds = round(seconds, 3)  # the usage shows what the cost was computed from
             gs, usd = modal_cost(seconds, r.target.gpu, self.costs)
-            usage = {"provider": "modal", "seconds": round(seconds, 3), "gpu": r.target.gpu,
+            usage = {"provider": "modal", "seconds": seconds, "gpu": r.target.gpu,
                      "usd_per_s": self.costs.modal_per_s.get(r.target.gpu or "", 0.0)}
         return Cost(gpu_seconds=round(gs, 6), usd=round(usd, 8), usage=usage)
 

@@ -349,11 +349,11 @@ class Dispatcher:
         model = self.cfg.models.get(app.deployment)
         if f.started is None or model is None:
             return None
-        seconds = time.monotonic() - f.started
+        seconds = round(time.monotonic() - f.started, 3)  # the usage shows what the cost was computed from
         gpu_type = model.gpu_type or self.cfg.costs.local_gpu_type
         gs, usd = local_cost(seconds, model.num_gpus, gpu_type, self.cfg.costs)
         return Cost(round(gs, 6), round(usd, 8), {
-            "provider": "local", "seconds": round(seconds, 3), "num_gpus": model.num_gpus, "gpu_type": gpu_type,
+            "provider": "local", "seconds": seconds, "num_gpus": model.num_gpus, "gpu_type": gpu_type,
             "usd_per_gpu_hour": self.cfg.costs.local_per_gpu_hour.get(gpu_type, 0.0)})
 
     async def _remember_cloud(self, job: Job, attempt: int, ref: dict[str, Any]) -> None:
