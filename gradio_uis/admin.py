@@ -1,5 +1,6 @@
 """The admin page: each app's queue, each model's state and VRAM per GPU, the arbiter's recent
-decisions, recent jobs (filtered, cancellable) and jobs per minute by status. Refreshes itself."""
+decisions, recent jobs (filtered, cancellable), jobs per minute by status and the last day's cost,
+local vs cloud. Refreshes itself."""
 
 from __future__ import annotations
 
@@ -85,6 +86,14 @@ def minute_frame(stats: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["minute", "status", "jobs"])
 
 
+def cost_line(costs: dict[str, Any]) -> str:
+    """The last day's spend, local vs cloud (GET /v1/costs)."""
+    t = costs.get("total") or {}
+    n, cloud = t.get("jobs", 0), t.get("cloud_jobs", 0)
+    return (f"**Last 24 h:** local ${t.get('local_usd', 0.0):.4f} ({n - cloud} jobs), cloud ${t.get('cloud_usd', 0.0):.4f} "
+            f"({cloud} jobs), cloud share {costs.get('cloud_share', 0.0):.0%}; {t.get('gpu_seconds', 0.0):.0f} GPU-s")
+
+
 def build(api: str | None = None) -> gr.Blocks:
     url = api_url(api)
 
@@ -94,14 +103,16 @@ def build(api: str | None = None) -> gr.Blocks:
                 apps = await c.apps()
                 fleet = await c.fleet()
                 stats = await c.stats(minutes=60)
+                since = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)).isoformat()
+                costs = await c.costs(since=since)
                 jobs = (await c.list(app_id=None if app_filter in (None, ALL) else app_filter,
                                      status=None if status_filter in (None, ALL) else status_filter, limit=50))["jobs"]
             except Exception as e:
-                return (error_html(explain(e)),) + (gr.skip(),) * 8
+                return (error_html(explain(e)),) + (gr.skip(),) * 9
         decisions, waiting = decision_rows(fleet)
         app_ids = [a["id"] for a in apps]
         return ("", queue_rows(stats, app_ids), model_rows(fleet), gpu_rows(fleet), decisions, waiting,
-                job_rows(jobs), minute_frame(stats), gr.update(choices=[ALL] + app_ids))
+                job_rows(jobs), minute_frame(stats), gr.update(choices=[ALL] + app_ids), cost_line(costs))
 
     async def cancel(job_id: str):
         job_id = (job_id or "").strip()
@@ -124,6 +135,7 @@ def build(api: str | None = None) -> gr.Blocks:
         with gr.Row():
             queues = gr.Dataframe(headers=QUEUE_COLS, label="Queues", elem_id="queues", interactive=False)
             gpus = gr.Dataframe(headers=GPU_COLS, label="GPUs", elem_id="gpus", interactive=False)
+        spend = gr.Markdown(elem_id="costs")
         models = gr.Dataframe(headers=MODEL_COLS, label="Models", elem_id="models", interactive=False, wrap=True)
         with gr.Row():
             with gr.Column():
@@ -140,7 +152,7 @@ def build(api: str | None = None) -> gr.Blocks:
         cancel_out = gr.HTML(elem_id="cancel-result")
         jobs = gr.Dataframe(headers=JOB_COLS, label="Recent jobs (select one to cancel it)", elem_id="jobs",
                             interactive=False, wrap=True)
-        outputs = [error, queues, models, gpus, decisions, waiting, jobs, chart, app_filter]
+        outputs = [error, queues, models, gpus, decisions, waiting, jobs, chart, app_filter, spend]
         timer = gr.Timer(REFRESH_S)
         timer.tick(refresh, [app_filter, status_filter], outputs, show_progress="hidden")
         demo.load(refresh, [app_filter, status_filter], outputs)

@@ -110,10 +110,15 @@ def event_progress(ev: dict[str, Any]) -> tuple[float | None, str] | None:
 
 
 def where_ran(job: dict[str, Any]) -> str:
-    """`local:sdxl` -> "this cluster (sdxl)"; a cloud backend by its name."""
+    """`local:sdxl` -> "this cluster (sdxl)"; a cloud run by its provider and model, and why it went there."""
     backend = job.get("backend") or "-"
     kind, _, name = backend.partition(":")
-    return f"this cluster ({name})" if kind == "local" and name else backend
+    if kind == "local" and name:
+        return f"this cluster ({name})"
+    if kind in ("replicate", "modal") and name:
+        why = job.get("route_reason")
+        return f"{kind.capitalize()} ({name})" + (f", because {why}" if why else "")
+    return backend
 
 
 def job_line(job: dict[str, Any]) -> str:

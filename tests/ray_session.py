@@ -61,6 +61,9 @@ def test_args(database_url: str, redis_url: str, replicate: dict | None = None) 
                                         "num_cpus": 0.1, "init": {"model": "/nonexistent/whisper-large.pt"}}
     transcribe = next(a for a in args["apps"] if a["id"] == "transcribe")
     args["apps"].append(dict(copy.deepcopy(transcribe), id="transcribe-broken", deployment="whisper-broken", max_attempts=3))
+    # The same broken model with a fallback: once its replica reports the load error, jobs go to the cloud.
+    args["apps"].append(dict(copy.deepcopy(transcribe), id="transcribe-broken-fb", deployment="whisper-broken",
+                             fallback={**ECHO_CLOUD, "output": "native"}))
     args["apps"] += [
         dict(copy.deepcopy(echo), id="echo-once", max_attempts=1),
         dict(copy.deepcopy(echo), id="echo-tiny", max_queued=2, max_in_flight=1),

@@ -229,6 +229,23 @@ class RunningRouter:
         """Run a coroutine on the server's event loop (where the router's clients live)."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
+    def start_dispatching(self) -> None:
+        """What Serve's first autoscaling-stats call does on a replica: start the dispatcher without a submit."""
+        async def start() -> None:
+            self.router._ensure_started()
+
+        self.call(start())
+
+
+def wait_terminal(http: httpx.Client, job_id: str, timeout: float = 30) -> dict:
+    """The job once terminal (or as it is after `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = http.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
+            return job
+        time.sleep(0.05)
+
 
 @contextlib.contextmanager
 def running_router(database_url: str, redis_url: str, *, artifacts: str | None = None,

@@ -16,7 +16,7 @@ import pytest
 from gpu_orchestrator.core.config import ModalSpec
 from gpu_orchestrator.service.cloud_modal import ModalProvider
 from tests.fakes.cloud import FakeModalEndpoint, png_of_size
-from tests.integration.router_harness import config, db_url, running_router  # noqa: F401 (fixture)
+from tests.integration.router_harness import config, db_url, running_router, wait_terminal  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -76,14 +76,6 @@ def modal_config(endpoint: str | None = None, **target) -> dict:
                             "parameters": PARAMS, "cloud": {**t, "endpoint": endpoint}})
     return cfg
 
-
-def wait_terminal(http: httpx.Client, job_id: str, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = http.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
-            return job
-        time.sleep(0.05)
 
 
 def test_endpoint_mode_sends_proxy_auth_and_stores_inline_files(db_url, serve_backend, tmp_path, monkeypatch):
@@ -176,11 +168,8 @@ def test_sdk_router_killed_mid_call_reattaches_by_call_id(db_url, serve_backend,
         assert http.get(f"/v1/jobs/{job_id}").json()["status"] == "running"
     sdk.finish_after = 0
     with sdk_router(db_url, serve_backend, tmp_path, monkeypatch, sdk) as b, httpx.Client(base_url=b.base, timeout=10) as http:
-        b.call(_start(b.router))
+        b.start_dispatching()
         job = wait_terminal(http, job_id, timeout=40)
     assert job["status"] == "succeeded", job
     assert len(sdk.spawns) == 1 and job["lost_attempts"] == 1
 
-
-async def _start(router) -> None:
-    router._ensure_started()

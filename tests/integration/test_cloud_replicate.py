@@ -18,7 +18,7 @@ from PIL import Image
 
 from gpu_orchestrator.store.postgres import create_engine
 from tests.fakes.cloud import Behaviour, FakeReplicate, png_of_size
-from tests.integration.router_harness import config, db_url, running_router  # noqa: F401 (fixture)
+from tests.integration.router_harness import config, db_url, running_router, wait_terminal  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -72,14 +72,6 @@ def images_of_the_requested_size(inp: dict, fake: FakeReplicate) -> list[str]:
     return [fake.put_file(f"out-{i}.png", png_of_size(inp["width"], inp["height"]), "image/png")
             for i in range(inp.get("num_outputs", 1))]
 
-
-def wait_terminal(http: httpx.Client, job_id: str, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = http.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
-            return job
-        time.sleep(0.05)
 
 
 def wait_for(fn, what: str, timeout: float = 15):
@@ -202,17 +194,13 @@ def test_router_killed_mid_prediction_reattaches_instead_of_creating_again(db_ur
     # Router A is gone without handing anything back (its loop stopped mid-wait), like a killed process.
     fake.behaviours["stability-ai/sdxl"].hang = False
     with running_router(db_url, serve_backend.redis_url, artifacts=art, cfg=cfg, monkeypatch=monkeypatch) as b:
-        b.call(start_dispatching(b.router))  # as Serve's first autoscaling-stats call does on a replica
+        b.start_dispatching()
         with httpx.Client(base_url=b.base, timeout=10) as http:
             job = wait_terminal(http, job_id, timeout=40)  # the lease (3 s) expires, B claims and re-attaches
     assert job["status"] == "succeeded", job
     assert len(fake.creates) == 1  # paid once
     assert job["lost_attempts"] == 1 and job["errors"][0]["kind"] == "lost"
     engine.dispose()
-
-
-async def start_dispatching(router) -> None:
-    router._ensure_started()
 
 
 def test_the_token_is_in_no_log_row_event_or_response(rr, fake, db_url, caplog):

@@ -23,21 +23,20 @@ def submit(c: httpx.Client, app: str, **params) -> dict:
 
 def test_a_model_larger_than_every_gpu_runs_on_its_fallback(arbiter_url, fake_replicate):
     fake = fake_replicate["fake"]
+    reason = "no local GPU can hold the model (cannot place echo-huge: needs 30 GB, largest allowed GPU has 24 GB)"
     with httpx.Client(base_url=arbiter_url, timeout=30) as arb:
-        deadline = time.monotonic() + 30  # the arbiter's first decision names what it cannot place
-        while time.monotonic() < deadline:
-            accepted = submit(arb, "huge-fb", delay_s=0)
-            if accepted["route"] == "replicate":
-                break
-            time.sleep(1)
-        assert accepted["route"] == "replicate", accepted
-        assert accepted["route_reason"] == ("no local GPU can hold the model "
-                                            "(cannot place echo-huge: needs 30 GB, largest allowed GPU has 24 GB)")
-        job = wait_status(arb, accepted["job_id"], {"succeeded", "failed"})
+        # The arbiter gives a job max_wait_s (30 s) to find room; then the queued job moves to the fallback.
+        first = submit(arb, "huge-fb", delay_s=0)
+        job = wait_status(arb, first["job_id"], {"succeeded", "failed"}, timeout_s=120)
         assert job["status"] == "succeeded", job
+        assert job["route"] == "replicate" and job["route_reason"] == reason
         assert job["backend"] == "replicate:test/echo" and job["result"] == {"echo": {"delay_s": 0, "steps": 1}}
-        assert job["cost"]["gpu_seconds"] == 0.5
-        assert any(c["input"] == {"delay_s": 0, "steps": 1} for c in fake.creates)
+        assert job["cost"]["gpu_seconds"] == 0.5 and job["attempts"] == 1
+        # Now known unplaceable: a new job goes to the cloud at submit.
+        second = submit(arb, "huge-fb", delay_s=0)
+        assert second["route"] == "replicate" and second["route_reason"] == reason
+        assert wait_status(arb, second["job_id"], {"succeeded", "failed"})["status"] == "succeeded"
+        assert sum(1 for c in fake.creates if c["input"] == {"delay_s": 0, "steps": 1}) >= 2
         models = {m["deployment"]: m for m in arb.get("/v1/workers").json()["models"]}
         assert models["echo-huge"]["replica_states"] in ({}, {"RUNNING": 0})  # never loaded
 
@@ -72,4 +71,26 @@ def test_cloud_only_app_never_touches_local_deployments(http, fake_replicate):
     assert any(c["input"].get("message") == "up there" for c in fake.creates)
     cloud = {c["backend"]: c for c in http.get("/v1/workers").json()["cloud"]}
     assert cloud["replicate"]["available"] is True and cloud["replicate"]["apps"] == ["echo-cloud"]
-    assert cloud["replicate"]["fallback_for"] == ["echo-busy"]
+    assert set(cloud["replicate"]["fallback_for"]) == {"echo-busy", "transcribe-broken-fb"}
+
+
+def test_a_model_failing_to_load_sends_its_jobs_to_the_fallback(http, tmp_path):
+    from tests.serve.test_whisper import tone_wav
+
+    wav = tmp_path / "tone.wav"
+    wav.write_bytes(tone_wav(1.0))
+    uri = http.post("/v1/artifacts", files={"file": ("tone.wav", wav.read_bytes(), "audio/wav")}).json()["artifact"]
+    deadline = time.monotonic() + 120  # until the broken replica has reported its load error
+    while True:
+        models = {m["deployment"]: m for m in http.get("/v1/workers").json()["models"]}
+        if models["whisper-broken"]["state"] == "failed" or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert models["whisper-broken"]["state"] == "failed", models["whisper-broken"]
+    time.sleep(2.5)  # the routers read heartbeats every 2 s
+    accepted = submit(http, "transcribe-broken-fb", audio=uri)
+    assert accepted["route"] == "replicate", accepted
+    assert accepted["route_reason"].startswith("the local model fails to load (whisper failed to load: ")
+    job = wait_status(http, accepted["job_id"], {"succeeded", "failed"})
+    assert job["status"] == "succeeded", job
+    assert job["result"]["echo"]["audio"].startswith("data:audio/")  # the file went along as a data URI

@@ -8,7 +8,7 @@ import datetime as dt
 import pytest
 
 from gpu_orchestrator.client import ApiError
-from gradio_uis.admin import decision_rows, gpu_rows, job_rows, minute_frame, model_rows, queue_rows
+from gradio_uis.admin import cost_line, decision_rows, gpu_rows, job_rows, minute_frame, model_rows, queue_rows
 from gradio_uis.chat import chat_messages
 from gradio_uis.common import event_progress, explain, param_info, typed_int, where_ran
 from gradio_uis.formats import segment_rows, srt_time, to_srt, to_text
@@ -40,6 +40,9 @@ def test_progress_from_events_and_where_a_job_ran():
     assert event_progress({"event": "progress", "data": {"token": "x"}}) is None
     assert where_ran({"backend": "local:sdxl"}) == "this cluster (sdxl)"
     assert where_ran({"backend": None}) == "-"
+    assert where_ran({"backend": "replicate:stability-ai/sdxl", "route_reason": "estimated local wait 40 s > "
+                      "max_local_wait_s 30 s"}) == ("Replicate (stability-ai/sdxl), because estimated local wait 40 s > "
+                                                     "max_local_wait_s 30 s")
     app = {"parameters": [{"name": "width", "minimum": 64.0, "maximum": 2048.0, "multiple_of": 8}]}
     assert param_info(app, "width") == "64–2048, multiple of 8" and param_info(app, "nope") is None
 
@@ -118,3 +121,9 @@ def test_each_ui_runs_standalone_against_a_router_url(ui):
 
     r = subprocess.run([sys.executable, "-m", f"gradio_uis.{ui}", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "--api" in r.stdout and "GPU_ORCH_URL" in r.stdout, r.stdout + r.stderr
+
+
+def test_admin_cost_line_local_vs_cloud():
+    costs = {"total": {"jobs": 4, "cloud_jobs": 1, "gpu_seconds": 12.4, "local_usd": 0.0021, "cloud_usd": 0.00312},
+             "cloud_share": 0.25}
+    assert cost_line(costs) == ("**Last 24 h:** local $0.0021 (3 jobs), cloud $0.0031 (1 jobs), cloud share 25%; 12 GPU-s")
