@@ -26,7 +26,7 @@ from gpu_orchestrator.core.apps import AppSpec
 from gpu_orchestrator.core.cloud import Resolved, output_files, resolve, to_inputs, to_result
 from gpu_orchestrator.core.costs import CostsSpec, modal_cost, replicate_cost
 from gpu_orchestrator.core.jobs import Job
-from gpu_orchestrator.core.model_errors import JobCancelled, JobTimeout, ProviderFailed, ProviderUnavailable
+from gpu_orchestrator.core.model_errors import JobTimeout, ProviderFailed, ProviderUnavailable
 from gpu_orchestrator.service.backends import StartedRun
 from gpu_orchestrator.store.base import Cost
 
@@ -148,23 +148,24 @@ class CloudBackend:
         t0 = time.monotonic()
         ref = job.cloud_ref if job.cloud_ref and job.cloud_ref.get("provider") == name else None
         can = getattr(self.provider, "can_reattach", None)
-        if ref and ref.get("id") and (can is None or can(str(ref["id"]))):
-            run_id = str(ref["id"])  # the run a previous router started: re-attach, never create twice
+        reattached = bool(ref and ref.get("id") and (can is None or can(str(ref["id"]))))
+        if reattached:
+            assert ref is not None
+            run_id = str(ref["id"])  # the run an earlier attempt started: re-attach, never create twice
             log.info("job %s attempt %d: re-attaching to %s run %s", job.id, attempt, name, run_id)
             await self.remember(job, attempt, {**ref, "attempt": attempt})
         else:
-            inputs, files = await asyncio.to_thread(self._inputs, r, job)
-            run_id = await self._call(r, "create", lambda: self.provider.create(r, inputs, files))
-            try:
-                await self.remember(job, attempt, {"provider": name, "id": run_id, "attempt": attempt,
-                                                   "target": r.target.ref})
-            except BaseException:  # cancelled meanwhile, or the lease is gone: no one will wait on it
-                await self._cancel_remote(r, run_id)
-                raise
+            run_id = await self._start(r, job, attempt)
         state["run_id"] = run_id
         last = None
         while True:
             p: Poll = await self._call(r, "get", lambda: self.provider.poll(r, run_id))
+            if reattached and p.state == "canceled":
+                # An earlier attempt's run that was cancelled (its timeout): the job still wants one.
+                reattached = False
+                run_id = state["run_id"] = await self._start(r, job, attempt)
+                continue
+            reattached = False
             if p.state != "running":
                 break
             if p.progress and p.progress != last:
@@ -177,8 +178,8 @@ class CloudBackend:
             await asyncio.sleep(r.target.poll_interval_s)
         state["done"] = True
         seconds = time.monotonic() - t0
-        if p.state == "canceled":
-            raise JobCancelled(f"the {name} run was cancelled")
+        if p.state == "canceled":  # not by us (our cancel stops this task first): the run is gone
+            raise ProviderFailed(f"{name} {r.target.ref}: the run was cancelled at {name}")
         if p.state == "failed":
             err = ProviderFailed(f"{name} {r.target.ref}: {p.error or 'failed without a message'}")
             err.cost = self._cost(r, p, seconds, images=0)
@@ -187,6 +188,18 @@ class CloudBackend:
         result = await asyncio.to_thread(self._native_files, result=to_result(r, p.output, p.metrics, stored), job=job) \
             if r.output == "native" else to_result(r, p.output, p.metrics, stored)
         return Outcome(result, self._cost(r, p, seconds, images=len(stored)))
+
+    async def _start(self, r: Resolved, job: Job, attempt: int) -> str:
+        """Create the provider's run and record its id on the job row before anyone waits on it."""
+        inputs, files = await asyncio.to_thread(self._inputs, r, job)
+        run_id = await self._call(r, "create", lambda: self.provider.create(r, inputs, files))
+        try:
+            await self.remember(job, attempt, {"provider": self.provider.name, "id": run_id, "attempt": attempt,
+                                               "target": r.target.ref})
+        except BaseException:  # cancelled meanwhile, or the lease is gone: no one will wait on it
+            await self._cancel_remote(r, run_id)
+            raise
+        return run_id
 
     def _cost(self, r: Resolved, p: Poll, seconds: float, images: int) -> Cost:
         if self.provider.name == "replicate":

@@ -51,7 +51,7 @@ def cloud_config(fake: FakeReplicate, tmp_path, **router) -> dict:
          "cloud": {**target, "model": "stability-ai/sdxl"}, "parameters": IMAGE_PARAMS},
         {"id": "zimage-cloud", "kind": "replicate", "task": "image",
          "cloud": {**target, "model": "prunaai/z-image-turbo"}, "parameters": IMAGE_PARAMS},
-        {"id": "sdxl-version", "kind": "replicate", "task": "image", "timeout_s": 1, "max_attempts": 1,
+        {"id": "sdxl-version", "kind": "replicate", "task": "image", "timeout_s": 1, "max_attempts": 2,
          "cloud": {**target, "version": SDXL_VERSION}, "parameters": IMAGE_PARAMS},
         {"id": "whisper-cloud", "kind": "replicate", "task": "transcription",
          "cloud": {**target, "model": "openai/whisper"},
@@ -167,14 +167,15 @@ def test_cancel_reaches_replicate(rr, fake):
         assert http.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
 
 
-def test_timeout_fails_the_job_and_cancels_the_prediction(rr, fake):
+def test_timeout_cancels_the_prediction_and_the_retry_starts_a_new_one(rr, fake):
     fake.behaviours[SDXL_VERSION] = Behaviour(hang=True)
     with httpx.Client(base_url=rr.base, timeout=10) as http:
         job_id = http.post("/v1/jobs", json={"app_id": "sdxl-version", "params": {"prompt": "x"}}).json()["job_id"]
         job = wait_terminal(http, job_id)
     assert job["status"] == "failed" and job["error"] == "timed out after 1 s on replicate", job
-    assert fake.creates[0]["path"] == "/v1/predictions"  # by version
-    wait_for(lambda: fake.cancels == [fake.creates[0]["id"]], "the cancel at Replicate")
+    assert [e["kind"] for e in job["errors"]] == ["timeout", "timeout"]
+    assert [c["path"] for c in fake.creates] == ["/v1/predictions"] * 2  # by version; the retry did not reuse the cancelled one
+    wait_for(lambda: sorted(fake.cancels) == sorted(c["id"] for c in fake.creates), "both cancelled at Replicate")
 
 
 def test_router_killed_mid_prediction_reattaches_instead_of_creating_again(db_url, serve_backend, tmp_path,
