@@ -9,11 +9,8 @@ from gpu_orchestrator.service.arbiter_ports import Node
 def serve_replica_states(app_name: str) -> dict[str, dict[str, int]]:
     """Per deployment name of the application: replica counts by state (RUNNING, STARTING, ...).
     Also what GET /v1/workers reports."""
-    import ray
     from ray import serve
 
-    if not ray.is_initialized():  # a router outside Ray (tests, tools): serve.status() would start a cluster
-        return {}
     app = serve.status().applications.get(app_name)
     if app is None:
         return {}

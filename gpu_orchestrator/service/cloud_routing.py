@@ -11,6 +11,7 @@ when their model becomes unplaceable or fails to load; jobs running locally neve
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Mapping
 
 from gpu_orchestrator.core.apps import AppKind, AppSpec, ParamError, ParamsInvalid
@@ -27,6 +28,11 @@ def _none(_: str) -> None:
 
 
 class CloudRouting:
+    # The arbiter calls a model unplaceable only while a job of it has waited max_wait_s (a bigger
+    # node may join meanwhile). Once it has, new jobs go to the fallback at once for this long
+    # instead of each waiting max_wait_s again; after it, the next job checks again.
+    UNPLACEABLE_MEMORY_S = 600.0
+
     def __init__(self, cfg: OrchestratorConfig, unavailable: Mapping[str, str | None], *,
                  refuse: Why = _none, failing: Why = _none, resident: Callable[[str], bool] = lambda m: True):
         self.cfg = cfg
@@ -36,6 +42,17 @@ class CloudRouting:
         self.resident = resident
         self.stats: dict[str, AppQueueStats] = {}
         self.service_s: dict[str, float] = {}
+        self._unplaceable: dict[str, tuple[str, float]] = {}  # model -> (why, when the arbiter last said so)
+
+    def unplaceable(self, model: str) -> str | None:
+        """Why no GPU can hold the model: what the arbiter says now, or said in the last
+        UNPLACEABLE_MEMORY_S."""
+        why, now = self.refuse(model), time.monotonic()
+        if why:
+            self._unplaceable[model] = (why, now)
+            return why
+        seen = self._unplaceable.get(model)
+        return seen[0] if seen is not None and now - seen[1] < self.UNPLACEABLE_MEMORY_S else None
 
     def why_unavailable(self, backend: str) -> str | None:
         if backend not in self.unavailable:
@@ -50,7 +67,7 @@ class CloudRouting:
         service = self.service_s.get(app.id) or (app.fallback.service_s if app.fallback else 10.0)
         wait = local_wait_s(queued=s.queued if s else 0, running=s.running if s else 0, slots=app.max_in_flight,
                             service_s=service, load_s=model.load_s, resident=self.resident(app.deployment))
-        return LocalOutlook(unplaceable=self.refuse(app.deployment), failing=self.failing(app.deployment), wait_s=wait)
+        return LocalOutlook(unplaceable=self.unplaceable(app.deployment), failing=self.failing(app.deployment), wait_s=wait)
 
     def route(self, app: AppSpec, params: dict[str, Any]) -> Route:
         """Where a new job of `app` goes. Cloud-only apps: their provider, their params checked

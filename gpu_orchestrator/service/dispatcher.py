@@ -183,7 +183,8 @@ class Dispatcher:
             fb = app.fallback
             usable = (fb is not None and fb.when != "never" and fb.backend in self.cloud
                       and self.routing.why_unavailable(fb.backend) is None)
-            why = self.refuse(app.deployment)
+            # With a usable fallback, a model the arbiter found unplaceable a moment ago still is.
+            why = self.routing.unplaceable(app.deployment) if usable else self.refuse(app.deployment)
             failing = self.routing.failing(app.deployment) if usable else None
             if usable and (why or failing):  # its queued local jobs can go where they will run
                 assert fb is not None

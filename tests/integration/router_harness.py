@@ -253,11 +253,15 @@ def running_router(database_url: str, redis_url: str, *, artifacts: str | None =
     import uvicorn
     from ray import serve
 
+    from gpu_orchestrator.serve import cluster as cluster_mod
     from gpu_orchestrator.serve import router as router_mod
 
     model = FakeModel(redis_url)  # the same Redis (or proxy) as the router, like a real replica
     ctx = SimpleNamespace(servable_object=None, app_name="orchestrator", replica_id=SimpleNamespace(unique_id="test"))
     monkeypatch.setattr(serve, "get_replica_context", lambda: ctx)
+    # No Serve here: serve.status() (GET /v1/workers' replica counts) would start a Ray cluster in the
+    # test process, whose loss later ends the process ("Failed to connect to GCS").
+    monkeypatch.setattr(cluster_mod, "serve_replica_states", lambda app_name: {})
     # As Serve does on a replica: construct, then build the ASGI app (serve.ingress() late-bound).
     router = router_mod.Router(cfg or config(), {"echo": model, "llm": model}, database_url, redis_url, artifacts,
                                cloud_providers=cloud_providers)

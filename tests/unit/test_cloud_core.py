@@ -110,3 +110,20 @@ def test_costs_by_hand():
     # Overridden tables win.
     mine = CostsSpec(local_per_gpu_hour={"RTX4090": 0.36}, local_gpu_type="RTX4090")
     assert local_cost(3600, 1, None, mine) == (3600, pytest.approx(0.36))
+
+
+def test_routing_remembers_what_the_arbiter_found_unplaceable():
+    from gpu_orchestrator.service.cloud_routing import CloudRouting
+
+    cfg = parse_config({"models": {"big": {"impl": "x:Y", "vram_gb": 30}}, "apps": [
+        {"id": "a", "deployment": "big", "fallback": {"backend": "replicate", "model": "o/n"}}]})
+    says = {"big": "cannot place big: needs 30 GB, largest allowed GPU has 24 GB"}
+    routing = CloudRouting(cfg, {"replicate": None}, refuse=lambda m: says.get(m))
+    app = cfg.app("a")
+    assert routing.route(app, {}).backend == "replicate"
+    says.clear()  # its queue emptied: the arbiter no longer mentions it
+    r = routing.route(app, {})
+    assert r.backend == "replicate" and "needs 30 GB" in r.reason  # still known unplaceable
+    routing.UNPLACEABLE_MEMORY_S = 0.0  # after the memory: the next job checks again, locally
+    assert routing.route(app, {}).backend is None
+    assert CloudRouting(cfg, {"replicate": "no token"}, refuse=lambda m: "x").route(app, {}).backend is None
