@@ -174,6 +174,10 @@ class CloudBackend:
             if time.monotonic() - t0 > timeout_s:
                 await self._cancel_remote(r, run_id)
                 state["done"] = True
+                try:  # the retry must start a new run, not re-attach to this cancelled one
+                    await self.remember(job, attempt, {"provider": name, "id": None, "cancelled": run_id})
+                except Exception as e:
+                    log.debug("job %s: cancelled run not recorded: %s", job.id, e)
                 raise JobTimeout(f"timed out after {timeout_s:g} s on {name}")
             await asyncio.sleep(r.target.poll_interval_s)
         state["done"] = True

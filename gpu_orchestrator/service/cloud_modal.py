@@ -18,7 +18,7 @@ import httpx
 
 from gpu_orchestrator.core.cloud import Resolved
 from gpu_orchestrator.core.config import ModalSpec
-from gpu_orchestrator.core.model_errors import ProviderFailed
+from gpu_orchestrator.core.model_errors import ProviderFailed, ProviderUnavailable
 from gpu_orchestrator.service.cloud import Poll, Transient
 
 ENDPOINT_PREFIX = "endpoint:"  # run ids of endpoint calls: they live in this process only
@@ -134,8 +134,8 @@ class ModalProvider:
             if task.cancelled():
                 return Poll("canceled")
             exc = task.exception()
-            if isinstance(exc, Transient):
-                raise exc
+            if isinstance(exc, Transient):  # the request is over: a new attempt posts again
+                raise ProviderUnavailable(f"modal {exc}")
             if exc is not None:
                 return Poll("failed", error=str(exc))
             return Poll("succeeded", output=task.result())

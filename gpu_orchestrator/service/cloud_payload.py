@@ -38,6 +38,8 @@ def unpack_inputs(params: dict[str, Any], files: dict[str, Any], store: Store) -
     """On the worker: each file written to its own store, the param pointing at it."""
     out = dict(params)
     for name, f in (files or {}).items():
+        if not isinstance(f, dict):
+            raise ValueError(f"files.{name}: expected {{\"name\", \"data_b64\"}}")
         out[name] = store.put(_b64(f.get("data_b64"), f"files.{name}"), name=safe_name(str(f.get("name") or name)),
                               prefix="uploads")
     return out
@@ -69,6 +71,6 @@ def store_inlined(result: Any, store: Store | None, prefix: str, where: str = "r
             raise ValueError(f"{where}: the result carries a file and this router has no artifact store")
         f = result["inline"]
         uri = store.put(_b64(f.get("data_b64"), where), name=safe_name(str(f.get("name") or "file")), prefix=prefix)
-        rest = {k: v for k, v in result.items() if k != "inline"}
+        rest = {k: v for k, v in result.items() if k not in ("inline", "artifact", "url")}  # ours, not the worker's
         return {"artifact": uri, "url": http_path(uri), **rest}
     return {k: store_inlined(v, store, prefix, f"{where}.{k}") for k, v in result.items()}

@@ -142,7 +142,7 @@ class Dispatcher:
         held = await asyncio.to_thread(self.store.heartbeat, owner=self.owner, leases=sent, lease_s=self.lease_s)
         for key in set(sent) - held:
             # Lost the lease (cancelled, or rescued after a stall): stop the work, drop its result.
-            self._abort(key)
+            await self._lost(key)
         for r in await asyncio.to_thread(self.store.rescue_expired, self.policy):
             log.warning("rescued job %s -> %s (%s)", r.job_id, r.status.value, r.error)
             await self.transitions.announce(r.job_id, r.app_id, r.status, error=r.error)
@@ -177,7 +177,9 @@ class Dispatcher:
             if app.id not in waiting:
                 continue
             if app.kind != AppKind.local:
-                if app.kind.value in self.cloud and app.cloud is not None:
+                # A router without the token leaves them to one that has it (a rolling update).
+                if app.kind.value in self.cloud and app.cloud is not None and \
+                        self.routing.why_unavailable(app.kind.value) is None:
                     await self._claim(app, app.kind.value, app.cloud.max_in_flight)
                 continue
             fb = app.fallback
@@ -234,6 +236,22 @@ class Dispatcher:
                 f.run.cancel()  # stops the work on the model replica
             except Exception as e:
                 log.debug("could not cancel the request of job %s: %s", f.job.id, e)
+
+    async def _lost(self, key: LeaseKey) -> None:
+        """A cloud run whose job another router now holds goes on there (it re-attaches): stop
+        waiting on it, without cancelling the prediction. Cancelled or ended: cancel it too."""
+        f = self.inflight.get(key)
+        detach = getattr(f.run, "detach", None) if f is not None else None
+        if f is not None and detach is not None and f.task is not None:
+            try:
+                job = await asyncio.to_thread(self.store.get, key[0])
+                if not job.status.terminal:
+                    detach()
+                    f.task.cancel()
+                    return
+            except Exception as e:  # unknown: cancelling is the safe side for the bill
+                log.debug("job %s: status unknown on lease loss: %s", key[0], e)
+        self._abort(key)
 
     def _abort(self, key: LeaseKey) -> None:
         f = self.inflight.get(key)
@@ -327,7 +345,7 @@ class Dispatcher:
         except asyncio.TimeoutError:
             self._cancel_run(f)  # stop the model's work too, not just our wait
             await self._record_failure(f, f"no answer from the model replica after {limit:g} s", kind="timeout",
-                                       cost=self._local_cost(f, app))
+                                       cost=None if job.route else self._local_cost(f, app))
         except Exception as e:
             err = as_model_error(e)  # a backend raises model errors; anything else failed all the same
             if isinstance(err, JobCancelled):

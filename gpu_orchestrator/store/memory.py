@@ -191,7 +191,7 @@ class MemoryJobStore:
         with self._tx() as now:
             runs: dict[str, list[float]] = {}
             for j in self._jobs.values():
-                if j.status == JobStatus.succeeded and j.finished_at > now - _secs(window_s):
+                if j.status == JobStatus.succeeded and j.route is None and j.finished_at > now - _secs(window_s):
                     runs.setdefault(j.app_id, []).append((j.finished_at - j.started_at).total_seconds())
             return {app: sum(v) / len(v) for app, v in runs.items()}
 

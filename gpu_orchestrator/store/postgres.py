@@ -339,7 +339,7 @@ class PostgresJobStore:
         """Mean run time (started -> finished) of each app's recently succeeded jobs, in seconds."""
         sql = sa.text(
             "SELECT app_id, avg(extract(epoch FROM finished_at - started_at)) AS s FROM jobs "
-            "WHERE status = 'succeeded' AND finished_at > now() - make_interval(secs => :w) GROUP BY app_id"
+            "WHERE status = 'succeeded' AND route IS NULL AND finished_at > now() - make_interval(secs => :w) GROUP BY app_id"
         )
         with self.engine.connect() as conn:
             return {r.app_id: float(r.s) for r in conn.execute(sql, {"w": window_s}) if r.s is not None}

@@ -173,3 +173,18 @@ def test_sdk_router_killed_mid_call_reattaches_by_call_id(db_url, serve_backend,
     assert job["status"] == "succeeded", job
     assert len(sdk.spawns) == 1 and job["lost_attempts"] == 1
 
+
+
+def test_endpoint_5xx_is_retried_as_a_new_attempt(db_url, serve_backend, tmp_path, monkeypatch):
+    with FakeModalEndpoint() as ep:
+        answers = [(503, {"detail": "overloaded"}), (200, {"text": "ok"})]
+        ep.handler = lambda body: answers.pop(0)
+        monkeypatch.setenv("MODAL_PROXY_KEY", ep.key)
+        monkeypatch.setenv("MODAL_PROXY_SECRET", ep.secret)
+        cfg = modal_config(endpoint=ep.url)
+        cfg["apps"] = [a for a in cfg["apps"] if a["id"] != "sdxl-modal"]
+        with running_router(db_url, serve_backend.redis_url, artifacts=str(tmp_path / "art"), cfg=cfg,
+                            monkeypatch=monkeypatch) as rr, httpx.Client(base_url=rr.base, timeout=10) as http:
+            job = wait_terminal(http, http.post("/v1/jobs", json={"app_id": "sdxl-endpoint", "params": {"prompt": "x"}}).json()["job_id"])
+        assert job["status"] == "succeeded" and job["result"] == {"text": "ok"}, job
+        assert [e["kind"] for e in job["errors"]] == ["provider_unavailable"] and len(ep.requests) == 2
