@@ -43,6 +43,14 @@ class Transient(Exception):
         self.retry_after_s = retry_after_s
 
 
+def check_http(status: int, what: str, detail: str = "") -> None:
+    """A provider's plain-HTTP answer: 429 and 5xx may pass (Transient); other 4xx end the run."""
+    if status == 429 or status >= 500:
+        raise Transient(f"{what} HTTP {status}")
+    if status >= 400:
+        raise ProviderFailed(f"{what}: HTTP {status}" + (f": {detail}" if detail else ""))
+
+
 @dataclasses.dataclass(frozen=True)
 class Poll:
     state: Literal["running", "succeeded", "failed", "canceled"]

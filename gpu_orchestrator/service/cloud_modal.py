@@ -19,7 +19,7 @@ import httpx
 from gpu_orchestrator.core.cloud import Resolved
 from gpu_orchestrator.core.config import ModalSpec
 from gpu_orchestrator.core.model_errors import ProviderFailed, ProviderUnavailable
-from gpu_orchestrator.service.cloud import Poll, Transient
+from gpu_orchestrator.service.cloud import Poll, Transient, check_http
 
 ENDPOINT_PREFIX = "endpoint:"  # run ids of endpoint calls: they live in this process only
 
@@ -169,10 +169,7 @@ class ModalProvider:
                 resp = await c.post(r.target.endpoint, json={"params": inputs, "files": files}, headers=headers)
         except (httpx.TimeoutException, httpx.TransportError) as e:
             raise Transient(f"endpoint {type(e).__name__}") from None
-        if resp.status_code == 429 or resp.status_code >= 500:
-            raise Transient(f"endpoint HTTP {resp.status_code}")
-        if resp.status_code >= 400:
-            raise ProviderFailed(f"endpoint HTTP {resp.status_code}: {resp.text[:300]}")
+        check_http(resp.status_code, "endpoint", resp.text[:300])
         return resp.json()
 
 

@@ -16,7 +16,7 @@ import httpx
 from gpu_orchestrator.core.cloud import Resolved
 from gpu_orchestrator.core.config import ReplicateSpec
 from gpu_orchestrator.core.model_errors import ProviderFailed
-from gpu_orchestrator.service.cloud import Poll, Transient
+from gpu_orchestrator.service.cloud import Poll, Transient, check_http
 
 _STATES = {"starting": "running", "processing": "running", "succeeded": "succeeded", "failed": "failed",
            "canceled": "canceled", "aborted": "canceled"}
@@ -103,8 +103,5 @@ class ReplicateProvider:
                 resp = await c.get(url)
         except (httpx.TimeoutException, httpx.TransportError) as e:
             raise Transient(f"download {type(e).__name__}") from None
-        if resp.status_code == 429 or resp.status_code >= 500:
-            raise Transient(f"download HTTP {resp.status_code}")
-        if resp.status_code >= 400:
-            raise ProviderFailed(f"replicate output file: HTTP {resp.status_code}")
+        check_http(resp.status_code, "replicate output file")
         return resp.content, resp.headers.get("content-type", "application/octet-stream")

@@ -78,6 +78,16 @@ def modal_config(endpoint: str | None = None, **target) -> dict:
 
 
 
+def endpoint_router(ep: FakeModalEndpoint, db_url, serve_backend, tmp_path, monkeypatch):
+    """A router whose only Modal app is the endpoint `ep`, with its proxy-auth tokens in the env."""
+    monkeypatch.setenv("MODAL_PROXY_KEY", ep.key)
+    monkeypatch.setenv("MODAL_PROXY_SECRET", ep.secret)
+    cfg = modal_config(endpoint=ep.url)
+    cfg["apps"] = [a for a in cfg["apps"] if a["id"] != "sdxl-modal"]
+    return running_router(db_url, serve_backend.redis_url, artifacts=str(tmp_path / "art"), cfg=cfg,
+                          monkeypatch=monkeypatch)
+
+
 def test_endpoint_mode_sends_proxy_auth_and_stores_inline_files(db_url, serve_backend, tmp_path, monkeypatch):
     with FakeModalEndpoint() as ep:
         def handler(body):
@@ -87,12 +97,8 @@ def test_endpoint_mode_sends_proxy_auth_and_stores_inline_files(db_url, serve_ba
             return 200, {"images": [{"inline": {"name": "image-0.png", "data_b64": img}, "width": p["width"],
                                      "height": p["height"]}]}
         ep.handler = handler
-        monkeypatch.setenv("MODAL_PROXY_KEY", ep.key)
-        monkeypatch.setenv("MODAL_PROXY_SECRET", ep.secret)
-        cfg = modal_config(endpoint=ep.url)
-        cfg["apps"] = [a for a in cfg["apps"] if a["id"] != "sdxl-modal"]
-        with running_router(db_url, serve_backend.redis_url, artifacts=str(tmp_path / "art"), cfg=cfg,
-                            monkeypatch=monkeypatch) as rr, httpx.Client(base_url=rr.base, timeout=10) as http:
+        with endpoint_router(ep, db_url, serve_backend, tmp_path, monkeypatch) as rr, \
+                httpx.Client(base_url=rr.base, timeout=10) as http:
             r = http.post("/v1/jobs", json={"app_id": "sdxl-endpoint", "params": {"prompt": "x", "width": 96}})
             job = wait_terminal(http, r.json()["job_id"])
             assert job["status"] == "succeeded", job
@@ -179,12 +185,8 @@ def test_endpoint_5xx_is_retried_as_a_new_attempt(db_url, serve_backend, tmp_pat
     with FakeModalEndpoint() as ep:
         answers = [(503, {"detail": "overloaded"}), (200, {"text": "ok"})]
         ep.handler = lambda body: answers.pop(0)
-        monkeypatch.setenv("MODAL_PROXY_KEY", ep.key)
-        monkeypatch.setenv("MODAL_PROXY_SECRET", ep.secret)
-        cfg = modal_config(endpoint=ep.url)
-        cfg["apps"] = [a for a in cfg["apps"] if a["id"] != "sdxl-modal"]
-        with running_router(db_url, serve_backend.redis_url, artifacts=str(tmp_path / "art"), cfg=cfg,
-                            monkeypatch=monkeypatch) as rr, httpx.Client(base_url=rr.base, timeout=10) as http:
+        with endpoint_router(ep, db_url, serve_backend, tmp_path, monkeypatch) as rr, \
+                httpx.Client(base_url=rr.base, timeout=10) as http:
             job = wait_terminal(http, http.post("/v1/jobs", json={"app_id": "sdxl-endpoint", "params": {"prompt": "x"}}).json()["job_id"])
         assert job["status"] == "succeeded" and job["result"] == {"text": "ok"}, job
         assert [e["kind"] for e in job["errors"]] == ["provider_unavailable"] and len(ep.requests) == 2
