@@ -19,6 +19,18 @@ APP_NAME = "orchestrator"
 TINY_DIR = os.environ.get("GPU_ORCH_TEST_TINY_DIR", "/tmp/gpu-orch-test-tiny")
 
 
+def pytest_collection_modifyitems(config, items):
+    """The session's deploy (every model's runtime_env cloned from the base virtualenv: minutes on
+    2 cores) runs in the setup of whichever test needs it first: the per-test timeout covers that
+    test's own body only (wait_running bounds the deploy)."""
+    for item in items:
+        if "deployed" not in getattr(item, "fixturenames", ()):
+            continue
+        own = item.get_closest_marker("timeout")
+        timeout = (own.kwargs.get("timeout") or (own.args[0] if own.args else None)) if own else None
+        item.add_marker(pytest.mark.timeout(timeout or config.getini("timeout"), func_only=True), append=False)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -66,13 +66,17 @@ def submit(c, app, priority=0, **params):
 
 
 def wait_all_cold(c, timeout_s=60):
+    """Until no model holds a replica and none has work left (a test that failed midway may have
+    left jobs that would load a model under the next test)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         st = replica_states()
-        if all(holding(st.get(m, {})) == 0 for m in MODELS):
+        busy = {m["deployment"]: (m["queued"], m["running"]) for m in workers(c)["models"]
+                if m["deployment"] in MODELS and (m["queued"] or m["running"])}
+        if not busy and all(holding(st.get(m, {})) == 0 for m in MODELS):
             return
         time.sleep(0.2)
-    raise TimeoutError(f"models still hold replicas: {replica_states()}")
+    raise TimeoutError(f"models still hold replicas or work: {replica_states()} {busy}")
 
 
 def loads(c) -> dict[str, int]:
@@ -170,7 +174,8 @@ def test_cold_model_scales_from_zero_and_completes(arb):
     assert replica_states()["echo-a"].get("RUNNING") == 1
     w = {m["deployment"]: m for m in arb.get("/v1/workers").json()["models"]}["echo-a"]
     assert w["state"] == "resident" and w["arbiter"]["last_decision"].startswith("load echo-a on gpu0")
-    print(f"cold start to done: {took:.1f} s (1 s simulated load)")
+    print(f"cold start to done: {took:.1f} s (1 s simulated load; the arbiter measured {w['arbiter']['load_s']:.1f} s "
+          f"from its decision to a running replica)")
 
 
 def test_models_that_do_not_fit_swap_and_are_never_resident_together(arb):
@@ -182,6 +187,9 @@ def test_models_that_do_not_fit_swap_and_are_never_resident_together(arb):
 
 
 def test_a_model_with_a_running_job_is_not_evicted(arb):
+    # Cold first: echo-a's load then goes into free memory and spends no credit (evicting a model an
+    # earlier test left resident would, and a slow load could leave too little for echo-b's).
+    wait_all_cold(arb)
     wait_for_round_trip_credit(arb)  # a higher priority displaces at once only while the budget pays
     long_job = submit(arb, "a", delay_s=6, steps=6)
     wait_status(arb, long_job, {"running"}, timeout_s=60)
