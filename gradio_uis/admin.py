@@ -16,7 +16,7 @@ from gradio_uis.common import CONCURRENCY, DELETE_CACHE, api_url, error_html, ex
 REFRESH_S = 2.0
 ALL = "(all)"
 STATUSES = [ALL, "queued", "running", "succeeded", "failed", "cancelled"]
-QUEUE_COLS = ["app", "queued", "running", "oldest wait (s)"]
+QUEUE_COLS = ["app", "queued", "running", "oldest wait (s)", "cloud (queued/running)"]
 MODEL_COLS = ["model", "state", "gpu", "vram held (GB)", "vram declared (GB)", "replicas", "target", "queued",
               "running", "loads", "evictions", "last decision"]
 GPU_COLS = ["gpu", "models", "vram declared (GB)", "swap credit (s)"]
@@ -34,8 +34,9 @@ def queue_rows(stats: dict[str, Any], app_ids: list[str]) -> list[list[Any]]:
     rows = []
     for app_id in sorted(set(app_ids) | set(apps)):
         a = apps.get(app_id, {})
-        age = a.get("oldest_queued_age_s")
-        rows.append([app_id, a.get("queued", 0), a.get("running", 0), round(age, 1) if age is not None else ""])
+        age, cloud = a.get("oldest_queued_age_s"), a.get("cloud")
+        rows.append([app_id, a.get("queued", 0), a.get("running", 0), round(age, 1) if age is not None else "",
+                     f"{cloud['queued']}/{cloud['running']}" if cloud else ""])
     return rows
 
 

@@ -16,11 +16,19 @@ router = APIRouter(tags=["workers"])
 @router.get("/v1/stats")
 async def stats(jobs: Jobs, minutes: Annotated[int, Query(ge=1, le=1440)] = 60) -> dict[str, Any]:
     store = jobs.store
-    queues, per_minute = await asyncio.gather(asyncio.to_thread(store.queue_stats),
-                                              asyncio.to_thread(store.jobs_per_minute, minutes=minutes))
+    queues, cloud, per_minute = await asyncio.gather(asyncio.to_thread(store.queue_stats),
+                                                     asyncio.to_thread(store.queue_stats, cloud=True),
+                                                     asyncio.to_thread(store.jobs_per_minute, minutes=minutes))
+    apps: dict[str, Any] = {}
+    for app_id in sorted(set(queues) | set(cloud)):
+        q, c = queues.get(app_id), cloud.get(app_id)
+        apps[app_id] = {"queued": q.queued if q else 0, "running": q.running if q else 0,
+                        "oldest_queued_age_s": q.oldest_queued_age_s if q else None}
+        if c is not None:  # jobs sent to a cloud backend, apart: they wait on the provider, not our GPUs
+            apps[app_id]["cloud"] = {"queued": c.queued, "running": c.running,
+                                     "oldest_queued_age_s": c.oldest_queued_age_s}
     return {
-        "apps": {app_id: {"queued": q.queued, "running": q.running, "oldest_queued_age_s": q.oldest_queued_age_s}
-                 for app_id, q in sorted(queues.items())},
+        "apps": apps,
         "jobs_per_minute": [{"minute": m.minute.isoformat(), "status": m.status.value, "count": m.count}
                             for m in per_minute],
         "minutes": minutes,

@@ -22,6 +22,7 @@ def last_line(text: str) -> str:
 class ModelError(Exception):
     kind: ClassVar[str] = "error"  # the `kind` of the failed attempt in the job's error history
     retryable: ClassVar[bool] = True
+    cost: Any = None  # what a cloud run that ended so was billed (store.base.Cost), when known
 
     @property
     def type_name(self) -> str:
@@ -108,11 +109,10 @@ class ModelFailed(_Named):
 
 class ProviderFailed(ModelError):
     """A cloud provider ran the job and reports it failed (its own message follows). Not retried:
-    the same input would fail the same way there. `cost` (store.base.Cost) is what the run was billed."""
+    the same input would fail the same way there."""
 
     kind = "provider_error"
     retryable = False
-    cost: Any = None
 
 
 class ProviderUnavailable(ModelError):

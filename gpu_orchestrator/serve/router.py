@@ -68,7 +68,7 @@ class Router:
         self.jobs = JobService(
             cfg=self.cfg, store=self.store, events=self.bus, transitions=self.transitions, deployed=self.backends,
             artifacts=self.artifacts, on_submitted=self._submitted, cancel_local=self.dispatcher.cancel_local,
-            flag_timeout_s=rc.redis_timeout_s, routing=self.dispatcher.routing,
+            flag_timeout_s=rc.redis_timeout_s, routing=self.dispatcher.routing, cancel_cloud=self.dispatcher.cancel_detached,
         )
         arbiter = self.arbiter
         self.fleet = Fleet(self.cfg, self.store, heartbeats=self.beats.read_all,

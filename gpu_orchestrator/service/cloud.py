@@ -124,7 +124,14 @@ class CloudBackend:
                 # The prediction goes on billing unless cancelled there too (best effort, bounded).
                 asyncio.ensure_future(self._cancel_remote(self.targets[job.app_id], state["run_id"]))
 
-        return CloudRun(task, cancel, detach=task.cancel)
+        def detach() -> None:
+            portable = getattr(self.provider, "portable", None)
+            if state.get("run_id") and portable is not None and not portable(state["run_id"]):
+                cancel()  # only this process can follow it (a Modal endpoint call): stop it, don't orphan it
+            else:
+                task.cancel()
+
+        return CloudRun(task, cancel, detach=detach)
 
     async def _cancel_remote(self, r: Resolved, run_id: str) -> None:
         try:
@@ -159,12 +166,11 @@ class CloudBackend:
         reattached = bool(ref and ref.get("id") and (can is None or can(str(ref["id"]))))
         if reattached:
             assert ref is not None
-            run_id = str(ref["id"])  # the run an earlier attempt started: re-attach, never create twice
+            run_id = state["run_id"] = str(ref["id"])  # an earlier attempt's run: re-attach, never create twice
             log.info("job %s attempt %d: re-attaching to %s run %s", job.id, attempt, name, run_id)
             await self.remember(job, attempt, {**ref, "attempt": attempt})
         else:
-            run_id = await self._start(r, job, attempt)
-        state["run_id"] = run_id
+            run_id = state["run_id"] = await self._start(r, job, attempt)
         last = None
         while True:
             p: Poll = await self._call(r, "get", lambda: self.provider.poll(r, run_id))
@@ -186,7 +192,9 @@ class CloudBackend:
                     await self.remember(job, attempt, {"provider": name, "id": None, "cancelled": run_id})
                 except Exception as e:
                     log.debug("job %s: cancelled run not recorded: %s", job.id, e)
-                raise JobTimeout(f"timed out after {timeout_s:g} s on {name}")
+                err = JobTimeout(f"timed out after {timeout_s:g} s on {name}")
+                err.cost = self._cost(r, p, time.monotonic() - t0, images=0)  # billed until the cancel
+                raise err
             await asyncio.sleep(r.target.poll_interval_s)
         state["done"] = True
         seconds = time.monotonic() - t0
@@ -204,7 +212,14 @@ class CloudBackend:
     async def _start(self, r: Resolved, job: Job, attempt: int) -> str:
         """Create the provider's run and record its id on the job row before anyone waits on it."""
         inputs, files = await asyncio.to_thread(self._inputs, r, job)
-        run_id = await self._call(r, "create", lambda: self.provider.create(r, inputs, files))
+        create = asyncio.ensure_future(self._call(r, "create", lambda: self.provider.create(r, inputs, files)))
+        try:
+            run_id = await asyncio.shield(create)
+        except asyncio.CancelledError:
+            # Cancelled while the create was on its way: the provider may start (and bill) a run no
+            # one knows of. Let the create finish and cancel what it started.
+            create.add_done_callback(self._cancel_created(r))
+            raise
         try:
             await self.remember(job, attempt, {"provider": self.provider.name, "id": run_id, "attempt": attempt,
                                                "target": r.target.ref})
@@ -212,6 +227,21 @@ class CloudBackend:
             await self._cancel_remote(r, run_id)
             raise
         return run_id
+
+    def _cancel_created(self, r: Resolved) -> Callable[[asyncio.Future], None]:
+        def done(create: asyncio.Future) -> None:
+            if not create.cancelled() and create.exception() is None:
+                asyncio.ensure_future(self._cancel_remote(r, create.result()))
+        return done
+
+    def cancel_detached(self, job: Job) -> bool:
+        """Cancel the run a job's row names, which no router waits on (the job was cancelled or
+        failed while queued between attempts). Best effort, in the background."""
+        ref, r = job.cloud_ref or {}, self.targets.get(job.app_id)
+        if r is None or ref.get("provider") != self.provider.name or not ref.get("id"):
+            return False
+        asyncio.ensure_future(self._cancel_remote(r, str(ref["id"])))
+        return True
 
     def _cost(self, r: Resolved, p: Poll, seconds: float, images: int) -> Cost:
         if self.provider.name == "replicate":

@@ -108,6 +108,10 @@ class ModalProvider:
             missing.append(f"${self.spec.proxy_key_env} and ${self.spec.proxy_secret_env}")
         return f"no Modal credentials ({'; '.join(missing)} not set)" if missing else None
 
+    def portable(self, run_id: str) -> bool:
+        """Whether another router can re-attach to the run (an endpoint call lives in this process)."""
+        return not run_id.startswith(ENDPOINT_PREFIX)
+
     def can_reattach(self, run_id: str) -> bool:
         return not run_id.startswith(ENDPOINT_PREFIX) or run_id in self._calls
 

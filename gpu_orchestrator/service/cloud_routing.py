@@ -40,9 +40,23 @@ class CloudRouting:
         self.refuse = refuse  # model -> why no GPU can hold it
         self.failing = failing  # model -> its load error
         self.resident = resident
-        self.stats: dict[str, AppQueueStats] = {}
+        self._stats: dict[str, AppQueueStats] = {}
+        # Local jobs this replica queued since the stats were read: a burst of submits between two
+        # reads must not all see the same short queue.
+        self._since: dict[str, int] = {}
         self.service_s: dict[str, float] = {}
         self._unplaceable: dict[str, tuple[str, float]] = {}  # model -> (why, when the arbiter last said so)
+
+    @property
+    def stats(self) -> dict[str, AppQueueStats]:
+        return self._stats
+
+    @stats.setter
+    def stats(self, value: dict[str, AppQueueStats]) -> None:  # a fresh read counts what was queued before it
+        self._stats, self._since = value, {}
+
+    def queued_locally(self, app_id: str) -> None:
+        self._since[app_id] = self._since.get(app_id, 0) + 1
 
     def unplaceable(self, model: str) -> str | None:
         """Why no GPU can hold the model: what the arbiter says now, or said in the last
@@ -63,9 +77,10 @@ class CloudRouting:
         model = self.cfg.models.get(app.deployment)
         if model is None:
             return LocalOutlook(unplaceable=f"model {app.deployment!r} is not configured")
-        s = self.stats.get(app.id)
+        s = self._stats.get(app.id)
         service = self.service_s.get(app.id) or (app.fallback.service_s if app.fallback else 10.0)
-        wait = local_wait_s(queued=s.queued if s else 0, running=s.running if s else 0, slots=app.max_in_flight,
+        queued = (s.queued if s else 0) + self._since.get(app.id, 0)
+        wait = local_wait_s(queued=queued, running=s.running if s else 0, slots=app.max_in_flight,
                             service_s=service, load_s=model.load_s, resident=self.resident(app.deployment))
         return LocalOutlook(unplaceable=self.unplaceable(app.deployment), failing=self.failing(app.deployment), wait_s=wait)
 
@@ -76,14 +91,24 @@ class CloudRouting:
             self._check_taken(app, params)
             return Route(app.kind.value, "cloud-only app")
         fb = app.fallback
-        if fb is None or fb.when == "never":
-            return LOCAL
+        if fb is None or fb.when == "never" or self.declines(app, params):
+            return LOCAL  # the fallback cannot take this job as asked: it stays local
+        return choose(fb, self.outlook(app), available=self.why_unavailable(fb.backend) is None)
+
+    def declines(self, app: AppSpec, params: dict[str, Any]) -> str | None:
+        """Why the app's fallback would not take this job (a param its provider does not take, an
+        estimate over max_cost_per_job), or None. Checked at submit and before queued jobs move."""
+        fb = app.fallback
+        assert fb is not None
         try:
             check_inputs(resolve(fb, app.task), params, self._defaults(app))
-        except NotTaken:
-            return LOCAL  # the fallback cannot take this job as asked: it stays local
-        return choose(fb, self.outlook(app), available=self.why_unavailable(fb.backend) is None,
-                      cost_estimate=self.estimate(app, params))
+        except NotTaken as e:
+            return f"{fb.backend} does not take " + ", ".join(f"params.{f}" for f in e.fields)
+        if fb.max_cost_per_job is not None:
+            cost = self.estimate(app, params)
+            if cost > fb.max_cost_per_job:
+                return f"estimated ${cost:.4f} is over max_cost_per_job ${fb.max_cost_per_job:g}"
+        return None
 
     def estimate(self, app: AppSpec, params: dict[str, Any]) -> float:
         fb = app.fallback

@@ -102,7 +102,9 @@ class Dispatcher:
         self.queue_stats: dict[str, AppQueueStats] = {}
         self._task: asyncio.Task | None = None
         self._claiming: asyncio.Future | None = None
-        self._unrunnable_since: dict[str, float] = {}
+        self._unrunnable_since: dict[tuple[str, str | None], float] = {}  # (app, route) -> first seen stranded
+        self._waiting: dict[str, set[str | None]] = {}  # app -> routes with queued jobs, from the last claim pass
+        self._sent_at: dict[str, float] = {}  # app -> when its queued jobs were last offered to its fallback
         self._stopping = False
 
     def start(self) -> None:
@@ -150,60 +152,103 @@ class Dispatcher:
         if self.cloud and time.monotonic() - self._service_at > 30.0:  # the wait estimate's service times
             self._service_at = time.monotonic()
             self.routing.service_s = await asyncio.to_thread(self.store.service_times)
-        await self._fail_unrunnable()
+        await self._settle_stranded()
 
-    async def _fail_unrunnable(self) -> None:
-        """Queued jobs of an app no longer in the config (or of a kind nothing here runs) would wait
-        for ever: fail them once this router has seen them so for the grace period, and only jobs
-        older than it (a rolling config update may add apps this replica does not know yet)."""
-        runnable = {a.id for a in self.cfg.apps if a.kind == AppKind.local or a.kind.value in self.cloud}
-        queued = {app_id for app_id, s in self.queue_stats.items() if s.queued}
-        now = time.monotonic()
-        for app_id in list(self._unrunnable_since):
-            if app_id not in queued or app_id in runnable:
-                del self._unrunnable_since[app_id]
+    def _usable(self, backend: str | None) -> bool:
+        return backend in self.cloud and self.routing.why_unavailable(backend) is None
+
+    def _routes_for(self, app: AppSpec) -> set[str | None]:
+        """The routes this router runs the app's jobs on (None: local)."""
+        if app.kind != AppKind.local:
+            return {app.kind.value} if self._usable(app.kind.value) else set()
+        fb = app.fallback
+        return {None, fb.backend} if fb is not None and fb.when != "never" and self._usable(fb.backend) else {None}
+
+    async def _settle_stranded(self) -> None:
+        """Queued jobs nothing here will run would wait for ever: an app no longer configured, a
+        cloud-only app whose backend is unavailable (no token), a local app's jobs sent to a cloud
+        backend it no longer uses or cannot reach. Once this router has seen them so for the grace
+        period (a rolling update may bring a replica that can), and only jobs older than it: jobs
+        of a local app go back to its local queue; the others fail, saying why."""
         grace = self.cfg.router.unconfigured_app_grace_s
-        for app_id in sorted(queued - runnable):
-            if now - self._unrunnable_since.setdefault(app_id, now) < grace:
+        now = time.monotonic()
+        stranded = {(app_id, route) for app_id, routes in self._waiting.items() for route in routes
+                    if (spec := self.cfg.app(app_id)) is None or route not in self._routes_for(spec)}
+        for key in list(self._unrunnable_since):
+            if key not in stranded:
+                del self._unrunnable_since[key]
+        for app_id, route in sorted(stranded, key=str):
+            if now - self._unrunnable_since.setdefault((app_id, route), now) < grace:
                 continue
             spec = self.cfg.app(app_id)
-            error = (f"app {app_id} is no longer configured" if spec is None
-                     else f"app {app_id} runs on {spec.kind.value}, which this orchestrator has no backend for")
-            await self._fail_queued(app_id, error, older_than_s=grace)
+            if spec is None:
+                await self._fail_queued(app_id, f"app {app_id} is no longer configured", older_than_s=grace, route=route)
+            elif spec.kind != AppKind.local:
+                why = self.routing.why_unavailable(spec.kind.value) or "no backend for it"
+                await self._fail_queued(app_id, f"app {app_id} runs on {spec.kind.value}, which is unavailable here "
+                                        f"({why})", older_than_s=grace, route=route)
+            elif route is not None:
+                fb = spec.fallback
+                why = (self.routing.why_unavailable(route) if fb is not None and fb.backend == route and fb.when != "never"
+                       else "no longer its fallback") or "unavailable"
+                reason = f"{route} is unavailable here ({why}): back to the local queue"
+                for job_id in await asyncio.to_thread(self.store.reroute_queued, app_id, None, reason, frm=route,
+                                                      older_than_s=grace):
+                    log.warning("job %s: %s", job_id, reason)
+                    await self._tell(job_id, {"stage": reason, "backend": "local"})
 
     async def _claim_all(self) -> None:
-        waiting = await asyncio.to_thread(self.store.apps_with_queued)
+        self._waiting = waiting = await asyncio.to_thread(self.store.apps_with_queued)
         for app in self.cfg.apps:
-            if app.id not in waiting:
+            routes = waiting.get(app.id)
+            if not routes:
                 continue
             if app.kind != AppKind.local:
                 # A router without the token leaves them to one that has it (a rolling update).
-                if app.kind.value in self.cloud and app.cloud is not None and \
-                        self.routing.why_unavailable(app.kind.value) is None:
+                if app.kind.value in routes and app.cloud is not None and self._usable(app.kind.value):
                     await self._claim(app, app.kind.value, app.cloud.max_in_flight)
                 continue
             fb = app.fallback
-            usable = (fb is not None and fb.when != "never" and fb.backend in self.cloud
-                      and self.routing.why_unavailable(fb.backend) is None)
-            # With a usable fallback, a model the arbiter found unplaceable a moment ago still is.
-            why = self.routing.unplaceable(app.deployment) if usable else self.refuse(app.deployment)
-            failing = self.routing.failing(app.deployment) if usable else None
-            if usable and (why or failing):  # its queued local jobs can go where they will run
-                assert fb is not None
-                reason = (f"no local GPU can hold the model ({why})" if why
-                          else f"the local model fails to load ({failing})")
-                for job_id in await asyncio.to_thread(self.store.reroute_queued, app.id, fb.backend, reason):
-                    log.info("job %s -> %s: %s", job_id, fb.backend, reason)
-            if usable:
-                assert fb is not None
+            usable = fb is not None and fb.backend in self._routes_for(app)
+            if None in routes:
+                live = self.refuse(app.deployment)
+                # With a usable fallback, a model the arbiter found unplaceable a moment ago still is.
+                why = live or (self.routing.unplaceable(app.deployment) if usable else None)
+                if usable and (why or self.routing.failing(app.deployment)):
+                    routes = routes | set(await self._send_to_fallback(app, why))
+                if live:
+                    # What is still local now can never run here (the fallback declined it, or is unusable).
+                    await self._fail_queued(app.id, f"no capacity: {live}")
+                elif not why and self.gate(app.deployment):  # else its jobs wait (and drive the arbiter)
+                    await self._claim(app, None, app.max_in_flight)
+            if usable and fb is not None and fb.backend in routes:
                 await self._claim(app, fb.backend, fb.max_in_flight)
-            if why:
-                if not usable:
-                    await self._fail_queued(app.id, f"no capacity: {why}")
-                continue
-            if not self.gate(app.deployment):
-                continue  # cold, loading or draining: its jobs stay queued (and drive the arbiter)
-            await self._claim(app, None, app.max_in_flight)
+
+    async def _send_to_fallback(self, app: AppSpec, unplaceable: str | None) -> list[str]:
+        """The app's queued local jobs its fallback takes move there: its model cannot be placed or
+        fails to load. Jobs it declines (a param it does not take, over max_cost_per_job) stay.
+        Returns the route they went to, if any did."""
+        fb = app.fallback
+        assert fb is not None
+        reason = (f"no local GPU can hold the model ({unplaceable})" if unplaceable
+                  else f"the local model fails to load ({self.routing.failing(app.deployment)})")
+        now = time.monotonic()
+        if not unplaceable and now - self._sent_at.get(app.id, 0.0) < 1.0:
+            return []  # failing to load: declined jobs stay queued; look again in a second, not every tick
+        self._sent_at[app.id] = now
+        moved: list[uuid.UUID] = []
+        cursor = None
+        while True:  # every page: what is left local after this may be failed as unplaceable
+            queued, cursor = await asyncio.to_thread(self.store.list, app_id=app.id, status=JobStatus.queued,
+                                                     limit=500, cursor=cursor)
+            ok = [j.id for j in queued if j.route is None and self.routing.declines(app, j.params) is None]
+            if ok:
+                moved += await asyncio.to_thread(self.store.reroute_queued, app.id, fb.backend, reason, ids=ok)
+            if cursor is None:
+                break
+        for job_id in moved:
+            log.info("job %s -> %s: %s", job_id, fb.backend, reason)
+        return [fb.backend] if moved else []
 
     async def _claim(self, app: AppSpec, route: str | None, cap: int) -> None:
         """Claim what this replica may run of the app's jobs on `route` (None: local) and start them."""
@@ -224,9 +269,11 @@ class Dispatcher:
             self.inflight[f.key] = f
             f.task = asyncio.get_running_loop().create_task(self._execute(f))
 
-    async def _fail_queued(self, app_id: str, error: str, older_than_s: float | None = None) -> None:
-        """queued -> failed for the app's jobs that can never run here, each announced."""
-        for job_id in await asyncio.to_thread(self.store.fail_queued, app_id, error, older_than_s=older_than_s):
+    async def _fail_queued(self, app_id: str, error: str, older_than_s: float | None = None,
+                           route: str | None = None) -> None:
+        """queued -> failed for the app's jobs (on `route`) that can never run here, each announced."""
+        for job_id in await asyncio.to_thread(self.store.fail_queued, app_id, error, older_than_s=older_than_s,
+                                              route=route):
             log.warning("job %s failed: %s", job_id, error)
             await self.transitions.announce(job_id, app_id, JobStatus.failed, error=error)
 
@@ -268,6 +315,13 @@ class Dispatcher:
         for key in keys:
             self._abort(key)
         return bool(keys)
+
+    def cancel_detached(self, job: Job) -> None:
+        """A job cancelled while queued may still name a cloud run no one waits on (left running by
+        a graceful stop or between attempts for re-attaching): cancel it at the provider."""
+        backend = self.cloud.get(job.route or "")
+        if backend is not None and job.cloud_ref:
+            backend.cancel_detached(job)
 
     async def release_all(self) -> int:
         """Graceful stop (Serve stopping this router: rolling update, downscale). Stop claiming,
@@ -387,13 +441,17 @@ class Dispatcher:
             raise JobCancelled(str(e)) from None
 
     async def _cloud_progress(self, job: Job, attempt: int, data: dict[str, Any]) -> None:
+        await self._tell(job.id, {"attempt": attempt, **data})
+
+    async def _tell(self, job_id: uuid.UUID, data: dict[str, Any]) -> None:
+        """A progress event for the job's watchers (lossy: the row has the facts)."""
         try:
-            await asyncio.wait_for(self.transitions.events.publish(job.id, "progress", attempt=attempt, **data),
+            await asyncio.wait_for(self.transitions.events.publish(job_id, "progress", **data),
                                    self.transitions.timeout_s)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # events are lossy
-            log.debug("progress of job %s not published: %s", job.id, e)
+            log.debug("progress of job %s not published: %s", job_id, e)
 
     async def _record_success(self, f: InFlight, result: Any, backend: str, cost: Cost | None = None) -> None:
         job, attempt = f.job, f.attempt
@@ -440,4 +498,6 @@ class Dispatcher:
                 return
             await self._record_failure(f, f"the failure could not be recorded ({type(e).__name__})", retryable, kind)
             return
+        if after.status.terminal and getattr(f.run, "detach", None) is not None:
+            self._cancel_run(f)  # a cloud run still going (the provider stopped answering) would bill on
         await self.transitions.announce(job.id, job.app_id, after.status, attempt=attempt, error=error)

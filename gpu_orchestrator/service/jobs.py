@@ -58,7 +58,8 @@ class JobService:
     def __init__(self, *, cfg: OrchestratorConfig, store: JobStore, events: EventSource, transitions: Transitions,
                  deployed: Container[str], artifacts: ArtifactLookup | None = None,
                  on_submitted: Callable[[], None] = _noop, cancel_local: Callable[[uuid.UUID], Any] = _noop,
-                 flag_timeout_s: float = 2.0, routing: CloudRouting | None = None):
+                 flag_timeout_s: float = 2.0, routing: CloudRouting | None = None,
+                 cancel_cloud: Callable[[Job], Any] = _noop):
         self.cfg = cfg
         self.apps: dict[str, AppSpec] = {a.id: a for a in cfg.apps}
         self.store = store
@@ -69,6 +70,7 @@ class JobService:
         self.artifacts = artifacts
         self.on_submitted = on_submitted  # the dispatcher's poke
         self.cancel_local = cancel_local  # the dispatcher cancels the request it holds for a job
+        self.cancel_cloud = cancel_cloud  # ... and a queued job's detached cloud run
         self.flag_timeout_s = flag_timeout_s
         self.routing = routing or CloudRouting(cfg, {})  # where new jobs go (local or a cloud backend)
         self._attached: dict[uuid.UUID, int] = {}  # callers waiting on each job here (see attached)
@@ -125,6 +127,8 @@ class JobService:
         if not created and job.app_id != spec.id:  # a key is one request: never another app's job
             raise IdempotencyConflict(spec.id, idempotency_key or "", job.id)
         if created:
+            if job.route is None and spec.fallback is not None:
+                self.routing.queued_locally(spec.id)
             where = {"backend": job.route, "reason": job.route_reason} if job.route else {}
             await self.transitions.announce(job.id, job.app_id, JobStatus.queued, new=True, **where)
             self.on_submitted()
@@ -163,6 +167,7 @@ class JobService:
         job, prev = await asyncio.to_thread(self.store.cancel, job_id)
         # The cancel is committed; what follows only hurries the model along and tells watchers, so
         # nothing here may turn it into an error (watchers also read the row).
+        held = False
         if prev == JobStatus.running:
             try:  # the model checks this flag between steps
                 await asyncio.wait_for(self.events.request_cancel(job_id), self.flag_timeout_s)
@@ -171,9 +176,16 @@ class JobService:
             except Exception as e:
                 log.warning("cancel flag for job %s not set: %s", job_id, reason(e))
             try:  # the replica holding it also cancels the model request
-                self.cancel_local(job_id)
+                held = bool(self.cancel_local(job_id))
             except Exception as e:
                 log.warning("job %s: local cancel failed: %s", job_id, e)
+        if job.cloud_ref and not held and prev in (JobStatus.queued, JobStatus.running):
+            # A cloud run this replica does not wait on: left going between attempts, or its router
+            # died. No one will re-attach to it now; a live holder cancels it too (idempotent there).
+            try:
+                self.cancel_cloud(job)
+            except Exception as e:
+                log.warning("job %s: its cloud run was not cancelled: %s", job_id, e)
         await self.transitions.announce(job.id, job.app_id, JobStatus.cancelled)
         return job
 

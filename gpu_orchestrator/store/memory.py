@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Iterator
 from gpu_orchestrator.core.apps import check_text
 from gpu_orchestrator.core.jobs import (IdempotencyConflict, Job, JobNotFound, JobStatus, QueueFull, RetryPolicy,
                                         TransitionError, request_fingerprint)
-from gpu_orchestrator.store.base import (LEASE_EXPIRED, MAX_ERRORS, MSG_GIVE_UP, RELEASED, AppQueueStats, Cost, CostRow, LeaseEnd,
+from gpu_orchestrator.store.base import (ANY_ROUTE, LEASE_EXPIRED, MAX_ERRORS, MSG_GIVE_UP, RELEASED, AppQueueStats, Cost, CostRow, LeaseEnd,
                                          MinuteCount, LeaseKey, Rescued, ResultNotStorable, StoreUnavailable, clip_error,
                                          decode_cursor, encode_cursor)
 
@@ -162,14 +162,24 @@ class MemoryJobStore:
 
     # -- the dispatcher's -------------------------------------------------------------------------
 
-    def apps_with_queued(self) -> set[str]:
+    def apps_with_queued(self) -> dict[str, set[str | None]]:
         with self._tx():
-            return {j.app_id for j in self._jobs.values() if j.status == Q}
+            out: dict[str, set[str | None]] = {}
+            for j in self._jobs.values():
+                if j.status == Q:
+                    out.setdefault(j.app_id, set()).add(j.route)
+            return out
 
-    def queue_stats(self) -> dict[str, AppQueueStats]:
+    def _queued(self, app_id: str, frm: str | None, ids: Any, older_than_s: float | None, now: dt.datetime) -> list[Job]:
+        keep = None if ids is None else set(ids)
+        return [j for j in self._jobs.values() if j.app_id == app_id and j.status == Q
+                and (frm == ANY_ROUTE or j.route == frm) and (keep is None or j.id in keep)
+                and (older_than_s is None or j.created_at < now - _secs(older_than_s))]
+
+    def queue_stats(self, *, cloud: bool = False) -> dict[str, AppQueueStats]:
         with self._tx() as now:
             out = {}
-            local = [j for j in self._jobs.values() if j.status in (Q, R) and j.route is None]
+            local = [j for j in self._jobs.values() if j.status in (Q, R) and (j.route is not None) == cloud]
             for app in {j.app_id for j in local}:
                 queued = [j for j in local if j.app_id == app and j.status == Q]
                 running = sum(1 for j in local if j.app_id == app and j.status == R)
@@ -234,12 +244,13 @@ class MemoryJobStore:
         with self._tx():
             self._set(self._leased(job_id, owner, attempt, "record its cloud run"), cloud_ref=_json(ref))
 
-    def reroute_queued(self, app_id: str, backend: str, reason: str) -> list[uuid.UUID]:
-        with self._tx():
-            ids = [j.id for j in self._jobs.values() if j.app_id == app_id and j.status == Q and j.route is None]
-            for job_id in ids:
-                self._set(self._jobs[job_id], route=backend, route_reason=reason)
-            return ids
+    def reroute_queued(self, app_id: str, backend: str | None, reason: str, *, frm: str | None = None,
+                       ids: Any = None, older_than_s: float | None = None) -> list[uuid.UUID]:
+        with self._tx() as now:
+            jobs = self._queued(app_id, frm, ids, older_than_s, now)
+            for j in jobs:
+                self._set(j, route=backend, route_reason=reason)
+            return [j.id for j in jobs]
 
     def cost_summary(self, *, since: dt.datetime, until: dt.datetime, app_id: str | None = None,
                      group_by: str = "backend") -> list[CostRow]:
@@ -278,13 +289,13 @@ class MemoryJobStore:
                 **_cost(job, cost),
             )
 
-    def fail_queued(self, app_id: str, error: str, *, older_than_s: float | None = None) -> list[uuid.UUID]:
+    def fail_queued(self, app_id: str, error: str, *, older_than_s: float | None = None,
+                    route: str | None = None) -> list[uuid.UUID]:
         with self._tx() as now:
-            ids = [j.id for j in self._jobs.values() if j.app_id == app_id and j.status == Q and j.route is None
-                   and (older_than_s is None or j.created_at < now - _secs(older_than_s))]
-            for job_id in ids:
-                self._set(self._jobs[job_id], status=JobStatus.failed, finished_at=now, error=error, run_after=None)
-            return ids
+            jobs = self._queued(app_id, route, None, older_than_s, now)
+            for j in jobs:
+                self._set(j, status=JobStatus.failed, finished_at=now, error=error, run_after=None)
+            return [j.id for j in jobs]
 
     def rescue_expired(self, policy: RetryPolicy = RetryPolicy()) -> list[Rescued]:
         with self._tx() as now:

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from gpu_orchestrator.core.jobs import (IdempotencyConflict, Job, JobNotFound, JobStatus, QueueFull, RetryPolicy,
                                         TransitionError, request_fingerprint)
-from gpu_orchestrator.store.base import (LEASE_EXPIRED, MAX_ERRORS, MSG_GIVE_UP, RELEASED, AppQueueStats, Cost,
+from gpu_orchestrator.store.base import (ANY_ROUTE, LEASE_EXPIRED, MAX_ERRORS, MSG_GIVE_UP, RELEASED, AppQueueStats, Cost,
                                          CostRow, LeaseEnd, MinuteCount, ResultNotStorable, Rescued, StoreUnavailable,
                                          clip_error, decode_cursor, encode_cursor)
 
@@ -274,29 +274,48 @@ class PostgresJobStore:
         nxt = encode_cursor(jobs[-1]) if len(rows) > limit else None
         return jobs, nxt
 
-    def apps_with_queued(self) -> set[str]:
-        """Apps with at least one queued job (a skip scan over the partial queued index)."""
+    def apps_with_queued(self) -> dict[str, set[str | None]]:
+        """Apps with at least one queued job, each with the routes its queued jobs wait on (None:
+        local; a skip scan over the partial queued index)."""
+        out: dict[str, set[str | None]] = {}
         with self.engine.connect() as conn:
-            return set(conn.execute(sa.text("SELECT DISTINCT app_id FROM jobs WHERE status = 'queued'")).scalars())
+            for r in conn.execute(sa.text("SELECT DISTINCT app_id, route FROM jobs WHERE status = 'queued'")):
+                out.setdefault(r.app_id, set()).add(r.route)
+        return out
 
-    def fail_queued(self, app_id: str, error: str, *, older_than_s: float | None = None) -> list[uuid.UUID]:
-        """queued -> failed for every queued job of an app (they can never run), or only those
-        submitted more than `older_than_s` ago; returns their ids."""
-        sql = ("UPDATE jobs SET status = 'failed', finished_at = now(), error = :error, run_after = NULL "
-               "WHERE app_id = :app AND status = 'queued' AND route IS NULL")
+    @staticmethod
+    def _queued_where(frm: str | None, ids: Any, older_than_s: float | None) -> str:
+        """The WHERE for an app's queued jobs on route `frm` (None: local, ANY_ROUTE: every route)."""
+        sql = "app_id = :app AND status = 'queued'"
+        if frm != ANY_ROUTE:
+            sql += " AND route IS NOT DISTINCT FROM :frm"
+        if ids is not None:
+            sql += " AND id = ANY(CAST(:ids AS uuid[]))"
         if older_than_s is not None:
             sql += " AND created_at < now() - make_interval(secs => :age)"
+        return sql
+
+    def fail_queued(self, app_id: str, error: str, *, older_than_s: float | None = None,
+                    route: str | None = None) -> list[uuid.UUID]:
+        """queued -> failed for the app's queued jobs on `route` (they can never run), or only those
+        submitted more than `older_than_s` ago; returns their ids."""
         with self.engine.begin() as conn:
             return list(conn.execute(
-                sa.text(sql + " RETURNING id"), {"app": app_id, "error": error, "age": older_than_s}
+                sa.text(f"UPDATE jobs SET status = 'failed', finished_at = now(), error = :error, run_after = NULL "
+                        f"WHERE {self._queued_where(route, None, older_than_s)} RETURNING id"),
+                {"app": app_id, "error": error, "age": older_than_s, "frm": route},
             ).scalars())
 
-    def reroute_queued(self, app_id: str, backend: str, reason: str) -> list[uuid.UUID]:
-        """The app's queued local jobs go to a cloud backend (its model cannot run here after all)."""
+    def reroute_queued(self, app_id: str, backend: str | None, reason: str, *, frm: str | None = None,
+                       ids: Any = None, older_than_s: float | None = None) -> list[uuid.UUID]:
+        """The app's queued jobs on route `frm` go to `backend` (None: local): a model that cannot
+        run here after all, or a cloud backend this stack no longer has."""
         with self.engine.begin() as conn:
             return list(conn.execute(
-                sa.text("UPDATE jobs SET route = :b, route_reason = :r WHERE app_id = :a AND status = 'queued' "
-                        "AND route IS NULL RETURNING id"), {"a": app_id, "b": backend, "r": reason}).scalars())
+                sa.text(f"UPDATE jobs SET route = :b, route_reason = :r WHERE {self._queued_where(frm, ids, older_than_s)} "
+                        f"RETURNING id"),
+                {"app": app_id, "b": backend, "r": reason, "frm": frm, "age": older_than_s,
+                 "ids": None if ids is None else [str(i) for i in ids]}).scalars())
 
     def cost_summary(self, *, since: dt.datetime, until: dt.datetime, app_id: str | None = None,
                      group_by: str = "backend") -> list[CostRow]:
@@ -311,14 +330,14 @@ class PostgresJobStore:
             rows = conn.execute(sa.text(sql + " GROUP BY 1 ORDER BY 1"), {"since": since, "until": until, "app": app_id})
             return [CostRow(r.k, r.n, r.cloud, float(r.gs), float(r.usd)) for r in rows]
 
-    def queue_stats(self) -> dict[str, AppQueueStats]:
-        # Local demand only: jobs sent to a cloud backend ask nothing of our GPUs.
+    def queue_stats(self, *, cloud: bool = False) -> dict[str, AppQueueStats]:
+        # Local demand by default (the arbiter's): jobs sent to a cloud backend ask nothing of our GPUs.
         sql = sa.text(
             "SELECT app_id, count(*) FILTER (WHERE status = 'queued') AS queued, "
             "count(*) FILTER (WHERE status = 'running') AS running, "
             "extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'queued')) AS oldest, "
             "max(priority) FILTER (WHERE status = 'queued') AS maxprio "
-            "FROM jobs WHERE status IN ('queued', 'running') AND route IS NULL GROUP BY app_id"
+            f"FROM jobs WHERE status IN ('queued', 'running') AND route IS {'NOT ' if cloud else ''}NULL GROUP BY app_id"
         )
         with self.engine.connect() as conn:
             return {

@@ -204,6 +204,28 @@ def test_router_killed_mid_prediction_reattaches_instead_of_creating_again(db_ur
     engine.dispose()
 
 
+def test_cancelling_a_job_whose_router_died_cancels_its_prediction(db_url, serve_backend, tmp_path, monkeypatch, fake):
+    fake.behaviours["stability-ai/sdxl"] = Behaviour(hang=True)
+    cfg = cloud_config(fake, tmp_path, lease_s=30)  # the dead router's lease has not expired yet
+    art = str(tmp_path / "art")
+    with running_router(db_url, serve_backend.redis_url, artifacts=art, cfg=cfg, monkeypatch=monkeypatch) as a:
+        with httpx.Client(base_url=a.base, timeout=10) as http:
+            job_id = http.post("/v1/jobs", json={"app_id": "sdxl-cloud", "params": {"prompt": "x"}}).json()["job_id"]
+            wait_for(lambda: http.get(f"/v1/jobs/{job_id}").json()["status"] == "running", "the job running")
+        engine = create_engine(db_url)
+        with engine.connect() as c:
+            wait_for(lambda: c.execute(sa.text("SELECT cloud_ref FROM jobs WHERE id = :i"), {"i": job_id}).scalar(),
+                     "the prediction id on the job row")
+        engine.dispose()
+    # Router A is gone mid-prediction; the user cancels through router B, which never ran it.
+    pid = fake.creates[0]["id"]
+    with running_router(db_url, serve_backend.redis_url, artifacts=art, cfg=cfg, monkeypatch=monkeypatch) as b:
+        with httpx.Client(base_url=b.base, timeout=10) as http:
+            assert http.delete(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+            wait_for(lambda: fake.cancels == [pid], "the cancel at Replicate")
+    assert fake.predictions[pid]["status"] == "canceled" and len(fake.creates) == 1
+
+
 def test_the_token_is_in_no_log_row_event_or_response(rr, fake, db_url, caplog):
     caplog.set_level(logging.DEBUG)
     fake.behaviours["stability-ai/sdxl"] = Behaviour(output=images_of_the_requested_size)

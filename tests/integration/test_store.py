@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from gpu_orchestrator.core.jobs import IdempotencyConflict, JobNotFound, JobStatus, QueueFull, RetryPolicy, TransitionError
-from gpu_orchestrator.store.base import ResultNotStorable, StoreUnavailable
+from gpu_orchestrator.store.base import ANY_ROUTE, ResultNotStorable, StoreUnavailable
 from gpu_orchestrator.store.memory import MemoryJobStore
 from gpu_orchestrator.store.postgres import PostgresJobStore, create_engine, is_transient_db_error, run_migrations
 
@@ -435,7 +435,10 @@ def test_queue_stats(store):
     stats = store.queue_stats()
     assert stats["a"].queued == 2 and stats["a"].running == 0 and stats["a"].max_queued_priority == 7
     assert stats["b"].queued == 0 and stats["b"].running == 1
-    assert store.apps_with_queued() == {"a"}
+    assert store.apps_with_queued() == {"a": {None}}
+    store.submit(app_id="a", params={}, max_attempts=1, timeout_s=60, route="replicate", route_reason="busy")
+    assert store.apps_with_queued() == {"a": {None, "replicate"}}
+    assert store.queue_stats()["a"].queued == 2  # local demand only: the cloud's job asks nothing of our GPUs
 
 
 def test_jobs_per_minute_counts_the_last_hour_by_current_status(store):
@@ -492,6 +495,32 @@ def test_fail_queued_spares_jobs_younger_than_the_grace(store):
     young = submit(store, app="gone")
     assert store.fail_queued("gone", "app gone is no longer configured", older_than_s=300) == [old.id]
     assert store.get(young.id).status == JobStatus.queued
+
+
+def test_reroute_queued_moves_only_the_named_route_and_ids(store):
+    local = [submit(store, app="a") for _ in range(3)]
+    cloud = store.submit(app_id="a", params={}, max_attempts=1, timeout_s=60, route="modal", route_reason="busy")[0]
+    other = submit(store, app="b")
+    moved = store.reroute_queued("a", "replicate", "no local GPU can hold the model", ids=[local[0].id, local[2].id])
+    assert set(moved) == {local[0].id, local[2].id}
+    assert [(store.get(j.id).route, store.get(j.id).route_reason) for j in local] == [
+        ("replicate", "no local GPU can hold the model"), (None, None), ("replicate", "no local GPU can hold the model")]
+    # Back from a cloud route to the local queue: only that route's jobs.
+    assert store.reroute_queued("a", None, "modal is unavailable here", frm="modal") == [cloud.id]
+    back = store.get(cloud.id)
+    assert back.route is None and back.route_reason == "modal is unavailable here" and back.status == JobStatus.queued
+    assert store.get(other.id).route is None and store.get(local[0].id).route == "replicate"
+
+
+def test_fail_queued_by_route(store):
+    local = submit(store, app="c")
+    cloud = store.submit(app_id="c", params={}, max_attempts=1, timeout_s=60, route="modal", route_reason="cloud-only")[0]
+    assert store.fail_queued("c", "no capacity") == [local.id]  # local jobs only by default
+    assert store.get(cloud.id).status == JobStatus.queued
+    again = store.submit(app_id="c", params={}, max_attempts=1, timeout_s=60, route="replicate", route_reason="x")[0]
+    assert store.fail_queued("c", "modal unavailable", route="modal") == [cloud.id]
+    assert store.fail_queued("c", "app c is no longer configured", route=ANY_ROUTE) == [again.id]
+    assert store.get(cloud.id).error == "modal unavailable" and store.get(again.id).status == JobStatus.failed
 
 
 def test_service_times_average_recent_successes_only(store):

@@ -93,13 +93,16 @@ def test_stats_show_each_apps_queue_and_jobs_per_minute():
     async def go(c: httpx.AsyncClient) -> tuple[httpx.Response, httpx.Response]:
         for _ in range(2):
             assert (await c.post("/v1/jobs", json={"app_id": "echo"})).status_code == 202
+        # One sent to a cloud backend (routed so at submit): counted apart from the local queue.
+        api.store.submit(app_id="echo", params={}, max_attempts=1, timeout_s=60, route="replicate", route_reason="busy")
         return await c.get("/v1/stats", params={"minutes": 5}), await c.get("/v1/stats", params={"minutes": 0})
 
     ok, bad = api.run(go)
     assert ok.status_code == 200, ok.text
     body = ok.json()
     assert body["apps"]["echo"]["queued"] == 2 and body["apps"]["echo"]["oldest_queued_age_s"] >= 0
-    assert [(b["status"], b["count"]) for b in body["jobs_per_minute"]] == [("queued", 2)]
+    assert body["apps"]["echo"]["cloud"]["queued"] == 1 and body["apps"]["echo"]["cloud"]["running"] == 0
+    assert [(b["status"], b["count"]) for b in body["jobs_per_minute"]] == [("queued", 3)]
     assert bad.status_code == 422 and "minutes" in bad.text
 
 

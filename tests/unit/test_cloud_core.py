@@ -127,3 +127,24 @@ def test_routing_remembers_what_the_arbiter_found_unplaceable():
     routing.UNPLACEABLE_MEMORY_S = 0.0  # after the memory: the next job checks again, locally
     assert routing.route(app, {}).backend is None
     assert CloudRouting(cfg, {"replicate": "no token"}, refuse=lambda m: "x").route(app, {}).backend is None
+
+
+def test_a_burst_of_submits_between_two_queue_reads_sees_its_own_queue_grow():
+    from gpu_orchestrator.service.cloud_routing import CloudRouting
+    from gpu_orchestrator.store.base import AppQueueStats
+
+    cfg = parse_config({"models": {"m": {"impl": "x:Y", "load_s": 5}}, "apps": [
+        {"id": "a", "deployment": "m", "max_in_flight": 2,
+         "fallback": {"backend": "replicate", "model": "o/n", "when": "busy", "max_local_wait_s": 15, "service_s": 10}}]})
+    routing = CloudRouting(cfg, {"replicate": None}, resident=lambda m: True)
+    routing.stats = {"a": AppQueueStats("a", 0, 0, None, None)}
+    app, routes = cfg.app("a"), []
+    for _ in range(6):  # what JobService does per submit: route, then count a local one
+        r = routing.route(app, {})
+        routes.append(r.backend)
+        if r.backend is None:
+            routing.queued_locally("a")
+    # Two slots of 10 s: the 3rd and 4th wait one wave (10 s <= 15), the 5th would wait two (20 s).
+    assert routes == [None, None, None, None, "replicate", "replicate"]
+    routing.stats = {"a": AppQueueStats("a", 0, 0, None, None)}  # a fresh read: the queue drained meanwhile
+    assert routing.route(app, {}).backend is None

@@ -38,11 +38,13 @@ class Harness:
         self.metrics = CountingMetrics()
         self.pokes = 0
         self.local_cancels: list[uuid.UUID] = []
+        self.cloud_cancels: list[uuid.UUID] = []
         self.svc = JobService(
             cfg=parse_config(CONFIG), store=self.store, events=self.bus,
             transitions=Transitions(self.bus, self.metrics, timeout_s=0.5),
             deployed=deployed if deployed is not None else {"echo", "llm"},
             on_submitted=self._poke, cancel_local=self.local_cancels.append, flag_timeout_s=0.5,
+            cancel_cloud=lambda job: self.cloud_cancels.append(job.id),
         )
 
     def _poke(self) -> None:
@@ -98,6 +100,29 @@ def test_cancel_publishes_one_event_and_counts_one_metric():
     with pytest.raises(TransitionError):
         run(h.svc.cancel(first.id))
     assert h.metrics.total() == 4 and len(h.bus.events(type="status")) == 4  # a refused cancel: nothing
+
+
+def test_cancel_reaches_a_cloud_run_no_replica_here_waits_on():
+    h = Harness()
+
+    async def go():
+        plain = (await h.svc.submit("echo", {"message": "local"}))[0]
+        between = (await h.svc.submit("echo", {"message": "between attempts"}))[0]
+        job = h.claim()
+        assert job.id == plain.id
+        h.store.set_cloud_ref(job_id=job.id, owner="r1", attempt=job.claims, ref={"provider": "replicate", "id": "p1"})
+        other = h.claim()
+        h.store.set_cloud_ref(job_id=other.id, owner="r1", attempt=other.claims, ref={"provider": "replicate", "id": "p2"})
+        h.store.fail_attempt(job_id=other.id, owner="r1", attempt=other.claims, error="HTTP 503", retryable=True)
+        assert h.store.get(other.id).status == JobStatus.queued  # its run goes on for the next attempt
+        await h.svc.cancel(plain.id)  # running, its router elsewhere (or dead)
+        await h.svc.cancel(between.id)
+        never = (await h.svc.submit("echo", {"message": "no run"}))[0]
+        await h.svc.cancel(never.id)
+        return plain, between
+
+    plain, between = run(go())
+    assert h.cloud_cancels == [plain.id, between.id]
 
 
 def test_redis_outage_after_committed_submit_and_cancel_never_raises():

@@ -83,9 +83,10 @@ def test_admin_tables():
     assert [d[1] for d in decisions] == ["load sdxl on gpu0", "evict llm for sdxl"]  # newest first
     assert "zimage waits" in waiting and "load sdxl" not in waiting and "leader `r1`" in waiting
     assert decision_rows({})[1].startswith("**Arbiter:** the arbiter is off")
-    stats = {"apps": {"sdxl": {"queued": 2, "running": 1, "oldest_queued_age_s": 12.345}},
+    stats = {"apps": {"sdxl": {"queued": 2, "running": 1, "oldest_queued_age_s": 12.345,
+                               "cloud": {"queued": 3, "running": 1, "oldest_queued_age_s": 2.0}}},
              "jobs_per_minute": [{"minute": "2026-11-28T10:01:00+00:00", "status": "succeeded", "count": 4}]}
-    assert queue_rows(stats, ["chat", "sdxl"]) == [["chat", 0, 0, ""], ["sdxl", 2, 1, 12.3]]
+    assert queue_rows(stats, ["chat", "sdxl"]) == [["chat", 0, 0, "", ""], ["sdxl", 2, 1, 12.3, "3/1"]]
     frame = minute_frame(stats)
     assert list(frame.columns) == ["minute", "status", "jobs"] and frame.iloc[0]["jobs"] == 4
     local = dt.datetime.fromisoformat("2026-11-28T10:01:00+00:00").astimezone().strftime("%H:%M")
