@@ -212,8 +212,10 @@ class Dispatcher:
             usable = fb is not None and fb.backend in self._routes_for(app)
             if None in routes:
                 live = self.refuse(app.deployment)
-                # With a usable fallback, a model the arbiter found unplaceable a moment ago still is.
-                why = live or (self.routing.unplaceable(app.deployment) if usable else None)
+                # With a usable fallback, a model the arbiter found unplaceable a moment ago still is
+                # (asking the routing also makes it remember what the arbiter says now, for submits).
+                remembered = self.routing.unplaceable(app.deployment) if usable else None
+                why = live or remembered
                 if usable and (why or self.routing.failing(app.deployment)):
                     routes = routes | set(await self._send_to_fallback(app, why))
                 if live:

@@ -5,14 +5,13 @@ are streamed, and a refused multipart submit stores nothing."""
 from __future__ import annotations
 
 import os
-import time
 import tracemalloc
 from pathlib import Path
 
 import httpx
 import pytest
 
-from .router_harness import config, db_url, http, rr, running_router  # noqa: F401 (fixtures)
+from .router_harness import config, db_url, http, rr, running_router, wait_terminal  # noqa: F401 (fixtures)
 
 
 def fields(r: httpx.Response) -> set[str]:
@@ -21,15 +20,6 @@ def fields(r: httpx.Response) -> set[str]:
 
 def post_raw(http, body: str, path: str = "/v1/jobs", **headers) -> httpx.Response:
     return http.post(path, content=body.encode(), headers={"content-type": "application/json", **headers})
-
-
-def wait_job(http, job_id: str, timeout_s: float = 20) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        job = http.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
-            return job
-        time.sleep(0.05)
 
 
 # -- bad input: 4xx naming the field ---------------------------------------------------------------
@@ -97,7 +87,7 @@ def test_last_event_id_must_be_a_stream_id(http, bad):
 
 def test_last_event_id_at_the_uint64_limit_is_accepted(http):
     job_id = http.post("/v1/jobs", json={"app_id": "echo"}).json()["job_id"]
-    wait_job(http, job_id)
+    wait_terminal(http, job_id)
     top = f"{2**64 - 1}-{2**64 - 1}"
     with http.stream("GET", f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": top}) as r:
         assert r.status_code == 200

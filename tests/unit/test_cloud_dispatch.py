@@ -303,3 +303,21 @@ def test_a_usable_route_is_never_stranded_even_with_no_grace():
 
     job = run(go())
     assert job.status == S and job.result == {"echo": "fc-0"}, job.error
+
+
+def test_once_the_arbiter_finds_a_model_unplaceable_new_submits_go_to_the_fallback_at_once():
+    async def go():
+        says = {"m": "needs 30 GB, largest GPU has 24 GB"}
+        rig = CloudRig(apps=[with_fallback()], refuse=lambda m: says.get(m))
+        rig.provider.state = "succeeded"
+        first = rig.submit("a", x=1)
+        rig.d.start()
+        try:
+            await until(lambda: rig.store.get(first).status == S, what="the first job run on the fallback")
+        finally:
+            await rig.stop()
+        says.clear()  # its queue is empty: the arbiter no longer mentions the model
+        return rig.d.routing.route(rig.cfg.app("a"), {"x": 2})
+
+    route = run(go())
+    assert route.backend == "modal" and "needs 30 GB" in route.reason
