@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: install demo down test test-unit bench clean
+.PHONY: install demo down test test-unit bench screenshots clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ test-unit: install
 
 bench: install
 	$(PY) bench/overhead.py
+
+# The README shows docs/screenshots/: refresh them from the last browser test run (build/screenshots/).
+screenshots:
+	@ls build/screenshots/*.png >/dev/null 2>&1 || { echo "no build/screenshots/: run make test (or pytest tests/browser) first"; exit 1; }
+	cp build/screenshots/*.png docs/screenshots/
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

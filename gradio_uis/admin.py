@@ -19,7 +19,7 @@ STATUSES = [ALL, "queued", "running", "succeeded", "failed", "cancelled"]
 QUEUE_COLS = ["app", "queued", "running", "oldest wait (s)", "cloud (queued/running)"]
 MODEL_COLS = ["model", "state", "gpu", "vram held (GB)", "vram declared (GB)", "replicas", "target", "queued",
               "running", "loads", "evictions", "last decision"]
-GPU_COLS = ["gpu", "models", "vram declared (GB)", "swap credit (s)"]
+GPU_COLS = ["gpu", "models", "vram held (GB)", "vram declared (GB)", "swap credit (s)"]
 DECISION_COLS = ["time", "decision"]
 JOB_COLS = ["created", "job id", "app", "status", "attempts", "ran on", "error"]
 
@@ -53,16 +53,22 @@ def model_rows(fleet: dict[str, Any]) -> list[list[Any]]:
 
 
 def gpu_rows(fleet: dict[str, Any]) -> list[list[Any]]:
-    """Per GPU: the models placed on it (resident or loading) and the VRAM they declare."""
-    placed: dict[str, list[tuple[str, float]]] = {}
+    """Per GPU: the models placed on it (resident or loading), the VRAM their replicas report
+    holding (blank until one reports) and the VRAM they declare."""
+    placed: dict[str, list[tuple[str, float | None, float]]] = {}
     for m in fleet.get("models", []):
         arb = m.get("arbiter") or {}
         if m["state"] in ("resident", "loading", "draining"):
             for g in arb.get("placement") or []:
-                placed.setdefault(g, []).append((m["deployment"], m.get("vram_declared_gb") or 0))
+                placed.setdefault(g, []).append((m["deployment"], m.get("vram_held_gb"), m.get("vram_declared_gb") or 0))
     credit = ((fleet.get("arbiter") or {}).get("swap_credit_s")) or {}
-    return [[g, ", ".join(n for n, _ in placed.get(g, [])), round(sum(v for _, v in placed.get(g, [])), 1),
-             credit.get(g, "")] for g in sorted(set(placed) | set(credit))]
+    rows = []
+    for g in sorted(set(placed) | set(credit)):
+        ms = placed.get(g, [])
+        held = [h for _, h, _ in ms if h is not None]
+        rows.append([g, ", ".join(n for n, _, _ in ms), round(sum(held), 1) if held else "",
+                     round(sum(d for _, _, d in ms), 1), credit.get(g, "")])
+    return rows
 
 
 def decision_rows(fleet: dict[str, Any]) -> tuple[list[list[Any]], str]:
@@ -87,6 +93,12 @@ def minute_frame(stats: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["minute", "status", "jobs"])
 
 
+def cost_frame(costs: dict[str, Any]) -> pd.DataFrame:
+    """The last day's spend by backend (local, replicate, modal), for the cost chart."""
+    rows = [{"backend": g["key"], "usd": g["usd"], "jobs": g["jobs"]} for g in costs.get("groups", [])]
+    return pd.DataFrame(rows, columns=["backend", "usd", "jobs"])
+
+
 def cost_line(costs: dict[str, Any]) -> str:
     """The last day's spend, local vs cloud (GET /v1/costs)."""
     t = costs.get("total") or {}
@@ -109,11 +121,12 @@ def build(api: str | None = None) -> gr.Blocks:
                 jobs = (await c.list(app_id=None if app_filter in (None, ALL) else app_filter,
                                      status=None if status_filter in (None, ALL) else status_filter, limit=50))["jobs"]
             except Exception as e:
-                return (error_html(explain(e)),) + (gr.skip(),) * 9
+                return (error_html(explain(e)),) + (gr.skip(),) * 10
         decisions, waiting = decision_rows(fleet)
         app_ids = [a["id"] for a in apps]
         return ("", queue_rows(stats, app_ids), model_rows(fleet), gpu_rows(fleet), decisions, waiting,
-                job_rows(jobs), minute_frame(stats), gr.update(choices=[ALL] + app_ids), cost_line(costs))
+                job_rows(jobs), minute_frame(stats), gr.update(choices=[ALL] + app_ids), cost_line(costs),
+                cost_frame(costs))
 
     async def cancel(job_id: str):
         job_id = (job_id or "").strip()
@@ -145,6 +158,8 @@ def build(api: str | None = None) -> gr.Blocks:
                                          interactive=False, wrap=True, max_height=300)
             chart = gr.BarPlot(x="minute", y="jobs", color="status", label="Jobs per minute (last hour, by status)",
                                elem_id="jobs-chart", height=300)
+            cost_chart = gr.BarPlot(x="backend", y="usd", color="backend", label="Cost, last 24 h (USD, local vs cloud)",
+                                    elem_id="cost-chart", height=300)
         with gr.Row():
             app_filter = gr.Dropdown([ALL], value=ALL, label="App", elem_id="filter-app")
             status_filter = gr.Dropdown(STATUSES, value=ALL, label="Status", elem_id="filter-status")
@@ -153,7 +168,7 @@ def build(api: str | None = None) -> gr.Blocks:
         cancel_out = gr.HTML(elem_id="cancel-result")
         jobs = gr.Dataframe(headers=JOB_COLS, label="Recent jobs (select one to cancel it)", elem_id="jobs",
                             interactive=False, wrap=True)
-        outputs = [error, queues, models, gpus, decisions, waiting, jobs, chart, app_filter, spend]
+        outputs = [error, queues, models, gpus, decisions, waiting, jobs, chart, app_filter, spend, cost_chart]
         timer = gr.Timer(REFRESH_S)
         timer.tick(refresh, [app_filter, status_filter], outputs, show_progress="hidden")
         demo.load(refresh, [app_filter, status_filter], outputs)

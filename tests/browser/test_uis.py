@@ -6,11 +6,13 @@ but the stack's own."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import httpx
 import pytest
 
+from tests.ray_session import wait_status
 from tests.serve.test_whisper import tone_wav
 
 pytestmark = [pytest.mark.serve, pytest.mark.timeout(600)]
@@ -209,6 +211,8 @@ def test_admin_lists_the_job_just_run_charts_it_and_cancels_from_the_page(tab, h
     page = tab.page
     done = http.post("/v1/jobs", json={"app_id": "echo", "params": {"message": "from the admin test"}}).json()["job_id"]
     slow = http.post("/v1/jobs", json={"app_id": "echo", "params": {"delay_s": 120}}).json()["job_id"]
+    cloud = http.post("/v1/jobs", json={"app_id": "echo-cloud", "params": {"message": "to the cloud"}}).json()["job_id"]
+    assert wait_status(http, cloud, {"succeeded", "failed"})["status"] == "succeeded"
     tab.open("/ui/admin/")
     wait_for(lambda: any(r[1] == done and r[3] == "succeeded" for r in rows(page, "#jobs")), "the finished job listed", 60)
     wait_for(lambda: any(r[0] == "echo" for r in rows(page, "#queues")), "echo's queue row")
@@ -216,6 +220,11 @@ def test_admin_lists_the_job_just_run_charts_it_and_cancels_from_the_page(tab, h
     assert models["echo"][1] == "resident" and {"sdxl", "llm", "whisper", "zimage"} <= set(models)
     # Vega draws the chart (canvas or svg, class "marks") once it has data.
     wait_for(lambda: page.locator("#jobs-chart .marks").count() > 0, "the jobs-per-minute chart drawn", 30)
+    # The last day's spend, local vs cloud: the line counts the cloud job just run; the chart is drawn.
+    spend = lambda: re.search(r"local \$[\d.]+ \((\d+) jobs\), cloud \$[\d.]+ \((\d+) jobs\)",  # noqa: E731
+                              page.locator("#costs").inner_text())
+    wait_for(lambda: (m := spend()) and int(m.group(1)) >= 1 and int(m.group(2)) >= 1, "local and cloud jobs in the cost line", 30)
+    wait_for(lambda: page.locator("#cost-chart .marks").count() > 0, "the cost chart drawn", 30)
     # The status filter: only running jobs (the slow one).
     page.locator("#filter-status input").click()
     page.get_by_role("option", name="running").click()

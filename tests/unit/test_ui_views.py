@@ -8,7 +8,7 @@ import datetime as dt
 import pytest
 
 from gpu_orchestrator.client import ApiError
-from gradio_uis.admin import cost_line, decision_rows, gpu_rows, job_rows, minute_frame, model_rows, queue_rows
+from gradio_uis.admin import cost_frame, cost_line, decision_rows, gpu_rows, job_rows, minute_frame, model_rows, queue_rows
 from gradio_uis.chat import chat_messages
 from gradio_uis.common import event_progress, explain, param_info, typed_int, where_ran
 from gradio_uis.formats import segment_rows, srt_time, to_srt, to_text
@@ -78,7 +78,7 @@ FLEET = {
 def test_admin_tables():
     rows = model_rows(FLEET)
     assert rows[0][:6] == ["sdxl", "resident", "gpu0", 15.2, 16, 1] and rows[1][1] == "cold" and rows[1][3] == ""
-    assert gpu_rows(FLEET) == [["gpu0", "sdxl", 16.0, 7.5]]  # a cold model holds nothing
+    assert gpu_rows(FLEET) == [["gpu0", "sdxl", 15.2, 16.0, 7.5]]  # held as reported; a cold model holds nothing
     decisions, waiting = decision_rows(FLEET)
     assert [d[1] for d in decisions] == ["load sdxl on gpu0", "evict llm for sdxl"]  # newest first
     assert "zimage waits" in waiting and "load sdxl" not in waiting and "leader `r1`" in waiting
@@ -115,16 +115,46 @@ def test_serve_builder_refuses_unknown_uis_and_fields():
         build_app({"ui": "chat", "colour": "red"})
 
 
-@pytest.mark.parametrize("ui", ["images", "admin"])
+@pytest.mark.parametrize("ui", ["images", "speech", "chat", "admin"])
 def test_each_ui_runs_standalone_against_a_router_url(ui):
+    """`python -m gradio_uis.<ui> --api URL --port N` serves the page on its own (here against a
+    router that is not there: the page still loads; its calls then say the router is unreachable)."""
+    import socket
     import subprocess
     import sys
+    import time
+
+    import httpx
 
     r = subprocess.run([sys.executable, "-m", f"gradio_uis.{ui}", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "--api" in r.stdout and "GPU_ORCH_URL" in r.stdout, r.stdout + r.stderr
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    p = subprocess.Popen([sys.executable, "-m", f"gradio_uis.{ui}", "--api", "http://127.0.0.1:9", "--port", str(port)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         env={**__import__("os").environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    try:
+        deadline, page = time.monotonic() + 90, None
+        while page is None and time.monotonic() < deadline and p.poll() is None:
+            try:
+                page = httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        assert page is not None and page.status_code == 200, (p.poll(), p.stdout.read() if p.poll() is not None else "")
+        assert "GPU Orchestrator" in page.text  # the page's title, served by this process alone
+    finally:
+        p.kill()
+        p.wait(timeout=10)
 
 
 def test_admin_cost_line_local_vs_cloud():
     costs = {"total": {"jobs": 4, "cloud_jobs": 1, "gpu_seconds": 12.4, "local_usd": 0.0021, "cloud_usd": 0.00312},
              "cloud_share": 0.25}
     assert cost_line(costs) == ("**Last 24 h:** local $0.0021 (3 jobs), cloud $0.0031 (1 jobs), cloud share 25%; 12 GPU-s")
+    costs["groups"] = [{"key": "local", "jobs": 3, "cloud_jobs": 0, "gpu_seconds": 12.0, "usd": 0.0021},
+                       {"key": "replicate", "jobs": 1, "cloud_jobs": 1, "gpu_seconds": 0.4, "usd": 0.00312}]
+    frame = cost_frame(costs)
+    assert frame.to_dict("records") == [{"backend": "local", "usd": 0.0021, "jobs": 3},
+                                        {"backend": "replicate", "usd": 0.00312, "jobs": 1}]
+    assert list(cost_frame({}).columns) == ["backend", "usd", "jobs"]  # empty, but a frame the chart takes
