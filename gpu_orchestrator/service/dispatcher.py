@@ -32,7 +32,7 @@ from gpu_orchestrator.core.costs import local_cost
 from gpu_orchestrator.core.jobs import Job, JobStatus, RetryPolicy, TransitionError
 from gpu_orchestrator.core.model_errors import JobCancelled, as_model_error
 from gpu_orchestrator.service.backends import ModelBackend, ModelRun
-from gpu_orchestrator.service.cloud import CloudBackend, Outcome
+from gpu_orchestrator.service.cloud import CloudBackend, CloudRun, Outcome
 from gpu_orchestrator.service.cloud_routing import CloudRouting
 from gpu_orchestrator.service.transitions import Transitions
 from gpu_orchestrator.store.base import AppQueueStats, Cost, JobStore, LeaseKey, ResultNotStorable
@@ -290,17 +290,25 @@ class Dispatcher:
         """A cloud run whose job another router now holds goes on there (it re-attaches): stop
         waiting on it, without cancelling the prediction. Cancelled or ended: cancel it too."""
         f = self.inflight.get(key)
-        detach = getattr(f.run, "detach", None) if f is not None else None
-        if f is not None and detach is not None and f.task is not None:
+        if f is not None and isinstance(f.run, CloudRun):
             try:
                 job = await asyncio.to_thread(self.store.get, key[0])
-                if not job.status.terminal:
-                    detach()
-                    f.task.cancel()
+                if not job.status.terminal and self._detach(f):
                     return
             except Exception as e:  # unknown: cancelling is the safe side for the bill
                 log.debug("job %s: status unknown on lease loss: %s", key[0], e)
         self._abort(key)
+
+    @staticmethod
+    def _detach(f: InFlight) -> bool:
+        """Stop waiting on a cloud run and leave it going for whoever claims the job next (it
+        re-attaches; CloudRun.detach stops a run only this process can follow). False: not a cloud
+        run, nothing done."""
+        if not isinstance(f.run, CloudRun) or f.task is None:
+            return False
+        f.run.detach()
+        f.task.cancel()
+        return True
 
     def _abort(self, key: LeaseKey) -> None:
         f = self.inflight.get(key)
@@ -322,7 +330,7 @@ class Dispatcher:
         """A job cancelled while queued may still name a cloud run no one waits on (left running by
         a graceful stop or between attempts for re-attaching): cancel it at the provider."""
         backend = self.cloud.get(job.route or "")
-        if backend is not None and job.cloud_ref:
+        if backend is not None:
             backend.cancel_detached(job)
 
     async def release_all(self) -> int:
@@ -338,11 +346,7 @@ class Dispatcher:
         for key, f in list(self.inflight.items()):
             if f.recording:
                 continue
-            detach = getattr(f.run, "detach", None)
-            if detach is not None and f.task is not None:  # a cloud run goes on; its next claimer re-attaches
-                detach()
-                f.task.cancel()
-            else:
+            if not self._detach(f):  # a cloud run goes on; its next claimer re-attaches
                 self._abort(key)
         pending = recording + ([self._claiming] if self._claiming is not None else [])
         if pending:
@@ -500,6 +504,6 @@ class Dispatcher:
                 return
             await self._record_failure(f, f"the failure could not be recorded ({type(e).__name__})", retryable, kind)
             return
-        if after.status.terminal and getattr(f.run, "detach", None) is not None:
+        if after.status.terminal and isinstance(f.run, CloudRun):
             self._cancel_run(f)  # a cloud run still going (the provider stopped answering) would bill on
         await self.transitions.announce(job.id, job.app_id, after.status, attempt=attempt, error=error)
