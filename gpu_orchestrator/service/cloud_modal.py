@@ -113,7 +113,7 @@ class ModalProvider:
         return not run_id.startswith(ENDPOINT_PREFIX)
 
     def can_reattach(self, run_id: str) -> bool:
-        return not run_id.startswith(ENDPOINT_PREFIX) or run_id in self._calls
+        return self.portable(run_id) or run_id in self._calls
 
     async def create(self, r: Resolved, inputs: dict[str, Any], files: dict[str, Any]) -> str:
         if r.target.endpoint:
