@@ -34,6 +34,7 @@ test-unit: install
 	$(PY) -m pytest -q tests/unit
 
 bench: install
+	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) bench/overhead.py
 
 # The README shows docs/screenshots/: refresh them from the last browser test run (build/screenshots/).

@@ -56,6 +56,27 @@ def check_idempotency_key(key: str | None) -> str | None:
     return key
 
 
+MAX_PREFER_WAIT_S = 60
+
+
+def check_prefer_wait(value: str | None) -> int | None:
+    """The seconds a submit may hold its answer for the job to end: `Prefer: wait=N` (RFC 7240, as
+    Replicate's API takes it; `wait` alone is the maximum), or None. Other preferences are ignored,
+    as the RFC says; a wait that is not a whole number from 1 to the maximum is a 422 naming the header."""
+    for pref in (value or "").split(","):
+        name, _, v = pref.split(";")[0].strip().partition("=")
+        if name.strip().lower() != "wait":
+            continue
+        v = v.strip().strip('"')
+        if not v:
+            return MAX_PREFER_WAIT_S
+        if not (v.isascii() and v.isdigit()) or not 1 <= int(v) <= MAX_PREFER_WAIT_S:
+            raise ApiError(422, "invalid_request", f"wait must be whole seconds from 1 to {MAX_PREFER_WAIT_S} "
+                           f"(got {v[:20]!r})", field="Prefer")
+        return int(v)
+    return None
+
+
 def check_last_event_id(value: str | None) -> str:
     """A Redis stream id as this stream sends them (ms[-seq], each an unsigned 64-bit integer in ASCII
     digits); "0-0" (from the start) when absent. Anything else: 422 naming the header."""

@@ -13,8 +13,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from gpu_orchestrator.api.deps import Artifacts, IdempotencyKey, Jobs, LastEventId, StreamsDep
-from gpu_orchestrator.api.errors import ApiError, check_idempotency_key, check_last_event_id
+from gpu_orchestrator.api.deps import Artifacts, IdempotencyKey, Jobs, LastEventId, Prefer, StreamsDep
+from gpu_orchestrator.api.errors import ApiError, check_idempotency_key, check_last_event_id, check_prefer_wait
 from gpu_orchestrator.api.streams import sse
 from gpu_orchestrator.artifacts import content_id
 from gpu_orchestrator.core.apps import validate_params
@@ -40,24 +40,38 @@ class SubmitResponse(BaseModel):
     route_reason: str | None = None
 
 
-def submitted(job: Job, created: bool) -> Any:
-    """202 for a new job; 200 when an Idempotency-Key found the earlier one."""
+async def submitted(jobs: Any, job: Job, created: bool, wait_s: int | None = None) -> Any:
+    """202 for a new job; 200 when an Idempotency-Key found the earlier one. With `Prefer: wait=N`,
+    the answer waits up to N s for the job to end and carries the whole job (as GET returns it):
+    a short job then needs no poll at all."""
+    code = 202 if created else 200
+    if wait_s is not None:
+        if not job.status.terminal:
+            job = await jobs.wait(job.id, wait_s)
+        return JSONResponse(status_code=code, content=job.to_api(), headers={"Preference-Applied": f"wait={wait_s}"})
     payload = {"job_id": str(job.id), "status": job.status.value, "route": job.route or "local",
                "route_reason": job.route_reason}
-    return payload if created else JSONResponse(status_code=200, content=payload)
+    return payload if created else JSONResponse(status_code=code, content=payload)
 
 
-@router.post("/v1/jobs", status_code=202, response_model=SubmitResponse)
-async def submit(req: SubmitRequest, jobs: Jobs, idempotency_key: IdempotencyKey = None) -> Any:
-    return submitted(*await jobs.submit(req.app_id, req.params, req.priority, idempotency_key))
+_SUBMIT_DOC = ("Answers 202 with the job's id once its row is committed. With `Prefer: wait=N` (1-60 s), "
+               "answers once the job has ended (or after N s) with the whole job, as GET /v1/jobs/{id} returns it.")
+
+
+@router.post("/v1/jobs", status_code=202, response_model=SubmitResponse, description=_SUBMIT_DOC)
+async def submit(req: SubmitRequest, jobs: Jobs, idempotency_key: IdempotencyKey = None, prefer: Prefer = None) -> Any:
+    wait_s = check_prefer_wait(prefer)
+    return await submitted(jobs, *await jobs.submit(req.app_id, req.params, req.priority, idempotency_key), wait_s)
 
 
 @router.post("/v1/jobs/multipart", status_code=202, response_model=SubmitResponse)
 async def submit_multipart(request: Request, jobs: Jobs, artifacts: Artifacts,
-                           idempotency_key: IdempotencyKey = None) -> Any:
+                           idempotency_key: IdempotencyKey = None, prefer: Prefer = None) -> Any:
     """Submit with files: form fields app_id, params (a JSON object), priority, and one file
-    field per `file` parameter of the app. Everything is validated before any file is stored."""
+    field per `file` parameter of the app. Everything is validated before any file is stored.
+    `Prefer: wait=N` as for POST /v1/jobs."""
     check_idempotency_key(idempotency_key)
+    wait_s = check_prefer_wait(prefer)
     form = await request.form(max_files=32, max_fields=32)
     spec = jobs.runnable_app(form.get("app_id"))
     try:
@@ -98,7 +112,7 @@ async def submit_multipart(request: Request, jobs: Jobs, artifacts: Artifacts,
     except Exception:  # a refusal: nothing left behind. Not on a cancel: the job may be committed already
         await asyncio.to_thread(_delete, artifacts, stored)
         raise
-    return submitted(job, job_created)
+    return await submitted(jobs, job, job_created, wait_s)
 
 
 def _delete(artifacts: Any, uris: list[str]) -> None:

@@ -127,6 +127,10 @@ class AppSpec(BaseModel):
     def param(self, name: str) -> ParamSpec | None:
         return next((p for p in self.parameters if p.name == name), None)
 
+    @property
+    def has_files(self) -> bool:
+        return any(p.type == "file" for p in self.parameters)
+
 
 class ParamError(ValueError):
     """One invalid parameter; `field` is its dotted path as the user sent it (params.width)."""

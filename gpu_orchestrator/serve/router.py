@@ -23,6 +23,7 @@ from gpu_orchestrator.artifacts import ArtifactStore
 from gpu_orchestrator.bus.events import AsyncEventBus, reason
 from gpu_orchestrator.bus.workers import WorkerBeats
 from gpu_orchestrator.core.config import OrchestratorConfig, parse_config
+from gpu_orchestrator.core.jobs import Job
 from gpu_orchestrator.serve.backend import ServeBackend
 from gpu_orchestrator.serve.cluster import RayClusterView
 from gpu_orchestrator.serve.context import app_name, replica_id
@@ -101,9 +102,9 @@ class Router:
                                   limits=Limits.from_config(self.cfg.router))
         return self.api
 
-    def _submitted(self) -> None:
+    def _submitted(self, job: Job) -> None:
         self._ensure_started()
-        self.dispatcher.poke()
+        self.dispatcher.poke(job.app_id, job.route)  # claimed here at once, no query for apps with work
 
     def _ensure_started(self) -> None:
         if not self._started:

@@ -106,6 +106,8 @@ class Dispatcher:
         self._waiting: dict[str, set[str | None]] = {}  # app -> routes with queued jobs, from the last claim pass
         self._sent_at: dict[str, float] = {}  # app -> when its queued jobs were last offered to its fallback
         self._stopping = False
+        self._poked: set[tuple[str, str | None]] = set()  # (app, route) queues to look at now
+        self._poked_all = False
 
     def start(self) -> None:
         if self._task is None:
@@ -116,24 +118,42 @@ class Dispatcher:
         if self._task:
             self._task.cancel()
 
-    def poke(self) -> None:
+    def poke(self, app_id: str | None = None, route: str | None = None) -> None:
+        """Look for work now: with an app (a job just submitted on `route`, or a slot just freed),
+        only that app's queue; without, every queue."""
+        if app_id is None:
+            self._poked_all = True
+        else:
+            self._poked.add((app_id, route))
         self.wake.set()
 
     async def _loop(self) -> None:
-        last_maint = 0.0
+        last_maint = last_scan = 0.0
         while not self._stopping:
+            # Taken before the pass: a poke while it runs sets `wake` again, so it is never lost.
+            self.wake.clear()
+            poked, self._poked = self._poked, set()
+            scan_all, self._poked_all = self._poked_all, False
             try:
                 now = time.monotonic()
                 if now - last_maint >= min(self.lease_s / 3, 5.0):
                     last_maint = now
                     await self._maintain()
-                await self._claim_all()
+                # Every queue each poll interval (and on a general poke); in between, only the queues
+                # a submit or a freed slot named: a job is claimed without a query for apps with work.
+                if scan_all or not poked or now - last_scan >= self.cfg.router.poll_interval_s:
+                    last_scan = now
+                    await self._claim_all()
+                else:
+                    await self._claim_all(poked)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the database restarting: keep going, jobs are safe in it
                 log.exception("dispatcher tick failed; retrying")
+                self._poked_all = True
                 await asyncio.sleep(1.0)
-            self.wake.clear()
+            if self.wake.is_set():
+                continue
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout=self.cfg.router.poll_interval_s)
             except asyncio.TimeoutError:
@@ -197,8 +217,16 @@ class Dispatcher:
                     log.warning("job %s: %s", job_id, reason)
                     await self._tell(job_id, {"stage": reason, "backend": "local"})
 
-    async def _claim_all(self) -> None:
-        self._waiting = waiting = await asyncio.to_thread(self.store.apps_with_queued)
+    async def _claim_all(self, only: set[tuple[str, str | None]] | None = None) -> None:
+        """Claim and start what may run now: of every app with queued jobs, or of the (app, route)
+        queues in `only` (a claim that finds nothing costs one statement)."""
+        if only is None:
+            self._waiting = waiting = await asyncio.to_thread(self.store.apps_with_queued)
+        else:
+            waiting = {}
+            for app_id, route in only:
+                waiting.setdefault(app_id, set()).add(route)
+                self._waiting.setdefault(app_id, set()).add(route)
         for app in self.cfg.apps:
             routes = waiting.get(app.id)
             if not routes:
@@ -388,14 +416,18 @@ class Dispatcher:
         # our own bound only catches a replica that never answers.
         limit = queue_s + job.timeout_s + self.ANSWER_MARGIN_S
         try:
-            # The claim committed `running`: announced once per attempt, before the model gets it.
-            await self.transitions.announce(job.id, job.app_id, JobStatus.running, attempt=attempt, router=self.owner,
-                                            backend=job.route or "local", reason=job.route_reason)
-            try:
-                await self._write(f, self.store.mark_dispatched, job_id=job.id, owner=self.owner, attempt=attempt)
-            except TransitionError as e:
-                log.info("not dispatching job %s attempt %d: %s", job.id, attempt, e)
+            # The claim committed `running`: announced once per attempt, before the model gets it
+            # (while the dispatch is recorded: the two are independent).
+            announced = self.transitions.announce(job.id, job.app_id, JobStatus.running, attempt=attempt,
+                                                  router=self.owner, backend=job.route or "local",
+                                                  reason=job.route_reason)
+            marked = self._write(f, self.store.mark_dispatched, job_id=job.id, owner=self.owner, attempt=attempt)
+            _, mark = await asyncio.gather(announced, marked, return_exceptions=True)
+            if isinstance(mark, TransitionError):
+                log.info("not dispatching job %s attempt %d: %s", job.id, attempt, mark)
                 return
+            if isinstance(mark, BaseException):
+                raise mark
             backend = self.cloud[job.route] if job.route else self.backends[app.deployment]
             f.started = time.monotonic()
             f.run = backend.run(job, attempt, timeout_s=job.timeout_s, queue_timeout_s=queue_s)
@@ -421,7 +453,7 @@ class Dispatcher:
         finally:
             if self.inflight.get(f.key) is f:
                 del self.inflight[f.key]
-            self.wake.set()  # a slot freed up
+            self.poke(job.app_id, job.route)  # a slot freed up
 
     def _local_cost(self, f: InFlight, app: AppSpec) -> Cost | None:
         """A local run's GPU-seconds (its wall time x the GPU share its model holds) and price."""

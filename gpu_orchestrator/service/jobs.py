@@ -57,7 +57,7 @@ def _noop(*_: Any) -> None:
 class JobService:
     def __init__(self, *, cfg: OrchestratorConfig, store: JobStore, events: EventSource, transitions: Transitions,
                  deployed: Container[str], artifacts: ArtifactLookup | None = None,
-                 on_submitted: Callable[[], None] = _noop, cancel_local: Callable[[uuid.UUID], Any] = _noop,
+                 on_submitted: Callable[[Job], None] = _noop, cancel_local: Callable[[uuid.UUID], Any] = _noop,
                  flag_timeout_s: float = 2.0, routing: CloudRouting | None = None,
                  cancel_cloud: Callable[[Job], Any] = _noop):
         self.cfg = cfg
@@ -68,7 +68,7 @@ class JobService:
         # Model deployments this router has a backend for (read on each submit: may change).
         self.deployed = deployed
         self.artifacts = artifacts
-        self.on_submitted = on_submitted  # the dispatcher's poke
+        self.on_submitted = on_submitted  # the dispatcher's poke, with the new job
         self.cancel_local = cancel_local  # the dispatcher cancels the request it holds for a job
         self.cancel_cloud = cancel_cloud  # ... and a queued job's detached cloud run
         self.flag_timeout_s = flag_timeout_s
@@ -110,7 +110,8 @@ class JobService:
             raise InvalidRequest("priority", f"must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}")
         clean = validate_params(spec, params)
         route = self.routing.route(spec, clean)  # ParamsInvalid: a param the cloud-only app's provider does not take
-        await asyncio.to_thread(self._check_artifacts, spec, clean)
+        if spec.has_files:  # the artifact store is files or S3: off the event loop
+            await asyncio.to_thread(self._check_artifacts, spec, clean)
         job, created = await asyncio.to_thread(
             self.store.submit,
             app_id=spec.id,
@@ -131,7 +132,7 @@ class JobService:
                 self.routing.queued_locally(spec.id)
             where = {"backend": job.route, "reason": job.route_reason} if job.route else {}
             await self.transitions.announce(job.id, job.app_id, JobStatus.queued, new=True, **where)
-            self.on_submitted()
+            self.on_submitted(job)
         return job, created
 
     def _check_artifacts(self, spec: AppSpec, params: dict[str, Any]) -> None:

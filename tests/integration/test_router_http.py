@@ -5,6 +5,7 @@ are streamed, and a refused multipart submit stores nothing."""
 from __future__ import annotations
 
 import os
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -239,3 +240,43 @@ def test_uploads_and_downloads_are_streamed_not_held_in_memory(rr, http, tmp_pat
     assert peak_up < 12 * 1024 * 1024, peak_up
     assert peak_down < 8 * 1024 * 1024, peak_down
     assert rr.router.artifacts.local_path(up.json()["artifact"]).read_bytes() == src.read_bytes()
+
+
+# -- Prefer: wait -----------------------------------------------------------------------------------
+
+def test_prefer_wait_answers_with_the_finished_job(http):
+    r = http.post("/v1/jobs", json={"app_id": "echo", "params": {"message": "hi"}}, headers={"Prefer": "wait=10"})
+    assert r.status_code == 202 and r.headers["Preference-Applied"] == "wait=10", r.text
+    job = r.json()
+    assert job["status"] == "succeeded" and job["result"]["echo"]["message"] == "hi", job
+    assert http.get(f"/v1/jobs/{job['job_id']}").json() == job  # the whole job, as GET shows it
+
+
+def test_prefer_wait_shorter_than_the_job_answers_with_it_as_it_is(http):
+    t0 = time.monotonic()
+    r = http.post("/v1/jobs", json={"app_id": "echo", "params": {"delay_s": 4}}, headers={"Prefer": "respond-async, wait=1"})
+    waited = time.monotonic() - t0
+    assert r.status_code == 202 and 1 <= waited < 3.5, (waited, r.text)
+    assert r.json()["status"] in ("queued", "running")
+    assert wait_terminal(http, r.json()["job_id"])["status"] == "succeeded"  # it goes on
+
+
+def test_prefer_wait_replayed_idempotently_is_200_with_the_job(http):
+    first = http.post("/v1/jobs", json={"app_id": "echo"}, headers={"Idempotency-Key": "pw-1", "Prefer": "wait=10"})
+    again = http.post("/v1/jobs", json={"app_id": "echo"}, headers={"Idempotency-Key": "pw-1", "Prefer": "wait"})
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.headers["Preference-Applied"] == "wait=60" and again.json() == first.json()
+
+
+@pytest.mark.parametrize("bad", ["wait=0", "wait=61", "wait=abc", "wait=1.5", "wait=\u0661"])
+def test_prefer_wait_out_of_range_is_422_naming_the_header_and_accepts_nothing(http, bad):
+    before = http.get("/v1/jobs", params={"app_id": "echo", "limit": 500}).json()["jobs"]
+    r = http.post("/v1/jobs", json={"app_id": "echo"}, headers={"Prefer": bad.encode()})
+    assert r.status_code == 422 and fields(r) == {"Prefer"}, r.text
+    assert http.get("/v1/jobs", params={"app_id": "echo", "limit": 500}).json()["jobs"] == before
+
+
+def test_other_preferences_leave_the_submit_as_it_was(http):
+    r = http.post("/v1/jobs", json={"app_id": "echo"}, headers={"Prefer": "respond-async"})
+    assert r.status_code == 202 and "Preference-Applied" not in r.headers
+    assert set(r.json()) == {"job_id", "status", "route", "route_reason"}

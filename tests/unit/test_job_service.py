@@ -47,7 +47,7 @@ class Harness:
             cancel_cloud=lambda job: self.cloud_cancels.append(job.id),
         )
 
-    def _poke(self) -> None:
+    def _poke(self, job: Any = None) -> None:
         self.pokes += 1
 
     def claim(self, app_id: str = "echo") -> Any:
