@@ -4,6 +4,7 @@
     gpu-orch submit echo -p message=hi --wait
     gpu-orch status JOB_ID | jobs | cancel JOB_ID | apps | workers
     gpu-orch import-seed config/apps.yaml
+    gpu-orch costs | prune --older-than 30d [--dry-run]
     eval "$(gpu-orch env)"              # the `ray`/`serve` CLIs: the stack's Ray auth token
     gpu-orch down
 """
@@ -524,6 +525,43 @@ def costs(ctx: click.Context, since: str | None, until: str | None, app_id: str 
     click.echo(f"{'total':<24} {t['jobs']:>7} {t['cloud_jobs']:>7} {t['gpu_seconds']:>12.1f} {t['usd']:>12.4f}")
     click.echo(f"local ${t['local_usd']:.4f}, cloud ${t['cloud_usd']:.4f}; cloud share of jobs {data['cloud_share']:.1%}")
     click.echo(f"prices: {data['prices']}")
+
+
+_AGE_UNITS = {"w": 7.0, "d": 1.0, "h": 1 / 24, "m": 1 / 1440}
+
+
+def age_days(text: str) -> float:
+    """'30d', '12h', '90m', '2w' or a bare number of days -> days (> 0)."""
+    t = text.strip().lower()
+    unit = _AGE_UNITS.get(t[-1:]) if t[-1:].isalpha() else 1.0
+    try:
+        n = float(t[:-1] if t[-1:].isalpha() else t)
+    except ValueError:
+        n = -1.0
+    if unit is None or not n > 0 or n == float("inf"):
+        raise click.BadParameter(f"{text!r} is not an age like 30d, 12h, 90m or 2w", param_hint="--older-than")
+    return n * unit
+
+
+@cli.command()
+@click.option("--older-than", "older_than", default=None, metavar="AGE",
+              help="30d, 12h, 90m, 2w (default: the stack's router.retention_days)")
+@click.option("--dry-run", is_flag=True, help="count what would go, by app; delete nothing")
+@click.pass_context
+def prune(ctx: click.Context, older_than: str | None, dry_run: bool) -> None:
+    """Delete finished jobs (succeeded, failed, cancelled) older than an age, with their artifacts and
+    event streams. Queued and running jobs are never touched. The router also does this on its own."""
+    days = age_days(older_than) if older_than else None
+    with _client(ctx) as c:
+        r = c.prune(older_than_days=days, dry_run=dry_run)
+    if r["busy"]:
+        click.echo("another router is pruning right now; nothing done here (try again in a moment)")
+        return
+    what = "would delete" if r["dry_run"] else "deleted"
+    extra = "" if r["dry_run"] else f", {r['artifacts']} artifact(s), {r['event_streams']} event-stream key(s)"
+    click.echo(f"{what} {r['jobs']} job(s) finished more than {r['older_than_days']:g} days ago{extra}")
+    for app, n in r["by_app"].items():
+        click.echo(f"  {app:<24} {n:>8}")
 
 
 @cli.command("import-seed")

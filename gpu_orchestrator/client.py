@@ -143,6 +143,12 @@ class Client:
         q = {k: v for k, v in {"since": since, "until": until, "app_id": app_id, "group_by": group_by}.items() if v}
         return _check(self.http.get("/v1/costs", params=q))
 
+    def prune(self, *, older_than_days: float | None = None, dry_run: bool = False) -> dict[str, Any]:
+        """POST /v1/admin/prune: delete terminal jobs older than that (default: the stack's
+        router.retention_days) with their artifacts and event streams; dry_run counts them."""
+        body = {"dry_run": dry_run, **({"older_than_days": older_than_days} if older_than_days is not None else {})}
+        return _check(self.http.post("/v1/admin/prune", json=body, timeout=3600))
+
     def events(self, job_id: str, *, last_event_id: str | None = None, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """Progress and status events until the terminal one. The server ends a stream at the terminal
         status, or after its time limit: then this reconnects where it left off (Last-Event-ID).

@@ -11,6 +11,7 @@ from gpu_orchestrator.api import costs as costs_api
 from gpu_orchestrator.api import health as health_api
 from gpu_orchestrator.api import jobs as jobs_api
 from gpu_orchestrator.api import openai as openai_api
+from gpu_orchestrator.api import retention as retention_api
 from gpu_orchestrator.api import seed as seed_api
 from gpu_orchestrator.api import workers as workers_api
 from gpu_orchestrator.api import stats as stats_api
@@ -20,14 +21,16 @@ from gpu_orchestrator.api.streams import Streams
 from gpu_orchestrator.artifacts import ArtifactStore
 from gpu_orchestrator.service.fleet import Fleet
 from gpu_orchestrator.service.jobs import JobService
+from gpu_orchestrator.service.retention import Retention
 
-ROUTERS = (jobs_api, artifacts_api, apps_api, workers_api, stats_api, costs_api, health_api, openai_api, seed_api)
+ROUTERS = (jobs_api, artifacts_api, apps_api, workers_api, stats_api, costs_api, health_api, openai_api, seed_api,
+           retention_api)
 
 
 def create_app(*, jobs: JobService, fleet: Fleet, artifacts: ArtifactStore | None = None,
-               limits: Limits | None = None) -> FastAPI:
+               limits: Limits | None = None, retention: Retention | None = None) -> FastAPI:
     """The app's dependencies live on `app.state` (read by api/deps.py): jobs, fleet, artifacts,
-    limits (mutable: read per request) and streams (open long-lived responses)."""
+    limits (mutable: read per request), streams (open long-lived responses) and retention."""
     limits = limits or Limits()
     app = FastAPI(
         title="GPU Orchestrator",
@@ -39,6 +42,7 @@ def create_app(*, jobs: JobService, fleet: Fleet, artifacts: ArtifactStore | Non
     app.state.artifacts = artifacts
     app.state.limits = limits
     app.state.streams = Streams(limits)
+    app.state.retention = retention
     app.add_middleware(BodyLimit, limit=lambda: limits.max_body_bytes, upload_limit=lambda: limits.max_upload_bytes,
                        upload_paths=artifacts_api.UPLOAD_PATHS)
     install(app)

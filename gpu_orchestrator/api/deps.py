@@ -10,6 +10,7 @@ from gpu_orchestrator.api.streams import Streams
 from gpu_orchestrator.artifacts import ArtifactStore
 from gpu_orchestrator.service.fleet import Fleet
 from gpu_orchestrator.service.jobs import JobService
+from gpu_orchestrator.service.retention import Retention
 
 
 def _jobs(request: Request) -> JobService:
@@ -28,7 +29,12 @@ def _streams(request: Request) -> Streams:
     return request.app.state.streams
 
 
+def _retention(request: Request) -> Retention | None:
+    return getattr(request.app.state, "retention", None)
+
+
 Jobs = Annotated[JobService, Depends(_jobs)]
+RetentionDep = Annotated[Retention | None, Depends(_retention)]
 FleetDep = Annotated[Fleet, Depends(_fleet)]
 Artifacts = Annotated[ArtifactStore | None, Depends(_artifacts)]
 StreamsDep = Annotated[Streams, Depends(_streams)]

@@ -258,6 +258,12 @@ class AsyncEventBus:
     async def request_cancel(self, job_id: uuid.UUID | str) -> None:
         await self._call(lambda: self.r.set(cancel_key(job_id), "1", ex=self.ttl_s))
 
+    async def forget(self, job_ids: list[uuid.UUID]) -> int:
+        """Delete the event streams and cancel flags of these jobs (retention; they also expire on
+        their own after ttl_s). Returns how many keys went."""
+        keys = [k for j in job_ids for k in (stream_key(j), cancel_key(j))]
+        return int(await self._call(lambda: self.r.delete(*keys))) if keys else 0
+
     async def get_value(self, key: str) -> str | None:
         """A small lossy value (a cache entry), through the same timeouts and fail-fast as events."""
         v = await self._call(lambda: self.r.get(key))

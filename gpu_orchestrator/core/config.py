@@ -96,6 +96,13 @@ class RouterSpec(BaseModel):
     max_stream_s: float = Field(default=1800.0, gt=0)
     # Redis connect/command timeout: a slow Redis is a timeout, not a hang.
     redis_timeout_s: float = Field(default=2.0, gt=0)
+    # Retention: terminal jobs finished longer ago than this are deleted with their artifacts and
+    # event streams (None: kept for ever). `gpu-orch prune` does it on demand.
+    retention_days: float | None = Field(default=30.0, gt=0)
+    # The router that holds the prune lock deletes prune_batch rows per short transaction, pausing
+    # between batches, every prune_interval_s: intake never waits on it.
+    prune_batch: int = Field(default=500, ge=1, le=10_000)
+    prune_interval_s: float = Field(default=600.0, gt=0)
 
 
 class GpuPoolSpec(BaseModel):

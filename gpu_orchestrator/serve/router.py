@@ -32,6 +32,7 @@ from gpu_orchestrator.service.cloud import build_cloud
 from gpu_orchestrator.service.dispatcher import Dispatcher
 from gpu_orchestrator.service.fleet import Fleet, load_failures
 from gpu_orchestrator.service.jobs import JobService, parse_job_id
+from gpu_orchestrator.service.retention import Retention
 from gpu_orchestrator.service.transitions import Transitions
 from gpu_orchestrator.store.postgres import PostgresJobStore
 
@@ -76,6 +77,9 @@ class Router:
                            replica_states=self.cluster.replica_states,
                            snapshot=(lambda: arbiter.snapshot) if arbiter is not None else None,
                            cloud=self.dispatcher.routing.unavailable)
+        # Terminal jobs older than router.retention_days go, with their artifacts and streams.
+        self.retention = Retention(store=self.store, artifacts=self.artifacts, streams=self.bus,
+                                   retention_days=rc.retention_days, batch=rc.prune_batch, interval_s=rc.prune_interval_s)
         self.api: FastAPI | None = None  # built by __serve_build_asgi_app__
         self._started = False
         self._gauge: asyncio.Task | None = None
@@ -99,7 +103,7 @@ class Router:
     def __serve_build_asgi_app__(self) -> FastAPI:
         if self.api is None:
             self.api = create_app(jobs=self.jobs, fleet=self.fleet, artifacts=self.artifacts,
-                                  limits=Limits.from_config(self.cfg.router))
+                                  limits=Limits.from_config(self.cfg.router), retention=self.retention)
         return self.api
 
     def _submitted(self, job: Job) -> None:
@@ -110,6 +114,7 @@ class Router:
         if not self._started:
             self._started = True
             self.dispatcher.start()
+            self.retention.start()
             if self.arbiter is not None:
                 self.arbiter.start()
             self._gauge = asyncio.get_running_loop().create_task(self._gauge_loop())
@@ -140,6 +145,8 @@ class Router:
         gauge = getattr(self, "_gauge", None)  # absent when __init__ failed part-way
         if gauge is not None:
             gauge.cancel()
+        if getattr(self, "retention", None) is not None:
+            await self.retention.stop()
         try:
             await asyncio.wait_for(release(), timeout=10.0)
         except Exception as e:  # the leases still expire on their own

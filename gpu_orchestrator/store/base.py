@@ -119,6 +119,17 @@ class Rescued:
     lost: bool = False  # it was on a model replica (counted in lost_attempts), not just claimed
 
 
+@dataclass(frozen=True)
+class Pruned:
+    """A terminal job whose row retention deleted: what else it left (artifacts in its params and
+    result, its event stream) is for the caller to remove."""
+
+    job_id: uuid.UUID
+    app_id: str
+    params: dict[str, Any]
+    result: Any
+
+
 class JobStore(Protocol):
     # intake and reads
     def submit(self, *, app_id: str, params: dict[str, Any], priority: int = 0, max_attempts: int = 3,
@@ -160,6 +171,10 @@ class JobStore(Protocol):
     def fail_queued(self, app_id: str, error: str, *, older_than_s: float | None = None,
                     route: str | None = None) -> list[uuid.UUID]: ...  # route as reroute_queued's frm, or ANY_ROUTE: all
     def rescue_expired(self, policy: RetryPolicy = RetryPolicy()) -> list[Rescued]: ...
+    # retention: delete up to `limit` terminal jobs finished more than older_than_s ago (oldest
+    # first); None when another caller is pruning right now. prunable: how many there are, by app.
+    def prune(self, *, older_than_s: float, limit: int) -> list[Pruned] | None: ...
+    def prunable(self, *, older_than_s: float) -> dict[str, int]: ...
     def release(self, *, owner: str, policy: RetryPolicy = RetryPolicy()) -> list[Rescued]: ...
 
 

@@ -11,6 +11,7 @@ between transactions: creation order is the created_at order, as list() and clai
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import datetime as dt
@@ -25,7 +26,7 @@ from gpu_orchestrator.core.apps import check_text
 from gpu_orchestrator.core.jobs import (IdempotencyConflict, Job, JobNotFound, JobStatus, QueueFull, RetryPolicy,
                                         TransitionError, request_fingerprint)
 from gpu_orchestrator.store.base import (ANY_ROUTE, LEASE_EXPIRED, MAX_ERRORS, MSG_GIVE_UP, RELEASED, AppQueueStats, Cost, CostRow, LeaseEnd,
-                                         MinuteCount, LeaseKey, Rescued, ResultNotStorable, StoreUnavailable, clip_error,
+                                         MinuteCount, LeaseKey, Pruned, Rescued, ResultNotStorable, StoreUnavailable, clip_error,
                                          decode_cursor, encode_cursor)
 
 _US = dt.timedelta(microseconds=1)
@@ -296,6 +297,23 @@ class MemoryJobStore:
             for j in jobs:
                 self._set(j, status=JobStatus.failed, finished_at=now, error=error, run_after=None)
             return [j.id for j in jobs]
+
+    def _prunable(self, older_than_s: float, now: dt.datetime) -> list[Job]:
+        cutoff = now - dt.timedelta(seconds=older_than_s)
+        return sorted((j for j in self._jobs.values() if j.status.terminal and j.finished_at is not None
+                       and j.finished_at < cutoff), key=lambda j: j.finished_at)
+
+    def prune(self, *, older_than_s: float, limit: int) -> list[Pruned] | None:
+        with self._tx() as now:
+            old = self._prunable(older_than_s, now)[:limit]
+            for j in old:
+                del self._jobs[j.id]
+                self._hashes.pop(j.id, None)
+            return [Pruned(j.id, j.app_id, j.params, j.result) for j in old]
+
+    def prunable(self, *, older_than_s: float) -> dict[str, int]:
+        with self._tx() as now:
+            return dict(collections.Counter(j.app_id for j in self._prunable(older_than_s, now)))
 
     def rescue_expired(self, policy: RetryPolicy = RetryPolicy()) -> list[Rescued]:
         with self._tx() as now:

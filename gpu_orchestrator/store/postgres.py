@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 from gpu_orchestrator.core.jobs import (IdempotencyConflict, Job, JobNotFound, JobStatus, QueueFull, RetryPolicy,
                                         TransitionError, request_fingerprint)
 from gpu_orchestrator.store.base import (ANY_ROUTE, LEASE_EXPIRED, MAX_ERRORS, MSG_GIVE_UP, RELEASED, AppQueueStats, Cost,
-                                         CostRow, LeaseEnd, MinuteCount, ResultNotStorable, Rescued, StoreUnavailable,
+                                         CostRow, LeaseEnd, MinuteCount, Pruned, ResultNotStorable, Rescued, StoreUnavailable,
                                          clip_error, decode_cursor, encode_cursor)
 
 __all__ = ["AppQueueStats", "JobStore", "PostgresJobStore", "PostgresLeaderLock", "Rescued", "ResultNotStorable",
@@ -41,6 +41,7 @@ _COLS = (
     "cost_usd, usage"
 )
 _MIGRATION_LOCK = 0x6770756F72  # "gpuor": serialises migrations across router replicas
+_PRUNE_LOCK = 0x6770757072  # "gpupr": one retention pruner at a time
 
 
 # A run's cost adds to what earlier attempts of the job cost (a failed cloud run is billed too).
@@ -585,6 +586,29 @@ class PostgresJobStore:
         with self.lease_engine.begin() as conn:
             rows = conn.execute(sa.text(sql), params).all()
         return [Rescued(r.id, r.app_id, JobStatus(r.status), r.error, r.lost) for r in rows]
+
+    _PRUNABLE = ("finished_at IS NOT NULL AND finished_at < now() - make_interval(secs => :age) "
+                 "AND status IN ('succeeded', 'failed', 'cancelled')")
+
+    def prune(self, *, older_than_s: float, limit: int) -> list[Pruned] | None:
+        """Delete up to `limit` terminal jobs finished more than `older_than_s` ago, oldest first, in
+        one short transaction (a range scan of jobs_finished_idx; rows another transaction holds are
+        skipped, never waited for). One pruner at a time across router replicas (a transaction-level
+        advisory lock): None when another holds it."""
+        with self.engine.begin() as conn:
+            if not conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _PRUNE_LOCK}).scalar():
+                return None
+            rows = conn.execute(sa.text(
+                f"DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE {self._PRUNABLE} ORDER BY finished_at "
+                f"LIMIT :n FOR UPDATE SKIP LOCKED) RETURNING id, app_id, params, result"),
+                {"age": older_than_s, "n": limit}).all()
+        return [Pruned(r.id, r.app_id, r.params or {}, r.result) for r in rows]
+
+    def prunable(self, *, older_than_s: float) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.text(f"SELECT app_id, count(*) AS n FROM jobs WHERE {self._PRUNABLE} GROUP BY app_id"),
+                                {"age": older_than_s})
+            return {r.app_id: r.n for r in rows}
 
     def _status(self, conn: Connection, job_id: uuid.UUID) -> str | None:
         return conn.execute(sa.text("SELECT status FROM jobs WHERE id = :id"), {"id": job_id}).scalar()

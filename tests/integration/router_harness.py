@@ -291,6 +291,8 @@ def running_router(database_url: str, redis_url: str, *, artifacts: str | None =
     finally:
         with contextlib.suppress(Exception):
             running.call(router.dispatcher.stop(), timeout=5)
+        with contextlib.suppress(Exception):
+            running.call(router.retention.stop(), timeout=5)
         if router._gauge is not None:  # the queue-depth gauge loop of the replica
             loop_box["loop"].call_soon_threadsafe(router._gauge.cancel)
         for bus in (router.bus, model._bus):

@@ -677,3 +677,75 @@ def test_is_transient_tells_an_outage_from_a_bug(store):
     assert store.is_transient(StoreUnavailable("down"))
     assert not store.is_transient(ValueError("bad input"))
     assert not store.is_transient(TransitionError(uuid.uuid4(), "succeeded", "complete"))
+
+
+# -- retention -----------------------------------------------------------------------------------
+
+def finished(store, app, how="succeeded"):
+    job = submit(store, app=app, max_attempts=1)
+    if how == "cancelled":
+        store.cancel(job.id)
+        return job
+    (c,) = store.claim(app_id=app, owner="r1", limit=1, lease_s=30, max_in_flight=10)
+    if how == "succeeded":
+        store.complete(job_id=job.id, owner="r1", attempt=c.claims, result={"ok": True}, backend="b")
+    else:
+        store.fail_attempt(job_id=job.id, owner="r1", attempt=c.claims, error="boom", retryable=False)
+    return job
+
+
+def age_finished(store, seconds):
+    """Every finished job `seconds` older (the memory store's clock moves instead)."""
+    if is_memory(store):
+        store.clock.advance(seconds)
+        return
+    with store.engine.begin() as c:
+        c.execute(sa.text("UPDATE jobs SET finished_at = finished_at - make_interval(secs => :s) "
+                          "WHERE finished_at IS NOT NULL"), {"s": seconds})
+
+
+def test_prune_deletes_only_terminal_jobs_past_the_age_oldest_first_in_batches(store):
+    old = [finished(store, "a", how) for how in ("succeeded", "failed", "cancelled", "succeeded")]
+    queued = submit(store, app="q")
+    running = submit(store, app="b")
+    store.claim(app_id="b", owner="r1", limit=1, lease_s=3600, max_in_flight=10)
+    age_finished(store, 2 * 86_400)
+    young = finished(store, "a")
+    assert store.prunable(older_than_s=86_400) == {"a": 4}
+    first = store.prune(older_than_s=86_400, limit=3)
+    assert {p.job_id for p in first} == {j.id for j in old[:3]}  # the oldest finished ones first
+    by_id = {p.job_id: p for p in first}
+    assert by_id[old[0].id].app_id == "a" and by_id[old[0].id].params == {"x": 1} and by_id[old[0].id].result == {"ok": True}
+    rest = store.prune(older_than_s=86_400, limit=100)
+    assert [p.job_id for p in rest] == [old[3].id]
+    assert store.prune(older_than_s=86_400, limit=100) == [] and store.prunable(older_than_s=86_400) == {}
+    for job in old:
+        with pytest.raises(JobNotFound):
+            store.get(job.id)
+    assert store.get(queued.id).status == JobStatus.queued and store.get(running.id).status == JobStatus.running
+    assert store.get(young.id).status == JobStatus.succeeded
+
+
+def test_one_pruner_at_a_time_and_intake_never_waits_on_it(pg_store, database_url):
+    job = finished(pg_store, "p")
+    age_finished(pg_store, 86_400)
+    eng = create_engine(database_url)
+    with eng.begin() as other:  # another replica in the middle of a prune batch
+        other.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": 0x6770757072})
+        other.execute(sa.text("SELECT id FROM jobs WHERE id = :id FOR UPDATE"), {"id": job.id})
+        assert pg_store.prune(older_than_s=3600, limit=10) is None
+        t0 = time.monotonic()
+        submit(pg_store, app="p")  # intake goes on meanwhile
+        assert time.monotonic() - t0 < 2
+    eng.dispose()
+    assert [p.job_id for p in pg_store.prune(older_than_s=3600, limit=10)] == [job.id]
+
+
+def test_prune_scans_the_finished_index(pg_store):
+    with pg_store.engine.begin() as c:
+        c.execute(sa.text("SET LOCAL enable_seqscan = off"))  # tiny table: ask what plan the index allows
+        plan = "\n".join(c.execute(sa.text(
+            "EXPLAIN DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE finished_at IS NOT NULL AND "
+            "finished_at < now() - interval '30 days' AND status IN ('succeeded', 'failed', 'cancelled') "
+            "ORDER BY finished_at LIMIT 500 FOR UPDATE SKIP LOCKED)")).scalars())
+    assert "jobs_finished_idx" in plan, plan
