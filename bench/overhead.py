@@ -97,7 +97,7 @@ def cpu_seconds() -> dict[str, float]:
         if int(pid) == os.getpid():
             kind = "client"
         elif cmd.startswith("ray::ServeReplica:"):
-            kind = cmd.split()[0].split(":", 2)[2]  # app:deployment
+            kind = cmd.split()[0].removeprefix("ray::ServeReplica:").split(".")[0]  # app:deployment (.method varies)
         elif cmd.startswith("ray::ProxyActor"):
             kind = "Serve proxy"
         elif cmd.startswith("postgres"):
@@ -185,11 +185,9 @@ async def closed_loop(fn: Job, base: str, n: int, clients: int) -> tuple[list[fl
 
 # -- the deployments ------------------------------------------------------------------------------
 
-def deploy(db: str, rd: str) -> None:
-    from fastapi import FastAPI
+def deploy_ours(db: str, rd: str, *, max_in_flight: int = 64) -> None:
+    """The orchestrator app with the echo model alone, always resident."""
     from ray import serve
-    from ray.serve.schema import CeleryAdapterConfig, TaskProcessorConfig
-    from ray.serve.task_consumer import instantiate_adapter_from_config, task_consumer, task_handler
 
     from gpu_orchestrator.serve.app import build_app
 
@@ -199,12 +197,21 @@ def deploy(db: str, rd: str) -> None:
     # The echo model alone, always resident, as many in flight as the peer's consumer runs at once:
     # the job path's own cost, no GPU models. (The arbiter's autoscaling policy applies only through
     # a config deploy, not serve.run, and with one resident model it has nothing to decide.)
-    orch_args["models"] = {"echo": {**orch_args["models"]["echo"], "max_ongoing_requests": 64}}
-    orch_args["apps"] = [{**next(a for a in orch_args["apps"] if a["id"] == "echo"), "max_in_flight": 64}]
+    orch_args["models"] = {"echo": {**orch_args["models"]["echo"], "max_ongoing_requests": max_in_flight}}
+    orch_args["apps"] = [{**next(a for a in orch_args["apps"] if a["id"] == "echo"), "max_in_flight": max_in_flight}]
     orch_args["arbiter"] = {**orch_args.get("arbiter", {}), "enabled": False}
-    orch_args["router"] = {**orch_args["router"], "num_replicas": int(os.environ.get("BENCH_ROUTERS", "1"))}
     serve.run(build_app(orch_args), name="orchestrator", route_prefix="/")
 
+
+
+def deploy(db: str, rd: str) -> None:
+    """Ours, the peer and the plain no-op, on one Serve instance behind one proxy."""
+    from fastapi import FastAPI
+    from ray import serve
+    from ray.serve.schema import CeleryAdapterConfig, TaskProcessorConfig
+    from ray.serve.task_consumer import instantiate_adapter_from_config, task_consumer, task_handler
+
+    deploy_ours(db, rd)
     broker, backend = celery_urls(rd)
     peer_cfg = TaskProcessorConfig(queue_name="bench-noop",
                                    adapter_config=CeleryAdapterConfig(broker_url=broker, backend_url=backend))

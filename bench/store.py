@@ -6,7 +6,8 @@ after months), on Postgres.
 For each size it creates the rows (terminal, spread over the 60 days before the last two hours, eight apps), then times the
 store calls the job path and the arbiter make: submit, claim (one queued job), status (get by id),
 list (first page of one app), queue_stats (the arbiter, every tick), apps_with_queued (every
-dispatcher poll), rescue_expired (the lease sweep) and service_times (the arbiter, every 10 s). Prints the median per call and per size, the 1M/1k ratio with PASS/MISS against the
+dispatcher poll), rescue_expired (the lease sweep), service_times (the arbiter, every 10 s) and
+prune (retention: a batch of the oldest finished rows). Prints the median per call and per size, the 1M/1k ratio with PASS/MISS against the
 target (flat within 1.2x), and EXPLAIN ANALYZE of the claim and queue_stats queries at the largest
 size. Uses a scratch database (gpu_orch_bench_store), dropped at the end.
 """
@@ -106,6 +107,9 @@ def measure(store: PostgresJobStore) -> dict[str, float]:
     out["apps_with_queued"] = median_ms(store.apps_with_queued, repeat=50)  # every dispatcher poll
     out["rescue_expired"] = median_ms(store.rescue_expired, repeat=50)  # the lease sweep
     out["service_times"] = median_ms(store.service_times, repeat=20)
+    # Retention: one batch of the oldest finished rows (rows spread over 60 days: a 30-day cutoff
+    # always has rows to take); a few batches of 100, so the table keeps its size.
+    out["prune (100 rows)"] = median_ms(lambda: store.prune(older_than_s=30 * 86_400, limit=100), repeat=3)
     return out
 
 
@@ -116,9 +120,12 @@ def explain(store: PostgresJobStore) -> str:
     stats = ("SELECT app_id, count(*) FILTER (WHERE status = 'queued'), count(*) FILTER (WHERE status = 'running') "
              "FROM jobs WHERE status IN ('queued', 'running') GROUP BY app_id")
     running = "SELECT count(*) FROM jobs WHERE app_id = 'app4' AND status = 'running'"
+    prune = ("SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < now() - interval '30 days' AND "
+             "status IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_at LIMIT 500 FOR UPDATE SKIP LOCKED")
     out = []
     with store.engine.begin() as c:
-        for name, q in (("claim (the row pick)", claim), ("claim (in-flight count)", running), ("queue_stats", stats)):
+        for name, q in (("claim (the row pick)", claim), ("claim (in-flight count)", running), ("queue_stats", stats),
+                        ("prune (the batch pick)", prune)):
             plan = c.execute(sa.text("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) " + q)).scalars().all()
             out.append(f"-- {name}\n" + "\n".join(plan))
     return "\n".join(out)

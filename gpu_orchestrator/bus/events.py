@@ -26,6 +26,7 @@ import redis.asyncio.retry
 import redis.retry
 from redis.backoff import ExponentialWithJitterBackoff
 
+from gpu_orchestrator.bus.hub import StreamHub
 from gpu_orchestrator.core.jobs import TERMINAL
 
 log = logging.getLogger("gpu_orchestrator.bus.events")
@@ -223,6 +224,7 @@ class AsyncEventBus:
         self.maxlen = maxlen
         self.ttl_s = ttl_s
         self.breaker = _Breaker(cooldown_s)
+        self.hub = StreamHub(self._xread, _decode)
 
     async def _call(self, aw: Callable[[], Awaitable[Any]]) -> Any:
         self.breaker.check()
@@ -275,20 +277,13 @@ class AsyncEventBus:
     async def tail(self, job_id: uuid.UUID | str, after: str = "0-0", *, block_ms: int = 5_000) -> AsyncIterator[Event | None]:
         """Yield events after `after`; yields None on each idle block so callers can send keep-alives
         and re-check the job in Postgres (the terminal event may have been lost with Redis).
-        Redis errors propagate (see `follow` for a tail that survives them)."""
-        key = stream_key(job_id)
-        last = after
-        block_ms = max(1, min(block_ms, MAX_BLOCK_MS))
-        while True:
-            resp = await self._call(lambda: self._tail_r.xread({key: last}, block=block_ms, count=100))
-            if not resp:
-                yield None
-                continue
-            for _, entries in resp:
-                for entry_id, fields in entries:
-                    ev = _decode(entry_id, fields)
-                    last = ev.id
-                    yield ev
+        Redis errors propagate (see `follow` for a tail that survives them). Every tail of this bus
+        shares one blocking read (bus/hub.py): a waiting subscriber holds no connection."""
+        async for ev in self.hub.tail(stream_key(job_id), after, idle_ms=max(1, min(block_ms, MAX_BLOCK_MS))):
+            yield ev
+
+    async def _xread(self, streams: dict[str, str], block_ms: int | None) -> Any:
+        return await self._call(lambda: self._tail_r.xread(streams, block=block_ms, count=self.hub.count))
 
     async def ping(self) -> bool:
         try:
@@ -316,6 +311,7 @@ async def follow(
     row_status: Callable[[], Awaitable[dict[str, Any] | None]],
     block_ms: int = 2_000,
     retry_s: float = 1.0,
+    row_check_s: float = 5.0,
 ) -> AsyncIterator[Event | None]:
     """A job's events until its terminal status, surviving Redis outages.
 
@@ -323,11 +319,14 @@ async def follow(
     back after an outage (events in between may be lost), and ends with the terminal status, taken
     from the job row (`row_status()`: {"status", "result", "error"} when the job is terminal, else
     None; it may raise while the database is away, which is treated like "not yet") when the
-    terminal event itself is missing. Events synthesised here carry the id of the last real event,
-    so a client resuming with Last-Event-ID loses nothing that was delivered.
+    terminal event itself is missing (looked for at most every row_check_s while the stream is
+    idle: hundreds of waiting subscribers must not turn into as many queries a second). Events
+    synthesised here carry the id of the last real event, so a client resuming with Last-Event-ID
+    loses nothing that was delivered.
     """
     last = after
     down_since: str | None = None
+    row_checked = time.monotonic()
 
     def gap() -> Event:
         return Event(id=last, type="gap", data={"reason": "event stream unavailable", "since": down_since,
@@ -353,10 +352,12 @@ async def follow(
                     if ev.terminal:
                         return
                     continue
-                end = await from_row()  # idle: the terminal event may have been lost with Redis
-                if end is not None:
-                    yield end
-                    return
+                if time.monotonic() - row_checked >= row_check_s:  # idle: the terminal event may have been lost
+                    row_checked = time.monotonic()
+                    end = await from_row()
+                    if end is not None:
+                        yield end
+                        return
                 yield None
         except REDIS_ERRORS as e:
             if down_since is None:

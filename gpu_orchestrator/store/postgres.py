@@ -11,6 +11,7 @@ Every connection has a statement_timeout and a connect_timeout: a stuck query fa
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import threading
@@ -101,6 +102,24 @@ def create_engine(url: str, **kw: Any) -> Engine:
 PING_IDLE_S = 1.0
 
 
+def _fresh_on_stale(read: Any) -> Any:
+    """A read that found its pooled connection dead (used moments ago, so not pinged; the server
+    restarted meanwhile) runs once more: the disconnect invalidated the pool, so the second try
+    gets a new connection and fails only if Postgres is really away. Reads only: a write whose
+    connection dropped may have committed."""
+
+    @functools.wraps(read)
+    def run(*args: Any, **kw: Any) -> Any:
+        try:
+            return read(*args, **kw)
+        except sa.exc.DBAPIError as e:
+            if not e.connection_invalidated:
+                raise
+        return read(*args, **kw)
+
+    return run
+
+
 def ping_when_idle(engine: Engine, idle_s: float = PING_IDLE_S) -> Engine:
     """Check a pooled connection before use only when it sat idle longer than `idle_s` (SQLAlchemy's
     pool_pre_ping checks on every checkout: a round trip per statement group, about a tenth of the
@@ -171,6 +190,7 @@ class PostgresJobStore:
         if self.lease_engine is not self.engine:
             self.lease_engine.dispose()
 
+    @_fresh_on_stale
     def ping(self) -> None:
         """Raises (an sqlalchemy error) when Postgres cannot answer."""
         with self.engine.connect() as conn:
@@ -265,6 +285,7 @@ class PostgresJobStore:
 
     # -- reads ------------------------------------------------------------------------------------
 
+    @_fresh_on_stale
     def get(self, job_id: uuid.UUID) -> Job:
         with self.engine.connect() as conn:
             row = conn.execute(sa.text(f"SELECT {_COLS} FROM jobs WHERE id = :id"), {"id": job_id}).first()
@@ -272,6 +293,7 @@ class PostgresJobStore:
             raise JobNotFound(job_id)
         return Job.from_row(row)
 
+    @_fresh_on_stale
     def list(
         self,
         *,
@@ -302,6 +324,7 @@ class PostgresJobStore:
         nxt = encode_cursor(jobs[-1]) if len(rows) > limit else None
         return jobs, nxt
 
+    @_fresh_on_stale
     def apps_with_queued(self) -> dict[str, set[str | None]]:
         """Apps with at least one queued job, each with the routes its queued jobs wait on (None:
         local; a skip scan over the partial queued index)."""
@@ -345,6 +368,7 @@ class PostgresJobStore:
                 {"app": app_id, "b": backend, "r": reason, "frm": frm, "age": older_than_s,
                  "ids": None if ids is None else [str(i) for i in ids]}).scalars())
 
+    @_fresh_on_stale
     def cost_summary(self, *, since: dt.datetime, until: dt.datetime, app_id: str | None = None,
                      group_by: str = "backend") -> list[CostRow]:
         key = {"backend": "coalesce(route, 'local')", "app": "app_id",
@@ -358,6 +382,7 @@ class PostgresJobStore:
             rows = conn.execute(sa.text(sql + " GROUP BY 1 ORDER BY 1"), {"since": since, "until": until, "app": app_id})
             return [CostRow(r.k, r.n, r.cloud, float(r.gs), float(r.usd)) for r in rows]
 
+    @_fresh_on_stale
     def queue_stats(self, *, cloud: bool = False) -> dict[str, AppQueueStats]:
         # Local demand by default (the arbiter's): jobs sent to a cloud backend ask nothing of our GPUs.
         sql = sa.text(
@@ -373,6 +398,7 @@ class PostgresJobStore:
                 for r in conn.execute(sql)
             }
 
+    @_fresh_on_stale
     def jobs_per_minute(self, *, minutes: int) -> list[MinuteCount]:
         # A range scan of jobs_list_idx (created_at): the last hour, whatever the table's size.
         sql = sa.text(
@@ -382,6 +408,7 @@ class PostgresJobStore:
         with self.engine.connect() as conn:
             return [MinuteCount(r.m, JobStatus(r.status), r.n) for r in conn.execute(sql, {"m": minutes})]
 
+    @_fresh_on_stale
     def service_times(self, *, window_s: float = 3600.0) -> dict[str, float]:
         """Mean run time (started -> finished) of each app's recently succeeded jobs, in seconds."""
         sql = sa.text(
@@ -604,6 +631,7 @@ class PostgresJobStore:
                 {"age": older_than_s, "n": limit}).all()
         return [Pruned(r.id, r.app_id, r.params or {}, r.result) for r in rows]
 
+    @_fresh_on_stale
     def prunable(self, *, older_than_s: float) -> dict[str, int]:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.text(f"SELECT app_id, count(*) AS n FROM jobs WHERE {self._PRUNABLE} GROUP BY app_id"),

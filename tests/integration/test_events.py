@@ -178,3 +178,40 @@ def test_follow_keeps_waiting_while_the_database_is_away_too(proxy):
 
     got = asyncio.run(go())
     assert [e.type for e in got] == ["gap", "status"] and got[-1].data["status"] == "succeeded"
+
+
+def test_hundreds_of_tails_share_one_blocking_read(redis_url):
+    """Each subscriber gets exactly its stream's events after its own id, live, while the bus holds
+    a couple of connections however many follow (a connection each used to exhaust the pool)."""
+    import redis as redis_sync
+
+    async def go():
+        bus = AsyncEventBus(redis_url)
+        jobs = [uuid.uuid4() for _ in range(300)]
+        first = {j: await bus.publish(j, "status", status="queued") for j in jobs}
+        got: dict[tuple, list] = {}
+
+        async def follow(job, after, tag):
+            async for ev in bus.tail(job, after, block_ms=200):
+                if ev is not None:
+                    got.setdefault((job, tag), []).append(ev.data)
+                    if ev.terminal:
+                        return
+
+        tasks = [asyncio.create_task(follow(j, "0-0", "all")) for j in jobs]
+        tasks.append(asyncio.create_task(follow(jobs[0], first[jobs[0]], "late")))  # same stream, later id
+        await asyncio.sleep(1.0)
+        clients = int(redis_sync.Redis.from_url(redis_url).info("clients")["connected_clients"])
+        assert bus.hub.subscribers == 301
+        for i, j in enumerate(jobs):
+            await bus.publish(j, "progress", step=i)
+            await bus.publish(j, "status", status="succeeded", result=i)
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        await bus.close()
+        return jobs, got, clients
+
+    jobs, got, clients = asyncio.run(go())
+    for i, j in enumerate(jobs):
+        assert got[(j, "all")] == [{"status": "queued"}, {"step": i}, {"status": "succeeded", "result": i}]
+    assert got[(jobs[0], "late")] == [{"step": 0}, {"status": "succeeded", "result": 0}]
+    assert clients < 20, clients  # this test's bus: a publisher connection and the shared reader's
