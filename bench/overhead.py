@@ -328,7 +328,7 @@ def run(args: argparse.Namespace, db: str, rd: str, where: str) -> None:
     print(f"\nCPU per job, ms, by process ({os.cpu_count()} cores: the paths are CPU-bound here when the total "
           f"x jobs/s nears {os.cpu_count() * 1000} ms/s):")
     for name, spent in cpu.items():
-        top = ", ".join(f"{k} {v:.1f}" for k, v in list(spent.items())[:5])
+        top = ", ".join(f"{k} {v:.1f}" for k, v in spent.items() if v >= 0.5)
         print(f"{name:<38}{sum(spent.values()):>6.1f}  ({top})")
     ours, sse, waited, peer, base_row = (best[n] for n in paths)
     t_ratio, p_ratio = ours[0] / peer[0], ours[1] / peer[1]
