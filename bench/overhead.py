@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import copy
 import os
 import shutil
@@ -34,7 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Iterator
 
 import httpx
 import yaml
@@ -265,12 +266,26 @@ def main() -> None:
     ap.add_argument("--services", choices=("embedded", "machine", "env"), default="embedded")
     args = ap.parse_args()
 
+    with stack(args.services) as (base, db, rd, where):
+        deploy(db, rd)
+        run(args, base, where)
+
+
+@contextlib.contextmanager
+def stack(how: str) -> Iterator[tuple[str, str, str, str]]:
+    """The services (see `services`), a local Ray and Serve on a free port: (base URL, database
+    URL, Redis URL, what the services are). All stopped afterwards."""
     import ray
     from ray import serve
 
-    db, rd, where, stop = services(args.services)
+    db, rd, where, stop = services(how)
     try:
-        run(args, db, rd, where)
+        ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        yield f"http://127.0.0.1:{port}", db, rd, f"{where}; Ray {ray.__version__}; {os.cpu_count()} cores"
     finally:
         if ray.is_initialized():
             serve.shutdown()
@@ -278,19 +293,9 @@ def main() -> None:
         stop()
 
 
-def run(args: argparse.Namespace, db: str, rd: str, where: str) -> None:
-    import ray
-    from ray import serve
-
-    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    deploy(db, rd)
-    base = f"http://127.0.0.1:{port}"
-    print(f"services: {where}; Ray {ray.__version__}; {os.cpu_count()} cores; {args.clients} clients, "
-          f"poll every {args.poll_ms:g} ms, {args.jobs} jobs per path per round, {args.rounds} rounds")
+def run(args: argparse.Namespace, base: str, where: str) -> None:
+    print(f"services: {where}; {args.clients} clients, poll every {args.poll_ms:g} ms, {args.jobs} jobs per "
+          f"path per round, {args.rounds} rounds")
 
     poll_s = args.poll_ms / 1000
     echo = lambda i: {"app_id": "echo", "params": {"message": f"m{i}"}}  # noqa: E731

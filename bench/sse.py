@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import cpu_seconds, deploy_ours, services  # noqa: E402
+from overhead import cpu_seconds, deploy_ours, stack  # noqa: E402
 
 ROUTER, PROXY = "orchestrator:router", "Serve proxy"
 POOLS = 5 + 10 + 2 + 1  # PostgresJobStore.connect: pool_size + max_overflow, and the lease pool's
@@ -140,24 +139,10 @@ def main() -> None:
     ap.add_argument("--services", choices=("embedded", "machine", "env"), default="embedded")
     args = ap.parse_args()
 
-    import ray
-    from ray import serve
-
-    db, rd, where, stop = services(args.services)
-    try:
-        ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+    with stack(args.services) as (base, db, rd, where):
         deploy_ours(db, rd, max_in_flight=16)
-        print(f"services: {where}; Ray {ray.__version__}; {os.cpu_count()} cores")
-        ok = asyncio.run(run(f"http://127.0.0.1:{port}", db, rd, args.subscribers, args.window))
-    finally:
-        if ray.is_initialized():
-            serve.shutdown()
-            ray.shutdown()
-        stop()
+        print(f"services: {where}")
+        ok = asyncio.run(run(base, db, rd, args.subscribers, args.window))
     sys.exit(0 if ok else 1)
 
 
