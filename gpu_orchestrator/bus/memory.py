@@ -85,6 +85,14 @@ class MemoryEventBus:
     def is_cancelled(self, job_id: uuid.UUID | str) -> bool:
         return cancel_key(job_id) in self.values
 
+    async def forget(self, job_ids: list[uuid.UUID]) -> int:
+        self._check()
+        gone = 0
+        for j in job_ids:
+            gone += self.streams.pop(str(j), None) is not None
+            gone += self.values.pop(cancel_key(j), None) is not None
+        return gone
+
     async def get_value(self, key: str) -> str | None:
         self._check()
         return self.values.get(key)
