@@ -3,7 +3,12 @@ mapped to HTTP in api/errors.py; limits from the arguments (see Limits)."""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
 from gpu_orchestrator.api import apps as apps_api
 from gpu_orchestrator.api import artifacts as artifacts_api
@@ -36,7 +41,10 @@ def create_app(*, jobs: JobService, fleet: Fleet, artifacts: ArtifactStore | Non
         title="GPU Orchestrator",
         description="Jobs for many AI models on shared GPUs. Submit, watch progress (SSE), cancel.",
         version="0.1.0",
+        docs_url=None,  # served below from the package: FastAPI's default loads Swagger UI from a CDN
+        redoc_url=None,
     )
+    _offline_docs(app)
     app.state.jobs = jobs
     app.state.fleet = fleet
     app.state.artifacts = artifacts
@@ -49,3 +57,19 @@ def create_app(*, jobs: JobService, fleet: Fleet, artifacts: ArtifactStore | Non
     for module in ROUTERS:
         app.include_router(module.router)
     return app
+
+
+SWAGGER_UI = Path(__file__).parent / "static" / "swagger-ui"
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """/docs with Swagger UI's files served by the router itself, so it renders with no internet."""
+    app.mount("/static/swagger-ui", StaticFiles(directory=SWAGGER_UI), name="swagger-ui")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")  # behind a path prefix, links keep it
+        return get_swagger_ui_html(openapi_url=root + (app.openapi_url or "/openapi.json"), title=f"{app.title} - API",
+                                   swagger_js_url=f"{root}/static/swagger-ui/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{root}/static/swagger-ui/swagger-ui.css",
+                                   swagger_favicon_url=f"{root}/static/swagger-ui/favicon-32x32.png")

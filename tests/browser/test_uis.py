@@ -261,3 +261,13 @@ def test_admin_shows_a_model_changing_state_and_the_arbiters_decisions(tab, orch
     wait_for(lambda: arb.get(f"/v1/jobs/{job}").json()["status"] == "succeeded", "the job done", 60)
     tab.screenshot("ui-admin-arbiter")
     arb.close()
+
+
+def test_api_docs_render_with_no_internet(tab):
+    """/docs is Swagger UI from the package (FastAPI's default loads it from a CDN): it renders every
+    route, and the tab fixture checks the page asked no host outside the stack."""
+    tab.open("/docs")
+    tab.page.wait_for_selector(".opblock-summary-path")
+    paths = {p.strip().replace("\u200b", "") for p in tab.page.locator(".opblock-summary-path").all_inner_texts()}
+    assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/admin/prune"} <= paths, paths
+    tab.screenshot("api-docs")

@@ -280,3 +280,13 @@ def test_other_preferences_leave_the_submit_as_it_was(http):
     r = http.post("/v1/jobs", json={"app_id": "echo"}, headers={"Prefer": "respond-async"})
     assert r.status_code == 202 and "Preference-Applied" not in r.headers
     assert set(r.json()) == {"job_id", "status", "route", "route_reason"}
+
+
+def test_api_docs_need_no_internet(http):
+    page = http.get("/docs")
+    assert page.status_code == 200 and "cdn." not in page.text and "https://" not in page.text, page.text
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert f"/static/swagger-ui/{asset}" in page.text
+        r = http.get(f"/static/swagger-ui/{asset}")
+        assert r.status_code == 200 and len(r.content) > 100_000
+    assert http.get("/openapi.json").json()["paths"]["/v1/jobs"]["post"]
