@@ -5,6 +5,7 @@
     gpu-orch status JOB_ID | jobs | cancel JOB_ID | apps | workers
     gpu-orch import-seed config/apps.yaml
     gpu-orch costs | prune --older-than 30d [--dry-run]
+    gpu-orch render rayservice          # deploy/kuberay/rayservice.yaml from serve_config.yaml
     eval "$(gpu-orch env)"              # the `ray`/`serve` CLIs: the stack's Ray auth token
     gpu-orch down
 """
@@ -562,6 +563,36 @@ def prune(ctx: click.Context, older_than: str | None, dry_run: bool) -> None:
     click.echo(f"{what} {r['jobs']} job(s) finished more than {r['older_than_days']:g} days ago{extra}")
     for app, n in r["by_app"].items():
         click.echo(f"  {app:<24} {n:>8}")
+
+
+@cli.group()
+def render() -> None:
+    """Generate deployment files from serve_config.yaml."""
+
+
+@render.command("rayservice")
+@click.option("--config", "config_path", default="serve_config.yaml", show_default=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", default="deploy/kuberay/rayservice.yaml", show_default=True, help="'-' for stdout")
+@click.option("--image", default=None, help="the stack's image (default: built from deploy/Dockerfile, this version)")
+@click.option("--check", is_flag=True, help="only say whether --out is what rendering gives now (exit 1 if not)")
+def render_rayservice(config_path: str, out: str, image: str | None, check: bool) -> None:
+    """A KubeRay RayService whose serveConfigV2 is serve_config.yaml, with GPU worker groups and GCS
+    fault tolerance; DATABASE_URL and REDIS_URL from the gpu-orchestrator Secret."""
+    from . import kuberay
+
+    text = kuberay.render_text(yaml.safe_load(Path(config_path).read_text()), **({"image": image} if image else {}))
+    if check:
+        if out == "-" or not Path(out).exists() or Path(out).read_text() != text:
+            click.echo(f"{out} differs from what {config_path} renders: run `gpu-orch render rayservice`", err=True)
+            sys.exit(1)
+        click.echo(f"{out} is up to date with {config_path}")
+        return
+    if out == "-":
+        click.echo(text, nl=False)
+        return
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(text)
+    click.echo(f"wrote {out} (from {config_path})")
 
 
 @cli.command("import-seed")
