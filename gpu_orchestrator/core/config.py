@@ -185,6 +185,9 @@ class OrchestratorConfig(BaseModel):
     database_url: str | None = None
     redis_url: str | None = None
     artifacts_url: str | None = None
+    # Logs of the router and the model replicas: text, or one JSON object per line; either way every
+    # line about a job carries its job_id (gpu_orchestrator/logs.py).
+    log_format: Literal["text", "json"] = "text"
 
     @model_validator(mode="after")
     def _cross(self) -> "OrchestratorConfig":

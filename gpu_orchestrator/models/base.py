@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Any
 
+from gpu_orchestrator import logs
 from gpu_orchestrator.bus import workers
 from gpu_orchestrator.bus.events import EventBus
 # The errors a run ends with live in core (the service layer reads them); importable from here as before.
@@ -108,6 +109,7 @@ class ModelDeployment:
         self.busy = 0
         self.last_used = None  # wall-clock time of the last finished job
         self._deployment, self._replica_id = _replica_identity(self.model_name)
+        logs.configure_from_env(component=f"model:{self._deployment}")
         self._stop = threading.Event()
         self._load_lock = threading.Lock()
         self._slots: asyncio.Semaphore | None = None  # made in the replica's event loop, on first use
@@ -199,6 +201,18 @@ class ModelDeployment:
 
     async def _run_job(self, job_id: str, params: dict[str, Any], attempt: int, timeout_s: float | None,
                        queue_timeout_s: float | None) -> Any:
+        logs.set_job(job_id, attempt)  # this task's records carry the job (gpu_orchestrator/logs.py)
+        t0 = time.monotonic()
+        try:
+            out = await self._run_job_here(job_id, params, attempt, timeout_s, queue_timeout_s)
+        except BaseException as e:
+            log.info("attempt %d ended after %.3f s: %s", attempt, time.monotonic() - t0, type(e).__name__)
+            raise
+        log.info("attempt %d done in %.3f s", attempt, time.monotonic() - t0)
+        return out
+
+    async def _run_job_here(self, job_id: str, params: dict[str, Any], attempt: int, timeout_s: float | None,
+                            queue_timeout_s: float | None) -> Any:
         if self.load_error is not None and time.monotonic() - self._failed_at >= self.reload_after_s:
             await asyncio.to_thread(self._try_load)
         if self.load_error is not None:

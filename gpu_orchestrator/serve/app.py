@@ -83,6 +83,9 @@ def model_deployments(cfg: OrchestratorConfig, redis_url: str, base_dir: Path | 
         if resources:
             actor_opts["resources"] = resources
         runtime_env = load_runtime_env(m.runtime_env, base_dir)
+        if cfg.log_format != "text":  # the replica's logs as the router's (logs.configure_from_env)
+            runtime_env = {**(runtime_env or {}), "env_vars": {**(runtime_env or {}).get("env_vars", {}),
+                                                               "GPU_ORCH_LOG_FORMAT": cfg.log_format}}
         if runtime_env:
             actor_opts["runtime_env"] = runtime_env
         scale: dict[str, Any] = (

@@ -19,6 +19,7 @@ from fastapi import FastAPI
 
 from gpu_orchestrator.api.app import create_app
 from gpu_orchestrator.api.limits import Limits
+from gpu_orchestrator import logs
 from gpu_orchestrator.artifacts import ArtifactStore
 from gpu_orchestrator.bus.events import AsyncEventBus, reason
 from gpu_orchestrator.bus.workers import WorkerBeats
@@ -45,6 +46,7 @@ class Router:
     def __init__(self, config: OrchestratorConfig | dict[str, Any], models: dict[str, Any], database_url: str,
                  redis_url: str, artifacts_url: str | None = None, cloud_providers: dict[str, Any] | None = None):
         self.cfg = config if isinstance(config, OrchestratorConfig) else parse_config(config)
+        logs.configure(self.cfg.log_format, component="router")
         rc = self.cfg.router
         self.artifacts = ArtifactStore(artifacts_url) if artifacts_url else None
         self.store = PostgresJobStore.connect(database_url)

@@ -26,6 +26,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from gpu_orchestrator import logs
 from gpu_orchestrator.core.apps import AppKind, AppSpec
 from gpu_orchestrator.core.config import OrchestratorConfig
 from gpu_orchestrator.core.costs import local_cost
@@ -166,7 +167,7 @@ class Dispatcher:
             # Lost the lease (cancelled, or rescued after a stall): stop the work, drop its result.
             await self._lost(key)
         for r in await asyncio.to_thread(self.store.rescue_expired, self.policy):
-            log.warning("rescued job %s -> %s (%s)", r.job_id, r.status.value, r.error)
+            log.warning("rescued job %s -> %s (%s)", r.job_id, r.status.value, r.error, extra={"job_id": r.job_id})
             await self.transitions.announce(r.job_id, r.app_id, r.status, error=r.error)
         self.queue_stats = self.routing.stats = await asyncio.to_thread(self.store.queue_stats)
         if self.cloud and time.monotonic() - self._service_at > 30.0:  # the wait estimate's service times
@@ -409,6 +410,7 @@ class Dispatcher:
 
     async def _execute(self, f: InFlight) -> None:
         job, attempt = f.job, f.attempt
+        logs.set_job(job.id, attempt)  # this task's records carry the job (its own task: nothing leaks)
         app = self.cfg.app(job.app_id)
         assert app is not None
         queue_s = self.cfg.router.replica_queue_timeout_s
@@ -514,6 +516,7 @@ class Dispatcher:
             await self._record_failure(f, f"the result could not be stored: {e}", retryable=False)
             return
         await self.transitions.announce(job.id, job.app_id, JobStatus.succeeded, attempt=attempt, result=done.result)
+        log.info("succeeded on %s in %.3f s", backend, time.monotonic() - (f.started or time.monotonic()))
 
     async def _record_failure(self, f: InFlight, error: str, retryable: bool = True, kind: str = "error",
                               cost: Cost | None = None) -> None:
@@ -539,3 +542,4 @@ class Dispatcher:
         if after.status.terminal and isinstance(f.run, CloudRun):
             self._cancel_run(f)  # a cloud run still going (the provider stopped answering) would bill on
         await self.transitions.announce(job.id, job.app_id, after.status, attempt=attempt, error=error)
+        log.info("attempt %d failed (%s) -> %s: %s", attempt, kind, after.status.value, error[:200])

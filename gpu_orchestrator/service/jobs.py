@@ -16,6 +16,7 @@ import time
 import uuid
 from typing import Any, AsyncIterator, Awaitable, Callable, Container, Iterator, Protocol
 
+from gpu_orchestrator import logs
 from gpu_orchestrator.artifacts import ArtifactError
 from gpu_orchestrator.bus.events import Event, follow as follow_events, reason
 from gpu_orchestrator.core.apps import AppKind, AppSpec, ParamError, ParamsInvalid, text_problem, validate_params
@@ -128,6 +129,8 @@ class JobService:
         if not created and job.app_id != spec.id:  # a key is one request: never another app's job
             raise IdempotencyConflict(spec.id, idempotency_key or "", job.id)
         if created:
+            logs.set_job(job.id)  # the rest of this request's records carry it
+            log.info("queued for %s (%s)", spec.id, job.route or "local")
             if job.route is None and spec.fallback is not None:
                 self.routing.queued_locally(spec.id)
             where = {"backend": job.route, "reason": job.route_reason} if job.route else {}
@@ -166,6 +169,8 @@ class JobService:
 
     async def cancel(self, job_id: uuid.UUID) -> Job:
         job, prev = await asyncio.to_thread(self.store.cancel, job_id)
+        logs.set_job(job_id)
+        log.info("cancelled (was %s)", prev.value)
         # The cancel is committed; what follows only hurries the model along and tells watchers, so
         # nothing here may turn it into an error (watchers also read the row).
         held = False
