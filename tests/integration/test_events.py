@@ -215,3 +215,37 @@ def test_hundreds_of_tails_share_one_blocking_read(redis_url):
         assert got[(j, "all")] == [{"status": "queued"}, {"step": i}, {"status": "succeeded", "result": i}]
     assert got[(jobs[0], "late")] == [{"step": 0}, {"status": "succeeded", "result": 0}]
     assert clients < 20, clients  # this test's bus: a publisher connection and the shared reader's
+
+
+def test_a_new_tail_is_served_at_once_and_a_closed_one_leaves(redis_url):
+    """A tail that joins while the shared read blocks on other streams gets its events without
+    waiting out the block (the hub wakes its read); closing a tail ends its subscription."""
+    import time as _time
+
+    async def go():
+        bus = AsyncEventBus(redis_url)
+        bus.hub.block_ms = 5_000
+        busy = uuid.uuid4()
+        keep = bus.tail(busy, block_ms=5_000)  # holds the shared read in a long block
+        first = asyncio.ensure_future(keep.__anext__())
+        await asyncio.sleep(0.3)
+        waits = []
+        for _ in range(3):
+            job = uuid.uuid4()
+            await bus.publish(job, "status", status="succeeded")
+            t0 = _time.monotonic()
+            tail = bus.tail(job, block_ms=5_000)
+            ev = await tail.__anext__()
+            waits.append(_time.monotonic() - t0)
+            assert ev.terminal
+            await tail.aclose()
+        left = bus.hub.subscribers
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        await keep.aclose()
+        await bus.close()
+        return waits, left, bus.hub.subscribers
+
+    waits, left, after = asyncio.run(go())
+    assert max(waits) < 1.0, waits  # not the 5 s block
+    assert left == 1 and after == 0
