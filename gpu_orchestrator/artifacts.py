@@ -8,6 +8,7 @@ router's memory.
 
 from __future__ import annotations
 
+import logging
 import mimetypes
 import os
 import re
@@ -15,8 +16,9 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterable, Iterator
 
+log = logging.getLogger("gpu_orchestrator.artifacts")
 SCHEME = "artifact://"
 CHUNK = 1024 * 1024
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -157,6 +159,18 @@ class ArtifactStore:
             self.fs.rm(f"{self.base}/{key}")
         except FileNotFoundError:
             pass
+
+    def delete_many(self, uris: Iterable[str]) -> int:
+        """Best effort: remove each artifact, logging what could not be removed (the caller has
+        moved on: a refused submit, a pruned job). Returns how many went."""
+        gone = 0
+        for uri in uris:
+            try:
+                self.delete(uri)
+                gone += 1
+            except Exception as e:  # an orphan file, not a broken job
+                log.warning("artifact %s not removed: %s", uri, e)
+        return gone
 
     def local_path(self, uri: str) -> Path:
         """A local file with the artifact's bytes (the file itself for a local store)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import re
 import uuid
 from typing import Annotated, Any
@@ -20,7 +19,6 @@ from gpu_orchestrator.artifacts import content_id
 from gpu_orchestrator.core.apps import validate_params
 from gpu_orchestrator.core.jobs import PRIORITY_MAX, PRIORITY_MIN, Job, JobStatus
 
-log = logging.getLogger("gpu_orchestrator.api")
 router = APIRouter(tags=["jobs"])
 _SMALL_INT = re.compile(r"[+-]?[0-9]{1,6}")
 
@@ -110,17 +108,10 @@ async def submit_multipart(request: Request, jobs: Jobs, artifacts: Artifacts,
         # the priority's range is checked with the JSON route's, in the service
         job, job_created = await jobs.submit(spec.id, params, int(priority), idempotency_key)
     except Exception:  # a refusal: nothing left behind. Not on a cancel: the job may be committed already
-        await asyncio.to_thread(_delete, artifacts, stored)
+        await asyncio.to_thread(artifacts.delete_many, stored)
         raise
     return await submitted(jobs, job, job_created, wait_s)
 
-
-def _delete(artifacts: Any, uris: list[str]) -> None:
-    for uri in uris:
-        try:
-            artifacts.delete(uri)
-        except Exception as e:
-            log.warning("could not remove %s: %s", uri, e)
 
 
 @router.get("/v1/jobs/{job_id}")

@@ -25,7 +25,7 @@ DAY_S = 86_400.0
 
 
 class ArtifactRemover(Protocol):
-    def delete(self, uri: str) -> None: ...
+    def delete_many(self, uris: list[str]) -> int: ...
 
 
 class StreamRemover(Protocol):
@@ -104,21 +104,11 @@ class Retention:
             report.by_app[r.app_id] = report.by_app.get(r.app_id, 0) + 1
         uris = sorted({u for r in rows for u in (*artifact_uris(r.params), *artifact_uris(r.result))})
         if uris and self.artifacts is not None:
-            report.artifacts += await asyncio.to_thread(self._delete_all, uris)
+            report.artifacts += await asyncio.to_thread(self.artifacts.delete_many, uris)
         try:
             report.streams += await self.streams.forget([r.job_id for r in rows])
         except Exception as e:  # they expire on their own (events.ttl_s)
             log.info("event streams of %d pruned jobs left to expire: %s", len(rows), e)
-
-    def _delete_all(self, uris: list[str]) -> int:
-        gone = 0
-        for uri in uris:
-            try:
-                self.artifacts.delete(uri)  # type: ignore[union-attr]
-                gone += 1
-            except Exception as e:  # an orphan file, not a broken job: the row is gone already
-                log.warning("pruned job's artifact %s not removed: %s", uri, e)
-        return gone
 
     # -- the background loop ----------------------------------------------------------------------
 
