@@ -616,6 +616,8 @@ class PostgresJobStore:
 
     _PRUNABLE = ("finished_at IS NOT NULL AND finished_at < now() - make_interval(secs => :age) "
                  "AND status IN ('succeeded', 'failed', 'cancelled')")
+    # The batch: the oldest such rows, skipping any another transaction holds.
+    PRUNE_PICK = f"SELECT id FROM jobs WHERE {_PRUNABLE} ORDER BY finished_at LIMIT :n FOR UPDATE SKIP LOCKED"
 
     def prune(self, *, older_than_s: float, limit: int) -> list[Pruned] | None:
         """Delete up to `limit` terminal jobs finished more than `older_than_s` ago, oldest first, in
@@ -626,8 +628,7 @@ class PostgresJobStore:
             if not conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _PRUNE_LOCK}).scalar():
                 return None
             rows = conn.execute(sa.text(
-                f"DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE {self._PRUNABLE} ORDER BY finished_at "
-                f"LIMIT :n FOR UPDATE SKIP LOCKED) RETURNING id, app_id, params, result"),
+                f"DELETE FROM jobs WHERE id IN ({self.PRUNE_PICK}) RETURNING id, app_id, params, result"),
                 {"age": older_than_s, "n": limit}).all()
         return [Pruned(r.id, r.app_id, r.params or {}, r.result) for r in rows]
 

@@ -744,8 +744,6 @@ def test_one_pruner_at_a_time_and_intake_never_waits_on_it(pg_store, database_ur
 def test_prune_scans_the_finished_index(pg_store):
     with pg_store.engine.begin() as c:
         c.execute(sa.text("SET LOCAL enable_seqscan = off"))  # tiny table: ask what plan the index allows
-        plan = "\n".join(c.execute(sa.text(
-            "EXPLAIN DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE finished_at IS NOT NULL AND "
-            "finished_at < now() - interval '30 days' AND status IN ('succeeded', 'failed', 'cancelled') "
-            "ORDER BY finished_at LIMIT 500 FOR UPDATE SKIP LOCKED)")).scalars())
+        plan = "\n".join(c.execute(sa.text(f"EXPLAIN DELETE FROM jobs WHERE id IN ({PostgresJobStore.PRUNE_PICK})"),
+                                    {"age": 30 * 86_400, "n": 500}).scalars())
     assert "jobs_finished_idx" in plan, plan
