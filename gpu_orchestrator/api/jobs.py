@@ -108,7 +108,8 @@ async def submit_multipart(request: Request, jobs: Jobs, artifacts: Artifacts,
         # the priority's range is checked with the JSON route's, in the service
         job, job_created = await jobs.submit(spec.id, params, int(priority), idempotency_key)
     except Exception:  # a refusal: nothing left behind. Not on a cancel: the job may be committed already
-        await asyncio.to_thread(artifacts.delete_many, stored)
+        if stored:  # no artifact store is needed for a submit without files
+            await asyncio.to_thread(artifacts.delete_many, stored)
         raise
     return await submitted(jobs, job, job_created, wait_s)
 
