@@ -18,8 +18,9 @@ import uuid
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
+from gpu_orchestrator.core.artifact_refs import SCHEME
+
 log = logging.getLogger("gpu_orchestrator.artifacts")
-SCHEME = "artifact://"
 CHUNK = 1024 * 1024
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 UPLOADS = "uploads"

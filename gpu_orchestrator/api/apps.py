@@ -6,9 +6,9 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from gpu_orchestrator.api.deps import Jobs
+from gpu_orchestrator.api.deps import AUTHENTICATED, Jobs
 
-router = APIRouter(tags=["apps"])
+router = APIRouter(tags=["apps"], dependencies=[AUTHENTICATED])
 
 
 @router.get("/v1/apps")

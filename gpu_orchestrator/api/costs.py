@@ -8,10 +8,11 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 
-from gpu_orchestrator.api.deps import Jobs
+from gpu_orchestrator.api.deps import Jobs, scoped
+from gpu_orchestrator.core.keys import Scope
 from gpu_orchestrator.core.jobs import InvalidRequest
 
-router = APIRouter(tags=["costs"])
+router = APIRouter(tags=["costs"], dependencies=[scoped(Scope.admin)])
 
 
 def _utc(t: dt.datetime) -> dt.datetime:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 
 from gpu_orchestrator.api.streams import Streams
+from gpu_orchestrator.core.keys import Caller, Scope, bearer
+from gpu_orchestrator.service.auth import OPEN_AUTH, Auth
 from gpu_orchestrator.artifacts import ArtifactStore
 from gpu_orchestrator.service.fleet import Fleet
 from gpu_orchestrator.service.jobs import JobService
@@ -33,7 +35,28 @@ def _retention(request: Request) -> Retention | None:
     return getattr(request.app.state, "retention", None)
 
 
+def _auth(request: Request) -> Auth:
+    return getattr(request.app.state, "auth", None) or OPEN_AUTH
+
+
+async def _caller(request: Request) -> Caller:
+    """The key in `Authorization: Bearer` (the openai client sends the same), checked on every
+    request (FastAPI runs this once per request however many routes' dependencies name it)."""
+    return await _auth(request).caller(bearer(request.headers.get("authorization")))
+
+
+def scoped(scope: Scope) -> Any:
+    """A route (or router) dependency: the caller must hold `scope` (admin holds every scope)."""
+    async def check(caller: Annotated[Caller, Depends(_caller)]) -> Caller:
+        caller.require(scope)
+        return caller
+    return Depends(check)
+
+
 Jobs = Annotated[JobService, Depends(_jobs)]
+CallerDep = Annotated[Caller, Depends(_caller)]
+AuthDep = Annotated[Auth, Depends(_auth)]
+AUTHENTICATED = Depends(_caller)  # any valid key (or the open stack's anonymous caller)
 RetentionDep = Annotated[Retention | None, Depends(_retention)]
 FleetDep = Annotated[Fleet, Depends(_fleet)]
 Artifacts = Annotated[ArtifactStore | None, Depends(_artifacts)]

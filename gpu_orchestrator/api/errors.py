@@ -21,6 +21,7 @@ from gpu_orchestrator.bus.events import reason
 from gpu_orchestrator.core.jobs import (IdempotencyConflict, InvalidRequest, JobNotFound, QueueFull, TransitionError,
                                         idempotency_key_problem)
 from gpu_orchestrator.core.apps import ParamsInvalid
+from gpu_orchestrator.core.keys import AuthError, Forbidden, QuotaExceeded
 from gpu_orchestrator.store.base import StoreUnavailable
 from gpu_orchestrator.store.postgres import is_transient_db_error
 
@@ -168,6 +169,22 @@ def install(app: FastAPI) -> None:
         return JSONResponse(
             status_code=429, content=body("queue_full", str(exc)), headers={"Retry-After": str(exc.retry_after_s)}
         )
+
+    @app.exception_handler(AuthError)
+    async def _unauthenticated(_: Request, exc: AuthError) -> JSONResponse:
+        return JSONResponse(status_code=401, content=body("unauthorized", exc.message,
+                                                          [{"field": "Authorization", "message": exc.message}]),
+                            headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(_: Request, exc: Forbidden) -> JSONResponse:
+        fields = [{"field": exc.field, "message": exc.message}] if exc.field else None
+        return JSONResponse(status_code=403, content=body("forbidden", exc.message, fields))
+
+    @app.exception_handler(QuotaExceeded)
+    async def _quota(_: Request, exc: QuotaExceeded) -> JSONResponse:
+        return JSONResponse(status_code=429, content=body("quota_exceeded", exc.message),
+                            headers={"Retry-After": str(exc.retry_after_s)})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

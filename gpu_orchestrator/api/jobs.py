@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from gpu_orchestrator.api.deps import Artifacts, IdempotencyKey, Jobs, LastEventId, Prefer, StreamsDep
+from gpu_orchestrator.api.deps import Artifacts, AuthDep, CallerDep, IdempotencyKey, Jobs, LastEventId, Prefer, StreamsDep
 from gpu_orchestrator.api.errors import ApiError, check_idempotency_key, check_last_event_id, check_prefer_wait
 from gpu_orchestrator.api.streams import sse
 from gpu_orchestrator.artifacts import content_id
@@ -57,13 +57,15 @@ _SUBMIT_DOC = ("Answers 202 with the job's id once its row is committed. With `P
 
 
 @router.post("/v1/jobs", status_code=202, response_model=SubmitResponse, description=_SUBMIT_DOC)
-async def submit(req: SubmitRequest, jobs: Jobs, idempotency_key: IdempotencyKey = None, prefer: Prefer = None) -> Any:
+async def submit(req: SubmitRequest, jobs: Jobs, caller: CallerDep, idempotency_key: IdempotencyKey = None,
+                 prefer: Prefer = None) -> Any:
     wait_s = check_prefer_wait(prefer)
-    return await submitted(jobs, *await jobs.submit(req.app_id, req.params, req.priority, idempotency_key), wait_s)
+    return await submitted(jobs, *await jobs.submit(req.app_id, req.params, req.priority, idempotency_key, caller),
+                           wait_s)
 
 
 @router.post("/v1/jobs/multipart", status_code=202, response_model=SubmitResponse)
-async def submit_multipart(request: Request, jobs: Jobs, artifacts: Artifacts,
+async def submit_multipart(request: Request, jobs: Jobs, artifacts: Artifacts, caller: CallerDep, auth: AuthDep,
                            idempotency_key: IdempotencyKey = None, prefer: Prefer = None) -> Any:
     """Submit with files: form fields app_id, params (a JSON object), priority, and one file
     field per `file` parameter of the app. Everything is validated before any file is stored.
@@ -72,6 +74,7 @@ async def submit_multipart(request: Request, jobs: Jobs, artifacts: Artifacts,
     wait_s = check_prefer_wait(prefer)
     form = await request.form(max_files=32, max_fields=32)
     spec = jobs.runnable_app(form.get("app_id"))
+    caller.require_app(spec.id)  # before a byte is stored
     try:
         params = json.loads(form.get("params") or "{}")
     except (ValueError, TypeError) as e:
@@ -104,9 +107,10 @@ async def submit_multipart(request: Request, jobs: Jobs, artifacts: Artifacts,
                                                       name=upload.filename or name, id=uid)
             if created:
                 stored.append(uri)
+            await auth.uploaded(caller, uri)
             params[name] = uri
         # the priority's range is checked with the JSON route's, in the service
-        job, job_created = await jobs.submit(spec.id, params, int(priority), idempotency_key)
+        job, job_created = await jobs.submit(spec.id, params, int(priority), idempotency_key, caller)
     except Exception:  # a refusal: nothing left behind. Not on a cancel: the job may be committed already
         if stored:  # no artifact store is needed for a submit without files
             await asyncio.to_thread(artifacts.delete_many, stored)
@@ -116,34 +120,36 @@ async def submit_multipart(request: Request, jobs: Jobs, artifacts: Artifacts,
 
 
 @router.get("/v1/jobs/{job_id}")
-async def get(job_id: uuid.UUID, jobs: Jobs) -> dict[str, Any]:
-    return (await jobs.get(job_id)).to_api()
+async def get(job_id: uuid.UUID, jobs: Jobs, caller: CallerDep) -> dict[str, Any]:
+    return (await jobs.get(job_id, caller)).to_api()
 
 
 @router.get("/v1/jobs")
 async def list_jobs(
     jobs: Jobs,
+    caller: CallerDep,
     app_id: str | None = None,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> dict[str, Any]:
-    found, nxt = await jobs.list(app_id=app_id, status=status, limit=limit, cursor=cursor)
+    """Newest first. A key without read:all lists its own jobs only."""
+    found, nxt = await jobs.list(app_id=app_id, status=status, limit=limit, cursor=cursor, caller=caller)
     return {"jobs": [j.to_api() for j in found], "next_cursor": nxt}
 
 
 @router.delete("/v1/jobs/{job_id}")
-async def cancel(job_id: uuid.UUID, jobs: Jobs) -> dict[str, Any]:
-    return (await jobs.cancel(job_id)).to_api()
+async def cancel(job_id: uuid.UUID, jobs: Jobs, caller: CallerDep) -> dict[str, Any]:
+    return (await jobs.cancel(job_id, caller)).to_api()
 
 
 @router.get("/v1/jobs/{job_id}/events")
-async def events(job_id: uuid.UUID, jobs: Jobs, streams: StreamsDep,
+async def events(job_id: uuid.UUID, jobs: Jobs, streams: StreamsDep, caller: CallerDep,
                  last_event_id: LastEventId = None) -> StreamingResponse:
     """Server-Sent Events: progress and status; resume with the Last-Event-ID header. A stream
     ends at the terminal status, or after a time limit with a `retry:` hint (resume then)."""
     after = check_last_event_id(last_event_id)
-    await jobs.get(job_id)  # 404 before the stream starts
+    await jobs.get(job_id, caller)  # 404 before the stream starts (another key's job too)
     streams.admit()
     # A keep-alive (and a look at the row) each 5 s of quiet: hundreds of idle subscribers stay cheap.
     body = sse(jobs.follow(job_id, after, block_ms=5_000), streams.limits.max_stream_s)

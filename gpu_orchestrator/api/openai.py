@@ -17,10 +17,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from gpu_orchestrator.api import openai_format as oai
-from gpu_orchestrator.api.deps import IdempotencyKey, Jobs, StreamsDep
+from gpu_orchestrator.api.deps import AUTHENTICATED, CallerDep, IdempotencyKey, Jobs, StreamsDep
 from gpu_orchestrator.api.errors import ApiError
 from gpu_orchestrator.core.apps import AppSpec
 from gpu_orchestrator.core.jobs import Job, JobStatus
+from gpu_orchestrator.core.keys import Caller
 from gpu_orchestrator.service.jobs import ClientGone, JobService
 
 router = APIRouter(tags=["openai"])
@@ -29,14 +30,15 @@ RETRY_KEY_PREFIX = "gpu-orch:openai-retry:"
 REJOINABLE = (JobStatus.queued, JobStatus.running, JobStatus.succeeded)
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", dependencies=[AUTHENTICATED])
 async def models(jobs: Jobs) -> dict[str, Any]:
     return oai.models_list([a.id for a in jobs.apps.values() if a.task == "chat"])
 
 
 @router.post("/v1/chat/completions")
-async def chat(req: oai.ChatRequest, request: Request, jobs: Jobs, streams: StreamsDep,
+async def chat(req: oai.ChatRequest, request: Request, jobs: Jobs, streams: StreamsDep, caller: CallerDep,
                idempotency_key: IdempotencyKey = None) -> Any:
+    """The same key as every other route (`api_key=` of the openai client is sent as a Bearer token)."""
     spec = jobs.apps.get(req.model)
     if spec is None or spec.task != "chat":
         chat_apps = [a.id for a in jobs.apps.values() if a.task == "chat"]
@@ -44,7 +46,7 @@ async def chat(req: oai.ChatRequest, request: Request, jobs: Jobs, streams: Stre
                        field="model")
     if req.stream:
         streams.admit()
-    job = await _job(jobs, spec, req, request, idempotency_key)
+    job = await _job(jobs, spec, req, request, idempotency_key, caller)
     created = int(time.time())
     if req.stream:
         return StreamingResponse(streams.counted(_chat_stream(jobs, job.id, req.model, created)),
@@ -69,10 +71,11 @@ async def chat(req: oai.ChatRequest, request: Request, jobs: Jobs, streams: Stre
     return oai.completion(str(done.id), req.model, done.result, created)
 
 
-async def _job(jobs: JobService, spec: AppSpec, req: oai.ChatRequest, request: Request, key: str | None) -> Job:
+async def _job(jobs: JobService, spec: AppSpec, req: oai.ChatRequest, request: Request, key: str | None,
+               caller: Caller) -> Job:
     params = req.job_params()
     if key is not None:
-        job, _ = await jobs.submit(spec.id, params, idempotency_key=key)
+        job, _ = await jobs.submit(spec.id, params, idempotency_key=key, caller=caller)
         return job
     # No key: the SDK's retry of a request (same body, same client) rejoins the first one's job
     # while that job can still answer. Remembered in Redis, lossy: without it a retry runs anew.
@@ -80,9 +83,9 @@ async def _job(jobs: JobService, spec: AppSpec, req: oai.ChatRequest, request: R
                                             request.client.host if request.client else None)
     if oai.is_sdk_retry(request.headers.get("x-stainless-retry-count")):
         earlier = await jobs.recall(fp)
-        if earlier is not None and earlier.status in REJOINABLE:
+        if earlier is not None and earlier.status in REJOINABLE and earlier.owner == caller.owner:
             return earlier
-    job, _ = await jobs.submit(spec.id, params)
+    job, _ = await jobs.submit(spec.id, params, caller=caller)
     await jobs.remember(fp, job.id, spec.timeout_s + 120)
     return job
 

@@ -8,12 +8,13 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from gpu_orchestrator.api.deps import RetentionDep
+from gpu_orchestrator.api.deps import RetentionDep, scoped
+from gpu_orchestrator.core.keys import Scope
 from gpu_orchestrator.api.errors import ApiError
 from gpu_orchestrator.core.jobs import InvalidRequest
 from gpu_orchestrator.service.retention import DAY_S
 
-router = APIRouter(tags=["admin"])
+router = APIRouter(tags=["admin"], dependencies=[scoped(Scope.admin)])
 
 
 class PruneRequest(BaseModel):

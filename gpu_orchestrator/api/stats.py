@@ -8,9 +8,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from gpu_orchestrator.api.deps import Jobs
+from gpu_orchestrator.api.deps import Jobs, scoped
+from gpu_orchestrator.core.keys import Scope
 
-router = APIRouter(tags=["workers"])
+router = APIRouter(tags=["workers"], dependencies=[scoped(Scope.read_all)])
 
 
 @router.get("/v1/stats")

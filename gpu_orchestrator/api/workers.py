@@ -6,9 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from gpu_orchestrator.api.deps import FleetDep
+from gpu_orchestrator.api.deps import FleetDep, scoped
+from gpu_orchestrator.core.keys import Scope
 
-router = APIRouter(tags=["workers"])
+router = APIRouter(tags=["workers"], dependencies=[scoped(Scope.admin)])
 
 
 @router.get("/v1/workers")

@@ -103,6 +103,9 @@ class RouterSpec(BaseModel):
     # between batches, every prune_interval_s: intake never waits on it.
     prune_batch: int = Field(default=500, ge=1, le=10_000)
     prune_interval_s: float = Field(default=600.0, gt=0)
+    # API keys (docs/operations.md): on, off, or auto: on unless Serve's HTTP proxy listens on a
+    # loopback address only (the local demo runs open, and `gpu-orch up` says so).
+    auth: Literal["auto", "on", "off"] = "auto"
 
 
 class GpuPoolSpec(BaseModel):

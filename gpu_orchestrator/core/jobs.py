@@ -207,6 +207,7 @@ class Job:
     gpu_seconds: float | None = None
     cost_usd: float | None = None
     usage: dict[str, Any] | None = None  # what the cost was computed from (provider metrics, price)
+    owner: str | None = None  # the API key id that submitted it (None: an open stack's anonymous caller)
 
     @classmethod
     def from_row(cls, row: Any) -> "Job":
@@ -236,6 +237,7 @@ class Job:
             "route_reason": self.route_reason,
             "cost": None if self.cost_usd is None else {
                 "gpu_seconds": self.gpu_seconds, "usd": self.cost_usd, "usage": self.usage},
+            "owner": self.owner,
             "created_at": _iso(self.created_at),
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),

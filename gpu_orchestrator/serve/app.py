@@ -16,6 +16,7 @@ from ray import serve
 from ray.serve import Application
 
 from gpu_orchestrator.core.config import ConfigError, OrchestratorConfig, parse_config
+from gpu_orchestrator.core.keys import auth_required
 from gpu_orchestrator.settings import Settings
 
 ROUTER_NAME = "router"
@@ -128,9 +129,22 @@ def build_app(args: dict[str, Any]) -> Application:
         max_ongoing_requests=cfg.router.max_ongoing_requests,
         ray_actor_options={"num_cpus": cfg.router.num_cpus},
     )
-    # The parsed config itself (parsed once, here); the URLs travel apart, already resolved.
-    bound_cfg = cfg.model_copy(update={"database_url": None, "redis_url": None, "artifacts_url": None})
+    # The parsed config itself (parsed once, here); the URLs travel apart, already resolved; so does
+    # router.auth (auto: on unless Serve's proxy listens on loopback only).
+    auth = "on" if auth_required(cfg.router.auth, serve_http_host()) else "off"
+    bound_cfg = cfg.model_copy(update={"database_url": None, "redis_url": None, "artifacts_url": None,
+                                       "router": cfg.router.model_copy(update={"auth": auth})})
     return router.bind(bound_cfg, models, db, redis, artifacts)
+
+
+def serve_http_host() -> str | None:
+    """The host Serve's HTTP proxies bind (None when it cannot be asked: treated as exposed)."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        return _get_global_client().http_config.host
+    except Exception:
+        return None
 
 
 def load_runtime_env(spec: str | dict[str, Any] | None, base_dir: Path | None = None) -> dict[str, Any] | None:

@@ -21,8 +21,9 @@ from gpu_orchestrator.artifacts import ArtifactError
 from gpu_orchestrator.bus.events import Event, follow as follow_events, reason
 from gpu_orchestrator.core.apps import AppKind, AppSpec, ParamError, ParamsInvalid, text_problem, validate_params
 from gpu_orchestrator.core.config import OrchestratorConfig
+from gpu_orchestrator.core.keys import OPEN, Caller, Forbidden, Scope
 from gpu_orchestrator.core.jobs import (PRIORITY_MAX, PRIORITY_MIN, AppNotRunnable, IdempotencyConflict,
-                                        InvalidRequest, Job, JobError, JobStatus, UnknownApp, idempotency_key_problem)
+                                        InvalidRequest, Job, JobError, JobNotFound, JobStatus, UnknownApp, idempotency_key_problem)
 from gpu_orchestrator.service.cloud_routing import CloudRouting
 from gpu_orchestrator.service.transitions import Transitions
 from gpu_orchestrator.store.base import JobStore
@@ -102,11 +103,17 @@ class JobService:
         return spec
 
     async def submit(self, app_id: Any, params: Any, priority: Any = 0,
-                     idempotency_key: str | None = None) -> tuple[Job, bool]:
-        """(job, created): created is False when the Idempotency-Key found an earlier job."""
+                     idempotency_key: str | None = None, caller: Caller = OPEN) -> tuple[Job, bool]:
+        """(job, created): created is False when the Idempotency-Key found an earlier job. The job
+        is the caller's; its quota is checked with the insert (QuotaExceeded)."""
+        caller.require(Scope.submit)
         spec = self.runnable_app(app_id)
+        caller.require_app(spec.id)
         if idempotency_key is not None and (why := idempotency_key_problem(idempotency_key)):
             raise InvalidRequest("Idempotency-Key", why)
+        stored_key = idempotency_key
+        if idempotency_key is not None and caller.owner is not None:
+            stored_key = f"{caller.owner}/{idempotency_key}"  # one key's retries never find another key's job
         if isinstance(priority, bool) or not isinstance(priority, int) or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
             raise InvalidRequest("priority", f"must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}")
         clean = validate_params(spec, params)
@@ -120,11 +127,13 @@ class JobService:
             priority=priority,
             max_attempts=spec.max_attempts,
             timeout_s=spec.timeout_s,
-            idempotency_key=idempotency_key,
+            idempotency_key=stored_key,
             idempotency_ttl_s=self.cfg.router.idempotency_ttl_s,
             max_queued=spec.max_queued,
             route=route.backend,
             route_reason=route.reason or None,
+            owner=caller.owner,
+            quota=caller.quota or None,
         )
         if not created and job.app_id != spec.id:  # a key is one request: never another app's job
             raise IdempotencyConflict(spec.id, idempotency_key or "", job.id)
@@ -152,22 +161,38 @@ class JobService:
 
     # -- reads ------------------------------------------------------------------------------------
 
-    async def get(self, job_id: uuid.UUID) -> Job:
-        return await asyncio.to_thread(self.store.get, job_id)
+    async def get(self, job_id: uuid.UUID, caller: Caller = OPEN) -> Job:
+        """The job, if the caller may see it: another key's job is JobNotFound (a 404: ids don't leak)."""
+        caller.require(Scope.read)
+        job = await asyncio.to_thread(self.store.get, job_id)
+        if not caller.sees(job.owner):
+            raise JobNotFound(job_id)
+        return job
 
     async def list(self, *, app_id: str | None = None, status: JobStatus | None = None, limit: int = 50,
-                   cursor: str | None = None) -> tuple[list[Job], str | None]:
+                   cursor: str | None = None, caller: Caller = OPEN) -> tuple[list[Job], str | None]:
+        caller.require(Scope.read)
         for field, value in (("app_id", app_id), ("cursor", cursor)):
             if value is not None and (why := text_problem(value)):
                 raise InvalidRequest(field, why)
+        # Without read:all, a key lists its own jobs only.
+        owner = None if caller.sees(None) else caller.key_id
         try:
-            return await asyncio.to_thread(self.store.list, app_id=app_id, status=status, limit=limit, cursor=cursor)
+            return await asyncio.to_thread(self.store.list, app_id=app_id, status=status, limit=limit, cursor=cursor,
+                                           owner=owner)
         except ValueError as e:  # a cursor this store did not hand out
             raise InvalidRequest("cursor", str(e)) from None
 
     # -- cancel -----------------------------------------------------------------------------------
 
-    async def cancel(self, job_id: uuid.UUID) -> Job:
+    async def cancel(self, job_id: uuid.UUID, caller: Caller = OPEN) -> Job:
+        if caller is not OPEN:
+            caller.require(Scope.cancel)
+            seen = await asyncio.to_thread(self.store.get, job_id)
+            if not caller.sees(seen.owner):  # another key's job: 404, as for a read
+                raise JobNotFound(job_id)
+            if not caller.may_cancel(seen.owner):
+                raise Forbidden(f"this key ({caller.name}) may cancel its own jobs only")
         job, prev = await asyncio.to_thread(self.store.cancel, job_id)
         logs.set_job(job_id)
         log.info("cancelled (was %s)", prev.value)
@@ -192,7 +217,7 @@ class JobService:
                 self.cancel_cloud(job)
             except Exception as e:
                 log.warning("job %s: its cloud run was not cancelled: %s", job_id, e)
-        await self.transitions.announce(job.id, job.app_id, JobStatus.cancelled)
+        await self.transitions.announce(job.id, job.app_id, JobStatus.cancelled, row=job)
         return job
 
     @contextlib.contextmanager
@@ -245,9 +270,11 @@ class JobService:
                              block_ms=block_ms, retry_s=retry_s)
 
     async def wait(self, job_id: uuid.UUID, timeout_s: float,
-                   gone: Callable[[], Awaitable[bool]] | None = None) -> Job:
+                   gone: Callable[[], Awaitable[bool]] | None = None, caller: Caller = OPEN) -> Job:
         """The job once terminal, or as it is after timeout_s. `gone` is asked about twice a second
         whether the caller left; when it says so, ClientGone is raised."""
+        if caller is not OPEN:
+            await self.get(job_id, caller)  # another key's job: 404 before any waiting
         deadline = time.monotonic() + timeout_s
         next_check = 0.0
         events = self.follow(job_id, block_ms=500, retry_s=0.5)

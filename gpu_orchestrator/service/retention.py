@@ -14,9 +14,9 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
-from gpu_orchestrator.artifacts import SCHEME
+from gpu_orchestrator.core.artifact_refs import artifact_uris
 from gpu_orchestrator.store.base import JobStore, Pruned
 
 log = logging.getLogger("gpu_orchestrator.retention")
@@ -47,19 +47,6 @@ class PruneReport:
         return {"older_than_days": round(self.older_than_s / DAY_S, 6), "dry_run": self.dry_run, "jobs": self.jobs,
                 "artifacts": None if self.dry_run else self.artifacts, "event_streams": self.streams, "batches": self.batches,
                 "by_app": dict(sorted(self.by_app.items())), "busy": self.busy}
-
-
-def artifact_uris(value: Any) -> Iterator[str]:
-    """Every artifact:// URI in a job's params or result (nested lists and objects)."""
-    if isinstance(value, str):
-        if value.startswith(SCHEME) and not value.startswith(SCHEME + "pending/"):
-            yield value
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from artifact_uris(v)
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            yield from artifact_uris(v)
 
 
 class Retention:

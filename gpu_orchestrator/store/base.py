@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Protocol
 
 from gpu_orchestrator.core.jobs import Job, JobStatus, RetryPolicy
+from gpu_orchestrator.core.keys import Quota
 
 LeaseKey = tuple[uuid.UUID, int]  # (job id, claim number)
 
@@ -135,10 +136,11 @@ class JobStore(Protocol):
     def submit(self, *, app_id: str, params: dict[str, Any], priority: int = 0, max_attempts: int = 3,
                timeout_s: float = 600.0, idempotency_key: str | None = None, max_queued: int | None = None,
                job_id: uuid.UUID | None = None, idempotency_ttl_s: float = 86_400.0, route: str | None = None,
-               route_reason: str | None = None) -> tuple[Job, bool]: ...
+               route_reason: str | None = None, owner: str | None = None,
+               quota: Quota | None = None) -> tuple[Job, bool]: ...  # QuotaExceeded: the owner's quota is used up
     def get(self, job_id: uuid.UUID) -> Job: ...
     def list(self, *, app_id: str | None = None, status: JobStatus | None = None, limit: int = 50,
-             cursor: str | None = None) -> tuple[list[Job], str | None]: ...
+             cursor: str | None = None, owner: str | None = None) -> tuple[list[Job], str | None]: ...
     def cancel(self, job_id: uuid.UUID) -> tuple[Job, JobStatus]: ...
     def ping(self) -> None: ...  # raises when the store cannot answer
     def is_transient(self, exc: BaseException) -> bool: ...  # the same write may land if tried again

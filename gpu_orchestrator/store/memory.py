@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator
 
 from gpu_orchestrator.core.apps import check_text
+from gpu_orchestrator.core.keys import Quota, QuotaExceeded, rate_retry_after
 from gpu_orchestrator.core.jobs import (IdempotencyConflict, Job, JobNotFound, JobStatus, QueueFull, RetryPolicy,
                                         TransitionError, request_fingerprint)
 from gpu_orchestrator.store.base import (ANY_ROUTE, LEASE_EXPIRED, MAX_ERRORS, MSG_GIVE_UP, RELEASED, AppQueueStats, Cost, CostRow, LeaseEnd,
@@ -105,7 +106,8 @@ class MemoryJobStore:
     def submit(self, *, app_id: str, params: dict[str, Any], priority: int = 0, max_attempts: int = 3,
                timeout_s: float = 600.0, idempotency_key: str | None = None, max_queued: int | None = None,
                job_id: uuid.UUID | None = None, idempotency_ttl_s: float = 86_400.0, route: str | None = None,
-               route_reason: str | None = None) -> tuple[Job, bool]:
+               route_reason: str | None = None, owner: str | None = None,
+               quota: Quota | None = None) -> tuple[Job, bool]:
         fingerprint = request_fingerprint(params, priority)
         with self._tx() as now:
             if idempotency_key is not None:
@@ -120,6 +122,8 @@ class MemoryJobStore:
                 depth = sum(1 for j in self._jobs.values() if j.app_id == app_id and j.status == Q)
                 if depth >= max_queued:
                     raise QueueFull(app_id, depth, retry_after_s=max(1, min(60, depth // 100)))
+            if owner is not None and quota:
+                self._check_quota(now, owner, quota)
             job_id = job_id or uuid.uuid4()
             if job_id in self._jobs:
                 raise ValueError(f"job {job_id} exists")  # Postgres: a primary key violation
@@ -127,10 +131,23 @@ class MemoryJobStore:
                 id=job_id, app_id=app_id, status=Q, priority=priority, params=_json(params), result=None,
                 error=None, attempts=0, max_attempts=max_attempts, timeout_s=float(timeout_s), backend=None,
                 idempotency_key=idempotency_key, lease_owner=None, lease_expires_at=None, created_at=now,
-                started_at=None, finished_at=None, route=route, route_reason=route_reason,
+                started_at=None, finished_at=None, route=route, route_reason=route_reason, owner=owner,
             )
             self._hashes[job_id] = fingerprint
             return _copy(job), True
+
+    def _check_quota(self, now: dt.datetime, owner: str, quota: Quota) -> None:
+        mine = [j for j in self._jobs.values() if j.owner == owner]
+        if quota.jobs_per_min is not None:
+            recent = [j.created_at for j in mine if j.created_at > now - _secs(60)]
+            if len(recent) >= quota.jobs_per_min:
+                raise QuotaExceeded(f"rate limit: this key may submit {quota.jobs_per_min} jobs per minute",
+                                    rate_retry_after((now - min(recent)).total_seconds()))
+        if quota.max_queued is not None:
+            active = sum(1 for j in mine if j.status in (Q, R))
+            if active >= quota.max_queued:
+                raise QuotaExceeded(f"quota: this key may have {quota.max_queued} jobs queued or running at once "
+                                    f"({active} now)", 5)
 
     def _by_key(self, app_id: str, key: str) -> Job | None:
         return next((j for j in self._jobs.values() if j.app_id == app_id and j.idempotency_key == key), None)
@@ -142,10 +159,11 @@ class MemoryJobStore:
             return _copy(self._jobs[job_id])
 
     def list(self, *, app_id: str | None = None, status: JobStatus | None = None, limit: int = 50,
-             cursor: str | None = None) -> tuple[list[Job], str | None]:
+             cursor: str | None = None, owner: str | None = None) -> tuple[list[Job], str | None]:
         after = decode_cursor(cursor) if cursor is not None else None
         with self._tx():
             jobs = [j for j in self._jobs.values() if (app_id is None or j.app_id == app_id)
+                    and (owner is None or j.owner == owner)
                     and (status is None or j.status == status) and (after is None or (j.created_at, j.id) < after)]
         jobs.sort(key=lambda j: (j.created_at, j.id), reverse=True)
         page = [_copy(j) for j in jobs[:limit]]

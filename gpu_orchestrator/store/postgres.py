@@ -23,6 +23,8 @@ from typing import Any, Iterable
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from gpu_orchestrator.core.artifact_refs import artifact_uris
+from gpu_orchestrator.core.keys import Quota, QuotaExceeded, rate_retry_after
 from gpu_orchestrator.core.jobs import (IdempotencyConflict, Job, JobNotFound, JobStatus, QueueFull, RetryPolicy,
                                         TransitionError, request_fingerprint)
 from gpu_orchestrator.store.base import (ANY_ROUTE, LEASE_EXPIRED, MAX_ERRORS, MSG_GIVE_UP, RELEASED, AppQueueStats, Cost,
@@ -39,7 +41,7 @@ _COLS = (
     "id, app_id, status, priority, params, result, error, attempts, max_attempts, timeout_s, backend, "
     "idempotency_key, lease_owner, lease_expires_at, created_at, started_at, finished_at, "
     "claims, lost_attempts, errors, dispatched_at, run_after, route, route_reason, cloud_ref, gpu_seconds, "
-    "cost_usd, usage"
+    "cost_usd, usage, owner"
 )
 _MIGRATION_LOCK = 0x6770756F72  # "gpuor": serialises migrations across router replicas
 _PRUNE_LOCK = 0x6770757072  # "gpupr": one retention pruner at a time
@@ -218,8 +220,12 @@ class PostgresJobStore:
         idempotency_ttl_s: float = 86_400.0,
         route: str | None = None,
         route_reason: str | None = None,
+        owner: str | None = None,
+        quota: Quota | None = None,
     ) -> tuple[Job, bool]:
         """Insert a queued job. Returns (job, created); created is False for a repeated Idempotency-Key.
+        `quota`: the owner's limits, checked under a lock per owner so concurrent submits through
+        any router replica cannot overshoot them (QuotaExceeded).
 
         Keys are scoped per app and held for `idempotency_ttl_s` after the job was created; a key
         reused with another body (params or priority) raises IdempotencyConflict.
@@ -243,11 +249,13 @@ class PostgresJobStore:
                 ).scalar_one()
                 if depth >= max_queued:
                     raise QueueFull(app_id, depth, retry_after_s=max(1, min(60, depth // 100)))
+            if owner is not None and quota:
+                self._check_quota(conn, owner, quota)
             row = conn.execute(
                 sa.text(
                     f"INSERT INTO jobs (id, app_id, status, priority, params, max_attempts, timeout_s, idempotency_key, "
-                    f"request_hash, route, route_reason) VALUES (:id, :app_id, 'queued', :priority, CAST(:params AS jsonb), "
-                    f":max_attempts, :timeout_s, :key, :hash, :route, :reason) "
+                    f"request_hash, route, route_reason, owner) VALUES (:id, :app_id, 'queued', :priority, "
+                    f"CAST(:params AS jsonb), :max_attempts, :timeout_s, :key, :hash, :route, :reason, :owner) "
                     f"ON CONFLICT (app_id, idempotency_key) DO NOTHING RETURNING {_COLS}"
                 ),
                 {
@@ -261,6 +269,7 @@ class PostgresJobStore:
                     "hash": fingerprint,
                     "route": route,
                     "reason": route_reason,
+                    "owner": owner,
                 },
             ).first()
             if row is None:  # lost a race with the same key
@@ -268,6 +277,23 @@ class PostgresJobStore:
                 assert existing is not None
                 return existing, False
             return Job.from_row(row), True
+
+    @staticmethod
+    def _check_quota(conn: Connection, owner: str, quota: Quota) -> None:
+        conn.execute(_lock_key(f"owner:{owner}"))
+        if quota.jobs_per_min is not None:
+            recent, oldest_age = conn.execute(sa.text(
+                "SELECT count(*), extract(epoch FROM now() - min(created_at)) FROM jobs "
+                "WHERE owner = :o AND created_at > now() - interval '60 seconds'"), {"o": owner}).one()
+            if recent >= quota.jobs_per_min:
+                raise QuotaExceeded(f"rate limit: this key may submit {quota.jobs_per_min} jobs per minute",
+                                    rate_retry_after(float(oldest_age or 0)))
+        if quota.max_queued is not None:
+            active = conn.execute(sa.text(
+                "SELECT count(*) FROM jobs WHERE owner = :o AND status IN ('queued', 'running')"), {"o": owner}).scalar_one()
+            if active >= quota.max_queued:
+                raise QuotaExceeded(f"quota: this key may have {quota.max_queued} jobs queued or running at once "
+                                    f"({active} now)", 5)
 
     def _by_key(self, conn: Connection, app_id: str, key: str, fingerprint: str) -> Job | None:
         row = conn.execute(
@@ -301,9 +327,13 @@ class PostgresJobStore:
         status: JobStatus | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        owner: str | None = None,
     ) -> tuple[list[Job], str | None]:
-        """Newest first, keyset-paginated; returns (jobs, next_cursor)."""
+        """Newest first, keyset-paginated; returns (jobs, next_cursor). `owner`: that key's jobs only."""
         where, args = [], {"limit": limit + 1}
+        if owner is not None:
+            where.append("owner = :owner")
+            args["owner"] = owner
         if app_id is not None:
             where.append("app_id = :app_id")
             args["app_id"] = app_id
@@ -502,11 +532,12 @@ class PostgresJobStore:
         """running -> succeeded, only for the lease holder of this very attempt. ResultNotStorable
         when Postgres refuses the result itself (a NUL or a lone surrogate in a string)."""
         try:
+            # The owner of the job may download what its result names (artifact_owners).
             return self._leased_update(
                 "status = 'succeeded', result = CAST(:result AS jsonb), backend = :backend, finished_at = now(), "
                 "error = NULL, " + _COST_SET,
                 {"result": json.dumps(result, default=str), "backend": backend, **_cost_args(cost)},
-                job_id=job_id, owner=owner, attempt=attempt, wanted="complete",
+                job_id=job_id, owner=owner, attempt=attempt, wanted="complete", grant=sorted(set(artifact_uris(result))),
             )
         except sa.exc.DBAPIError as e:
             if is_transient_db_error(e):
@@ -534,7 +565,7 @@ class PostgresJobStore:
         )
 
     def _leased_update(self, set_sql: str, args: dict[str, Any], *, job_id: uuid.UUID, owner: str, attempt: int,
-                       wanted: str) -> Job:
+                       wanted: str, grant: list[str] | None = None) -> Job:
         """The guard for ending an attempt: the job is running, under this owner's lease, on this
         very attempt. A late result from an expired lease or a cancelled job matches zero rows."""
         with self.engine.begin() as conn:
@@ -548,6 +579,11 @@ class PostgresJobStore:
             ).first()
             if row is None:
                 raise TransitionError(job_id, self._status(conn, job_id), wanted)
+            if grant and row.owner is not None:
+                conn.execute(sa.text("INSERT INTO artifact_owners (uri, owner, job_id) SELECT u, :o, :j FROM unnest("
+                                     "CAST(:uris AS text[])) AS u ON CONFLICT (uri, owner) DO UPDATE SET job_id = "
+                                     "coalesce(artifact_owners.job_id, EXCLUDED.job_id)"),
+                             {"o": row.owner, "j": job_id, "uris": grant})
         return Job.from_row(row)
 
     def cancel(self, job_id: uuid.UUID) -> tuple[Job, JobStatus]:

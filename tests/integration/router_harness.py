@@ -45,7 +45,7 @@ def config(**router: Any) -> dict[str, Any]:
         "models": {"echo": {"impl": "deployments.echo:Echo"}, "llm": {"impl": "deployments.llm:LLM"}},
         # No token: the cloud-only app is refused at submit, naming why.
         "cloud": {"replicate": {"token_env": "GPU_ORCH_TEST_UNSET_TOKEN"}},
-        "router": {"lease_s": 3, "poll_interval_s": 0.1, **router},
+        "router": {"lease_s": 3, "poll_interval_s": 0.1, "auth": "off", **router},
     }
 
 

@@ -9,7 +9,8 @@ import asyncio
 from gpu_orchestrator.artifacts import ArtifactStore
 from gpu_orchestrator.bus.memory import MemoryEventBus
 from gpu_orchestrator.core.jobs import JobStatus
-from gpu_orchestrator.service.retention import DAY_S, Retention, artifact_uris
+from gpu_orchestrator.core.artifact_refs import artifact_uris
+from gpu_orchestrator.service.retention import DAY_S, Retention
 from gpu_orchestrator.store.memory import ManualClock, MemoryJobStore
 
 
