@@ -5,6 +5,7 @@
     gpu-orch status JOB_ID | jobs | cancel JOB_ID | apps | workers
     gpu-orch import-seed config/apps.yaml
     gpu-orch costs | prune --older-than 30d [--dry-run]
+    gpu-orch keys create --name alice --scopes submit,read [--apps sdxl] [--quota-jobs-per-min 60]
     gpu-orch render rayservice          # deploy/kuberay/rayservice.yaml from serve_config.yaml
     eval "$(gpu-orch env)"              # the `ray`/`serve` CLIs: the stack's Ray auth token
     gpu-orch down
@@ -31,7 +32,9 @@ APP_NAME = "orchestrator"
 
 
 def _client(ctx: click.Context) -> Client:
-    return Client(ctx.obj["url"])
+    from .cli_keys import stack_api_key
+
+    return Client(ctx.obj["url"], api_key=ctx.obj.get("api_key") or stack_api_key())
 
 
 def _print(obj: Any) -> None:
@@ -40,11 +43,14 @@ def _print(obj: Any) -> None:
 
 @click.group()
 @click.option("--url", envvar="GPU_ORCH_URL", default=DEFAULT_URL, show_default=True, help="router base URL")
+@click.option("--api-key", envvar="GPU_ORCH_API_KEY", default=None,
+              help="API key (default: the stack's admin key that `gpu-orch up` stored)")
 @click.pass_context
-def cli(ctx: click.Context, url: str) -> None:
+def cli(ctx: click.Context, url: str, api_key: str | None) -> None:
     """GPU Orchestrator: many AI models on shared GPUs."""
     ctx.ensure_object(dict)
     ctx.obj["url"] = url
+    ctx.obj["api_key"] = api_key
 
 
 def main() -> None:
@@ -157,6 +163,9 @@ def _up(s: Settings, state: dict[str, Any], started: list[str], config_path: str
     from gpu_orchestrator.store.postgres import PostgresJobStore
 
     PostgresJobStore.connect(db).close()
+    from .cli_keys import ADMIN_KEY_FILE, bootstrap_admin, stack_api_key
+
+    admin_token = bootstrap_admin(db, home)  # the first up of this home: shown once, below
 
     env = _ray_env(home, own_head=own_head)
     dashboard_port = s.ray_dashboard_port
@@ -203,6 +212,10 @@ def _up(s: Settings, state: dict[str, Any], started: list[str], config_path: str
         app.setdefault("args", {})["profile"] = "demo"
     http = cfg.get("http_options", {})
     host = http.get("host", "127.0.0.1")
+    from gpu_orchestrator.core.keys import auth_required
+
+    router_args = (next(a for a in cfg["applications"] if a["name"] == APP_NAME).get("args") or {}).get("router") or {}
+    auth_on = auth_required(router_args.get("auth", "auto"), host)
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{http.get('port', 8000)}"
     # The UIs talk to the router through the Serve proxy on their own node (every node runs one).
     uis = [a for a in cfg["applications"] if a["name"] != APP_NAME]
@@ -224,7 +237,8 @@ def _up(s: Settings, state: dict[str, Any], started: list[str], config_path: str
         f"\nGPU Orchestrator is up.\n"
         f"  API:            {base}/v1/jobs   (docs: {base}/docs)\n"
         + "".join(f"  UI:             {base}{a['route_prefix']}/\n" for a in uis if a.get("route_prefix"))
-        + ray_lines + _cloud_lines(base) +
+        + _auth_lines(auth_on, host, admin_token, home / ADMIN_KEY_FILE)
+        + ray_lines + _cloud_lines(base, stack_api_key()) +
         f"  Metrics:        Ray's Prometheus endpoint (gpu_orch_* series)\n"
         f"  Data:           {home}\n"
         f"  Profile:        {'demo (tiny UNTRAINED models: outputs are noise)' if demo else config_path}\n"
@@ -234,10 +248,24 @@ def _up(s: Settings, state: dict[str, Any], started: list[str], config_path: str
     )
 
 
-def _cloud_lines(base: str) -> str:
+def _auth_lines(auth_on: bool, host: str, admin_token: str | None, key_file: Path) -> str:
+    if auth_on:
+        line = (f"  API auth:       ON (listening on {host}): every request needs an API key "
+                "(Authorization: Bearer; `gpu-orch keys create`)\n")
+    else:
+        line = (f"  API auth:       OFF: open to anyone who can reach {host} (the local demo). Listening beyond "
+                "127.0.0.1 (http_options.host) turns keys on\n")
+    if admin_token:
+        return line + (f"  Admin API key:  {admin_token}\n"
+                       f"                  (shown this once; kept in {key_file}, mode 600, which the gpu-orch CLI uses)\n")
+    return line + f"  Admin API key:  in {key_file} (mode 600)\n"
+
+
+def _cloud_lines(base: str, api_key: str | None = None) -> str:
     """The cloud backends the config names, and whether each can be used (a missing token said at start)."""
     try:
-        cloud = httpx.get(f"{base}/v1/workers", timeout=10).json().get("cloud") or []
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        cloud = httpx.get(f"{base}/v1/workers", timeout=10, headers=headers).json().get("cloud") or []
     except Exception:  # the stack is up; this is a courtesy
         return ""
     return "".join(f"  Cloud:          {c['backend']} " + ("ready\n" if c["available"] else f"UNAVAILABLE: {c['reason']}\n")
@@ -618,6 +646,14 @@ def import_seed(path: str, out: str | None) -> None:
         click.echo(f"note: {note}", err=True)
     click.echo(f"{len(result.notes)} field(s) not imported (listed above); add a `models` entry for each app's deployment.", err=True)
 
+
+def _register() -> None:
+    from .cli_keys import keys
+
+    cli.add_command(keys)
+
+
+_register()
 
 if __name__ == "__main__":
     main()

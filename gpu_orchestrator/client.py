@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
@@ -83,9 +84,15 @@ def parse_sse(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
             yield ev
 
 
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """`api_key` (default: $GPU_ORCH_API_KEY) as a Bearer token; none when there is no key."""
+    key = api_key if api_key is not None else os.environ.get("GPU_ORCH_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 class Client:
-    def __init__(self, base_url: str = DEFAULT_URL, *, timeout: float = 30.0):
-        self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout)
+    def __init__(self, base_url: str = DEFAULT_URL, *, timeout: float = 30.0, api_key: str | None = None):
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, headers=auth_headers(api_key))
 
     def __enter__(self) -> "Client":
         return self
@@ -200,8 +207,8 @@ def _retry_after(header: str | None, deadline: float) -> float:
 
 
 class AsyncClient:
-    def __init__(self, base_url: str = DEFAULT_URL, *, timeout: float = 30.0):
-        self.http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout)
+    def __init__(self, base_url: str = DEFAULT_URL, *, timeout: float = 30.0, api_key: str | None = None):
+        self.http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout, headers=auth_headers(api_key))
 
     async def __aenter__(self) -> "AsyncClient":
         return self

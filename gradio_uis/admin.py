@@ -10,8 +10,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from gpu_orchestrator.client import AsyncClient
-from gradio_uis.common import CONCURRENCY, DELETE_CACHE, api_url, error_html, explain, standalone
+from gradio_uis.common import CONCURRENCY, DELETE_CACHE, api_url, client, error_html, explain, standalone
 
 REFRESH_S = 2.0
 ALL = "(all)"
@@ -110,8 +109,8 @@ def cost_line(costs: dict[str, Any]) -> str:
 def build(api: str | None = None) -> gr.Blocks:
     url = api_url(api)
 
-    async def refresh(app_filter: str, status_filter: str):
-        async with AsyncClient(url) as c:
+    async def refresh(app_filter: str, status_filter: str, request: gr.Request):
+        async with client(url, request) as c:
             try:
                 apps = await c.apps()
                 fleet = await c.fleet()
@@ -128,12 +127,12 @@ def build(api: str | None = None) -> gr.Blocks:
                 job_rows(jobs), minute_frame(stats), gr.update(choices=[ALL] + app_ids), cost_line(costs),
                 cost_frame(costs))
 
-    async def cancel(job_id: str):
+    async def cancel(job_id: str, request: gr.Request):
         job_id = (job_id or "").strip()
         if not job_id:
             return error_html("job id: pick a job in the table or paste its id")
         try:
-            async with AsyncClient(url) as c:
+            async with client(url, request) as c:
                 job = await c.cancel(job_id)
         except Exception as e:
             return error_html(explain(e))

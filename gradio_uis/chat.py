@@ -8,8 +8,7 @@ from typing import Any, AsyncIterator
 
 import gradio as gr
 
-from gpu_orchestrator.client import AsyncClient
-from gradio_uis.common import (CONCURRENCY, DELETE_CACHE, api_url, error_html, explain, job_line, standalone,
+from gradio_uis.common import (CONCURRENCY, DELETE_CACHE, api_url, client, error_html, explain, job_line, standalone,
                                typed_int)
 
 APP_ID = "chat"
@@ -41,7 +40,7 @@ def build(api: str | None = None) -> gr.Blocks:
         reply = {"role": "assistant", "content": ""}
         session = request.session_hash or ""
         finished = False
-        async with AsyncClient(url) as c:
+        async with client(url, request) as c:
             try:
                 job = await c.submit(APP_ID, params)
             except Exception as e:
@@ -91,7 +90,7 @@ def build(api: str | None = None) -> gr.Blocks:
         if job_id is None:
             return ""
         try:
-            async with AsyncClient(url) as c:
+            async with client(url, request) as c:
                 await c.cancel(job_id)
         except Exception as e:
             return error_html(explain(e))

@@ -15,7 +15,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from
 
 import gradio as gr  # noqa: E402
 
-from gpu_orchestrator.client import DEFAULT_URL, ApiError  # noqa: E402
+import httpx  # noqa: E402
+
+from gpu_orchestrator.client import DEFAULT_URL, ApiError, AsyncClient  # noqa: E402
 
 # System fonts: Gradio's default theme loads Google Fonts, and the UIs must work with no internet.
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
@@ -47,6 +49,46 @@ def sweep(directory: Path, max_age_s: float = DELETE_CACHE[1]) -> None:
                 f.unlink()
         except OSError:
             pass
+
+
+class KeyLogin:
+    """Sign-in when the router needs API keys: the user name is the key's name, the password the
+    key itself, checked against the router (GET /v1/keys/me). Each signed-in user's requests then
+    carry their own key, so they see their own jobs and what their scopes allow. Kept in this
+    process only (one replica per UI); a revoked key fails the user's next request."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self._keys: dict[str, str] = {}
+
+    def __call__(self, username: str, password: str) -> bool:
+        try:
+            r = httpx.get(f"{self.url}/v1/keys/me", headers={"Authorization": f"Bearer {password.strip()}"}, timeout=10)
+        except httpx.HTTPError:
+            return False
+        if r.status_code != 200 or r.json().get("name") != username.strip():
+            return False
+        self._keys[username.strip()] = password.strip()
+        return True
+
+    def key(self, request: gr.Request | None) -> str | None:
+        return self._keys.get(getattr(request, "username", None) or "")
+
+
+LOGIN_MESSAGE = "This stack needs an API key: user name = the key's name, password = the key (gpu-orch keys create)."
+_LOGINS: dict[str, KeyLogin] = {}
+
+
+def login_for(url: str) -> KeyLogin:
+    return _LOGINS.setdefault(url, KeyLogin(url))
+
+
+def client(url: str, request: gr.Request | None = None) -> AsyncClient:
+    """A client of the router as the signed-in user (their key), or as this process is configured
+    ($GPU_ORCH_API_KEY, else none) when the stack runs open."""
+    login = _LOGINS.get(url)
+    key = login.key(request) if login is not None else None
+    return AsyncClient(url, api_key=key) if key else AsyncClient(url)
 
 
 def api_url(explicit: str | None = None) -> str:

@@ -7,8 +7,7 @@ from typing import Any, AsyncIterator
 
 import gradio as gr
 
-from gpu_orchestrator.client import AsyncClient
-from gradio_uis.common import (CONCURRENCY, DELETE_CACHE, api_url, error_html, event_progress, explain, job_line,
+from gradio_uis.common import (CONCURRENCY, DELETE_CACHE, api_url, client, error_html, event_progress, explain, job_line,
                                output_dir, param_info, progress_html, standalone, sweep, typed_int)
 
 MODELS = [("Stable Diffusion XL", "sdxl"), ("Z-Image Turbo", "zimage")]
@@ -27,10 +26,11 @@ def build(api: str | None = None) -> gr.Blocks:
     url = api_url(api)
     out_dir = output_dir("images")
 
-    async def generate(app_id, prompt, negative, width, height, steps, guidance, seed, num_images) -> AsyncIterator:
+    async def generate(app_id, prompt, negative, width, height, steps, guidance, seed, num_images,
+                       request: gr.Request) -> AsyncIterator:
         # Outputs: error, progress, gallery, job info.
         params = image_params(prompt, negative, width, height, steps, guidance, seed, num_images)
-        async with AsyncClient(url) as c:
+        async with client(url, request) as c:
             try:
                 job = await c.submit(app_id, params)
             except Exception as e:
@@ -88,10 +88,10 @@ def build(api: str | None = None) -> gr.Blocks:
         hinted = {"width": width, "height": height, "num_inference_steps": steps, "guidance_scale": guidance,
                   "num_images": num_images}
 
-        async def hints(app_id: str):
+        async def hints(app_id: str, request: gr.Request):
             """Each input's limits for the chosen model, from the router (it still checks them)."""
             try:
-                async with AsyncClient(url) as c:
+                async with client(url, request) as c:
                     app = next((a for a in await c.apps() if a["id"] == app_id), None)
             except Exception:
                 app = None  # hints only: the router answers for real at submit

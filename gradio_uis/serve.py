@@ -1,5 +1,5 @@
 """The UIs as Ray Serve applications (serve_config.yaml: import_path gradio_uis.serve:build_app,
-args {ui: images|speech|chat|admin, api_url: optional}).
+args {ui: images|speech|chat|admin, api_url: optional, auth: auto|on|off}).
 
 Ray 2.60's GradioServer/GradioIngress does not work with current Gradio (500 on `/`, its queue never
 starts), and an already-built FastAPI app does not serialize. What works: the ingress is a builder
@@ -16,16 +16,18 @@ from typing import Any
 UIS = ("images", "speech", "chat", "admin")
 
 
-def _asgi_builder(ui: str, api: str | None):
+def asgi_builder(ui: str, api: str | None, auth: bool = False):
+    """`auth`: the router needs API keys, so the UI asks each user to sign in with theirs."""
     def build():  # runs in the replica
         os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
         import gradio as gr
         from fastapi import FastAPI
 
-        from gradio_uis.common import CSS, THEME
+        from gradio_uis.common import CSS, LOGIN_MESSAGE, THEME, api_url, login_for
 
         blocks = importlib.import_module(f"gradio_uis.{ui}").build(api)
-        return gr.mount_gradio_app(FastAPI(), blocks, path="/", theme=THEME, css=CSS, ssr_mode=False)
+        login = dict(auth=login_for(api_url(api)), auth_message=LOGIN_MESSAGE) if auth else {}
+        return gr.mount_gradio_app(FastAPI(), blocks, path="/", theme=THEME, css=CSS, ssr_mode=False, **login)
     return build
 
 
@@ -37,11 +39,17 @@ def build_app(args: dict[str, Any]):
     ui = (args or {}).get("ui")
     if ui not in UIS:
         raise ValueError(f"args.ui: must be one of {', '.join(UIS)} (got {ui!r})")
-    unknown = set(args) - {"ui", "api_url", "num_cpus"}
+    unknown = set(args) - {"ui", "api_url", "num_cpus", "auth"}
     if unknown:
-        raise ValueError(f"args: unknown field(s) {', '.join(sorted(unknown))} (known: ui, api_url, num_cpus)")
+        raise ValueError(f"args: unknown field(s) {', '.join(sorted(unknown))} (known: ui, api_url, num_cpus, auth)")
+    mode = args.get("auth", "auto")
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"args.auth: must be auto, on or off (got {mode!r})")
+    from gpu_orchestrator.core.keys import auth_required
+    from gpu_orchestrator.serve.app import serve_http_host
 
-    @serve.ingress(_asgi_builder(ui, args.get("api_url")))
+    # As the router decides (router.auth): auto asks users to sign in unless Serve listens on loopback only.
+    @serve.ingress(asgi_builder(ui, args.get("api_url"), auth_required(mode, serve_http_host())))
     class UI:
         pass
 

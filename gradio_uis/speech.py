@@ -7,8 +7,7 @@ from typing import AsyncIterator
 
 import gradio as gr
 
-from gpu_orchestrator.client import AsyncClient
-from gradio_uis.common import (CONCURRENCY, DELETE_CACHE, api_url, error_html, event_progress, explain, job_line,
+from gradio_uis.common import (CONCURRENCY, DELETE_CACHE, api_url, client, error_html, event_progress, explain, job_line,
                                output_dir, progress_html, standalone, sweep)
 from gradio_uis.formats import segment_rows, to_srt, to_text
 
@@ -19,7 +18,7 @@ def build(api: str | None = None) -> gr.Blocks:
     url = api_url(api)
     out_dir = output_dir("speech")
 
-    async def transcribe(audio_path, language, task) -> AsyncIterator:
+    async def transcribe(audio_path, language, task, request: gr.Request) -> AsyncIterator:
         # Outputs: error, progress, transcript, segments, downloads, job info.
         if not audio_path:
             yield error_html("audio: upload or record a clip first"), gr.skip(), "", [], None, ""
@@ -27,7 +26,7 @@ def build(api: str | None = None) -> gr.Blocks:
         params = {"task": task}
         if language and language.strip():
             params["language"] = language.strip()
-        async with AsyncClient(url) as c:
+        async with client(url, request) as c:
             try:
                 params["audio"] = await c.upload(audio_path)
                 job = await c.submit(APP_ID, params)

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from gpu_orchestrator import Client
+from gpu_orchestrator.client import ApiError
 
 from .conftest import GPU_ORCH, ROOT, free_port, processes_mentioning
 
@@ -41,6 +42,24 @@ def test_up_submit_down_restart_keeps_jobs(user):
         assert stat.S_IMODE((home / "state.json").stat().st_mode) == 0o600
         assert not (user.home / ".ray").exists()
         assert f"RAY_AUTH_TOKEN_PATH={token}" in out  # the hint for the `ray` CLI
+        # Loopback only: the API runs open, says so, and the bootstrap admin key is shown this once.
+        assert "API auth:       OFF" in out
+        admin_file = home / "admin_key"
+        admin_key = admin_file.read_text().strip()
+        assert stat.S_IMODE(admin_file.stat().st_mode) == 0o600 and f"Admin API key:  {admin_key}" in out
+        alice = user.gpu_orch("keys", "create", "--name", "alice", "--scopes", "submit,read", "--apps", "echo")
+        assert alice.returncode == 0 and "shown once" in alice.stderr, alice.stderr
+        alice_key = alice.stdout.strip()
+        listed = user.ok("keys", "list")
+        assert "alice" in listed and "admin" in listed and alice_key not in listed and admin_key not in listed
+        with Client(f"http://127.0.0.1:{port}", api_key=alice_key) as c:
+            mine = c.wait(c.submit("echo", {"message": "mine"})["job_id"], timeout=120)
+            assert mine["status"] == "succeeded" and mine["owner"] == alice_key.split("_")[1]
+        assert "revoked key alice" in user.ok("keys", "revoke", "alice")
+        with Client(f"http://127.0.0.1:{port}", api_key=alice_key) as c:
+            with pytest.raises(ApiError) as refused:
+                c.get(mine["job_id"])
+            assert refused.value.status == 401  # a revoked key is refused even by an open stack
         with Client(f"http://127.0.0.1:{port}") as c:
             job = c.submit("echo", {"message": "embedded", "steps": 2})
             done = c.wait(job["job_id"], timeout=120)
@@ -83,9 +102,19 @@ def test_up_submit_down_restart_keeps_jobs(user):
         assert Path(session).is_dir() and not (Path(session) / "runtime_resources").exists()
         assert "nothing to stop" in user.ok("down")
         # The real profile (arbiter on, models scaled to zero until a job needs them): nothing loads.
-        user.ok("up", "--config", str(config), "--num-cpus", "4")
-        with Client(f"http://127.0.0.1:{port}") as c:
+        # Listening beyond loopback, the API needs a key; the admin key is not shown again.
+        cfg["http_options"]["host"] = "0.0.0.0"
+        config.write_text(yaml.safe_dump(cfg))
+        out = user.ok("up", "--config", str(config), "--num-cpus", "4")
+        assert "API auth:       ON" in out and admin_key not in out and str(admin_file) in out
+        with Client(f"http://127.0.0.1:{port}", api_key="") as c:
+            with pytest.raises(ApiError) as refused:
+                c.get(job["job_id"])
+            assert refused.value.status == 401
+        with Client(f"http://127.0.0.1:{port}", api_key=admin_key) as c:
             assert c.get(job["job_id"])["status"] == "succeeded"  # survived the restart
+        # The CLI sends the stack's admin key by itself.
+        assert '"succeeded"' in user.ok("--url", f"http://127.0.0.1:{port}", "status", job["job_id"])
         assert token.read_text() == first_token  # kept across `up`s
     finally:
         user.gpu_orch("down")
