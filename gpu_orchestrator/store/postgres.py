@@ -666,6 +666,10 @@ class PostgresJobStore:
             rows = conn.execute(sa.text(
                 f"DELETE FROM jobs WHERE id IN ({self.PRUNE_PICK}) RETURNING id, app_id, params, result"),
                 {"age": older_than_s, "n": limit}).all()
+            # Result grants go with their job (ON DELETE CASCADE); an upload's grant with its file.
+            uploads = sorted({u for r in rows for u in artifact_uris(r.params)})
+            if uploads:
+                conn.execute(sa.text("DELETE FROM artifact_owners WHERE uri = ANY(CAST(:u AS text[]))"), {"u": uploads})
         return [Pruned(r.id, r.app_id, r.params or {}, r.result) for r in rows]
 
     @_fresh_on_stale

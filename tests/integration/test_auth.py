@@ -135,6 +135,12 @@ def test_result_artifacts_follow_their_jobs_owner(secured):
     assert [(r.uri, str(r.job_id)) for r in rows] == [(up["artifact"], job)]
     with client(secured, bob) as b:
         assert b.get(up["url"]).status_code == 404
+    # Retention takes the grants with the job and its files.
+    with secured.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE jobs SET finished_at = now() - interval '40 days'"))
+    assert len(secured.router.store.prune(older_than_s=30 * 86_400, limit=10)) == 1
+    with secured.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM artifact_owners")).scalar() == 0
 
 
 def test_a_revoked_key_is_refused_at_once(secured):
