@@ -87,7 +87,9 @@ def _ray_env(home: Path, *, own_head: bool) -> dict[str, str]:
 @click.option("--num-cpus", type=int, default=None, help="logical CPUs for a local Ray head (default: max(8, cores))")
 @click.option("--demo", is_flag=True, help="demo profile: tiny untrained versions of every model, built locally "
               "(CPU is enough, nothing is downloaded; outputs are noise and labelled so)")
-def up(config_path: str, num_cpus: int | None, demo: bool) -> None:
+@click.option("--host", default=None, help="the address the API listens on (default: the config's http_options.host); "
+              "beyond 127.0.0.1, API keys are required")
+def up(config_path: str, num_cpus: int | None, demo: bool, host: str | None) -> None:
     """Start everything: Postgres/Redis (embedded when DATABASE_URL/REDIS_URL are unset), Ray, the app.
 
     If a step fails, what this run started is stopped again and the error shown."""
@@ -100,7 +102,7 @@ def up(config_path: str, num_cpus: int | None, demo: bool) -> None:
     state = stack.load_state(home)
     started: list[str] = []  # services this run started, in order: the ones a failure stops again
     try:
-        _up(s, state, started, config_path, num_cpus, demo)
+        _up(s, state, started, config_path, num_cpus, demo, host)
     except BaseException as e:
         try:
             _roll_back(home, state, started)
@@ -113,7 +115,8 @@ def up(config_path: str, num_cpus: int | None, demo: bool) -> None:
         raise click.ClickException(str(e) or type(e).__name__) from e
 
 
-def _up(s: Settings, state: dict[str, Any], started: list[str], config_path: str, num_cpus: int | None, demo: bool) -> None:
+def _up(s: Settings, state: dict[str, Any], started: list[str], config_path: str, num_cpus: int | None, demo: bool,
+        listen: str | None = None) -> None:
     from . import embedded, ray_auth, stack
 
     home = s.home
@@ -210,6 +213,8 @@ def _up(s: Settings, state: dict[str, Any], started: list[str], config_path: str
     if demo:
         app = next(a for a in cfg["applications"] if a["name"] == APP_NAME)
         app.setdefault("args", {})["profile"] = "demo"
+    if listen:
+        cfg.setdefault("http_options", {})["host"] = listen
     http = cfg.get("http_options", {})
     host = http.get("host", "127.0.0.1")
     from gpu_orchestrator.core.keys import auth_required
