@@ -34,7 +34,7 @@ APP_NAME = "orchestrator"
 def _client(ctx: click.Context) -> Client:
     from .cli_keys import stack_api_key
 
-    return Client(ctx.obj["url"], api_key=ctx.obj.get("api_key") or stack_api_key())
+    return Client(ctx.obj["url"], api_key=ctx.obj.get("api_key") or stack_api_key(ctx.obj["url"]))
 
 
 def _print(obj: Any) -> None:

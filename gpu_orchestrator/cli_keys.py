@@ -38,13 +38,19 @@ def access(url: str):
     return PostgresAccess(engine)
 
 
-def stack_api_key() -> str | None:
-    """The key the CLI sends: $GPU_ORCH_API_KEY, else the stack's bootstrap admin key, if readable."""
+def stack_api_key(url: str | None = None) -> str | None:
+    """The key the CLI sends: $GPU_ORCH_API_KEY, else the stack's bootstrap admin key when `url` is
+    that stack's (another stack would refuse a key it never made)."""
+    from . import stack
+
     key = os.environ.get("GPU_ORCH_API_KEY")
     if key:
         return key
+    home = Settings().home
+    if url is not None and stack.load_state(home).get("url", "").rstrip("/") != url.rstrip("/"):
+        return None
     try:
-        return (Settings().home / ADMIN_KEY_FILE).read_text().strip() or None
+        return (home / ADMIN_KEY_FILE).read_text().strip() or None
     except OSError:
         return None
 
