@@ -30,6 +30,9 @@ class Snapshot:
     unplaceable: dict[str, str] = field(default_factory=dict)
     swap_credit_s: dict[str, float] = field(default_factory=dict)  # per GPU pool: what the swap budget still allows
     history: list[list] = field(default_factory=list)  # the leader's latest actions, [ts, text], oldest first
+    # Per GPU pool: {"vram_gb": its budget, "held_gb": the declared VRAM of every replica on it
+    # (resident, loading, stopping)}, as the policy counted it for this decision.
+    gpus: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -1,12 +1,30 @@
-"""Metrics through ray.serve.metrics, so they show in Ray's Prometheus endpoint: the job counters
-(the JobMetrics protocol of service/transitions.py), the queue-depth gauge, and the arbiter's
-model loads, evictions and load times."""
+"""Metrics through ray.serve.metrics, so they show in Ray's Prometheus endpoint (each name prefixed
+`ray_`, counters suffixed `_total`, histograms as `_bucket`/`_sum`/`_count`; Ray adds its own tags:
+application, deployment, replica, ...). docs/operations.md#dashboards lists them all; the Grafana
+dashboard in deploy/grafana/ charts them.
+
+- the job counters and the submit-to-done histogram (the JobMetrics protocol of
+  service/transitions.py), and runs with their cost by where they ran (local or a cloud backend);
+- gauges the router sets every few seconds (_gauge_loop): each app's queue depth and oldest wait,
+  and from the arbiter's latest decision each model's state and each GPU's VRAM held and budget.
+  Every router replica sets them, leader or not, to the same values (service/gauges.py): aggregate
+  them with max(), never sum();
+- the arbiter's model loads, evictions and load times (ArbiterMetrics, counted by the leader).
+"""
 
 from __future__ import annotations
 
+import logging
+from typing import Any, Iterable, Mapping
+
 from gpu_orchestrator.core.jobs import JobStatus
+from gpu_orchestrator.service import gauges
+
+log = logging.getLogger("gpu_orchestrator.metrics")
 
 LOAD_SECONDS_BOUNDARIES = [0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300]
+# Submit to done: sub-second echo jobs up to hour-long backlogs.
+DONE_SECONDS_BOUNDARIES = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200]
 
 
 class ServeMetrics:
@@ -20,8 +38,32 @@ class ServeMetrics:
         self.cancelled = metrics.Counter("gpu_orch_jobs_cancelled", description="jobs cancelled", tag_keys=tags)
         self.transitions = metrics.Counter("gpu_orch_job_transitions", description="committed job transitions, by "
                                            "the status entered", tag_keys=("app_id", "status"))
-        self.queue_depth = metrics.Gauge("gpu_orch_queue_depth", description="queued jobs per app", tag_keys=tags)
+        self.done_histogram = metrics.Histogram(
+            "gpu_orch_job_submit_to_done_seconds", description="a job's time from submit to its terminal status "
+            "(created_at to finished_at), by the status it ended in", boundaries=DONE_SECONDS_BOUNDARIES,
+            tag_keys=("app_id", "status"),
+        )
+        runs = ("app_id", "backend")
+        self.runs = metrics.Counter("gpu_orch_runs", description="runs (attempts) whose outcome was recorded, by "
+                                    "where they ran (local or the cloud backend) and how they ended",
+                                    tag_keys=(*runs, "outcome"))
+        self.cost_usd = metrics.Counter("gpu_orch_cost_usd", description="what runs cost, in US dollars (local: GPU "
+                                        "share x the GPU's rate; cloud: the provider's billed time x price)", tag_keys=runs)
+        self.gpu_seconds = metrics.Counter("gpu_orch_gpu_seconds", description="GPU-seconds runs used (local: wall "
+                                           "time x GPU share; cloud: the provider's billed time)", tag_keys=runs)
+        self.queue_depth = metrics.Gauge("gpu_orch_queue_depth", description="queued jobs per app (local queue)",
+                                         tag_keys=tags)
+        self.oldest_wait = metrics.Gauge("gpu_orch_queue_oldest_wait_seconds", description="how long the oldest "
+                                         "queued job of the app has waited (local queue; 0 when empty)", tag_keys=tags)
         model = ("model",)
+        self.model_state = metrics.Gauge("gpu_orch_model_state", description="1 for the arbiter state the model "
+                                         "is in (cold, loading, resident, draining, stopping), 0 for the others",
+                                         tag_keys=("model", "state"))
+        self.vram_held = metrics.Gauge("gpu_orch_gpu_vram_held_gb", description="VRAM held on the GPU pool: the "
+                                       "declared VRAM of every replica placed there (resident, loading, stopping)",
+                                       tag_keys=("gpu",))
+        self.vram_budget = metrics.Gauge("gpu_orch_gpu_vram_budget_gb", description="the GPU pool's VRAM budget "
+                                         "(declared arbiter.gpus, or the node's vram_gb resource)", tag_keys=("gpu",))
         self.loads_counter = metrics.Counter("gpu_orch_model_loads", description="arbiter scale-ups from zero (swaps in)", tag_keys=model)
         self.evictions_counter = metrics.Counter("gpu_orch_model_evictions", description="arbiter scale-downs to zero (swaps out, idle TTL)", tag_keys=model)
         self.load_histogram = metrics.Histogram(
@@ -32,16 +74,51 @@ class ServeMetrics:
                           JobStatus.cancelled: self.cancelled}
 
     # JobMetrics (service/transitions.py)
-    def transition(self, app_id: str, status: JobStatus, *, new: bool = False) -> None:
+    def transition(self, app_id: str, status: JobStatus, *, new: bool = False,
+                   seconds: float | None = None) -> None:
         status = JobStatus(status)
         self.transitions.inc(tags={"app_id": app_id, "status": status.value})
         if new:
             self.submitted.inc(tags={"app_id": app_id})
         elif status in self._finished:
             self._finished[status].inc(tags={"app_id": app_id})
+        if seconds is not None and status.terminal:
+            self.done_histogram.observe(seconds, tags={"app_id": app_id, "status": status.value})
 
+    def ran(self, app_id: str, backend: str, outcome: JobStatus, *, usd: float = 0.0,
+            gpu_seconds: float = 0.0) -> None:
+        tags = {"app_id": app_id, "backend": backend}
+        self.runs.inc(tags={**tags, "outcome": JobStatus(outcome).value})
+        # Ray's counters take positive increments only: a free run adds nothing.
+        if usd > 0:
+            self.cost_usd.inc(usd, tags=tags)
+        if gpu_seconds > 0:
+            self.gpu_seconds.inc(gpu_seconds, tags=tags)
+
+    # The router's gauges (serve/router.py _gauge_loop)
     def set_queue_depth(self, app_id: str, queued: int) -> None:
         self.queue_depth.set(queued, tags={"app_id": app_id})
+
+    def set_queues(self, apps: Iterable[str], stats: Mapping[str, Any]) -> None:
+        """Every app's queue depth and oldest wait, from the dispatcher's latest queue stats."""
+        for app_id, (queued, oldest_s) in gauges.queue_readings(apps, stats).items():
+            self.queue_depth.set(queued, tags={"app_id": app_id})
+            self.oldest_wait.set(oldest_s, tags={"app_id": app_id})
+
+    def set_arbiter(self, snapshot: Any) -> None:
+        """Model states and GPU VRAM from the arbiter's latest decision (a bus.decisions.Snapshot, or
+        None before the first one: nothing to set). Never raises: the gauge loop must go on."""
+        if snapshot is None:
+            return
+        try:
+            for model, states in gauges.model_state_readings(snapshot.models).items():
+                for state, value in states.items():
+                    self.model_state.set(value, tags={"model": model, "state": state})
+            for gpu, (held, budget) in gauges.gpu_vram_readings(getattr(snapshot, "gpus", None) or {}).items():
+                self.vram_held.set(held, tags={"gpu": gpu})
+                self.vram_budget.set(budget, tags={"gpu": gpu})
+        except Exception as e:
+            log.warning("arbiter gauges not set: %s", e)
 
     # ArbiterMetrics (service/arbiter_ports.py)
     def loaded(self, model: str) -> None:

@@ -33,8 +33,10 @@ from gpu_orchestrator.service.cloud import build_cloud
 from gpu_orchestrator.service.dispatcher import Dispatcher
 from gpu_orchestrator.service.fleet import Fleet, load_failures
 from gpu_orchestrator.service.jobs import JobService, parse_job_id
+from gpu_orchestrator.service.auth import Auth
 from gpu_orchestrator.service.retention import Retention
 from gpu_orchestrator.service.transitions import Transitions
+from gpu_orchestrator.store.access import PostgresAccess
 from gpu_orchestrator.store.postgres import PostgresJobStore
 
 log = logging.getLogger("gpu_orchestrator.router")
@@ -82,6 +84,8 @@ class Router:
         # Terminal jobs older than router.retention_days go, with their artifacts and streams.
         self.retention = Retention(store=self.store, artifacts=self.artifacts, streams=self.bus,
                                    retention_days=rc.retention_days, batch=rc.prune_batch, interval_s=rc.prune_interval_s)
+        # API keys: required unless router.auth is off (build_app resolves auto by the HTTP host).
+        self.auth = Auth(PostgresAccess(self.store.engine), required=rc.auth != "off")
         self.api: FastAPI | None = None  # built by __serve_build_asgi_app__
         self._started = False
         self._gauge: asyncio.Task | None = None
@@ -105,7 +109,8 @@ class Router:
     def __serve_build_asgi_app__(self) -> FastAPI:
         if self.api is None:
             self.api = create_app(jobs=self.jobs, fleet=self.fleet, artifacts=self.artifacts,
-                                  limits=Limits.from_config(self.cfg.router), retention=self.retention)
+                                  limits=Limits.from_config(self.cfg.router), retention=self.retention,
+                                  auth=self.auth)
         return self.api
 
     def _submitted(self, job: Job) -> None:
@@ -124,10 +129,9 @@ class Router:
     async def _gauge_loop(self) -> None:
         watch_loads = any(a.fallback is not None for a in self.cfg.apps)
         while True:
-            stats = self.dispatcher.queue_stats
-            for app_id in self.jobs.apps:
-                s = stats.get(app_id)
-                self.metrics.set_queue_depth(app_id, s.queued if s else 0)
+            self.metrics.set_queues(self.jobs.apps, self.dispatcher.queue_stats)
+            if self.arbiter is not None:  # every replica, from the decision it acts on (serve/metrics.py)
+                self.metrics.set_arbiter(self.arbiter.snapshot)
             if watch_loads:  # a model failing to load sends its app's jobs to the fallback
                 try:
                     failures = load_failures(await self.beats.read_all())
@@ -163,25 +167,33 @@ class Router:
     # Each starts the dispatcher (and the arbiter) if nothing has yet: a router outside Serve that
     # only ever sees cancels or replays must still run its dispatcher.
 
+    # `api_key`: the same key as the HTTP API's Bearer token, checked the same way (AuthError,
+    # Forbidden, QuotaExceeded, JobNotFound for another key's job).
+
     async def submit(self, app_id: str, params: dict[str, Any] | None = None, priority: int = 0,
-                     idempotency_key: str | None = None) -> dict[str, Any]:
+                     idempotency_key: str | None = None, *, api_key: str | None = None) -> dict[str, Any]:
         self._ensure_started()
-        job, _ = await self.jobs.submit(app_id, params or {}, priority, idempotency_key)
+        caller = await self.auth.caller(api_key)
+        job, _ = await self.jobs.submit(app_id, params or {}, priority, idempotency_key, caller)
         return job.to_api()
 
-    async def get(self, job_id: str | uuid.UUID) -> dict[str, Any]:
+    async def get(self, job_id: str | uuid.UUID, *, api_key: str | None = None) -> dict[str, Any]:
         self._ensure_started()
-        return (await self.jobs.get(parse_job_id(job_id))).to_api()
+        caller = await self.auth.caller(api_key)
+        return (await self.jobs.get(parse_job_id(job_id), caller)).to_api()
 
-    async def cancel(self, job_id: str | uuid.UUID) -> dict[str, Any]:
+    async def cancel(self, job_id: str | uuid.UUID, *, api_key: str | None = None) -> dict[str, Any]:
         self._ensure_started()
-        return (await self.jobs.cancel(parse_job_id(job_id))).to_api()
+        caller = await self.auth.caller(api_key)
+        return (await self.jobs.cancel(parse_job_id(job_id), caller)).to_api()
 
-    async def wait(self, job_id: str | uuid.UUID, timeout_s: float = 600.0) -> dict[str, Any]:
+    async def wait(self, job_id: str | uuid.UUID, timeout_s: float = 600.0, *,
+                   api_key: str | None = None) -> dict[str, Any]:
         """Block until the job is terminal (or timeout_s passes) and return it. Follows the event
         stream, and the job row while Redis is unavailable."""
         self._ensure_started()
-        return (await self.jobs.wait(parse_job_id(job_id), timeout_s)).to_api()
+        caller = await self.auth.caller(api_key)
+        return (await self.jobs.wait(parse_job_id(job_id), timeout_s, caller=caller)).to_api()
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve calls this on every router replica; the arbiter leader's targets ride along to the

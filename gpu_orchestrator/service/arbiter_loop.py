@@ -143,7 +143,8 @@ class ArbiterLoop:
         for name in self.book.record(d, now):
             self.budget.loaded(name, load_s[name])
         return decision_snapshot(views, d, self.book.tracks, leader=self.owner, now=now,
-                                 swap_credit_s=self.budget.credits(gpu_ids), history=self.book.history)
+                                 swap_credit_s=self.budget.credits(gpu_ids), history=self.book.history,
+                                 gpus=pools.gpus)
 
     async def _gpu_pools(self, now: float) -> Pools:
         if self._pools is not None and (self.cfg.arbiter.gpus or now - self._pools_at < NODES_EVERY_S):

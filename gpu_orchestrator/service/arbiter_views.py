@@ -131,9 +131,20 @@ def model_state(v: ModelView, d: Decision) -> str:
     return "cold"
 
 
+def gpu_vram(views: Iterable[ModelView], gpus: Iterable[Gpu]) -> dict[str, dict[str, float]]:
+    """Per GPU pool: its VRAM budget and the VRAM held on it, as the policy counts it: the declared
+    VRAM of every replica placed there (resident, loading or stopping). The gpu_orch_gpu_vram_* gauges."""
+    out = {g.id: {"vram_gb": float(g.vram_gb), "held_gb": 0.0} for g in gpus}
+    for v in views:
+        for gid in v.placement:
+            if gid in out:
+                out[gid]["held_gb"] += v.vram_gb
+    return out
+
+
 def decision_snapshot(views: list[ModelView], d: Decision, tracks: Mapping[str, ModelTrack], *, leader: str,
                       now: float, swap_credit_s: Mapping[str, float] | None = None,
-                      history: Iterable[tuple[float, str]] = ()) -> Snapshot:
+                      history: Iterable[tuple[float, str]] = (), gpus: Iterable[Gpu] = ()) -> Snapshot:
     models = {
         v.name: {
             "state": model_state(v, d),
@@ -160,4 +171,5 @@ def decision_snapshot(views: list[ModelView], d: Decision, tracks: Mapping[str, 
         draining=sorted(d.draining), reasons=list(d.reasons), models=models, unplaceable=dict(d.unplaceable),
         swap_credit_s={g: round(c, 1) for g, c in (swap_credit_s or {}).items()},
         history=[[ts, text] for ts, text in history],
+        gpus=gpu_vram(views, gpus),
     )

@@ -515,7 +515,9 @@ class Dispatcher:
             f.recording = False
             await self._record_failure(f, f"the result could not be stored: {e}", retryable=False)
             return
-        await self.transitions.announce(job.id, job.app_id, JobStatus.succeeded, attempt=attempt, result=done.result)
+        self.transitions.ran(job.app_id, job.route or "local", JobStatus.succeeded, cost)
+        await self.transitions.announce(job.id, job.app_id, JobStatus.succeeded, attempt=attempt, result=done.result,
+                                        row=done)
         log.info("succeeded on %s in %.3f s", backend, time.monotonic() - (f.started or time.monotonic()))
 
     async def _record_failure(self, f: InFlight, error: str, retryable: bool = True, kind: str = "error",
@@ -541,5 +543,6 @@ class Dispatcher:
             return
         if after.status.terminal and isinstance(f.run, CloudRun):
             self._cancel_run(f)  # a cloud run still going (the provider stopped answering) would bill on
-        await self.transitions.announce(job.id, job.app_id, after.status, attempt=attempt, error=error)
+        self.transitions.ran(job.app_id, job.route or "local", JobStatus.failed, cost)
+        await self.transitions.announce(job.id, job.app_id, after.status, attempt=attempt, error=error, row=after)
         log.info("attempt %d failed (%s) -> %s: %s", attempt, kind, after.status.value, error[:200])

@@ -462,7 +462,7 @@ def test_migrations_are_idempotent_and_concurrent_safe(database_url):
     [t.start() for t in ts]
     [t.join() for t in ts]
     with engines[0].connect() as c:
-        assert c.execute(sa.text("SELECT version_num FROM gpu_orch_alembic_version")).scalar() == "0004"
+        assert c.execute(sa.text("SELECT version_num FROM gpu_orch_alembic_version")).scalar() == "0005"
     [e.dispose() for e in engines]
 
 
