@@ -4,6 +4,7 @@
     gpu-orch submit echo -p message=hi --wait
     gpu-orch status JOB_ID | jobs | cancel JOB_ID | apps | workers
     gpu-orch import-seed config/apps.yaml
+    gpu-orch new-app NAME --task image|audio|text|chat   # scaffold a model app (module, runtime_env, config, test)
     gpu-orch costs | prune --older-than 30d [--dry-run]
     gpu-orch keys create --name alice --scopes submit,read [--apps sdxl] [--quota-jobs-per-min 60]
     gpu-orch render rayservice          # deploy/kuberay/rayservice.yaml from serve_config.yaml
@@ -650,6 +651,38 @@ def import_seed(path: str, out: str | None) -> None:
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     click.echo(f"{len(result.notes)} field(s) not imported (listed above); add a `models` entry for each app's deployment.", err=True)
+
+
+@cli.command("new-app")
+@click.argument("name")
+@click.option("--task", required=True, type=click.Choice(["image", "audio", "text", "chat"]),
+              help="image: text to image (PNGs); audio: speech to text (an audio file in); text: text generation; "
+                   "chat: messages in, a reply out (also /v1/chat/completions)")
+@click.option("--runtime-env", "runtime_env", multiple=True, metavar="PKG==VER",
+              help="a pip package of the model's runtime_env (repeatable); it replaces the task's default for that package")
+@click.option("--root", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="the project: the directory with serve_config.yaml")
+@click.option("--dry-run", is_flag=True, help="show what would be written (a diff for serve_config.yaml); write nothing")
+def new_app(name: str, task: str, runtime_env: tuple[str, ...], root: str, dry_run: bool) -> None:
+    """Scaffold model app NAME: deployments/NAME.py (load, infer with progress and cancel, a tiny
+    demo model), runtime_envs/NAME.yaml, tests/unit/test_app_NAME.py, and its model and app in
+    serve_config.yaml (comments kept; checked in both profiles before anything is written)."""
+    from . import scaffold
+
+    try:
+        plan = scaffold.plan(root, name, task, runtime_env)
+    except scaffold.Refused as e:
+        raise click.UsageError(str(e)) from None
+    except scaffold.ScaffoldError as e:
+        raise click.ClickException(str(e)) from None
+    if dry_run:
+        click.echo(plan.describe())
+        return
+    for path in scaffold.apply(plan):
+        click.echo(f"wrote {path}")
+    click.echo(f"\nNext: edit deployments/{name}.py (load: your model; infer: its call), then\n"
+               f"  python -m pytest tests/unit/test_app_{name}.py\n"
+               f"  gpu-orch up --demo && {plan.example}")
 
 
 def _register() -> None:
