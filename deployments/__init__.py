@@ -1,2 +1,3 @@
-"""Entry points named in serve_config.yaml (`impl: deployments.sdxl:SDXL`, ...): each module
-re-exports a model class from gpu_orchestrator.models, where the code lives."""
+"""Entry points named in serve_config.yaml (`impl: deployments.sdxl:SDXL`, ...): the built-in models'
+modules re-export a class from gpu_orchestrator.models, where their code lives; a module written by
+`gpu-orch new-app` holds its class itself."""
