@@ -235,3 +235,15 @@ def test_tokens_appear_in_no_log_row_or_event(secured, caplog):
                         ("logs", logged)):
         assert secret not in text and token not in text, where
     assert "refused API key id" in logged
+
+
+def test_quotas_hold_across_router_replicas(db_url, serve_backend, tmp_path, monkeypatch):
+    cfg = config(auth="on")
+    with running_router(db_url, serve_backend.redis_url, artifacts=str(tmp_path / "a"), cfg=cfg, monkeypatch=monkeypatch) as one, \
+            running_router(db_url, serve_backend.redis_url, artifacts=str(tmp_path / "b"), cfg=cfg, monkeypatch=monkeypatch) as two:
+        engine = create_engine(db_url)
+        token = PostgresAccess(engine).create_key(name="burst", scopes=[Scope.submit], quota=Quota(jobs_per_min=4))[1]
+        engine.dispose()
+        with client(one, token) as a, client(two, token) as b:
+            answers = [c.post("/v1/jobs", json={"app_id": "echo", "params": {}}).status_code for c in (a, b, a, b, a, b)]
+    assert answers == [202, 202, 202, 202, 429, 429]
