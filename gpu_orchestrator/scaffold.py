@@ -36,10 +36,10 @@ from typing import Any
 
 import yaml
 
-CONFIG = "serve_config.yaml"
+from gpu_orchestrator import config_edit
+from gpu_orchestrator.config_edit import APP_NAME, BUILD_APP, CONFIG, flow, scalar
+
 KUBERAY_MANIFEST = "deploy/kuberay/rayservice.yaml"
-APP_NAME = "orchestrator"  # the Serve application that holds the models and apps
-BUILD_APP = "serve_apps.orchestrator:build_app"
 MAX_NAME = 40
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 # Names taken by the stack itself: the router's Serve deployment and its application.
@@ -261,7 +261,7 @@ def runtime_env_text(name: str, task: str, pinned: list[str] | tuple[str, ...] =
         f"# The demo profile uses none (serve_config.yaml models.{name}.demo.runtime_env): its tiny model needs torch only.",
         "pip:",
         "  packages:",
-        *(f"    - {_scalar(p)}" for p in packages),
+        *(f"    - {scalar(p)}" for p in packages),
         f"  pip_install_options: {json.dumps(PIP_OPTIONS)}",
         "env_vars:",
         f"  GPU_ORCH_MODEL: {name}",
@@ -301,17 +301,6 @@ def app_entry(name: str, task: str) -> dict[str, Any]:
     }
 
 
-def _flow(value: Any) -> str:
-    """One value as single-line YAML (flow style for collections), quoted where YAML needs it."""
-    text = yaml.safe_dump([value], default_flow_style=True, width=1 << 30, sort_keys=False).strip()
-    return text[1:-1]
-
-
-def _scalar(value: Any) -> str:
-    """One scalar as YAML in block context (where commas need no quotes)."""
-    return yaml.safe_dump({"k": value}, default_flow_style=False, width=1 << 30).strip()[len("k: "):]
-
-
 def _model_block(name: str, task: str, indent: int, step: int, pinned: list[str] | tuple[str, ...]) -> list[str]:
     m = model_entry(name, task)
     pad, inner = " " * indent, " " * (indent + step)
@@ -320,11 +309,11 @@ def _model_block(name: str, task: str, indent: int, step: int, pinned: list[str]
         f"{pad}{name}:",
         f"{inner}impl: {m['impl']}",
         f"{inner}runtime_env: {m['runtime_env']}",
-        f"{inner}num_gpus: {_scalar(m['num_gpus'])}",
-        f"{inner}vram_gb: {_scalar(m['vram_gb'])}        # guessed for {m['init']['model']}: measure yours (docs/models.md)",
-        f"{inner}load_s: {_scalar(m['load_s'])}",
-        f"{inner}init: {_flow(m['init'])}",
-        f"{inner}demo: {_flow(m['demo'])}   # torch only: no pip virtualenv",
+        f"{inner}num_gpus: {scalar(m['num_gpus'])}",
+        f"{inner}vram_gb: {scalar(m['vram_gb'])}        # guessed for {m['init']['model']}: measure yours (docs/models.md)",
+        f"{inner}load_s: {scalar(m['load_s'])}",
+        f"{inner}init: {flow(m['init'])}",
+        f"{inner}demo: {flow(m['demo'])}   # torch only: no pip virtualenv",
     ]
 
 
@@ -332,48 +321,15 @@ def _app_block(name: str, task: str, dash: int, col: int) -> list[str]:
     """The app as a list item: its dash at column `dash`, its keys at column `col` (as the others)."""
     a = app_entry(name, task)
     inner = " " * col
-    lines = [f"{' ' * dash}-{' ' * (col - dash - 1)}id: {_scalar(a['id'])}"]
-    lines += [f"{inner}{k}: {_scalar(a[k])}" for k in ("name", "description", "task", "deployment", "max_attempts",
+    lines = [f"{' ' * dash}-{' ' * (col - dash - 1)}id: {scalar(a['id'])}"]
+    lines += [f"{inner}{k}: {scalar(a[k])}" for k in ("name", "description", "task", "deployment", "max_attempts",
                                                           "timeout_s", "max_in_flight")]
     lines.append(f"{inner}parameters:")
-    lines += [f"{inner}  - {_flow(p)}" for p in a["parameters"]]
+    lines += [f"{inner}  - {flow(p)}" for p in a["parameters"]]
     return lines
 
 
-# -- serve_config.yaml, edited as text --------------------------------------------------------------
-
-
-def _get(node: yaml.Node, key: str) -> yaml.Node | None:
-    if not isinstance(node, yaml.MappingNode):
-        return None
-    return next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == key), None)
-
-
-def _orchestrator_args(root_node: yaml.Node) -> yaml.MappingNode:
-    apps = _get(root_node, "applications")
-    items = apps.value if isinstance(apps, yaml.SequenceNode) else []
-    named = [a for a in items if getattr(_get(a, "name"), "value", None) == APP_NAME]
-    built = [a for a in items if getattr(_get(a, "import_path"), "value", None) == BUILD_APP]
-    app = (named or built or [None])[0]
-    args = _get(app, "args") if app is not None else None
-    if not isinstance(args, yaml.MappingNode):
-        raise ScaffoldError(f"{CONFIG} has no application {APP_NAME!r} (import_path {BUILD_APP}) with an `args` mapping")
-    return args
-
-
-def _block_end(lines: list[str], start: int, indent: int) -> int:
-    """The last line of the block entry that starts on line `start` at column `indent`: the lines
-    after it that are blank, comments, or indented deeper belong to it (trailing blanks and comments
-    belong to what follows)."""
-    last = start
-    for i in range(start + 1, len(lines)):
-        s = lines[i].strip()
-        if not s or s.startswith("#"):
-            continue
-        if len(lines[i]) - len(lines[i].lstrip(" ")) <= indent:
-            break
-        last = i
-    return last
+# -- serve_config.yaml, edited as text (config_edit.py) ---------------------------------------
 
 
 def config_text(text: str, name: str, task: str, pinned: list[str] | tuple[str, ...] = ()) -> str:
@@ -381,36 +337,11 @@ def config_text(text: str, name: str, task: str, pinned: list[str] | tuple[str, 
     the last app of the orchestrator application; comments and layout kept. Checked: parsed again,
     it is the old config plus exactly those entries (ScaffoldError otherwise)."""
     try:
-        args = _orchestrator_args(yaml.compose(text))
-    except yaml.YAMLError as e:
-        raise ScaffoldError(f"{CONFIG} is not valid YAML: {e}") from None
-    models, apps = _get(args, "models"), _get(args, "apps")
-    for key, node, kind in (("models", models, yaml.MappingNode), ("apps", apps, yaml.SequenceNode)):
-        if not isinstance(node, kind) or not node.value or node.flow_style:
-            raise ScaffoldError(f"{CONFIG}: the {APP_NAME} application's args.{key} must be a non-empty block "
-                                f"{'mapping' if key == 'models' else 'list'} for new-app to add to it; add the "
-                                f"entry by hand (gpu-orch new-app {name} --task {task} --dry-run shows it)")
-    lines = text.splitlines(keepends=True)
-    if lines and not lines[-1].endswith("\n"):
-        lines[-1] += "\n"
-    # models: after the last entry, at the entries' indentation.
-    key0, val0 = models.value[0]
-    indent = key0.start_mark.column
-    nested = isinstance(val0, yaml.MappingNode) and not val0.flow_style and val0.start_mark.line > key0.start_mark.line
-    step = val0.start_mark.column - indent if nested and val0.start_mark.column > indent else 2
-    after_model = _block_end(lines, models.value[-1][0].start_mark.line, indent)
-    model_lines = _model_block(name, task, indent, step, pinned)
-    # apps: after the last item, at the items' dash column.
-    first = apps.value[0]
-    line = lines[first.start_mark.line][:first.start_mark.column]
-    if not line.rstrip().endswith("-"):
-        raise ScaffoldError(f"{CONFIG}: cannot tell where args.apps items start (line {first.start_mark.line + 1})")
-    dash = len(line.rstrip()) - 1
-    after_app = _block_end(lines, apps.value[-1].start_mark.line, dash)
-    app_lines = _app_block(name, task, dash, first.start_mark.column)
-    for at, block in sorted(((after_model, model_lines), (after_app, app_lines)), key=lambda x: x[0], reverse=True):
-        lines[at + 1:at + 1] = [ln + "\n" for ln in block]
-    new = "".join(lines)
+        new = config_edit.insert(text, lambda indent, step: _model_block(name, task, indent, step, pinned),
+                                 lambda dash, col: _app_block(name, task, dash, col),
+                                 hint=f"gpu-orch new-app {name} --task {task} --dry-run")
+    except config_edit.ConfigEditError as e:
+        raise ScaffoldError(str(e)) from None
     _check_config(text, new, name, task)
     return new
 
@@ -421,7 +352,7 @@ def _check_config(old_text: str, new_text: str, name: str, task: str) -> None:
     from gpu_orchestrator.core.config import ConfigError, parse_config
 
     new, want = yaml.safe_load(new_text), yaml.safe_load(old_text)
-    args = _args(want)
+    args = config_edit.orchestrator_args(want)
     args["models"][name] = model_entry(name, task)
     args["apps"].append(app_entry(name, task))
     if new != want:
@@ -429,17 +360,10 @@ def _check_config(old_text: str, new_text: str, name: str, task: str) -> None:
                             f"written; add them by hand (gpu-orch new-app {name} --task {task} --dry-run shows them)")
     for profile in ("real", "demo"):
         try:
-            parse_config({**_args(new), "profile": profile})
+            parse_config({**config_edit.orchestrator_args(new), "profile": profile})
         except ConfigError as e:
             raise ScaffoldError(f"{CONFIG} with app {name!r} would not validate in the {profile} profile "
                                 f"(nothing written):\n{e}") from None
-
-
-def _args(cfg: dict[str, Any]) -> dict[str, Any]:
-    apps = cfg.get("applications") or []
-    app = next((a for a in apps if a.get("name") == APP_NAME), None) or next(
-        a for a in apps if a.get("import_path") == BUILD_APP)
-    return app["args"]
 
 
 # -- the plan, and writing it -----------------------------------------------------------------------
@@ -467,7 +391,7 @@ def plan(root: Path | str, name: str, task: str, runtime_env: tuple[str, ...] | 
     text = cfg_path.read_text()
     try:
         data = yaml.safe_load(text)
-        args = _args(data)
+        args = config_edit.orchestrator_args(data)
     except (yaml.YAMLError, StopIteration, KeyError, TypeError, AttributeError):
         raise ScaffoldError(f"{CONFIG} has no application {APP_NAME!r} (import_path {BUILD_APP}) with `args`") from None
     app_ids = {a.get("id") for a in args.get("apps") or [] if isinstance(a, dict)}
