@@ -55,18 +55,13 @@ def stack_api_key(url: str | None = None) -> str | None:
         return None
 
 
-def write_secret(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
-    os.chmod(path, 0o600)  # an existing file keeps its mode through O_CREAT
-
-
 def bootstrap_admin(url: str, home: Path) -> str | None:
     """The first `gpu-orch up` of a home: an admin key, stored in home/admin_key (600). Returns the
     token when one was made now (to print once), None when the home has one already."""
     from gpu_orchestrator.core.keys import Scope
     from gpu_orchestrator.store.access import KeyExists
+
+    from . import stack
 
     path = home / ADMIN_KEY_FILE
     if path.exists():
@@ -81,7 +76,7 @@ def bootstrap_admin(url: str, home: Path) -> str | None:
             name = f"admin-{os.urandom(3).hex()}"
     else:
         raise click.ClickException("could not create a bootstrap admin key")
-    write_secret(path, token)
+    stack.write_private(path, token + "\n")
     store.engine.dispose()
     return token
 

@@ -37,13 +37,9 @@ def ensure_token(home: Path) -> Path:
         if path.stat().st_mode & 0o077:
             path.chmod(0o600)
         return path
-    # Written whole to a temp file, then renamed: an interrupted write never leaves an empty token
-    # that later runs would reuse.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32))
-    os.replace(tmp, path)
+    from .stack import write_private
+
+    write_private(path, secrets.token_hex(32))
     return path
 
 

@@ -40,15 +40,21 @@ def load_state(home: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def save_state(home: Path, state: dict[str, Any]) -> None:
-    """Write state.json atomically; created 600, so the DB URL is never readable by others."""
-    home = Path(home)
-    home.mkdir(parents=True, exist_ok=True)
-    tmp = home / f".{STATE_FILE}.{os.getpid()}.tmp"
+def write_private(path: Path, text: str) -> None:
+    """Write a secret file whole (a temp file, then renamed: an interrupted write never leaves an
+    empty or partial file that later runs would reuse), created 600: never readable by others."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump(state, f, indent=2)
-    os.replace(tmp, state_path(home))
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def save_state(home: Path, state: dict[str, Any]) -> None:
+    """Write state.json (it holds the DB URL) with write_private."""
+    write_private(state_path(home), json.dumps(state, indent=2))
 
 
 # -- the Ray head ----------------------------------------------------------------------------------

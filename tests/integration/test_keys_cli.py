@@ -49,3 +49,15 @@ def test_the_cli_sends_the_stacks_admin_key_to_that_stack_only(tmp_path, monkeyp
     assert stack_api_key("http://10.0.0.9:8000") is None  # another stack never made that key
     monkeypatch.setenv("GPU_ORCH_API_KEY", "go_bbbbbbbbbbbb_" + "t" * 43)
     assert stack_api_key("http://10.0.0.9:8000").startswith("go_bbbb")
+
+
+def test_the_bootstrap_admin_key_is_made_once_and_kept_private(db_url, tmp_path):
+    import stat
+
+    from gpu_orchestrator.cli_keys import bootstrap_admin
+
+    token = bootstrap_admin(db_url, tmp_path)
+    kept = tmp_path / "admin_key"
+    assert token and kept.read_text().strip() == token and stat.S_IMODE(kept.stat().st_mode) == 0o600
+    assert bootstrap_admin(db_url, tmp_path) is None and kept.read_text().strip() == token  # the first up only
+    assert not list(tmp_path.glob(".admin_key.*"))  # written whole, no temp file left
