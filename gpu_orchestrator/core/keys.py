@@ -173,12 +173,15 @@ class Caller:
             raise Forbidden(f"this key ({self.name}) may submit to {', '.join(sorted(self.apps)) or 'no app'} "
                             f"only, not {app_id[:64]!r}", field=field)
 
+    @property
+    def sees_all(self) -> bool:
+        """Everyone's jobs and artifacts (read:all, admin, or the open stack's anonymous caller)."""
+        return self.key_id is None or self.has(Scope.read_all)
+
     def sees(self, owner: str | None) -> bool:
         """Whether a job (or artifact) owned by `owner` exists for this caller: other callers get a
         404 for it, so ids don't leak."""
-        if self.key_id is None or self.has(Scope.read_all):
-            return True
-        return owner is not None and owner == self.key_id
+        return self.sees_all or (owner is not None and owner == self.key_id)
 
     def may_cancel(self, owner: str | None) -> bool:
         """A visible job: its owner with `cancel`, or an admin."""

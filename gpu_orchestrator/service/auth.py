@@ -8,7 +8,7 @@ import asyncio
 import logging
 from typing import Protocol
 
-from gpu_orchestrator.core.keys import OPEN, ApiKey, AuthError, Caller, Scope, secret_matches, split_token
+from gpu_orchestrator.core.keys import OPEN, ApiKey, AuthError, Caller, secret_matches, split_token
 
 log = logging.getLogger("gpu_orchestrator.auth")
 
@@ -55,7 +55,7 @@ class Auth:
     async def may_read_artifact(self, caller: Caller, uri: str) -> bool:
         """Uploads: the key that uploaded them. Results: the owner of the job that made them.
         Callers with read:all (and the open caller) read any."""
-        if caller.key_id is None or caller.has(Scope.read_all):
+        if caller.sees_all:
             return True
         if self.keys is None:
             return False

@@ -164,6 +164,9 @@ class JobService:
     async def get(self, job_id: uuid.UUID, caller: Caller = OPEN) -> Job:
         """The job, if the caller may see it: another key's job is JobNotFound (a 404: ids don't leak)."""
         caller.require(Scope.read)
+        return await self._visible(job_id, caller)
+
+    async def _visible(self, job_id: uuid.UUID, caller: Caller) -> Job:
         job = await asyncio.to_thread(self.store.get, job_id)
         if not caller.sees(job.owner):
             raise JobNotFound(job_id)
@@ -176,7 +179,7 @@ class JobService:
             if value is not None and (why := text_problem(value)):
                 raise InvalidRequest(field, why)
         # Without read:all, a key lists its own jobs only.
-        owner = None if caller.sees(None) else caller.key_id
+        owner = None if caller.sees_all else caller.key_id
         try:
             return await asyncio.to_thread(self.store.list, app_id=app_id, status=status, limit=limit, cursor=cursor,
                                            owner=owner)
@@ -188,9 +191,7 @@ class JobService:
     async def cancel(self, job_id: uuid.UUID, caller: Caller = OPEN) -> Job:
         if caller is not OPEN:
             caller.require(Scope.cancel)
-            seen = await asyncio.to_thread(self.store.get, job_id)
-            if not caller.sees(seen.owner):  # another key's job: 404, as for a read
-                raise JobNotFound(job_id)
+            seen = await self._visible(job_id, caller)  # another key's job: 404, as for a read
             if not caller.may_cancel(seen.owner):
                 raise Forbidden(f"this key ({caller.name}) may cancel its own jobs only")
         job, prev = await asyncio.to_thread(self.store.cancel, job_id)
