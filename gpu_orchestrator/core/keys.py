@@ -212,3 +212,18 @@ def auth_required(mode: str, http_host: str | None) -> bool:
 def rate_retry_after(oldest_in_window_age_s: float, window_s: float = 60.0) -> int:
     """Seconds until the oldest job in the window leaves it (at least 1)."""
     return max(1, int(window_s - oldest_in_window_age_s + 0.999))
+
+
+QUEUED_RETRY_AFTER_S = 5  # a queued-jobs quota frees up as jobs end: no time can be told
+
+
+def check_quota(quota: Quota, *, recent: int, oldest_recent_age_s: float | None, active: int) -> None:
+    """QuotaExceeded when a new job would break the key's quota, given its jobs submitted in the last
+    60 s (and how old the oldest of them is) and its jobs queued or running now. Both stores count;
+    this decides and words the 429."""
+    if quota.jobs_per_min is not None and recent >= quota.jobs_per_min:
+        raise QuotaExceeded(f"rate limit: this key may submit {quota.jobs_per_min} jobs per minute",
+                            rate_retry_after(oldest_recent_age_s or 0.0))
+    if quota.max_queued is not None and active >= quota.max_queued:
+        raise QuotaExceeded(f"quota: this key may have {quota.max_queued} jobs queued or running at once "
+                            f"({active} now)", QUEUED_RETRY_AFTER_S)

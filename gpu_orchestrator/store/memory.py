@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator
 
 from gpu_orchestrator.core.apps import check_text
-from gpu_orchestrator.core.keys import Quota, QuotaExceeded, rate_retry_after
+from gpu_orchestrator.core.keys import Quota, check_quota
 from gpu_orchestrator.core.jobs import (IdempotencyConflict, Job, JobNotFound, JobStatus, QueueFull, RetryPolicy,
                                         TransitionError, request_fingerprint)
 from gpu_orchestrator.store.base import (ANY_ROUTE, LEASE_EXPIRED, MAX_ERRORS, MSG_GIVE_UP, RELEASED, AppQueueStats, Cost, CostRow, LeaseEnd,
@@ -138,16 +138,9 @@ class MemoryJobStore:
 
     def _check_quota(self, now: dt.datetime, owner: str, quota: Quota) -> None:
         mine = [j for j in self._jobs.values() if j.owner == owner]
-        if quota.jobs_per_min is not None:
-            recent = [j.created_at for j in mine if j.created_at > now - _secs(60)]
-            if len(recent) >= quota.jobs_per_min:
-                raise QuotaExceeded(f"rate limit: this key may submit {quota.jobs_per_min} jobs per minute",
-                                    rate_retry_after((now - min(recent)).total_seconds()))
-        if quota.max_queued is not None:
-            active = sum(1 for j in mine if j.status in (Q, R))
-            if active >= quota.max_queued:
-                raise QuotaExceeded(f"quota: this key may have {quota.max_queued} jobs queued or running at once "
-                                    f"({active} now)", 5)
+        recent = [j.created_at for j in mine if j.created_at > now - _secs(60)]
+        check_quota(quota, recent=len(recent), oldest_recent_age_s=(now - min(recent)).total_seconds() if recent else None,
+                    active=sum(1 for j in mine if j.status in (Q, R)))
 
     def _by_key(self, app_id: str, key: str) -> Job | None:
         return next((j for j in self._jobs.values() if j.app_id == app_id and j.idempotency_key == key), None)

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from gpu_orchestrator.core.artifact_refs import artifact_uris
-from gpu_orchestrator.core.keys import Quota, QuotaExceeded, rate_retry_after
+from gpu_orchestrator.core.keys import Quota, check_quota
 from gpu_orchestrator.core.jobs import (IdempotencyConflict, Job, JobNotFound, JobStatus, QueueFull, RetryPolicy,
                                         TransitionError, request_fingerprint)
 from gpu_orchestrator.store.base import (ANY_ROUTE, LEASE_EXPIRED, MAX_ERRORS, MSG_GIVE_UP, RELEASED, AppQueueStats, Cost,
@@ -281,19 +281,15 @@ class PostgresJobStore:
     @staticmethod
     def _check_quota(conn: Connection, owner: str, quota: Quota) -> None:
         conn.execute(_lock_key(f"owner:{owner}"))
-        if quota.jobs_per_min is not None:
+        recent, oldest_age, active = 0, None, 0
+        if quota.jobs_per_min is not None:  # each count only when its limit is set: two index scans
             recent, oldest_age = conn.execute(sa.text(
                 "SELECT count(*), extract(epoch FROM now() - min(created_at)) FROM jobs "
                 "WHERE owner = :o AND created_at > now() - interval '60 seconds'"), {"o": owner}).one()
-            if recent >= quota.jobs_per_min:
-                raise QuotaExceeded(f"rate limit: this key may submit {quota.jobs_per_min} jobs per minute",
-                                    rate_retry_after(float(oldest_age or 0)))
         if quota.max_queued is not None:
             active = conn.execute(sa.text(
                 "SELECT count(*) FROM jobs WHERE owner = :o AND status IN ('queued', 'running')"), {"o": owner}).scalar_one()
-            if active >= quota.max_queued:
-                raise QuotaExceeded(f"quota: this key may have {quota.max_queued} jobs queued or running at once "
-                                    f"({active} now)", 5)
+        check_quota(quota, recent=recent, oldest_recent_age_s=float(oldest_age or 0), active=active)
 
     def _by_key(self, conn: Connection, app_id: str, key: str, fingerprint: str) -> Job | None:
         row = conn.execute(

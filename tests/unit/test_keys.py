@@ -78,3 +78,30 @@ def test_auth_is_on_unless_the_proxy_listens_on_loopback_only():
 def test_rate_limit_retry_after_is_when_the_oldest_job_leaves_the_window():
     assert rate_retry_after(0.0) == 60 and rate_retry_after(59.5) == 1 and rate_retry_after(75) == 1
     assert rate_retry_after(30.2) == 30
+
+
+def test_check_quota_refuses_past_either_limit_with_when_to_retry():
+    from gpu_orchestrator.core.keys import QuotaExceeded, check_quota
+
+    check_quota(Quota(), recent=10**6, oldest_recent_age_s=0.0, active=10**6)  # no limits
+    check_quota(Quota(jobs_per_min=3, max_queued=2), recent=2, oldest_recent_age_s=10.0, active=1)
+    with pytest.raises(QuotaExceeded) as e:
+        check_quota(Quota(jobs_per_min=3), recent=3, oldest_recent_age_s=45.5, active=0)
+    assert e.value.retry_after_s == 15 and "3 jobs per minute" in e.value.message
+    with pytest.raises(QuotaExceeded) as e:
+        check_quota(Quota(max_queued=2), recent=0, oldest_recent_age_s=None, active=2)
+    assert e.value.retry_after_s == 5 and "2 jobs queued or running at once (2 now)" in e.value.message
+
+
+def test_the_memory_store_counts_a_keys_quota_as_postgres_does():
+    from gpu_orchestrator.core.keys import QuotaExceeded
+    from gpu_orchestrator.store.memory import MemoryJobStore
+
+    store = MemoryJobStore()
+    for _ in range(2):
+        store.submit(app_id="echo", params={}, owner="k1", quota=Quota(jobs_per_min=2))
+    with pytest.raises(QuotaExceeded):
+        store.submit(app_id="echo", params={}, owner="k1", quota=Quota(jobs_per_min=2))
+    store.submit(app_id="echo", params={}, owner="k2", quota=Quota(jobs_per_min=2))  # per key
+    with pytest.raises(QuotaExceeded):
+        store.submit(app_id="echo", params={}, owner="k2", quota=Quota(max_queued=1))
