@@ -96,9 +96,6 @@ class ServeMetrics:
             self.gpu_seconds.inc(gpu_seconds, tags=tags)
 
     # The router's gauges (serve/router.py _gauge_loop)
-    def set_queue_depth(self, app_id: str, queued: int) -> None:
-        self.queue_depth.set(queued, tags={"app_id": app_id})
-
     def set_queues(self, apps: Iterable[str], stats: Mapping[str, Any]) -> None:
         """Every app's queue depth and oldest wait, from the dispatcher's latest queue stats."""
         for app_id, (queued, oldest_s) in gauges.queue_readings(apps, stats).items():
