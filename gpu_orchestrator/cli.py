@@ -26,7 +26,7 @@ import click
 import httpx
 import yaml
 
-from .client import DEFAULT_URL, TERMINAL, ApiError, Client
+from .client import DEFAULT_URL, TERMINAL, ApiError, Client, auth_headers
 from .settings import Settings
 
 APP_NAME = "orchestrator"
@@ -270,8 +270,7 @@ def _auth_lines(auth_on: bool, host: str, admin_token: str | None, key_file: Pat
 def _cloud_lines(base: str, api_key: str | None = None) -> str:
     """The cloud backends the config names, and whether each can be used (a missing token said at start)."""
     try:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        cloud = httpx.get(f"{base}/v1/workers", timeout=10, headers=headers).json().get("cloud") or []
+        cloud = httpx.get(f"{base}/v1/workers", timeout=10, headers=auth_headers(api_key or "")).json().get("cloud") or []
     except Exception:  # the stack is up; this is a courtesy
         return ""
     return "".join(f"  Cloud:          {c['backend']} " + ("ready\n" if c["available"] else f"UNAVAILABLE: {c['reason']}\n")

@@ -63,10 +63,13 @@ def bootstrap_admin(url: str, home: Path) -> str | None:
 
     from . import stack
 
+    from gpu_orchestrator.store.access import PostgresAccess
+    from gpu_orchestrator.store.postgres import create_engine
+
     path = home / ADMIN_KEY_FILE
     if path.exists():
         return None
-    store = access(url)
+    store = PostgresAccess(create_engine(url))  # `up` has just migrated the store
     name = "admin"
     for attempt in range(5):
         try:

@@ -17,7 +17,7 @@ import gradio as gr  # noqa: E402
 
 import httpx  # noqa: E402
 
-from gpu_orchestrator.client import DEFAULT_URL, ApiError, AsyncClient  # noqa: E402
+from gpu_orchestrator.client import DEFAULT_URL, ApiError, AsyncClient, auth_headers  # noqa: E402
 
 # System fonts: Gradio's default theme loads Google Fonts, and the UIs must work with no internet.
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
@@ -63,7 +63,7 @@ class KeyLogin:
 
     def __call__(self, username: str, password: str) -> bool:
         try:
-            r = httpx.get(f"{self.url}/v1/keys/me", headers={"Authorization": f"Bearer {password.strip()}"}, timeout=10)
+            r = httpx.get(f"{self.url}/v1/keys/me", headers=auth_headers(password.strip()), timeout=10)
         except httpx.HTTPError:
             return False
         if r.status_code != 200 or r.json().get("name") != username.strip():
@@ -88,7 +88,7 @@ def client(url: str, request: gr.Request | None = None) -> AsyncClient:
     ($GPU_ORCH_API_KEY, else none) when the stack runs open."""
     login = _LOGINS.get(url)
     key = login.key(request) if login is not None else None
-    return AsyncClient(url, api_key=key) if key else AsyncClient(url)
+    return AsyncClient(url, api_key=key or None)
 
 
 def api_url(explicit: str | None = None) -> str:
