@@ -4,7 +4,6 @@ chat UI as Serve builds it, a real browser)."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -16,12 +15,7 @@ from gpu_orchestrator.store.access import PostgresAccess
 from gpu_orchestrator.store.postgres import create_engine
 from gradio_uis.serve import asgi_builder
 from tests.integration.router_harness import config, db_url, running_router  # noqa: F401 (fixture)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.ray_session import free_port
 
 
 @pytest.fixture
@@ -33,7 +27,7 @@ def secured_chat_ui(db_url, serve_backend, tmp_path, monkeypatch):
         engine = create_engine(db_url)
         key, token = PostgresAccess(engine).create_key(name="alice", scopes=[Scope.submit, Scope.read, Scope.cancel],
                                                        apps=["chat"])
-        port = _free_port()
+        port = free_port()
         server = uvicorn.Server(uvicorn.Config(asgi_builder("chat", r.base, auth=True)(), host="127.0.0.1", port=port,
                                                log_level="warning"))
         t = threading.Thread(target=server.run, daemon=True)
