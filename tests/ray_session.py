@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import copy
 import os
-import socket
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
+
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 APP_NAME = "orchestrator"
@@ -31,10 +32,6 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(pytest.mark.timeout(timeout or config.getini("timeout"), func_only=True), append=False)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 ECHO_CLOUD = {"backend": "replicate", "model": "test/echo", "poll_interval_s": 0.1, "call_timeout_s": 5}
@@ -80,9 +77,10 @@ def test_args(database_url: str, redis_url: str, replicate: dict | None = None) 
         dict(copy.deepcopy(echo), id="echo-once", max_attempts=1),
         dict(copy.deepcopy(echo), id="echo-tiny", max_queued=2, max_in_flight=1),
         dict(copy.deepcopy(echo), id="echo-timeout", timeout_s=1, max_attempts=1),
-        # Cloud routing: busy -> the fallback (Replicate's fake) for new jobs; a cloud-only app.
+        # Cloud routing: busy -> the fallback (Replicate's fake) for new jobs (4 s a job until one
+        # succeeds here: one job ahead stays local, two go to the cloud); a cloud-only app.
         dict(copy.deepcopy(echo), id="echo-busy", max_in_flight=1, fallback={
-            **ECHO_CLOUD, "when": "busy", "max_local_wait_s": 1, "service_s": 5}),
+            **ECHO_CLOUD, "when": "busy", "max_local_wait_s": 6, "service_s": 4}),
         dict(copy.deepcopy(echo), id="echo-cloud", kind="replicate", deployment="", cloud=ECHO_CLOUD),
     ]
     args.update(cloud_args(replicate))
@@ -261,12 +259,3 @@ def http(orchestrator):
         yield c
 
 
-def wait_status(http: httpx.Client, job_id: str, statuses: set[str], timeout_s: float = 60) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        r = http.get(f"/v1/jobs/{job_id}")
-        if r.status_code == 200 and r.json()["status"] in statuses:
-            return r.json()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"job {job_id} not in {statuses} after {timeout_s}s: {r.status_code} {r.text}")
-        time.sleep(0.1)

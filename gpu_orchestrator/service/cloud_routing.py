@@ -55,6 +55,22 @@ class CloudRouting:
     def stats(self, value: dict[str, AppQueueStats]) -> None:  # a fresh read counts what was queued before it
         self._stats, self._since = value, {}
 
+    def needs_fresh_stats(self, app: AppSpec) -> bool:
+        """Whether a new job of `app` is routed on its queue's estimated wait (when: busy). Such a
+        submit reads the app's queue first (`refresh`): the periodic read is up to a second old and
+        blind to what other router replicas queued since, and the estimate decides where money goes."""
+        fb = app.fallback
+        return app.kind == AppKind.local and fb is not None and fb.when == "busy" and self.why_unavailable(fb.backend) is None
+
+    def refresh(self, app_id: str, stats: Mapping[str, AppQueueStats]) -> None:
+        """One app's queue as just read (counts everything queued before it)."""
+        fresh = stats.get(app_id)
+        if fresh is None:
+            self._stats.pop(app_id, None)
+        else:
+            self._stats = {**self._stats, app_id: fresh}
+        self._since.pop(app_id, None)
+
     def queued_locally(self, app_id: str) -> None:
         self._since[app_id] = self._since.get(app_id, 0) + 1
 

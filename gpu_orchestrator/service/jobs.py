@@ -117,6 +117,8 @@ class JobService:
         if isinstance(priority, bool) or not isinstance(priority, int) or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
             raise InvalidRequest("priority", f"must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}")
         clean = validate_params(spec, params)
+        if self.routing.needs_fresh_stats(spec):
+            self.routing.refresh(spec.id, await asyncio.to_thread(self.store.queue_stats, app_id=spec.id))
         route = self.routing.route(spec, clean)  # ParamsInvalid: a param the cloud-only app's provider does not take
         if spec.has_files:  # the artifact store is files or S3: off the event loop
             await asyncio.to_thread(self._check_artifacts, spec, clean)

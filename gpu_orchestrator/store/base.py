@@ -149,7 +149,8 @@ class JobStore(Protocol):
 
     # the dispatcher's
     def apps_with_queued(self) -> dict[str, set[str | None]]: ...  # app -> the routes its queued jobs wait on
-    def queue_stats(self, *, cloud: bool = False) -> dict[str, AppQueueStats]: ...  # local jobs, or cloud-routed ones
+    # local jobs, or cloud-routed ones; of one app only where app_id is given
+    def queue_stats(self, *, cloud: bool = False, app_id: str | None = None) -> dict[str, AppQueueStats]: ...
     def jobs_per_minute(self, *, minutes: int) -> list[MinuteCount]: ...  # jobs submitted in the last `minutes`
     def service_times(self, *, window_s: float = 3600.0) -> dict[str, float]: ...
     # route None: the app's local jobs; a backend name: the jobs sent to that cloud backend.

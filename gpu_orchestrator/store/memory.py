@@ -188,10 +188,11 @@ class MemoryJobStore:
                 and (frm == ANY_ROUTE or j.route == frm) and (keep is None or j.id in keep)
                 and (older_than_s is None or j.created_at < now - _secs(older_than_s))]
 
-    def queue_stats(self, *, cloud: bool = False) -> dict[str, AppQueueStats]:
+    def queue_stats(self, *, cloud: bool = False, app_id: str | None = None) -> dict[str, AppQueueStats]:
         with self._tx() as now:
             out = {}
-            local = [j for j in self._jobs.values() if j.status in (Q, R) and (j.route is not None) == cloud]
+            local = [j for j in self._jobs.values() if j.status in (Q, R) and (j.route is not None) == cloud
+                     and (app_id is None or j.app_id == app_id)]
             for app in {j.app_id for j in local}:
                 queued = [j for j in local if j.app_id == app and j.status == Q]
                 running = sum(1 for j in local if j.app_id == app and j.status == R)

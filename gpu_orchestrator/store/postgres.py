@@ -409,19 +409,20 @@ class PostgresJobStore:
             return [CostRow(r.k, r.n, r.cloud, float(r.gs), float(r.usd)) for r in rows]
 
     @_fresh_on_stale
-    def queue_stats(self, *, cloud: bool = False) -> dict[str, AppQueueStats]:
+    def queue_stats(self, *, cloud: bool = False, app_id: str | None = None) -> dict[str, AppQueueStats]:
         # Local demand by default (the arbiter's): jobs sent to a cloud backend ask nothing of our GPUs.
         sql = sa.text(
             "SELECT app_id, count(*) FILTER (WHERE status = 'queued') AS queued, "
             "count(*) FILTER (WHERE status = 'running') AS running, "
             "extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'queued')) AS oldest, "
             "max(priority) FILTER (WHERE status = 'queued') AS maxprio "
-            f"FROM jobs WHERE status IN ('queued', 'running') AND route IS {'NOT ' if cloud else ''}NULL GROUP BY app_id"
+            f"FROM jobs WHERE status IN ('queued', 'running') AND route IS {'NOT ' if cloud else ''}NULL "
+            f"{'AND app_id = :app ' if app_id is not None else ''}GROUP BY app_id"
         )
         with self.engine.connect() as conn:
             return {
                 r.app_id: AppQueueStats(r.app_id, r.queued, r.running, float(r.oldest) if r.oldest is not None else None, r.maxprio)
-                for r in conn.execute(sql)
+                for r in conn.execute(sql, {"app": app_id})
             }
 
     @_fresh_on_stale

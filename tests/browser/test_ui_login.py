@@ -15,7 +15,7 @@ from gpu_orchestrator.store.access import PostgresAccess
 from gpu_orchestrator.store.postgres import create_engine
 from gradio_uis.serve import asgi_builder
 from tests.integration.router_harness import config, db_url, running_router  # noqa: F401 (fixture)
-from tests.ray_session import free_port
+from tests.helpers import free_port
 
 
 @pytest.fixture

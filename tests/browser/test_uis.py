@@ -11,8 +11,9 @@ import time
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
-from tests.ray_session import wait_status
+from tests.helpers import wait_for, wait_status
 from tests.serve.test_whisper import tone_wav
 
 pytestmark = [pytest.mark.serve, pytest.mark.timeout(600)]
@@ -34,23 +35,28 @@ WATCH_CHAT_JS = """() => { window.__lengths = []; const el = document.querySelec
     .observe(el, {subtree: true, childList: true, characterData: true}); }"""
 
 
-def wait_for(fn, what: str, timeout_s: float = 120, every_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not seen within {timeout_s:g} s: {what}")
-        time.sleep(every_s)
-
 
 def type_number(page, elem: str, value: str) -> None:
     """Type into a Number input and leave it, as a user does (Gradio may apply the value on blur)."""
     box = page.locator(f"{elem} input")
     box.fill(value)
     box.press("Tab")
-    assert box.input_value() == value
+    expect(box).to_have_value(value)
+
+
+# Two animation frames: the second starts after every callback the first ran (and their promises).
+NEXT_FRAMES_JS = "() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))"
+
+
+def open_accordion(page, label: str, inside: str) -> None:
+    """Open a closed gr.Accordion as a user does: click it, then wait until what it holds is shown
+    and settled. Gradio 6 renders a closed accordion's children when it first opens and applies
+    their initial values one animation frame after they appear (render_previously_invisible_children
+    in its core.js): a value typed into one within that frame is reset. On a loaded machine that
+    frame can come late, which made typing right after the click fail now and then."""
+    page.get_by_text(label).click()
+    page.locator(inside).wait_for(state="visible")
+    page.evaluate(NEXT_FRAMES_JS)
 
 
 # The first gallery image's decoded size, or null while it is still loading (the <img> appears
@@ -155,7 +161,7 @@ def test_chat_streams_text_that_grows_then_stops_and_stop_cancels(tab, http):
     page.locator("#system textarea").fill("You are terse.")
     type_number(page, "#max-tokens", "800")
     page.locator("#chatbot").scroll_into_view_if_needed()
-    page.get_by_text("More").click()
+    open_accordion(page, "More", "#min-tokens input")
     type_number(page, "#min-tokens", "800")  # the untrained model would often end at once
     page.locator("#message textarea").fill("hello there")
     page.locator("#chatbot").wait_for()

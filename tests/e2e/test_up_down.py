@@ -17,7 +17,9 @@ import yaml
 from gpu_orchestrator import Client
 from gpu_orchestrator.client import ApiError
 
-from .conftest import GPU_ORCH, ROOT, free_port, processes_mentioning
+from tests.helpers import free_port
+
+from .conftest import GPU_ORCH, ROOT, processes_mentioning
 
 
 @pytest.mark.serve

@@ -10,7 +10,9 @@ import yaml
 
 from gpu_orchestrator import embedded
 
-from .conftest import ROOT, free_port, processes_mentioning
+from tests.helpers import free_port
+
+from .conftest import ROOT, processes_mentioning
 
 
 def test_ray_cannot_start(user):

@@ -18,6 +18,7 @@ import httpx
 from sqlalchemy.engine import make_url
 
 from gpu_orchestrator.bus.events import AsyncEventBus
+from tests.helpers import TERMINAL, wait_status
 
 ECHO_APP = {"id": "echo", "deployment": "echo", "timeout_s": 60, "max_attempts": 2, "parameters": [
     {"name": "message", "type": "string", "default": "hello"},
@@ -238,13 +239,8 @@ class RunningRouter:
 
 
 def wait_terminal(http: httpx.Client, job_id: str, timeout: float = 30) -> dict:
-    """The job once terminal (or as it is after `timeout`)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        job = http.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
-            return job
-        time.sleep(0.05)
+    """The job once terminal (AssertionError after `timeout`)."""
+    return wait_status(http, job_id, TERMINAL, timeout)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import time
 
 import httpx
 import pytest
@@ -17,6 +16,7 @@ import sqlalchemy as sa
 from PIL import Image
 
 from gpu_orchestrator.store.postgres import create_engine
+from tests.helpers import wait_for
 from tests.fakes.cloud import Behaviour, FakeReplicate, png_of_size
 from tests.integration.router_harness import config, db_url, running_router, wait_terminal  # noqa: F401 (fixture)
 
@@ -73,14 +73,6 @@ def images_of_the_requested_size(inp: dict, fake: FakeReplicate) -> list[str]:
             for i in range(inp.get("num_outputs", 1))]
 
 
-
-def wait_for(fn, what: str, timeout: float = 15):
-    deadline = time.monotonic() + timeout
-    while not (value := fn()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not seen within {timeout} s: {what}")
-        time.sleep(0.05)
-    return value
 
 
 def test_success_lands_the_output_file_in_our_artifact_store_with_its_cost(rr, fake):

@@ -7,6 +7,7 @@ process and returns an awaitable with `.cancel()`, as serve.backend.ServeBackend
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import time
 import uuid
@@ -23,6 +24,7 @@ from gpu_orchestrator.models.echo import Echo
 from gpu_orchestrator.core.config import parse_config
 from gpu_orchestrator.bus.events import AsyncEventBus, EventBus
 from gpu_orchestrator.core.jobs import JobStatus, RetryPolicy
+from tests.helpers import until
 
 DEAD_REDIS = "redis://127.0.0.1:1"
 
@@ -106,16 +108,6 @@ def submit(store, app="a", max_attempts=2, **params) -> uuid.UUID:
     return job.id
 
 
-async def until(pred, timeout_s: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        got = await pred() if asyncio.iscoroutinefunction(pred) else pred()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
 
 async def status_in(store, job_id, *statuses: JobStatus, timeout_s: float = 15.0):
     async def check():
@@ -135,6 +127,17 @@ async def shutdown(*ds: Dispatcher):
             if f.task:
                 f.task.cancel()
     await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def started(*ds: Dispatcher):
+    """The dispatchers running for the block, shut down after it however the block ends."""
+    for d in ds:
+        d.start()
+    try:
+        yield
+    finally:
+        await shutdown(*ds)
 
 
 def statuses_published(redis_url, job_id) -> list[str]:
@@ -167,11 +170,8 @@ def test_db_error_while_recording_success_keeps_the_result(store, redis_url):
         flaky = FlakyComplete(store, failures=4)  # retries span ~3 s, three leases
         d = make_dispatcher(flaky, AsyncEventBus(redis_url), model)
         job_id = submit(store, message="hi")
-        d.start()
-        try:
+        async with started(d):
             job = await status_in(store, job_id, JobStatus.succeeded, JobStatus.failed, timeout_s=30)
-        finally:
-            await shutdown(d)
         return job, flaky.calls, len(d.backends["m"].runs)
 
     job, complete_calls, runs = run(go())
@@ -187,8 +187,7 @@ def test_two_attempts_of_one_job_on_one_router_never_both_record(store, redis_ur
         other.started, other.open = model.started, model.open
         d = make_dispatcher(store, AsyncEventBus(redis_url), [model, other])
         job_id = submit(store)
-        d.start()
-        try:
+        async with started(d):
             await until(lambda: model.started == [1], what="attempt 1 to start")
             # Postgres was away longer than the lease: another router's rescue re-queued the job.
             for _ in range(50):
@@ -208,8 +207,6 @@ def test_two_attempts_of_one_job_on_one_router_never_both_record(store, redis_ur
             assert (await asyncio.to_thread(store.get, job_id)).status == JobStatus.running
             model.open.setdefault(2, asyncio.Event()).set()
             return await status_in(store, job_id, JobStatus.succeeded, JobStatus.failed)
-        finally:
-            await shutdown(d)
 
     job = run(go())
     assert job.status == JobStatus.succeeded and job.result == {"attempt": 2}
@@ -227,13 +224,10 @@ def test_a_rescued_job_sent_to_the_replica_still_running_it_does_not_run_twice(s
         dead._task.cancel()  # the router dies: no heartbeats, no result recorded; its model call goes on
         dead.inflight.clear()
         d = make_dispatcher(store, AsyncEventBus(redis_url), model, owner="router-2")
-        d.start()
-        try:
+        async with started(d):
             await until(lambda: (job_id, 2) in d.inflight, what="the rescued job to be claimed again")
             model.open.setdefault(1, asyncio.Event()).set()
             return await status_in(store, job_id, JobStatus.succeeded, JobStatus.failed)
-        finally:
-            await shutdown(d)
 
     job = run(go())
     assert job.status == JobStatus.succeeded and job.result == {"attempt": 1}
@@ -245,11 +239,8 @@ def test_a_claim_never_dispatched_goes_back_without_using_an_attempt(store, redi
         job_id = submit(store, max_attempts=1)
         (claimed,) = store.claim(app_id="a", owner="router-that-died", limit=1, lease_s=0.3, max_in_flight=4)
         d = make_dispatcher(store, AsyncEventBus(redis_url), Echo())
-        d.start()
-        try:
+        async with started(d):
             return await status_in(store, job_id, JobStatus.succeeded, JobStatus.failed)
-        finally:
-            await shutdown(d)
 
     job = run(go())
     # max_attempts 1: before, the rescue used up the only attempt and the job failed unrun.
@@ -312,11 +303,8 @@ def test_a_failed_attempt_is_retried_after_a_backoff_and_its_error_kept(store, r
         model = FailFirst()
         d = make_dispatcher(store, AsyncEventBus(redis_url), model, retry_backoff_s=1.0)
         job_id = submit(store)
-        d.start()
-        try:
+        async with started(d):
             return await status_in(store, job_id, JobStatus.succeeded, JobStatus.failed), model.started_at
-        finally:
-            await shutdown(d)
 
     job, started_at = run(go())
     assert job.status == JobStatus.succeeded and job.result == {"attempt": 2} and job.error is None
@@ -330,13 +318,10 @@ def test_queued_jobs_of_a_removed_app_fail_after_the_grace(store, redis_url):
     async def go():
         gone = submit(store, app="gone")
         d = make_dispatcher(store, AsyncEventBus(redis_url), Echo(), unconfigured_app_grace_s=1.0)
-        d.start()
-        try:
+        async with started(d):
             await asyncio.sleep(0.5)
             early = (await asyncio.to_thread(store.get, gone)).status
             return early, await status_in(store, gone, JobStatus.failed, timeout_s=10)
-        finally:
-            await shutdown(d)
 
     early, job = run(go())
     assert early == JobStatus.queued  # not before the grace
@@ -350,11 +335,8 @@ def test_one_at_a_time_model_jobs_time_their_work_not_their_wait(store, redis_ur
         # Each job needs 0.4 s of a 1 s timeout; the 4th waits 1.2 s for the replica's one slot.
         d = make_dispatcher(store, AsyncEventBus(redis_url), model, app={"timeout_s": 1.0})
         ids = [store.submit(app_id="a", params={"s": 0.4}, max_attempts=1, timeout_s=1.0)[0].id for _ in range(4)]
-        d.start()
-        try:
+        async with started(d):
             return [await status_in(store, i, JobStatus.succeeded, JobStatus.failed) for i in ids]
-        finally:
-            await shutdown(d)
 
     jobs = run(go())
     assert [j.status for j in jobs] == [JobStatus.succeeded] * 4, [j.error for j in jobs]
@@ -387,11 +369,8 @@ def test_redis_down_never_fails_a_job(store, redis_url):
         model = Echo(redis_url=DEAD_REDIS)  # progress and cancel checks hit a dead Redis
         d = make_dispatcher(store, AsyncEventBus(DEAD_REDIS), model)  # and so do status events
         job_id = submit(store, steps=4, delay_s=0.2)
-        d.start()
-        try:
+        async with started(d):
             return await status_in(store, job_id, JobStatus.succeeded, JobStatus.failed)
-        finally:
-            await shutdown(d)
 
     job = run(go())
     assert job.status == JobStatus.succeeded and job.attempts == 1 and job.errors == ()
@@ -403,15 +382,12 @@ def test_a_cancel_reaches_the_model_with_redis_down(store, redis_url):
         model = Echo(redis_url=DEAD_REDIS)  # the model cannot see the cancel flag
         d = make_dispatcher(store, AsyncEventBus(redis_url), model)
         job_id = submit(store, steps=100, delay_s=20)
-        d.start()
-        try:
+        async with started(d):
             await until(lambda: model.busy == 1, what="the job to start")
             await asyncio.to_thread(store.cancel, job_id)  # what DELETE /v1/jobs/{id} does
             # The lost lease tells the router, which cancels the model's request.
             await until(lambda: model.busy == 0, timeout_s=5, what="the model to stop")
             return d.backends["m"].runs[0].cancelled, await asyncio.to_thread(store.get, job_id)
-        finally:
-            await shutdown(d)
 
     cancelled, job = run(go())
     assert cancelled and job.status == JobStatus.cancelled
@@ -428,11 +404,8 @@ def test_a_result_postgres_cannot_store_fails_the_job_once(store, redis_url):
     async def go():
         d = make_dispatcher(store, AsyncEventBus(redis_url), Unstorable())
         job_id = submit(store, max_attempts=3)
-        d.start()
-        try:
+        async with started(d):
             return await status_in(store, job_id, JobStatus.failed, JobStatus.succeeded)
-        finally:
-            await shutdown(d)
 
     job = run(go())
     assert job.status == JobStatus.failed and job.attempts == 1  # a re-run would fail the same way
@@ -450,11 +423,8 @@ def test_an_error_message_postgres_cannot_store_is_still_recorded(store, redis_u
     async def go():
         d = make_dispatcher(store, AsyncEventBus(redis_url), UnstorableError())
         job_id = submit(store, max_attempts=1)
-        d.start()
-        try:
+        async with started(d):
             return await status_in(store, job_id, JobStatus.failed, JobStatus.succeeded)
-        finally:
-            await shutdown(d)
 
     job = run(go())
     assert job.status == JobStatus.failed and job.lost_attempts == 0  # recorded, not lost with its task

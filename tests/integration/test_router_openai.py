@@ -10,6 +10,8 @@ import httpx
 import openai
 import pytest
 
+from tests.helpers import wait_status
+
 from .router_harness import db_url, http, rr  # noqa: F401 (fixtures)
 
 MSGS = [{"role": "user", "content": "hello"}]
@@ -22,15 +24,6 @@ def client(rr, **kw) -> openai.OpenAI:
 def chat_jobs(http) -> list[dict]:
     return http.get("/v1/jobs", params={"app_id": "chat"}).json()["jobs"]
 
-
-def wait_status(http, job_id: str, statuses: set[str], timeout_s: float = 15) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        job = http.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in statuses:
-            return job
-        assert time.monotonic() < deadline, job
-        time.sleep(0.05)
 
 
 def test_same_idempotency_key_is_one_job(rr, http):

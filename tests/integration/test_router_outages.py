@@ -5,7 +5,6 @@ streams are bounded in number and duration."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
@@ -13,11 +12,10 @@ import httpx
 import pytest
 
 from gpu_orchestrator.client import Client
+from tests.helpers import TERMINAL, read_sse, wait_for, wait_status
 
 from .router_harness import (TcpProxy, config, db_url, pg_upstream, proxied_pg_url, redis_upstream,  # noqa: F401
                              running_router)
-
-TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 @pytest.fixture
@@ -46,35 +44,8 @@ def submit(http, **params) -> str:
     return r.json()["job_id"]
 
 
-def wait_status(http, job_id: str, statuses: set[str], timeout_s: float = 30) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        r = http.get(f"/v1/jobs/{job_id}")
-        if r.status_code == 200 and r.json()["status"] in statuses:
-            return r.json()
-        assert time.monotonic() < deadline, f"job {job_id} not in {statuses}: {r.status_code} {r.text}"
-        time.sleep(0.05)
 
 
-def read_sse(base: str, job_id: str, on_event=None, timeout_s: float = 60, headers=None) -> tuple[list[dict], list[str]]:
-    """(events, raw lines) until the server ends the stream."""
-    events, lines, cur = [], [], {}
-    with httpx.stream("GET", f"{base}/v1/jobs/{job_id}/events", timeout=timeout_s, headers=headers or {}) as r:
-        assert r.status_code == 200, r.read()
-        for line in r.iter_lines():
-            lines.append(line)
-            if line.startswith("id: "):
-                cur["id"] = line[4:]
-            elif line.startswith("event: "):
-                cur["event"] = line[7:]
-            elif line.startswith("data: "):
-                cur["data"] = json.loads(line[6:])
-            elif line == "" and cur:
-                events.append(cur)
-                cur = {}
-                if on_event:
-                    on_event(events[-1])
-    return events, lines
 
 
 def test_sse_survives_a_redis_outage_and_says_events_may_be_lost(faulty, http):
@@ -87,7 +58,7 @@ def test_sse_survives_a_redis_outage_and_says_events_may_be_lost(faulty, http):
             faulty.redis_proxy.cut()
             threading.Timer(1.5, faulty.redis_proxy.restore).start()
 
-    events, _ = read_sse(faulty.base, job_id, on_event)
+    events = read_sse(faulty.base, job_id, on_event=on_event)
     kinds = [e["event"] for e in events]
     assert "gap" in kinds, kinds
     gap = events[kinds.index("gap")]
@@ -104,7 +75,7 @@ def test_sse_ends_with_the_status_from_the_job_row_when_redis_stays_down(faulty,
         if ev["event"] == "progress":
             faulty.redis_proxy.cut()
 
-    events, _ = read_sse(faulty.base, job_id, on_event)
+    events = read_sse(faulty.base, job_id, on_event=on_event)
     assert [e["event"] for e in events[-2:]] == ["gap", "status"], events
     assert events[-1]["data"]["status"] == "succeeded" and events[-1]["data"]["source"] == "database"
     assert events[-1]["data"]["result"]["echo"]["steps"] == 10
@@ -120,11 +91,8 @@ def test_jobs_submitted_and_cancelled_while_redis_is_down(faulty, http):
     r = http.delete(f"/v1/jobs/{slow}")
     assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
     assert wait_status(http, done, TERMINAL)["status"] == "succeeded"
-    deadline = time.monotonic() + 5
-    while slow not in faulty.model.cancelled and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert slow in faulty.model.cancelled  # the model's work stopped too
-    events, _ = read_sse(faulty.base, slow)
+    wait_for(lambda: slow in faulty.model.cancelled, "the model's work stopped too", 10)
+    events = read_sse(faulty.base, slow)
     assert events[-1]["data"]["status"] == "cancelled"
     assert faulty.call(faulty.router.wait(done, 10))["status"] == "succeeded"  # the handle method too
 
@@ -139,7 +107,7 @@ def test_a_slow_redis_is_a_timeout_not_a_hang(faulty, http):
     h = http.get("/healthz")
     assert time.monotonic() - t0 < 10
     assert h.status_code == 200 and h.json()["redis"] == "down" and h.json()["reasons"]["redis"] == "timeout", h.text
-    events, _ = read_sse(faulty.base, job_id, timeout_s=30)
+    events = read_sse(faulty.base, job_id, timeout_s=30)
     assert events[-1]["data"]["status"] == "succeeded"
 
 
@@ -183,14 +151,15 @@ def test_event_streams_are_bounded_per_replica(faulty, http):
     deadline = time.monotonic() + 5
     while faulty.router.api.state.streams.open and time.monotonic() < deadline:
         time.sleep(0.05)
-    events, _ = read_sse(faulty.base, job_id)
+    events = read_sse(faulty.base, job_id)
     assert events[-1]["data"]["status"] == "succeeded"
 
 
 def test_event_streams_end_after_a_time_limit_and_clients_resume(faulty, http):
     faulty.router.api.state.limits.max_stream_s = 0.5
     job_id = submit(http, steps=25, delay_s=0.1)
-    events, lines = read_sse(faulty.base, job_id)
+    lines: list[str] = []
+    events = read_sse(faulty.base, job_id, raw=lines)
     assert any(line.startswith("retry: ") for line in lines)
     assert not any(e["event"] == "status" and e["data"].get("status") in TERMINAL for e in events)
     with Client(faulty.base) as c:

@@ -439,6 +439,8 @@ def test_queue_stats(store):
     store.submit(app_id="a", params={}, max_attempts=1, timeout_s=60, route="replicate", route_reason="busy")
     assert store.apps_with_queued() == {"a": {None, "replicate"}}
     assert store.queue_stats()["a"].queued == 2  # local demand only: the cloud's job asks nothing of our GPUs
+    # One app's (a submit's wait estimate reads just its own).
+    assert store.queue_stats(app_id="b") == {"b": stats["b"]} and store.queue_stats(app_id="c") == {}
 
 
 def test_jobs_per_minute_counts_the_last_hour_by_current_status(store):

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.ray_session import wait_status
+from tests.helpers import read_sse, wait_for, wait_status
 
 pytestmark = pytest.mark.serve
 MODELS = ("echo-a", "echo-b", "echo-c")
@@ -192,12 +192,10 @@ def test_a_model_with_a_running_job_is_not_evicted(arb):
     wait_all_cold(arb)
     wait_for_round_trip_credit(arb)  # a higher priority displaces at once only while the budget pays
     long_job = submit(arb, "a", delay_s=6, steps=6)
-    wait_status(arb, long_job, {"running"}, timeout_s=60)
-    time.sleep(1.0)
+    read_sse(arb, long_job, until=lambda e: e["event"] == "progress", timeout_s=60)  # mid-job on echo-a
     urgent = submit(arb, "b", priority=50)
-    time.sleep(2.0)
-    w = {m["deployment"]: m for m in arb.get("/v1/workers").json()["models"]}
-    assert w["echo-a"]["state"] == "draining", w["echo-a"]
+    models = lambda: {m["deployment"]: m for m in arb.get("/v1/workers").json()["models"]}  # noqa: E731
+    w = wait_for(lambda: (w := models())["echo-a"]["state"] == "draining" and w, "echo-a draining for echo-b", 30)
     assert w["echo-a"]["arbiter"]["last_decision"].startswith("drain echo-a (0 queued, 1 running) for echo-b")
     a = wait_status(arb, long_job, {"succeeded", "failed"}, timeout_s=60)
     b = wait_status(arb, urgent, {"succeeded", "failed"}, timeout_s=60)
@@ -266,9 +264,8 @@ def test_cli_workers_shows_arbiter_state(arbiter_url):
 def test_jobs_no_gpu_can_hold_fail_with_the_reason_after_max_wait(arb):
     t0 = time.monotonic()
     job = submit(arb, "huge")
-    time.sleep(2.0)
-    reasons = arb.get("/v1/workers").json()["arbiter"]["reasons"]
-    assert "cannot place echo-huge: needs 30 GB, largest allowed GPU has 24 GB" in reasons
+    why = "cannot place echo-huge: needs 30 GB, largest allowed GPU has 24 GB"
+    wait_for(lambda: why in arb.get("/v1/workers").json()["arbiter"]["reasons"], "the arbiter saying why", 30)
     done = wait_status(arb, job, {"succeeded", "failed"}, timeout_s=120)
     assert done["status"] == "failed" and done["attempts"] == 0
     assert done["error"] == "no capacity: cannot place echo-huge: needs 30 GB, largest allowed GPU has 24 GB"

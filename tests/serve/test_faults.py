@@ -11,7 +11,8 @@ import pytest
 
 from gpu_orchestrator.bus.events import EventBus
 
-from tests.ray_session import wait_healthy, wait_status
+from tests.helpers import read_sse, wait_status
+from tests.ray_session import wait_healthy
 from .test_job_path import submit
 
 pytestmark = pytest.mark.serve
@@ -96,9 +97,8 @@ def test_killing_router_replicas_loses_no_job_and_overwrites_no_result(orchestra
 def test_killing_a_model_replica_mid_job_retries_or_fails(orchestrator, http):
     retried = submit(http, delay_s=6, steps=6)
     once = submit(http, app_id="echo-once", delay_s=6, steps=6)
-    for j in (retried, once):
-        wait_status(http, j, {"running"})
-    time.sleep(1.5)  # both are mid-job on the model replicas
+    for j in (retried, once):  # both mid-job on the model replicas: each has done a step
+        read_sse(orchestrator, j, until=lambda e: e["event"] == "progress")
     assert kill_replicas("echo") == 2
     failed = wait_status(http, once, TERMINAL, timeout_s=60)
     assert failed["status"] == "failed" and failed["attempts"] == 1

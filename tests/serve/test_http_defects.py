@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.ray_session import TINY_DIR, wait_status
+from tests.helpers import wait_status
+from tests.ray_session import TINY_DIR
 
 pytestmark = pytest.mark.serve
 

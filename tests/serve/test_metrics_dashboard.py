@@ -18,7 +18,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.ray_session import wait_status
+from tests.helpers import wait_status
 from tests.serve.test_arbiter import wait_all_cold
 from tests.unit.test_grafana import dashboard_metrics
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.ray_session import wait_status
+from tests.helpers import wait_status
 from .test_whisper import tone_wav
 
 pytestmark = pytest.mark.serve

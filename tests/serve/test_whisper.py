@@ -10,8 +10,7 @@ import wave
 import numpy as np
 import pytest
 
-from tests.ray_session import wait_status
-from .test_job_path import read_sse
+from tests.helpers import read_sse, wait_status
 
 pytestmark = pytest.mark.serve
 

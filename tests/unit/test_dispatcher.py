@@ -5,6 +5,7 @@ dispatcher commits is announced exactly once: one status event and one metric.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections import Counter
@@ -20,6 +21,7 @@ from gpu_orchestrator.service.dispatcher import Dispatcher
 from gpu_orchestrator.service.transitions import CountingMetrics, Transitions
 from gpu_orchestrator.store.base import StoreUnavailable
 from gpu_orchestrator.store.memory import ManualClock, MemoryJobStore
+from tests.helpers import until
 
 Q, R, S, F = JobStatus.queued, JobStatus.running, JobStatus.succeeded, JobStatus.failed
 
@@ -104,16 +106,6 @@ class Rig:
         assert events == counted, (events, counted)
 
 
-async def until(pred, timeout_s: float = 5.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
-
 
 async def settled(rig: Rig, job_id: uuid.UUID, *statuses: JobStatus, what: str = ""):
     statuses = statuses or (S, F, JobStatus.cancelled)
@@ -133,15 +125,22 @@ async def stop(rig: Rig) -> None:
     await asyncio.sleep(0.01)
 
 
+@contextlib.asynccontextmanager
+async def started(rig: Rig):
+    """The rig's dispatcher running for the block, stopped after it however the block ends."""
+    rig.d.start()
+    try:
+        yield rig
+    finally:
+        await stop(rig)
+
+
 def run_to_end(rig: Rig, **submit: object):
     """Submit one job, run the dispatcher until the job is terminal, stop it; the job."""
     async def go():
         job_id = rig.submit(**submit)
-        rig.d.start()
-        try:
+        async with started(rig):
             return await settled(rig, job_id)
-        finally:
-            await stop(rig)
 
     return run(go())
 
@@ -150,11 +149,8 @@ def test_claim_and_success():
     async def go():
         rig = Rig(FakeBackend({"out": 1}))
         job_id = rig.submit(x=1)
-        rig.d.start()
-        try:
+        async with started(rig):
             job = await settled(rig, job_id)
-        finally:
-            await stop(rig)
         return rig, job
 
     rig, job = run(go())
@@ -213,11 +209,8 @@ def test_a_model_timeout_reads_as_its_message():
         rig = Rig(FakeBackend(SlotTimeout("waited 0.1 s for a free replica slot (1 job(s) running on it)"),
                               JobTimeout("timed out after 5 s")))
         job_id = rig.submit(max_attempts=2)
-        rig.d.start()
-        try:
+        async with started(rig):
             return await settled(rig, job_id)
-        finally:
-            await stop(rig)
 
     job = run(go())
     assert [(e["kind"], e["error"]) for e in job.errors] == [
@@ -230,11 +223,8 @@ def test_a_replica_that_never_answers_fails_the_attempt_and_its_run_is_cancelled
         rig = Rig(FakeBackend(), router={"replica_queue_timeout_s": 0.1})
         rig.d.ANSWER_MARGIN_S = 0.0
         job, _ = rig.store.submit(app_id="a", params={}, max_attempts=1, timeout_s=0.1)
-        rig.d.start()
-        try:
+        async with started(rig):
             return rig, await settled(rig, job.id)
-        finally:
-            await stop(rig)
 
     rig, job = run(go())
     assert job.status == F and job.error == "no answer from the model replica after 0.2 s"
@@ -246,8 +236,7 @@ def test_cancel_local_stops_the_run_and_no_result_is_written():
     async def go():
         rig = Rig(FakeBackend(), router={"lease_s": 30})  # no heartbeat meanwhile: cancel_local stops it
         job_id = rig.submit()
-        rig.d.start()
-        try:
+        async with started(rig):
             await until(lambda: rig.backend.runs, what="the run to start")
             await asyncio.to_thread(rig.store.cancel, job_id)  # what DELETE /v1/jobs/{id} does first
             assert rig.d.cancel_local(job_id) is True
@@ -256,8 +245,6 @@ def test_cancel_local_stops_the_run_and_no_result_is_written():
             rig.backend.runs[0].succeed({"too": "late"})
             await asyncio.sleep(0.05)
             return rig, rig.store.get(job_id)
-        finally:
-            await stop(rig)
 
     rig, job = run(go())
     assert rig.backend.runs[0].cancelled
@@ -270,15 +257,12 @@ def test_a_model_that_sees_the_cancel_flag_records_nothing():
     async def go():
         rig = Rig(FakeBackend())
         job_id = rig.submit()
-        rig.d.start()
-        try:
+        async with started(rig):
             await until(lambda: rig.backend.runs, what="the run to start")
             await asyncio.to_thread(rig.store.cancel, job_id)
             rig.backend.runs[0].fail(JobCancelled(f"job {job_id} cancelled"))
             await until(lambda: not rig.d.inflight, what="the attempt to go")
             return rig, rig.store.get(job_id)
-        finally:
-            await stop(rig)
 
     rig, job = run(go())
     assert job.status == JobStatus.cancelled and job.errors == ()
@@ -289,8 +273,7 @@ def test_a_lost_lease_aborts_the_run_and_drops_its_result():
     async def go():
         rig = Rig(FakeBackend(FakeBackend.HANG, {"attempt": 2}))
         job_id = rig.submit()
-        rig.d.start()
-        try:
+        async with started(rig):
             await until(lambda: rig.backend.runs and rig.store.get(job_id).dispatched_at, what="attempt 1 to start")
             # This router stalled past its lease; another router's rescue re-queued the job.
             for _ in range(100):
@@ -302,8 +285,6 @@ def test_a_lost_lease_aborts_the_run_and_drops_its_result():
             await until(lambda: first.cancelled, what="attempt 1's run to be cancelled")
             first.succeed({"attempt": 1})  # too late: dropped
             return rig, first, await settled(rig, job_id)
-        finally:
-            await stop(rig)
 
     rig, first, job = run(go())
     assert job.status == S and job.result == {"attempt": 2}
@@ -316,15 +297,12 @@ def test_a_result_that_arrives_after_the_lease_was_lost_is_dropped():
     async def go():
         rig = Rig(FakeBackend(FakeBackend.HANG, {"attempt": 2}), router={"lease_s": 30})  # no heartbeat meanwhile
         job_id = rig.submit()
-        rig.d.start()
-        try:
+        async with started(rig):
             await until(lambda: rig.backend.runs and rig.store.get(job_id).dispatched_at, what="attempt 1 to start")
             rig.clock.advance(31)
             assert rig.store.rescue_expired(RetryPolicy(backoff_s=0.0))  # another router's rescue
             rig.backend.runs[0].succeed({"attempt": 1})  # this attempt no longer owns the job
             return rig, await settled(rig, job_id, S)
-        finally:
-            await stop(rig)
 
     rig, job = run(go())
     assert job.status == S and job.result == {"attempt": 2} and len(rig.backend.runs) == 2
@@ -337,11 +315,8 @@ def test_the_dispatchers_own_rescue_is_announced():
         job_id = rig.submit()
         rig.store.claim(app_id="a", owner="router-that-died", limit=1, lease_s=0.3, max_in_flight=4)
         rig.clock.advance(5)
-        rig.d.start()
-        try:
+        async with started(rig):
             return rig, await settled(rig, job_id)
-        finally:
-            await stop(rig)
 
     rig, job = run(go())
     assert job.status == S and job.errors[0]["kind"] == "not_dispatched"
@@ -404,11 +379,8 @@ def test_refuse_fails_queued_jobs_with_no_capacity():
     async def go():
         rig = Rig(FakeBackend(), refuse=lambda model: f"model {model} fits on no GPU of this cluster")
         ids = [rig.submit() for _ in range(2)]
-        rig.d.start()
-        try:
+        async with started(rig):
             return rig, [await settled(rig, i) for i in ids]
-        finally:
-            await stop(rig)
 
     rig, jobs = run(go())
     assert all(j.status == F and j.error == "no capacity: model m fits on no GPU of this cluster" for j in jobs)
@@ -423,15 +395,12 @@ def test_a_closed_gate_keeps_jobs_queued():
         open_ = False
         rig = Rig(FakeBackend({"ok": 1}), gate=lambda model: open_)
         job_id = rig.submit()
-        rig.d.start()
-        try:
+        async with started(rig):
             await asyncio.sleep(0.1)
             before = rig.store.get(job_id).status
             open_ = True
             rig.d.poke()
             return before, await settled(rig, job_id)
-        finally:
-            await stop(rig)
 
     before, job = run(go())
     assert before == Q and job.status == S
@@ -441,14 +410,11 @@ def test_queued_jobs_of_an_unconfigured_app_fail_after_the_grace():
     async def go():
         rig = Rig(FakeBackend(), router={"unconfigured_app_grace_s": 0.2})
         gone = rig.submit(app="gone")
-        rig.d.start()
-        try:
+        async with started(rig):
             await asyncio.sleep(0.1)
             early = rig.store.get(gone).status
             rig.clock.advance(1)  # the job is older than the grace, by the store's clock too
             return rig, early, await settled(rig, gone, F)
-        finally:
-            await stop(rig)
 
     rig, early, job = run(go())
     assert early == Q and job.error == "app gone is no longer configured"
@@ -473,11 +439,8 @@ def test_a_store_outage_while_recording_keeps_the_result():
         rig = Rig(FakeBackend({"kept": True}))
         flaky = rig.d.store = Flaky(rig.store, failures=3)
         job_id = rig.submit()
-        rig.d.start()
-        try:
+        async with started(rig):
             return rig, flaky, await settled(rig, job_id)
-        finally:
-            await stop(rig)
 
     rig, flaky, job = run(go())
     assert job.status == S and job.result == {"kept": True} and flaky.calls == 4 and len(rig.backend.runs) == 1
@@ -489,11 +452,8 @@ def test_an_event_bus_outage_never_fails_a_job_and_metrics_still_count():
         rig = Rig(FakeBackend({"ok": 1}))
         rig.bus.down = True
         job_id = rig.submit()
-        rig.d.start()
-        try:
+        async with started(rig):
             return rig, await settled(rig, job_id)
-        finally:
-            await stop(rig)
 
     rig, job = run(go())
     assert job.status == S and rig.bus.published == []
@@ -509,11 +469,8 @@ def test_a_backend_that_lets_another_error_through_fails_the_attempt(error):
     async def go():
         rig = Rig(Broken())  # type: ignore[arg-type]
         job_id = rig.submit(max_attempts=1)
-        rig.d.start()
-        try:
+        async with started(rig):
             return await settled(rig, job_id)
-        finally:
-            await stop(rig)
 
     job = run(go())
     assert job.status == F and job.error == f"{type(error).__name__}: {error}"

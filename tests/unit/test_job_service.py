@@ -333,3 +333,34 @@ def test_health_names_what_is_down():
     with h.bus.outage():
         checks, reasons = run(h.svc.health())
     assert checks == {"database": "down", "redis": "down"} and set(reasons) == {"database", "redis"}
+
+
+def test_a_busy_fallback_routes_on_the_queue_as_it_is_not_as_a_replica_last_read_it():
+    """Two router replicas on one store, neither having read queue stats since it started: a
+    when: busy app's submit reads its queue first, so each replica counts the other's jobs and the
+    third job (two waves of 4 s ahead > 6 s) goes to the fallback, whichever replica takes it."""
+    from gpu_orchestrator.service.cloud_routing import CloudRouting
+
+    cfg = parse_config({
+        "apps": [{"id": "busy", "deployment": "echo", "max_in_flight": 1, "parameters": [],
+                  "fallback": {"backend": "replicate", "model": "test/echo", "when": "busy",
+                               "max_local_wait_s": 6, "service_s": 4}}],
+        "models": {"echo": {"impl": "deployments.echo:Echo"}},
+    })
+    store, bus = MemoryJobStore(), MemoryEventBus()
+
+    def replica() -> JobService:
+        return JobService(cfg=cfg, store=store, events=bus, transitions=Transitions(bus, CountingMetrics()),
+                          deployed={"echo"}, routing=CloudRouting(cfg, {"replicate": None}))
+
+    a, b = replica(), replica()
+
+    async def go():
+        first, _ = await a.submit("busy", {})  # nothing ahead: runs at once
+        second, _ = await b.submit("busy", {})  # one wave ahead: 4 s <= 6 s
+        third, _ = await a.submit("busy", {})  # two waves ahead: 8 s > 6 s
+        return first, second, third
+
+    first, second, third = run(go())
+    assert first.route is None and second.route is None
+    assert third.route == "replicate" and third.route_reason == "estimated local wait 8 s > max_local_wait_s 6 s"

@@ -21,7 +21,7 @@ from gpu_orchestrator.core.config import parse_config
 ROOT = Path(__file__).resolve().parents[2]
 # What a project checkout needs for new-app and for the generated tests to run as `make test` runs them.
 PROJECT_FILES = ["serve_config.yaml", "pyproject.toml", "deploy/kuberay/rayservice.yaml", "tests/__init__.py",
-                 "tests/conftest.py", "tests/ray_session.py", "tests/unit/__init__.py"]
+                 "tests/conftest.py", "tests/ray_session.py", "tests/helpers.py", "tests/unit/__init__.py"]
 # Names no project is likely to have (the test runs in copies of this one, generated apps included).
 TASKS = {"sc_pic": "image", "sc_hear": "audio", "sc_write": "text", "sc_talk": "chat"}
 

@@ -1,0 +1,123 @@
+"""What tests wait on and read, written once: a free port, a condition (sync and async), a job's
+status, a job's SSE stream (parsed by the SDK's own parser). Every wait is on a condition with a
+deadline, never a fixed sleep; the deadline only bounds a failure."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from typing import Any, Awaitable, Callable, TypeVar
+
+import httpx
+
+from gpu_orchestrator.client import parse_sse
+
+T = TypeVar("T")
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(fn: Callable[[], T], what: str, timeout_s: float = 60, every_s: float = 0.05) -> T:
+    """fn()'s first truthy value, polled every `every_s`; AssertionError naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not seen within {timeout_s:g} s: {what}")
+        time.sleep(every_s)
+
+
+async def until(pred: Callable[[], Any] | Callable[[], Awaitable[Any]], timeout_s: float = 15.0,
+                what: str = "condition", every_s: float = 0.005) -> Any:
+    """The async wait_for: pred may be sync or a coroutine function."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = pred()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not seen within {timeout_s:g} s: {what}")
+        await asyncio.sleep(every_s)
+
+
+def job(http: httpx.Client, job_id: str) -> dict:
+    r = http.get(f"/v1/jobs/{job_id}")
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def wait_status(http: httpx.Client, job_id: str, statuses: set[str] | frozenset[str] = TERMINAL,
+                timeout_s: float = 60) -> dict:
+    """The job once its status is one of `statuses` (default: terminal)."""
+    last: list[httpx.Response] = []
+
+    def check() -> dict | None:
+        r = http.get(f"/v1/jobs/{job_id}")
+        last[:] = [r]
+        return r.json() if r.status_code == 200 and r.json()["status"] in statuses else None
+
+    try:
+        return wait_for(check, f"job {job_id} in {sorted(statuses)}", timeout_s)
+    except AssertionError as e:
+        raise AssertionError(f"{e}: {last[0].status_code} {last[0].text[:2000]}") from None
+
+
+def read_sse(base_or_http: str | httpx.Client, job_id: str, *, last_event_id: str | None = None,
+             headers: dict[str, str] | None = None, on_event: Callable[[dict], None] | None = None,
+             raw: list[str] | None = None, until: Callable[[dict], bool] | None = None,
+             timeout_s: float = 60) -> list[dict]:
+    """A job's events ({"id", "event", "data"}) until the server ends the stream (it does after the
+    terminal status), or up to the first event `until` accepts. `on_event` sees each as it arrives;
+    `raw`, when given, gets every line."""
+    h = dict(headers or {})
+    if last_event_id:
+        h["Last-Event-ID"] = last_event_id
+    client = base_or_http if isinstance(base_or_http, httpx.Client) else httpx.Client(base_url=base_or_http)
+    events: list[dict] = []
+    try:
+        with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=h, timeout=timeout_s) as r:
+            assert r.status_code == 200, r.read()
+            assert r.headers["content-type"].startswith("text/event-stream")
+            lines = r.iter_lines()
+            if raw is not None:
+                lines = (raw.append(line) or line for line in lines)
+            for ev in parse_sse(lines):
+                events.append(ev)
+                if on_event:
+                    on_event(ev)
+                if until is not None and until(ev):
+                    break
+    finally:
+        if client is not base_or_http:
+            client.close()
+    return events
+
+
+
+def wait_replicas_idle(http: httpx.Client, deployment: str, since: float, timeout_s: float = 60) -> None:
+    """Until every replica of the deployment has sent a heartbeat (/v1/workers, every 2 s) written
+    after `since` (epoch seconds) saying it has nothing in flight: the work of a job that ended
+    before `since` has stopped on the replica, not just in the job's row. (A one-at-a-time model
+    counts a run as in flight until its thread has stopped.)"""
+    seen: list[list[dict]] = [[]]
+
+    def idle() -> bool:
+        models = {m["deployment"]: m for m in http.get("/v1/workers").json()["models"]}
+        replicas = seen[0] = models[deployment]["replicas"]
+        return bool(replicas) and all(r["last_heartbeat"] > since and not r.get("in_flight") for r in replicas)
+
+    try:
+        wait_for(idle, f"every {deployment} replica idle in a heartbeat after {since:.3f}", timeout_s, every_s=0.2)
+    except AssertionError as e:
+        last = [(r.get("replica_id"), r.get("in_flight"), r.get("last_heartbeat")) for r in seen[0]]
+        raise AssertionError(f"{e}; last seen (replica, in flight, heartbeat): {last}") from None
