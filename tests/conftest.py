@@ -1,6 +1,6 @@
-"""Shared fixtures: Postgres and Redis backends (the machine's own when reachable, and always the
-embedded ones), a fresh database per test cloned from a migrated template, and job stores: `store`
-(Postgres), `memory_store` (no database) and `any_store` (each of them in turn)."""
+"""Shared fixtures: Postgres and Redis backends (the embedded ones, and the machine's own when
+reachable), a fresh database per test cloned from a migrated template, and job stores: `store`
+(Postgres), `memory_store` (no database) and `any_store` (memory and every Postgres in turn)."""
 
 from __future__ import annotations
 
@@ -119,10 +119,14 @@ def embedded_backend(embedded_services):
     b.close()
 
 
-@pytest.fixture(scope="session", params=_backends())
-def backend(request):
-    """Parametrised: integration tests run against every backend available."""
-    return request.getfixturevalue(f"{request.param}_backend")
+@pytest.fixture(scope="session")
+def backend(embedded_backend):
+    """The integration tests' backend: the embedded Postgres and Redis, which every machine has
+    (what `gpu-orch up` starts when DATABASE_URL/REDIS_URL are unset). The store contract tests
+    (`any_store`) also run on the machine's Postgres where it runs, and the Ray tests use it
+    (`serve_backend`), so both servers are exercised; running every integration test on both
+    only ran the same SQL twice."""
+    return embedded_backend
 
 
 @pytest.fixture(scope="session")

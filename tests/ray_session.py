@@ -1,5 +1,6 @@
 """One Ray instance and the deployed applications (the orchestrator on the demo profile, the arbiter
-and outage apps, the UIs) for the whole test session: tests/serve and tests/browser share them."""
+and outage apps, the UIs) for the whole test session: tests/serve and tests/browser share them.
+Each application is deployed when a test first asks for it (Stack)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import copy
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 import httpx
 import pytest
@@ -21,11 +23,11 @@ TINY_DIR = os.environ.get("GPU_ORCH_TEST_TINY_DIR", "/tmp/gpu-orch-test-tiny")
 
 
 def pytest_collection_modifyitems(config, items):
-    """The session's deploy (every model's runtime_env cloned from the base virtualenv: minutes on
-    2 cores) runs in the setup of whichever test needs it first: the per-test timeout covers that
-    test's own body only (wait_running bounds the deploy)."""
+    """An application's deploy (the demo's: every model's runtime_env cloned from the base
+    virtualenv, minutes on 2 cores) runs in the setup of whichever test needs it first: the per-test
+    timeout covers that test's own body only (wait_running bounds the deploy)."""
     for item in items:
-        if "deployed" not in getattr(item, "fixturenames", ()):
+        if "stack" not in getattr(item, "fixturenames", ()):
             continue
         own = item.get_closest_marker("timeout")
         timeout = (own.kwargs.get("timeout") or (own.args[0] if own.args else None)) if own else None
@@ -73,10 +75,14 @@ def test_args(database_url: str, redis_url: str, replicate: dict | None = None) 
     # The same broken model with a fallback: once its replica reports the load error, jobs go to the cloud.
     args["apps"].append(dict(copy.deepcopy(transcribe), id="transcribe-broken-fb", deployment="whisper-broken",
                              fallback={**ECHO_CLOUD, "output": "native"}))
+    # One echo replica no other test sends work to: a test that waits for it to say it has nothing
+    # in flight (its heartbeat) waits for its own job's work to stop, not for other tests' jobs.
+    args["models"]["echo-solo"] = dict(copy.deepcopy(args["models"]["echo"]), num_replicas=1)
     args["apps"] += [
         dict(copy.deepcopy(echo), id="echo-once", max_attempts=1),
         dict(copy.deepcopy(echo), id="echo-tiny", max_queued=2, max_in_flight=1),
-        dict(copy.deepcopy(echo), id="echo-timeout", timeout_s=1, max_attempts=1),
+        dict(copy.deepcopy(echo), id="echo-solo", deployment="echo-solo"),
+        dict(copy.deepcopy(echo), id="echo-timeout", deployment="echo-solo", timeout_s=1, max_attempts=1),
         # Cloud routing: busy -> the fallback (Replicate's fake) for new jobs (4 s a job until one
         # succeeds here: one job ahead stays local, two go to the cloud); a cloud-only app.
         dict(copy.deepcopy(echo), id="echo-busy", max_in_flight=1, fallback={
@@ -192,43 +198,65 @@ def fake_replicate(tmp_path_factory):
         yield {"fake": fake, "base_url": fake.base_url, "token_file": str(token)}
 
 
-@pytest.fixture(scope="session")
-def deployed(ray_cluster, serve_backend, outage_services, fake_replicate):
-    """Deploys both test applications once, through the same config path as `serve deploy`
-    (the arbiter's application-level autoscaling policy is only settable that way)."""
-    from gpu_orchestrator.serve.deploy import deploy
+class Stack:
+    """The session's Serve applications, each deployed when a test first needs it: a test of the
+    arbiter does not wait for the demo models' runtime_envs, and applications no test has asked
+    for yet cost no CPU meanwhile. Each addition applies the whole config again, through the same
+    path as `serve deploy` (the arbiter's application-level autoscaling policy is only settable
+    that way); Serve leaves the applications whose config did not change as they are."""
 
+    def __init__(self, base: str, http_options: dict):
+        self.base = base
+        self.http_options = http_options
+        self.specs: dict[str, Callable[[], dict]] = {}  # app name -> its config, built when needed
+        self.up: dict[str, dict] = {}
+
+    def need(self, *names: str) -> str:
+        from gpu_orchestrator.serve.deploy import deploy
+
+        missing = [n for n in names if n not in self.up]
+        if missing:
+            self.up.update({n: self.specs[n]() for n in missing})
+            deploy({"http_options": self.http_options, "applications": list(self.up.values())})
+            for n in missing:
+                if self.up[n]["import_path"] == "serve_apps.orchestrator:build_app":
+                    wait_healthy(self.base + self.up[n]["route_prefix"].rstrip("/"))
+        return self.base
+
+
+def router_app(name: str, prefix: str, args: dict, **extra) -> dict:
+    return {"name": name, "route_prefix": prefix, "import_path": "serve_apps.orchestrator:build_app", "args": args, **extra}
+
+
+@pytest.fixture(scope="session")
+def stack(ray_cluster, serve_backend, fake_replicate):
     dbs = [serve_backend.fresh_database() for _ in range(2)]
     urls = [serve_backend.url_for(d) for d in dbs]
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    # The admin page also over the arbiter app (fake GPU, short timers), where models change state.
-    uis = ui_apps(base) + [{"name": "ui-admin-arb", "route_prefix": "/ui/admin-arb", "import_path": "gradio_uis.serve:build_app",
-                            "args": {"ui": "admin", "api_url": base + "/arb"}}]
-    deploy({
-        "http_options": {"host": "127.0.0.1", "port": port},
-        "applications": [
-            {"name": APP_NAME, "route_prefix": "/", "import_path": "serve_apps.orchestrator:build_app",
-             "args": test_args(urls[0], serve_backend.redis_url, fake_replicate)},
-            {"name": "arbiter", "route_prefix": "/arb", "import_path": "serve_apps.orchestrator:build_app",
-             "args": arbiter_args(urls[1], serve_backend.redis_url, fake_replicate),
-             "autoscaling_policy": {"policy_function": "serve_apps.autoscaling:arbiter_policy"}},
-            {"name": "outage", "route_prefix": "/outage", "import_path": "serve_apps.orchestrator:build_app",
-             "args": outage_args(outage_services["urls"]["pg"], outage_services["urls"]["redis"],
-                                 str(outage_services["dirs"]["run_log"]))},
-            *uis,
-        ],
-    })
-    wait_healthy(base)
-    wait_healthy(base + "/arb")
-    wait_healthy(base + "/outage")
-    yield base
+    st = Stack(f"http://127.0.0.1:{port}", {"host": "127.0.0.1", "port": port})
+
+    st.specs[APP_NAME] = lambda: router_app(APP_NAME, "/", test_args(urls[0], serve_backend.redis_url, fake_replicate))
+    st.specs["arbiter"] = lambda: router_app(
+        "arbiter", "/arb", arbiter_args(urls[1], serve_backend.redis_url, fake_replicate),
+        autoscaling_policy={"policy_function": "serve_apps.autoscaling:arbiter_policy"})
+    # The UIs as shipped, and the admin page also over the arbiter app (fake GPU, short timers),
+    # where models change state.
+    for ui in ui_apps(st.base) + [{"name": "ui-admin-arb", "route_prefix": "/ui/admin-arb",
+                                   "import_path": "gradio_uis.serve:build_app",
+                                   "args": {"ui": "admin", "api_url": st.base + "/arb"}}]:
+        st.specs[ui["name"]] = lambda ui=ui: ui
+    yield st
     from ray import serve
 
-    for name in (APP_NAME, "arbiter", "outage", *(a["name"] for a in uis)):
-        serve.delete(name)
+    serve.shutdown()  # every application at once (deleting them one by one took 3 s each)
     for d in dbs:
         serve_backend.drop(d)
+
+
+@pytest.fixture(scope="session")
+def deployed(stack):
+    """The demo orchestrator (tiny untrained models in their own runtime_envs, test apps)."""
+    return stack.need(APP_NAME)
 
 
 @pytest.fixture(scope="session")
@@ -237,8 +265,22 @@ def orchestrator(deployed):
 
 
 @pytest.fixture(scope="session")
-def arbiter_url(deployed):
-    return deployed + "/arb"
+def arbiter_url(stack):
+    return stack.need("arbiter") + "/arb"
+
+
+@pytest.fixture(scope="session")
+def outage_url(stack, outage_services):
+    """The echo model on its own embedded Postgres and Redis, which the outage tests kill."""
+    urls, dirs = outage_services["urls"], outage_services["dirs"]
+    stack.specs["outage"] = lambda: router_app("outage", "/outage", outage_args(urls["pg"], urls["redis"], str(dirs["run_log"])))
+    return stack.need("outage") + "/outage"
+
+
+@pytest.fixture(scope="session")
+def ui_apps_deployed(stack):
+    """The UIs (and the apps they talk to)."""
+    return stack.need(APP_NAME, "arbiter", *(n for n in stack.specs if n.startswith("ui-")))
 
 
 def wait_healthy(base: str, timeout_s: float = 60) -> None:

@@ -57,11 +57,11 @@ class Page:
 
 
 @pytest.fixture
-def tab(browser, orchestrator):
+def tab(browser, ui_apps_deployed):
     ctx = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     page = ctx.new_page()
     page.set_default_timeout(60_000)
-    t = Page(page, orchestrator)
+    t = Page(page, ui_apps_deployed)
     yield t
     ctx.close()
     assert t.outside_requests() == set(), f"the page asked hosts outside the stack: {t.outside_requests()}"

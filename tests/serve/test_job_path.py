@@ -175,12 +175,12 @@ def test_cancel_finished_job_is_409(http):
 
 
 def test_cancel_running_job_stops_it_on_the_replica(orchestrator, http):
-    job_id = submit(http, steps=40, delay_s=20)
+    job_id = submit(http, app_id="echo-solo", steps=40, delay_s=20)
     read_sse(orchestrator, job_id, until=lambda e: e["event"] == "progress")  # a step done
     r = http.delete(f"/v1/jobs/{job_id}")
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
     # The replica stopped between steps: it says it has nothing in flight, long before the 20 s.
-    wait_replicas_idle(http, "echo", since=time.time(), timeout_s=15)
+    wait_replicas_idle(http, "echo-solo", since=time.time(), timeout_s=15)
     events = read_sse(orchestrator, job_id)
     assert events[-1]["data"]["status"] == "cancelled"
     assert 1 <= len([e for e in events if e["event"] == "progress"]) < 40
@@ -227,7 +227,7 @@ def test_job_over_its_timeout_fails_and_stops_on_the_replica(orchestrator, http)
     job_id = submit(http, app_id="echo-timeout", delay_s=10, steps=20)
     job = wait_status(http, job_id, {"failed", "succeeded"}, timeout_s=30)
     assert job["status"] == "failed" and job["error"] == "timed out after 1 s"
-    wait_replicas_idle(http, "echo", since=time.time(), timeout_s=15)  # the model stopped, well before 10 s
+    wait_replicas_idle(http, "echo-solo", since=time.time(), timeout_s=15)  # the model stopped, well before 10 s
     seen = [e["data"]["step"] for e in read_sse(orchestrator, job_id) if e["event"] == "progress"]
     assert len(seen) < 20
 

@@ -19,8 +19,8 @@ pytestmark = pytest.mark.serve
 
 
 @pytest.fixture
-def outage(orchestrator, outage_services):
-    base = orchestrator + "/outage"
+def outage(outage_url, outage_services):
+    base = outage_url
     wait_healthy(base, timeout_s=120)
     run_log: Path = outage_services["dirs"]["run_log"]
     run_log.write_text("")
