@@ -28,11 +28,19 @@ WATCH_JS = """() => { window.__seen = []; const el = document.querySelector('#pr
     .observe(el, {subtree: true, childList: true, characterData: true}); }"""
 
 
-# The length of the assistant's latest reply each time the chat changes (set before sending).
-WATCH_CHAT_JS = """() => { window.__lengths = []; const el = document.querySelector('#chatbot');
+# The length of the assistant's latest reply each time the chat changes (set before sending), and
+# whether Gradio showed the chat as generating (its status tracker's "wrap generating" while the
+# send event streams; "wrap hide" once the event is over).
+WATCH_CHAT_JS = """() => { window.__lengths = []; window.__generating = false; const el = document.querySelector('#chatbot');
     new MutationObserver(() => { const bots = el.querySelectorAll('[data-testid="bot"]');
+        if (el.querySelector('.wrap.generating')) window.__generating = true;
         if (bots.length) window.__lengths.push(bots[bots.length - 1].innerText.length); })
-    .observe(el, {subtree: true, childList: true, characterData: true}); }"""
+    .observe(el, {subtree: true, childList: true, characterData: true, attributes: true}); }"""
+
+
+def event_over(page) -> None:
+    """Until the chat's send event has ended (nothing more can change the reply)."""
+    wait_for(lambda: page.locator("#chatbot .wrap.generating").count() == 0, "the send event over", 30)
 
 
 
@@ -168,12 +176,12 @@ def test_chat_streams_text_that_grows_then_stops_and_stop_cancels(tab, http):
     page.evaluate(WATCH_CHAT_JS)
     page.locator("#send").click()
     wait_for(lambda: "succeeded" in page.locator("#job-info").inner_text(), "the reply finished", 180)
+    event_over(page)  # stopped: the text is final
+    assert page.evaluate("() => window.__generating"), "the chat never showed it was generating"
     final = len(page.locator('#chatbot [data-testid="bot"]').last.inner_text())
     lengths = page.evaluate("() => window.__lengths")
     grew = sorted(set(lengths))
     assert final > 0 and len(grew) >= 3 and max(lengths) == final, f"text did not grow while streaming: {grew}"
-    time.sleep(1.0)
-    assert len(page.locator('#chatbot [data-testid="bot"]').last.inner_text()) == final  # stopped
     job_id = page.locator("#job-info").inner_text().split("job ", 1)[1].split()[0]
     job = http.get(f"/v1/jobs/{job_id}").json()
     assert job["params"]["messages"][0] == {"role": "system", "content": "You are terse."}
@@ -207,9 +215,8 @@ def test_chat_streams_text_that_grows_then_stops_and_stop_cancels(tab, http):
               f"lost {job['lost_attempts']}, errors {job['errors']}")
         wait_for(lambda: "succeeded" in page.locator("#job-info").inner_text(), "the page showed it done", 30)
     wait_for(lambda: reply().endswith("[stopped]"), "the reply marked stopped", 30)
-    stopped = reply()
-    time.sleep(1.0)
-    assert reply() == stopped  # no more text after Stop
+    event_over(page)
+    assert reply().endswith("[stopped]")  # no more text after Stop
     assert http.get(f"/v1/jobs/{job_id}").json()["result"] is None
 
 
