@@ -22,8 +22,8 @@ def serve_replica_states(app_name: str) -> dict[str, dict[str, int]]:
     app = (client.get_serve_details().get("applications") or {}).get(app_name)
     if app is None:
         return {}
-    return {name: dict(Counter(str(r["state"]) for r in d.get("replicas") or ()))
-            for name, d in (app.get("deployments") or {}).items()}
+    return {name: dict(Counter(str(getattr(r["state"], "value", r["state"])) for r in d.get("replicas") or ()))
+            for name, d in (app.get("deployments") or {}).items()}  # a ReplicaState, or its value
 
 
 def alive_nodes() -> list[Node]:
