@@ -50,12 +50,6 @@ async def until(pred: Callable[[], Any] | Callable[[], Awaitable[Any]], timeout_
         await asyncio.sleep(every_s)
 
 
-def job(http: httpx.Client, job_id: str) -> dict:
-    r = http.get(f"/v1/jobs/{job_id}")
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
 def wait_status(http: httpx.Client, job_id: str, statuses: set[str] | frozenset[str] = TERMINAL,
                 timeout_s: float = 60) -> dict:
     """The job once its status is one of `statuses` (default: terminal)."""
@@ -101,7 +95,6 @@ def read_sse(base_or_http: str | httpx.Client, job_id: str, *, last_event_id: st
         if client is not base_or_http:
             client.close()
     return events
-
 
 
 def wait_replicas_idle(http: httpx.Client, deployment: str, since: float, timeout_s: float = 60) -> None:

@@ -34,8 +34,6 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(pytest.mark.timeout(timeout or config.getini("timeout"), func_only=True), append=False)
 
 
-
-
 ECHO_CLOUD = {"backend": "replicate", "model": "test/echo", "poll_interval_s": 0.1, "call_timeout_s": 5}
 
 
@@ -299,5 +297,3 @@ def wait_healthy(base: str, timeout_s: float = 60) -> None:
 def http(orchestrator):
     with httpx.Client(base_url=orchestrator, timeout=30) as c:
         yield c
-
-

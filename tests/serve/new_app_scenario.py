@@ -30,6 +30,8 @@ import wave
 import httpx
 import yaml
 
+from gpu_orchestrator.client import parse_sse
+
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
@@ -67,14 +69,8 @@ def wait(http: httpx.Client, job_id: str, timeout_s: float = 120) -> dict:
 
 def progress_events(http: httpx.Client, job_id: str) -> list[dict]:
     """The job's SSE stream (replayed, then ended after the terminal status): its progress events."""
-    out, event = [], None
     with http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=30) as r:
-        for line in r.iter_lines():
-            if line.startswith("event:"):
-                event = line.split(":", 1)[1].strip()
-            elif line.startswith("data:") and event == "progress":
-                out.append(json.loads(line.split(":", 1)[1]))
-    return out
+        return [ev["data"] for ev in parse_sse(r.iter_lines()) if ev.get("event") == "progress"]
 
 
 def main(spec: dict) -> dict:
