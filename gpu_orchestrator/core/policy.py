@@ -83,6 +83,14 @@ class PolicyConfig:
     # None: no budget (the bound is kept by swapping as often as it takes).
     swap_budget: float | None = 0.08
     swap_window_s: float = 150.0
+    # The starvation bound: a model whose work has waited for the GPU this long goes before every
+    # other, whatever the priorities and the swap budget (None: STARVATION_FACTOR x max_wait_s).
+    # No model with queued work then stays cold much longer than this plus min_resident_s.
+    starvation_s: float | None = None
+
+    @property
+    def starvation_bound_s(self) -> float:
+        return self.starvation_s if self.starvation_s is not None else STARVATION_FACTOR * self.max_wait_s
 
 
 class Verb(str, Enum):
@@ -99,6 +107,10 @@ class Verb(str, Enum):
 
 
 DRAIN_MARGIN = 1.5
+# A load shares its GPU with the jobs of models resident beside it (core.gpu_share), so it can
+# take longer than the load time measured alone.
+LOAD_MARGIN = 1.5
+STARVATION_FACTOR = 10.0
 
 ACTING = frozenset({Verb.load, Verb.add, Verb.evict, Verb.drain, Verb.scale_to_zero})
 
@@ -146,11 +158,21 @@ def _allowed(m: ModelView, gpus: Iterable[Gpu]) -> list[Gpu]:
     return [g for g in gpus if m.pin is None or m.pin in (g.id, g.node_type)]
 
 
-def _urgency(m: ModelView) -> tuple:
-    """Who gets the GPU first: higher priority, then the longest wait *for the GPU*: a model just
-    swapped out (its jobs old, its cold time short) does not take back the room it made for another."""
-    waited = m.oldest_wait_s if m.cold_s is None else min(m.oldest_wait_s, m.cold_s)
-    return (-m.max_priority, -waited, m.name)
+def waited_for_gpu(m: ModelView) -> float:
+    """How long the model's work has waited for the GPU: its oldest job's wait, but no longer than
+    it has been cold (a model just swapped out, its jobs old, has not been waiting for the GPU)."""
+    return m.oldest_wait_s if m.cold_s is None else min(m.oldest_wait_s, m.cold_s)
+
+
+def starving(m: ModelView, cfg: PolicyConfig) -> bool:
+    """A model with no replica whose work has waited for the GPU past the starvation bound."""
+    return m.queued > 0 and m.holds == 0 and waited_for_gpu(m) >= cfg.starvation_bound_s
+
+
+def _urgency(m: ModelView, cfg: PolicyConfig) -> tuple:
+    """Who gets the GPU first: a starving model, then higher priority, then the longest wait *for
+    the GPU*: a model just swapped out does not take back the room it made for another."""
+    return (not starving(m, cfg), -m.max_priority, -waited_for_gpu(m), m.name)
 
 
 def decide(models: Iterable[ModelView], gpus: Iterable[Gpu], cfg: PolicyConfig = PolicyConfig(),
@@ -165,6 +187,8 @@ def decide(models: Iterable[ModelView], gpus: Iterable[Gpu], cfg: PolicyConfig =
     placements: dict[str, list[str]] = {m.name: list(m.placement) for m in models}
     draining: set[str] = set()
     unplaceable: dict[str, str] = {}
+    # Spent as swaps are planned: two swaps in one decision cannot both spend the same credit.
+    credit = dict(credit) if credit is not None else None
 
     # Memory actually held per GPU: every replica that exists (resident, loading, stopping).
     used = {g.id: 0.0 for g in gpus}
@@ -186,7 +210,7 @@ def decide(models: Iterable[ModelView], gpus: Iterable[Gpu], cfg: PolicyConfig =
                                   text=f"scale {m.name} to zero: idle {m.idle_s:.0f} s >= ttl {ttl:.0f} s"))
 
     # 2. Cold models with work, most urgent first, get room.
-    wanting = sorted((m for m in models if m.queued > 0 and targets[m.name] == 0 and m.stopping == 0), key=_urgency)
+    wanting = sorted((m for m in models if m.queued > 0 and targets[m.name] == 0 and m.stopping == 0), key=lambda m: _urgency(m, cfg))
     for w in wanting:
         if w.vram_gb == 0:  # needs no GPU memory (a CPU model): load on demand, nothing to evict
             targets[w.name] = 1
@@ -224,12 +248,15 @@ def decide(models: Iterable[ModelView], gpus: Iterable[Gpu], cfg: PolicyConfig =
                     f"{w.name} waits: {w.queued} queued (oldest {w.oldest_wait_s:.0f} s), "
                     f"no idle model to evict, not yet due (max_wait {cfg.max_wait_s:.0f} s)")))
             continue
-        gid, victims, _ = plan
+        gid, victims, cost = plan
+        if credit is not None and victims:
+            credit[gid] = credit.get(gid, 0.0) - cost
         for v in victims:
             vm = by_name[v]
             why = (f"idle {vm.idle_s:.0f} s" if vm.idle_s is not None else "idle") if vm.queued == 0 and vm.in_flight == 0 else (
                 f"{vm.queued} queued, {vm.in_flight} running")
-            cause = "higher priority" if w.max_priority > vm.max_priority else f"oldest waited {w.oldest_wait_s:.0f} s"
+            cause = ("higher priority" if w.max_priority > vm.max_priority and not starving(w, cfg) else
+                     f"oldest waited {w.oldest_wait_s:.0f} s" + (" (starving)" if starving(w, cfg) else ""))
             if vm.in_flight > 0:
                 draining.add(v)
                 actions.append(Action(Verb.drain, v, (gid,), for_model=w.name,
@@ -250,7 +277,7 @@ def decide(models: Iterable[ModelView], gpus: Iterable[Gpu], cfg: PolicyConfig =
             placements[m.name] = []
 
     # 4. Extra replicas for deep queues where room allows (max_replicas > 1).
-    for m in sorted(models, key=_urgency):
+    for m in sorted(models, key=lambda m: _urgency(m, cfg)):
         if m.name in draining or targets[m.name] == 0 or targets[m.name] >= m.max_replicas:
             continue
         if m.replicas == targets[m.name] and m.queued > m.in_flight:
@@ -290,16 +317,22 @@ def _eviction_plan(w, fits, models, targets, draining, free, cfg, credit):
         drain_s = max((m.service_s for m in residents if m.in_flight > 0 or m.queued > 0), default=0.0)
         # Due: waiting any longer would start w's oldest job after max_wait_s. service_s is a mean,
         # so that job counts half again (a long one must not push w past the bound).
-        due = w.oldest_wait_s + DRAIN_MARGIN * drain_s + w.load_s >= cfg.max_wait_s
+        due = w.oldest_wait_s + DRAIN_MARGIN * drain_s + LOAD_MARGIN * w.load_s >= cfg.max_wait_s
 
         # A full bucket pays for any one swap, even one dearer than the cap (or it would never run).
         have = credit.get(g.id, math.inf) if credit is not None and cfg.swap_budget is not None else math.inf
         if have >= (cfg.swap_budget or 0.0) * cfg.swap_window_s:
             have = math.inf
 
+        hungry = starving(w, cfg)
+
         def may_displace(m: ModelView) -> bool:
             if m.replicas == 0:
                 return False  # still loading: displacing it would waste the load and can livelock
+            if m.in_flight == 0 and m.resident_s < DRAIN_MARGIN * m.service_s:
+                return False  # just loaded, about to start its first job: let it (else the load was for nothing)
+            if hungry:  # past the starvation bound: priority and budget no longer hold it back
+                return m.resident_s >= cfg.min_resident_s
             affordable = have >= w.load_s + reload_cost(m)
             if w.max_priority > m.max_priority:
                 return affordable or due

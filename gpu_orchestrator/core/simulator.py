@@ -4,16 +4,24 @@ Runs a job trace (arrival, model, service time, priority) on GPUs with per-model
 under the arbiter's policy (`simulate`, the same `core.policy.decide` the router uses) or under
 FIFO-with-swap-on-demand (`simulate_fifo`: what the original system and Ollama do: run jobs in
 arrival order, loading the next job's model, evicting least-recently-used ones to make room).
-Each replica runs one job at a time (a GPU serialises work).
+
+The GPU model (core.gpu_share), the same for both: a GPU time-slices what runs on it. Every job
+and every model load is a task with a compute share (a job: 1 - its model's `overlap`, default 1;
+a load: 1, copying weights in is not free), and while the shares on a GPU sum to S each task
+progresses at 1/max(1, S) of its solo speed. Two models resident on one GPU serving at once each
+take twice as long, and a load beside a running job slows both. A replica runs one job at a time.
+FIFO runs one task per GPU at a time (a load, then its job), which under this model costs it
+nothing: with no overlap, sharing never adds throughput.
+
+The service times in a trace are solo-speed GPU seconds; `lower_bound` serialises them.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import math
 from dataclasses import dataclass, field
 
+from gpu_orchestrator.core.gpu_share import SharedGpu, job_share, may_start
 from gpu_orchestrator.core.policy import Gpu, ModelView, PolicyConfig, Verb, decide
 from gpu_orchestrator.core.swap_budget import SwapBudget
 
@@ -24,6 +32,7 @@ class SimModel:
     vram_gb: float
     load_s: float
     pin: str | None = None
+    overlap: float = 0.0  # the app spec's `overlap`: how much its jobs share a GPU for free (core.gpu_share)
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,8 @@ class SimResult:
     n_gpus: int
     max_coresident_vram: dict[str, float] = field(default_factory=dict)
     load_s: float = 0.0  # GPU time spent loading models
+    # Per model, the longest stretch it had queued work and no replica (not even loading).
+    max_cold_with_work: dict[str, float] = field(default_factory=dict)
 
     @property
     def load_share(self) -> float:
@@ -94,9 +105,11 @@ def percentile(xs: list[float], p: float) -> float:
 
 
 def lower_bound(trace: list[TraceJob], models: dict[str, SimModel], n_gpus: int = 1) -> float:
-    """Sum of service times plus one load per model with work, spread over the GPUs; and never less
-    than the time from the first arrival to the end of the last-arriving job."""
-    work = sum(j.service_s for j in trace) + sum(models[m].load_s for m in {j.model for j in trace})
+    """The GPU serialises its work: the sum of service times (each weighted by its compute share:
+    overlapping jobs may pack) plus one load per model with work, spread over the GPUs; and never
+    less than the time from the first arrival to the end of the last-arriving job."""
+    work = (sum(j.service_s * job_share(models[j.model].overlap) for j in trace)
+            + sum(models[m].load_s for m in {j.model for j in trace}))
     first = min(j.arrival for j in trace)
     tail = max(j.arrival + j.service_s for j in trace) - first
     return max(work / n_gpus, tail)
@@ -105,55 +118,69 @@ def lower_bound(trace: list[TraceJob], models: dict[str, SimModel], n_gpus: int 
 @dataclass
 class _Replica:
     gpu: str
-    ready_at: float
+    loading: bool = True
     running: TraceJob | None = None
-    run_end: float = 0.0
     last_end: float | None = None
+    last_start: float = -math.inf
 
 
 def simulate(trace: list[TraceJob], models: list[SimModel], gpus: list[Gpu], cfg: PolicyConfig = PolicyConfig(),
-             service_estimate: dict[str, float] | None = None) -> SimResult:
-    """Run the trace under the arbiter policy."""
+             service_estimate: dict[str, float] | None = None, turns: bool = False) -> SimResult:
+    """Run the trace under the arbiter policy, each GPU shared by what runs on it (core.gpu_share).
+    `turns`: jobs of different models on one GPU take turns (core.gpu_share.may_start; the model
+    whose last job started longest ago goes next, after priority) instead of running side by side."""
     mdl = {m.name: m for m in models}
     trace = sorted(trace, key=lambda j: j.arrival)
     records = {id(j): JobRecord(j) for j in trace}
     queues: dict[str, list[TraceJob]] = {m: [] for m in mdl}
     reps: dict[str, _Replica] = {}
+    shared = {g.id: SharedGpu() for g in gpus}
     resident_since: dict[str, float] = {}
     cold_since: dict[str, float] = {}
-    last_end: dict[str, float] = {}
     loads = swaps = 0
     busy = load_s = 0.0
     budget = SwapBudget(cfg.swap_budget, cfg.swap_window_s)
     est = service_estimate or _mean_service(trace)
-    events: list[tuple[float, int]] = []
-    seq = itertools.count()
-    for j in trace:
-        heapq.heappush(events, (j.arrival, next(seq)))
     arrivals = iter(trace)
     next_arrival = next(arrivals, None)
     peak: dict[str, float] = {g.id: 0.0 for g in gpus}
-    t = 0.0
-    next_tick = -1.0  # one pending periodic look at a time
+    t = 0.0 if next_arrival is None else next_arrival.arrival
+    next_tick = math.inf
     done = 0
+    d = None
+    cold_from: dict[str, float] = {}  # model -> since when it has had work and no replica
+    cold_max: dict[str, float] = {m: 0.0 for m in mdl}
+
+    def note_cold() -> None:
+        for name in mdl:
+            if queues[name] and name not in reps:
+                cold_from.setdefault(name, t)
+            elif name in cold_from:
+                cold_max[name] = max(cold_max[name], t - cold_from.pop(name))
+
     while done < len(trace):
-        if not events:
+        # The next event: an arrival, a task ending on some GPU, or the periodic look.
+        ends = [e for e in (g.next_end() for g in shared.values()) if e is not None]
+        step = min([next_tick - t] + ([next_arrival.arrival - t] if next_arrival is not None else []) + ends)
+        if step == math.inf:
             raise RuntimeError(f"simulation stalled at t={t:.1f}s with {len(trace) - done} jobs left")
-        t, _ = heapq.heappop(events)
-        while events and events[0][0] <= t + 1e-9:
-            heapq.heappop(events)
+        step = max(0.0, step)
+        t += step
+        for gid, g in shared.items():
+            for kind, name in g.advance(step):
+                r = reps[name]
+                if kind == "load":
+                    r.loading = False
+                    resident_since[name] = t
+                else:
+                    records[id(r.running)].end = t
+                    busy += r.running.service_s
+                    r.running, r.last_end = None, t
+                    done += 1
         while next_arrival is not None and next_arrival.arrival <= t + 1e-9:
             queues[next_arrival.model].append(next_arrival)
             next_arrival = next(arrivals, None)
-        for name, r in list(reps.items()):
-            if r.running is not None and r.run_end <= t + 1e-9:
-                records[id(r.running)].end = r.run_end
-                busy += r.running.service_s
-                r.running, r.last_end = None, r.run_end
-                last_end[name] = r.run_end
-                done += 1
-            if r.ready_at <= t + 1e-9 and name not in resident_since:
-                resident_since[name] = r.ready_at
+        note_cold()
         # Decide and apply until stable: an eviction frees memory at once, so the newcomer can load
         # in the same instant (the live arbiter gets there on its next tick).
         for _ in range(4):
@@ -162,8 +189,8 @@ def simulate(trace: list[TraceJob], models: list[SimModel], gpus: list[Gpu], cfg
             for name, m in mdl.items():
                 r = reps.get(name)
                 q = queues[name]
-                resident = r is not None and r.ready_at <= t + 1e-9
-                idle_from = (r.last_end if r and r.last_end is not None else resident_since.get(name)) if r else None
+                resident = r is not None and not r.loading
+                idle_from = (r.last_end if r.last_end is not None else resident_since.get(name)) if r else None
                 views.append(ModelView(
                     name=name, vram_gb=m.vram_gb, load_s=m.load_s, service_s=est.get(name, 1.0),
                     replicas=1 if resident else 0, pending=1 if r is not None and not resident else 0,
@@ -178,12 +205,13 @@ def simulate(trace: list[TraceJob], models: list[SimModel], gpus: list[Gpu], cfg
             budget.refill(t)
             d = decide(views, gpus, cfg, budget.credits([g.id for g in gpus]))
             budget.note(d)
-            # Apply: unload (instant, frees memory), then load.
+            # Apply: unload (instant, frees memory), then load (a task on its GPU like a job).
             for name, target in d.targets.items():
                 r = reps.get(name)
                 if target == 0 and r is not None and r.running is None:
                     if not any(a.verb is Verb.scale_to_zero and a.model == name for a in d.actions):
                         swaps += 1  # evicted or drained for another model, not an idle-TTL release
+                    shared[r.gpu].tasks.pop(("load", name), None)
                     del reps[name]
                     resident_since.pop(name, None)
                     cold_since[name] = t
@@ -191,32 +219,38 @@ def simulate(trace: list[TraceJob], models: list[SimModel], gpus: list[Gpu], cfg
             for name, target in d.targets.items():
                 if target > 0 and name not in reps:
                     gid = d.placements[name][0]
-                    reps[name] = _Replica(gpu=gid, ready_at=t + mdl[name].load_s)
+                    reps[name] = _Replica(gpu=gid)
+                    shared[gid].add(("load", name), mdl[name].load_s, 1.0)
                     loads += 1
                     load_s += mdl[name].load_s
                     budget.loaded(name, mdl[name].load_s)
-                    heapq.heappush(events, (t + mdl[name].load_s, next(seq)))
             for gid in peak:
                 peak[gid] = max(peak[gid], sum(mdl[n].vram_gb for n, r in reps.items() if r.gpu == gid))
             if not changed:
                 break
-        # Dispatch to resident, non-draining models.
-        for name, r in reps.items():
-            if r.running is None and r.ready_at <= t + 1e-9 and queues[name] and name not in d.draining:
-                job = min(queues[name], key=lambda j: (-j.priority, j.arrival))
-                queues[name].remove(job)
-                r.running, r.run_end = job, t + job.service_s
-                records[id(job)].start = t
-                heapq.heappush(events, (r.run_end, next(seq)))
+        note_cold()
+        # Dispatch to resident, non-draining models (each replica one job at a time).
+        ready = [n for n, r in reps.items() if r.running is None and not r.loading and queues[n] and n not in d.draining]
+        if turns:  # after priority, the model whose last job started longest ago
+            ready.sort(key=lambda n: (-max(j.priority for j in queues[n]), reps[n].last_start, n))
+        for name in ready:
+            r = reps[name]
+            share = job_share(mdl[name].overlap)
+            if turns:
+                running = {n: job_share(mdl[n].overlap) for n, o in reps.items() if o.gpu == r.gpu and o.running}
+                if not may_start(share, running, name):
+                    continue
+            job = min(queues[name], key=lambda j: (-j.priority, j.arrival))
+            queues[name].remove(job)
+            r.running, r.last_start = job, t
+            records[id(job)].start = t
+            shared[r.gpu].add(("job", name), job.service_s, share)
         # Time-based rules (max wait, idle TTL, min residency) need a look even with no event.
-        if (any(queues.values()) or reps) and next_tick <= t + 1e-9:
+        if not (any(queues.values()) or reps):
+            next_tick = math.inf
+        elif next_tick <= t + 1e-9 or next_tick == math.inf:
             next_tick = t + 1.0
-            heapq.heappush(events, (next_tick, next(seq)))
-        if next_arrival is not None:
-            heapq.heappush(events, (next_arrival.arrival, next(seq)))
-        if done == len(trace):
-            break
-    return SimResult(list(records.values()), loads, swaps, busy, len(gpus), peak, load_s)
+    return SimResult(list(records.values()), loads, swaps, busy, len(gpus), peak, load_s, cold_max)
 
 
 def simulate_fifo(trace: list[TraceJob], models: list[SimModel], gpus: list[Gpu]) -> SimResult:

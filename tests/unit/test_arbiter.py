@@ -210,16 +210,16 @@ def test_higher_priority_goes_at_once_when_affordable_else_when_due():
                        cold("b", 14, queued=1, oldest_wait_s=wait, load_s=5.0, **urgent)]
     assert decide(ms(1), G24, CFG, credit={"gpu0": 20.0}).draining == {"a"}
     assert not decide(ms(1), G24, CFG, credit={"gpu0": 0.0}).draining
-    # Due: 52 s waited + one job of a to drain (2 s, counted 1.5x) + b's load (5 s) reaches 60 s.
-    assert not decide(ms(51.9), G24, CFG, credit={"gpu0": 0.0}).draining
-    assert decide(ms(52.0), G24, CFG, credit={"gpu0": 0.0}).draining == {"a"}
+    # Due: 49.5 s waited + one job of a to drain (2 s) + b's load (5 s), each counted 1.5x, reach 60 s.
+    assert not decide(ms(49.4), G24, CFG, credit={"gpu0": 0.0}).draining
+    assert decide(ms(49.5), G24, CFG, credit={"gpu0": 0.0}).draining == {"a"}
 
 
 def test_due_counts_the_next_job_of_a_busy_resident_even_between_jobs():
     # a has queued work but nothing in flight at this instant: it will start a job any moment.
     ms = [resident("a", 16, queued=5, oldest_wait_s=2, service_s=8.0, load_s=8.0),
           cold("b", 14, queued=1, oldest_wait_s=43.0, load_s=5.0)]
-    assert decide(ms, G24, CFG).targets["a"] == 0  # 43 + 1.5 x 8 + 5 >= 60
+    assert decide(ms, G24, CFG).targets["a"] == 0  # 43 + 1.5 x 8 + 1.5 x 5 >= 60
 
 
 def test_a_model_just_swapped_out_does_not_take_back_the_room_it_made():
@@ -231,3 +231,40 @@ def test_a_model_just_swapped_out_does_not_take_back_the_room_it_made():
     # Priority still comes first.
     ms = [cold("a", 16, queued=30, oldest_wait_s=200, cold_s=0.5, max_priority=5), cold("b", 14, queued=2, oldest_wait_s=60)]
     assert decide(ms, G24, CFG).targets == {"a": 1, "b": 0}
+
+
+def test_two_swaps_in_one_decision_cannot_spend_the_same_credit():
+    """Two due models, two busy residents on one 48 GB GPU, credit for one round trip (a full
+    bucket, 12 s; each swap costs the newcomer's load and the victim's reload, 10 s): one swap."""
+    g48 = [Gpu("gpu0", 48)]
+    ms = [resident("x", 24, queued=5, in_flight=1, load_s=5.0), resident("y", 24, queued=5, in_flight=1, load_s=5.0),
+          cold("w1", 24, queued=1, oldest_wait_s=59, load_s=5.0), cold("w2", 24, queued=1, oldest_wait_s=58, load_s=5.0)]
+    d = decide(ms, g48, CFG, credit={"gpu0": 12.0})
+    assert len(d.draining) == 1 and [a.for_model for a in d.actions if a.verb is Verb.drain] == ["w1"]
+    assert any(a.verb is Verb.wait and a.model == "w2" and "swap budget" in a.text for a in d.actions)
+    # With credit for both, both go.
+    assert d.draining != decide(ms, g48, CFG, credit=None).draining and len(decide(ms, g48, CFG, credit=None).draining) == 2
+
+
+def test_a_starving_model_goes_first_whatever_the_priorities_and_the_budget():
+    cfg = PolicyConfig(idle_ttl_s=300, max_wait_s=60, min_resident_s=30, starvation_s=600)
+    ms = lambda wait: [resident("a", 16, queued=40, in_flight=1, oldest_wait_s=900, max_priority=10, load_s=8.0),  # noqa: E731
+                       cold("b", 14, queued=1, oldest_wait_s=wait, load_s=5.0, max_priority=10),
+                       cold("c", 14, queued=1, oldest_wait_s=599, load_s=5.0)]
+    # Spent credit, outranked: c waits while it is under the bound (b, higher priority, goes first).
+    d = decide(ms(100), G24, cfg, credit={"gpu0": -5.0})
+    assert "c" not in {a.for_model for a in d.actions} and not d.draining
+    cs = [resident("a", 16, queued=40, in_flight=1, oldest_wait_s=900, max_priority=10, load_s=8.0),
+          cold("b", 14, queued=1, oldest_wait_s=100, load_s=5.0, max_priority=10),
+          cold("c", 14, queued=1, oldest_wait_s=600, load_s=5.0)]
+    d = decide(cs, G24, cfg, credit={"gpu0": -5.0})
+    assert d.draining == {"a"} and [a.for_model for a in d.actions if a.verb is Verb.drain] == ["c"]
+    assert "starving" in d.reasons[0]
+
+
+def test_a_model_just_loaded_starts_its_first_job_before_anyone_displaces_it():
+    ms = [resident("a", 16, queued=3, resident_s=0.0, service_s=2.0, load_s=8.0),
+          cold("b", 14, queued=1, oldest_wait_s=300, load_s=5.0, max_priority=10)]
+    assert decide(ms, G24, CFG).targets["a"] == 1 and not decide(ms, G24, CFG).draining
+    ms[0] = resident("a", 16, queued=2, in_flight=1, resident_s=0.5, service_s=2.0, load_s=8.0)
+    assert decide(ms, G24, CFG).draining == {"a"}
