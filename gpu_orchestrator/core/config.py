@@ -47,6 +47,11 @@ class ModelSpec(BaseModel):
     pin: str | None = Field(default=None, description="GPU pool id or node type this model may only use")
     max_replicas: int = Field(default=1, ge=1)
     idle_ttl_s: float | None = Field(default=None, ge=0)
+    # How much of the GPU its jobs leave to others (0..1; docs/arbiter.md): 0, the default, a job
+    # saturates the GPU, and a job of another model beside it makes both take about twice as long
+    # (a GPU time-slices); 0.5, two such jobs run side by side at full speed. The simulator and
+    # bench/scheduler.py charge for sharing by it.
+    overlap: float = Field(default=0.0, ge=0, le=1)
     # Extra Ray custom resources for the replica actor (e.g. {"accelerator_type:H100": 0.001}).
     resources: dict[str, float] = Field(default_factory=dict)
     # The GPU it runs on, for its cost (costs.local_per_gpu_hour); unset: costs.local_gpu_type.
@@ -130,6 +135,9 @@ class ArbiterSpec(BaseModel):
     # rare swaps at once.
     swap_budget: float | None = Field(default=0.08, gt=0, le=1)
     swap_window_s: float = Field(default=150.0, gt=0)
+    # No model with queued work waits for the GPU longer than this before it goes first, whatever
+    # the priorities and the swap budget (docs/arbiter.md); null: 10 x max_wait_s.
+    starvation_s: float | None = Field(default=None, gt=0)
     tick_s: float = Field(default=0.25, gt=0)
     # GPU memory pools. Omitted: discovered from the Ray cluster, one pool per GPU node, its size
     # from the node's `vram_gb` custom resource (or default_gpu_vram_gb).

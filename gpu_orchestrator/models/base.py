@@ -109,6 +109,7 @@ class ModelDeployment:
         self.busy = 0
         self.last_used = None  # wall-clock time of the last finished job
         self._deployment, self._replica_id = _replica_identity(self.model_name)
+        self._gpu_index = _gpu_index()  # fixed for the life of the replica: Ray assigned its GPU
         logs.configure_from_env(component=f"model:{self._deployment}")
         self._stop = threading.Event()
         self._load_lock = threading.Lock()
@@ -299,6 +300,7 @@ class ModelDeployment:
             "pid": os.getpid(),
             "node": os.uname().nodename,
             "node_id": _node_id(),
+            "gpu_index": self._gpu_index,
             "load_time_s": self.load_time_s,
             "load_error": self.load_error,
             "vram_declared_gb": self.declared_vram_gb,
@@ -331,3 +333,9 @@ def _node_id() -> str | None:
     from gpu_orchestrator.serve.context import node_id
 
     return node_id()
+
+
+def _gpu_index() -> int | None:
+    from gpu_orchestrator.serve.context import gpu_index
+
+    return gpu_index()

@@ -39,6 +39,20 @@ def node_id() -> str | None:
         return None
 
 
+def gpu_index() -> int | None:
+    """The index on its node of the GPU Ray gave this process (the first, where it has several),
+    or None without one. The arbiter accounts VRAM per physical GPU from it."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        ids = ray.get_gpu_ids()
+        return int(ids[0]) if ids else None
+    except Exception:
+        return None
+
+
 def replica_id() -> str:
     try:
         from ray import serve

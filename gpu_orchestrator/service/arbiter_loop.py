@@ -23,7 +23,8 @@ from gpu_orchestrator.core.swap_budget import SwapBudget
 from gpu_orchestrator.service.arbiter_ports import (ArbiterMetrics, ClusterView, Heartbeats, NoArbiterMetrics,
                                                     QueueReader)
 from gpu_orchestrator.service.arbiter_tracks import DecisionBook
-from gpu_orchestrator.service.arbiter_views import Pools, decision_snapshot, gpu_pools, model_views, replica_counts
+from gpu_orchestrator.service.arbiter_views import (Pools, decision_snapshot, gpu_pools, model_views, packing_warnings,
+                                                    replica_counts)
 from gpu_orchestrator.store.base import LeaderLock
 
 log = logging.getLogger("gpu_orchestrator.arbiter")
@@ -49,7 +50,7 @@ class ArbiterLoop:
         self.clock = clock
         a = cfg.arbiter
         self.policy = PolicyConfig(idle_ttl_s=a.idle_ttl_s, max_wait_s=a.max_wait_s, min_resident_s=a.min_resident_s,
-                                   swap_budget=a.swap_budget, swap_window_s=a.swap_window_s)
+                                   swap_budget=a.swap_budget, swap_window_s=a.swap_window_s, starvation_s=a.starvation_s)
         self.budget = SwapBudget(a.swap_budget, a.swap_window_s)
         self.book = DecisionBook(cfg.models, metrics or NoArbiterMetrics())
         self.snapshot: Snapshot | None = None
@@ -150,7 +151,11 @@ class ArbiterLoop:
         if self._pools is not None and (self.cfg.arbiter.gpus or now - self._pools_at < NODES_EVERY_S):
             return self._pools
         nodes = await asyncio.to_thread(self.cluster.nodes)
-        self._pools, self._pools_at = gpu_pools(nodes, self.cfg.arbiter), now
+        pools, self._pools_at = gpu_pools(nodes, self.cfg.arbiter), now
+        if self._pools is None or pools.gpus != self._pools.gpus:
+            for w in packing_warnings(self.cfg, pools):
+                log.warning("%s", w)
+        self._pools = pools
         return self._pools
 
     # -- what the router and the dispatcher use ---------------------------------------------------

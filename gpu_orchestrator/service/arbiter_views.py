@@ -18,8 +18,20 @@ from gpu_orchestrator.store.base import AppQueueStats
 
 @dataclass(frozen=True)
 class Pools:
+    """The GPUs the arbiter places models on: each pool is one physical GPU (a declared pool may
+    stand for GPUs of a node type), with where each node's GPUs are among them."""
+
     gpus: list[Gpu]
-    node_pool: dict[str, str] = field(default_factory=dict)  # node id -> the GPU pool it belongs to
+    node_pools: dict[str, tuple[str, ...]] = field(default_factory=dict)  # node id -> its pools, by GPU index
+
+    def pool_of(self, node_id: str, gpu_index: int | None) -> str | None:
+        """The pool a replica on this node (on its GPU of this index, where known) occupies."""
+        pools = self.node_pools.get(node_id, ())
+        if len(pools) == 1:
+            return pools[0]
+        if gpu_index is not None and 0 <= gpu_index < len(pools):
+            return pools[gpu_index]
+        return None
 
 
 def _node_types(n: Node) -> list[str]:
@@ -28,8 +40,10 @@ def _node_types(n: Node) -> list[str]:
 
 def gpu_pools(nodes: Iterable[Node], spec: ArbiterSpec) -> Pools:
     """Declared pools (nodes matched to them by node type, or all to the only pool), else one pool
-    per GPU node, sized by its VRAM resource."""
-    node_pool: dict[str, str] = {}
+    per physical GPU: a node with n GPUs is n pools, each 1/n of its VRAM resource (or
+    default_gpu_vram_gb each), so no model is placed where no single GPU has room for it."""
+    node_pools: dict[str, tuple[str, ...]] = {}
+    nodes = list(nodes)
     if spec.gpus:
         gpus = [Gpu(g.id, g.vram_gb, g.node_type) for g in spec.gpus]
         for n in nodes:
@@ -38,28 +52,55 @@ def gpu_pools(nodes: Iterable[Node], spec: ArbiterSpec) -> Pools:
             if match is None and len(gpus) == 1:
                 match = gpus[0].id
             if match:
-                node_pool[n.node_id] = match
-        return Pools(gpus, node_pool)
+                node_pools[n.node_id] = (match,)
+        return Pools(gpus, node_pools)
+    gpu_nodes = [n for n in nodes if n.resources.get("GPU", 0) > 0]
+    type_count: dict[str, int] = {}
+    for n in gpu_nodes:
+        for t in _node_types(n)[:1]:
+            type_count[t] = type_count.get(t, 0) + 1
     gpus = []
-    for n in nodes:
-        if n.resources.get("GPU", 0) <= 0:
-            continue
+    for n in gpu_nodes:
         types = _node_types(n)
-        vram = n.resources.get(spec.vram_resource or "vram_gb", spec.default_gpu_vram_gb)
-        pid = types[0] if types else n.node_id[:12]
-        gpus.append(Gpu(pid, float(vram), types[0] if types else ""))
-        node_pool[n.node_id] = pid
-    return Pools(gpus, node_pool)
+        count = max(1, round(n.resources["GPU"]))
+        declared = n.resources.get(spec.vram_resource or "vram_gb")
+        each = float(declared) / count if declared is not None else spec.default_gpu_vram_gb
+        # Named after the node type where that is unique, else the node.
+        pid = types[0] if types and type_count[types[0]] == 1 else (f"{types[0]}@{n.node_id[:8]}" if types else n.node_id[:12])
+        ids = (pid,) if count == 1 else tuple(f"{pid}:{i}" for i in range(count))
+        gpus += [Gpu(i, each, types[0] if types else "") for i in ids]
+        node_pools[n.node_id] = ids
+    return Pools(gpus, node_pools)
 
 
-def placement(holding: int, node_ids: Iterable[str], pools: Pools, previous: tuple[str, ...]) -> tuple[str, ...]:
-    """The GPU pools a model's `holding` replicas occupy: from its replicas' heartbeats (their
-    nodes), filled in from where the arbiter last placed it."""
+def packing_warnings(cfg: OrchestratorConfig, pools: Pools) -> list[str]:
+    """Models Ray could put on a GPU the arbiter did not count them on. Ray, not the arbiter, picks
+    which GPU of a node a replica gets, packing fractional `num_gpus` shares; where a node has
+    several GPUs, a model whose share is below its VRAM's share of the GPU could land beside
+    another model the arbiter placed on a different GPU of that node."""
+    multi = [g for ids in pools.node_pools.values() if len(ids) > 1 for g in pools.gpus if g.id in ids]
+    if not multi or cfg.arbiter.vram_resource:
+        return []
+    smallest = min(g.vram_gb for g in multi)
+    out = []
+    for name, m in cfg.models.items():
+        need = m.vram_gb / smallest
+        if m.vram_gb > 0 and m.num_gpus < need - 1e-9:
+            out.append(f"models.{name}.num_gpus {m.num_gpus:g} is below its VRAM's share of a {smallest:g} GB GPU "
+                       f"({m.vram_gb:g}/{smallest:g} = {need:.2f}): on a node with several GPUs Ray may pack it "
+                       f"onto a GPU beside another model; set num_gpus >= {need:.2f}")
+    return out
+
+
+def placement(holding: int, locations: Iterable[tuple[str, int | None]], pools: Pools,
+              previous: tuple[str, ...]) -> tuple[str, ...]:
+    """The GPU pools a model's `holding` replicas occupy: from its replicas' heartbeats (node and
+    GPU index), filled in from where the arbiter last placed it."""
     if holding == 0:
         return ()
     if len(pools.gpus) == 1:
         return (pools.gpus[0].id,) * holding
-    known = [p for p in (pools.node_pool.get(n) for n in node_ids) if p]
+    known = [p for p in (pools.pool_of(n, g) for n, g in locations) if p]
     if len(known) >= holding:
         return tuple(known[:holding])
     return tuple(known) + tuple(previous[len(known):holding]) or previous
@@ -103,7 +144,7 @@ def model_views(cfg: OrchestratorConfig, *, stats: Mapping[str, AppQueueStats], 
             replicas=running,
             pending=starting,
             stopping=stopping,
-            placement=placement(running + starting + stopping, [b.get("node_id", "") for b in mine], pools,
+            placement=placement(running + starting + stopping, [(b.get("node_id") or "", b.get("gpu_index")) for b in mine], pools,
                                 tr.placement),
             in_flight=in_flight,
             queued=queued,

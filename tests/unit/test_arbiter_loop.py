@@ -9,10 +9,10 @@ import pytest
 
 from gpu_orchestrator.bus.decisions import MemoryDecisionBoard, Snapshot
 from gpu_orchestrator.core.config import ArbiterSpec, GpuPoolSpec, parse_config
-from gpu_orchestrator.core.policy import Gpu
+from gpu_orchestrator.core.policy import Gpu, ModelView, PolicyConfig, Verb, decide
 from gpu_orchestrator.service.arbiter_loop import LEADER_LOCK_KEY, STALE_AFTER_S, ArbiterLoop
 from gpu_orchestrator.service.arbiter_ports import CountingArbiterMetrics, Node
-from gpu_orchestrator.service.arbiter_views import Pools, gpu_pools, placement
+from gpu_orchestrator.service.arbiter_views import Pools, gpu_pools, packing_warnings, placement
 from gpu_orchestrator.store.memory import MemoryJobStore
 
 T0 = 1_700_000_000.0
@@ -399,12 +399,46 @@ def test_a_leader_that_regains_the_lock_adopts_what_the_other_leader_loaded():
 # -- the pure parts --------------------------------------------------------------------------------
 
 
-def test_discovered_pools_one_per_gpu_node():
+def test_discovered_pools_one_per_gpu():
     nodes = [Node("aaaaaaaaaaaaaaaa", {"GPU": 1.0, "vram_gb": 80.0, "node_type:h100": 1.0}),
              Node("bbbbbbbbbbbbbbbb", {"GPU": 1.0}), Node("cccc", {"CPU": 8.0})]
     p = gpu_pools(nodes, ArbiterSpec(default_gpu_vram_gb=24.0))
     assert p.gpus == [Gpu("h100", 80.0, "h100"), Gpu("bbbbbbbbbbbb", 24.0, "")]
-    assert p.node_pool == {"aaaaaaaaaaaaaaaa": "h100", "bbbbbbbbbbbbbbbb": "bbbbbbbbbbbb"}
+    assert p.node_pools == {"aaaaaaaaaaaaaaaa": ("h100",), "bbbbbbbbbbbbbbbb": ("bbbbbbbbbbbb",)}
+
+
+def test_a_node_with_several_gpus_is_a_pool_per_gpu():
+    """Two 24 GB GPUs are not one 48 GB pool: a 30 GB model fits on neither, and two 16 GB models
+    go to different GPUs."""
+    nodes = [Node("n1aaaaaaaaaa", {"GPU": 2.0, "vram_gb": 48.0, "node_type:l4": 1.0}),
+             Node("n2aaaaaaaaaa", {"GPU": 2.0, "node_type:l4": 1.0})]
+    p = gpu_pools(nodes, ArbiterSpec(default_gpu_vram_gb=24.0))
+    assert [g.id for g in p.gpus] == ["l4@n1aaaaaa:0", "l4@n1aaaaaa:1", "l4@n2aaaaaa:0", "l4@n2aaaaaa:1"]
+    assert {g.vram_gb for g in p.gpus} == {24.0} and {g.node_type for g in p.gpus} == {"l4"}
+    assert p.pool_of("n1aaaaaaaaaa", 1) == "l4@n1aaaaaa:1" and p.pool_of("n1aaaaaaaaaa", None) is None
+    one = gpu_pools(nodes[:1], ArbiterSpec())
+    d = decide([ModelView("big", 30, queued=1, oldest_wait_s=1)], one.gpus, PolicyConfig())
+    assert d.targets["big"] == 0 and "cannot place big: needs 30 GB, largest allowed GPU has 24 GB" in d.reasons
+    d = decide([ModelView("a", 16, queued=1, oldest_wait_s=2), ModelView("b", 16, queued=1, oldest_wait_s=1)],
+               one.gpus, PolicyConfig())
+    assert d.placements == {"a": ("l4:0",), "b": ("l4:1",)}
+    # 10 GB free on each GPU (20 GB in all) is no room for a 16 GB model: an idle model is evicted.
+    views = [ModelView("x", 14, replicas=1, placement=("l4:0",), idle_s=5.0, resident_s=60),
+             ModelView("y", 14, replicas=1, placement=("l4:1",), queued=3, in_flight=1, resident_s=60),
+             ModelView("w", 16, queued=1, oldest_wait_s=1)]
+    d = decide(views, one.gpus, PolicyConfig())
+    assert d.targets == {"x": 0, "y": 1, "w": 0} and [a.verb for a in d.actions] == [Verb.evict]
+    assert d.actions[0].gpus == ("l4:0",)
+
+
+def test_shares_below_the_vram_share_of_a_gpu_are_reported_where_nodes_have_several():
+    cfg = parse_config({"arbiter": {"enabled": True}, "models": {
+        "a": {"impl": "m:A", "num_gpus": 0.2, "vram_gb": 16}, "b": {"impl": "m:B", "num_gpus": 0.5, "vram_gb": 12}},
+        "apps": []})
+    two = gpu_pools([Node("n", {"GPU": 2.0, "vram_gb": 48.0})], cfg.arbiter)
+    (w,) = packing_warnings(cfg, two)
+    assert w.startswith("models.a.num_gpus 0.2 is below its VRAM's share of a 24 GB GPU (16/24 = 0.67)")
+    assert packing_warnings(cfg, gpu_pools([Node("n", {"GPU": 1.0, "vram_gb": 24.0})], cfg.arbiter)) == []
 
 
 def test_declared_pools_match_nodes_by_type():
@@ -412,19 +446,23 @@ def test_declared_pools_match_nodes_by_type():
                              GpuPoolSpec(id="small", vram_gb=24, node_type="l4")])
     nodes = [Node("n1", {"node_type:l4": 1.0}), Node("n2", {"node_type:h100": 1.0}), Node("n3", {})]
     p = gpu_pools(nodes, spec)
-    assert [g.id for g in p.gpus] == ["big", "small"] and p.node_pool == {"n1": "small", "n2": "big"}
+    assert [g.id for g in p.gpus] == ["big", "small"] and p.node_pools == {"n1": ("small",), "n2": ("big",)}
     # One declared pool takes every node.
     one = gpu_pools(nodes, ArbiterSpec(gpus=[GpuPoolSpec(id="gpu0", vram_gb=24)]))
-    assert one.node_pool == {"n1": "gpu0", "n2": "gpu0", "n3": "gpu0"}
+    assert one.node_pools == {"n1": ("gpu0",), "n2": ("gpu0",), "n3": ("gpu0",)}
 
 
 def test_placement_from_heartbeats_then_the_last_decision():
-    pools = Pools([Gpu("big", 80), Gpu("small", 24)], {"n1": "small", "n2": "big"})
-    assert placement(0, ["n1"], pools, ("big",)) == ()
-    assert placement(1, ["n1"], pools, ("big",)) == ("small",)
-    assert placement(2, ["n1"], pools, ("big", "big")) == ("small", "big")
+    pools = Pools([Gpu("big", 80), Gpu("small", 24)], {"n1": ("small",), "n2": ("big",)})
+    assert placement(0, [("n1", None)], pools, ("big",)) == ()
+    assert placement(1, [("n1", None)], pools, ("big",)) == ("small",)
+    assert placement(2, [("n1", None)], pools, ("big", "big")) == ("small", "big")
     assert placement(1, [], pools, ("big",)) == ("big",)
     assert placement(2, [], Pools([Gpu("gpu0", 24)]), ()) == ("gpu0", "gpu0")
+    # A node with two GPUs: the replica's GPU index says which (Ray chose it, not the arbiter).
+    two = Pools([Gpu("n:0", 24), Gpu("n:1", 24)], {"n": ("n:0", "n:1")})
+    assert placement(1, [("n", 1)], two, ("n:0",)) == ("n:1",)
+    assert placement(1, [("n", None)], two, ("n:0",)) == ("n:0",)
 
 
 @pytest.mark.parametrize("module", ["gpu_orchestrator.service.arbiter_loop", "gpu_orchestrator.serve.autoscaling"])

@@ -98,3 +98,21 @@ def test_swap_budget_defaults_can_be_switched_off_and_are_checked():
     with pytest.raises(ConfigError) as e:
         parse_config(args)
     assert "args.arbiter.swap_budget" in str(e.value)
+
+
+def test_overlap_and_starvation_bound_are_checked():
+    args = shipped_args()
+    cfg = parse_config(args)
+    assert cfg.models["sdxl"].overlap == 0.0 and cfg.arbiter.starvation_s is None  # default: 10 x max_wait_s
+    args["models"]["llm"]["overlap"] = 0.4
+    assert parse_config(args).models["llm"].overlap == 0.4
+    for bad in (1.2, -0.1):
+        args["models"]["llm"]["overlap"] = bad
+        with pytest.raises(ConfigError) as e:
+            parse_config(args)
+        assert "models.llm.overlap" in str(e.value)
+    args["models"]["llm"]["overlap"] = 0.0
+    args["arbiter"] = {**args.get("arbiter", {}), "starvation_s": 0}
+    with pytest.raises(ConfigError) as e:
+        parse_config(args)
+    assert "arbiter.starvation_s" in str(e.value)
