@@ -24,13 +24,14 @@ from __future__ import annotations
 import argparse
 import random
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpu_orchestrator.core.policy import Gpu, PolicyConfig  # noqa: E402
+from gpu_orchestrator.core.policy import Gpu, ModelView, PolicyConfig, decide  # noqa: E402
 from gpu_orchestrator.core.simulator import (SimModel, SimResult, TraceJob, lower_bound, simulate,  # noqa: E402
                                              simulate_fifo)
 
@@ -202,6 +203,124 @@ def p99s(r: SimResult) -> str:
     return " ".join(f"{m} {v:.0f}" for m, v in r.p99_by_model().items())
 
 
+# -- scale: one decide() and one arbiter tick on large random clusters --------------------------------
+
+DECIDE_TARGET_MS = 20.0  # at 256 GPUs and 1,000 models
+TICK_TARGET_MS = 50.0
+SIZES = [(8, 20), (64, 200), (256, 1000)]
+
+
+def random_cluster(rng: random.Random, n_gpus: int, n_models: int) -> tuple[list[ModelView], list[Gpu]]:
+    """A consistent random cluster: GPUs of 24/48/80 GB (some of a node type); half the models
+    resident (where they fit), busy or idle, a third cold with queued work, the rest cold and idle."""
+    gpus = [Gpu(f"g{i}", rng.choice([24.0, 48.0, 80.0]), rng.choice(["", "l4", "h100"])) for i in range(n_gpus)]
+    free = {g.id: g.vram_gb for g in gpus}
+    views = []
+    for k in range(n_models):
+        vram, load, svc = rng.choice([2, 4, 8, 10, 16, 22, 40]), rng.uniform(3, 30), rng.uniform(0.5, 8)
+        roll = rng.random()
+        fits = [g for g in gpus if free[g.id] >= vram]
+        if roll < 0.5 and fits:
+            g = rng.choice(fits)
+            free[g.id] -= vram
+            busy = rng.random() < 0.6
+            views.append(ModelView(f"m{k}", vram, load_s=load, service_s=svc, replicas=1, placement=(g.id,),
+                                   in_flight=int(busy), queued=rng.randint(0, 20) if busy else 0,
+                                   oldest_wait_s=rng.uniform(0, 120) if busy else 0.0,
+                                   idle_s=None if busy else rng.uniform(0, 600), resident_s=rng.uniform(0, 600)))
+        elif roll < 0.8:
+            views.append(ModelView(f"m{k}", vram, load_s=load, service_s=svc, queued=rng.randint(1, 30),
+                                   oldest_wait_s=rng.uniform(0, 200), max_priority=rng.choice([0, 0, HIGH]),
+                                   cold_s=rng.choice([None, rng.uniform(0, 300)]),
+                                   pin=rng.choice([None, None, None, "l4"])))
+        else:
+            views.append(ModelView(f"m{k}", vram, load_s=load))
+    return views, gpus
+
+
+def best_ms(fn: Callable[[], object], repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1000
+
+
+def tick_ms(n_gpus: int, n_models: int, seed: int) -> float:
+    """The arbiter loop's whole leader tick (queue stats from the in-memory store, replica states
+    and nodes from a fake cluster, heartbeats, views, decide, publish) at this size."""
+    import asyncio
+
+    from gpu_orchestrator.bus.decisions import MemoryDecisionBoard
+    from gpu_orchestrator.core.config import parse_config
+    from gpu_orchestrator.service.arbiter_loop import LEADER_LOCK_KEY, ArbiterLoop
+    from gpu_orchestrator.service.arbiter_ports import Node
+    from gpu_orchestrator.store.memory import MemoryJobStore
+
+    rng = random.Random(seed)
+    names = [f"m{k}" for k in range(n_models)]
+    cfg = parse_config({
+        "arbiter": {"enabled": True},
+        "models": {n: {"impl": "deployments.echo:Echo", "vram_gb": rng.choice([2, 4, 8, 10, 16, 22, 40]),
+                       "load_s": 10.0} for n in names},
+        "apps": [{"id": n, "deployment": n} for n in names],
+    })
+    store = MemoryJobStore()
+    for n in rng.sample(names, n_models // 3):
+        for _ in range(rng.randint(1, 5)):
+            store.submit(app_id=n, params={})
+    nodes = [Node(f"node{i:04d}", {"GPU": 1.0, "vram_gb": rng.choice([24.0, 48.0, 80.0])}) for i in range(n_gpus)]
+    resident = rng.sample(names, n_models // 4)
+
+    class Cluster:
+        def replica_states(self):
+            return {n: {"RUNNING": 1} for n in resident}
+
+        def nodes(self):
+            return nodes
+
+    class Beats:
+        async def read_all(self):
+            return [{"deployment": n, "node_id": nodes[i % n_gpus].node_id, "last_used": 0.0} for i, n in enumerate(resident)]
+
+    loop = ArbiterLoop(cfg=cfg, store=store, lock=store.leader_lock(LEADER_LOCK_KEY), board=MemoryDecisionBoard(),
+                       cluster=Cluster(), heartbeats=Beats(), owner="bench")
+
+    async def ticks() -> float:
+        await loop.tick()  # the first reads the nodes and service times (then every 30 s / 10 s)
+        return min([await _timed(loop.tick) for _ in range(5)])
+
+    async def _timed(fn) -> float:
+        t0 = time.perf_counter()
+        await fn()
+        return (time.perf_counter() - t0) * 1000
+
+    return asyncio.run(ticks())
+
+
+def scale(seed: int) -> list[tuple[str, str, bool]]:
+    print("\nscale: one decide() on random consistent clusters (best of several), and the arbiter's whole tick")
+    verdicts = []
+    times = []
+    for n_gpus, n_models in SIZES:
+        views, gpus = random_cluster(random.Random(seed), n_gpus, n_models)
+        credit = {g.id: 6.0 for g in gpus}
+        ms = best_ms(lambda: decide(views, gpus, PolicyConfig(), credit), 20 if n_gpus < 100 else 7)
+        times.append(ms)
+        print(f"  decide  {n_gpus:>4} GPUs {n_models:>5} models  {ms:8.2f} ms")
+    n_gpus, n_models = SIZES[-1]
+    growth = times[-1] / times[-2]
+    verdicts.append(("scale", f"decide at {n_gpus} GPUs / {n_models} models {times[-1]:.1f} ms (target <= "
+                              f"{DECIDE_TARGET_MS:g} ms); x{growth:.1f} from {SIZES[-2][0]}/{SIZES[-2][1]} "
+                              f"(x{n_models / SIZES[-2][1]:g} the models)", times[-1] <= DECIDE_TARGET_MS))
+    tick = tick_ms(n_gpus, n_models, seed)
+    print(f"  tick    {n_gpus:>4} GPUs {n_models:>5} models  {tick:8.2f} ms (views, decide, publish; in-memory store)")
+    verdicts.append(("scale", f"arbiter tick at {n_gpus} GPUs / {n_models} models {tick:.1f} ms (target <= "
+                              f"{TICK_TARGET_MS:g} ms)", tick <= TICK_TARGET_MS))
+    return verdicts
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--max-wait", type=float, default=60.0, help="arbiter max_wait_s")
@@ -268,6 +387,7 @@ def main() -> None:
                                f"{cfg.starvation_bound_s:g} s + {slack:.0f} s)", cold <= cfg.starvation_bound_s + slack))
         peak = max(ours.max_coresident_vram.values())
         assert peak <= GPUS[0].vram_gb, f"arbiter over budget: {peak} GB"
+    verdicts += scale(args.seed)
     print("\n* overloaded: the work, one load per model included, takes longer than the arrivals span + max_wait_s\n"
           "~ bursts beyond the bound: some stretch of arrivals brings more work than it lasts + max_wait_s")
     print("targets:")

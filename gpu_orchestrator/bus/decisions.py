@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 if TYPE_CHECKING:  # the loop that uses a board must not import redis
@@ -35,7 +35,8 @@ class Snapshot:
     gpus: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        # Its fields are plain JSON values: no deep copy (asdict's) of a thousand models' rows.
+        return json.dumps({f.name: getattr(self, f.name) for f in fields(self)})
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Snapshot:

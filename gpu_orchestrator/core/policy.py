@@ -24,6 +24,7 @@ here from declared/measured VRAM against each GPU's budget:
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 from enum import Enum
@@ -197,9 +198,35 @@ def decide(models: Iterable[ModelView], gpus: Iterable[Gpu], cfg: PolicyConfig =
             if gid in used:
                 used[gid] += m.vram_gb
 
+    cap = {g.id: g.vram_gb for g in gpus}
+    # Who sits on each GPU (filtered by the current targets where used): an eviction plan looks at
+    # one GPU's residents, not every model (decide stays about linear in GPUs and models).
+    on_gpu: dict[str, list[ModelView]] = {g.id: [] for g in gpus}
+    for m in models:
+        for gid in set(m.placement):
+            if gid in on_gpu:
+                on_gpu[gid].append(m)
+
     def free(gid: str) -> float:
-        cap = next(g.vram_gb for g in gpus if g.id == gid)
-        return cap - used[gid]
+        return cap[gid] - used[gid]
+
+    fits_of: dict[tuple, tuple[list[Gpu], list[Gpu]]] = {}
+    # GPUs by free memory, for best fit in O(log n) rather than a scan of every GPU per model.
+    by_free = sorted((free(g.id), g.id) for g in gpus)
+    gpu_of = {g.id: g for g in gpus}
+
+    def take(gid: str, gb: float) -> None:
+        del by_free[bisect.bisect_left(by_free, (free(gid), gid))]
+        used[gid] += gb
+        bisect.insort(by_free, (free(gid), gid))
+
+    def best_fit(m: ModelView) -> Gpu | None:
+        """The allowed GPU with the least free memory that holds `m` (keeps big holes for big models)."""
+        for _, gid in by_free[bisect.bisect_left(by_free, (m.vram_gb, "")):]:
+            g = gpu_of[gid]
+            if m.pin is None or m.pin in (g.id, g.node_type):
+                return g
+        return None
 
     # 1. Idle TTL: release VRAM of models with nothing to do.
     for m in models:
@@ -216,8 +243,11 @@ def decide(models: Iterable[ModelView], gpus: Iterable[Gpu], cfg: PolicyConfig =
             targets[w.name] = 1
             actions.append(Action(Verb.load, w.name, text=f"load {w.name}: {w.queued} queued, needs no GPU memory"))
             continue
-        allowed = _allowed(w, gpus)
-        fits = [g for g in allowed if w.vram_gb <= g.vram_gb]
+        key = (w.pin, w.vram_gb)
+        if key not in fits_of:  # models alike in pin and size share the scan
+            allowed = _allowed(w, gpus)
+            fits_of[key] = (allowed, [g for g in allowed if w.vram_gb <= g.vram_gb])
+        allowed, fits = fits_of[key]
         if not fits:
             why = (f"cannot place {w.name}: needs {w.vram_gb:g} GB, largest allowed GPU has {max(g.vram_gb for g in allowed):g} GB"
                    if allowed else f"cannot place {w.name}: no GPU " + (f"matches pin {w.pin!r}" if w.pin else "in the cluster"))
@@ -225,18 +255,17 @@ def decide(models: Iterable[ModelView], gpus: Iterable[Gpu], cfg: PolicyConfig =
             if w.oldest_wait_s >= cfg.max_wait_s:
                 unplaceable[w.name] = why
             continue
-        room = [g for g in fits if free(g.id) >= w.vram_gb]
-        if room:
-            g = min(room, key=lambda g: (free(g.id), g.id))  # best fit: keep big holes for big models
+        g = best_fit(w)
+        if g is not None:
             targets[w.name] = 1
             placements[w.name] = [g.id]
-            used[g.id] += w.vram_gb
+            take(g.id, w.vram_gb)
             actions.append(Action(Verb.load, w.name, (g.id,),
                                   text=f"load {w.name} on {g.id}: {w.queued} queued, {free(g.id) + w.vram_gb:.0f} GB free"))
             continue
-        plan = _eviction_plan(w, fits, models, targets, draining, free, cfg, credit)
+        plan = _eviction_plan(w, fits, on_gpu, by_name, targets, draining, free, cfg, credit)
         if plan is None:
-            unpaid = credit is not None and _eviction_plan(w, fits, models, targets, draining, free, cfg, None)
+            unpaid = credit is not None and _eviction_plan(w, fits, on_gpu, by_name, targets, draining, free, cfg, None)
             if unpaid:
                 gid = unpaid[0]
                 actions.append(Action(Verb.wait, w.name, text=(
@@ -276,17 +305,19 @@ def decide(models: Iterable[ModelView], gpus: Iterable[Gpu], cfg: PolicyConfig =
         if targets[m.name] == 0:
             placements[m.name] = []
 
-    # 4. Extra replicas for deep queues where room allows (max_replicas > 1).
+    # 4. Extra replicas for deep queues where room allows (max_replicas > 1), unless a model with
+    # work is still cold (adding replicas here changes no cold model's target).
+    cold_with_work = any(m.queued > 0 and targets[m.name] == 0 for m in models)
     for m in sorted(models, key=lambda m: _urgency(m, cfg)):
         if m.name in draining or targets[m.name] == 0 or targets[m.name] >= m.max_replicas:
             continue
         if m.replicas == targets[m.name] and m.queued > m.in_flight:
             room = [g for g in _allowed(m, gpus) if free(g.id) >= m.vram_gb and g.id not in placements[m.name]]
-            if room and not any(by_name[o].queued > 0 and targets[o] == 0 for o in by_name):
+            if room and not cold_with_work:
                 g = min(room, key=lambda g: (free(g.id), g.id))
                 targets[m.name] += 1
                 placements[m.name].append(g.id)
-                used[g.id] += m.vram_gb
+                take(g.id, m.vram_gb)
                 actions.append(Action(Verb.add, m.name, (g.id,), text=f"add a {m.name} replica on {g.id}: {m.queued} queued"))
 
     return Decision(
@@ -298,7 +329,7 @@ def decide(models: Iterable[ModelView], gpus: Iterable[Gpu], cfg: PolicyConfig =
     )
 
 
-def _eviction_plan(w, fits, models, targets, draining, free, cfg, credit):
+def _eviction_plan(w, fits, on_gpu, by, targets, draining, free, cfg, credit):
     """Cheapest way to make room for `w` on one GPU: (gpu id, victims, swap cost in load seconds) or
     None.
 
@@ -308,9 +339,8 @@ def _eviction_plan(w, fits, models, targets, draining, free, cfg, credit):
     among those, the one whose queue empties soonest.
     """
     best = None
-    by = {m.name: m for m in models}
     for g in fits:
-        residents = [m for m in models if g.id in m.placement and targets[m.name] > 0 and m.name != w.name]
+        residents = [m for m in on_gpu[g.id] if targets[m.name] > 0 and m.name != w.name]
         idle = sorted((m for m in residents if m.queued == 0 and m.in_flight == 0),
                       key=lambda m: (-(m.idle_s or 0.0), m.name))
         # A busy resident may start its next job any moment: count one job of it to drain.

@@ -10,7 +10,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from gpu_orchestrator.core.policy import Decision
+from gpu_orchestrator.core.policy import Action, Decision
 from gpu_orchestrator.service.arbiter_ports import ArbiterMetrics
 
 log = logging.getLogger("gpu_orchestrator.arbiter")
@@ -66,9 +66,15 @@ class DecisionBook:
         for."""
         loaded: list[str] = []
         fresh: list[str] = []
+        concerning: dict[str, list[Action]] = {}  # model -> the acting actions that concern it, in order
+        for a in d.actions:
+            if a.acting:
+                for name in dict.fromkeys((a.model, a.for_model)):
+                    if name is not None:
+                        concerning.setdefault(name, []).append(a)
         for name, tr in self.tracks.items():
             new = d.targets.get(name, 0)
-            acting = [a for a in d.actions if a.acting and a.concerns(name)]
+            acting = concerning.get(name, [])
             if acting:
                 if acting[-1].text != tr.last_action:
                     fresh.append(acting[-1].text)

@@ -117,10 +117,15 @@ def model_views(cfg: OrchestratorConfig, *, stats: Mapping[str, AppQueueStats], 
                 tracks: Mapping[str, ModelTrack], pools: Pools, now: float) -> list[ModelView]:
     """What the policy sees of every model deployment now. `tracks` must already have observed
     this tick's replica states (resident_since)."""
-    beats = list(beats)
+    by_model: dict[str, list[str]] = {}  # deployment -> its app ids (one pass, not one per model)
+    for a in cfg.apps:
+        by_model.setdefault(a.deployment, []).append(a.id)
+    beats_of: dict[str, list[dict[str, Any]]] = {}
+    for b in beats:
+        beats_of.setdefault(b.get("deployment"), []).append(b)
     views = []
     for name, spec in cfg.models.items():
-        apps = [a.id for a in cfg.apps if a.deployment == name and a.id in stats]
+        apps = [a for a in by_model.get(name, ()) if a in stats]
         running, starting, stopping = replica_counts(states.get(name, {}))
         tr = tracks[name]
         if tr.last_target == 0 and running + starting > 0:
@@ -128,14 +133,14 @@ def model_views(cfg: OrchestratorConfig, *, stats: Mapping[str, AppQueueStats], 
             # evicted a moment after its last request): memory held, not adopted, so the model it
             # was evicted for still waits for it to go and the two are never loading together.
             running, starting, stopping = 0, 0, stopping + running + starting
-        mine = [b for b in beats if b.get("deployment") == name]
+        mine = beats_of.get(name, [])
         queued = sum(stats[a].queued for a in apps)
         in_flight = sum(stats[a].running for a in apps)
         oldest = max((stats[a].oldest_queued_age_s or 0.0 for a in apps), default=0.0)
         prio = max((stats[a].max_queued_priority or 0 for a in apps if stats[a].queued), default=0)
         last_used = max((b.get("last_used") or 0.0 for b in mine), default=0.0) or None
         idle_from = max(filter(None, [last_used, tr.resident_since]), default=None)
-        services = [service[a.id] for a in cfg.apps if a.deployment == name and a.id in service]
+        services = [service[a] for a in by_model.get(name, ()) if a in service]
         views.append(ModelView(
             name=name,
             vram_gb=cfg.model_vram_gb(name),
