@@ -108,9 +108,6 @@ class Verb(str, Enum):
 
 
 DRAIN_MARGIN = 1.5
-# A load shares its GPU with the jobs of models resident beside it (core.gpu_share), so it can
-# take longer than the load time measured alone.
-LOAD_MARGIN = 1.5
 STARVATION_FACTOR = 10.0
 
 ACTING = frozenset({Verb.load, Verb.add, Verb.evict, Verb.drain, Verb.scale_to_zero})
@@ -347,7 +344,7 @@ def _eviction_plan(w, fits, on_gpu, by, targets, draining, free, cfg, credit):
         drain_s = max((m.service_s for m in residents if m.in_flight > 0 or m.queued > 0), default=0.0)
         # Due: waiting any longer would start w's oldest job after max_wait_s. service_s is a mean,
         # so that job counts half again (a long one must not push w past the bound).
-        due = w.oldest_wait_s + DRAIN_MARGIN * drain_s + LOAD_MARGIN * w.load_s >= cfg.max_wait_s
+        due = w.oldest_wait_s + DRAIN_MARGIN * drain_s + w.load_s >= cfg.max_wait_s
 
         # A full bucket pays for any one swap, even one dearer than the cap (or it would never run).
         have = credit.get(g.id, math.inf) if credit is not None and cfg.swap_budget is not None else math.inf
@@ -372,13 +369,21 @@ def _eviction_plan(w, fits, on_gpu, by, targets, draining, free, cfg, credit):
                        and may_displace(m)),
                       key=lambda m: (m.max_priority, m.queued * m.service_s, m.name))
         need = w.vram_gb - free(g.id)
-        chosen, freed, cost = [], 0.0, 0.0
+        picked: list[ModelView] = []
+        freed = 0.0
         for m in idle + busy:
             if freed >= need:
                 break
-            chosen.append(m.name)
+            picked.append(m)
             freed += m.vram_gb
-            cost += 0.0 if m in idle else 1.0 + m.queued * m.service_s
+        # Keep whoever the rest already make room without (a small idle model picked first, then a
+        # big one that alone frees enough): every needless eviction is a reload later.
+        for m in list(picked):
+            if freed - m.vram_gb >= need:
+                picked.remove(m)
+                freed -= m.vram_gb
+        chosen = [m.name for m in picked]
+        cost = sum(0.0 if m in idle else 1.0 + m.queued * m.service_s for m in picked)
         if freed >= need:
             key = (cost, len(chosen), g.id)
             if best is None or key < best[0]:

@@ -145,19 +145,39 @@ def ping_when_idle(engine: Engine, idle_s: float = PING_IDLE_S) -> Engine:
     return engine
 
 
-def run_migrations(engine: Engine) -> None:
-    """Bring the schema to head. Safe to call from several processes at once."""
+def run_migrations(engine: Engine, *, target: str = "head", poll_s: float = 0.2) -> None:
+    """Bring the schema to `target` (head). Safe to call from several processes at once: one migrates, the
+    others wait for it. Each migration runs in its own transaction; index builds on the live jobs
+    table run outside any (CREATE INDEX CONCURRENTLY, store/migrations/online.py), so the lock that
+    serialises migrators is a session-level advisory lock, and a waiter polls for it rather than
+    blocking in a statement (a build waits out every older open snapshot: a waiter stuck inside
+    a statement would be one, and the two would wait on each other)."""
     from alembic import command
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-    with engine.begin() as conn:
-        # Waiting for another replica's migration, or a long ALTER, is not a stuck query.
-        conn.execute(sa.text("SET LOCAL statement_timeout = 0"))
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    with engine.connect() as conn:
+        default_isolation = conn.get_isolation_level()
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        while not conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": _MIGRATION_LOCK}).scalar():
+            conn.commit()
+            time.sleep(poll_s)
+        try:
+            # Waiting out a long build is not a stuck query (the session's own setting, reset after).
+            conn.execute(sa.text("SET statement_timeout = 0"))
+            conn.commit()
+            conn.execution_options(isolation_level=default_isolation)  # alembic runs its transactions
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, target)
+        finally:
+            try:
+                conn.rollback()
+                conn.execute(sa.text("RESET statement_timeout"))
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK})
+                conn.commit()
+            except sa.exc.DBAPIError:
+                conn.invalidate()  # a broken connection: closing it drops the lock
 
 
 class PostgresJobStore:

@@ -749,3 +749,103 @@ def test_prune_scans_the_finished_index(pg_store):
         plan = "\n".join(c.execute(sa.text(f"EXPLAIN DELETE FROM jobs WHERE id IN ({PostgresJobStore.PRUNE_PICK})"),
                                     {"age": 30 * 86_400, "n": 500}).scalars())
     assert "jobs_finished_idx" in plan, plan
+
+
+# -- migrations on a live jobs table -----------------------------------------------------------------
+
+JOB_INDEXES = ("jobs_active_idx", "jobs_succeeded_finished_idx", "jobs_finished_idx", "jobs_owner_idx",
+               "jobs_owner_active_idx")
+
+
+@pytest.fixture
+def blank_database_url(backend):
+    """An empty database (no schema), to migrate from the start."""
+    name = f"gpu_orch_blank_{uuid.uuid4().hex[:12]}"
+    with backend.admin.connect() as c:
+        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield backend.url_for(name)
+    backend.drop(name)
+
+
+def fill_jobs(engine, n: int) -> None:
+    """n jobs, as the schema of migration 0002 has them (terminal, eight apps)."""
+    with engine.begin() as c:
+        c.execute(sa.text(
+            "INSERT INTO jobs (id, app_id, status, finished_at, started_at) "
+            "SELECT gen_random_uuid(), 'app' || (i % 8), 'succeeded', now() - i * interval '1 s', "
+            "now() - i * interval '1 s' - interval '2 s' FROM generate_series(1, :n) AS i"), {"n": n})
+
+
+def index_validity(engine) -> dict[str, bool]:
+    with engine.connect() as c:
+        rows = c.execute(sa.text("SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                                 "WHERE c.relname = ANY(:names)"), {"names": list(JOB_INDEXES)}).all()
+    return dict(rows)
+
+
+def test_job_index_builds_do_not_block_intake(blank_database_url):
+    """A writer holds its lock on jobs (an open transaction that updated it), so the migration's
+    index build has to wait for it; while it waits, a submit (an INSERT) goes through. A plain
+    CREATE INDEX would queue its SHARE lock behind the writer, and the submit behind that."""
+    engine = create_engine(blank_database_url)
+    run_migrations(engine, target="0002")
+    fill_jobs(engine, 20_000)
+    writer = engine.connect()
+    writer.execute(sa.text("UPDATE jobs SET priority = priority WHERE false"))  # ROW EXCLUSIVE, held
+    migrating = threading.Thread(target=run_migrations, args=(engine,))
+    migrating.start()
+    try:
+        with engine.connect() as c:
+            deadline = time.monotonic() + 60
+            while not c.execute(sa.text("SELECT count(*) FROM pg_stat_progress_create_index "
+                                        "WHERE phase = 'waiting for writers before build'")).scalar():
+                assert time.monotonic() < deadline, "the index build never waited for the open writer"
+                c.rollback()
+                time.sleep(0.05)
+            c.rollback()
+            c.execute(sa.text("SET statement_timeout = '20s'"))  # a blocked submit fails the test, not hangs it
+            c.execute(sa.text("INSERT INTO jobs (id, app_id) VALUES (gen_random_uuid(), 'live')"))
+            c.commit()
+            # The build is still waiting for the writer: the submit did not wait for the build.
+            assert c.execute(sa.text("SELECT count(*) FROM pg_stat_progress_create_index")).scalar() == 1
+    finally:
+        writer.rollback()
+        writer.close()
+        migrating.join(timeout=120)
+    with engine.connect() as c:
+        assert c.execute(sa.text("SELECT version_num FROM gpu_orch_alembic_version")).scalar() == "0005"
+        assert c.execute(sa.text("SELECT count(*) FROM jobs WHERE app_id = 'live'")).scalar() == 1
+    assert index_validity(engine) == {name: True for name in JOB_INDEXES}
+    engine.dispose()
+
+
+def test_an_invalid_index_a_failed_build_left_is_built_again(blank_database_url):
+    engine = create_engine(blank_database_url)
+    run_migrations(engine, target="0002")
+    fill_jobs(engine, 100)
+    # A concurrent build that fails (here: duplicates under UNIQUE) leaves an INVALID index behind.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+        with pytest.raises(sa.exc.IntegrityError):
+            c.execute(sa.text("CREATE UNIQUE INDEX CONCURRENTLY jobs_active_idx ON jobs (app_id)"))
+    assert index_validity(engine) == {"jobs_active_idx": False}
+    run_migrations(engine)
+    assert index_validity(engine) == {name: True for name in JOB_INDEXES}
+    with engine.connect() as c:
+        (definition,) = c.execute(sa.text("SELECT indexdef FROM pg_indexes WHERE indexname = 'jobs_active_idx'")).one()
+    assert "UNIQUE" not in definition and "WHERE (status = ANY" in definition  # the migration's own index
+    engine.dispose()
+
+
+def test_a_migration_stopped_during_its_index_build_runs_again(blank_database_url):
+    """0004 commits its columns before building its index: stopped then, it starts over cleanly."""
+    engine = create_engine(blank_database_url)
+    run_migrations(engine, target="0003")
+    with engine.begin() as c:
+        c.execute(sa.text("ALTER TABLE jobs ADD COLUMN route text, ADD COLUMN route_reason text, "
+                          "ADD COLUMN cloud_ref jsonb, ADD COLUMN gpu_seconds float, ADD COLUMN cost_usd float, "
+                          "ADD COLUMN usage jsonb"))
+    run_migrations(engine)
+    with engine.connect() as c:
+        assert c.execute(sa.text("SELECT version_num FROM gpu_orch_alembic_version")).scalar() == "0005"
+    assert index_validity(engine) == {name: True for name in JOB_INDEXES}
+    engine.dispose()

@@ -8,7 +8,10 @@ connection = config.attributes.get("connection")
 
 
 def run(conn) -> None:
-    context.configure(connection=conn, target_metadata=None, version_table="gpu_orch_alembic_version")
+    # One transaction per migration: a migration that builds an index concurrently commits what
+    # came before the build (store/migrations/online.py).
+    context.configure(connection=conn, target_metadata=None, version_table="gpu_orch_alembic_version",
+                      transaction_per_migration=True)
     with context.begin_transaction():
         context.run_migrations()
 
