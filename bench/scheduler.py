@@ -399,7 +399,8 @@ def main() -> None:
     print("\ndispatch with two models resident on one GPU: side by side (the arbiter row; the live dispatcher) vs\n"
           "taking turns (the turns row: core.gpu_share.may_start), mean / p99 wait (s):")
     for name, a, b in dispatch:
-        print(f"  {name:<16} side by side {a.mean_wait:7.1f} / {a.p99_wait():7.1f}   turns {b.mean_wait:7.1f} / {b.p99_wait():7.1f}")
+        print(f"  {name:<16} side by side {a.mean_wait:7.1f} / {a.p99_wait():7.1f}   "
+              f"turns {b.mean_wait:7.1f} / {b.p99_wait():7.1f}")
     print("notes: the GPU time-slices what runs on it (core.gpu_share: k tasks with no overlap each progress at\n"
           "1/k; a load is a task too); the lower bound serialises all work and counts one load per model.")
 

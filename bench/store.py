@@ -175,7 +175,8 @@ def migrate_live(store: PostgresJobStore) -> tuple[str, bool]:
         return time.perf_counter() - t0, lat
 
     rows = []
-    for label, build in (("plain CREATE INDEX (before)", plain), ("CONCURRENTLY (run_migrations)", lambda: run_migrations(store.engine))):
+    builds = (("plain CREATE INDEX (before)", plain), ("CONCURRENTLY (run_migrations)", lambda: run_migrations(store.engine)))
+    for label, build in builds:
         back_to_0002()
         took, lat = with_intake(build)
         rows.append((label, took, len(lat), statistics.median(lat), max(lat)))

@@ -19,7 +19,12 @@ here from declared/measured VRAM against each GPU's budget:
   `swap_budget` of GPU time, so batches grow as long as the budget requires instead of thrashing;
   a higher-priority job still goes first, within `max_wait_s`, and its loads are paid from the same
   budget (normal-priority swaps wait longer to make up for them);
-- higher priority first; a model pinned to a GPU or node type only goes there.
+- higher priority first; a model pinned to a GPU or node type only goes there;
+- no starvation: a model whose work has waited for the GPU `starvation_s` (10 x max_wait_s) goes
+  before every other, whatever the priorities and the budget; a model just loaded starts its first
+  job before anyone displaces it;
+- a GPU is a pool: room is counted per physical GPU, and of the victims picked for a newcomer only
+  those it needs are evicted.
 """
 
 from __future__ import annotations
@@ -234,7 +239,8 @@ def decide(models: Iterable[ModelView], gpus: Iterable[Gpu], cfg: PolicyConfig =
                                   text=f"scale {m.name} to zero: idle {m.idle_s:.0f} s >= ttl {ttl:.0f} s"))
 
     # 2. Cold models with work, most urgent first, get room.
-    wanting = sorted((m for m in models if m.queued > 0 and targets[m.name] == 0 and m.stopping == 0), key=lambda m: _urgency(m, cfg))
+    wanting = sorted((m for m in models if m.queued > 0 and targets[m.name] == 0 and m.stopping == 0),
+                     key=lambda m: _urgency(m, cfg))
     for w in wanting:
         if w.vram_gb == 0:  # needs no GPU memory (a CPU model): load on demand, nothing to evict
             targets[w.name] = 1
