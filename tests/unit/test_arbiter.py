@@ -277,3 +277,11 @@ def test_room_is_made_without_needless_evictions():
     d = decide(ms, G24, CFG)
     assert [(a.verb, a.model) for a in d.actions if a.acting] == [(Verb.evict, "llm")]
     assert d.targets == {"whisper": 1, "llm": 0, "sdxl": 0}
+
+
+def test_two_models_resident_on_one_gpu_both_get_work():
+    """The dispatcher runs both (the GPU time-slices them: docs/arbiter.md, 'A GPU shares its
+    compute'): neither is held back for the other."""
+    ms = [resident("sdxl", 16, queued=3, in_flight=1), resident("whisper", 4, queued=2, in_flight=1)]
+    d = decide(ms, G24, CFG)
+    assert all(d.dispatchable(m) for m in ms) and not d.draining
