@@ -27,8 +27,10 @@ demo: install
 down: install
 	$(VENV)/bin/gpu-orch down
 
+# Two pytest-xdist workers: the Ray-session tests (tests/serve, tests/browser) on one, the e2e tests
+# and then the unit and integration tests on the other (tests/ray_session.py groups them).
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 test-unit: install
 	$(PY) -m pytest -q tests/unit

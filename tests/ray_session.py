@@ -22,11 +22,20 @@ APP_NAME = "orchestrator"
 TINY_DIR = os.environ.get("GPU_ORCH_TEST_TINY_DIR", "/tmp/gpu-orch-test-tiny")
 
 
+# Under pytest-xdist (`make test` runs two workers), the tests that share the session's Ray instance
+# run on one worker, in order, and the e2e tests (each starts a Ray head of its own) on one worker;
+# the unit and integration tests spread over both meanwhile.
+XDIST_GROUPS = {"serve": "ray-session", "browser": "ray-session", "e2e": "e2e"}
+
+
 def pytest_collection_modifyitems(config, items):
     """An application's deploy (the demo's: every model's runtime_env cloned from the base
     virtualenv, minutes on 2 cores) runs in the setup of whichever test needs it first: the per-test
     timeout covers that test's own body only (wait_running bounds the deploy)."""
     for item in items:
+        parts = Path(str(item.path)).relative_to(ROOT).parts
+        if len(parts) > 1 and parts[0] == "tests" and parts[1] in XDIST_GROUPS:
+            item.add_marker(pytest.mark.xdist_group(XDIST_GROUPS[parts[1]]))
         if "stack" not in getattr(item, "fixturenames", ()):
             continue
         own = item.get_closest_marker("timeout")
