@@ -28,6 +28,7 @@ TINY_DIR = os.environ.get("GPU_ORCH_TEST_TINY_DIR", "/tmp/gpu-orch-test-tiny")
 XDIST_GROUPS = {"serve": "ray-session", "browser": "ray-session", "e2e": "e2e"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the group markers
 def pytest_collection_modifyitems(config, items):
     """An application's deploy (the demo's: every model's runtime_env cloned from the base
     virtualenv, minutes on 2 cores) runs in the setup of whichever test needs it first: the per-test
@@ -169,9 +170,30 @@ def outage_services():
     shutil.rmtree(root, ignore_errors=True)
 
 
+def one_ray_session_per_run() -> Path | None:
+    """Under pytest-xdist, the Ray-session tests must all run on one worker (their xdist group): a
+    second worker starting its own Ray instance would share the machine's Redis with the first
+    (heartbeat keys per deployment) and deploy everything twice. Fails loudly if grouping broke."""
+    import tempfile
+
+    uid = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not uid:
+        return None
+    mark = Path(tempfile.gettempdir()) / f"gpu-orch-ray-session-{uid}"
+    try:
+        os.close(os.open(mark, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        pytest.fail(f"a second xdist worker ({os.environ.get('PYTEST_XDIST_WORKER')}) wants the session's Ray "
+                    "instance: the xdist_group of tests/serve and tests/browser is not in effect (pytest-xdist "
+                    "and pytest versions?)", pytrace=False)
+    return mark
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     import ray
+
+    mark = one_ray_session_per_run()
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # Scale-from-zero must not wait out the default 10 s metrics push (read when Ray starts).
@@ -188,6 +210,8 @@ def ray_cluster():
     serve.shutdown()
     ray.shutdown()
     drop_runtime_envs(session)
+    if mark is not None:
+        mark.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")
