@@ -24,7 +24,7 @@ TINY_DIR = os.environ.get("GPU_ORCH_TEST_TINY_DIR", "/tmp/gpu-orch-test-tiny")
 
 # Under pytest-xdist (`make test` runs two workers), the tests that share the session's Ray instance
 # run on one worker, in order, and the e2e tests (each starts a Ray head of its own) on one worker;
-# the unit and integration tests spread over both meanwhile.
+# the unit and integration tests (and tests marked own_ray) spread over both meanwhile.
 XDIST_GROUPS = {"serve": "ray-session", "browser": "ray-session", "e2e": "e2e"}
 
 
@@ -35,7 +35,7 @@ def pytest_collection_modifyitems(config, items):
     timeout covers that test's own body only (wait_running bounds the deploy)."""
     for item in items:
         parts = Path(str(item.path)).relative_to(ROOT).parts
-        if len(parts) > 1 and parts[0] == "tests" and parts[1] in XDIST_GROUPS:
+        if len(parts) > 1 and parts[0] == "tests" and parts[1] in XDIST_GROUPS and not item.get_closest_marker("own_ray"):
             item.add_marker(pytest.mark.xdist_group(XDIST_GROUPS[parts[1]]))
         if "stack" not in getattr(item, "fixturenames", ()):
             continue

@@ -226,17 +226,21 @@ def test_idle_models_scale_to_zero_after_the_ttl(arb):
     assert arbiter["targets"] == {"echo-a": 0, "echo-b": 0, "echo-c": 0, "echo-huge": 0}
 
 
+@pytest.mark.own_ray
 def test_two_gpu_nodes_fit_and_pinning(serve_backend):
-    """Two fake GPU nodes (24 GB 'small', 80 GB 'big'), run in a subprocess with its own cluster."""
+    """Two fake GPU nodes (24 GB 'small', 80 GB 'big'), run in a subprocess with its own cluster, on
+    a Redis database of its own (its deployments' heartbeats are not the session's)."""
     import json
     import subprocess
     import sys
     from pathlib import Path
+    from urllib.parse import urlsplit, urlunsplit
 
     db = serve_backend.fresh_database()
+    redis_url = urlunsplit(urlsplit(serve_backend.redis_url)._replace(path="/1"))
     try:
         r = subprocess.run(
-            [sys.executable, "-m", "tests.serve.two_node_scenario", serve_backend.url_for(db), serve_backend.redis_url],
+            [sys.executable, "-m", "tests.serve.two_node_scenario", serve_backend.url_for(db), redis_url],
             cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=400,
         )
     finally:
