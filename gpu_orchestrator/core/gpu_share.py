@@ -5,8 +5,8 @@ A GPU time-slices kernels from several processes: two compute-bound jobs on one 
 about twice as long as alone. The model here is processor sharing by compute share:
 
 - every task on a GPU (a job, or a model load: copying weights in is not free) has a compute share
-  in 0..1, what it would use of the GPU alone. A job's share is `1 - overlap` of its model (the
-  app spec's `overlap`, default 0: the job saturates the GPU); a load's is 1;
+  in 0..1, what it would use of the GPU alone. A job's share is `1 - overlap` of its model
+  (`models.<name>.overlap`, default 0: the job saturates the GPU); a load's is 1;
 - while the shares of the tasks on a GPU sum to S, each progresses at 1 / max(1, S) of its solo
   speed: two jobs with no overlap each take twice as long; two with overlap 0.5 run side by side
   at full speed.

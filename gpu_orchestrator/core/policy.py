@@ -130,9 +130,13 @@ class Action:
     def acting(self) -> bool:
         return self.verb in ACTING
 
+    @property
+    def concerned(self) -> tuple[str, ...]:
+        """The model acted on, and the one the room is made for (if any)."""
+        return (self.model,) if self.for_model in (None, self.model) else (self.model, self.for_model)
+
     def concerns(self, model: str) -> bool:
-        """The model acted on, or the one the room is made for."""
-        return self.model == model or self.for_model == model
+        return model in self.concerned
 
     def __str__(self) -> str:
         return self.text
@@ -157,8 +161,13 @@ class Decision:
         return m.replicas > 0 and m.name not in self.draining and self.targets.get(m.name, 0) > 0
 
 
+def _allows(m: ModelView, g: Gpu) -> bool:
+    """Whether `m`'s pin (a GPU id or node type, or none) lets it on `g`."""
+    return m.pin is None or m.pin in (g.id, g.node_type)
+
+
 def _allowed(m: ModelView, gpus: Iterable[Gpu]) -> list[Gpu]:
-    return [g for g in gpus if m.pin is None or m.pin in (g.id, g.node_type)]
+    return [g for g in gpus if _allows(m, g)]
 
 
 def waited_for_gpu(m: ModelView) -> float:
@@ -225,9 +234,8 @@ def decide(models: Iterable[ModelView], gpus: Iterable[Gpu], cfg: PolicyConfig =
     def best_fit(m: ModelView) -> Gpu | None:
         """The allowed GPU with the least free memory that holds `m` (keeps big holes for big models)."""
         for _, gid in by_free[bisect.bisect_left(by_free, (m.vram_gb, "")):]:
-            g = gpu_of[gid]
-            if m.pin is None or m.pin in (g.id, g.node_type):
-                return g
+            if _allows(m, gpu_of[gid]):
+                return gpu_of[gid]
         return None
 
     # 1. Idle TTL: release VRAM of models with nothing to do.
@@ -281,14 +289,15 @@ def decide(models: Iterable[ModelView], gpus: Iterable[Gpu], cfg: PolicyConfig =
                     f"no idle model to evict, not yet due (max_wait {cfg.max_wait_s:.0f} s)")))
             continue
         gid, victims, cost = plan
+        hungry = starving(w, cfg)
         if credit is not None and victims:
             credit[gid] = credit.get(gid, 0.0) - cost
         for v in victims:
             vm = by_name[v]
             why = (f"idle {vm.idle_s:.0f} s" if vm.idle_s is not None else "idle") if vm.queued == 0 and vm.in_flight == 0 else (
                 f"{vm.queued} queued, {vm.in_flight} running")
-            cause = ("higher priority" if w.max_priority > vm.max_priority and not starving(w, cfg) else
-                     f"oldest waited {w.oldest_wait_s:.0f} s" + (" (starving)" if starving(w, cfg) else ""))
+            cause = ("higher priority" if w.max_priority > vm.max_priority and not hungry else
+                     f"oldest waited {w.oldest_wait_s:.0f} s" + (" (starving)" if hungry else ""))
             if vm.in_flight > 0:
                 draining.add(v)
                 actions.append(Action(Verb.drain, v, (gid,), for_model=w.name,
@@ -342,6 +351,7 @@ def _eviction_plan(w, fits, on_gpu, by, targets, draining, free, cfg, credit):
     among those, the one whose queue empties soonest.
     """
     best = None
+    hungry = starving(w, cfg)
     for g in fits:
         residents = [m for m in on_gpu[g.id] if targets[m.name] > 0 and m.name != w.name]
         idle = sorted((m for m in residents if m.queued == 0 and m.in_flight == 0),
@@ -356,8 +366,6 @@ def _eviction_plan(w, fits, on_gpu, by, targets, draining, free, cfg, credit):
         have = credit.get(g.id, math.inf) if credit is not None and cfg.swap_budget is not None else math.inf
         if have >= (cfg.swap_budget or 0.0) * cfg.swap_window_s:
             have = math.inf
-
-        hungry = starving(w, cfg)
 
         def may_displace(m: ModelView) -> bool:
             if m.replicas == 0:

@@ -32,7 +32,7 @@ class SimModel:
     vram_gb: float
     load_s: float
     pin: str | None = None
-    overlap: float = 0.0  # the app spec's `overlap`: how much its jobs share a GPU for free (core.gpu_share)
+    overlap: float = 0.0  # models.<name>.overlap: how much its jobs share a GPU for free (core.gpu_share)
 
 
 @dataclass(frozen=True)

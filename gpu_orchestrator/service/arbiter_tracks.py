@@ -69,9 +69,8 @@ class DecisionBook:
         concerning: dict[str, list[Action]] = {}  # model -> the acting actions that concern it, in order
         for a in d.actions:
             if a.acting:
-                for name in dict.fromkeys((a.model, a.for_model)):
-                    if name is not None:
-                        concerning.setdefault(name, []).append(a)
+                for name in a.concerned:
+                    concerning.setdefault(name, []).append(a)
         for name, tr in self.tracks.items():
             new = d.targets.get(name, 0)
             acting = concerning.get(name, [])
