@@ -24,7 +24,7 @@ from gpu_orchestrator.artifacts import ArtifactStore
 from gpu_orchestrator.bus.events import AsyncEventBus, reason
 from gpu_orchestrator.bus.workers import WorkerBeats
 from gpu_orchestrator.core.config import OrchestratorConfig, parse_config
-from gpu_orchestrator.core.jobs import Job
+from gpu_orchestrator.core.jobs import Job, JobStatus
 from gpu_orchestrator.serve.backend import ServeBackend
 from gpu_orchestrator.serve.cluster import RayClusterView
 from gpu_orchestrator.serve.context import app_name, replica_id
@@ -75,6 +75,7 @@ class Router:
             cfg=self.cfg, store=self.store, events=self.bus, transitions=self.transitions, deployed=self.backends,
             artifacts=self.artifacts, on_submitted=self._submitted, cancel_local=self.dispatcher.cancel_local,
             flag_timeout_s=rc.redis_timeout_s, routing=self.dispatcher.routing, cancel_cloud=self.dispatcher.cancel_detached,
+            runner=self.dispatcher,
         )
         arbiter = self.arbiter
         self.fleet = Fleet(self.cfg, self.store, heartbeats=self.beats.read_all,
@@ -115,7 +116,8 @@ class Router:
 
     def _submitted(self, job: Job) -> None:
         self._ensure_started()
-        self.dispatcher.poke(job.app_id, job.route)  # claimed here at once, no query for apps with work
+        if job.status == JobStatus.queued:  # claimed here at once, no query for apps with work
+            self.dispatcher.poke(job.app_id, job.route)
 
     def _ensure_started(self) -> None:
         if not self._started:

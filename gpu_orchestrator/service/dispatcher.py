@@ -36,7 +36,7 @@ from gpu_orchestrator.service.backends import ModelBackend, ModelRun
 from gpu_orchestrator.service.cloud import CloudBackend, CloudRun, Outcome
 from gpu_orchestrator.service.cloud_routing import CloudRouting
 from gpu_orchestrator.service.transitions import Transitions
-from gpu_orchestrator.store.base import AppQueueStats, Cost, JobStore, LeaseKey, ResultNotStorable
+from gpu_orchestrator.store.base import AppQueueStats, Cost, JobStore, LeaseKey, ResultNotStorable, StartNow
 
 log = logging.getLogger("gpu_orchestrator.dispatcher")
 
@@ -49,6 +49,7 @@ class InFlight:
     recording: bool = False  # the outcome is in hand and being written
     write_retries: int = 0
     started: float | None = None  # monotonic time the run was handed to its backend
+    ended: Job | None = None  # the row its recorded outcome left (terminal or queued again)
 
     @property
     def key(self) -> LeaseKey:
@@ -109,6 +110,8 @@ class Dispatcher:
         self._stopping = False
         self._poked: set[tuple[str, str | None]] = set()  # (app, route) queues to look at now
         self._poked_all = False
+        # Jobs this replica started at submit, by id: their outcome, for a caller waiting here.
+        self._outcomes: dict[uuid.UUID, asyncio.Future] = {}
 
     def start(self) -> None:
         if self._task is None:
@@ -127,6 +130,33 @@ class Dispatcher:
         else:
             self._poked.add((app_id, route))
         self.wake.set()
+
+    def start_terms(self, app: AppSpec, route: str | None) -> StartNow | None:
+        """The lease under which a job of `app` just accepted here may start at once (the store still
+        checks that nothing of the app waits and a slot is free), or None: it queues as usual. Local
+        jobs only, of a model the arbiter lets run now, while this replica has a slot for the app."""
+        if self._task is None or self._stopping or route is not None or app.kind != AppKind.local:
+            return None
+        if self.refuse(app.deployment) or not self.gate(app.deployment) or app.deployment not in self.backends:
+            return None
+        if self._mine(app.id, route) >= app.max_in_flight:
+            return None
+        return StartNow(owner=self.owner, lease_s=self.lease_s, max_in_flight=app.max_in_flight)
+
+    def adopt(self, job: Job) -> None:
+        """Run a job the submit just inserted as running under this replica's lease (StartNow)."""
+        f = InFlight(job)
+        self.inflight[f.key] = f
+        self._outcomes[job.id] = asyncio.get_running_loop().create_future()
+        f.task = asyncio.get_running_loop().create_task(self._execute(f, dispatched=True))
+
+    def outcome(self, job_id: uuid.UUID) -> asyncio.Future | None:
+        """For a job started here at submit: a future of its row once its outcome is committed
+        (None if it ended otherwise: cancelled, lost, handed back; ask the store then)."""
+        return self._outcomes.get(job_id)
+
+    def _mine(self, app_id: str, route: str | None) -> int:
+        return sum(1 for f in self.inflight.values() if f.job.app_id == app_id and f.job.route == route)
 
     async def _loop(self) -> None:
         last_maint = last_scan = 0.0
@@ -283,8 +313,7 @@ class Dispatcher:
 
     async def _claim(self, app: AppSpec, route: str | None, cap: int) -> None:
         """Claim what this replica may run of the app's jobs on `route` (None: local) and start them."""
-        mine = sum(1 for f in self.inflight.values() if f.job.app_id == app.id and f.job.route == route)
-        free = cap - mine
+        free = cap - self._mine(app.id, route)
         if free <= 0 or self._stopping:
             return
         # Shielded: a graceful stop waits for a claim in progress, then hands its jobs back too.
@@ -293,6 +322,8 @@ class Dispatcher:
             max_in_flight=cap, route=route,
         ))
         jobs = await asyncio.shield(self._claiming)
+        if len(jobs) < free:  # nothing more to claim now: a freed slot need not ask again (see _execute)
+            self._waiting.get(app.id, set()).discard(route)
         if self._stopping:
             return
         for job in jobs:
@@ -408,7 +439,9 @@ class Dispatcher:
             await asyncio.sleep(delay)
             delay = min(delay * 2, cap)
 
-    async def _execute(self, f: InFlight) -> None:
+    async def _execute(self, f: InFlight, dispatched: bool = False) -> None:
+        """Run one attempt and record its outcome. `dispatched`: started at submit, its row already
+        running and marked dispatched (see StartNow)."""
         job, attempt = f.job, f.attempt
         logs.set_job(job.id, attempt)  # this task's records carry the job (its own task: nothing leaks)
         app = self.cfg.app(job.app_id)
@@ -423,7 +456,10 @@ class Dispatcher:
             announced = self.transitions.announce(job.id, job.app_id, JobStatus.running, attempt=attempt,
                                                   router=self.owner, backend=job.route or "local",
                                                   reason=job.route_reason)
-            marked = self._write(f, self.store.mark_dispatched, job_id=job.id, owner=self.owner, attempt=attempt)
+            if dispatched:
+                marked: Any = asyncio.sleep(0)
+            else:
+                marked = self._write(f, self.store.mark_dispatched, job_id=job.id, owner=self.owner, attempt=attempt)
             _, mark = await asyncio.gather(announced, marked, return_exceptions=True)
             if isinstance(mark, TransitionError):
                 log.info("not dispatching job %s attempt %d: %s", job.id, attempt, mark)
@@ -455,7 +491,25 @@ class Dispatcher:
         finally:
             if self.inflight.get(f.key) is f:
                 del self.inflight[f.key]
-            self.poke(job.app_id, job.route)  # a slot freed up
+            self._settle_outcome(f)
+            # A slot freed up: look for work only where the last look found more than it took.
+            if job.route in self._waiting.get(job.app_id, ()):
+                self.poke(job.app_id, job.route)
+
+    def _hand_over(self, f: InFlight) -> None:
+        """A terminal outcome just committed goes to a caller waiting on this replica at once (before
+        the status event: that is for the others and for streams)."""
+        fut = self._outcomes.get(f.job.id)
+        if fut is not None and not fut.done() and f.ended is not None and f.ended.status.terminal:
+            fut.set_result(f.ended)
+
+    def _settle_outcome(self, f: InFlight) -> None:
+        fut = self._outcomes.get(f.job.id)
+        if fut is None or self.inflight.get(f.key) is not None:
+            return
+        del self._outcomes[f.job.id]
+        if not fut.done():
+            fut.set_result(f.ended if f.ended is not None and f.ended.status.terminal else None)
 
     def _local_cost(self, f: InFlight, app: AppSpec) -> Cost | None:
         """A local run's GPU-seconds (its wall time x the GPU share its model holds) and price."""
@@ -515,6 +569,8 @@ class Dispatcher:
             f.recording = False
             await self._record_failure(f, f"the result could not be stored: {e}", retryable=False)
             return
+        f.ended = done
+        self._hand_over(f)
         self.transitions.ran(job.app_id, job.route or "local", JobStatus.succeeded, cost)
         await self.transitions.announce(job.id, job.app_id, JobStatus.succeeded, attempt=attempt, result=done.result,
                                         row=done)
@@ -543,6 +599,8 @@ class Dispatcher:
             return
         if after.status.terminal and isinstance(f.run, CloudRun):
             self._cancel_run(f)  # a cloud run still going (the provider stopped answering) would bill on
+        f.ended = after
+        self._hand_over(f)
         self.transitions.ran(job.app_id, job.route or "local", JobStatus.failed, cost)
         await self.transitions.announce(job.id, job.app_id, after.status, attempt=attempt, error=error, row=after)
         log.info("attempt %d failed (%s) -> %s: %s", attempt, kind, after.status.value, error[:200])

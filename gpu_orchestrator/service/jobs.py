@@ -26,7 +26,7 @@ from gpu_orchestrator.core.jobs import (PRIORITY_MAX, PRIORITY_MIN, AppNotRunnab
                                         InvalidRequest, Job, JobError, JobNotFound, JobStatus, UnknownApp, idempotency_key_problem)
 from gpu_orchestrator.service.cloud_routing import CloudRouting
 from gpu_orchestrator.service.transitions import Transitions
-from gpu_orchestrator.store.base import JobStore
+from gpu_orchestrator.store.base import JobStore, StartNow
 
 log = logging.getLogger("gpu_orchestrator.jobs")
 
@@ -39,6 +39,16 @@ class EventSource(Protocol):
     async def get_value(self, key: str) -> str | None: ...
     async def set_value(self, key: str, value: str, ttl_s: int) -> None: ...
     async def ping(self) -> bool: ...
+
+
+class LocalRunner(Protocol):
+    """The dispatcher of this replica, as intake sees it: a job it may start at once goes in
+    running (one transaction) and is handed to it, and a caller waiting here hears its outcome
+    in process."""
+
+    def start_terms(self, app: AppSpec, route: str | None) -> StartNow | None: ...
+    def adopt(self, job: Job) -> None: ...
+    def outcome(self, job_id: uuid.UUID) -> "asyncio.Future[Job | None] | None": ...
 
 
 class ArtifactLookup(Protocol):
@@ -61,7 +71,7 @@ class JobService:
                  deployed: Container[str], artifacts: ArtifactLookup | None = None,
                  on_submitted: Callable[[Job], None] = _noop, cancel_local: Callable[[uuid.UUID], Any] = _noop,
                  flag_timeout_s: float = 2.0, routing: CloudRouting | None = None,
-                 cancel_cloud: Callable[[Job], Any] = _noop):
+                 cancel_cloud: Callable[[Job], Any] = _noop, runner: LocalRunner | None = None):
         self.cfg = cfg
         self.apps: dict[str, AppSpec] = {a.id: a for a in cfg.apps}
         self.store = store
@@ -73,6 +83,7 @@ class JobService:
         self.on_submitted = on_submitted  # the dispatcher's poke, with the new job
         self.cancel_local = cancel_local  # the dispatcher cancels the request it holds for a job
         self.cancel_cloud = cancel_cloud  # ... and a queued job's detached cloud run
+        self.runner = runner
         self.flag_timeout_s = flag_timeout_s
         self.routing = routing or CloudRouting(cfg, {})  # where new jobs go (local or a cloud backend)
         self._attached: dict[uuid.UUID, int] = {}  # callers waiting on each job here (see attached)
@@ -136,6 +147,7 @@ class JobService:
             route_reason=route.reason or None,
             owner=caller.owner,
             quota=caller.quota or None,
+            start=self.runner.start_terms(spec, route.backend) if self.runner is not None else None,
         )
         if not created and job.app_id != spec.id:  # a key is one request: never another app's job
             raise IdempotencyConflict(spec.id, idempotency_key or "", job.id)
@@ -146,6 +158,8 @@ class JobService:
                 self.routing.queued_locally(spec.id)
             where = {"backend": job.route, "reason": job.route_reason} if job.route else {}
             await self.transitions.announce(job.id, job.app_id, JobStatus.queued, new=True, **where)
+            if job.status == JobStatus.running and self.runner is not None:
+                self.runner.adopt(job)  # started by the insert: it runs here
             self.on_submitted(job)
         return job, created
 
@@ -279,6 +293,13 @@ class JobService:
         if caller is not OPEN:
             await self.get(job_id, caller)  # another key's job: 404 before any waiting
         deadline = time.monotonic() + timeout_s
+        fut = self.runner.outcome(job_id) if self.runner is not None else None
+        if fut is not None:  # running here: its outcome comes in process, no event or read needed
+            job = await self._local_outcome(fut, deadline, gone)
+            if job is not None:
+                return job
+            if time.monotonic() > deadline:
+                return await self.get(job_id)
         next_check = 0.0
         events = self.follow(job_id, block_ms=500, retry_s=0.5)
         try:
@@ -295,6 +316,21 @@ class JobService:
         finally:
             await events.aclose()  # type: ignore[attr-defined]
         return await self.get(job_id)
+
+    @staticmethod
+    async def _local_outcome(fut: asyncio.Future, deadline: float,
+                             gone: Callable[[], Awaitable[bool]] | None) -> Job | None:
+        """The terminal row from this replica's dispatcher; None when it ended otherwise (then the
+        store says what happened) or the deadline passed. ClientGone as for wait."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            done, _ = await asyncio.wait({fut}, timeout=min(left, 0.5) if gone is not None else left)
+            if done:
+                return fut.result()
+            if gone is not None and await gone():
+                raise ClientGone()
 
     # -- lossy hints (OpenAI SDK retries) ----------------------------------------------------------
 

@@ -131,13 +131,25 @@ class Pruned:
     result: Any
 
 
+@dataclass(frozen=True)
+class StartNow:
+    """Lease terms for a job its accepting router may start at once (submit's `start`): the job
+    goes in as running under this lease, dispatched, when its app has no claimable queued job
+    and fewer than `max_in_flight` running (checked under the claim's lock, so the bound stays
+    exact); else it goes in queued as usual. One transaction instead of insert, claim, mark."""
+
+    owner: str
+    lease_s: float
+    max_in_flight: int
+
+
 class JobStore(Protocol):
     # intake and reads
     def submit(self, *, app_id: str, params: dict[str, Any], priority: int = 0, max_attempts: int = 3,
                timeout_s: float = 600.0, idempotency_key: str | None = None, max_queued: int | None = None,
                job_id: uuid.UUID | None = None, idempotency_ttl_s: float = 86_400.0, route: str | None = None,
-               route_reason: str | None = None, owner: str | None = None,
-               quota: Quota | None = None) -> tuple[Job, bool]: ...  # QuotaExceeded: the owner's quota is used up
+               route_reason: str | None = None, owner: str | None = None, quota: Quota | None = None,
+               start: StartNow | None = None) -> tuple[Job, bool]: ...  # QuotaExceeded: the owner's quota is used up
     def get(self, job_id: uuid.UUID) -> Job: ...
     def list(self, *, app_id: str | None = None, status: JobStatus | None = None, limit: int = 50,
              cursor: str | None = None, owner: str | None = None) -> tuple[list[Job], str | None]: ...

@@ -27,8 +27,8 @@ from gpu_orchestrator.core.keys import Quota, check_quota
 from gpu_orchestrator.core.jobs import (IdempotencyConflict, Job, JobNotFound, JobStatus, QueueFull, RetryPolicy,
                                         TransitionError, request_fingerprint)
 from gpu_orchestrator.store.base import (ANY_ROUTE, LEASE_EXPIRED, MAX_ERRORS, MSG_GIVE_UP, RELEASED, AppQueueStats, Cost, CostRow, LeaseEnd,
-                                         MinuteCount, LeaseKey, Pruned, Rescued, ResultNotStorable, StoreUnavailable, clip_error,
-                                         decode_cursor, encode_cursor)
+                                         MinuteCount, LeaseKey, Pruned, Rescued, ResultNotStorable, StartNow, StoreUnavailable,
+                                         clip_error, decode_cursor, encode_cursor)
 
 _US = dt.timedelta(microseconds=1)
 Q, R = JobStatus.queued, JobStatus.running
@@ -107,7 +107,7 @@ class MemoryJobStore:
                timeout_s: float = 600.0, idempotency_key: str | None = None, max_queued: int | None = None,
                job_id: uuid.UUID | None = None, idempotency_ttl_s: float = 86_400.0, route: str | None = None,
                route_reason: str | None = None, owner: str | None = None,
-               quota: Quota | None = None) -> tuple[Job, bool]:
+               quota: Quota | None = None, start: StartNow | None = None) -> tuple[Job, bool]:
         fingerprint = request_fingerprint(params, priority)
         with self._tx() as now:
             if idempotency_key is not None:
@@ -134,7 +134,16 @@ class MemoryJobStore:
                 started_at=None, finished_at=None, route=route, route_reason=route_reason, owner=owner,
             )
             self._hashes[job_id] = fingerprint
+            if start is not None and self._may_start(job, start.max_in_flight, now):
+                job = self._set(job, status=R, attempts=1, claims=1, lease_owner=start.owner,
+                          lease_expires_at=now + _secs(start.lease_s), started_at=now, dispatched_at=now)
             return _copy(job), True
+
+    def _may_start(self, new: Job, cap: int, now: dt.datetime) -> bool:
+        """No claimable job of the app on its route waits, and fewer than `cap` run (StartNow)."""
+        same = [j for j in self._jobs.values() if j.app_id == new.app_id and j.route == new.route and j is not new]
+        waiting = any(j.status == Q and (j.run_after is None or j.run_after <= now) for j in same)
+        return not waiting and sum(1 for j in same if j.status == R) < cap
 
     def _check_quota(self, now: dt.datetime, owner: str, quota: Quota) -> None:
         mine = [j for j in self._jobs.values() if j.owner == owner]

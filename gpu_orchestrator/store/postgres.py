@@ -28,8 +28,8 @@ from gpu_orchestrator.core.keys import Quota, check_quota
 from gpu_orchestrator.core.jobs import (IdempotencyConflict, Job, JobNotFound, JobStatus, QueueFull, RetryPolicy,
                                         TransitionError, request_fingerprint)
 from gpu_orchestrator.store.base import (ANY_ROUTE, LEASE_EXPIRED, MAX_ERRORS, MSG_GIVE_UP, RELEASED, AppQueueStats, Cost,
-                                         CostRow, LeaseEnd, MinuteCount, Pruned, ResultNotStorable, Rescued, StoreUnavailable,
-                                         clip_error, decode_cursor, encode_cursor)
+                                         CostRow, LeaseEnd, MinuteCount, Pruned, ResultNotStorable, Rescued, StartNow,
+                                         StoreUnavailable, clip_error, decode_cursor, encode_cursor)
 
 __all__ = ["AppQueueStats", "JobStore", "PostgresJobStore", "PostgresLeaderLock", "Rescued", "ResultNotStorable",
            "connect_args", "create_engine", "decode_cursor", "encode_cursor", "is_transient_db_error", "run_migrations",
@@ -51,6 +51,35 @@ _PRUNE_LOCK = 0x6770757072  # "gpupr": one retention pruner at a time
 _COST_SET = ("gpu_seconds = CASE WHEN CAST(:gs AS float8) IS NULL THEN gpu_seconds ELSE coalesce(gpu_seconds, 0) + :gs END, "
              "cost_usd = CASE WHEN CAST(:usd AS float8) IS NULL THEN cost_usd ELSE coalesce(cost_usd, 0) + :usd END, "
              "usage = coalesce(CAST(:usage AS jsonb), usage)")
+
+
+_INSERT_COLS = ("id, app_id, status, priority, params, max_attempts, timeout_s, idempotency_key, request_hash, route, "
+                "route_reason, owner")
+_INSERT_VALUES = (":id, :app_id, {status}, :priority, CAST(:params AS jsonb), :max_attempts, :timeout_s, :key, :hash, "
+                  ":route, :reason, :owner")
+_QUEUED, _RUNNING_IF_OK = "'queued'", "CASE WHEN go.ok THEN 'running' ELSE 'queued' END"
+_INSERT_QUEUED = (f"INSERT INTO jobs ({_INSERT_COLS}) VALUES ({_INSERT_VALUES.format(status=_QUEUED)}) "
+                  f"ON CONFLICT (app_id, idempotency_key) DO NOTHING RETURNING {_COLS}")
+# Started at once when no claimable job of the app (on this route) waits and a slot is free: running,
+# attempt 1, leased and dispatched (the accepting router hands it to its model in the same breath).
+# Its own statement after the lock, so its snapshot sees every claim and start committed before.
+_START_OK = ("NOT EXISTS (SELECT 1 FROM jobs WHERE app_id = :app_id AND status = 'queued' "
+             "AND route IS NOT DISTINCT FROM :route AND (run_after IS NULL OR run_after <= now())) "
+             "AND (SELECT count(*) FROM jobs WHERE app_id = :app_id AND status = 'running' "
+             "AND route IS NOT DISTINCT FROM :route) < :cap")
+_INSERT_STARTED = (
+    f"WITH go AS (SELECT {_START_OK} AS ok) "
+    f"INSERT INTO jobs ({_INSERT_COLS}, attempts, claims, lease_owner, lease_expires_at, started_at, dispatched_at) "
+    f"SELECT {_INSERT_VALUES.format(status=_RUNNING_IF_OK)}, "
+    f"go.ok::int, go.ok::int, CASE WHEN go.ok THEN :lease_owner END, "
+    f"CASE WHEN go.ok THEN now() + make_interval(secs => :lease) END, "
+    f"CASE WHEN go.ok THEN now() END, CASE WHEN go.ok THEN now() END FROM go "
+    f"ON CONFLICT (app_id, idempotency_key) DO NOTHING RETURNING {_COLS}"
+)
+
+
+def _claim_lock(app_id: str, route: str | None) -> str:
+    return f"claim:{app_id}" + (f":{route}" if route else "")
 
 
 def _cost_args(cost: Cost | None) -> dict[str, Any]:
@@ -242,17 +271,22 @@ class PostgresJobStore:
         route_reason: str | None = None,
         owner: str | None = None,
         quota: Quota | None = None,
+        start: StartNow | None = None,
     ) -> tuple[Job, bool]:
-        """Insert a queued job. Returns (job, created); created is False for a repeated Idempotency-Key.
+        """Insert a job: queued, or running under `start`'s lease when the app may start it now
+        (see StartNow). Returns (job, created); created is False for a repeated Idempotency-Key.
         `quota`: the owner's limits, checked under a lock per owner so concurrent submits through
-        any router replica cannot overshoot them (QuotaExceeded).
+        any router replica cannot overshoot them (QuotaExceeded). `max_queued` is a soft limit:
+        counted without a lock, so concurrent submits may pass it by a few (a lock per app held
+        through every submit's commit serialised them all).
 
         Keys are scoped per app and held for `idempotency_ttl_s` after the job was created; a key
         reused with another body (params or priority) raises IdempotencyConflict.
         """
-        fingerprint = request_fingerprint(params, priority)
+        fingerprint = request_fingerprint(params, priority) if idempotency_key is not None else None
         with self.engine.begin() as conn:
             if idempotency_key is not None:
+                assert fingerprint is not None
                 # An expired key is released (its old job keeps everything else) and starts a new job.
                 conn.execute(
                     sa.text("UPDATE jobs SET idempotency_key = NULL WHERE app_id = :a AND idempotency_key = :k "
@@ -263,7 +297,6 @@ class PostgresJobStore:
                 if existing is not None:
                     return existing, False
             if max_queued is not None:
-                conn.execute(_lock_key(f"submit:{app_id}"))
                 depth = conn.execute(
                     sa.text("SELECT count(*) FROM jobs WHERE app_id = :a AND status = 'queued'"), {"a": app_id}
                 ).scalar_one()
@@ -271,27 +304,18 @@ class PostgresJobStore:
                     raise QueueFull(app_id, depth, retry_after_s=max(1, min(60, depth // 100)))
             if owner is not None and quota:
                 self._check_quota(conn, owner, quota)
-            row = conn.execute(
-                sa.text(
-                    f"INSERT INTO jobs (id, app_id, status, priority, params, max_attempts, timeout_s, idempotency_key, "
-                    f"request_hash, route, route_reason, owner) VALUES (:id, :app_id, 'queued', :priority, "
-                    f"CAST(:params AS jsonb), :max_attempts, :timeout_s, :key, :hash, :route, :reason, :owner) "
-                    f"ON CONFLICT (app_id, idempotency_key) DO NOTHING RETURNING {_COLS}"
-                ),
-                {
-                    "id": job_id or uuid.uuid4(),
-                    "app_id": app_id,
-                    "priority": priority,
-                    "params": json.dumps(params),
-                    "max_attempts": max_attempts,
-                    "timeout_s": timeout_s,
-                    "key": idempotency_key,
-                    "hash": fingerprint,
-                    "route": route,
-                    "reason": route_reason,
-                    "owner": owner,
-                },
-            ).first()
+            args = {
+                "id": job_id or uuid.uuid4(), "app_id": app_id, "priority": priority, "params": json.dumps(params),
+                "max_attempts": max_attempts, "timeout_s": timeout_s, "key": idempotency_key, "hash": fingerprint,
+                "route": route, "reason": route_reason, "owner": owner,
+            }
+            if start is not None:
+                # The claim's own lock: the in-flight bound stays exact against claims and other starts.
+                conn.execute(_lock_key(_claim_lock(app_id, route)))
+                args.update(lease_owner=start.owner, lease=start.lease_s, cap=start.max_in_flight)
+                row = conn.execute(sa.text(_INSERT_STARTED), args).first()
+            else:
+                row = conn.execute(sa.text(_INSERT_QUEUED), args).first()
             if row is None:  # lost a race with the same key
                 existing = self._by_key(conn, app_id, idempotency_key, fingerprint)  # type: ignore[arg-type]
                 assert existing is not None
@@ -476,7 +500,7 @@ class PostgresJobStore:
         SKIP LOCKED keeps claimers from blocking on rows another transaction holds (e.g. cancel).
         """
         with self.engine.begin() as conn:
-            conn.execute(_lock_key(f"claim:{app_id}" + (f":{route}" if route else "")))
+            conn.execute(_lock_key(_claim_lock(app_id, route)))
             running = conn.execute(
                 sa.text("SELECT count(*) FROM jobs WHERE app_id = :a AND status = 'running' "
                         "AND route IS NOT DISTINCT FROM :route"), {"a": app_id, "route": route}

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from gpu_orchestrator.core.jobs import IdempotencyConflict, JobNotFound, JobStatus, QueueFull, RetryPolicy, TransitionError
-from gpu_orchestrator.store.base import ANY_ROUTE, ResultNotStorable, StoreUnavailable
+from gpu_orchestrator.store.base import ANY_ROUTE, ResultNotStorable, StartNow, StoreUnavailable
 from gpu_orchestrator.store.memory import MemoryJobStore
 from gpu_orchestrator.store.postgres import PostgresJobStore, create_engine, is_transient_db_error, run_migrations
 
@@ -176,6 +176,64 @@ def test_concurrent_claimers_never_share_a_job(store):
         [s.close() for s in stores]
     all_ids = [j for ids in claimed.values() for j in ids]
     assert len(all_ids) == n and len(set(all_ids)) == n
+
+
+def test_a_job_starts_at_submit_only_with_nothing_waiting_and_a_slot_free(store):
+    start = StartNow(owner="r1", lease_s=30, max_in_flight=2)
+    first = submit(store, start=start)
+    # Running under r1's lease, attempt 1, already dispatched: a lost lease is a lost run, as after a claim.
+    assert first.status == JobStatus.running and first.lease_owner == "r1" and first.claims == first.attempts == 1
+    assert first.started_at is not None and first.lease_expires_at is not None
+    assert submit(store, start=start).status == JobStatus.running
+    third = submit(store, start=start)  # the app's two slots are taken (by any owner)
+    assert third.status == JobStatus.queued and third.lease_owner is None and third.claims == 0
+    store.complete(job_id=first.id, owner="r1", attempt=1, result={"ok": 1}, backend="local:m")
+    # A slot is free, but `third` waits: a new job never jumps the queue.
+    assert submit(store, start=start).status == JobStatus.queued
+    assert [j.id for j in store.claim(app_id="a", owner="r2", limit=5, lease_s=30, max_in_flight=2)] == [third.id]
+    # Other apps and other routes have queues and slots of their own.
+    assert submit(store, app="b", start=start).status == JobStatus.running
+    assert submit(store, route="replicate", start=start).status == JobStatus.running
+
+
+def test_a_job_in_its_retry_backoff_does_not_hold_back_a_new_start(store):
+    start = StartNow(owner="r1", lease_s=30, max_in_flight=2)
+    job = submit(store, start=start)
+    store.fail_attempt(job_id=job.id, owner="r1", attempt=1, error="boom", retry_delay_s=300)
+    assert submit(store, start=start).status == JobStatus.running
+
+
+def test_starts_at_submit_keep_the_in_flight_bound_under_concurrency(store):
+    cap, n = 3, 40
+    if is_memory(store):
+        stores = [store] * 4
+    else:  # four routers: a connection pool each
+        url = store.engine.url.render_as_string(hide_password=False)
+        stores = [PostgresJobStore.connect(url, migrate=False) for _ in range(4)]
+    started = []
+
+    def router(i):
+        for _ in range(n // 4):
+            job = submit(stores[i], start=StartNow(owner=f"r{i}", lease_s=30, max_in_flight=cap))
+            if job.status == JobStatus.running:
+                started.append(job.id)
+
+    ts = [threading.Thread(target=router, args=(i,)) for i in range(4)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    if not is_memory(store):
+        [s.close() for s in stores]
+    assert len(started) == cap
+    assert store.queue_stats()["a"].running == cap and store.queue_stats()["a"].queued == n - cap
+
+
+def test_a_repeated_key_returns_the_first_job_whether_it_started_or_not(store):
+    start = StartNow(owner="r1", lease_s=30, max_in_flight=1)
+    first = submit(store, idempotency_key="k1", start=start)
+    again, created = store.submit(app_id="a", params={"x": 1}, idempotency_key="k1", start=start)
+    assert not created and again.id == first.id and again.status == JobStatus.running
+    with pytest.raises(IdempotencyConflict):
+        store.submit(app_id="a", params={"x": 2}, idempotency_key="k1", start=start)
 
 
 def test_complete_is_guarded_by_owner_and_attempt(store):
