@@ -62,15 +62,22 @@ class MemoryEventBus:
 
     # -- AsyncEventBus's surface ------------------------------------------------------------------
     async def publish(self, job_id: uuid.UUID | str, type: str, **data: Any) -> str:
+        return (await self.publish_many(job_id, [(type, data)]))[0]
+
+    async def publish_many(self, job_id: uuid.UUID | str, events: list[tuple[str, dict[str, Any]]], *,
+                           expire: bool = True) -> list[str]:
         self._check()
-        # Through JSON as over Redis: what a subscriber gets back is what the real bus would give.
-        ev = Event(id=self._next_id(), type=type, data=json.loads(json.dumps(data, default=str)))
-        self.streams[str(job_id)].append(ev)
-        self.published.append((str(job_id), ev))
+        ids = []
+        for type, data in events:
+            # Through JSON as over Redis: what a subscriber gets back is what the real bus would give.
+            ev = Event(id=self._next_id(), type=type, data=json.loads(json.dumps(data, default=str)))
+            self.streams[str(job_id)].append(ev)
+            self.published.append((str(job_id), ev))
+            ids.append(ev.id)
         cond = self._cond()
         async with cond:
             cond.notify_all()
-        return ev.id
+        return ids
 
     async def try_publish(self, job_id: uuid.UUID | str, type: str, **data: Any) -> str | None:
         try:

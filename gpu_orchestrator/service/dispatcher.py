@@ -453,12 +453,12 @@ class Dispatcher:
         try:
             # The claim committed `running`: announced once per attempt, before the model gets it
             # (while the dispatch is recorded: the two are independent).
-            announced = self.transitions.announce(job.id, job.app_id, JobStatus.running, attempt=attempt,
-                                                  router=self.owner, backend=job.route or "local",
-                                                  reason=job.route_reason)
-            if dispatched:
+            running = dict(attempt=attempt, router=self.owner, backend=job.route or "local", reason=job.route_reason)
+            if dispatched:  # created and started by its insert: both announced at once, nothing to mark
+                announced = self.transitions.announce_started(job.id, job.app_id, **running)
                 marked: Any = asyncio.sleep(0)
             else:
+                announced = self.transitions.announce(job.id, job.app_id, JobStatus.running, **running)
                 marked = self._write(f, self.store.mark_dispatched, job_id=job.id, owner=self.owner, attempt=attempt)
             _, mark = await asyncio.gather(announced, marked, return_exceptions=True)
             if isinstance(mark, TransitionError):

@@ -156,10 +156,11 @@ class JobService:
             log.info("queued for %s (%s)", spec.id, job.route or "local")
             if job.route is None and spec.fallback is not None:
                 self.routing.queued_locally(spec.id)
-            where = {"backend": job.route, "reason": job.route_reason} if job.route else {}
-            await self.transitions.announce(job.id, job.app_id, JobStatus.queued, new=True, **where)
             if job.status == JobStatus.running and self.runner is not None:
-                self.runner.adopt(job)  # started by the insert: it runs here
+                self.runner.adopt(job)  # started by the insert: it runs here, and announces both steps
+            else:
+                where = {"backend": job.route, "reason": job.route_reason} if job.route else {}
+                await self.transitions.announce(job.id, job.app_id, JobStatus.queued, new=True, **where)
             self.on_submitted(job)
         return job, created
 

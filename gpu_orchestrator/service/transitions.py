@@ -24,6 +24,8 @@ log = logging.getLogger("gpu_orchestrator.transitions")
 
 class EventSink(Protocol):
     async def publish(self, job_id: uuid.UUID | str, type: str, **data: Any) -> str: ...
+    async def publish_many(self, job_id: uuid.UUID | str, events: list[tuple[str, dict[str, Any]]], *,
+                           expire: bool = True) -> list[str]: ...
 
 
 class JobMetrics(Protocol):
@@ -101,18 +103,35 @@ class Transitions:
         attempt, result, error ...) on the job's event stream. `row`: the committed row, when the
         caller has it (times a terminal transition: submit_to_done_s). Never raises."""
         status = JobStatus(status)
+        self._count(job_id, app_id, status, new, row)
+        # The stream's TTL is set by its first event and its last (a queued retry is neither).
+        await self._publish(job_id, [(status, data)], expire=new or status.terminal)
+
+    async def announce_started(self, job_id: uuid.UUID, app_id: str, **running: Any) -> None:
+        """A job inserted running (started at submit): its creation and its start, counted as two
+        transitions and published as two status events, in one round trip."""
+        self._count(job_id, app_id, JobStatus.queued, True, None)
+        self._count(job_id, app_id, JobStatus.running, False, None)
+        await self._publish(job_id, [(JobStatus.queued, {}), (JobStatus.running, running)], expire=True)
+
+    def _count(self, job_id: uuid.UUID, app_id: str, status: JobStatus, new: bool, row: Job | None) -> None:
         try:
             self.metrics.transition(app_id, status, new=new, seconds=submit_to_done_s(row, status))
         except Exception as e:  # a metrics backend hiccup is no reason to lose the event
             log.warning("metric for job %s -> %s not counted: %s", job_id, status.value, e)
+
+    async def _publish(self, job_id: uuid.UUID, statuses: list[tuple[JobStatus, dict[str, Any]]], *,
+                       expire: bool) -> None:
+        events = [("status", {"status": st.value, **data}) for st, data in statuses]
         try:
-            await asyncio.wait_for(self.events.publish(job_id, "status", status=status.value, **data), self.timeout_s)
+            await asyncio.wait_for(self.events.publish_many(job_id, events, expire=expire), self.timeout_s)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # events are lossy; watchers fall back to the job row
             # Once the bus is known down (its breaker open), one line per job would flood the log.
             level = logging.DEBUG if isinstance(e, EventBusDown) else logging.WARNING
-            log.log(level, "status event for job %s -> %s not published: %s", job_id, status.value, reason(e))
+            log.log(level, "status event for job %s -> %s not published: %s", job_id,
+                    "/".join(st.value for st, _ in statuses), reason(e))
 
     def ran(self, app_id: str, backend: str, outcome: JobStatus, cost: Cost | None = None) -> None:
         """After a run's outcome is recorded (the store write landed): count it where it ran, with its

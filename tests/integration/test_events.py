@@ -28,6 +28,42 @@ def test_publish_read_resume_and_cap(redis_url):
     bus.close()
 
 
+def test_a_started_job_announces_queued_and_running_in_one_go_and_the_ttl_is_set_by_first_and_last(redis_url):
+    from gpu_orchestrator.bus.events import stream_key
+    from gpu_orchestrator.core.jobs import JobStatus
+    from gpu_orchestrator.service.transitions import CountingMetrics, Transitions
+
+    async def go():
+        bus = AsyncEventBus(redis_url)
+        t = Transitions(bus, metrics := CountingMetrics())
+        job = uuid.uuid4()
+        await t.announce_started(job, "a", attempt=1, router="r1")
+        ttl_first = await bus.r.ttl(stream_key(job))
+        await bus.r.persist(stream_key(job))
+        await t.announce(job, "a", JobStatus.running, attempt=2)  # a middle event leaves the TTL alone
+        ttl_middle = await bus.r.ttl(stream_key(job))
+        await t.announce(job, "a", JobStatus.succeeded, attempt=2)
+        ttl_last = await bus.r.ttl(stream_key(job))
+        got = [e async for e in _until_terminal(bus.tail(job, block_ms=100))]
+        await bus.close()
+        return ttl_first, ttl_middle, ttl_last, got, metrics
+
+    ttl_first, ttl_middle, ttl_last, got, metrics = asyncio.run(go())
+    assert ttl_first > 0 and ttl_middle == -1 and ttl_last > 0
+    assert [e.data["status"] for e in got] == ["queued", "running", "running", "succeeded"]
+    assert got[1].data == {"status": "running", "attempt": 1, "router": "r1"}
+    assert metrics.counts == {("a", "queued", True): 1, ("a", "running", False): 2, ("a", "succeeded", False): 1}
+
+
+async def _until_terminal(tail):
+    async for ev in tail:
+        if ev is None:
+            continue
+        yield ev
+        if ev.terminal:
+            return
+
+
 def test_cancel_flag(redis_url):
     bus = EventBus(redis_url)
     job = uuid.uuid4()
