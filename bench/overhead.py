@@ -1,25 +1,33 @@
 """Job-path speed: ours vs Ray Serve's own async inference (task_consumer + Celery over Redis) vs a
-plain Serve no-op, measured in one run on one Ray instance behind one HTTP proxy.
+plain Serve no-op, measured in one run.
 
-    python bench/overhead.py [--jobs 400] [--clients 8] [--rounds 2] [--services embedded|machine|env]
+    python bench/overhead.py [--stack demo|echo] [--jobs 400] [--clients 8] [--rounds 2]
+
+`--stack demo` (default) measures ours on the stack a user starts: `gpu-orch up --demo` in a
+temporary GPU_ORCH_HOME (every app and UI deployed, the arbiter on, embedded Postgres and Redis);
+the peer and the plain no-op run beside it on a second local Ray instance (their own Serve proxy,
+an embedded Redis for Celery). Both stacks idle while the other is measured; each pays the other's
+idle cost alike. `--stack echo` puts all three on one Ray instance with the echo model alone (the
+job path's own cost, nothing else deployed).
 
 The same client drives every path: `--clients` closed-loop clients, each submits a no-op job over
 HTTP and polls its status every `--poll-ms` until it is terminal, then submits the next. Paths:
 
-  ours (poll)   POST /v1/jobs -> Postgres row -> dispatcher claim -> echo model replica -> result row;
-                GET /v1/jobs/{id} until terminal
+  ours (poll)   POST /v1/jobs -> Postgres row -> the accepting router starts it on the echo model
+                replica -> result row; GET /v1/jobs/{id} until terminal
   ours (SSE)    the same submit, then GET /v1/jobs/{id}/events until the terminal event
+  ours (wait)   POST /v1/jobs with `Prefer: wait=10`: one request, the answer is the ended job
   peer          Ray Serve async inference as its docs build it: an ingress that enqueues with the
                 Celery adapter (Redis broker and result backend) and reports the task's status, and a
                 @task_consumer deployment with a no-op @task_handler
   plain Serve   POST to a no-op deployment (one request: the ceiling for any Serve intake here)
 
 Rounds alternate the paths; each path's best round is reported. Then `--sequential` jobs one at a
-time give the unloaded submit-to-terminal latency. Prints jobs/s, p50, p99, the ratios, and
-PASS/MISS against the targets of issue 12. Needs the bench extra (`pip install -e '.[bench]'`).
+time give the unloaded submit-to-terminal latency. Prints jobs/s, p50, p99, CPU per job by process,
+the ratios, and PASS/MISS against issue 25's targets. Needs the bench extra (`pip install -e '.[bench]'`).
 
-Services: `embedded` (default: what `gpu-orch up` starts when DATABASE_URL/REDIS_URL are unset, in
-a temporary directory), `machine` (127.0.0.1:5432 and :6379), or `env` (DATABASE_URL, REDIS_URL).
+Services for the peer (and for ours with `--stack echo`): `embedded` (default), `machine`
+(127.0.0.1:5432 and :6379), or `env` (DATABASE_URL, REDIS_URL).
 """
 
 from __future__ import annotations
@@ -47,10 +55,14 @@ TERMINAL_OURS = {"succeeded", "failed", "cancelled"}
 TERMINAL_PEER = {"SUCCESS", "FAILURE", "REVOKED"}
 JOB_DEADLINE_S = 60.0  # a stuck job fails the bench instead of hanging it
 
-# Targets (issue 12): throughput ratio vs the peer and p50 ratio, first bar and goal; unloaded p50 vs plain Serve.
-FIRST_BAR = (1.5, 1.0)
-GOAL = (2.0, 0.5)
-UNLOADED_MAX = 2.0
+# Targets (issue 25): (what, first bar, goal, higher is better).
+TARGETS = {
+    "wait_tput": ("ours Prefer: wait jobs/s vs the peer's", 1.0, 1.5, True),
+    "wait_p50": ("ours Prefer: wait p50 under load vs the peer's", 1.0, 0.6, False),
+    "unloaded": ("ours unloaded Prefer: wait vs one plain Serve request", 2.0, 1.5, False),
+    "poll_tput": ("ours submit + poll jobs/s vs the peer's", 0.6, 1.0, True),
+    "router_cpu": ("router replica CPU ms per Prefer: wait job", 8.0, 6.0, False),
+}
 
 
 def services(how: str) -> tuple[str, str, str, Callable[[], None]]:
@@ -205,14 +217,13 @@ def deploy_ours(db: str, rd: str, *, max_in_flight: int = 64) -> None:
 
 
 
-def deploy(db: str, rd: str) -> None:
-    """Ours, the peer and the plain no-op, on one Serve instance behind one proxy."""
+def deploy_peer(rd: str) -> None:
+    """The peer and the plain no-op on the current Serve instance."""
     from fastapi import FastAPI
     from ray import serve
     from ray.serve.schema import CeleryAdapterConfig, TaskProcessorConfig
     from ray.serve.task_consumer import instantiate_adapter_from_config, task_consumer, task_handler
 
-    deploy_ours(db, rd)
     broker, backend = celery_urls(rd)
     peer_cfg = TaskProcessorConfig(queue_name="bench-noop",
                                    adapter_config=CeleryAdapterConfig(broker_url=broker, backend_url=backend))
@@ -258,6 +269,8 @@ def verdict(ok: bool) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stack", choices=("demo", "echo"), default="demo",
+                    help="ours on `gpu-orch up --demo` (default) or the echo model alone on the peer's Ray")
     ap.add_argument("--jobs", type=int, default=400, help="jobs per path per round")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=2)
@@ -266,9 +279,46 @@ def main() -> None:
     ap.add_argument("--services", choices=("embedded", "machine", "env"), default="embedded")
     args = ap.parse_args()
 
-    with stack(args.services) as (base, db, rd, where):
-        deploy(db, rd)
-        run(args, base, where)
+    if args.stack == "echo":
+        with stack(args.services) as (base, db, rd, where):
+            deploy_ours(db, rd)
+            deploy_peer(rd)
+            run(args, base, base, f"ours: the echo model alone, on the peer's Ray instance; {where}")
+        return
+    with demo_stack() as ours:
+        with stack(args.services) as (base, _db, rd, where):
+            deploy_peer(rd)
+            run(args, ours, base, f"ours: `gpu-orch up --demo` (its own Ray, embedded Postgres/Redis); peer and plain "
+                                  f"on a second Ray instance; {where}")
+
+
+@contextlib.contextmanager
+def demo_stack() -> Iterator[str]:
+    """`gpu-orch up --demo` in a temporary GPU_ORCH_HOME on free Ray ports, as a user starts it;
+    `gpu-orch down` afterwards. Yields the API's base URL."""
+    import json
+    import subprocess
+
+    home = Path(tempfile.mkdtemp(prefix="gpu-orch-bench-home-"))
+    os.chmod(home, 0o755)  # the embedded Postgres runs as its own user when we are root
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "RAY_ADDRESS")}
+    env.update(GPU_ORCH_HOME=str(home), GPU_ORCH_RAY_PORT=str(free_port()), GPU_ORCH_RAY_DASHBOARD_PORT=str(free_port()))
+    cli = str(Path(sys.executable).parent / "gpu-orch")
+    try:
+        print("starting the demo stack (gpu-orch up --demo) ...", flush=True)
+        up = subprocess.run([cli, "up", "--demo"], env=env, cwd=ROOT, capture_output=True, text=True)
+        if up.returncode != 0:
+            raise SystemExit(f"gpu-orch up --demo failed:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}")
+        yield json.loads((home / "state.json").read_text())["url"]
+    finally:
+        subprocess.run([cli, "down"], env=env, cwd=ROOT, capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -281,9 +331,7 @@ def stack(how: str) -> Iterator[tuple[str, str, str, str]]:
     db, rd, where, stop = services(how)
     try:
         ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         yield f"http://127.0.0.1:{port}", db, rd, f"{where}; Ray {ray.__version__}; {os.cpu_count()} cores"
     finally:
@@ -293,28 +341,29 @@ def stack(how: str) -> Iterator[tuple[str, str, str, str]]:
         stop()
 
 
-def run(args: argparse.Namespace, base: str, where: str) -> None:
-    print(f"services: {where}; {args.clients} clients, poll every {args.poll_ms:g} ms, {args.jobs} jobs per "
-          f"path per round, {args.rounds} rounds")
+def run(args: argparse.Namespace, ours: str, peer: str, where: str) -> None:
+    print(f"{where}\n{args.clients} clients, poll every {args.poll_ms:g} ms, {args.jobs} jobs per path per round, "
+          f"{args.rounds} rounds")
 
     poll_s = args.poll_ms / 1000
     echo = lambda i: {"app_id": "echo", "params": {"message": f"m{i}"}}  # noqa: E731
-    paths: dict[str, Job] = {
-        "ours (poll)": poll_client("/v1/jobs", "/v1/jobs/{id}", echo, TERMINAL_OURS, "succeeded", poll_s),
-        "ours (SSE)": ours_sse,
-        "ours (Prefer: wait=10, then poll)": poll_client("/v1/jobs", "/v1/jobs/{id}", echo, TERMINAL_OURS, "succeeded",
-                                                         poll_s, headers={"Prefer": "wait=10"}),
-        "peer: Serve task_consumer + Celery": poll_client("/peer/", "/peer/{id}", lambda i: {"message": f"m{i}"},
-                                                          TERMINAL_PEER, "SUCCESS", poll_s),
-        "plain Serve no-op (1 request)": plain,
+    paths: dict[str, tuple[str, Job]] = {
+        "ours (poll)": (ours, poll_client("/v1/jobs", "/v1/jobs/{id}", echo, TERMINAL_OURS, "succeeded", poll_s)),
+        "ours (SSE)": (ours, ours_sse),
+        "ours (Prefer: wait=10)": (ours, poll_client("/v1/jobs", "/v1/jobs/{id}", echo, TERMINAL_OURS, "succeeded",
+                                                     poll_s, headers={"Prefer": "wait=10"})),
+        "peer: Serve task_consumer + Celery": (peer, poll_client("/peer/", "/peer/{id}", lambda i: {"message": f"m{i}"},
+                                                                 TERMINAL_PEER, "SUCCESS", poll_s)),
+        "plain Serve no-op (1 request)": (peer, plain),
     }
     best: dict[str, tuple[float, float, float]] = {}
     cpu: dict[str, dict[str, float]] = {}
     for r in range(args.rounds):
         order = list(paths) if r % 2 == 0 else list(reversed(paths))  # alternate: no path always goes first
         for name in order:
+            base, fn = paths[name]
             before = cpu_seconds()
-            lats, wall = asyncio.run(closed_loop(paths[name], base, args.jobs, args.clients))
+            lats, wall = asyncio.run(closed_loop(fn, base, args.jobs, args.clients))
             spent = cpu_per_job(before, cpu_seconds(), args.jobs + args.clients)  # the warm-up jobs ran too
             row = (args.jobs / wall, pct(lats, 50), pct(lats, 99))
             print(f"  round {r + 1} {name:<36} {row[0]:7.1f} jobs/s  p50 {row[1] * 1e3:6.1f} ms  p99 {row[2] * 1e3:6.1f} ms",
@@ -322,8 +371,9 @@ def run(args: argparse.Namespace, base: str, where: str) -> None:
             if name not in best or row[0] > best[name][0]:
                 best[name], cpu[name] = row, spent
     unloaded = {}
-    for name in ("ours (poll)", "ours (Prefer: wait=10, then poll)", "plain Serve no-op (1 request)"):
-        lats, _ = asyncio.run(closed_loop(paths[name], base, args.sequential, 1))
+    for name in ("ours (poll)", "ours (Prefer: wait=10)", "plain Serve no-op (1 request)"):
+        base, fn = paths[name]
+        lats, _ = asyncio.run(closed_loop(fn, base, args.sequential, 1))
         unloaded[name] = pct(lats, 50)
 
     hdr = f"{'path':<38}{'jobs/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
@@ -335,22 +385,24 @@ def run(args: argparse.Namespace, base: str, where: str) -> None:
     for name, spent in cpu.items():
         top = ", ".join(f"{k} {v:.1f}" for k, v in spent.items() if v >= 0.5)
         print(f"{name:<38}{sum(spent.values()):>6.1f}  ({top})")
-    ours, sse, waited, peer, base_row = (best[n] for n in paths)
-    t_ratio, p_ratio = ours[0] / peer[0], ours[1] / peer[1]
-    u_ours, u_plain = unloaded["ours (poll)"], unloaded["plain Serve no-op (1 request)"]
-    print(f"\nours (poll) vs peer: throughput {t_ratio:.2f}x, p50 {p_ratio:.2f}x, p99 {ours[2] / peer[2]:.2f}x")
-    print(f"ours (SSE)  vs peer: throughput {sse[0] / peer[0]:.2f}x, p50 {sse[1] / peer[1]:.2f}x")
-    print(f"ours (Prefer: wait) vs peer: throughput {waited[0] / peer[0]:.2f}x, p50 {waited[1] / peer[1]:.2f}x")
-    print(f"ours (poll) vs plain Serve: throughput {ours[0] / base_row[0]:.2f}x")
-    u_wait = unloaded["ours (Prefer: wait=10, then poll)"]
-    print(f"unloaded p50 (one job at a time, {args.sequential} jobs): ours {u_ours * 1e3:.1f} ms, with Prefer: wait "
-          f"{u_wait * 1e3:.1f} ms, plain Serve {u_plain * 1e3:.1f} ms ({u_ours / u_plain:.1f}x, {u_wait / u_plain:.1f}x)")
-    print(f"{verdict(t_ratio >= FIRST_BAR[0] and p_ratio <= FIRST_BAR[1])}  first bar: throughput >= {FIRST_BAR[0]}x "
-          f"the peer's with p50 <= {FIRST_BAR[1]}x (got {t_ratio:.2f}x, {p_ratio:.2f}x)")
-    print(f"{verdict(t_ratio >= GOAL[0] and p_ratio <= GOAL[1])}  goal: throughput >= {GOAL[0]}x with p50 <= "
-          f"{GOAL[1]}x (got {t_ratio:.2f}x, {p_ratio:.2f}x)")
-    print(f"{verdict(u_ours <= UNLOADED_MAX * u_plain)}  unloaded p50 <= {UNLOADED_MAX}x plain Serve's "
-          f"(got {u_ours / u_plain:.1f}x)")
+    poll, sse, waited, peer_row, plain_row = (best[n] for n in paths)
+    router_cpu = sum(v for k, v in cpu["ours (Prefer: wait=10)"].items() if k.endswith(":Router"))
+    u_poll, u_wait, u_plain = (unloaded[n] for n in ("ours (poll)", "ours (Prefer: wait=10)",
+                                                     "plain Serve no-op (1 request)"))
+    print(f"\nours (poll) vs peer: throughput {poll[0] / peer_row[0]:.2f}x, p50 {poll[1] / peer_row[1]:.2f}x")
+    print(f"ours (SSE)  vs peer: throughput {sse[0] / peer_row[0]:.2f}x, p50 {sse[1] / peer_row[1]:.2f}x")
+    print(f"ours (Prefer: wait) vs peer: throughput {waited[0] / peer_row[0]:.2f}x, p50 {waited[1] / peer_row[1]:.2f}x")
+    print(f"unloaded p50 (one job at a time, {args.sequential} jobs): ours with Prefer: wait {u_wait * 1e3:.1f} ms, "
+          f"with polling {u_poll * 1e3:.1f} ms, plain Serve {u_plain * 1e3:.1f} ms")
+    got = {"wait_tput": waited[0] / peer_row[0], "wait_p50": waited[1] / peer_row[1], "unloaded": u_wait / u_plain,
+           "poll_tput": poll[0] / peer_row[0], "router_cpu": router_cpu}
+    print()
+    for key, (what, bar, goal, higher) in TARGETS.items():
+        ok = (lambda x, t: x >= t) if higher else (lambda x, t: x <= t)
+        sign = ">=" if higher else "<="
+        unit = " ms" if key == "router_cpu" else "x"
+        print(f"{verdict(ok(got[key], bar))} first bar / {verdict(ok(got[key], goal))} goal  {what}: "
+              f"{got[key]:.2f}{unit} (first bar {sign} {bar:g}{unit}, goal {sign} {goal:g}{unit})")
 
 
 if __name__ == "__main__":

@@ -6,18 +6,16 @@ for a running job); zero matched rows raises TransitionError instead of passing 
 Two connection pools: lease renewal and rescue (heartbeat, rescue_expired, release) have their own
 small one, so a burst of client reads cannot starve it and let leases expire under running jobs.
 Every connection has a statement_timeout and a connect_timeout: a stuck query fails, not hangs.
+Connections and migrations: store/pg_engine.py; the SQL: store/pg_sql.py; the leader lock:
+store/pg_lock.py (names re-exported here).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 import logging
-import threading
-import time
 import uuid
-from pathlib import Path
 from typing import Any, Iterable
 
 import sqlalchemy as sa
@@ -27,186 +25,20 @@ from gpu_orchestrator.core.artifact_refs import artifact_uris
 from gpu_orchestrator.core.keys import Quota, check_quota
 from gpu_orchestrator.core.jobs import (IdempotencyConflict, Job, JobNotFound, JobStatus, QueueFull, RetryPolicy,
                                         TransitionError, request_fingerprint)
-from gpu_orchestrator.store.base import (ANY_ROUTE, LEASE_EXPIRED, MAX_ERRORS, MSG_GIVE_UP, RELEASED, AppQueueStats, Cost,
-                                         CostRow, LeaseEnd, MinuteCount, Pruned, ResultNotStorable, Rescued, StartNow,
-                                         StoreUnavailable, clip_error, decode_cursor, encode_cursor)
+from gpu_orchestrator.store.base import (ANY_ROUTE, LEASE_EXPIRED, MSG_GIVE_UP, RELEASED, AppQueueStats, Cost, CostRow,
+                                         LeaseEnd, MinuteCount, Pruned, ResultNotStorable, Rescued, StartNow, clip_error,
+                                         decode_cursor, encode_cursor)
+from gpu_orchestrator.store.pg_engine import (PING_IDLE_S, connect_args, create_engine, fresh_on_stale,
+                                              is_transient_db_error, ping_when_idle, run_migrations, sqlalchemy_url)
+from gpu_orchestrator.store.pg_lock import PostgresLeaderLock
+from gpu_orchestrator.store.pg_sql import (COLS, COST_SET, INSERT_QUEUED, INSERT_STARTED, PRUNE_LOCK, append_error,
+                                           claim_lock, cost_args, lock_key)
 
-__all__ = ["AppQueueStats", "JobStore", "PostgresJobStore", "PostgresLeaderLock", "Rescued", "ResultNotStorable",
-           "connect_args", "create_engine", "decode_cursor", "encode_cursor", "is_transient_db_error", "run_migrations",
-           "sqlalchemy_url"]
+__all__ = ["AppQueueStats", "JobStore", "PING_IDLE_S", "PostgresJobStore", "PostgresLeaderLock", "Rescued",
+           "ResultNotStorable", "connect_args", "create_engine", "decode_cursor", "encode_cursor", "is_transient_db_error",
+           "ping_when_idle", "run_migrations", "sqlalchemy_url"]
 
 log = logging.getLogger(__name__)
-
-_COLS = (
-    "id, app_id, status, priority, params, result, error, attempts, max_attempts, timeout_s, backend, "
-    "idempotency_key, lease_owner, lease_expires_at, created_at, started_at, finished_at, "
-    "claims, lost_attempts, errors, dispatched_at, run_after, route, route_reason, cloud_ref, gpu_seconds, "
-    "cost_usd, usage, owner"
-)
-_MIGRATION_LOCK = 0x6770756F72  # "gpuor": serialises migrations across router replicas
-_PRUNE_LOCK = 0x6770757072  # "gpupr": one retention pruner at a time
-
-
-# A run's cost adds to what earlier attempts of the job cost (a failed cloud run is billed too).
-_COST_SET = ("gpu_seconds = CASE WHEN CAST(:gs AS float8) IS NULL THEN gpu_seconds ELSE coalesce(gpu_seconds, 0) + :gs END, "
-             "cost_usd = CASE WHEN CAST(:usd AS float8) IS NULL THEN cost_usd ELSE coalesce(cost_usd, 0) + :usd END, "
-             "usage = coalesce(CAST(:usage AS jsonb), usage)")
-
-
-_INSERT_COLS = ("id, app_id, status, priority, params, max_attempts, timeout_s, idempotency_key, request_hash, route, "
-                "route_reason, owner")
-_INSERT_VALUES = (":id, :app_id, {status}, :priority, CAST(:params AS jsonb), :max_attempts, :timeout_s, :key, :hash, "
-                  ":route, :reason, :owner")
-_QUEUED, _RUNNING_IF_OK = "'queued'", "CASE WHEN go.ok THEN 'running' ELSE 'queued' END"
-_INSERT_QUEUED = (f"INSERT INTO jobs ({_INSERT_COLS}) VALUES ({_INSERT_VALUES.format(status=_QUEUED)}) "
-                  f"ON CONFLICT (app_id, idempotency_key) DO NOTHING RETURNING {_COLS}")
-# Started at once when no claimable job of the app (on this route) waits and a slot is free: running,
-# attempt 1, leased and dispatched (the accepting router hands it to its model in the same breath).
-# Its own statement after the lock, so its snapshot sees every claim and start committed before.
-_START_OK = ("NOT EXISTS (SELECT 1 FROM jobs WHERE app_id = :app_id AND status = 'queued' "
-             "AND route IS NOT DISTINCT FROM :route AND (run_after IS NULL OR run_after <= now())) "
-             "AND (SELECT count(*) FROM jobs WHERE app_id = :app_id AND status = 'running' "
-             "AND route IS NOT DISTINCT FROM :route) < :cap")
-_INSERT_STARTED = (
-    f"WITH go AS (SELECT {_START_OK} AS ok) "
-    f"INSERT INTO jobs ({_INSERT_COLS}, attempts, claims, lease_owner, lease_expires_at, started_at, dispatched_at) "
-    f"SELECT {_INSERT_VALUES.format(status=_RUNNING_IF_OK)}, "
-    f"go.ok::int, go.ok::int, CASE WHEN go.ok THEN :lease_owner END, "
-    f"CASE WHEN go.ok THEN now() + make_interval(secs => :lease) END, "
-    f"CASE WHEN go.ok THEN now() END, CASE WHEN go.ok THEN now() END FROM go "
-    f"ON CONFLICT (app_id, idempotency_key) DO NOTHING RETURNING {_COLS}"
-)
-
-
-def _claim_lock(app_id: str, route: str | None) -> str:
-    return f"claim:{app_id}" + (f":{route}" if route else "")
-
-
-def _cost_args(cost: Cost | None) -> dict[str, Any]:
-    if cost is None:
-        return {"gs": None, "usd": None, "usage": None}
-    return {"gs": cost.gpu_seconds, "usd": cost.usd, "usage": json.dumps(cost.usage, default=str)}
-
-
-def _append_error(kind: str, msg: str, t: str = "") -> str:
-    """SQL for `errors` plus one {attempt, error, at, kind} entry; kind and msg are SQL expressions."""
-    return (f"errors = (CASE WHEN jsonb_array_length({t}errors) >= {MAX_ERRORS} THEN {t}errors - 0 "
-            f"ELSE {t}errors END) || jsonb_build_array(jsonb_build_object("
-            f"'attempt', {t}claims, 'error', {msg}, 'at', now(), 'kind', {kind}))")
-
-
-def is_transient_db_error(exc: BaseException) -> bool:
-    """A lost connection, a restarting server, a statement timeout, a full pool: the same write may
-    land if tried again (and the memory store's simulated outage, StoreUnavailable). A DataError
-    or a bug would fail the same way every time."""
-    if isinstance(exc, (StoreUnavailable, sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)):
-        return True
-    return isinstance(exc, sa.exc.DBAPIError) and bool(exc.connection_invalidated)
-
-
-def connect_args(*, statement_timeout_s: float | None = 30.0, connect_timeout_s: float | None = 10.0) -> dict[str, Any]:
-    """psycopg2 connect arguments bounding every query and every connection attempt."""
-    args: dict[str, Any] = {}
-    if statement_timeout_s:
-        args["options"] = f"-c statement_timeout={int(statement_timeout_s * 1000)}"
-    if connect_timeout_s:
-        args["connect_timeout"] = max(1, int(round(connect_timeout_s)))
-    return args
-
-
-def _lock_key(name: str) -> sa.TextClause:
-    return sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))").bindparams(k=name)
-
-
-def sqlalchemy_url(url: str) -> str:
-    """Pin the psycopg2 driver: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3."""
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg2://" + url[len(prefix):]
-    return url
-
-
-def create_engine(url: str, **kw: Any) -> Engine:
-    return sa.create_engine(sqlalchemy_url(url), json_serializer=lambda o: json.dumps(o, default=str), **kw)
-
-
-PING_IDLE_S = 1.0
-
-
-def _fresh_on_stale(read: Any) -> Any:
-    """A read that found its pooled connection dead (used moments ago, so not pinged; the server
-    restarted meanwhile) runs once more: the disconnect invalidated the pool, so the second try
-    gets a new connection and fails only if Postgres is really away. Reads only: a write whose
-    connection dropped may have committed."""
-
-    @functools.wraps(read)
-    def run(*args: Any, **kw: Any) -> Any:
-        try:
-            return read(*args, **kw)
-        except sa.exc.DBAPIError as e:
-            if not e.connection_invalidated:
-                raise
-        return read(*args, **kw)
-
-    return run
-
-
-def ping_when_idle(engine: Engine, idle_s: float = PING_IDLE_S) -> Engine:
-    """Check a pooled connection before use only when it sat idle longer than `idle_s` (SQLAlchemy's
-    pool_pre_ping checks on every checkout: a round trip per statement group, about a tenth of the
-    job path's database time). A connection in steady use was answering a moment ago; one that dies
-    under it fails that one call, and the disconnect invalidates the whole pool at once."""
-
-    @sa.event.listens_for(engine, "checkin")
-    def _checkin(dbapi_conn: Any, record: Any) -> None:
-        record.info["idle_since"] = time.monotonic()
-
-    @sa.event.listens_for(engine, "checkout")
-    def _checkout(dbapi_conn: Any, record: Any, proxy: Any) -> None:
-        since = record.info.get("idle_since")
-        if since is None or time.monotonic() - since <= idle_s:
-            return  # new, or used a moment ago
-        try:
-            engine.dialect.do_ping(dbapi_conn)
-        except Exception as e:  # the pool replaces the connection and tries again
-            raise sa.exc.DisconnectionError(str(e)) from e
-
-    return engine
-
-
-def run_migrations(engine: Engine, *, target: str = "head", poll_s: float = 0.2) -> None:
-    """Bring the schema to `target` (head). Safe to call from several processes at once: one migrates, the
-    others wait for it. Each migration runs in its own transaction; index builds on the live jobs
-    table run outside any (CREATE INDEX CONCURRENTLY, store/migrations/online.py), so the lock that
-    serialises migrators is a session-level advisory lock, and a waiter polls for it rather than
-    blocking in a statement (a build waits out every older open snapshot: a waiter stuck inside
-    a statement would be one, and the two would wait on each other)."""
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-    with engine.connect() as conn:
-        default_isolation = conn.get_isolation_level()
-        conn.execution_options(isolation_level="AUTOCOMMIT")
-        while not conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": _MIGRATION_LOCK}).scalar():
-            conn.commit()
-            time.sleep(poll_s)
-        try:
-            # Waiting out a long build is not a stuck query (the session's own setting, reset after).
-            conn.execute(sa.text("SET statement_timeout = 0"))
-            conn.commit()
-            conn.execution_options(isolation_level=default_isolation)  # alembic runs its transactions
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, target)
-        finally:
-            try:
-                conn.rollback()
-                conn.execute(sa.text("RESET statement_timeout"))
-                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK})
-                conn.commit()
-            except sa.exc.DBAPIError:
-                conn.invalidate()  # a broken connection: closing it drops the lock
 
 
 class PostgresJobStore:
@@ -241,7 +73,7 @@ class PostgresJobStore:
         if self.lease_engine is not self.engine:
             self.lease_engine.dispose()
 
-    @_fresh_on_stale
+    @fresh_on_stale
     def ping(self) -> None:
         """Raises (an sqlalchemy error) when Postgres cannot answer."""
         with self.engine.connect() as conn:
@@ -311,11 +143,11 @@ class PostgresJobStore:
             }
             if start is not None:
                 # The claim's own lock: the in-flight bound stays exact against claims and other starts.
-                conn.execute(_lock_key(_claim_lock(app_id, route)))
+                conn.execute(lock_key(claim_lock(app_id, route)))
                 args.update(lease_owner=start.owner, lease=start.lease_s, cap=start.max_in_flight)
-                row = conn.execute(sa.text(_INSERT_STARTED), args).first()
+                row = conn.execute(sa.text(INSERT_STARTED), args).first()
             else:
-                row = conn.execute(sa.text(_INSERT_QUEUED), args).first()
+                row = conn.execute(sa.text(INSERT_QUEUED), args).first()
             if row is None:  # lost a race with the same key
                 existing = self._by_key(conn, app_id, idempotency_key, fingerprint)  # type: ignore[arg-type]
                 assert existing is not None
@@ -324,7 +156,7 @@ class PostgresJobStore:
 
     @staticmethod
     def _check_quota(conn: Connection, owner: str, quota: Quota) -> None:
-        conn.execute(_lock_key(f"owner:{owner}"))
+        conn.execute(lock_key(f"owner:{owner}"))
         recent, oldest_age, active = 0, None, 0
         if quota.jobs_per_min is not None:  # each count only when its limit is set: two index scans
             recent, oldest_age = conn.execute(sa.text(
@@ -337,7 +169,7 @@ class PostgresJobStore:
 
     def _by_key(self, conn: Connection, app_id: str, key: str, fingerprint: str) -> Job | None:
         row = conn.execute(
-            sa.text(f"SELECT {_COLS}, request_hash FROM jobs WHERE app_id = :a AND idempotency_key = :k"),
+            sa.text(f"SELECT {COLS}, request_hash FROM jobs WHERE app_id = :a AND idempotency_key = :k"),
             {"a": app_id, "k": key},
         ).first()
         if row is None:
@@ -351,15 +183,15 @@ class PostgresJobStore:
 
     # -- reads ------------------------------------------------------------------------------------
 
-    @_fresh_on_stale
+    @fresh_on_stale
     def get(self, job_id: uuid.UUID) -> Job:
         with self.engine.connect() as conn:
-            row = conn.execute(sa.text(f"SELECT {_COLS} FROM jobs WHERE id = :id"), {"id": job_id}).first()
+            row = conn.execute(sa.text(f"SELECT {COLS} FROM jobs WHERE id = :id"), {"id": job_id}).first()
         if row is None:
             raise JobNotFound(job_id)
         return Job.from_row(row)
 
-    @_fresh_on_stale
+    @fresh_on_stale
     def list(
         self,
         *,
@@ -384,7 +216,7 @@ class PostgresJobStore:
             created, cid = decode_cursor(cursor)
             where.append("(created_at, id) < (:c_created, :c_id)")
             args.update(c_created=created, c_id=cid)
-        sql = f"SELECT {_COLS} FROM jobs"
+        sql = f"SELECT {COLS} FROM jobs"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, id DESC LIMIT :limit"
@@ -394,7 +226,7 @@ class PostgresJobStore:
         nxt = encode_cursor(jobs[-1]) if len(rows) > limit else None
         return jobs, nxt
 
-    @_fresh_on_stale
+    @fresh_on_stale
     def apps_with_queued(self) -> dict[str, set[str | None]]:
         """Apps with at least one queued job, each with the routes its queued jobs wait on (None:
         local; a skip scan over the partial queued index)."""
@@ -438,7 +270,7 @@ class PostgresJobStore:
                 {"app": app_id, "b": backend, "r": reason, "frm": frm, "age": older_than_s,
                  "ids": None if ids is None else [str(i) for i in ids]}).scalars())
 
-    @_fresh_on_stale
+    @fresh_on_stale
     def cost_summary(self, *, since: dt.datetime, until: dt.datetime, app_id: str | None = None,
                      group_by: str = "backend") -> list[CostRow]:
         key = {"backend": "coalesce(route, 'local')", "app": "app_id",
@@ -452,7 +284,7 @@ class PostgresJobStore:
             rows = conn.execute(sa.text(sql + " GROUP BY 1 ORDER BY 1"), {"since": since, "until": until, "app": app_id})
             return [CostRow(r.k, r.n, r.cloud, float(r.gs), float(r.usd)) for r in rows]
 
-    @_fresh_on_stale
+    @fresh_on_stale
     def queue_stats(self, *, cloud: bool = False, app_id: str | None = None) -> dict[str, AppQueueStats]:
         # Local demand by default (the arbiter's): jobs sent to a cloud backend ask nothing of our GPUs.
         sql = sa.text(
@@ -469,7 +301,7 @@ class PostgresJobStore:
                 for r in conn.execute(sql, {"app": app_id})
             }
 
-    @_fresh_on_stale
+    @fresh_on_stale
     def jobs_per_minute(self, *, minutes: int) -> list[MinuteCount]:
         # A range scan of jobs_list_idx (created_at): the last hour, whatever the table's size.
         sql = sa.text(
@@ -479,7 +311,7 @@ class PostgresJobStore:
         with self.engine.connect() as conn:
             return [MinuteCount(r.m, JobStatus(r.status), r.n) for r in conn.execute(sql, {"m": minutes})]
 
-    @_fresh_on_stale
+    @fresh_on_stale
     def service_times(self, *, window_s: float = 3600.0) -> dict[str, float]:
         """Mean run time (started -> finished) of each app's recently succeeded jobs, in seconds."""
         sql = sa.text(
@@ -500,7 +332,7 @@ class PostgresJobStore:
         SKIP LOCKED keeps claimers from blocking on rows another transaction holds (e.g. cancel).
         """
         with self.engine.begin() as conn:
-            conn.execute(_lock_key(_claim_lock(app_id, route)))
+            conn.execute(lock_key(claim_lock(app_id, route)))
             running = conn.execute(
                 sa.text("SELECT count(*) FROM jobs WHERE app_id = :a AND status = 'running' "
                         "AND route IS NOT DISTINCT FROM :route"), {"a": app_id, "route": route}
@@ -516,7 +348,7 @@ class PostgresJobStore:
                     f"WHERE id IN (SELECT id FROM jobs WHERE app_id = :a AND status = 'queued' "
                     f"AND route IS NOT DISTINCT FROM :route AND (run_after IS NULL OR run_after <= now()) "
                     f"ORDER BY priority DESC, created_at, id LIMIT :n FOR UPDATE SKIP LOCKED) "
-                    f"RETURNING {_COLS}"
+                    f"RETURNING {COLS}"
                 ),
                 {"a": app_id, "owner": owner, "lease": lease_s, "n": n, "route": route},
             ).all()
@@ -576,8 +408,8 @@ class PostgresJobStore:
             # The owner of the job may download what its result names (artifact_owners).
             return self._leased_update(
                 "status = 'succeeded', result = CAST(:result AS jsonb), backend = :backend, finished_at = now(), "
-                "error = NULL, " + _COST_SET,
-                {"result": json.dumps(result, default=str), "backend": backend, **_cost_args(cost)},
+                "error = NULL, " + COST_SET,
+                {"result": json.dumps(result, default=str), "backend": backend, **cost_args(cost)},
                 job_id=job_id, owner=owner, attempt=attempt, wanted="complete", grant=sorted(set(artifact_uris(result))),
             )
         except sa.exc.DBAPIError as e:
@@ -598,10 +430,10 @@ class PostgresJobStore:
             f"status = CASE WHEN {requeue} THEN 'queued' ELSE 'failed' END, "
             f"finished_at = CASE WHEN {requeue} THEN NULL ELSE now() END, "
             f"run_after = CASE WHEN {requeue} THEN now() + make_interval(secs => :delay) END, "
-            f"error = :error, backend = coalesce(:backend, backend), dispatched_at = NULL, {_COST_SET}, "
-            + _append_error(":kind", ":error"),
+            f"error = :error, backend = coalesce(:backend, backend), dispatched_at = NULL, {COST_SET}, "
+            + append_error(":kind", ":error"),
             {"error": clip_error(error), "retry": retryable, "backend": backend, "kind": kind, "delay": retry_delay_s,
-             **_cost_args(cost)},
+             **cost_args(cost)},
             job_id=job_id, owner=owner, attempt=attempt, wanted="record a failed attempt",
         )
 
@@ -614,7 +446,7 @@ class PostgresJobStore:
                 sa.text(
                     f"UPDATE jobs SET {set_sql}, lease_owner = NULL, lease_expires_at = NULL "
                     f"WHERE id = :id AND status = 'running' AND lease_owner = :owner AND claims = :attempt "
-                    f"RETURNING {_COLS}"
+                    f"RETURNING {COLS}"
                 ),
                 {"id": job_id, "owner": owner, "attempt": attempt, **args},
             ).first()
@@ -637,7 +469,7 @@ class PostgresJobStore:
                 sa.text(
                     f"UPDATE jobs SET status = 'cancelled', finished_at = now(), lease_owner = NULL, lease_expires_at = NULL, "
                     f"error = 'cancelled by request' "
-                    f"WHERE id = :id AND status IN ('queued', 'running') RETURNING {_COLS}"
+                    f"WHERE id = :id AND status IN ('queued', 'running') RETURNING {COLS}"
                 ),
                 {"id": job_id},
             ).first()
@@ -678,9 +510,9 @@ class PostgresJobStore:
             f"run_after = CASE WHEN m.lost AND NOT m.give_up AND :backoff THEN now() + make_interval(secs => "
             f"least(:bmax, :base * power(2, j.lost_attempts)) * (0.5 + random() / 2)) END, "
             f"error = m.msg, "
-            + _append_error(f"CASE WHEN m.lost THEN :kind_lost ELSE :kind_undispatched END", "m.msg", "j.")
+            + append_error("CASE WHEN m.lost THEN :kind_lost ELSE :kind_undispatched END", "m.msg", "j.")
             + ", lease_owner = NULL, lease_expires_at = NULL, dispatched_at = NULL "
-            f"FROM m WHERE j.id = m.id RETURNING j.id, j.app_id, j.status, j.error, m.lost"
+            "FROM m WHERE j.id = m.id RETURNING j.id, j.app_id, j.status, j.error, m.lost"
         )
         params = {
             **args, "cap": policy.max_lost_attempts, "backoff": how.backoff, "bmax": policy.backoff_max_s,
@@ -702,7 +534,7 @@ class PostgresJobStore:
         skipped, never waited for). One pruner at a time across router replicas (a transaction-level
         advisory lock): None when another holds it."""
         with self.engine.begin() as conn:
-            if not conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _PRUNE_LOCK}).scalar():
+            if not conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": PRUNE_LOCK}).scalar():
                 return None
             rows = conn.execute(sa.text(
                 f"DELETE FROM jobs WHERE id IN ({self.PRUNE_PICK}) RETURNING id, app_id, params, result"),
@@ -713,7 +545,7 @@ class PostgresJobStore:
                 conn.execute(sa.text("DELETE FROM artifact_owners WHERE uri = ANY(CAST(:u AS text[]))"), {"u": uploads})
         return [Pruned(r.id, r.app_id, r.params or {}, r.result) for r in rows]
 
-    @_fresh_on_stale
+    @fresh_on_stale
     def prunable(self, *, older_than_s: float) -> dict[str, int]:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.text(f"SELECT app_id, count(*) AS n FROM jobs WHERE {self._PRUNABLE} GROUP BY app_id"),
@@ -725,64 +557,3 @@ class PostgresJobStore:
 
 
 JobStore = PostgresJobStore  # the old name; goes once every caller names PostgresJobStore
-
-
-class PostgresLeaderLock:
-    """A session-level advisory lock held on a dedicated connection. If the holder dies (or its
-    connection does), Postgres releases the lock and another replica can take it.
-
-    Thread-safe: hold() and release() run in worker threads (asyncio.to_thread), and a hold() still
-    running when its task was cancelled must not race release(). release() is final: hold() answers
-    False afterwards, so a late hold() cannot take the lock again after its owner stopped."""
-
-    def __init__(self, engine: Engine, key: int):
-        self.engine = engine
-        self.key = key
-        self._conn: Connection | None = None
-        self._mutex = threading.Lock()
-        self.closed = False
-
-    def hold(self) -> bool:
-        """Take the lock, or confirm it is still held (the connection still answers)."""
-        with self._mutex:
-            if self.closed:
-                return False
-            try:
-                if self._conn is None:
-                    self._conn = self.engine.connect()
-                    got = self._conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": self.key}).scalar()
-                    self._conn.commit()
-                    if not got:
-                        self._conn.close()
-                        self._conn = None
-                    return bool(got)
-                self._conn.execute(sa.text("SELECT 1"))
-                self._conn.commit()
-                return True
-            except Exception as e:
-                log.warning("leader lock %#x lost: %s", self.key, e)
-                self._drop()
-                return False
-
-    def release(self) -> None:
-        """Give the lock up for good (hold() is False from now on)."""
-        with self._mutex:
-            self.closed = True
-            if self._conn is None:
-                return
-            try:
-                self._conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
-                self._conn.commit()
-                self._conn.close()
-            except Exception:
-                self._drop()  # a dead connection holds nothing: Postgres dropped the lock with it
-            self._conn = None
-
-    def _drop(self) -> None:
-        # invalidate, not close: a connection in an unknown state must not go back to the pool
-        if self._conn is not None:
-            try:
-                self._conn.invalidate()
-            except Exception:
-                pass
-        self._conn = None

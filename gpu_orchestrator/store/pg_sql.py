@@ -1,0 +1,71 @@
+"""The job store's SQL, named: the columns a Job is read from, the inserts, the cost and error-history
+fragments, the advisory lock keys. Text only: store/postgres.py runs them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlalchemy as sa
+
+from gpu_orchestrator.store.base import MAX_ERRORS, Cost
+
+COLS = (
+    "id, app_id, status, priority, params, result, error, attempts, max_attempts, timeout_s, backend, "
+    "idempotency_key, lease_owner, lease_expires_at, created_at, started_at, finished_at, "
+    "claims, lost_attempts, errors, dispatched_at, run_after, route, route_reason, cloud_ref, gpu_seconds, "
+    "cost_usd, usage, owner"
+)
+PRUNE_LOCK = 0x6770757072  # "gpupr": one retention pruner at a time
+
+
+# A run's cost adds to what earlier attempts of the job cost (a failed cloud run is billed too).
+COST_SET = ("gpu_seconds = CASE WHEN CAST(:gs AS float8) IS NULL THEN gpu_seconds ELSE coalesce(gpu_seconds, 0) + :gs END, "
+             "cost_usd = CASE WHEN CAST(:usd AS float8) IS NULL THEN cost_usd ELSE coalesce(cost_usd, 0) + :usd END, "
+             "usage = coalesce(CAST(:usage AS jsonb), usage)")
+
+
+INSERT_COLS = ("id, app_id, status, priority, params, max_attempts, timeout_s, idempotency_key, request_hash, route, "
+                "route_reason, owner")
+INSERT_VALUES = (":id, :app_id, {status}, :priority, CAST(:params AS jsonb), :max_attempts, :timeout_s, :key, :hash, "
+                  ":route, :reason, :owner")
+QUEUED, RUNNING_IF_OK = "'queued'", "CASE WHEN go.ok THEN 'running' ELSE 'queued' END"
+INSERT_QUEUED = (f"INSERT INTO jobs ({INSERT_COLS}) VALUES ({INSERT_VALUES.format(status=QUEUED)}) "
+                  f"ON CONFLICT (app_id, idempotency_key) DO NOTHING RETURNING {COLS}")
+# Started at once when no claimable job of the app (on this route) waits and a slot is free: running,
+# attempt 1, leased and dispatched (the accepting router hands it to its model in the same breath).
+# Its own statement after the lock, so its snapshot sees every claim and start committed before.
+START_OK = ("NOT EXISTS (SELECT 1 FROM jobs WHERE app_id = :app_id AND status = 'queued' "
+             "AND route IS NOT DISTINCT FROM :route AND (run_after IS NULL OR run_after <= now())) "
+             "AND (SELECT count(*) FROM jobs WHERE app_id = :app_id AND status = 'running' "
+             "AND route IS NOT DISTINCT FROM :route) < :cap")
+INSERT_STARTED = (
+    f"WITH go AS (SELECT {START_OK} AS ok) "
+    f"INSERT INTO jobs ({INSERT_COLS}, attempts, claims, lease_owner, lease_expires_at, started_at, dispatched_at) "
+    f"SELECT {INSERT_VALUES.format(status=RUNNING_IF_OK)}, "
+    f"go.ok::int, go.ok::int, CASE WHEN go.ok THEN :lease_owner END, "
+    f"CASE WHEN go.ok THEN now() + make_interval(secs => :lease) END, "
+    f"CASE WHEN go.ok THEN now() END, CASE WHEN go.ok THEN now() END FROM go "
+    f"ON CONFLICT (app_id, idempotency_key) DO NOTHING RETURNING {COLS}"
+)
+
+
+def claim_lock(app_id: str, route: str | None) -> str:
+    return f"claim:{app_id}" + (f":{route}" if route else "")
+
+
+def cost_args(cost: Cost | None) -> dict[str, Any]:
+    if cost is None:
+        return {"gs": None, "usd": None, "usage": None}
+    return {"gs": cost.gpu_seconds, "usd": cost.usd, "usage": json.dumps(cost.usage, default=str)}
+
+
+def append_error(kind: str, msg: str, t: str = "") -> str:
+    """SQL for `errors` plus one {attempt, error, at, kind} entry; kind and msg are SQL expressions."""
+    return (f"errors = (CASE WHEN jsonb_array_length({t}errors) >= {MAX_ERRORS} THEN {t}errors - 0 "
+            f"ELSE {t}errors END) || jsonb_build_array(jsonb_build_object("
+            f"'attempt', {t}claims, 'error', {msg}, 'at', now(), 'kind', {kind}))")
+
+
+def lock_key(name: str) -> sa.TextClause:
+    return sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))").bindparams(k=name)
