@@ -68,6 +68,9 @@ async def create_key(req: CreateKey, auth: AuthDep) -> dict[str, Any]:
 async def revoke_key(id_or_name: str, auth: AuthDep) -> dict[str, Any]:
     """Revoked at once: the next request with it gets a 401 on every router replica."""
     try:
-        return (await asyncio.to_thread(_store(auth).revoke_key, id_or_name)).to_api()
+        key = await asyncio.to_thread(_store(auth).revoke_key, id_or_name)
     except KeyNotFound as e:
         raise ApiError(404, "key_not_found", str(e), field="id_or_name") from None
+    if auth.cache is not None:  # here before the revoke's notification comes back; other replicas hear that
+        auth.cache.forget(key.id)
+    return key.to_api()

@@ -33,10 +33,11 @@ from gpu_orchestrator.service.cloud import build_cloud
 from gpu_orchestrator.service.dispatcher import Dispatcher
 from gpu_orchestrator.service.fleet import Fleet, load_failures
 from gpu_orchestrator.service.jobs import JobService, parse_job_id
-from gpu_orchestrator.service.auth import Auth
+from gpu_orchestrator.service.auth import Auth, KeyCache
 from gpu_orchestrator.service.retention import Retention
 from gpu_orchestrator.service.transitions import Transitions
-from gpu_orchestrator.store.access import PostgresAccess
+from gpu_orchestrator.store.access import KEYS_CHANNEL, PostgresAccess
+from gpu_orchestrator.store.pg_listen import Listener
 from gpu_orchestrator.store.postgres import PostgresJobStore
 
 log = logging.getLogger("gpu_orchestrator.router")
@@ -86,7 +87,10 @@ class Router:
         self.retention = Retention(store=self.store, artifacts=self.artifacts, streams=self.bus,
                                    retention_days=rc.retention_days, batch=rc.prune_batch, interval_s=rc.prune_interval_s)
         # API keys: required unless router.auth is off (build_app resolves auto by the HTTP host).
-        self.auth = Auth(PostgresAccess(self.store.engine), required=rc.auth != "off")
+        # Keys cached while a LISTEN hears every revoke (on any replica, or the CLI) the moment it commits.
+        self.key_cache = KeyCache()
+        self._key_listener = Listener(database_url, KEYS_CHANNEL, self.key_cache.forget, self.key_cache.set_live).start()
+        self.auth = Auth(PostgresAccess(self.store.engine), required=rc.auth != "off", cache=self.key_cache)
         self.api: FastAPI | None = None  # built by __serve_build_asgi_app__
         self._started = False
         self._gauge: asyncio.Task | None = None
@@ -147,6 +151,8 @@ class Router:
         """Serve awaits this when it stops the replica gracefully (rolling update, downscale): the
         leases this router holds go back at once instead of expiring a lease_s later, and the
         arbiter's leader lock too, so another replica leads at once."""
+        if getattr(self, "_key_listener", None) is not None:
+            self._key_listener.stop()
         release = getattr(getattr(self, "dispatcher", None), "release_all", None)
         if release is None:
             return

@@ -1,12 +1,15 @@
 """Authentication: a bearer token to a `Caller` (core/keys.py), the same for HTTP routes and Python
-handle methods. Keys are read from Postgres on every call (a primary-key lookup), so a revoke
-holds at once on every router replica. The token itself is never logged or stored."""
+handle methods. Keys come from Postgres (a primary-key lookup) through a KeyCache: a key is read
+once a minute at most while the cache hears revokes (a revoke notifies every router replica in its
+own transaction), and on every call while it does not. The token itself is never logged or stored."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
+import threading
+import time
+from typing import Callable, Protocol
 
 from gpu_orchestrator.core.keys import OPEN, ApiKey, AuthError, Caller, secret_matches, split_token
 
@@ -24,16 +27,56 @@ class KeyLookup(Protocol):
     def grant_artifact(self, uri: str, owner: str) -> None: ...
 
 
+class KeyCache:
+    """Live keys by id, kept `ttl_s` at most and only while `live` (told revokes as they happen:
+    `forget(key_id)`). Not live, every lookup reads the store, as without a cache. Unknown or
+    revoked keys are never cached (a new key works at once). Thread-safe: forget and set_live come
+    from the listener's thread."""
+
+    def __init__(self, ttl_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        self.ttl_s, self.clock = ttl_s, clock
+        self._keys: dict[str, tuple[float, tuple[ApiKey, str]]] = {}
+        self._gen = 0  # bumped by every forget: a lookup that raced a revoke does not store its answer
+        self._live = False
+        self._mutex = threading.Lock()
+
+    def set_live(self, live: bool) -> None:
+        with self._mutex:
+            self._live = live
+            self._keys.clear()
+            self._gen += 1
+
+    def forget(self, key_id: str) -> None:
+        with self._mutex:
+            self._keys.pop(key_id, None)
+            self._gen += 1
+
+    def get(self, key_id: str) -> tuple[int, tuple[ApiKey, str] | None]:
+        """(generation, the cached key or None)."""
+        with self._mutex:
+            hit = self._keys.get(key_id)
+            if hit is not None and (not self._live or self.clock() - hit[0] > self.ttl_s):
+                del self._keys[key_id]
+                hit = None
+            return self._gen, hit[1] if hit is not None else None
+
+    def put(self, key_id: str, gen: int, found: tuple[ApiKey, str]) -> None:
+        with self._mutex:
+            if self._live and gen == self._gen:
+                self._keys[key_id] = (self.clock(), found)
+
+
 class Auth:
     """`required`: every call needs a key (the stack listens beyond loopback). Off, a call without
     one of our keys is the anonymous OPEN caller; one with a key is still checked (its scopes, its
     quota, its jobs), so a client's mistakes show before the stack is exposed."""
 
-    def __init__(self, keys: KeyLookup | None, *, required: bool):
+    def __init__(self, keys: KeyLookup | None, *, required: bool, cache: KeyCache | None = None):
         if required and keys is None:
             raise ValueError("auth is required but no key store is configured")
         self.keys = keys
         self.required = required
+        self.cache = cache
 
     async def caller(self, token: str | None) -> Caller:
         if token is None:
@@ -46,11 +89,22 @@ class Auth:
         if parts is None or self.keys is None:
             raise AuthError(INVALID)
         key_id, secret = parts
-        found = await asyncio.to_thread(self.keys.key_for, key_id)
+        found = await self._key(key_id)
         if found is None or not secret_matches(secret, found[1]):
             log.info("refused API key id %s", key_id)  # the id only: never the secret
             raise AuthError(INVALID)
         return Caller.of(found[0])
+
+    async def _key(self, key_id: str) -> tuple[ApiKey, str] | None:
+        assert self.keys is not None
+        if self.cache is None:
+            return await asyncio.to_thread(self.keys.key_for, key_id)
+        gen, found = self.cache.get(key_id)
+        if found is None:
+            found = await asyncio.to_thread(self.keys.key_for, key_id)
+            if found is not None:
+                self.cache.put(key_id, gen, found)
+        return found
 
     async def may_read_artifact(self, caller: Caller, uri: str) -> bool:
         """Uploads: the key that uploaded them. Results: the owner of the job that made them.

@@ -1,5 +1,6 @@
-"""API keys and artifact ownership in Postgres (tables from migration 0005). Keys are looked up on
-every request, uncached, so a revoke holds at once on every router replica."""
+"""API keys and artifact ownership in Postgres (tables from migration 0005). A revoke notifies
+KEYS_CHANNEL in its transaction, so every router's key cache (service/auth.py's KeyCache, fed by
+store/pg_listen.py) forgets the key the moment the revoke commits."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ class KeyExists(Exception):
     pass
 
 
+KEYS_CHANNEL = "gpu_orch_keys"  # NOTIFY channel: the id of each key revoked
 _KEY_COLS = "id, name, scopes, apps, quota_jobs_per_min, max_queued, created_at, revoked_at"
 
 
@@ -64,6 +66,8 @@ class PostgresAccess:
                 f"UPDATE api_keys SET revoked_at = now() WHERE id = (SELECT id FROM api_keys WHERE revoked_at IS NULL "
                 f"AND (id = :k OR name = :k) ORDER BY (id = :k) DESC LIMIT 1) RETURNING {_KEY_COLS}"),
                 {"k": id_or_name}).first()
+            if row is not None:  # delivered at commit to every router's key cache (store/pg_listen.py)
+                conn.execute(sa.text("SELECT pg_notify(:ch, :id)"), {"ch": KEYS_CHANNEL, "id": row.id})
         if row is None:
             raise KeyNotFound(f"no live key with id or name {id_or_name!r}")
         return _key(row)

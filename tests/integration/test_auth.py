@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 import uuid
 
 import httpx
@@ -247,3 +248,61 @@ def test_quotas_hold_across_router_replicas(db_url, serve_backend, tmp_path, mon
         with client(one, token) as a, client(two, token) as b:
             answers = [c.post("/v1/jobs", json={"app_id": "echo", "params": {}}).status_code for c in (a, b, a, b, a, b)]
     assert answers == [202, 202, 202, 202, 429, 429]
+
+
+def test_keys_are_cached_while_revokes_are_heard_and_a_revoke_elsewhere_reaches_every_replica(db_url):
+    """Two router replicas' key caches on one database: a key is read once, not per request; a
+    revoke from anywhere (here the CLI's path: the store directly) is refused by both as soon as
+    its notification lands; with the listener down, every request reads the key again."""
+    import asyncio
+
+    from gpu_orchestrator.service.auth import Auth, KeyCache
+    from gpu_orchestrator.store.access import KEYS_CHANNEL
+    from gpu_orchestrator.store.pg_listen import Listener
+    from tests.helpers import wait_for
+
+    engine = create_engine(db_url)
+    access = PostgresAccess(engine)
+    reads = []
+
+    class Counting:
+        def key_for(self, key_id):
+            reads.append(key_id)
+            return access.key_for(key_id)
+
+    replicas = []
+    for _ in range(2):
+        cache = KeyCache()
+        listener = Listener(db_url, KEYS_CHANNEL, cache.forget, cache.set_live, retry_s=0.1).start()
+        replicas.append((Auth(Counting(), required=True, cache=cache), cache, listener))
+    try:
+        wait_for(lambda: all(c._live for _, c, _ in replicas), "both caches listening", 10)
+        _, token = access.create_key(name="eve", scopes=[Scope.submit])
+        for auth, _, _ in replicas:
+            for _ in range(5):
+                assert asyncio.run(auth.caller(token)).name == "eve"
+        assert len(reads) == 2  # once per replica, not per request
+        access.revoke_key("eve")
+        t0 = time.monotonic()
+
+        def refused(auth):
+            try:
+                asyncio.run(auth.caller(token))
+                return False
+            except AuthError:
+                return True
+        wait_for(lambda: all(refused(a) for a, _, _ in replicas), "the revoke heard by both replicas", 5, every_s=0.005)
+        assert time.monotonic() - t0 < 1.0
+        # Not listening (the connection lost): nothing is cached, each request reads the key.
+        _, token2 = access.create_key(name="fay", scopes=[Scope.submit])
+        auth, cache, listener = replicas[0]
+        listener.stop()
+        cache.set_live(False)
+        before = len(reads)
+        for _ in range(3):
+            asyncio.run(auth.caller(token2))
+        assert len(reads) - before == 3
+    finally:
+        for _, _, listener in replicas:
+            listener.stop()
+        engine.dispose()
