@@ -21,6 +21,7 @@ from gpu_orchestrator.core.jobs import TERMINAL as _TERMINAL
 
 TERMINAL = frozenset(s.value for s in _TERMINAL)  # status strings as the API sends them
 DEFAULT_URL = "http://127.0.0.1:8000"
+LONG_POLL_S = 60  # a long poll asks for this much at most (the server caps a wait at its maximum)
 
 
 class ApiError(Exception):
@@ -176,17 +177,15 @@ class Client:
             time.sleep(0.5)  # the SSE default reconnection delay is about this
 
     def wait(self, job_id: str, *, timeout: float = 600.0) -> dict[str, Any]:
-        """Follow the event stream until the job is terminal; reconnects (resuming) if the stream drops,
-        and waits out a 503/429 (an outage, or too many streams) as the server's Retry-After says."""
+        """The job once terminal: long polls (GET ?wait=, one request a minute at most while it
+        runs); rides out dropped connections, and a 503/429 (an outage) as the server's
+        Retry-After says. `events` is for progress."""
         deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
+        while (left := deadline - time.monotonic()) > 0:
             try:
-                for ev in self.events(job_id, last_event_id=last, timeout=max(1.0, deadline - time.monotonic())):
-                    last = ev.get("id", last)
-                    if ev.get("event") == "status" and ev["data"].get("status") in TERMINAL:
-                        break
-                job = self.get(job_id)
+                wait = max(1, min(LONG_POLL_S, int(left)))
+                r = self.http.get(f"/v1/jobs/{job_id}", params={"wait": wait}, timeout=wait + 30)
+                job = _check(r)
                 if job["status"] in TERMINAL:
                     return job
             except (httpx.TransportError, httpx.RemoteProtocolError):
@@ -282,11 +281,16 @@ class AsyncClient:
                             return
             await asyncio.sleep(0.5)
 
-    async def wait(self, job_id: str, *, timeout: float = 600.0, poll_s: float = 0.25) -> dict[str, Any]:
+    async def wait(self, job_id: str, *, timeout: float = 600.0) -> dict[str, Any]:
+        """As Client.wait: long polls until the job is terminal."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while (left := deadline - time.monotonic()) > 0:
             try:
-                job = await self.get(job_id)
+                wait = max(1, min(LONG_POLL_S, int(left)))
+                job = _check(await self.http.get(f"/v1/jobs/{job_id}", params={"wait": wait}, timeout=wait + 30))
+            except (httpx.TransportError, httpx.RemoteProtocolError):
+                await asyncio.sleep(0.5)
+                continue
             except ApiError as e:  # an outage: wait as the server says
                 if e.status not in (429, 503):
                     raise
@@ -294,6 +298,5 @@ class AsyncClient:
                 continue
             if job["status"] in TERMINAL:
                 return job
-            await asyncio.sleep(poll_s)
         raise TimeoutError(f"job {job_id} not finished after {timeout}s")
 

@@ -13,11 +13,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from gpu_orchestrator.api.deps import Artifacts, AuthDep, CallerDep, IdempotencyKey, Jobs, LastEventId, Prefer, StreamsDep
-from gpu_orchestrator.api.errors import ApiError, check_idempotency_key, check_last_event_id, check_prefer_wait
+from gpu_orchestrator.api.errors import (MAX_PREFER_WAIT_S, ApiError, check_idempotency_key, check_last_event_id,
+                                         check_prefer_wait)
 from gpu_orchestrator.api.streams import sse
 from gpu_orchestrator.artifacts import content_id
 from gpu_orchestrator.core.apps import validate_params
 from gpu_orchestrator.core.jobs import PRIORITY_MAX, PRIORITY_MIN, Job, JobStatus
+from gpu_orchestrator.service.jobs import ClientGone
 
 router = APIRouter(tags=["jobs"])
 _SMALL_INT = re.compile(r"[+-]?[0-9]{1,6}")
@@ -120,8 +122,17 @@ async def submit_multipart(request: Request, jobs: Jobs, artifacts: Artifacts, c
 
 
 @router.get("/v1/jobs/{job_id}")
-async def get(job_id: uuid.UUID, jobs: Jobs, caller: CallerDep) -> dict[str, Any]:
-    return (await jobs.get(job_id, caller)).to_api()
+async def get(job_id: uuid.UUID, jobs: Jobs, caller: CallerDep, request: Request,
+              wait: Annotated[float | None, Query(ge=0, description=(
+                  f"long poll: answer once the job has ended or after this many seconds (at most "
+                  f"{MAX_PREFER_WAIT_S}: more is capped), whichever comes first"))] = None) -> Any:
+    job = await jobs.get(job_id, caller)
+    if wait and not job.status.terminal:
+        try:  # a caller that leaves stops the wait, not the job
+            job = await jobs.wait(job_id, min(wait, MAX_PREFER_WAIT_S), gone=request.is_disconnected, caller=caller)
+        except ClientGone:
+            return JSONResponse(status_code=499, content={"error": "client_gone"})
+    return job.to_api()
 
 
 @router.get("/v1/jobs")

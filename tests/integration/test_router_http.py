@@ -282,6 +282,43 @@ def test_other_preferences_leave_the_submit_as_it_was(http):
     assert set(r.json()) == {"job_id", "status", "route", "route_reason"}
 
 
+# -- long poll ------------------------------------------------------------------------------------
+
+def test_a_long_poll_answers_when_the_job_ends_in_one_request(http):
+    job_id = http.post("/v1/jobs", json={"app_id": "echo", "params": {"delay_s": 1}}).json()["job_id"]
+    t0 = time.monotonic()
+    r = http.get(f"/v1/jobs/{job_id}", params={"wait": 20})
+    assert r.status_code == 200 and r.json()["status"] == "succeeded", r.text
+    assert time.monotonic() - t0 < 15  # answered at the end, not at the wait's end
+    assert http.get(f"/v1/jobs/{job_id}", params={"wait": 20}).json() == r.json()  # ended: at once
+
+
+def test_a_long_poll_shorter_than_the_job_answers_with_it_as_it_is(http):
+    job_id = http.post("/v1/jobs", json={"app_id": "echo", "params": {"delay_s": 5}}).json()["job_id"]
+    t0 = time.monotonic()
+    r = http.get(f"/v1/jobs/{job_id}", params={"wait": 1})
+    assert r.status_code == 200 and r.json()["status"] in ("queued", "running") and 1 <= time.monotonic() - t0 < 4
+
+
+@pytest.mark.parametrize("bad", ["-1", "abc", "nan"])
+def test_a_long_poll_with_a_bad_wait_is_422_naming_it(http, bad):
+    job_id = http.post("/v1/jobs", json={"app_id": "echo"}).json()["job_id"]
+    r = http.get(f"/v1/jobs/{job_id}", params={"wait": bad})
+    assert r.status_code == 422 and fields(r) == {"wait"}, r.text
+
+
+def test_the_sdk_waits_with_long_polls(rr):
+    from gpu_orchestrator.client import Client
+
+    seen = []
+    with Client(rr.base) as c:
+        c.http.event_hooks["request"].append(lambda req: seen.append((req.method, req.url.path, req.url.query)))
+        job_id = c.submit("echo", {"delay_s": 1.5})["job_id"]
+        assert c.wait(job_id, timeout=30)["status"] == "succeeded"
+    polls = [q for m, path, q in seen if m == "GET" and path == f"/v1/jobs/{job_id}"]
+    assert len(polls) == 1 and b"wait=" in polls[0], seen
+
+
 def test_api_docs_need_no_internet(http):
     page = http.get("/docs")
     assert page.status_code == 200 and "cdn." not in page.text and "https://" not in page.text, page.text
