@@ -38,7 +38,9 @@ import contextlib
 import copy
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -277,6 +279,8 @@ def main() -> None:
     ap.add_argument("--poll-ms", type=float, default=10.0)
     ap.add_argument("--sequential", type=int, default=50, help="jobs one at a time for the unloaded latency")
     ap.add_argument("--services", choices=("embedded", "machine", "env"), default="embedded")
+    ap.add_argument("--profile", metavar="FILE", default=None,
+                    help="py-spy the router replica during the first Prefer: wait round (collapsed stacks to FILE)")
     args = ap.parse_args()
 
     if args.stack == "echo":
@@ -297,7 +301,6 @@ def demo_stack() -> Iterator[str]:
     """`gpu-orch up --demo` in a temporary GPU_ORCH_HOME on free Ray ports, as a user starts it;
     `gpu-orch down` afterwards. Yields the API's base URL."""
     import json
-    import subprocess
 
     home = Path(tempfile.mkdtemp(prefix="gpu-orch-bench-home-"))
     os.chmod(home, 0o755)  # the embedded Postgres runs as its own user when we are root
@@ -341,6 +344,15 @@ def stack(how: str) -> Iterator[tuple[str, str, str, str]]:
         stop()
 
 
+def profiler(out: str) -> "subprocess.Popen":
+    """py-spy recording the router replica (collapsed stacks, idle time left out)."""
+    pid = next(int(p) for p in filter(str.isdigit, os.listdir("/proc"))
+               if Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"ray::ServeReplica:orchestrator:Router"))
+    spy = str(Path(sys.executable).parent / "py-spy")
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250", "--nonblocking",
+                             "-o", out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def run(args: argparse.Namespace, ours: str, peer: str, where: str) -> None:
     print(f"{where}\n{args.clients} clients, poll every {args.poll_ms:g} ms, {args.jobs} jobs per path per round, "
           f"{args.rounds} rounds")
@@ -362,9 +374,13 @@ def run(args: argparse.Namespace, ours: str, peer: str, where: str) -> None:
         order = list(paths) if r % 2 == 0 else list(reversed(paths))  # alternate: no path always goes first
         for name in order:
             base, fn = paths[name]
+            spy = profiler(args.profile) if args.profile and r == 0 and name == "ours (Prefer: wait=10)" else None
             before = cpu_seconds()
             lats, wall = asyncio.run(closed_loop(fn, base, args.jobs, args.clients))
             spent = cpu_per_job(before, cpu_seconds(), args.jobs + args.clients)  # the warm-up jobs ran too
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes what it sampled and exits
+                spy.wait(timeout=60)
             row = (args.jobs / wall, pct(lats, 50), pct(lats, 99))
             print(f"  round {r + 1} {name:<36} {row[0]:7.1f} jobs/s  p50 {row[1] * 1e3:6.1f} ms  p99 {row[2] * 1e3:6.1f} ms",
                   flush=True)

@@ -76,6 +76,9 @@ class RouterSpec(BaseModel):
     lease_s: float = Field(default=30.0, gt=0)
     # How often an idle dispatcher looks for work submitted to other router replicas.
     poll_interval_s: float = Field(default=0.5, gt=0)
+    # The job path's statements are prepared once per connection (asyncpg). Off behind PgBouncer in
+    # transaction mode, where the next transaction may run on a connection that never prepared them.
+    prepared_statements: bool = True
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     # Uploads (POST /v1/artifacts, /v1/jobs/multipart) may be larger: audio, images.
     max_upload_bytes: int = Field(default=200 * 1_048_576, ge=1024)

@@ -52,7 +52,7 @@ class Router:
         logs.configure(self.cfg.log_format, component="router")
         rc = self.cfg.router
         self.artifacts = ArtifactStore(artifacts_url) if artifacts_url else None
-        self.store = PostgresJobStore.connect(database_url)
+        self.store = PostgresJobStore.connect(database_url, prepared_statements=rc.prepared_statements)
         # A slow Redis costs a request at most this long (then it is treated as down for a moment).
         self.bus = AsyncEventBus(redis_url, timeout_s=rc.redis_timeout_s)
         # Keyed by model deployment name; what is not here cannot run (JobService refuses its apps).

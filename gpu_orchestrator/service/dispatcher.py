@@ -429,6 +429,8 @@ class Dispatcher:
         delay, cap = self.WRITE_BACKOFF_S
         while True:
             try:
+                if asyncio.iscoroutinefunction(fn):  # the store runs it on the event loop
+                    return await fn(**kw)
                 return await asyncio.to_thread(fn, **kw)
             except Exception as e:
                 if not self.store.is_transient(e):  # the store knows its driver's errors
@@ -551,7 +553,7 @@ class Dispatcher:
         job, attempt = f.job, f.attempt
         f.recording = True
         try:
-            done = await self._write(f, self.store.complete, job_id=job.id, owner=self.owner, attempt=attempt,
+            done = await self._write(f, self.store.acomplete, job_id=job.id, owner=self.owner, attempt=attempt,
                                      result=result, backend=backend, cost=cost)
         except TransitionError as e:
             done = None

@@ -133,8 +133,7 @@ class JobService:
         route = self.routing.route(spec, clean)  # ParamsInvalid: a param the cloud-only app's provider does not take
         if spec.has_files:  # the artifact store is files or S3: off the event loop
             await asyncio.to_thread(self._check_artifacts, spec, clean)
-        job, created = await asyncio.to_thread(
-            self.store.submit,
+        job, created = await self.store.asubmit(
             app_id=spec.id,
             params=clean,
             priority=priority,
@@ -184,7 +183,7 @@ class JobService:
         return await self._visible(job_id, caller)
 
     async def _visible(self, job_id: uuid.UUID, caller: Caller) -> Job:
-        job = await asyncio.to_thread(self.store.get, job_id)
+        job = await self.store.aget(job_id)
         if not caller.sees(job.owner):
             raise JobNotFound(job_id)
         return job

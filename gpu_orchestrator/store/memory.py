@@ -145,6 +145,17 @@ class MemoryJobStore:
         waiting = any(j.status == Q and (j.run_after is None or j.run_after <= now) for j in same)
         return not waiting and sum(1 for j in same if j.status == R) < cap
 
+    # The job path's async entry points (PostgresJobStore runs these on asyncpg): in memory, direct.
+    async def asubmit(self, **kw: Any) -> tuple[Job, bool]:
+        return self.submit(**kw)
+
+    async def aget(self, job_id: uuid.UUID) -> Job:
+        return self.get(job_id)
+
+    async def acomplete(self, *, job_id: uuid.UUID, owner: str, attempt: int, result: Any, backend: str,
+                        cost: Cost | None = None) -> Job:
+        return self.complete(job_id=job_id, owner=owner, attempt=attempt, result=result, backend=backend, cost=cost)
+
     def _check_quota(self, now: dt.datetime, owner: str, quota: Quota) -> None:
         mine = [j for j in self._jobs.values() if j.owner == owner]
         recent = [j.created_at for j in mine if j.created_at > now - _secs(60)]

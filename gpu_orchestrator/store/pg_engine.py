@@ -23,7 +23,15 @@ def is_transient_db_error(exc: BaseException) -> bool:
     or a bug would fail the same way every time."""
     if isinstance(exc, (StoreUnavailable, sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)):
         return True
-    return isinstance(exc, sa.exc.DBAPIError) and bool(exc.connection_invalidated)
+    if isinstance(exc, sa.exc.DBAPIError):
+        return bool(exc.connection_invalidated)
+    import asyncpg  # the job path's driver (store/pg_async.py)
+
+    # Connection trouble (class 08), a server shutting down or a statement timeout (57), a full
+    # server, a dropped socket, an acquire or connect that timed out.
+    return isinstance(exc, (asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                            asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.CannotConnectNowError,
+                            asyncpg.exceptions.TooManyConnectionsError, ConnectionError, TimeoutError, OSError))
 
 
 def connect_args(*, statement_timeout_s: float | None = 30.0, connect_timeout_s: float | None = 10.0) -> dict[str, Any]:

@@ -1,9 +1,12 @@
 """The job store's SQL, named: the columns a Job is read from, the inserts, the cost and error-history
-fragments, the advisory lock keys. Text only: store/postgres.py runs them."""
+fragments, the advisory lock keys. Text only, with :name parameters: store/postgres.py runs them
+through SQLAlchemy, store/pg_async.py through asyncpg (numbered: `numbered`)."""
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from typing import Any
 
 import sqlalchemy as sa
@@ -69,3 +72,35 @@ def append_error(kind: str, msg: str, t: str = "") -> str:
 
 def lock_key(name: str) -> sa.TextClause:
     return sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))").bindparams(k=name)
+
+
+GET = f"SELECT {COLS} FROM jobs WHERE id = :id"
+STATUS = "SELECT status FROM jobs WHERE id = :id"
+QUEUED_DEPTH = "SELECT count(*) FROM jobs WHERE app_id = :app_id AND status = 'queued'"
+XACT_LOCK = "SELECT pg_advisory_xact_lock(hashtext(:k))"
+COMPLETE_SET = ("status = 'succeeded', result = CAST(:result AS jsonb), backend = :backend, finished_at = now(), "
+                "error = NULL, " + COST_SET)
+# Results' artifacts: the job's owner may download them.
+GRANT_RESULTS = ("INSERT INTO artifact_owners (uri, owner, job_id) SELECT u, :o, :j FROM unnest(CAST(:uris AS text[])) AS u "
+                 "ON CONFLICT (uri, owner) DO UPDATE SET job_id = coalesce(artifact_owners.job_id, EXCLUDED.job_id)")
+
+
+def leased_update(set_sql: str) -> str:
+    """The guard for ending an attempt: the job is running, under this owner's lease, on this very
+    attempt. A late result from an expired lease or a cancelled job matches zero rows."""
+    return (f"UPDATE jobs SET {set_sql}, lease_owner = NULL, lease_expires_at = NULL "
+            f"WHERE id = :id AND status = 'running' AND lease_owner = :owner AND claims = :attempt RETURNING {COLS}")
+
+
+@functools.lru_cache(maxsize=None)
+def numbered(sql: str) -> tuple[str, tuple[str, ...]]:
+    """The statement with $1, $2 ... for asyncpg, and the parameter names in that order (a name used
+    twice is one parameter). `::type` casts are left alone."""
+    names: list[str] = []
+
+    def sub(m: re.Match) -> str:
+        if m.group(1) not in names:
+            names.append(m.group(1))
+        return f"${names.index(m.group(1)) + 1}"
+
+    return re.sub(r"(?<![:\w]):([A-Za-z_]\w*)", sub, sql), tuple(names)

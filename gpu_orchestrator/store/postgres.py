@@ -12,7 +12,9 @@ store/pg_lock.py (names re-exported here).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import functools
 import json
 import logging
 import uuid
@@ -28,11 +30,13 @@ from gpu_orchestrator.core.jobs import (IdempotencyConflict, Job, JobNotFound, J
 from gpu_orchestrator.store.base import (ANY_ROUTE, LEASE_EXPIRED, MSG_GIVE_UP, RELEASED, AppQueueStats, Cost, CostRow,
                                          LeaseEnd, MinuteCount, Pruned, ResultNotStorable, Rescued, StartNow, clip_error,
                                          decode_cursor, encode_cursor)
+from gpu_orchestrator.store.pg_async import AsyncJobPath
 from gpu_orchestrator.store.pg_engine import (PING_IDLE_S, connect_args, create_engine, fresh_on_stale,
                                               is_transient_db_error, ping_when_idle, run_migrations, sqlalchemy_url)
 from gpu_orchestrator.store.pg_lock import PostgresLeaderLock
-from gpu_orchestrator.store.pg_sql import (COLS, COST_SET, INSERT_QUEUED, INSERT_STARTED, PRUNE_LOCK, append_error,
-                                           claim_lock, cost_args, lock_key)
+from gpu_orchestrator.store.pg_sql import (COLS, COMPLETE_SET, COST_SET, GET, GRANT_RESULTS, INSERT_QUEUED, INSERT_STARTED,
+                                           PRUNE_LOCK, QUEUED_DEPTH, STATUS, append_error, claim_lock, cost_args,
+                                           leased_update, lock_key)
 
 __all__ = ["AppQueueStats", "JobStore", "PING_IDLE_S", "PostgresJobStore", "PostgresLeaderLock", "Rescued",
            "ResultNotStorable", "connect_args", "create_engine", "decode_cursor", "encode_cursor", "is_transient_db_error",
@@ -42,9 +46,10 @@ log = logging.getLogger(__name__)
 
 
 class PostgresJobStore:
-    def __init__(self, engine: Engine, lease_engine: Engine | None = None):
+    def __init__(self, engine: Engine, lease_engine: Engine | None = None, fast: AsyncJobPath | None = None):
         self.engine = engine
         self.lease_engine = lease_engine or engine
+        self.fast = fast  # the job path's statements on asyncpg (pg_async.py); None: all through SQLAlchemy
 
     @classmethod
     def connect(
@@ -57,6 +62,7 @@ class PostgresJobStore:
         lease_pool_size: int = 2,
         statement_timeout_s: float | None = 30.0,
         connect_timeout_s: float | None = 10.0,
+        prepared_statements: bool = True,
     ) -> "PostgresJobStore":
         args = connect_args(statement_timeout_s=statement_timeout_s, connect_timeout_s=connect_timeout_s)
         # Survive a Postgres restart without surfacing dead connections: the lease pool, used every
@@ -66,9 +72,13 @@ class PostgresJobStore:
                                      pool_timeout=10, connect_args=args)
         if migrate:
             run_migrations(engine)
-        return cls(engine, lease_engine)
+        fast = AsyncJobPath(url, statement_timeout_s=statement_timeout_s, connect_timeout_s=connect_timeout_s or 10.0,
+                            prepared=prepared_statements, pool_size=pool_size + max_overflow)
+        return cls(engine, lease_engine, fast=fast)
 
     def close(self) -> None:
+        if self.fast is not None:
+            self.fast.close()
         self.engine.dispose()
         if self.lease_engine is not self.engine:
             self.lease_engine.dispose()
@@ -84,6 +94,37 @@ class PostgresJobStore:
 
     def leader_lock(self, key: int) -> "PostgresLeaderLock":
         return PostgresLeaderLock(self.engine, key)
+
+    # -- the job path on the event loop (asyncpg where it can: pg_async.py) ----------------------------
+
+    async def asubmit(self, **kw: Any) -> tuple[Job, bool]:
+        """submit(); a submit with an Idempotency-Key or a quota takes the synchronous path."""
+        if self.fast is None or kw.get("idempotency_key") is not None or (kw.get("owner") and kw.get("quota")):
+            return await asyncio.to_thread(functools.partial(self.submit, **kw))
+        for k in ("idempotency_key", "idempotency_ttl_s", "quota"):
+            kw.pop(k, None)
+        return await self.fast.submit(**kw), True
+
+    async def aget(self, job_id: uuid.UUID) -> Job:
+        if self.fast is None:
+            return await asyncio.to_thread(self.get, job_id)
+        try:
+            row = await self.fast.get(job_id)
+        except Exception as e:  # a pooled connection found dead: once more, as get() does
+            if not is_transient_db_error(e):
+                raise
+            row = await self.fast.get(job_id)
+        if row is None:
+            raise JobNotFound(job_id)
+        return Job.from_row(row)
+
+    async def acomplete(self, *, job_id: uuid.UUID, owner: str, attempt: int, result: Any, backend: str,
+                        cost: Cost | None = None) -> Job:
+        if self.fast is None:
+            return await asyncio.to_thread(functools.partial(self.complete, job_id=job_id, owner=owner, attempt=attempt,
+                                                             result=result, backend=backend, cost=cost))
+        return await self.fast.complete(job_id=job_id, owner=owner, attempt=attempt, result=result, backend=backend,
+                                        cost=cost, grant=sorted(set(artifact_uris(result))))
 
     # -- intake -----------------------------------------------------------------------------------
 
@@ -129,9 +170,7 @@ class PostgresJobStore:
                 if existing is not None:
                     return existing, False
             if max_queued is not None:
-                depth = conn.execute(
-                    sa.text("SELECT count(*) FROM jobs WHERE app_id = :a AND status = 'queued'"), {"a": app_id}
-                ).scalar_one()
+                depth = conn.execute(sa.text(QUEUED_DEPTH), {"app_id": app_id}).scalar_one()
                 if depth >= max_queued:
                     raise QueueFull(app_id, depth, retry_after_s=max(1, min(60, depth // 100)))
             if owner is not None and quota:
@@ -186,7 +225,7 @@ class PostgresJobStore:
     @fresh_on_stale
     def get(self, job_id: uuid.UUID) -> Job:
         with self.engine.connect() as conn:
-            row = conn.execute(sa.text(f"SELECT {COLS} FROM jobs WHERE id = :id"), {"id": job_id}).first()
+            row = conn.execute(sa.text(GET), {"id": job_id}).first()
         if row is None:
             raise JobNotFound(job_id)
         return Job.from_row(row)
@@ -407,9 +446,7 @@ class PostgresJobStore:
         try:
             # The owner of the job may download what its result names (artifact_owners).
             return self._leased_update(
-                "status = 'succeeded', result = CAST(:result AS jsonb), backend = :backend, finished_at = now(), "
-                "error = NULL, " + COST_SET,
-                {"result": json.dumps(result, default=str), "backend": backend, **cost_args(cost)},
+                COMPLETE_SET, {"result": json.dumps(result, default=str), "backend": backend, **cost_args(cost)},
                 job_id=job_id, owner=owner, attempt=attempt, wanted="complete", grant=sorted(set(artifact_uris(result))),
             )
         except sa.exc.DBAPIError as e:
@@ -439,24 +476,14 @@ class PostgresJobStore:
 
     def _leased_update(self, set_sql: str, args: dict[str, Any], *, job_id: uuid.UUID, owner: str, attempt: int,
                        wanted: str, grant: list[str] | None = None) -> Job:
-        """The guard for ending an attempt: the job is running, under this owner's lease, on this
-        very attempt. A late result from an expired lease or a cancelled job matches zero rows."""
+        """An attempt ends (see pg_sql.leased_update); `grant`: result artifacts for the job's owner."""
         with self.engine.begin() as conn:
-            row = conn.execute(
-                sa.text(
-                    f"UPDATE jobs SET {set_sql}, lease_owner = NULL, lease_expires_at = NULL "
-                    f"WHERE id = :id AND status = 'running' AND lease_owner = :owner AND claims = :attempt "
-                    f"RETURNING {COLS}"
-                ),
-                {"id": job_id, "owner": owner, "attempt": attempt, **args},
-            ).first()
+            row = conn.execute(sa.text(leased_update(set_sql)), {"id": job_id, "owner": owner, "attempt": attempt,
+                                                                 **args}).first()
             if row is None:
                 raise TransitionError(job_id, self._status(conn, job_id), wanted)
             if grant and row.owner is not None:
-                conn.execute(sa.text("INSERT INTO artifact_owners (uri, owner, job_id) SELECT u, :o, :j FROM unnest("
-                                     "CAST(:uris AS text[])) AS u ON CONFLICT (uri, owner) DO UPDATE SET job_id = "
-                                     "coalesce(artifact_owners.job_id, EXCLUDED.job_id)"),
-                             {"o": row.owner, "j": job_id, "uris": grant})
+                conn.execute(sa.text(GRANT_RESULTS), {"o": row.owner, "j": job_id, "uris": grant})
         return Job.from_row(row)
 
     def cancel(self, job_id: uuid.UUID) -> tuple[Job, JobStatus]:
@@ -553,7 +580,7 @@ class PostgresJobStore:
             return {r.app_id: r.n for r in rows}
 
     def _status(self, conn: Connection, job_id: uuid.UUID) -> str | None:
-        return conn.execute(sa.text("SELECT status FROM jobs WHERE id = :id"), {"id": job_id}).scalar()
+        return conn.execute(sa.text(STATUS), {"id": job_id}).scalar()
 
 
 JobStore = PostgresJobStore  # the old name; goes once every caller names PostgresJobStore

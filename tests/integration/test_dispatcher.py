@@ -149,7 +149,8 @@ def statuses_published(redis_url, job_id) -> list[str]:
 
 
 class FlakyComplete:
-    """The real store, whose first `failures` complete() calls hit a dropped connection."""
+    """The real store, whose first `failures` completions hit a dropped connection (as asyncpg, the
+    completion's driver, reports one)."""
 
     def __init__(self, store, failures: int):
         self.store, self.failures, self.calls = store, failures, 0
@@ -157,11 +158,13 @@ class FlakyComplete:
     def __getattr__(self, name):
         return getattr(self.store, name)
 
-    def complete(self, **kw):
+    async def acomplete(self, **kw):
+        import asyncpg
+
         self.calls += 1
         if self.calls <= self.failures:
-            raise sa.exc.OperationalError("UPDATE jobs ...", {}, Exception("server closed the connection unexpectedly"))
-        return self.store.complete(**kw)
+            raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+        return await self.store.acomplete(**kw)
 
 
 def test_db_error_while_recording_success_keeps_the_result(store, redis_url):

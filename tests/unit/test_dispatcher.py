@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections import Counter
 from typing import Any
@@ -355,9 +354,9 @@ def test_release_all_writes_a_result_in_hand_first():
         def __getattr__(self, name):
             return getattr(self.store, name)
 
-        def complete(self, **kw):
-            time.sleep(0.2)  # the result is being written as the router stops
-            return self.store.complete(**kw)
+        async def acomplete(self, **kw):
+            await asyncio.sleep(0.2)  # the result is being written as the router stops
+            return await self.store.acomplete(**kw)
 
     async def go():
         rig = Rig(FakeBackend(), router={"lease_s": 60})
@@ -429,11 +428,11 @@ def test_a_store_outage_while_recording_keeps_the_result():
         def __getattr__(self, name):
             return getattr(self.store, name)
 
-        def complete(self, **kw):
+        async def acomplete(self, **kw):
             self.calls += 1
             if self.calls <= self.failures:
                 raise StoreUnavailable("the job store is unavailable (simulated outage)")
-            return self.store.complete(**kw)
+            return await self.store.acomplete(**kw)
 
     async def go():
         rig = Rig(FakeBackend({"kept": True}))

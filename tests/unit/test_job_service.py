@@ -259,7 +259,7 @@ def test_an_idempotency_key_never_returns_another_apps_job():
             self.inner = inner
             self.calls: list[dict[str, Any]] = []
 
-        def submit(self, **kw: Any) -> tuple[Any, bool]:
+        async def asubmit(self, **kw: Any) -> tuple[Any, bool]:
             self.calls.append(kw)
             return chat_job, False
 
