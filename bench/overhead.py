@@ -347,7 +347,7 @@ def stack(how: str) -> Iterator[tuple[str, str, str, str]]:
 def profiler(out: str) -> "subprocess.Popen":
     """py-spy recording the router replica (collapsed stacks, idle time left out)."""
     pid = next(int(p) for p in filter(str.isdigit, os.listdir("/proc"))
-               if Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"ray::ServeReplica:orchestrator:Router"))
+               if Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"ray::ServeReplica:orchestrator:router"))
     spy = str(Path(sys.executable).parent / "py-spy")
     return subprocess.Popen([spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250", "--nonblocking",
                              "-o", out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -402,7 +402,7 @@ def run(args: argparse.Namespace, ours: str, peer: str, where: str) -> None:
         top = ", ".join(f"{k} {v:.1f}" for k, v in spent.items() if v >= 0.5)
         print(f"{name:<38}{sum(spent.values()):>6.1f}  ({top})")
     poll, sse, waited, peer_row, plain_row = (best[n] for n in paths)
-    router_cpu = sum(v for k, v in cpu["ours (Prefer: wait=10)"].items() if k.endswith(":Router"))
+    router_cpu = sum(v for k, v in cpu["ours (Prefer: wait=10)"].items() if k == "orchestrator:router")
     u_poll, u_wait, u_plain = (unloaded[n] for n in ("ours (poll)", "ours (Prefer: wait=10)",
                                                      "plain Serve no-op (1 request)"))
     print(f"\nours (poll) vs peer: throughput {poll[0] / peer_row[0]:.2f}x, p50 {poll[1] / peer_row[1]:.2f}x")
