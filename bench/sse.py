@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from overhead import cpu_seconds, deploy_ours, stack  # noqa: E402
 
 ROUTER, PROXY = "orchestrator:router", "Serve proxy"
-POOLS = 5 + 10 + 2 + 1  # PostgresJobStore.connect: pool_size + max_overflow, and the lease pool's
+POOLS = 5 + 5 + 2 + 1 + 10 + 1  # PostgresJobStore.connect: pool_size + max_overflow, the lease pool's, asyncpg's, LISTEN
 
 
 def rss_kib() -> dict[str, int]:

@@ -37,7 +37,6 @@ from gpu_orchestrator.service.auth import Auth, KeyCache
 from gpu_orchestrator.service.retention import Retention
 from gpu_orchestrator.service.transitions import Transitions
 from gpu_orchestrator.store.access import KEYS_CHANNEL, PostgresAccess
-from gpu_orchestrator.store.pg_listen import Listener
 from gpu_orchestrator.store.postgres import PostgresJobStore
 
 log = logging.getLogger("gpu_orchestrator.router")
@@ -89,7 +88,7 @@ class Router:
         # API keys: required unless router.auth is off (build_app resolves auto by the HTTP host).
         # Keys cached while a LISTEN hears every revoke (on any replica, or the CLI) the moment it commits.
         self.key_cache = KeyCache()
-        self._key_listener = Listener(database_url, KEYS_CHANNEL, self.key_cache.forget, self.key_cache.set_live).start()
+        self.store.listen(KEYS_CHANNEL, self.key_cache.forget, self.key_cache.set_live)
         self.auth = Auth(PostgresAccess(self.store.engine), required=rc.auth != "off", cache=self.key_cache)
         self.api: FastAPI | None = None  # built by __serve_build_asgi_app__
         self._started = False
@@ -151,8 +150,6 @@ class Router:
         """Serve awaits this when it stops the replica gracefully (rolling update, downscale): the
         leases this router holds go back at once instead of expiring a lease_s later, and the
         arbiter's leader lock too, so another replica leads at once."""
-        if getattr(self, "_key_listener", None) is not None:
-            self._key_listener.stop()
         release = getattr(getattr(self, "dispatcher", None), "release_all", None)
         if release is None:
             return

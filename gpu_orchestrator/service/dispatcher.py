@@ -145,6 +145,9 @@ class Dispatcher:
 
     def adopt(self, job: Job) -> None:
         """Run a job the submit just inserted as running under this replica's lease (StartNow)."""
+        if self._stopping:  # stopping since the terms were given: its lease expires and it is rescued
+            log.warning("job %s started as this router stops: left to lease rescue", job.id)
+            return
         f = InFlight(job)
         self.inflight[f.key] = f
         self._outcomes[job.id] = asyncio.get_running_loop().create_future()

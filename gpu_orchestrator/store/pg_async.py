@@ -18,7 +18,7 @@ import uuid
 from typing import Any, AsyncIterator
 
 from gpu_orchestrator.core.jobs import Job, QueueFull, TransitionError
-from gpu_orchestrator.store.base import Cost, ResultNotStorable, StartNow
+from gpu_orchestrator.store.base import Cost, ResultNotStorable, StartNow, StoreUnavailable
 from gpu_orchestrator.store.pg_sql import (COMPLETE_SET, GET, GRANT_RESULTS, INSERT_QUEUED, INSERT_STARTED, QUEUED_DEPTH,
                                            STATUS, XACT_LOCK, claim_lock, cost_args, leased_update, numbered)
 
@@ -67,14 +67,18 @@ class AsyncJobPath:
         call each (SQLAlchemy's pool does the same on a disconnect)."""
         import asyncpg
 
-        pool = await self._acquire()
+        pool = None
         try:
+            pool = await self._acquire()
             async with pool.acquire() as conn:
                 yield conn
         except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.exceptions.OperatorInterventionError,
-                ConnectionError, OSError):
-            await pool.expire_connections()
-            raise
+                asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.TooManyConnectionsError, OSError,
+                TimeoutError) as e:
+            if pool is not None:
+                await pool.expire_connections()
+            # The store's own word for it (a 503 with Retry-After; a write the dispatcher retries).
+            raise StoreUnavailable(f"the database is unavailable ({type(e).__name__})") from e
 
     def close(self) -> None:
         pool, self._pool = self._pool, None

@@ -26,10 +26,10 @@ def _dsn(url: str) -> str:
 
 class Listener:
     def __init__(self, url: str, channel: str, on_message: Callable[[str], None], on_state: Callable[[bool], None],
-                 *, retry_s: float = 1.0, poll_s: float = 5.0):
+                 *, retry_s: float = 1.0, max_retry_s: float = 30.0, poll_s: float = 5.0):
         self.dsn, self.channel = _dsn(url), channel
         self.on_message, self.on_state = on_message, on_state
-        self.retry_s, self.poll_s = retry_s, poll_s
+        self.retry_s, self.max_retry_s, self.poll_s = retry_s, max_retry_s, poll_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"listen:{channel}", daemon=True)
 
@@ -41,6 +41,7 @@ class Listener:
         self._stop.set()
 
     def _run(self) -> None:
+        delay, failing = self.retry_s, False
         while not self._stop.is_set():
             conn = None
             try:
@@ -49,6 +50,7 @@ class Listener:
                 with conn.cursor() as cur:
                     cur.execute(f'LISTEN "{self.channel}"')
                 self.on_state(True)
+                delay, failing = self.retry_s, False
                 while not self._stop.is_set():
                     if select.select([conn], [], [], self.poll_s) == ([], [], []):
                         with conn.cursor() as cur:  # a quiet channel: is the server still there?
@@ -57,7 +59,9 @@ class Listener:
                     while conn.notifies:
                         self.on_message(conn.notifies.pop(0).payload)
             except Exception as e:
-                log.info("not listening on %s (%s); retrying in %g s", self.channel, type(e).__name__, self.retry_s)
+                if not failing and not self._stop.is_set():  # once per outage, not per retry
+                    log.info("not listening on %s (%s); retrying", self.channel, type(e).__name__)
+                failing = True
             finally:
                 self.on_state(False)
                 if conn is not None:
@@ -65,4 +69,5 @@ class Listener:
                         conn.close()
                     except Exception:
                         pass
-            self._stop.wait(self.retry_s)
+            self._stop.wait(delay)
+            delay = min(delay * 2, self.max_retry_s)

@@ -18,7 +18,7 @@ import functools
 import json
 import logging
 import uuid
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -33,6 +33,7 @@ from gpu_orchestrator.store.base import (ANY_ROUTE, LEASE_EXPIRED, MSG_GIVE_UP, 
 from gpu_orchestrator.store.pg_async import AsyncJobPath
 from gpu_orchestrator.store.pg_engine import (PING_IDLE_S, connect_args, create_engine, fresh_on_stale,
                                               is_transient_db_error, ping_when_idle, run_migrations, sqlalchemy_url)
+from gpu_orchestrator.store.pg_listen import Listener
 from gpu_orchestrator.store.pg_lock import PostgresLeaderLock
 from gpu_orchestrator.store.pg_sql import (COLS, COMPLETE_SET, COST_SET, GET, GRANT_RESULTS, INSERT_QUEUED, INSERT_STARTED,
                                            PRUNE_LOCK, QUEUED_DEPTH, STATUS, append_error, claim_lock, cost_args,
@@ -50,6 +51,8 @@ class PostgresJobStore:
         self.engine = engine
         self.lease_engine = lease_engine or engine
         self.fast = fast  # the job path's statements on asyncpg (pg_async.py); None: all through SQLAlchemy
+        self.url = engine.url.render_as_string(hide_password=False)
+        self._listeners: list[Listener] = []
 
     @classmethod
     def connect(
@@ -58,13 +61,17 @@ class PostgresJobStore:
         *,
         migrate: bool = True,
         pool_size: int = 5,
-        max_overflow: int = 10,
+        max_overflow: int = 5,
         lease_pool_size: int = 2,
+        fast_pool_size: int = 10,
         statement_timeout_s: float | None = 30.0,
         connect_timeout_s: float | None = 10.0,
         prepared_statements: bool = True,
     ) -> "PostgresJobStore":
         args = connect_args(statement_timeout_s=statement_timeout_s, connect_timeout_s=connect_timeout_s)
+        # Postgres connections per router replica, at most: pool_size + max_overflow (SQLAlchemy: reads,
+        # reports, claims) + lease_pool_size + 1 (leases) + fast_pool_size (the job path on asyncpg)
+        # + 1 (the key cache's LISTEN): 24 by default. Size max_connections for the replicas you run.
         # Survive a Postgres restart without surfacing dead connections: the lease pool, used every
         # few seconds, checks each connection before use; the busy pool those idle for a while.
         engine = ping_when_idle(create_engine(url, pool_size=pool_size, max_overflow=max_overflow, connect_args=args))
@@ -73,10 +80,18 @@ class PostgresJobStore:
         if migrate:
             run_migrations(engine)
         fast = AsyncJobPath(url, statement_timeout_s=statement_timeout_s, connect_timeout_s=connect_timeout_s or 10.0,
-                            prepared=prepared_statements, pool_size=pool_size + max_overflow)
+                            prepared=prepared_statements, pool_size=fast_pool_size)
         return cls(engine, lease_engine, fast=fast)
 
+    def listen(self, channel: str, on_message: Callable[[str], None], on_state: Callable[[bool], None]) -> Listener:
+        """A LISTEN on `channel` (store/pg_listen.py), stopped with the store."""
+        listener = Listener(self.url, channel, on_message, on_state).start()
+        self._listeners.append(listener)
+        return listener
+
     def close(self) -> None:
+        for listener in self._listeners:
+            listener.stop()
         if self.fast is not None:
             self.fast.close()
         self.engine.dispose()

@@ -11,7 +11,7 @@ import pytest
 
 from gpu_orchestrator.bus.events import EventBus
 
-from tests.helpers import read_sse, wait_status
+from tests.helpers import read_sse, wait_for, wait_status
 from tests.ray_session import wait_healthy
 from .test_job_path import submit
 
@@ -62,7 +62,9 @@ def test_two_router_replicas_never_dispatch_a_job_twice(http, serve_backend):
     for job_id in ids:
         job = wait_status(http, job_id, TERMINAL)
         assert job["status"] == "succeeded" and job["attempts"] == 1
-        statuses = status_events(serve_backend, job_id)
+        # Events follow the commit (the row may say succeeded a moment before its event is out).
+        statuses = wait_for(lambda: (ev := status_events(serve_backend, job_id))[-1:] and ev[-1]["status"] in TERMINAL
+                            and ev, f"job {job_id}'s terminal status event", 30)
         running = [s for s in statuses if s["status"] == "running"]
         assert len(running) == 1, statuses
         owners.add(running[0]["router"])
@@ -72,7 +74,8 @@ def test_two_router_replicas_never_dispatch_a_job_twice(http, serve_backend):
 
 def test_killing_router_replicas_loses_no_job_and_overwrites_no_result(orchestrator, http, serve_backend):
     quick = [submit(http, message=f"q{i}") for i in range(4)]
-    slow = [submit(http, delay_s=3, steps=3, message=f"s{i}") for i in range(6)]
+    # Slow enough to be running still once the quick ones are done and each is seen running, on a loaded box.
+    slow = [submit(http, delay_s=8, steps=4, message=f"s{i}") for i in range(6)]
     backlog = [submit(http, app_id="echo-tiny", delay_s=1, steps=2) for _ in range(2)]  # 1 running, 1 queued
     before = {j: wait_status(http, j, {"succeeded"}) for j in quick}
     for j in slow:
