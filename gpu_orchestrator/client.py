@@ -183,9 +183,7 @@ class Client:
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             try:
-                wait = max(1, min(LONG_POLL_S, int(left)))
-                r = self.http.get(f"/v1/jobs/{job_id}", params={"wait": wait}, timeout=wait + 30)
-                job = _check(r)
+                job = _check(self.http.get(f"/v1/jobs/{job_id}", **_long_poll(left)))
                 if job["status"] in TERMINAL:
                     return job
             except (httpx.TransportError, httpx.RemoteProtocolError):
@@ -195,6 +193,12 @@ class Client:
                     raise
                 time.sleep(_retry_after(e.retry_after, deadline))
         raise TimeoutError(f"job {job_id} not finished after {timeout}s")
+
+
+def _long_poll(left: float) -> dict[str, Any]:
+    """GET /v1/jobs/{id} arguments for a long poll of at most `left` s (the HTTP timeout outlasts it)."""
+    wait = max(1, min(LONG_POLL_S, int(left)))
+    return {"params": {"wait": wait}, "timeout": wait + 30}
 
 
 def _retry_after(header: str | None, deadline: float) -> float:
@@ -286,8 +290,7 @@ class AsyncClient:
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             try:
-                wait = max(1, min(LONG_POLL_S, int(left)))
-                job = _check(await self.http.get(f"/v1/jobs/{job_id}", params={"wait": wait}, timeout=wait + 30))
+                job = _check(await self.http.get(f"/v1/jobs/{job_id}", **_long_poll(left)))
             except (httpx.TransportError, httpx.RemoteProtocolError):
                 await asyncio.sleep(0.5)
                 continue

@@ -95,6 +95,11 @@ class QueueFull(JobError):
     def __reduce__(self):
         return type(self), (self.app_id, self.depth, self.retry_after_s), self.__dict__
 
+    @classmethod
+    def at(cls, app_id: str, depth: int) -> "QueueFull":
+        """Refusal at this depth: retry after a second per hundred queued, 1 to 60 s."""
+        return cls(app_id, depth, retry_after_s=max(1, min(60, depth // 100)))
+
 
 class IdempotencyConflict(JobError):
     """An Idempotency-Key was reused for a different request (another body for the same app)."""

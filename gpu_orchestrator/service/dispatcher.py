@@ -459,13 +459,14 @@ class Dispatcher:
             # The claim committed `running`: announced once per attempt, before the model gets it
             # (while the dispatch is recorded: the two are independent).
             running = dict(attempt=attempt, router=self.owner, backend=job.route or "local", reason=job.route_reason)
+            mark: Any = None
             if dispatched:  # created and started by its insert: both announced at once, nothing to mark
-                announced = self.transitions.announce_started(job.id, job.app_id, **running)
-                marked: Any = asyncio.sleep(0)
+                await self.transitions.announce_started(job.id, job.app_id, **running)
             else:
-                announced = self.transitions.announce(job.id, job.app_id, JobStatus.running, **running)
-                marked = self._write(f, self.store.mark_dispatched, job_id=job.id, owner=self.owner, attempt=attempt)
-            _, mark = await asyncio.gather(announced, marked, return_exceptions=True)
+                _, mark = await asyncio.gather(
+                    self.transitions.announce(job.id, job.app_id, JobStatus.running, **running),
+                    self._write(f, self.store.mark_dispatched, job_id=job.id, owner=self.owner, attempt=attempt),
+                    return_exceptions=True)
             if isinstance(mark, TransitionError):
                 log.info("not dispatching job %s attempt %d: %s", job.id, attempt, mark)
                 return
@@ -509,12 +510,11 @@ class Dispatcher:
             fut.set_result(f.ended)
 
     def _settle_outcome(self, f: InFlight) -> None:
-        fut = self._outcomes.get(f.job.id)
-        if fut is None or self.inflight.get(f.key) is not None:
-            return
-        del self._outcomes[f.job.id]
-        if not fut.done():
-            fut.set_result(f.ended if f.ended is not None and f.ended.status.terminal else None)
+        """The attempt is over: a waiter not handed a terminal row (cancelled, lost, queued again)
+        hears None and asks the store."""
+        fut = self._outcomes.pop(f.job.id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
 
     def _local_cost(self, f: InFlight, app: AppSpec) -> Cost | None:
         """A local run's GPU-seconds (its wall time x the GPU share its model holds) and price."""

@@ -152,7 +152,7 @@ class JobService:
             raise IdempotencyConflict(spec.id, idempotency_key or "", job.id)
         if created:
             logs.set_job(job.id)  # the rest of this request's records carry it
-            log.info("queued for %s (%s)", spec.id, job.route or "local")
+            log.info("%s for %s (%s)", job.status.value, spec.id, job.route or "local")  # running: started here
             if job.route is None and spec.fallback is not None:
                 self.routing.queued_locally(spec.id)
             if job.status == JobStatus.running and self.runner is not None:

@@ -121,7 +121,7 @@ class MemoryJobStore:
             if max_queued is not None:
                 depth = sum(1 for j in self._jobs.values() if j.app_id == app_id and j.status == Q)
                 if depth >= max_queued:
-                    raise QueueFull(app_id, depth, retry_after_s=max(1, min(60, depth // 100)))
+                    raise QueueFull.at(app_id, depth)
             if owner is not None and quota:
                 self._check_quota(now, owner, quota)
             job_id = job_id or uuid.uuid4()

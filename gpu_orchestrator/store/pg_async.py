@@ -17,10 +17,21 @@ import json
 import uuid
 from typing import Any, AsyncIterator
 
+import asyncpg
+
 from gpu_orchestrator.core.jobs import Job, QueueFull, TransitionError
 from gpu_orchestrator.store.base import Cost, ResultNotStorable, StartNow, StoreUnavailable
 from gpu_orchestrator.store.pg_sql import (COMPLETE_SET, GET, GRANT_RESULTS, INSERT_QUEUED, INSERT_STARTED, QUEUED_DEPTH,
-                                           STATUS, XACT_LOCK, claim_lock, cost_args, leased_update, numbered)
+                                           STATUS, XACT_LOCK, claim_lock, cost_args, insert_args, leased_update,
+                                           numbered)
+
+
+# Connection trouble (class 08), a server shutting down or a statement timeout (57), a server not
+# taking connections, a dropped socket, an acquire or connect that timed out: the same call may
+# work when tried again.
+CONNECTION_ERRORS = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.exceptions.OperatorInterventionError,
+                     asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.TooManyConnectionsError, OSError,
+                     TimeoutError)
 
 
 def _identity(v: Any) -> Any:
@@ -48,8 +59,6 @@ class AsyncJobPath:
 
     async def _acquire(self) -> Any:
         """The pool of the running event loop (a pool belongs to one loop: tests run several)."""
-        import asyncpg
-
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             self.close()
@@ -65,16 +74,12 @@ class AsyncJobPath:
         """A pooled connection. A connection found dead (Postgres restarted) means every pooled one
         is: the pool replaces them all on their next use, so the dead ones fail one call, not one
         call each (SQLAlchemy's pool does the same on a disconnect)."""
-        import asyncpg
-
         pool = None
         try:
             pool = await self._acquire()
             async with pool.acquire() as conn:
                 yield conn
-        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.exceptions.OperatorInterventionError,
-                asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.TooManyConnectionsError, OSError,
-                TimeoutError) as e:
+        except CONNECTION_ERRORS as e:
             if pool is not None:
                 await pool.expire_connections()
             # The store's own word for it (a 503 with Retry-After; a write the dispatcher retries).
@@ -89,20 +94,17 @@ class AsyncJobPath:
                      max_queued: int | None, route: str | None, route_reason: str | None, owner: str | None,
                      start: StartNow | None, job_id: uuid.UUID | None = None) -> Job:
         """See PostgresJobStore.submit (here without a key or a quota)."""
-        args: dict[str, Any] = {
-            "id": job_id or uuid.uuid4(), "app_id": app_id, "priority": priority, "params": json.dumps(params),
-            "max_attempts": max_attempts, "timeout_s": float(timeout_s), "key": None, "hash": None, "route": route,
-            "reason": route_reason, "owner": owner,
-        }
+        args = insert_args(job_id=job_id, app_id=app_id, params=params, priority=priority, max_attempts=max_attempts,
+                           timeout_s=timeout_s, key=None, fingerprint=None, route=route, reason=route_reason, owner=owner,
+                           start=start)
         async with self._conn() as conn:
             if max_queued is not None:  # a soft limit, as on the synchronous store
                 depth = await _fetchval(conn, QUEUED_DEPTH, {"app_id": app_id})
                 if depth >= max_queued:
-                    raise QueueFull(app_id, depth, retry_after_s=max(1, min(60, depth // 100)))
+                    raise QueueFull.at(app_id, depth)
             if start is None:
                 row = await _fetchrow(conn, INSERT_QUEUED, args)
             else:
-                args.update(lease_owner=start.owner, lease=float(start.lease_s), cap=start.max_in_flight)
                 async with conn.transaction():
                     await _fetchval(conn, XACT_LOCK, {"k": claim_lock(app_id, route)})
                     row = await _fetchrow(conn, INSERT_STARTED, args)
@@ -116,8 +118,6 @@ class AsyncJobPath:
     async def complete(self, *, job_id: uuid.UUID, owner: str, attempt: int, result: Any, backend: str,
                        cost: Cost | None, grant: list[str]) -> Job:
         """See PostgresJobStore.complete."""
-        import asyncpg
-
         args = {"id": job_id, "owner": owner, "attempt": attempt, "result": json.dumps(result, default=str),
                 "backend": backend, **cost_args(cost)}
         async with self._conn() as conn:

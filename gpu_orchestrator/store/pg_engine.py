@@ -25,13 +25,9 @@ def is_transient_db_error(exc: BaseException) -> bool:
         return True
     if isinstance(exc, sa.exc.DBAPIError):
         return bool(exc.connection_invalidated)
-    import asyncpg  # the job path's driver (store/pg_async.py)
+    from gpu_orchestrator.store.pg_async import CONNECTION_ERRORS  # the job path's driver
 
-    # Connection trouble (class 08), a server shutting down or a statement timeout (57), a full
-    # server, a dropped socket, an acquire or connect that timed out.
-    return isinstance(exc, (asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                            asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.CannotConnectNowError,
-                            asyncpg.exceptions.TooManyConnectionsError, ConnectionError, TimeoutError, OSError))
+    return isinstance(exc, CONNECTION_ERRORS)
 
 
 def connect_args(*, statement_timeout_s: float | None = 30.0, connect_timeout_s: float | None = 10.0) -> dict[str, Any]:

@@ -7,11 +7,12 @@ from __future__ import annotations
 import functools
 import json
 import re
+import uuid
 from typing import Any
 
 import sqlalchemy as sa
 
-from gpu_orchestrator.store.base import MAX_ERRORS, Cost
+from gpu_orchestrator.store.base import MAX_ERRORS, Cost, StartNow
 
 COLS = (
     "id, app_id, status, priority, params, result, error, attempts, max_attempts, timeout_s, backend, "
@@ -53,6 +54,20 @@ INSERT_STARTED = (
 )
 
 
+def insert_args(*, job_id: uuid.UUID | None, app_id: str, params: dict[str, Any], priority: int, max_attempts: int,
+                timeout_s: float, key: str | None, fingerprint: str | None, route: str | None, reason: str | None,
+                owner: str | None, start: StartNow | None) -> dict[str, Any]:
+    """The parameters of INSERT_QUEUED, or of INSERT_STARTED with `start`'s lease."""
+    args: dict[str, Any] = {
+        "id": job_id or uuid.uuid4(), "app_id": app_id, "priority": priority, "params": json.dumps(params),
+        "max_attempts": max_attempts, "timeout_s": float(timeout_s), "key": key, "hash": fingerprint, "route": route,
+        "reason": reason, "owner": owner,
+    }
+    if start is not None:
+        args.update(lease_owner=start.owner, lease=float(start.lease_s), cap=start.max_in_flight)
+    return args
+
+
 def claim_lock(app_id: str, route: str | None) -> str:
     return f"claim:{app_id}" + (f":{route}" if route else "")
 
@@ -71,7 +86,7 @@ def append_error(kind: str, msg: str, t: str = "") -> str:
 
 
 def lock_key(name: str) -> sa.TextClause:
-    return sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))").bindparams(k=name)
+    return sa.text(XACT_LOCK).bindparams(k=name)
 
 
 GET = f"SELECT {COLS} FROM jobs WHERE id = :id"

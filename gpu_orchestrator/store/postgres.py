@@ -37,7 +37,7 @@ from gpu_orchestrator.store.pg_listen import Listener
 from gpu_orchestrator.store.pg_lock import PostgresLeaderLock
 from gpu_orchestrator.store.pg_sql import (COLS, COMPLETE_SET, COST_SET, GET, GRANT_RESULTS, INSERT_QUEUED, INSERT_STARTED,
                                            PRUNE_LOCK, QUEUED_DEPTH, STATUS, append_error, claim_lock, cost_args,
-                                           leased_update, lock_key)
+                                           insert_args, leased_update, lock_key)
 
 __all__ = ["AppQueueStats", "JobStore", "PING_IDLE_S", "PostgresJobStore", "PostgresLeaderLock", "Rescued",
            "ResultNotStorable", "connect_args", "create_engine", "decode_cursor", "encode_cursor", "is_transient_db_error",
@@ -187,18 +187,15 @@ class PostgresJobStore:
             if max_queued is not None:
                 depth = conn.execute(sa.text(QUEUED_DEPTH), {"app_id": app_id}).scalar_one()
                 if depth >= max_queued:
-                    raise QueueFull(app_id, depth, retry_after_s=max(1, min(60, depth // 100)))
+                    raise QueueFull.at(app_id, depth)
             if owner is not None and quota:
                 self._check_quota(conn, owner, quota)
-            args = {
-                "id": job_id or uuid.uuid4(), "app_id": app_id, "priority": priority, "params": json.dumps(params),
-                "max_attempts": max_attempts, "timeout_s": timeout_s, "key": idempotency_key, "hash": fingerprint,
-                "route": route, "reason": route_reason, "owner": owner,
-            }
+            args = insert_args(job_id=job_id, app_id=app_id, params=params, priority=priority,
+                               max_attempts=max_attempts, timeout_s=timeout_s, key=idempotency_key,
+                               fingerprint=fingerprint, route=route, reason=route_reason, owner=owner, start=start)
             if start is not None:
                 # The claim's own lock: the in-flight bound stays exact against claims and other starts.
                 conn.execute(lock_key(claim_lock(app_id, route)))
-                args.update(lease_owner=start.owner, lease=start.lease_s, cap=start.max_in_flight)
                 row = conn.execute(sa.text(INSERT_STARTED), args).first()
             else:
                 row = conn.execute(sa.text(INSERT_QUEUED), args).first()
