@@ -13,6 +13,9 @@ from tests.helpers import read_sse, wait_for, wait_status
 
 pytestmark = pytest.mark.serve
 MODELS = ("echo-a", "echo-b", "echo-c")
+# A cold load here is a new Ray worker process for the model's replica: seconds on an idle box, up
+# to a minute or more on a loaded 2-core CI runner (the e2e tests build runtime_envs beside it).
+COLD_START_S = 180
 
 
 def replica_states() -> dict[str, dict[str, int]]:
@@ -168,7 +171,16 @@ def test_cold_model_scales_from_zero_and_completes(arb):
     wait_all_cold(arb)
     assert holding(replica_states()["echo-a"]) == 0
     t0 = time.monotonic()
-    job = wait_status(arb, submit(arb, "a", steps=2), {"succeeded", "failed"}, timeout_s=60)
+    with Timeline(str(arb.base_url), ("echo-a",)) as tl:
+        job_id = submit(arb, "a", steps=2)
+        # The decision is quick (pure code, a tick); the replica's start is a new Ray worker process,
+        # which a loaded 2-core box can take a minute over: the two are waited for apart.
+        target = lambda: {m["deployment"]: m for m in workers(arb)["models"]}["echo-a"]["arbiter"]["target"]  # noqa: E731
+        try:
+            wait_for(lambda: target() == 1, "the arbiter's target for echo-a is 1", 30)
+            job = wait_status(arb, job_id, {"succeeded", "failed"}, timeout_s=COLD_START_S)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{tl}") from None
     took = time.monotonic() - t0
     assert job["status"] == "succeeded" and job["attempts"] == 1
     assert replica_states()["echo-a"].get("RUNNING") == 1
@@ -216,7 +228,7 @@ def test_abaac_loads_each_model_once(arb):
 
 
 def test_idle_models_scale_to_zero_after_the_ttl(arb):
-    wait_status(arb, submit(arb, "c"), {"succeeded"}, timeout_s=60)
+    wait_status(arb, submit(arb, "c"), {"succeeded"}, timeout_s=COLD_START_S)
     assert replica_states()["echo-c"].get("RUNNING") == 1
     wait_all_cold(arb, timeout_s=30)  # idle_ttl_s is 6
     w = {m["deployment"]: m for m in arb.get("/v1/workers").json()["models"]}["echo-c"]
