@@ -17,6 +17,9 @@ HTTP and polls its status every `--poll-ms` until it is terminal, then submits t
                 replica -> result row; GET /v1/jobs/{id} until terminal
   ours (SSE)    the same submit, then GET /v1/jobs/{id}/events until the terminal event
   ours (wait)   POST /v1/jobs with `Prefer: wait=10`: one request, the answer is the ended job
+  ours (wait, API key)  the same with `Authorization: Bearer` and a key without quotas (made with
+                `gpu-orch keys create`): a stack that runs open still checks a key in full, so
+                this is the cost of auth on
   peer          Ray Serve async inference as its docs build it: an ingress that enqueues with the
                 Celery adapter (Redis broker and result backend) and reports the task's status, and a
                 @task_consumer deployment with a no-op @task_handler
@@ -64,7 +67,9 @@ TARGETS = {
     "unloaded": ("ours unloaded Prefer: wait vs one plain Serve request", 2.0, 1.5, False),
     "poll_tput": ("ours submit + poll jobs/s vs the peer's", 0.6, 1.0, True),
     "router_cpu": ("router replica CPU ms per Prefer: wait job", 8.0, 6.0, False),
+    "auth_cpu": ("router CPU per Prefer: wait job with an API key vs without", 1.1, 1.1, False),
 }
+KEYED = "ours (Prefer: wait=10, API key)"
 
 
 def services(how: str) -> tuple[str, str, str, Callable[[], None]]:
@@ -287,19 +292,31 @@ def main() -> None:
         with stack(args.services) as (base, db, rd, where):
             deploy_ours(db, rd)
             deploy_peer(rd)
-            run(args, base, base, f"ours: the echo model alone, on the peer's Ray instance; {where}")
+            run(args, base, base, f"ours: the echo model alone, on the peer's Ray instance; {where}",
+                create_key({"DATABASE_URL": db}))
         return
-    with demo_stack() as ours:
+    with demo_stack() as (ours, env):
         with stack(args.services) as (base, _db, rd, where):
             deploy_peer(rd)
             run(args, ours, base, f"ours: `gpu-orch up --demo` (its own Ray, embedded Postgres/Redis); peer and plain "
-                                  f"on a second Ray instance; {where}")
+                                  f"on a second Ray instance; {where}", create_key(env))
+
+
+def create_key(env: dict[str, str]) -> str:
+    """An API key without quotas (`gpu-orch keys create`, as an operator makes one), for the keyed
+    path: on a stack that runs open, a request that carries a key is still checked in full."""
+    cli = str(Path(sys.executable).parent / "gpu-orch")
+    out = subprocess.run([cli, "keys", "create", "--name", f"bench-{os.getpid()}", "--scopes", "submit,read"],
+                         env={**os.environ, **env}, cwd=ROOT, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"gpu-orch keys create failed:\n{out.stderr[-2000:]}")
+    return out.stdout.strip()
 
 
 @contextlib.contextmanager
-def demo_stack() -> Iterator[str]:
+def demo_stack() -> Iterator[tuple[str, dict[str, str]]]:
     """`gpu-orch up --demo` in a temporary GPU_ORCH_HOME on free Ray ports, as a user starts it;
-    `gpu-orch down` afterwards. Yields the API's base URL."""
+    `gpu-orch down` afterwards. Yields the API's base URL and the environment that names the stack."""
     import json
 
     home = Path(tempfile.mkdtemp(prefix="gpu-orch-bench-home-"))
@@ -312,7 +329,7 @@ def demo_stack() -> Iterator[str]:
         up = subprocess.run([cli, "up", "--demo"], env=env, cwd=ROOT, capture_output=True, text=True)
         if up.returncode != 0:
             raise SystemExit(f"gpu-orch up --demo failed:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}")
-        yield json.loads((home / "state.json").read_text())["url"]
+        yield json.loads((home / "state.json").read_text())["url"], {"GPU_ORCH_HOME": str(home)}
     finally:
         subprocess.run([cli, "down"], env=env, cwd=ROOT, capture_output=True)
         shutil.rmtree(home, ignore_errors=True)
@@ -353,7 +370,7 @@ def profiler(out: str) -> "subprocess.Popen":
                              "-o", out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def run(args: argparse.Namespace, ours: str, peer: str, where: str) -> None:
+def run(args: argparse.Namespace, ours: str, peer: str, where: str, key: str) -> None:
     print(f"{where}\n{args.clients} clients, poll every {args.poll_ms:g} ms, {args.jobs} jobs per path per round, "
           f"{args.rounds} rounds")
 
@@ -364,6 +381,8 @@ def run(args: argparse.Namespace, ours: str, peer: str, where: str) -> None:
         "ours (SSE)": (ours, ours_sse),
         "ours (Prefer: wait=10)": (ours, poll_client("/v1/jobs", "/v1/jobs/{id}", echo, TERMINAL_OURS, "succeeded",
                                                      poll_s, headers={"Prefer": "wait=10"})),
+        KEYED: (ours, poll_client("/v1/jobs", "/v1/jobs/{id}", echo, TERMINAL_OURS, "succeeded", poll_s,
+                                  headers={"Prefer": "wait=10", "Authorization": f"Bearer {key}"})),
         "peer: Serve task_consumer + Celery": (peer, poll_client("/peer/", "/peer/{id}", lambda i: {"message": f"m{i}"},
                                                                  TERMINAL_PEER, "SUCCESS", poll_s)),
         "plain Serve no-op (1 request)": (peer, plain),
@@ -401,17 +420,20 @@ def run(args: argparse.Namespace, ours: str, peer: str, where: str) -> None:
     for name, spent in cpu.items():
         top = ", ".join(f"{k} {v:.1f}" for k, v in spent.items() if v >= 0.5)
         print(f"{name:<38}{sum(spent.values()):>6.1f}  ({top})")
-    poll, sse, waited, peer_row, plain_row = (best[n] for n in paths)
+    poll, sse, waited, keyed, peer_row, plain_row = (best[n] for n in paths)
     router_cpu = sum(v for k, v in cpu["ours (Prefer: wait=10)"].items() if k == "orchestrator:router")
+    keyed_cpu = sum(v for k, v in cpu[KEYED].items() if k == "orchestrator:router")
     u_poll, u_wait, u_plain = (unloaded[n] for n in ("ours (poll)", "ours (Prefer: wait=10)",
                                                      "plain Serve no-op (1 request)"))
     print(f"\nours (poll) vs peer: throughput {poll[0] / peer_row[0]:.2f}x, p50 {poll[1] / peer_row[1]:.2f}x")
     print(f"ours (SSE)  vs peer: throughput {sse[0] / peer_row[0]:.2f}x, p50 {sse[1] / peer_row[1]:.2f}x")
     print(f"ours (Prefer: wait) vs peer: throughput {waited[0] / peer_row[0]:.2f}x, p50 {waited[1] / peer_row[1]:.2f}x")
+    print(f"ours (Prefer: wait) with an API key: throughput {keyed[0] / waited[0]:.2f}x of without, router CPU "
+          f"{keyed_cpu:.2f} ms vs {router_cpu:.2f} ms per job")
     print(f"unloaded p50 (one job at a time, {args.sequential} jobs): ours with Prefer: wait {u_wait * 1e3:.1f} ms, "
           f"with polling {u_poll * 1e3:.1f} ms, plain Serve {u_plain * 1e3:.1f} ms")
     got = {"wait_tput": waited[0] / peer_row[0], "wait_p50": waited[1] / peer_row[1], "unloaded": u_wait / u_plain,
-           "poll_tput": poll[0] / peer_row[0], "router_cpu": router_cpu}
+           "poll_tput": poll[0] / peer_row[0], "router_cpu": router_cpu, "auth_cpu": keyed_cpu / router_cpu}
     print()
     for key, (what, bar, goal, higher) in TARGETS.items():
         ok = (lambda x, t: x >= t) if higher else (lambda x, t: x <= t)

@@ -1,4 +1,7 @@
-"""Dependencies of the routes, read from what create_app stored on `app.state`."""
+"""Dependencies of the routes, read from what create_app stored on `app.state`.
+
+All `async def`: FastAPI runs a plain `def` dependency in its thread pool, a thread hop on every
+request for a getattr."""
 
 from __future__ import annotations
 
@@ -15,34 +18,38 @@ from gpu_orchestrator.service.jobs import JobService
 from gpu_orchestrator.service.retention import Retention
 
 
-def _jobs(request: Request) -> JobService:
+async def _jobs(request: Request) -> JobService:
     return request.app.state.jobs
 
 
-def _fleet(request: Request) -> Fleet:
+async def _fleet(request: Request) -> Fleet:
     return request.app.state.fleet
 
 
-def _artifacts(request: Request) -> ArtifactStore | None:
+async def _artifacts(request: Request) -> ArtifactStore | None:
     return request.app.state.artifacts
 
 
-def _streams(request: Request) -> Streams:
+async def _streams(request: Request) -> Streams:
     return request.app.state.streams
 
 
-def _retention(request: Request) -> Retention | None:
+async def _retention(request: Request) -> Retention | None:
     return getattr(request.app.state, "retention", None)
 
 
-def _auth(request: Request) -> Auth:
+def _auth_of(request: Request) -> Auth:
     return getattr(request.app.state, "auth", None) or OPEN_AUTH
+
+
+async def _auth(request: Request) -> Auth:
+    return _auth_of(request)
 
 
 async def _caller(request: Request) -> Caller:
     """The key in `Authorization: Bearer` (the openai client sends the same), checked on every
     request (FastAPI runs this once per request however many routes' dependencies name it)."""
-    return await _auth(request).caller(bearer(request.headers.get("authorization")))
+    return await _auth_of(request).caller(bearer(request.headers.get("authorization")))
 
 
 def scoped(scope: Scope) -> Any:

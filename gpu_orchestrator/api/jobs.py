@@ -51,7 +51,9 @@ async def submitted(jobs: Any, job: Job, created: bool, wait_s: int | None = Non
         return JSONResponse(status_code=code, content=job.to_api(), headers={"Preference-Applied": f"wait={wait_s}"})
     payload = {"job_id": str(job.id), "status": job.status.value, "route": job.route or "local",
                "route_reason": job.route_reason}
-    return payload if created else JSONResponse(status_code=code, content=payload)
+    # A response of our own, not a dict: FastAPI would validate it against the response model and
+    # walk it with jsonable_encoder on every submit (the model stays for the docs).
+    return JSONResponse(status_code=code, content=payload)
 
 
 _SUBMIT_DOC = ("Answers 202 with the job's id once its row is committed. With `Prefer: wait=N` (1-60 s), "
@@ -132,7 +134,7 @@ async def get(job_id: uuid.UUID, jobs: Jobs, caller: CallerDep, request: Request
             job = await jobs.wait(job_id, min(wait, MAX_PREFER_WAIT_S), gone=request.is_disconnected, caller=caller)
         except ClientGone:
             return JSONResponse(status_code=499, content={"error": "client_gone"})
-    return job.to_api()
+    return JSONResponse(job.to_api())  # JSON-ready already: no jsonable_encoder walk per poll
 
 
 @router.get("/v1/jobs")

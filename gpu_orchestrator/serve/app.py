@@ -64,6 +64,12 @@ def arbiter_autoscaling(max_replicas: int) -> dict[str, Any]:
     }
 
 
+# The router's code never blocks its event loop (every blocking call goes through a thread), so it
+# runs on the replica's own loop, and its Serve handles route there too: no hop between threads per
+# request and per model call.
+ROUTER_SERVE_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+
+
 def resolve_artifacts(cfg: OrchestratorConfig) -> str:
     settings = Settings()
     return cfg.artifacts_url or settings.artifacts_url or str(settings.home / "artifacts")
@@ -127,7 +133,7 @@ def build_app(args: dict[str, Any]) -> Application:
         name=ROUTER_NAME,
         **scale,
         max_ongoing_requests=cfg.router.max_ongoing_requests,
-        ray_actor_options={"num_cpus": cfg.router.num_cpus},
+        ray_actor_options={"num_cpus": cfg.router.num_cpus, "runtime_env": {"env_vars": ROUTER_SERVE_ENV}},
     )
     # The parsed config itself (parsed once, here); the URLs travel apart, already resolved; so does
     # router.auth (auto: on unless Serve's proxy listens on loopback only).

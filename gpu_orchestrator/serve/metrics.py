@@ -15,6 +15,7 @@ dashboard in deploy/grafana/ charts them.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Iterable, Mapping
 
 from gpu_orchestrator.core.jobs import JobStatus
@@ -72,28 +73,47 @@ class ServeMetrics:
         )
         self._finished = {JobStatus.succeeded: self.succeeded, JobStatus.failed: self.failed,
                           JobStatus.cancelled: self.cancelled}
+        self._pending: dict[tuple[Any, tuple[tuple[str, str], ...]], float] = {}
+        self._flushed_at = time.monotonic()
+
+    # Counter increments add up here and reach Ray at most once a second (and on every gauge tick):
+    # a job makes six or more, each a call into Ray's core worker, on the job path. Ray exports
+    # metrics on an interval of its own, so a second's delay changes nothing a scrape sees.
+    FLUSH_EVERY_S = 1.0
+
+    def _inc(self, counter: Any, value: float, **tags: str) -> None:
+        key = (counter, tuple(sorted(tags.items())))
+        self._pending[key] = self._pending.get(key, 0.0) + value
+        if time.monotonic() - self._flushed_at >= self.FLUSH_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand the counted increments to Ray."""
+        self._flushed_at = time.monotonic()
+        pending, self._pending = self._pending, {}
+        for (counter, tags), value in pending.items():
+            counter.inc(value, tags=dict(tags))
 
     # JobMetrics (service/transitions.py)
     def transition(self, app_id: str, status: JobStatus, *, new: bool = False,
                    seconds: float | None = None) -> None:
         status = JobStatus(status)
-        self.transitions.inc(tags={"app_id": app_id, "status": status.value})
+        self._inc(self.transitions, 1, app_id=app_id, status=status.value)
         if new:
-            self.submitted.inc(tags={"app_id": app_id})
+            self._inc(self.submitted, 1, app_id=app_id)
         elif status in self._finished:
-            self._finished[status].inc(tags={"app_id": app_id})
+            self._inc(self._finished[status], 1, app_id=app_id)
         if seconds is not None and status.terminal:
             self.done_histogram.observe(seconds, tags={"app_id": app_id, "status": status.value})
 
     def ran(self, app_id: str, backend: str, outcome: JobStatus, *, usd: float = 0.0,
             gpu_seconds: float = 0.0) -> None:
-        tags = {"app_id": app_id, "backend": backend}
-        self.runs.inc(tags={**tags, "outcome": JobStatus(outcome).value})
+        self._inc(self.runs, 1, app_id=app_id, backend=backend, outcome=JobStatus(outcome).value)
         # Ray's counters take positive increments only: a free run adds nothing.
         if usd > 0:
-            self.cost_usd.inc(usd, tags=tags)
+            self._inc(self.cost_usd, usd, app_id=app_id, backend=backend)
         if gpu_seconds > 0:
-            self.gpu_seconds.inc(gpu_seconds, tags=tags)
+            self._inc(self.gpu_seconds, gpu_seconds, app_id=app_id, backend=backend)
 
     # The router's gauges (serve/router.py _gauge_loop)
     def set_queues(self, apps: Iterable[str], stats: Mapping[str, Any]) -> None:

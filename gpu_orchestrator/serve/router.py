@@ -134,6 +134,7 @@ class Router:
     async def _gauge_loop(self) -> None:
         watch_loads = any(a.fallback is not None for a in self.cfg.apps)
         while True:
+            self.metrics.flush()  # a quiet second's counts too
             self.metrics.set_queues(self.jobs.apps, self.dispatcher.queue_stats)
             if self.arbiter is not None:  # every replica, from the decision it acts on (serve/metrics.py)
                 self.metrics.set_arbiter(self.arbiter.snapshot)

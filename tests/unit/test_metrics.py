@@ -141,3 +141,58 @@ def test_dispatcher_times_the_job_and_counts_each_run_where_it_ran_with_its_cost
     assert seconds == pytest.approx((done.finished_at - done.created_at).total_seconds()) and seconds >= 7
     assert rig.metrics.gpu_seconds[("a", "local")] == pytest.approx(done.gpu_seconds) and done.gpu_seconds > 0.04
     assert rig.metrics.usd[("a", "local")] == pytest.approx(done.cost_usd) and done.cost_usd > 0
+
+
+# -- ServeMetrics: counter increments reach Ray added up ------------------------------------------
+
+def test_counter_increments_reach_ray_added_up_at_most_once_a_second(monkeypatch):
+    import sys
+    import types
+
+    calls: list[tuple[str, float, dict]] = []
+
+    class Metric:
+        def __init__(self, name: str, description: str = "", tag_keys: tuple[str, ...] = (), **kw):
+            self.name = name
+
+        def inc(self, value: float = 1.0, tags: dict | None = None):
+            calls.append((self.name, value, tags))
+
+        def observe(self, value: float, tags: dict | None = None):
+            calls.append((self.name, value, tags))
+
+        def set(self, value: float, tags: dict | None = None):
+            calls.append((self.name, value, tags))
+
+    fake = types.ModuleType("ray.serve")
+    fake.metrics = types.SimpleNamespace(Counter=Metric, Gauge=Metric, Histogram=Metric)
+    monkeypatch.setitem(sys.modules, "ray.serve", fake)
+    from gpu_orchestrator.serve.metrics import ServeMetrics
+
+    m = ServeMetrics()
+    for _ in range(3):  # three jobs: submitted, running, succeeded with its time, one run that cost
+        m.transition("echo", JobStatus.queued, new=True)
+        m.transition("echo", JobStatus.running)
+        m.transition("echo", JobStatus.succeeded, seconds=0.2)
+        m.ran("echo", "local:echo", JobStatus.succeeded, usd=0.001, gpu_seconds=0.5)
+    # Within the second: only the histogram's observations went to Ray (they cannot be added up).
+    assert [c[0] for c in calls] == ["gpu_orch_job_submit_to_done_seconds"] * 3
+    calls.clear()
+    m.flush()
+    got = {(name, tuple(sorted(tags.items()))): value for name, value, tags in calls}
+    assert got == {
+        ("gpu_orch_job_transitions", (("app_id", "echo"), ("status", "queued"))): 3,
+        ("gpu_orch_job_transitions", (("app_id", "echo"), ("status", "running"))): 3,
+        ("gpu_orch_job_transitions", (("app_id", "echo"), ("status", "succeeded"))): 3,
+        ("gpu_orch_jobs_submitted", (("app_id", "echo"),)): 3,
+        ("gpu_orch_jobs_succeeded", (("app_id", "echo"),)): 3,
+        ("gpu_orch_runs", (("app_id", "echo"), ("backend", "local:echo"), ("outcome", "succeeded"))): 3,
+        ("gpu_orch_cost_usd", (("app_id", "echo"), ("backend", "local:echo"))): pytest.approx(0.003),
+        ("gpu_orch_gpu_seconds", (("app_id", "echo"), ("backend", "local:echo"))): 1.5,
+    }
+    calls.clear()
+    m.flush()
+    assert calls == []  # nothing counted twice
+    m._flushed_at -= ServeMetrics.FLUSH_EVERY_S  # a second later, the next increment flushes on its own
+    m.transition("echo", JobStatus.queued, new=True)
+    assert calls == [("gpu_orch_job_transitions", 1, {"app_id": "echo", "status": "queued"})]
