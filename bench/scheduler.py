@@ -254,8 +254,8 @@ def tick_ms(n_gpus: int, n_models: int, seed: int) -> float:
 
     from gpu_orchestrator.bus.decisions import MemoryDecisionBoard
     from gpu_orchestrator.core.config import parse_config
-    from gpu_orchestrator.service.arbiter_loop import LEADER_LOCK_KEY, ArbiterLoop
-    from gpu_orchestrator.service.arbiter_ports import Node
+    from gpu_orchestrator.service.arbiter.loop import LEADER_LOCK_KEY, ArbiterLoop
+    from gpu_orchestrator.service.arbiter.ports import Node
     from gpu_orchestrator.store.memory import MemoryJobStore
 
     rng = random.Random(seed)

@@ -40,7 +40,7 @@ class CloudTarget(BaseModel):
     model: str | None = None
     version: str | None = None
     deployment: str | None = None
-    # Modal, SDK mode: a deployed class and method (cloud/modal_app.py), or a function.
+    # Modal, SDK mode: a deployed class and method (deploy/modal/modal_app.py), or a function.
     app: str | None = None
     cls: str | None = None
     method: str | None = None

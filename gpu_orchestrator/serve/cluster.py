@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from gpu_orchestrator.service.arbiter_ports import Node
+from gpu_orchestrator.service.arbiter.ports import Node
 
 
 def serve_replica_states(app_name: str) -> dict[str, dict[str, int]]:

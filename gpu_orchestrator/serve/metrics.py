@@ -137,7 +137,7 @@ class ServeMetrics:
         except Exception as e:
             log.warning("arbiter gauges not set: %s", e)
 
-    # ArbiterMetrics (service/arbiter_ports.py)
+    # ArbiterMetrics (service/arbiter/ports.py)
     def loaded(self, model: str) -> None:
         self.loads_counter.inc(tags={"model": model})
 

@@ -29,7 +29,7 @@ from gpu_orchestrator.serve.backend import ServeBackend
 from gpu_orchestrator.serve.cluster import RayClusterView
 from gpu_orchestrator.serve.context import app_name, replica_id
 from gpu_orchestrator.serve.metrics import ServeMetrics
-from gpu_orchestrator.service.cloud import build_cloud
+from gpu_orchestrator.service.cloud.backend import build_cloud
 from gpu_orchestrator.service.dispatcher import Dispatcher
 from gpu_orchestrator.service.fleet import Fleet, load_failures
 from gpu_orchestrator.service.jobs import JobService, parse_job_id
@@ -101,7 +101,7 @@ class Router:
 
     def _arbiter(self) -> Any:
         from gpu_orchestrator.bus.decisions import RedisDecisionBoard
-        from gpu_orchestrator.service.arbiter_loop import LEADER_LOCK_KEY, ArbiterLoop
+        from gpu_orchestrator.service.arbiter.loop import LEADER_LOCK_KEY, ArbiterLoop
 
         return ArbiterLoop(
             cfg=self.cfg, store=self.store, lock=self.store.leader_lock(LEADER_LOCK_KEY),

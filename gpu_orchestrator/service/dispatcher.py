@@ -9,7 +9,7 @@ stays held, its lease renewed, meanwhile. After every transition it commits, the
 announces it (one status event, one metric: service.transitions), best effort.
 
 Cloud: jobs routed to a provider at submit (job.route) are claimed apart from the app's local ones,
-with the cloud target's own in-flight cap, and run on its CloudBackend (service/cloud.py). Queued
+with the cloud target's own in-flight cap, and run on its CloudBackend (service/cloud/backend.py). Queued
 local jobs of an app with a fallback move there when their model turns out unplaceable or fails to
 load. Each run's cost (local: seconds x GPU share x the GPU's rate) is written with its outcome.
 
@@ -33,8 +33,8 @@ from gpu_orchestrator.core.costs import local_cost
 from gpu_orchestrator.core.jobs import Job, JobStatus, RetryPolicy, TransitionError
 from gpu_orchestrator.core.model_errors import JobCancelled, as_model_error
 from gpu_orchestrator.service.backends import ModelBackend, ModelRun
-from gpu_orchestrator.service.cloud import CloudBackend, CloudRun, Outcome
-from gpu_orchestrator.service.cloud_routing import CloudRouting
+from gpu_orchestrator.service.cloud.backend import CloudBackend, CloudRun, Outcome
+from gpu_orchestrator.service.cloud.routing import CloudRouting
 from gpu_orchestrator.service.transitions import Transitions
 from gpu_orchestrator.store.base import AppQueueStats, Cost, JobStore, LeaseKey, ResultNotStorable, StartNow
 

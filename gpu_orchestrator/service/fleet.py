@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable
 
 from gpu_orchestrator.bus.decisions import Snapshot
 from gpu_orchestrator.core.config import OrchestratorConfig
-from gpu_orchestrator.service.arbiter_views import replica_counts
+from gpu_orchestrator.service.arbiter.views import replica_counts
 from gpu_orchestrator.store.base import AppQueueStats, JobStore
 
 log = logging.getLogger("gpu_orchestrator.fleet")

@@ -24,7 +24,7 @@ from gpu_orchestrator.core.config import OrchestratorConfig
 from gpu_orchestrator.core.keys import OPEN, Caller, Forbidden, Scope
 from gpu_orchestrator.core.jobs import (PRIORITY_MAX, PRIORITY_MIN, AppNotRunnable, IdempotencyConflict,
                                         InvalidRequest, Job, JobError, JobNotFound, JobStatus, UnknownApp, idempotency_key_problem)
-from gpu_orchestrator.service.cloud_routing import CloudRouting
+from gpu_orchestrator.service.cloud.routing import CloudRouting
 from gpu_orchestrator.service.transitions import Transitions
 from gpu_orchestrator.store.base import JobStore, StartNow
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from gpu_orchestrator.core.config import ModalSpec
-from gpu_orchestrator.service.cloud_modal import ModalProvider
+from gpu_orchestrator.service.cloud.modal import ModalProvider
 from tests.fakes.cloud import FakeModalEndpoint, png_of_size
 from tests.integration.router_harness import config, db_url, running_router, wait_terminal  # noqa: F401 (fixture)
 
@@ -56,7 +56,7 @@ class FakeSdk:
             raise RuntimeError(self.fail)
         params = next(p for c, p, _ in self.spawns if c == call_id)
         img = png_of_size(params["width"], params["height"])
-        # What cloud/modal_app.py returns: our result shape, files inline.
+        # What deploy/modal/modal_app.py returns: our result shape, files inline.
         return True, {"images": [{"inline": {"name": "image-0.png", "data_b64": base64.b64encode(img).decode()},
                                   "width": params["width"], "height": params["height"]}], "seed": 1}
 

@@ -10,9 +10,9 @@ import pytest
 from gpu_orchestrator.bus.decisions import MemoryDecisionBoard, Snapshot
 from gpu_orchestrator.core.config import ArbiterSpec, GpuPoolSpec, parse_config
 from gpu_orchestrator.core.policy import Gpu, ModelView, PolicyConfig, Verb, decide
-from gpu_orchestrator.service.arbiter_loop import LEADER_LOCK_KEY, STALE_AFTER_S, ArbiterLoop
-from gpu_orchestrator.service.arbiter_ports import CountingArbiterMetrics, Node
-from gpu_orchestrator.service.arbiter_views import Pools, gpu_pools, packing_warnings, placement
+from gpu_orchestrator.service.arbiter.loop import LEADER_LOCK_KEY, STALE_AFTER_S, ArbiterLoop
+from gpu_orchestrator.service.arbiter.ports import CountingArbiterMetrics, Node
+from gpu_orchestrator.service.arbiter.views import Pools, gpu_pools, packing_warnings, placement
 from gpu_orchestrator.store.memory import MemoryJobStore
 
 T0 = 1_700_000_000.0
@@ -465,7 +465,7 @@ def test_placement_from_heartbeats_then_the_last_decision():
     assert placement(1, [("n", None)], two, ("n:0",)) == ("n:0",)
 
 
-@pytest.mark.parametrize("module", ["gpu_orchestrator.service.arbiter_loop", "gpu_orchestrator.serve.autoscaling"])
+@pytest.mark.parametrize("module", ["gpu_orchestrator.service.arbiter.loop", "gpu_orchestrator.serve.autoscaling"])
 def test_no_ray_database_or_redis_behind_the_loop_and_the_policy_function(module):
     import subprocess
     import sys

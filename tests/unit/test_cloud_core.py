@@ -113,7 +113,7 @@ def test_costs_by_hand():
 
 
 def test_routing_remembers_what_the_arbiter_found_unplaceable():
-    from gpu_orchestrator.service.cloud_routing import CloudRouting
+    from gpu_orchestrator.service.cloud.routing import CloudRouting
 
     cfg = parse_config({"models": {"big": {"impl": "x:Y", "vram_gb": 30}}, "apps": [
         {"id": "a", "deployment": "big", "fallback": {"backend": "replicate", "model": "o/n"}}]})
@@ -130,7 +130,7 @@ def test_routing_remembers_what_the_arbiter_found_unplaceable():
 
 
 def test_a_burst_of_submits_between_two_queue_reads_sees_its_own_queue_grow():
-    from gpu_orchestrator.service.cloud_routing import CloudRouting
+    from gpu_orchestrator.service.cloud.routing import CloudRouting
     from gpu_orchestrator.store.base import AppQueueStats
 
     cfg = parse_config({"models": {"m": {"impl": "x:Y", "load_s": 5}}, "apps": [

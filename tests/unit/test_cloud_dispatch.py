@@ -14,7 +14,7 @@ from typing import Any
 from gpu_orchestrator.bus.memory import MemoryEventBus
 from gpu_orchestrator.core.config import parse_config
 from gpu_orchestrator.core.jobs import JobStatus
-from gpu_orchestrator.service.cloud import CloudBackend, Poll, Transient
+from gpu_orchestrator.service.cloud.backend import CloudBackend, Poll, Transient
 from gpu_orchestrator.service.dispatcher import Dispatcher
 from gpu_orchestrator.service.transitions import CountingMetrics, Transitions
 from gpu_orchestrator.store.memory import MemoryJobStore

@@ -9,7 +9,7 @@ import io
 import pytest
 
 from gpu_orchestrator.artifacts import ArtifactStore
-from gpu_orchestrator.service.cloud_payload import inline_artifacts, pack_inputs, store_inlined, unpack_inputs
+from gpu_orchestrator.service.cloud.payload import inline_artifacts, pack_inputs, store_inlined, unpack_inputs
 
 
 @pytest.fixture

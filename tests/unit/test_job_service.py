@@ -339,7 +339,7 @@ def test_a_busy_fallback_routes_on_the_queue_as_it_is_not_as_a_replica_last_read
     """Two router replicas on one store, neither having read queue stats since it started: a
     when: busy app's submit reads its queue first, so each replica counts the other's jobs and the
     third job (two waves of 4 s ahead > 6 s) goes to the fallback, whichever replica takes it."""
-    from gpu_orchestrator.service.cloud_routing import CloudRouting
+    from gpu_orchestrator.service.cloud.routing import CloudRouting
 
     cfg = parse_config({
         "apps": [{"id": "busy", "deployment": "echo", "max_in_flight": 1, "parameters": [],

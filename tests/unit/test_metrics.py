@@ -15,8 +15,8 @@ from gpu_orchestrator.bus.memory import MemoryEventBus
 from gpu_orchestrator.core.jobs import Job, JobStatus
 from gpu_orchestrator.core.model_errors import ModelFailed
 from gpu_orchestrator.core.policy import Decision, Gpu, ModelView
-from gpu_orchestrator.service.arbiter_tracks import ModelTrack
-from gpu_orchestrator.service.arbiter_views import decision_snapshot, gpu_vram
+from gpu_orchestrator.service.arbiter.tracks import ModelTrack
+from gpu_orchestrator.service.arbiter.views import decision_snapshot, gpu_vram
 from gpu_orchestrator.service.gauges import MODEL_STATES, gpu_vram_readings, model_state_readings, queue_readings
 from gpu_orchestrator.service.transitions import CountingMetrics, Transitions, submit_to_done_s
 from gpu_orchestrator.store.base import AppQueueStats, Cost

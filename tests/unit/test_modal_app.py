@@ -1,4 +1,4 @@
-"""cloud/modal_app.py imports offline (no network, no Modal credentials), registers one class per
+"""deploy/modal/modal_app.py imports offline (no network, no Modal credentials), registers one class per
 model with the method the router's config names and the GPU its docstring says, builds our model
 classes from serve_config.yaml's real profile, and its shared body runs our model code: the job's
 files go in, the result's files come back inline."""
@@ -17,7 +17,7 @@ import pytest
 from gpu_orchestrator.artifacts import ArtifactStore
 from gpu_orchestrator.core.model_errors import JobTimeout
 from gpu_orchestrator.models.echo import Echo
-from gpu_orchestrator.service.cloud_payload import pack_inputs, store_inlined
+from gpu_orchestrator.service.cloud.payload import pack_inputs, store_inlined
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = {"SDXL": ("generate", "L40S"), "ZImage": ("generate", "L40S"), "Whisper": ("transcribe", "L4"),
@@ -29,7 +29,7 @@ def modal_app():
     # No credentials or config of a developer's: importing must not need them.
     saved = {k: os.environ.pop(k) for k in ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "GPU_ORCH_SERVE_CONFIG")
              if k in os.environ}
-    spec = importlib.util.spec_from_file_location("modal_app", ROOT / "cloud" / "modal_app.py")
+    spec = importlib.util.spec_from_file_location("modal_app", ROOT / "deploy" / "modal" / "modal_app.py")
     mod = importlib.util.module_from_spec(spec)
     try:
         with warnings.catch_warnings():

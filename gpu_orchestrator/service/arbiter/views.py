@@ -11,8 +11,8 @@ from typing import Any, Iterable, Mapping
 from gpu_orchestrator.bus.decisions import Snapshot
 from gpu_orchestrator.core.config import ArbiterSpec, OrchestratorConfig
 from gpu_orchestrator.core.policy import Decision, Gpu, ModelView
-from gpu_orchestrator.service.arbiter_ports import Node
-from gpu_orchestrator.service.arbiter_tracks import ModelTrack
+from gpu_orchestrator.service.arbiter.ports import Node
+from gpu_orchestrator.service.arbiter.tracks import ModelTrack
 from gpu_orchestrator.store.base import AppQueueStats
 
 

@@ -20,10 +20,10 @@ from gpu_orchestrator.bus.decisions import DecisionBoard, Snapshot
 from gpu_orchestrator.core.config import OrchestratorConfig
 from gpu_orchestrator.core.policy import PolicyConfig, decide
 from gpu_orchestrator.core.swap_budget import SwapBudget
-from gpu_orchestrator.service.arbiter_ports import (ArbiterMetrics, ClusterView, Heartbeats, NoArbiterMetrics,
+from gpu_orchestrator.service.arbiter.ports import (ArbiterMetrics, ClusterView, Heartbeats, NoArbiterMetrics,
                                                     QueueReader)
-from gpu_orchestrator.service.arbiter_tracks import DecisionBook
-from gpu_orchestrator.service.arbiter_views import (Pools, decision_snapshot, gpu_pools, model_views, packing_warnings,
+from gpu_orchestrator.service.arbiter.tracks import DecisionBook
+from gpu_orchestrator.service.arbiter.views import (Pools, decision_snapshot, gpu_pools, model_views, packing_warnings,
                                                     replica_counts)
 from gpu_orchestrator.store.base import LeaderLock
 

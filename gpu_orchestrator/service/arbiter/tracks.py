@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from gpu_orchestrator.core.policy import Action, Decision
-from gpu_orchestrator.service.arbiter_ports import ArbiterMetrics
+from gpu_orchestrator.service.arbiter.ports import ArbiterMetrics
 
 log = logging.getLogger("gpu_orchestrator.arbiter")
 HISTORY = 30  # actions kept for GET /v1/workers

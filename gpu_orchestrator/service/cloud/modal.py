@@ -1,6 +1,6 @@
 """Modal, two ways: a deployed class or function by name (the SDK: spawn, poll, re-attach by call
 id, cancel), or a web endpoint URL with Modal's proxy-auth headers (Modal-Key, Modal-Secret).
-cloud/modal_app.py deploys our own model classes, so the fallback runs our model code.
+deploy/modal/modal_app.py deploys our own model classes, so the fallback runs our model code.
 
 Modal's client retries for ever while its server is unreachable: CloudBackend puts our deadline
 on every call. The SDK sits behind `ModalSdk` (a seam: Modal has no offline server, so tests put
@@ -19,7 +19,7 @@ import httpx
 from gpu_orchestrator.core.cloud import Resolved
 from gpu_orchestrator.core.config import ModalSpec
 from gpu_orchestrator.core.model_errors import ProviderFailed, ProviderUnavailable
-from gpu_orchestrator.service.cloud import Poll, Transient, check_http
+from gpu_orchestrator.service.cloud.backend import Poll, Transient, check_http
 
 ENDPOINT_PREFIX = "endpoint:"  # run ids of endpoint calls: they live in this process only
 

@@ -1,6 +1,6 @@
 """How files cross to and from a cloud worker that cannot read our artifact store: inline, as
 base64 in the call's JSON. The router packs a job's file params and stores the files a result
-carries; cloud/modal_app.py does the reverse on the worker with its own local store.
+carries; deploy/modal/modal_app.py does the reverse on the worker with its own local store.
 """
 
 from __future__ import annotations

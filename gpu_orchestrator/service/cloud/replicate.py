@@ -16,7 +16,7 @@ import httpx
 from gpu_orchestrator.core.cloud import Resolved
 from gpu_orchestrator.core.config import ReplicateSpec
 from gpu_orchestrator.core.model_errors import ProviderFailed
-from gpu_orchestrator.service.cloud import Poll, Transient, check_http
+from gpu_orchestrator.service.cloud.backend import Poll, Transient, check_http
 
 _STATES = {"starting": "running", "processing": "running", "succeeded": "succeeded", "failed": "failed",
            "canceled": "canceled", "aborted": "canceled"}

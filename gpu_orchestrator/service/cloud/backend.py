@@ -10,7 +10,7 @@ server is unreachable); 429, 5xx and timeouts are retried with backoff within th
 attempt fails as ProviderUnavailable (retried by the job's policy). A provider's own failure ends
 the job with its message. Cancelling the run cancels the prediction.
 
-Providers (service/cloud_replicate.py, service/cloud_modal.py) implement CloudProvider.
+Providers (service/cloud/replicate.py, service/cloud/modal.py) implement CloudProvider.
 """
 
 from __future__ import annotations
@@ -289,7 +289,7 @@ class CloudBackend:
         return self.artifacts.put(data, name=name, prefix=f"cloud-{app_id}")
 
     def _native_files(self, *, result: Any, job: Job) -> Any:
-        from gpu_orchestrator.service.cloud_payload import store_inlined
+        from gpu_orchestrator.service.cloud.payload import store_inlined
 
         return store_inlined(result, self.artifacts, prefix=f"cloud-{job.app_id}")
 
@@ -313,11 +313,11 @@ def build_cloud(cfg: Any, artifacts: Artifacts | None, providers: dict[str, Clou
         provider = (providers or {}).get(name)
         if provider is None:
             if name == "replicate":
-                from gpu_orchestrator.service.cloud_replicate import ReplicateProvider
+                from gpu_orchestrator.service.cloud.replicate import ReplicateProvider
 
                 provider = ReplicateProvider(cfg.cloud.replicate)
             else:
-                from gpu_orchestrator.service.cloud_modal import ModalProvider
+                from gpu_orchestrator.service.cloud.modal import ModalProvider
 
                 targets = [t for a in cfg.apps for t in (a.cloud, a.fallback) if t is not None and t.backend == name]
                 provider = ModalProvider(cfg.cloud.modal, modes={"endpoint" if t.endpoint else "sdk" for t in targets})

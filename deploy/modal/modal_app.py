@@ -3,7 +3,7 @@ of serve_config.yaml's models), built with the real profile's `init`, loaded onc
 one method per task. The router's Modal fallback calls them by name, so a job that overflows to
 Modal runs exactly our model code.
 
-Deploy:  modal deploy cloud/modal_app.py   (needs `pip install -e .[cloud]` and `modal token new`)
+Deploy:  modal deploy deploy/modal/modal_app.py   (needs `pip install -e .[cloud]` and `modal token new`)
 
 Names the router's config refers to (app "gpu-orchestrator"):
 
@@ -24,7 +24,7 @@ $0.000694/s); set `gpu:` in the router's config to the class's GPU so job costs 
 stay up `scaledown_window` (300 s) after their last call, and are billed for it.
 
 Each method takes (params, files[, timeout_s]): our validated params, and the job's input files
-inline ({param: {"name", "data_b64"}}; gpu_orchestrator.service.cloud_payload.pack_inputs). It
+inline ({param: {"name", "data_b64"}}; gpu_orchestrator.service.cloud.payload.pack_inputs). It
 returns our result shape with its output files inline ({"inline": {"name", "data_b64"}} where the
 local model has {"artifact", "url"}; the router stores them: cloud_payload.store_inlined). A model
 error comes back as the model's own error type when it is one of ours (JobTimeout, ModelLoadError,
@@ -96,7 +96,7 @@ PACKAGES: dict[str, list[str]] = {
 }
 IMAGE_OF = {"SDXL": "diffusion", "ZImage": "diffusion", "Whisper": "whisper", "LLM": "llm"}
 
-_ROOT = Path(__file__).resolve().parents[1]
+_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _config_path() -> Path:
@@ -180,7 +180,7 @@ async def run_model_async(model: Any, params: dict[str, Any], files: dict[str, A
     with input files unpacked into `store` (default: the model's own, else ARTIFACTS) and output
     files inlined for the trip back; the call's files are removed from the store after."""
     from gpu_orchestrator.artifacts import ArtifactStore
-    from gpu_orchestrator.service.cloud_payload import inline_artifacts, unpack_inputs
+    from gpu_orchestrator.service.cloud.payload import inline_artifacts, unpack_inputs
 
     if store is None:
         store = getattr(model, "artifacts", None) or ArtifactStore(ARTIFACTS)
