@@ -28,6 +28,7 @@ from gpu_orchestrator.artifacts import ArtifactStore
 from gpu_orchestrator.service.fleet import Fleet
 from gpu_orchestrator.service.jobs import JobService
 from gpu_orchestrator.service.auth import OPEN_AUTH, Auth
+from gpu_orchestrator.service.reports import Reports
 from gpu_orchestrator.service.retention import Retention
 
 ROUTERS = (jobs_api, artifacts_api, apps_api, workers_api, stats_api, costs_api, health_api, openai_api, seed_api,
@@ -35,10 +36,11 @@ ROUTERS = (jobs_api, artifacts_api, apps_api, workers_api, stats_api, costs_api,
 
 
 def create_app(*, jobs: JobService, fleet: Fleet, artifacts: ArtifactStore | None = None,
-               limits: Limits | None = None, retention: Retention | None = None, auth: Auth | None = None) -> FastAPI:
+               limits: Limits | None = None, retention: Retention | None = None, auth: Auth | None = None,
+               reports: Reports) -> FastAPI:
     """The app's dependencies live on `app.state` (read by api/deps.py): jobs, fleet, artifacts,
-    limits (mutable: read per request), streams (open long-lived responses), retention and auth
-    (API keys; default: open, no keys)."""
+    limits (mutable: read per request), streams (open long-lived responses), retention, auth
+    (API keys; default: open, no keys) and reports (stats and costs)."""
     limits = limits or Limits()
     app = FastAPI(
         title="GPU Orchestrator",
@@ -54,6 +56,7 @@ def create_app(*, jobs: JobService, fleet: Fleet, artifacts: ArtifactStore | Non
     app.state.limits = limits
     app.state.streams = Streams(limits)
     app.state.retention = retention
+    app.state.reports = reports
     app.state.auth = auth or OPEN_AUTH
     app.add_middleware(BodyLimit, limit=lambda: limits.max_body_bytes, upload_limit=lambda: limits.max_upload_bytes,
                        upload_paths=artifacts_api.UPLOAD_PATHS)

@@ -15,6 +15,7 @@ from gpu_orchestrator.service.auth import OPEN_AUTH, Auth
 from gpu_orchestrator.artifacts import ArtifactStore
 from gpu_orchestrator.service.fleet import Fleet
 from gpu_orchestrator.service.jobs import JobService
+from gpu_orchestrator.service.reports import Reports
 from gpu_orchestrator.service.retention import Retention
 
 
@@ -32,6 +33,10 @@ async def _artifacts(request: Request) -> ArtifactStore | None:
 
 async def _streams(request: Request) -> Streams:
     return request.app.state.streams
+
+
+async def _reports(request: Request) -> Reports:
+    return request.app.state.reports
 
 
 async def _retention(request: Request) -> Retention | None:
@@ -64,6 +69,7 @@ Jobs = Annotated[JobService, Depends(_jobs)]
 CallerDep = Annotated[Caller, Depends(_caller)]
 AuthDep = Annotated[Auth, Depends(_auth)]
 AUTHENTICATED = Depends(_caller)  # any valid key (or the open stack's anonymous caller)
+ReportsDep = Annotated[Reports, Depends(_reports)]
 RetentionDep = Annotated[Retention | None, Depends(_retention)]
 FleetDep = Annotated[Fleet, Depends(_fleet)]
 Artifacts = Annotated[ArtifactStore | None, Depends(_artifacts)]

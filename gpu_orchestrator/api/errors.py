@@ -10,20 +10,17 @@ import logging
 import re
 from typing import Any
 
-import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gpu_orchestrator.bus.events import reason
 from gpu_orchestrator.core.jobs import (IdempotencyConflict, InvalidRequest, JobNotFound, QueueFull, TransitionError,
                                         idempotency_key_problem)
 from gpu_orchestrator.core.apps import ParamsInvalid
 from gpu_orchestrator.core.keys import AuthError, Forbidden, QuotaExceeded
-from gpu_orchestrator.store.base import StoreUnavailable
-from gpu_orchestrator.store.postgres import is_transient_db_error
+from gpu_orchestrator.service.auth import NoKeyStore
+from gpu_orchestrator.service.outages import WATCHED, outage, reason
 
 log = logging.getLogger("gpu_orchestrator.router")
 # Retry-After for an outage: a restarting Postgres takes seconds; Redis comes back faster.
@@ -146,23 +143,21 @@ def install(app: FastAPI) -> None:
         return JSONResponse(status_code=409, content=body("idempotency_conflict", str(exc),
                                                           [{"field": "Idempotency-Key", "message": str(exc)}]))
 
-    @app.exception_handler(sa_exc.DBAPIError)
-    @app.exception_handler(sa_exc.TimeoutError)
-    async def _db(_: Request, exc: Exception) -> JSONResponse:
-        # Postgres unreachable, restarting or overloaded (what the store retries a write for), not a bug.
-        if is_transient_db_error(exc):
-            return unavailable("database", exc)
+    async def _outage(_: Request, exc: Exception) -> JSONResponse:
+        # Postgres or Redis unreachable, restarting or overloaded (what the store retries a write
+        # for): 503 with Retry-After. A database error that is not an outage is a bug: 500.
+        what = outage(exc)
+        if what is not None:
+            return unavailable(what, exc)
         log.error("database error", exc_info=exc)
         return JSONResponse(status_code=500, content=body("internal_error", "database error; see the router log"))
 
-    @app.exception_handler(StoreUnavailable)
-    async def _store(_: Request, exc: StoreUnavailable) -> JSONResponse:
-        return unavailable("database", exc)
+    for kind in WATCHED:
+        app.add_exception_handler(kind, _outage)
 
-    @app.exception_handler(redis.exceptions.ConnectionError)
-    @app.exception_handler(redis.exceptions.TimeoutError)
-    async def _redis(_: Request, exc: Exception) -> JSONResponse:
-        return unavailable("redis", exc)
+    @app.exception_handler(NoKeyStore)
+    async def _no_keys(_: Request, exc: NoKeyStore) -> JSONResponse:
+        return JSONResponse(status_code=503, content=body("no_key_store", str(exc)))
 
     @app.exception_handler(QueueFull)
     async def _full(_: Request, exc: QueueFull) -> JSONResponse:

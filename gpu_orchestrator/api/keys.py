@@ -3,7 +3,6 @@ against the database). /v1/keys/me: what the calling key may do."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter
@@ -12,9 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gpu_orchestrator.api.deps import AuthDep, CallerDep, scoped
 from gpu_orchestrator.api.errors import ApiError
 from gpu_orchestrator.core.jobs import InvalidRequest
-from gpu_orchestrator.core.keys import Quota, Scope, name_problem, parse_scopes
-from gpu_orchestrator.service.auth import Auth
-from gpu_orchestrator.store.access import KeyExists, KeyNotFound
+from gpu_orchestrator.core.keys import KeyExists, KeyNotFound, Quota, Scope, name_problem, parse_scopes
 
 router = APIRouter(tags=["keys"])
 
@@ -29,12 +26,6 @@ class CreateKey(BaseModel):
     max_queued: int | None = Field(default=None, ge=1, le=1_000_000, description="jobs queued or running at once")
 
 
-def _store(auth: Auth) -> Any:
-    if auth.keys is None:
-        raise ApiError(503, "no_key_store", "this router has no key store")
-    return auth.keys
-
-
 @router.get("/v1/keys/me")
 async def me(caller: CallerDep) -> dict[str, Any]:
     return {"id": caller.key_id, "name": caller.name, "scopes": sorted(s.value for s in caller.scopes),
@@ -44,7 +35,7 @@ async def me(caller: CallerDep) -> dict[str, Any]:
 
 @router.get("/v1/admin/keys", dependencies=[scoped(Scope.admin)])
 async def list_keys(auth: AuthDep, revoked: bool = False) -> dict[str, Any]:
-    return {"keys": [k.to_api() for k in await asyncio.to_thread(_store(auth).keys, revoked=revoked)]}
+    return {"keys": [k.to_api() for k in await auth.list_keys(revoked=revoked)]}
 
 
 @router.post("/v1/admin/keys", status_code=201, dependencies=[scoped(Scope.admin)])
@@ -57,8 +48,8 @@ async def create_key(req: CreateKey, auth: AuthDep) -> dict[str, Any]:
     except ValueError as e:
         raise InvalidRequest("scopes", str(e)) from None
     try:
-        key, token = await asyncio.to_thread(_store(auth).create_key, name=req.name, scopes=scopes, apps=req.apps,
-                                             quota=Quota(req.quota_jobs_per_min, req.max_queued))
+        key, token = await auth.create_key(name=req.name, scopes=scopes, apps=req.apps,
+                                           quota=Quota(req.quota_jobs_per_min, req.max_queued))
     except KeyExists as e:
         raise ApiError(409, "key_exists", str(e), field="name") from None
     return {**key.to_api(), "token": token}
@@ -68,9 +59,7 @@ async def create_key(req: CreateKey, auth: AuthDep) -> dict[str, Any]:
 async def revoke_key(id_or_name: str, auth: AuthDep) -> dict[str, Any]:
     """Revoked at once: the next request with it gets a 401 on every router replica."""
     try:
-        key = await asyncio.to_thread(_store(auth).revoke_key, id_or_name)
+        key = await auth.revoke_key(id_or_name)
     except KeyNotFound as e:
         raise ApiError(404, "key_not_found", str(e), field="id_or_name") from None
-    if auth.cache is not None:  # here before the revoke's notification comes back; other replicas hear that
-        auth.cache.forget(key.id)
     return key.to_api()

@@ -7,7 +7,7 @@ from typing import AsyncIterator
 
 from gpu_orchestrator.api.errors import ApiError
 from gpu_orchestrator.api.limits import Limits
-from gpu_orchestrator.bus.events import Event
+from gpu_orchestrator.service.jobs import Event
 
 # An event stream ends after limits.max_stream_s with a `retry:` hint; clients resume with Last-Event-ID.
 SSE_RETRY_MS = 1000

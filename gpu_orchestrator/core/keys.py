@@ -51,6 +51,14 @@ class Forbidden(Exception):
         return type(self), (self.message, self.field), self.__dict__
 
 
+class KeyNotFound(Exception):
+    """404: no live key with that id or name (revoking)."""
+
+
+class KeyExists(Exception):
+    """409: a live key already has that name."""
+
+
 class QuotaExceeded(Exception):
     """429 + Retry-After: the key's jobs-per-minute or queued-jobs quota is used up."""
 

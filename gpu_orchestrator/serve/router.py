@@ -34,6 +34,7 @@ from gpu_orchestrator.service.dispatcher import Dispatcher
 from gpu_orchestrator.service.fleet import Fleet, load_failures
 from gpu_orchestrator.service.jobs import JobService, parse_job_id
 from gpu_orchestrator.service.auth import Auth, KeyCache
+from gpu_orchestrator.service.reports import Reports
 from gpu_orchestrator.service.retention import Retention
 from gpu_orchestrator.service.transitions import Transitions
 from gpu_orchestrator.store.access import KEYS_CHANNEL, PostgresAccess
@@ -114,7 +115,7 @@ class Router:
         if self.api is None:
             self.api = create_app(jobs=self.jobs, fleet=self.fleet, artifacts=self.artifacts,
                                   limits=Limits.from_config(self.cfg.router), retention=self.retention,
-                                  auth=self.auth)
+                                  auth=self.auth, reports=Reports(self.store, self.cfg.costs))
         return self.api
 
     def _submitted(self, job: Job) -> None:

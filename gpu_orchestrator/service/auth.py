@@ -9,9 +9,9 @@ import asyncio
 import logging
 import threading
 import time
-from typing import Callable, Protocol
+from typing import Callable, Iterable, Protocol
 
-from gpu_orchestrator.core.keys import OPEN, ApiKey, AuthError, Caller, secret_matches, split_token
+from gpu_orchestrator.core.keys import OPEN, ApiKey, AuthError, Caller, Quota, Scope, secret_matches, split_token
 
 log = logging.getLogger("gpu_orchestrator.auth")
 
@@ -20,11 +20,25 @@ INVALID = "invalid or revoked API key"
 
 
 class KeyLookup(Protocol):
-    """store.access.PostgresAccess (also create_key, keys, revoke_key for the admin routes)."""
+    """What a request's check needs: store/access.py's PostgresAccess, store/memory_access.py's
+    MemoryAccess."""
 
     def key_for(self, key_id: str) -> tuple[ApiKey, str] | None: ...
     def artifact_owners(self, uri: str) -> set[str]: ...
     def grant_artifact(self, uri: str, owner: str) -> None: ...
+
+
+class KeyAdmin(KeyLookup, Protocol):
+    """What the admin routes need besides."""
+
+    def create_key(self, *, name: str, scopes: Iterable[Scope], apps: Iterable[str] | None = None,
+                   quota: Quota = Quota()) -> tuple[ApiKey, str]: ...
+    def keys(self, *, revoked: bool = False) -> list[ApiKey]: ...
+    def revoke_key(self, id_or_name: str) -> ApiKey: ...
+
+
+class NoKeyStore(Exception):
+    """503: this router was built without a key store (an open stack with no keys)."""
 
 
 class KeyCache:
@@ -105,6 +119,28 @@ class Auth:
             if found is not None:
                 self.cache.put(key_id, gen, found)
         return found
+
+    # -- the admin routes' key management ------------------------------------------------------
+
+    def _admin(self) -> KeyAdmin:
+        if self.keys is None:
+            raise NoKeyStore("this router has no key store")
+        return self.keys  # type: ignore[return-value]
+
+    async def list_keys(self, *, revoked: bool = False) -> list[ApiKey]:
+        return await asyncio.to_thread(self._admin().keys, revoked=revoked)
+
+    async def create_key(self, *, name: str, scopes: Iterable[Scope], apps: Iterable[str] | None,
+                         quota: Quota) -> tuple[ApiKey, str]:
+        """(the key, its token: shown once). KeyExists when a live key has the name."""
+        return await asyncio.to_thread(self._admin().create_key, name=name, scopes=scopes, apps=apps, quota=quota)
+
+    async def revoke_key(self, id_or_name: str) -> ApiKey:
+        """Revoked at once here; other replicas hear it from the store (KeyNotFound: no live key)."""
+        key = await asyncio.to_thread(self._admin().revoke_key, id_or_name)
+        if self.cache is not None:  # before the revoke's notification comes back; other replicas hear that
+            self.cache.forget(key.id)
+        return key
 
     async def may_read_artifact(self, caller: Caller, uri: str) -> bool:
         """Uploads: the key that uploaded them. Results: the owner of the job that made them.

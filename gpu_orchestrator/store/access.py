@@ -9,15 +9,9 @@ from typing import Any, Iterable
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from gpu_orchestrator.core.keys import ApiKey, Quota, Scope, new_token
+from gpu_orchestrator.core.keys import ApiKey, KeyExists, KeyNotFound, Quota, Scope, new_token
 
-
-class KeyNotFound(Exception):
-    pass
-
-
-class KeyExists(Exception):
-    pass
+__all__ = ["KEYS_CHANNEL", "KeyExists", "KeyNotFound", "PostgresAccess"]
 
 
 KEYS_CHANNEL = "gpu_orch_keys"  # NOTIFY channel: the id of each key revoked

@@ -15,6 +15,7 @@ from gpu_orchestrator.api.limits import Limits
 from gpu_orchestrator.bus.memory import MemoryEventBus
 from gpu_orchestrator.core.config import parse_config
 from gpu_orchestrator.service.fleet import Fleet
+from gpu_orchestrator.service.reports import Reports
 from gpu_orchestrator.service.jobs import JobService
 from gpu_orchestrator.service.transitions import CountingMetrics, Transitions
 from gpu_orchestrator.store.memory import MemoryJobStore
@@ -44,6 +45,7 @@ class Api:
             return []
 
         self.app = create_app(jobs=self.jobs, fleet=Fleet(cfg, self.store, heartbeats=no_beats),
+                              reports=Reports(self.store, cfg.costs),
                               limits=Limits(**{"max_body_bytes": 1024, "max_upload_bytes": 4096, **limits}))
 
     def run(self, fn: Any) -> Any:
