@@ -21,6 +21,7 @@ from gpu_orchestrator.core.apps import ParamsInvalid
 from gpu_orchestrator.core.keys import AuthError, Forbidden, QuotaExceeded
 from gpu_orchestrator.service.auth import NoKeyStore
 from gpu_orchestrator.service.outages import WATCHED, outage, reason
+from gpu_orchestrator.service.uploads import NoArtifactStore
 
 log = logging.getLogger("gpu_orchestrator.router")
 # Retry-After for an outage: a restarting Postgres takes seconds; Redis comes back faster.
@@ -154,6 +155,10 @@ def install(app: FastAPI) -> None:
 
     for kind in WATCHED:
         app.add_exception_handler(kind, _outage)
+
+    @app.exception_handler(NoArtifactStore)
+    async def _no_artifacts(_: Request, exc: NoArtifactStore) -> JSONResponse:
+        return JSONResponse(status_code=503, content=body("no_artifact_store", str(exc)))
 
     @app.exception_handler(NoKeyStore)
     async def _no_keys(_: Request, exc: NoKeyStore) -> JSONResponse:

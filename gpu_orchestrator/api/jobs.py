@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import uuid
@@ -16,10 +15,9 @@ from gpu_orchestrator.api.deps import Artifacts, AuthDep, CallerDep, Idempotency
 from gpu_orchestrator.api.errors import (MAX_PREFER_WAIT_S, ApiError, check_idempotency_key, check_last_event_id,
                                          check_prefer_wait)
 from gpu_orchestrator.api.streams import sse
-from gpu_orchestrator.artifacts import content_id
-from gpu_orchestrator.core.apps import validate_params
 from gpu_orchestrator.core.jobs import PRIORITY_MAX, PRIORITY_MIN, Job, JobStatus
 from gpu_orchestrator.service.jobs import ClientGone
+from gpu_orchestrator.service.uploads import submit_with_files
 
 router = APIRouter(tags=["jobs"])
 _SMALL_INT = re.compile(r"[+-]?[0-9]{1,6}")
@@ -77,8 +75,8 @@ async def submit_multipart(request: Request, jobs: Jobs, artifacts: Artifacts, c
     check_idempotency_key(idempotency_key)
     wait_s = check_prefer_wait(prefer)
     form = await request.form(max_files=32, max_fields=32)
-    spec = jobs.runnable_app(form.get("app_id"))
-    caller.require_app(spec.id)  # before a byte is stored
+    spec = jobs.runnable_app(form.get("app_id"))  # the app's refusals first, as on POST /v1/jobs
+    caller.require_app(spec.id)
     try:
         params = json.loads(form.get("params") or "{}")
     except (ValueError, TypeError) as e:
@@ -88,37 +86,10 @@ async def submit_multipart(request: Request, jobs: Jobs, artifacts: Artifacts, c
     priority = form.get("priority") or "0"
     if not isinstance(priority, str) or not _SMALL_INT.fullmatch(priority.strip()):
         raise ApiError(422, "invalid_request", f"must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}", field="priority")
-    files = {k: v for k, v in form.multi_items() if hasattr(v, "filename") and hasattr(v, "read")}
-    file_params = {p.name for p in spec.parameters if p.type == "file"}
-    for name in files:
-        if name not in file_params:
-            raise ApiError(422, "invalid_params", f"not a file parameter of app {spec.id!r} (file parameters: "
-                           f"{sorted(file_params)})", field=f"params.{name}")
-    if files and artifacts is None:
-        raise ApiError(503, "no_artifact_store", "this router has no artifact store configured")
-    # Validate everything (file formats included, via placeholder URIs) before storing a byte, so a
-    # refused request leaves no file behind.
-    pending = {name: f"artifact://pending/{upload.filename or name}" for name, upload in files.items()}
-    validate_params(spec, {**params, **pending})
-    stored: list[str] = []
-    try:
-        for name, upload in files.items():
-            # With an Idempotency-Key, the same file under the same key gets the same URI, so a
-            # retried request has the same params and finds its job (not a 409).
-            uid = await asyncio.to_thread(content_id, upload.file, spec.id, idempotency_key, name) \
-                if idempotency_key else None
-            uri, _, created = await asyncio.to_thread(artifacts.put_file, upload.file, prefix="uploads",
-                                                      name=upload.filename or name, id=uid)
-            if created:
-                stored.append(uri)
-            await auth.uploaded(caller, uri)
-            params[name] = uri
-        # the priority's range is checked with the JSON route's, in the service
-        job, job_created = await jobs.submit(spec.id, params, int(priority), idempotency_key, caller)
-    except Exception:  # a refusal: nothing left behind. Not on a cancel: the job may be committed already
-        if stored:  # no artifact store is needed for a submit without files
-            await asyncio.to_thread(artifacts.delete_many, stored)
-        raise
+    files = {k: (v.filename, v.file) for k, v in form.multi_items() if hasattr(v, "filename") and hasattr(v, "read")}
+    # the priority's range is checked with the JSON route's, in the service
+    job, job_created = await submit_with_files(jobs, artifacts, spec.id, params, int(priority), files,
+                                               idempotency_key, caller, grant=lambda uri: auth.uploaded(caller, uri))
     return await submitted(jobs, job, job_created, wait_s)
 
 
