@@ -5,6 +5,7 @@ streams are bounded in number and duration."""
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 
@@ -170,6 +171,14 @@ def test_event_streams_end_after_a_time_limit_and_clients_resume(faulty, http):
         assert c.wait(job_id, timeout=30)["status"] == "succeeded"
 
 
+async def serve_stops(router) -> None:
+    """What Serve does when it stops the replica: call __del__ on the replica's loop and await what
+    it returns."""
+    result = router.__del__()
+    assert inspect.iscoroutine(result)
+    await result
+
+
 def test_graceful_stop_hands_leases_back(faulty, http):
     job_id = submit(http, steps=100, delay_s=0.1)
     wait_status(http, job_id, {"running"})
@@ -179,7 +188,7 @@ def test_graceful_stop_hands_leases_back(faulty, http):
     while job_id not in faulty.model.calls and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.3)  # its first step is under way
-    faulty.call(faulty.router.__del__())  # what Serve awaits when it stops the replica
+    faulty.call(serve_stops(faulty.router))
     job = http.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "queued", job
     deadline = time.monotonic() + 5
