@@ -115,7 +115,7 @@ class ServeMetrics:
         if gpu_seconds > 0:
             self._inc(self.gpu_seconds, gpu_seconds, app_id=app_id, backend=backend)
 
-    # The router's gauges (serve/router.py _gauge_loop)
+    # The router's gauges (root/orchestrator.py _gauge_loop)
     def set_queues(self, apps: Iterable[str], stats: Mapping[str, Any]) -> None:
         """Every app's queue depth and oldest wait, from the dispatcher's latest queue stats."""
         for app_id, (queued, oldest_s) in gauges.queue_readings(apps, stats).items():
