@@ -77,4 +77,6 @@ StreamsDep = Annotated[Streams, Depends(_streams)]
 # Checked by check_idempotency_key / the service (1-255 printable ASCII), so the 422 names the header.
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 LastEventId = Annotated[str | None, Header(alias="Last-Event-ID")]
-Prefer = Annotated[str | None, Header(alias="Prefer", description="`wait=N` (1-60 s; `wait` alone: 60): answer once the job has ended, or after N s with the job as it is then")]
+Prefer = Annotated[str | None, Header(alias="Prefer", description=(
+    "`wait=N` (whole seconds; `wait` alone, or more than 60: 60): answer once the job has ended (200), "
+    "or after N s with the job as it is then (202)"))]

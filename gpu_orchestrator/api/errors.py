@@ -60,8 +60,9 @@ MAX_PREFER_WAIT_S = 60
 
 def check_prefer_wait(value: str | None) -> int | None:
     """The seconds a submit may hold its answer for the job to end: `Prefer: wait=N` (RFC 7240, as
-    Replicate's API takes it; `wait` alone is the maximum), or None. Other preferences are ignored,
-    as the RFC says; a wait that is not a whole number from 1 to the maximum is a 422 naming the header."""
+    Replicate's API takes it; `wait` alone is the maximum, and so is more than the maximum: RFC 7240
+    lets a server cap, and Replicate does), or None. Other preferences are ignored, as the RFC says;
+    a wait that is not a whole number of seconds from 1 is a 422 naming the header."""
     for pref in (value or "").split(","):
         name, _, v = pref.split(";")[0].strip().partition("=")
         if name.strip().lower() != "wait":
@@ -69,10 +70,10 @@ def check_prefer_wait(value: str | None) -> int | None:
         v = v.strip().strip('"')
         if not v:
             return MAX_PREFER_WAIT_S
-        if not (v.isascii() and v.isdigit()) or not 1 <= int(v) <= MAX_PREFER_WAIT_S:
-            raise ApiError(422, "invalid_request", f"wait must be whole seconds from 1 to {MAX_PREFER_WAIT_S} "
-                           f"(got {v[:20]!r})", field="Prefer")
-        return int(v)
+        if not (v.isascii() and v.isdigit()) or int(v) < 1:
+            raise ApiError(422, "invalid_request", f"wait must be whole seconds, at least 1 (more than "
+                           f"{MAX_PREFER_WAIT_S} waits {MAX_PREFER_WAIT_S}; got {v[:20]!r})", field="Prefer")
+        return min(int(v), MAX_PREFER_WAIT_S)
     return None
 
 

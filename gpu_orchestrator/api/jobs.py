@@ -41,11 +41,14 @@ class SubmitResponse(BaseModel):
 async def submitted(jobs: Any, job: Job, created: bool, wait_s: int | None = None) -> Any:
     """202 for a new job; 200 when an Idempotency-Key found the earlier one. With `Prefer: wait=N`,
     the answer waits up to N s for the job to end and carries the whole job (as GET returns it):
-    a short job then needs no poll at all."""
+    200 once it has ended (a short job then needs no poll at all), else 202 as above."""
     code = 202 if created else 200
     if wait_s is not None:
         if not job.status.terminal:
             job = await jobs.wait(job.id, wait_s)
+        # An ended job is the answer itself: 200, as Replicate answers a finished prediction; 202
+        # only for a job still queued or running when the wait ran out.
+        code = 200 if job.status.terminal else code
         return JSONResponse(status_code=code, content=job.to_api(), headers={"Preference-Applied": f"wait={wait_s}"})
     payload = {"job_id": str(job.id), "status": job.status.value, "route": job.route or "local",
                "route_reason": job.route_reason}
@@ -54,8 +57,9 @@ async def submitted(jobs: Any, job: Job, created: bool, wait_s: int | None = Non
     return JSONResponse(status_code=code, content=payload)
 
 
-_SUBMIT_DOC = ("Answers 202 with the job's id once its row is committed. With `Prefer: wait=N` (1-60 s), "
-               "answers once the job has ended (or after N s) with the whole job, as GET /v1/jobs/{id} returns it.")
+_SUBMIT_DOC = ("Answers 202 with the job's id once its row is committed. With `Prefer: wait=N` (seconds; more than "
+               "60 waits 60), answers with the whole job, as GET /v1/jobs/{id} returns it: 200 once it has ended, "
+               "202 if it is still queued or running after N s.")
 
 
 @router.post("/v1/jobs", status_code=202, response_model=SubmitResponse, description=_SUBMIT_DOC)

@@ -246,7 +246,7 @@ def test_uploads_and_downloads_are_streamed_not_held_in_memory(rr, http, tmp_pat
 
 def test_prefer_wait_answers_with_the_finished_job(http):
     r = http.post("/v1/jobs", json={"app_id": "echo", "params": {"message": "hi"}}, headers={"Prefer": "wait=10"})
-    assert r.status_code == 202 and r.headers["Preference-Applied"] == "wait=10", r.text
+    assert r.status_code == 200 and r.headers["Preference-Applied"] == "wait=10", r.text  # ended: the answer
     job = r.json()
     assert job["status"] == "succeeded" and job["result"]["echo"]["message"] == "hi", job
     assert http.get(f"/v1/jobs/{job['job_id']}").json() == job  # the whole job, as GET shows it
@@ -264,11 +264,17 @@ def test_prefer_wait_shorter_than_the_job_answers_with_it_as_it_is(http):
 def test_prefer_wait_replayed_idempotently_is_200_with_the_job(http):
     first = http.post("/v1/jobs", json={"app_id": "echo"}, headers={"Idempotency-Key": "pw-1", "Prefer": "wait=10"})
     again = http.post("/v1/jobs", json={"app_id": "echo"}, headers={"Idempotency-Key": "pw-1", "Prefer": "wait"})
-    assert first.status_code == 202 and again.status_code == 200
+    assert first.status_code == 200 and again.status_code == 200  # ended, both
     assert again.headers["Preference-Applied"] == "wait=60" and again.json() == first.json()
 
 
-@pytest.mark.parametrize("bad", ["wait=0", "wait=61", "wait=abc", "wait=1.5", "wait=\u0661"])
+def test_prefer_wait_above_the_maximum_is_capped_not_refused(http):
+    r = http.post("/v1/jobs", json={"app_id": "echo"}, headers={"Prefer": "wait=600"})
+    assert r.status_code == 200 and r.headers["Preference-Applied"] == "wait=60", r.text
+    assert r.json()["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("bad", ["wait=0", "wait=abc", "wait=1.5", "wait=\u0661", "wait=-5"])
 def test_prefer_wait_out_of_range_is_422_naming_the_header_and_accepts_nothing(http, bad):
     before = http.get("/v1/jobs", params={"app_id": "echo", "limit": 500}).json()["jobs"]
     r = http.post("/v1/jobs", json={"app_id": "echo"}, headers={"Prefer": bad.encode()})
