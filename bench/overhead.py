@@ -44,6 +44,7 @@ import copy
 import os
 import shutil
 import signal
+import statistics
 import socket
 import subprocess
 import sys
@@ -136,6 +137,11 @@ def cpu_per_job(before: dict[str, float], after: dict[str, float], jobs: int) ->
     """CPU milliseconds per job by process kind, largest first."""
     ms = {k: (after[k] - before.get(k, 0.0)) * 1000 / jobs for k in after}
     return dict(sorted(((k, v) for k, v in ms.items() if v >= 0.05), key=lambda kv: -kv[1]))
+
+
+def router_ms(spent: dict[str, float]) -> float:
+    """The router replica's CPU ms per job, from cpu_per_job's breakdown."""
+    return spent.get("orchestrator:router", 0.0)
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -426,8 +432,7 @@ def run(args: argparse.Namespace, ours: str, peer: str, where: str, key: str) ->
         top = ", ".join(f"{k} {v:.1f}" for k, v in spent.items() if v >= 0.5)
         print(f"{name:<38}{sum(spent.values()):>6.1f}  ({top})")
     poll, sse, waited, keyed, peer_row, plain_row = (best[n] for n in paths)
-    router_cpu = sum(v for k, v in cpu["ours (Prefer: wait=10)"].items() if k == "orchestrator:router")
-    keyed_cpu = sum(v for k, v in cpu[KEYED].items() if k == "orchestrator:router")
+    router_cpu, keyed_cpu = router_ms(cpu["ours (Prefer: wait=10)"]), router_ms(cpu[KEYED])
     u_poll, u_wait, u_plain = (unloaded[n] for n in ("ours (poll)", "ours (Prefer: wait=10)",
                                                      "plain Serve no-op (1 request)"))
     print(f"\nours (poll) vs peer: throughput {poll[0] / peer_row[0]:.2f}x, p50 {poll[1] / peer_row[1]:.2f}x")
@@ -440,13 +445,6 @@ def run(args: argparse.Namespace, ours: str, peer: str, where: str, key: str) ->
     # The verdicts use each round's own ratios (ours and the peer a minute apart, under the same
     # machine), their median over the rounds: on a shared 2-core box the whole machine drifts by a
     # fifth between rounds, which a ratio of two rounds' best figures would count as ours or theirs.
-    def median(xs: list[float]) -> float:
-        xs = sorted(xs)
-        return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
-
-    def router_ms(spent: dict[str, float]) -> float:
-        return spent.get("orchestrator:router", 0.0)
-
     W, P, POLL = "ours (Prefer: wait=10)", "peer: Serve task_consumer + Celery", "ours (poll)"
     per_round = {
         "wait_tput": [rd[W][0][0] / rd[P][0][0] for rd in rounds],
@@ -458,7 +456,7 @@ def run(args: argparse.Namespace, ours: str, peer: str, where: str, key: str) ->
     ingress = [router_ms(rd[W][1]) / rd[P][1].get("peer:PeerIngress", float("nan")) for rd in rounds]
     print("per round: " + "; ".join(f"{k} " + " ".join(f"{x:.2f}" for x in v) for k, v in per_round.items())
           + "; router CPU / the peer's ingress CPU " + " ".join(f"{x:.2f}" for x in ingress))
-    got = {k: median(v) for k, v in per_round.items()}
+    got = {k: statistics.median(v) for k, v in per_round.items()}
     got["unloaded"] = u_wait / u_plain
     print(f"\nverdicts: the median over {args.rounds} rounds of each round's own figure (unloaded: one pass)")
     for key, (what, bar, goal, higher) in TARGETS.items():
