@@ -80,7 +80,7 @@ async def submit_multipart(request: Request, jobs: Jobs, artifacts: Artifacts, c
     wait_s = check_prefer_wait(prefer)
     form = await request.form(max_files=32, max_fields=32)
     spec = jobs.runnable_app(form.get("app_id"))  # the app's refusals first, as on POST /v1/jobs
-    caller.require_app(spec.id)
+    caller.require_app(spec.id)  # before a byte is stored
     try:
         params = json.loads(form.get("params") or "{}")
     except (ValueError, TypeError) as e:
@@ -92,7 +92,7 @@ async def submit_multipart(request: Request, jobs: Jobs, artifacts: Artifacts, c
         raise ApiError(422, "invalid_request", f"must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}", field="priority")
     files = {k: (v.filename, v.file) for k, v in form.multi_items() if hasattr(v, "filename") and hasattr(v, "read")}
     # the priority's range is checked with the JSON route's, in the service
-    job, job_created = await submit_with_files(jobs, artifacts, spec.id, params, int(priority), files,
+    job, job_created = await submit_with_files(jobs, artifacts, spec, params, int(priority), files,
                                                idempotency_key, caller, grant=lambda uri: auth.uploaded(caller, uri))
     return await submitted(jobs, job, job_created, wait_s)
 

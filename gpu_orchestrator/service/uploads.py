@@ -9,7 +9,7 @@ import asyncio
 from typing import IO, Any, Awaitable, Callable, Iterable, Mapping, Protocol
 
 from gpu_orchestrator.artifacts import content_id
-from gpu_orchestrator.core.apps import ParamError, ParamsInvalid, validate_params
+from gpu_orchestrator.core.apps import AppSpec, ParamError, ParamsInvalid, validate_params
 from gpu_orchestrator.core.jobs import Job
 from gpu_orchestrator.core.keys import OPEN, Caller
 from gpu_orchestrator.service.jobs import JobService
@@ -24,13 +24,13 @@ class NoArtifactStore(Exception):
     """503: files were sent to a router built without an artifact store."""
 
 
-async def submit_with_files(jobs: JobService, artifacts: UploadStore | None, app_id: Any, params: dict[str, Any],
+async def submit_with_files(jobs: JobService, artifacts: UploadStore | None, spec: AppSpec, params: dict[str, Any],
                             priority: Any, files: Mapping[str, tuple[str | None, IO[bytes]]],
                             idempotency_key: str | None = None, caller: Caller = OPEN,
                             grant: Callable[[str], Awaitable[None]] | None = None) -> tuple[Job, bool]:
-    """`files`: field name -> (the file's name as sent, its bytes). (job, created) as JobService.submit."""
-    spec = jobs.runnable_app(app_id)
-    caller.require_app(spec.id)  # before a byte is stored
+    """`spec`: the app, from `jobs.runnable_app` (the caller refuses an unknown app, and a caller
+    that may not submit to it, before reading the files). `files`: field name -> (the file's name as
+    sent, its bytes). (job, created) as JobService.submit."""
     file_params = {p.name for p in spec.parameters if p.type == "file"}
     wrong = [ParamError(f"params.{name}", f"not a file parameter of app {spec.id!r} (file parameters: "
                                           f"{sorted(file_params)})") for name in files if name not in file_params]
