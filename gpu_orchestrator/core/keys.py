@@ -54,9 +54,17 @@ class Forbidden(Exception):
 class KeyNotFound(Exception):
     """404: no live key with that id or name (revoking)."""
 
+    @classmethod
+    def of(cls, id_or_name: str) -> "KeyNotFound":
+        return cls(f"no live key with id or name {id_or_name!r}")
+
 
 class KeyExists(Exception):
     """409: a live key already has that name."""
+
+    @classmethod
+    def named(cls, name: str) -> "KeyExists":
+        return cls(f"a live key named {name!r} exists; revoke it first or pick another name")
 
 
 class QuotaExceeded(Exception):

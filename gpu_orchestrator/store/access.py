@@ -44,7 +44,7 @@ class PostgresAccess:
                      "apps": sorted(apps) if apps is not None else None, "rate": quota.jobs_per_min,
                      "queued": quota.max_queued}).one()
         except sa.exc.IntegrityError:
-            raise KeyExists(f"a live key named {name!r} exists; revoke it first or pick another name") from None
+            raise KeyExists.named(name) from None
         return _key(row), token
 
     def keys(self, *, revoked: bool = False) -> list[ApiKey]:
@@ -63,7 +63,7 @@ class PostgresAccess:
             if row is not None:  # delivered at commit to every router's key cache (store/pg_listen.py)
                 conn.execute(sa.text("SELECT pg_notify(:ch, :id)"), {"ch": KEYS_CHANNEL, "id": row.id})
         if row is None:
-            raise KeyNotFound(f"no live key with id or name {id_or_name!r}")
+            raise KeyNotFound.of(id_or_name)
         return _key(row)
 
     def key_for(self, key_id: str) -> tuple[ApiKey, str] | None:

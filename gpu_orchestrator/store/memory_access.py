@@ -24,7 +24,7 @@ class MemoryAccess:
         token, key_id, secret_hash = new_token()
         with self._mutex:
             if any(k.name == name and k.revoked_at is None for k, _ in self._keys.values()):
-                raise KeyExists(f"a live key named {name!r} exists; revoke it first or pick another name")
+                raise KeyExists.named(name)
             key = ApiKey(id=key_id, name=name, scopes=frozenset(scopes),
                          apps=frozenset(apps) if apps is not None else None, quota=quota,
                          created_at=dt.datetime.now(dt.timezone.utc))
@@ -41,7 +41,7 @@ class MemoryAccess:
             key = next((k for k in live if k.id == id_or_name), None) or next(
                 (k for k in live if k.name == id_or_name), None)  # the id wins, as in Postgres
             if key is None:
-                raise KeyNotFound(f"no live key with id or name {id_or_name!r}")
+                raise KeyNotFound.of(id_or_name)
             key = dataclasses.replace(key, revoked_at=dt.datetime.now(dt.timezone.utc))
             self._keys[key.id] = (key, self._keys[key.id][1])
         if self.on_revoke is not None:
