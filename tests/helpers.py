@@ -53,17 +53,26 @@ async def until(pred: Callable[[], Any] | Callable[[], Awaitable[Any]], timeout_
 def wait_status(http: httpx.Client, job_id: str, statuses: set[str] | frozenset[str] = TERMINAL,
                 timeout_s: float = 60) -> dict:
     """The job once its status is one of `statuses` (default: terminal)."""
-    last: list[httpx.Response] = []
+    last: list[str] = ["no answer"]
+    slow: list[str] = []  # polls that got no answer in the client's timeout
 
     def check() -> dict | None:
-        r = http.get(f"/v1/jobs/{job_id}")
-        last[:] = [r]
+        # A poll that times out on a loaded box is "not yet", as for any polling client: the
+        # deadline is the wait's own; the failure message lists such polls.
+        t = time.monotonic()
+        try:
+            r = http.get(f"/v1/jobs/{job_id}")
+        except httpx.TimeoutException:
+            slow.append(f"{time.monotonic() - t:.0f} s")
+            return None
+        last[:] = [f"{r.status_code} {r.text[:2000]}"]
         return r.json() if r.status_code == 200 and r.json()["status"] in statuses else None
 
     try:
         return wait_for(check, f"job {job_id} in {sorted(statuses)}", timeout_s)
     except AssertionError as e:
-        raise AssertionError(f"{e}: {last[0].status_code} {last[0].text[:2000]}") from None
+        stalls = f" (polls with no answer: {', '.join(slow)})" if slow else ""
+        raise AssertionError(f"{e}: {last[0]}{stalls}") from None
 
 
 def read_sse(base_or_http: str | httpx.Client, job_id: str, *, last_event_id: str | None = None,

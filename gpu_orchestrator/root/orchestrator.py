@@ -20,6 +20,7 @@ from gpu_orchestrator.artifacts import ArtifactStore
 from gpu_orchestrator.bus.decisions import DecisionBoard
 from gpu_orchestrator.core.config import OrchestratorConfig
 from gpu_orchestrator.core.jobs import Job, JobStatus
+from gpu_orchestrator.root.loop_watch import LoopWatch
 from gpu_orchestrator.service.arbiter.loop import LEADER_LOCK_KEY, ArbiterLoop
 from gpu_orchestrator.service.arbiter.ports import ClusterView
 from gpu_orchestrator.service.auth import Auth, KeyCache, KeyLookup
@@ -102,6 +103,7 @@ class Orchestrator:
         self.api: FastAPI | None = None
         self._started = False
         self._gauge: asyncio.Task | None = None
+        self.loop_watch = LoopWatch()
         try:
             asyncio.get_running_loop()
             self.start()
@@ -135,6 +137,7 @@ class Orchestrator:
             if self.arbiter is not None:
                 self.arbiter.start()
             self._gauge = asyncio.get_running_loop().create_task(self._gauge_loop())
+            self.loop_watch.start()
 
     def _submitted(self, job: Job) -> None:
         self.start()
@@ -162,6 +165,7 @@ class Orchestrator:
         leader lock too, so another replica leads at once."""
         if self._gauge is not None:
             self._gauge.cancel()
+        self.loop_watch.stop()
         await self.retention.stop()
         try:
             await asyncio.wait_for(self.dispatcher.release_all(), timeout=10.0)
