@@ -17,12 +17,14 @@ from gpu_orchestrator.api import health as health_api
 from gpu_orchestrator.api import jobs as jobs_api
 from gpu_orchestrator.api import keys as keys_api
 from gpu_orchestrator.api import openai as openai_api
+from gpu_orchestrator.api import openai_media as openai_media_api
 from gpu_orchestrator.api import retention as retention_api
 from gpu_orchestrator.api import seed as seed_api
 from gpu_orchestrator.api import workers as workers_api
 from gpu_orchestrator.api import stats as stats_api
 from gpu_orchestrator.api.errors import BodyLimit, install
 from gpu_orchestrator.api.limits import Limits
+from gpu_orchestrator.api.openai_errors import OpenAIErrors
 from gpu_orchestrator.api.streams import Streams
 from gpu_orchestrator.artifacts import ArtifactStore
 from gpu_orchestrator.service.fleet import Fleet
@@ -31,7 +33,8 @@ from gpu_orchestrator.service.auth import OPEN_AUTH, Auth
 from gpu_orchestrator.service.reports import Reports
 from gpu_orchestrator.service.retention import Retention
 
-ROUTERS = (jobs_api, artifacts_api, apps_api, workers_api, stats_api, costs_api, health_api, openai_api, seed_api,
+ROUTERS = (jobs_api, artifacts_api, apps_api, workers_api, stats_api, costs_api, health_api, openai_api,
+           openai_media_api, seed_api,
            retention_api, keys_api)
 
 
@@ -60,6 +63,7 @@ def create_app(*, jobs: JobService, fleet: Fleet, artifacts: ArtifactStore | Non
     app.state.auth = auth or OPEN_AUTH
     app.add_middleware(BodyLimit, limit=lambda: limits.max_body_bytes, upload_limit=lambda: limits.max_upload_bytes,
                        upload_paths=artifacts_api.UPLOAD_PATHS)
+    app.add_middleware(OpenAIErrors)  # outermost: reshapes the body limit's 413 too
     install(app)
     for module in ROUTERS:
         app.include_router(module.router)

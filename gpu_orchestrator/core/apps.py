@@ -81,6 +81,8 @@ class AppSpec(BaseModel):
     synthetic: bool = Field(default=False, description="a synthetic stand-in model, not a real one")
     # What the app does; "chat" apps are also served by the OpenAI-compatible /v1/chat/completions.
     task: Literal["generic", "chat", "image", "transcription"] = "generic"
+    # Other model ids the OpenAI routes take for this app (e.g. whisper-1, dall-e-3), beside its id.
+    aliases: list[str] = Field(default_factory=list)
     # kind replicate|modal: where its jobs run. kind local: where they may go instead (core.cloud).
     cloud: CloudTarget | None = None
     fallback: Fallback | None = None
@@ -95,6 +97,14 @@ class AppSpec(BaseModel):
                     raise ValueError(f"{key}: declared on the model deployment, not the app: set "
                                      f"models.{data.get('deployment', '<deployment>')}.{key}")
         return data
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases(cls, v: list[str]) -> list[str]:
+        for a in v:
+            if not (0 < len(a) <= 128 and a.isprintable() and a.strip() == a):
+                raise ValueError(f"{a[:40]!r}: 1-128 printable characters, no surrounding spaces")
+        return v
 
     @field_validator("id")
     @classmethod

@@ -211,6 +211,13 @@ class OrchestratorConfig(BaseModel):
             if app.id in ids:
                 problems.append(f"apps[{i}].id: duplicate app id {app.id!r}")
             ids.add(app.id)
+        aliases: dict[str, str] = {}
+        for i, app in enumerate(self.apps):
+            for alias in app.aliases:
+                if alias in ids or alias in aliases:
+                    problems.append(f"apps[{i}].aliases: {alias!r} is already "
+                                    f"{'an app id' if alias in ids else 'an alias of ' + repr(aliases[alias])}")
+                aliases.setdefault(alias, app.id)
             if app.kind == AppKind.local and app.deployment not in self.models:
                 problems.append(
                     f"apps[{i}].deployment: {app.deployment!r} is not a model in 'models' "

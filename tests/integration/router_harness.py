@@ -33,15 +33,25 @@ CHAT_APP = {"id": "chat", "deployment": "llm", "task": "chat", "timeout_s": 60, 
     {"name": "temperature", "type": "number", "minimum": 0, "maximum": 2, "default": 0.7},
     {"name": "seed", "type": "integer"},
 ]}
-AUDIO_APP = {"id": "transcribe", "deployment": "echo", "parameters": [
+AUDIO_APP = {"id": "transcribe", "deployment": "echo", "task": "transcription", "aliases": ["whisper-1"], "parameters": [
     {"name": "audio", "type": "file", "required": True, "accept": [".wav", ".mp3"]},
     {"name": "language", "type": "string", "max_length": 16},
+    {"name": "task", "type": "enum", "choices": ["transcribe", "translate"], "default": "transcribe"},
 ]}
+IMAGE_APP = {"id": "image", "deployment": "echo", "task": "image", "aliases": ["dall-e-3"], "parameters": [
+    {"name": "prompt", "type": "string", "required": True, "max_length": 2000},
+    {"name": "width", "type": "integer", "minimum": 64, "maximum": 2048, "multiple_of": 8, "default": 64},
+    {"name": "height", "type": "integer", "minimum": 64, "maximum": 2048, "multiple_of": 8, "default": 64},
+    {"name": "num_images", "type": "integer", "minimum": 1, "maximum": 4, "default": 1},
+    {"name": "seed", "type": "integer"},
+]}
+# What the stand-in transcription model hears in any audio.
+SEGMENTS = [{"id": 0, "start": 0.0, "end": 1.5, "text": " hello"}, {"id": 1, "start": 1.5, "end": 3.25, "text": " world"}]
 
 
 def config(**router: Any) -> dict[str, Any]:
     return {
-        "apps": [ECHO_APP, CHAT_APP, AUDIO_APP,
+        "apps": [ECHO_APP, CHAT_APP, AUDIO_APP, IMAGE_APP,
                  {"id": "cloud", "kind": "replicate", "cloud": {"backend": "replicate", "model": "stability-ai/sdxl"}}],
         "models": {"echo": {"impl": "deployments.echo:Echo"}, "llm": {"impl": "deployments.llm:LLM"}},
         # No token: the cloud-only app is refused at submit, naming why.
@@ -60,6 +70,7 @@ class FakeModel:
         self.calls: list[str] = []
         self.cancelled: list[str] = []
         self.run = SimpleNamespace(remote=self._remote)
+        self.artifacts_url: str | None = None  # where an image app's PNGs go (the router's store)
         self._bus: AsyncEventBus | None = None
 
     def _remote(self, job_id: str, params: dict, attempt: int, **_: Any) -> asyncio.Task:
@@ -86,6 +97,11 @@ class FakeModel:
                     text += tok
                     await self._publish(job_id, token=tok, index=i)
                 return {"text": text, "finish_reason": "length", "completion_tokens": n, "prompt_tokens": 3}
+            if "prompt" in params:  # an image app: PNGs in the artifact store, as models/diffusion.py
+                return await asyncio.to_thread(self._images, params)
+            if "audio" in params:  # a transcription app: models/whisper.py's result
+                return {"echo": params, "text": "".join(s["text"] for s in SEGMENTS), "segments": SEGMENTS,
+                        "language": params.get("language") or "en", "audio_s": 3.25}
             for step in range(1, params.get("steps", 1) + 1):
                 await asyncio.sleep(delay)
                 await self._publish(job_id, step=step)
@@ -93,6 +109,22 @@ class FakeModel:
         except asyncio.CancelledError:
             self.cancelled.append(job_id)
             raise
+
+
+    def _images(self, params: dict) -> dict:
+        import io
+
+        from PIL import Image
+
+        from gpu_orchestrator.artifacts import ArtifactStore, http_path
+
+        images = []
+        for n in range(params.get("num_images", 1)):
+            buf = io.BytesIO()
+            Image.new("RGB", (params["width"], params["height"]), (n * 60, 100, 200)).save(buf, format="PNG")
+            uri = ArtifactStore(self.artifacts_url).put(buf.getvalue(), name=f"image-{n}.png", prefix="image")
+            images.append({"artifact": uri, "url": http_path(uri), "width": params["width"], "height": params["height"]})
+        return {"images": images, "seed": params.get("seed", 0)}
 
 
 class TcpProxy:
@@ -253,6 +285,7 @@ def running_router(database_url: str, redis_url: str, *, artifacts: str | None =
     from gpu_orchestrator.serve import router as router_mod
 
     model = FakeModel(redis_url)  # the same Redis (or proxy) as the router, like a real replica
+    model.artifacts_url = artifacts
     ctx = SimpleNamespace(servable_object=None, app_name="orchestrator", replica_id=SimpleNamespace(unique_id="test"))
     monkeypatch.setattr(serve, "get_replica_context", lambda: ctx)
     # No Serve here: serve.status() (GET /v1/workers' replica counts) would start a Ray cluster in the
@@ -291,6 +324,7 @@ def running_router(database_url: str, redis_url: str, *, artifacts: str | None =
             running.call(router.retention.stop(), timeout=5)
         if router._gauge is not None:  # the queue-depth gauge loop of the replica
             loop_box["loop"].call_soon_threadsafe(router._gauge.cancel)
+        router.loop_watch.stop()
         for bus in (router.bus, model._bus):
             if bus is not None:
                 with contextlib.suppress(Exception):

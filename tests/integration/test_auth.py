@@ -208,7 +208,7 @@ def test_the_openai_client_sends_the_same_key(secured):
     ok = openai.OpenAI(base_url=secured.base + "/v1", api_key=chatter, max_retries=0)
     out = ok.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
     assert out.choices[0].message.content
-    assert [m.id for m in ok.models.list().data] == ["chat"]
+    assert [m.id for m in ok.models.list().data] == ["chat"]  # only the apps this key may use
     bad = openai.OpenAI(base_url=secured.base + "/v1", api_key="sk-not-ours", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])

@@ -165,7 +165,9 @@ def test_refusals_map_to_4xx_naming_the_field():
         "error": "invalid_state", "message": r["cancel_again"].json()["message"]}
     assert r["event_id"].status_code == 422 and fields(r["event_id"]) == {"Last-Event-ID"}
     assert r["cursor"].status_code == 422 and fields(r["cursor"]) == {"cursor"}
-    assert r["model"].status_code == 404 and r["model"].json()["error"] == "model_not_found"
+    # The OpenAI route answers in OpenAI's shape (api/openai_errors.py).
+    assert r["model"].status_code == 404 and r["model"].json()["error"]["code"] == "model_not_found"
+    assert r["model"].json()["error"]["param"] == "model"
 
 
 def test_a_full_queue_is_429_with_retry_after():
