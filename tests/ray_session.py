@@ -79,9 +79,10 @@ def test_args(database_url: str, redis_url: str, replicate: dict | None = None) 
     args["models"]["whisper-broken"] = {"impl": "deployments.whisper_model:Whisper", "runtime_env": "runtime_envs/whisper.yaml",
                                         "num_cpus": 0.1, "init": {"model": "/nonexistent/whisper-large.pt"}}
     transcribe = next(a for a in args["apps"] if a["id"] == "transcribe")
-    args["apps"].append(dict(copy.deepcopy(transcribe), id="transcribe-broken", deployment="whisper-broken", max_attempts=3))
+    args["apps"].append(dict(copy.deepcopy(transcribe), id="transcribe-broken", deployment="whisper-broken", max_attempts=3,
+                             aliases=[]))
     # The same broken model with a fallback: once its replica reports the load error, jobs go to the cloud.
-    args["apps"].append(dict(copy.deepcopy(transcribe), id="transcribe-broken-fb", deployment="whisper-broken",
+    args["apps"].append(dict(copy.deepcopy(transcribe), id="transcribe-broken-fb", deployment="whisper-broken", aliases=[],
                              fallback={**ECHO_CLOUD, "output": "native"}))
     # One echo replica no other test sends work to: a test that waits for it to say it has nothing
     # in flight (its heartbeat) waits for its own job's work to stop, not for other tests' jobs.

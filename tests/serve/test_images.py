@@ -102,3 +102,19 @@ def test_concurrent_jobs_on_one_replica_run_one_at_a_time(http):
     assert all(j["status"] == "succeeded" for j in jobs), [j.get("error") for j in jobs]
     a, b = (Image.open(io.BytesIO(http.get(j["result"]["images"][0]["url"]).content)).tobytes() for j in jobs)
     assert a == b
+
+
+def test_the_openai_client_generates_with_the_real_model(orchestrator, http):
+    import base64
+
+    import openai
+
+    c = openai.OpenAI(base_url=orchestrator + "/v1", api_key="unused", max_retries=0)
+    r = c.images.generate(model="zimage", prompt="a lighthouse", size="64x96", response_format="b64_json",
+                          extra_body={"num_inference_steps": 2, "seed": 5})
+    (img,) = r.data
+    png = Image.open(io.BytesIO(base64.b64decode(img.b64_json)))
+    assert png.format == "PNG" and png.size == (64, 96) and png.text["Seed"] == "5"
+    with pytest.raises(openai.BadRequestError) as e:  # zimage's sizes are multiples of 16
+        c.images.generate(model="zimage", prompt="x", size="72x64")
+    assert e.value.param == "size" and "16" in e.value.message

@@ -65,3 +65,17 @@ def test_bad_audio_is_4xx_naming_the_field(http):
     assert r.status_code == 422 and "params.audio" in r.json()["message"]
     r = http.post("/v1/jobs", json={"app_id": "transcribe", "params": {"audio": "x", "task": "summarise"}})
     assert r.status_code == 422 and "params.task" in r.json()["message"]
+
+
+def test_the_openai_client_transcribes_with_the_real_model(orchestrator, http):
+    import openai
+
+    c = openai.OpenAI(base_url=orchestrator + "/v1", api_key="unused", max_retries=0)
+    v = c.audio.transcriptions.create(model="whisper-1", file=("tone.wav", tone_wav(1.0)), response_format="verbose_json",
+                                      language="en")
+    assert v.language == "en" and v.duration == pytest.approx(1.0, abs=0.01) and isinstance(v.text, str)
+    srt = c.audio.transcriptions.create(model="transcribe", file=("tone.wav", tone_wav(1.0)), response_format="srt")
+    assert srt == "" or srt.startswith("1\n00:00:"), srt  # cues, or none: an untrained model may hear nothing
+    with pytest.raises(openai.BadRequestError) as e:
+        c.audio.transcriptions.create(model="whisper-1", file=("notes.txt", b"hello"))
+    assert e.value.param == "file" and ".txt" in e.value.message

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from .settings import Settings
+from ..settings import Settings
+from .base import cli
 
 ADMIN_KEY_FILE = "admin_key"  # in GPU_ORCH_HOME, mode 600: the bootstrap admin key `gpu-orch up` made
 
@@ -20,7 +21,7 @@ def _csv(value: str | None) -> list[str] | None:
 
 def resolve_database_url(explicit: str | None) -> str:
     """--database-url, else $DATABASE_URL, else the stack's (state.json of `gpu-orch up`)."""
-    from . import stack
+    from .. import stack
 
     url = explicit or Settings().database_url or stack.load_state(Settings().home).get("database_url")
     if not url:
@@ -41,7 +42,7 @@ def access(url: str):
 def stack_api_key(url: str | None = None) -> str | None:
     """The key the CLI sends: $GPU_ORCH_API_KEY, else the stack's bootstrap admin key when `url` is
     that stack's (another stack would refuse a key it never made)."""
-    from . import stack
+    from .. import stack
 
     key = os.environ.get("GPU_ORCH_API_KEY")
     if key:
@@ -61,7 +62,7 @@ def bootstrap_admin(url: str, home: Path) -> str | None:
     from gpu_orchestrator.core.keys import Scope
     from gpu_orchestrator.store.access import KeyExists
 
-    from . import stack
+    from .. import stack
 
     from gpu_orchestrator.store.access import PostgresAccess
     from gpu_orchestrator.store.postgres import create_engine
@@ -151,3 +152,6 @@ def revoke(id_or_name: str, database_url: str | None) -> None:
     except KeyNotFound as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"revoked key {key.name} (id {key.id})")
+
+
+cli.add_command(keys)

@@ -1,0 +1,202 @@
+"""`gpu-orch apps`, `workers`, `costs`, `prune`, `render`, `import-seed`, `new-app`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import yaml
+
+from .base import _client, cli
+
+
+@cli.command()
+@click.pass_context
+def apps(ctx: click.Context) -> None:
+    """List apps and their parameters."""
+    with _client(ctx) as c:
+        for a in c.apps():
+            tag = " [SYNTHETIC]" if a.get("synthetic") else ""
+            click.echo(f"{a['id']}{tag}: {a['name']} ({a['kind']}, model {a['deployment']}, {a['vram_gb']} GB)")
+            for p in a["parameters"]:
+                extra = ", ".join(f"{k}={p[k]}" for k in ("default", "minimum", "maximum", "choices") if p.get(k) is not None)
+                click.echo(f"    {p['name']}: {p['type']}{' (required)' if p['required'] else ''}{'  ' + extra if extra else ''}")
+
+
+@cli.command()
+@click.pass_context
+def workers(ctx: click.Context) -> None:
+    """Model deployments: replicas, their state, queue depth."""
+    import datetime as dt
+
+    with _client(ctx) as c:
+        data = c.http.get("/v1/workers").json()
+    for m in data["models"]:
+        tag = " [SYNTHETIC]" if m.get("synthetic") else ""
+        held = f"{m['vram_held_gb']:.1f}" if m.get("vram_held_gb") is not None else "-"
+        used = dt.datetime.fromtimestamp(m["last_used"]).strftime("%H:%M:%S") if m.get("last_used") else "never"
+        click.echo(f"{m['deployment']}{tag}: {m['state']}  replicas {m['replica_states'] or '{}'} (target {m['target_replicas']})  "
+                   f"VRAM {held}/{m['vram_declared_gb']:g} GB  queued={m['queued']} running={m['running']}  last used {used}")
+        arb = m.get("arbiter") or {}
+        if arb.get("last_decision"):
+            click.echo(f"    last decision: {arb['last_decision']}  (loads {arb['loads']}, evictions {arb['evictions']})")
+        if m.get("load_error"):
+            click.echo(f"    load error: {m['load_error']}")
+        for r in m["replicas"]:
+            click.echo(f"    {r['replica_id']}  {r['state']:<9} load={r['load_time_s']:.2f}s  jobs={r['jobs_done']}  pid={r['pid']}"
+                       if r.get("load_time_s") is not None else f"    {r['replica_id']}  {r['state']}")
+    arbiter = data.get("arbiter")
+    if arbiter:
+        click.echo(f"arbiter: leader {arbiter['leader']}, dispatchable {arbiter['dispatchable']}, draining {arbiter['draining']}")
+        credit = arbiter.get("swap_credit_s") or {}
+        if credit:
+            click.echo("  swap budget left: " + ", ".join(f"{g} {c:g} s" for g, c in credit.items()))
+        for reason in arbiter["reasons"]:
+            click.echo(f"    {reason}")
+    for c in data.get("cloud") or []:
+        state = "available" if c["available"] else f"UNAVAILABLE: {c['reason']}"
+        click.echo(f"cloud {c['backend']}: {state}  apps {c['apps'] or '-'}  fallback for {c['fallback_for'] or '-'}")
+
+
+@cli.command()
+@click.option("--since", default=None, help="ISO time (default: 30 days before --until)")
+@click.option("--until", default=None, help="ISO time (default: now)")
+@click.option("--app", "app_id", default=None, help="only this app's jobs")
+@click.option("--by", "group_by", type=click.Choice(["backend", "app", "day"]), default="backend", show_default=True)
+@click.pass_context
+def costs(ctx: click.Context, since: str | None, until: str | None, app_id: str | None, group_by: str) -> None:
+    """What finished jobs cost: GPU-seconds and dollars, local vs cloud, and the cloud share."""
+    with _client(ctx) as c:
+        data = c.costs(since=since, until=until, app_id=app_id, group_by=group_by)
+    click.echo(f"{data['since']} .. {data['until']}" + (f"  app {app_id}" if app_id else ""))
+    click.echo(f"{group_by:<24} {'jobs':>7} {'cloud':>7} {'GPU-s':>12} {'USD':>12}")
+    for g in data["groups"]:
+        click.echo(f"{g['key']:<24} {g['jobs']:>7} {g['cloud_jobs']:>7} {g['gpu_seconds']:>12.1f} {g['usd']:>12.4f}")
+    t = data["total"]
+    click.echo(f"{'total':<24} {t['jobs']:>7} {t['cloud_jobs']:>7} {t['gpu_seconds']:>12.1f} {t['usd']:>12.4f}")
+    click.echo(f"local ${t['local_usd']:.4f}, cloud ${t['cloud_usd']:.4f}; cloud share of jobs {data['cloud_share']:.1%}")
+    click.echo(f"prices: {data['prices']}")
+
+
+_AGE_UNITS = {"w": 7.0, "d": 1.0, "h": 1 / 24, "m": 1 / 1440}
+
+
+def age_days(text: str) -> float:
+    """'30d', '12h', '90m', '2w' or a bare number of days -> days (> 0)."""
+    t = text.strip().lower()
+    unit = _AGE_UNITS.get(t[-1:]) if t[-1:].isalpha() else 1.0
+    try:
+        n = float(t[:-1] if t[-1:].isalpha() else t)
+    except ValueError:
+        n = -1.0
+    if unit is None or not n > 0 or n == float("inf"):
+        raise click.BadParameter(f"{text!r} is not an age like 30d, 12h, 90m or 2w", param_hint="--older-than")
+    return n * unit
+
+
+@cli.command()
+@click.option("--older-than", "older_than", default=None, metavar="AGE",
+              help="30d, 12h, 90m, 2w (default: the stack's router.retention_days)")
+@click.option("--dry-run", is_flag=True, help="count what would go, by app; delete nothing")
+@click.pass_context
+def prune(ctx: click.Context, older_than: str | None, dry_run: bool) -> None:
+    """Delete finished jobs (succeeded, failed, cancelled) older than an age, with their artifacts and
+    event streams. Queued and running jobs are never touched. The router also does this on its own."""
+    days = age_days(older_than) if older_than else None
+    with _client(ctx) as c:
+        r = c.prune(older_than_days=days, dry_run=dry_run)
+    if r["busy"]:
+        click.echo("another router is pruning right now; nothing done here (try again in a moment)")
+        return
+    what = "would delete" if r["dry_run"] else "deleted"
+    extra = "" if r["dry_run"] else f", {r['artifacts']} artifact(s), {r['event_streams']} event-stream key(s)"
+    click.echo(f"{what} {r['jobs']} job(s) finished more than {r['older_than_days']:g} days ago{extra}")
+    for app, n in r["by_app"].items():
+        click.echo(f"  {app:<24} {n:>8}")
+
+
+@cli.group()
+def render() -> None:
+    """Generate deployment files from serve_config.yaml."""
+
+
+@render.command("rayservice")
+@click.option("--config", "config_path", default="serve_config.yaml", show_default=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", default="deploy/kuberay/rayservice.yaml", show_default=True, help="'-' for stdout")
+@click.option("--image", default=None, help="the stack's image (default: built from deploy/Dockerfile, this version)")
+@click.option("--check", is_flag=True, help="only say whether --out is what rendering gives now (exit 1 if not)")
+def render_rayservice(config_path: str, out: str, image: str | None, check: bool) -> None:
+    """A KubeRay RayService whose serveConfigV2 is serve_config.yaml, with GPU worker groups and GCS
+    fault tolerance; DATABASE_URL and REDIS_URL from the gpu-orchestrator Secret."""
+    from .. import kuberay
+
+    text = kuberay.render_text(yaml.safe_load(Path(config_path).read_text()), **({"image": image} if image else {}))
+    if check:
+        if out == "-" or not Path(out).exists() or Path(out).read_text() != text:
+            click.echo(f"{out} differs from what {config_path} renders: run `gpu-orch render rayservice`", err=True)
+            sys.exit(1)
+        click.echo(f"{out} is up to date with {config_path}")
+        return
+    if out == "-":
+        click.echo(text, nl=False)
+        return
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(text)
+    click.echo(f"wrote {out} (from {config_path})")
+
+
+@cli.command("import-seed")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="write the apps YAML here (default: stdout)")
+def import_seed(path: str, out: str | None) -> None:
+    """Convert the original system's config/apps.yaml to `apps:` entries for serve_config.yaml.
+
+    Fields with no equivalent are listed on stderr, never silently dropped."""
+    from ..seed import convert
+
+    try:
+        result = convert(yaml.safe_load(Path(path).read_text()))
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    text = yaml.safe_dump({"apps": result.apps}, sort_keys=False)
+    if out:
+        Path(out).write_text(text)
+        click.echo(f"wrote {len(result.apps)} apps to {out}", err=True)
+    else:
+        click.echo(text)
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"{len(result.notes)} field(s) not imported (listed above); add a `models` entry for each app's deployment.", err=True)
+
+
+@cli.command("new-app")
+@click.argument("name")
+@click.option("--task", required=True, type=click.Choice(["image", "audio", "text", "chat"]),
+              help="image: text to image (PNGs); audio: speech to text (an audio file in); text: text generation; "
+                   "chat: messages in, a reply out (also /v1/chat/completions)")
+@click.option("--runtime-env", "runtime_env", multiple=True, metavar="PKG==VER",
+              help="a pip package of the model's runtime_env (repeatable); it replaces the task's default for that package")
+@click.option("--root", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="the project: the directory with serve_config.yaml")
+@click.option("--dry-run", is_flag=True, help="show what would be written (a diff for serve_config.yaml); write nothing")
+def new_app(name: str, task: str, runtime_env: tuple[str, ...], root: str, dry_run: bool) -> None:
+    """Scaffold model app NAME: deployments/NAME.py (load, infer with progress and cancel, a tiny
+    demo model), runtime_envs/NAME.yaml, tests/unit/test_app_NAME.py, and its model and app in
+    serve_config.yaml (comments kept; checked in both profiles before anything is written)."""
+    from .. import scaffold
+
+    try:
+        plan = scaffold.plan(root, name, task, runtime_env)
+    except scaffold.Refused as e:
+        raise click.UsageError(str(e)) from None
+    except scaffold.ScaffoldError as e:
+        raise click.ClickException(str(e)) from None
+    if dry_run:
+        click.echo(plan.describe())
+        return
+    for path in scaffold.apply(plan):
+        click.echo(f"wrote {path}")
+    click.echo(f"\nNext: edit deployments/{name}.py (load: your model; infer: its call), then\n"
+               f"  python -m pytest tests/unit/test_app_{name}.py\n"
+               f"  gpu-orch up --demo && {plan.example}")
