@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
@@ -33,6 +34,14 @@ class ApiError(Exception):
         self.retry_after = retry_after
         self.message = body.get("message", str(body)) if isinstance(body, dict) else str(body)
         super().__init__(f"HTTP {status}: {self.message}")
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return len(text.replace("-", "")) == 32
 
 
 def _check(r: httpx.Response) -> Any:
@@ -125,9 +134,28 @@ class Client:
         return r.content
 
     def list(self, *, app_id: str | None = None, status: str | None = None, limit: int = 50,
-             cursor: str | None = None) -> dict[str, Any]:
-        q = {k: v for k, v in {"app_id": app_id, "status": status, "limit": limit, "cursor": cursor}.items() if v is not None}
+             cursor: str | None = None, id_prefix: str | None = None) -> dict[str, Any]:
+        q = {k: v for k, v in {"app_id": app_id, "status": status, "limit": limit, "cursor": cursor,
+                               "id_prefix": id_prefix}.items() if v is not None}
         return _check(self.http.get("/v1/jobs", params=q))
+
+    def resolve(self, job_id: str) -> str:
+        """The full id of `job_id`, which may be its first hex digits (4 or more) as the CLI shows
+        them; ValueError when none or several of the jobs this key sees start with them."""
+        if _is_uuid(job_id):
+            return job_id
+        try:
+            found = self.list(id_prefix=job_id, limit=5)["jobs"]
+        except ApiError as e:
+            if e.status != 422:
+                raise
+            raise ValueError(e.message.removeprefix("id_prefix: ")) from None
+        if len(found) == 1:
+            return found[0]["job_id"]
+        if not found:
+            raise ValueError(f"no job id starts with {job_id!r}")
+        raise ValueError(f"{job_id!r} is the start of several job ids ({', '.join(j['job_id'] for j in found)}"
+                         f"{', ...' if len(found) == 5 else ''}): give more of it")
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return _check(self.http.delete(f"/v1/jobs/{job_id}"))

@@ -120,9 +120,11 @@ async def list_jobs(
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
+    id_prefix: Annotated[str | None, Query(description="jobs whose id starts with these hex digits (4 or more)")] = None,
 ) -> dict[str, Any]:
     """Newest first. A key without read:all lists its own jobs only."""
-    found, nxt = await jobs.list(app_id=app_id, status=status, limit=limit, cursor=cursor, caller=caller)
+    found, nxt = await jobs.list(app_id=app_id, status=status, limit=limit, cursor=cursor, caller=caller,
+                                 id_prefix=id_prefix)
     return {"jobs": [j.to_api() for j in found], "next_cursor": nxt}
 
 

@@ -9,6 +9,7 @@ from typing import Any, Iterable, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field
 
 from gpu_orchestrator.core.apps import AppSpec
+from gpu_orchestrator.core.transcripts import to_srt, to_text, to_vtt
 
 # Fields of the OpenAI request we map onto the chat app's parameters; others are accepted and ignored.
 MAPPED = ("messages", "max_tokens", "temperature", "seed", "min_tokens")
@@ -212,27 +213,16 @@ def parse_size(size: str) -> tuple[int, int]:
 TRANSCRIPT_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 
 
-def _stamp(seconds: float, sep: str) -> str:
-    ms = int(round(max(0.0, seconds) * 1000))
-    h, ms = divmod(ms, 3_600_000)
-    m, ms = divmod(ms, 60_000)
-    s, ms = divmod(ms, 1000)
-    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
-
-
 def transcript(result: dict[str, Any], fmt: str, task: str = "transcribe") -> tuple[str, Any]:
     """(media type, body) of a transcription job's result in the OpenAI response format `fmt`."""
-    text = result.get("text") or ""
     segments = result.get("segments") or []
     if fmt == "text":
-        return "text/plain", text.strip() + "\n"
-    if fmt in ("srt", "vtt"):
-        sep = "," if fmt == "srt" else "."
-        cues = [f"{_stamp(s['start'], sep)} --> {_stamp(s['end'], sep)}\n{str(s['text']).strip()}\n" for s in segments]
-        if fmt == "srt":
-            return "application/x-subrip", "\n".join(f"{i}\n{c}" for i, c in enumerate(cues, 1))
-        return "text/vtt", "WEBVTT\n\n" + "\n".join(cues)
+        return "text/plain", to_text(result)
+    if fmt == "srt":
+        return "application/x-subrip", to_srt(segments)
+    if fmt == "vtt":
+        return "text/vtt", to_vtt(segments)
     if fmt == "verbose_json":
         return "application/json", {"task": task, "language": result.get("language"), "duration": result.get("audio_s"),
-                                    "text": text, "segments": segments}
-    return "application/json", {"text": text}
+                                    "text": result.get("text") or "", "segments": segments}
+    return "application/json", {"text": result.get("text") or ""}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import yaml
@@ -79,41 +81,53 @@ def costs(ctx: click.Context, since: str | None, until: str | None, app_id: str 
     click.echo(f"prices: {data['prices']}")
 
 
-_AGE_UNITS = {"w": 7.0, "d": 1.0, "h": 1 / 24, "m": 1 / 1440}
+_AGE_UNITS = {"w": 7.0, "d": 1.0, "h": 1 / 24, "min": 1 / 1440}
+_AGE_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([a-z]*)")
 
 
 def age_days(text: str) -> float:
-    """'30d', '12h', '90m', '2w' or a bare number of days -> days (> 0)."""
-    t = text.strip().lower()
-    unit = _AGE_UNITS.get(t[-1:]) if t[-1:].isalpha() else 1.0
-    try:
-        n = float(t[:-1] if t[-1:].isalpha() else t)
-    except ValueError:
-        n = -1.0
-    if unit is None or not n > 0 or n == float("inf"):
-        raise click.BadParameter(f"{text!r} is not an age like 30d, 12h, 90m or 2w", param_hint="--older-than")
-    return n * unit
+    """'30d', '12h', '90min', '2w' or a bare number of days -> days (> 0). 'm' is refused: minutes
+    or months, a prune should not guess."""
+    m = _AGE_RE.fullmatch(text.strip().lower())
+    unit = (_AGE_UNITS.get(m.group(2)) if m.group(2) else 1.0) if m else None
+    if m and m.group(2) in ("m", "mo", "month", "months"):
+        raise click.BadParameter(f"{text!r}: is {m.group(2)!r} minutes or months? Say {m.group(1)}min, or the age "
+                                 f"in days (d) or weeks (w)", param_hint="--older-than")
+    if m is None or unit is None or not float(m.group(1)) > 0:
+        raise click.BadParameter(f"{text!r} is not an age like 30d, 12h, 90min or 2w", param_hint="--older-than")
+    return float(m.group(1)) * unit
 
 
 @cli.command()
 @click.option("--older-than", "older_than", default=None, metavar="AGE",
-              help="30d, 12h, 90m, 2w (default: the stack's router.retention_days)")
+              help="30d, 12h, 90min, 2w (default: the stack's router.retention_days)")
 @click.option("--dry-run", is_flag=True, help="count what would go, by app; delete nothing")
+@click.option("--yes", "-y", is_flag=True, help="delete without asking (for scripts)")
 @click.pass_context
-def prune(ctx: click.Context, older_than: str | None, dry_run: bool) -> None:
+def prune(ctx: click.Context, older_than: str | None, dry_run: bool, yes: bool) -> None:
     """Delete finished jobs (succeeded, failed, cancelled) older than an age, with their artifacts and
-    event streams. Queued and running jobs are never touched. The router also does this on its own."""
+    event streams; shows what would go and asks first. Queued and running jobs are never touched.
+    The router also does this on its own (router.retention_days)."""
     days = age_days(older_than) if older_than else None
     with _client(ctx) as c:
-        r = c.prune(older_than_days=days, dry_run=dry_run)
+        r = c.prune(older_than_days=days, dry_run=True)
+        if not _pruned(r) or dry_run or r["jobs"] == 0:
+            return
+        if not yes:
+            click.confirm(f"Delete these {r['jobs']} job(s) with their artifacts and event streams?", abort=True)
+        _pruned(c.prune(older_than_days=r["older_than_days"], dry_run=False))
+
+
+def _pruned(r: dict[str, Any]) -> bool:
     if r["busy"]:
         click.echo("another router is pruning right now; nothing done here (try again in a moment)")
-        return
+        return False
     what = "would delete" if r["dry_run"] else "deleted"
     extra = "" if r["dry_run"] else f", {r['artifacts']} artifact(s), {r['event_streams']} event-stream key(s)"
     click.echo(f"{what} {r['jobs']} job(s) finished more than {r['older_than_days']:g} days ago{extra}")
     for app, n in r["by_app"].items():
         click.echo(f"  {app:<24} {n:>8}")
+    return True
 
 
 @cli.group()

@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 import click
+import httpx
 
 from ..client import DEFAULT_URL, ApiError, Client
 
@@ -24,7 +24,22 @@ def _print(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
 
 
-@click.group()
+class _Group(click.Group):
+    """Errors from the router or the network end as click's own do: one `Error:` line, exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ApiError as e:
+            raise click.ClickException(str(e)) from None
+        except httpx.TransportError as e:
+            url = (ctx.obj or {}).get("url", DEFAULT_URL)
+            raise click.ClickException(f"cannot reach the router at {url} ({type(e).__name__}: {e}); is the stack up "
+                                       f"(`gpu-orch up`), or is --url / $GPU_ORCH_URL another address?") from None
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="gpu-orchestrator", prog_name="gpu-orch")
 @click.option("--url", envvar="GPU_ORCH_URL", default=DEFAULT_URL, show_default=True, help="router base URL")
 @click.option("--api-key", envvar="GPU_ORCH_API_KEY", default=None,
               help="API key (default: the stack's admin key that `gpu-orch up` stored)")
@@ -37,11 +52,7 @@ def cli(ctx: click.Context, url: str, api_key: str | None) -> None:
 
 
 def main() -> None:
-    try:
-        cli(obj={})
-    except ApiError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(1)
+    cli(obj={})
 
 
 # -- stack lifecycle --------------------------------------------------------------------------------

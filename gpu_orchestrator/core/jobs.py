@@ -155,6 +155,18 @@ def idempotency_key_problem(key: str) -> str | None:
     return f"is {len(key)} characters; at most 255" if len(key) > 255 else "must be printable ASCII"
 
 
+ID_PREFIX_MIN = 4  # hex digits: shorter would match too much to be what anyone meant
+
+
+def id_prefix_range(prefix: str) -> tuple[uuid.UUID, uuid.UUID]:
+    """The first and last job id that start with `prefix` (hex digits; dashes ignored), as the short
+    id the CLI's progress bar shows. ValueError saying why for anything else."""
+    digits = prefix.replace("-", "").lower()
+    if not (ID_PREFIX_MIN <= len(digits) <= 32) or any(c not in "0123456789abcdef" for c in digits):
+        raise ValueError(f"must be {ID_PREFIX_MIN} to 32 hex digits of a job id (got {prefix[:40]!r})")
+    return uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
+
+
 def request_fingerprint(params: dict[str, Any], priority: int) -> str:
     """sha256 of a submit's body (canonical JSON), to tell a retried request from a new one that
     reuses its Idempotency-Key."""

@@ -23,7 +23,8 @@ from gpu_orchestrator.core.apps import AppKind, AppSpec, ParamError, ParamsInval
 from gpu_orchestrator.core.config import OrchestratorConfig
 from gpu_orchestrator.core.keys import OPEN, Caller, Forbidden, Scope
 from gpu_orchestrator.core.jobs import (PRIORITY_MAX, PRIORITY_MIN, AppNotRunnable, IdempotencyConflict,
-                                        InvalidRequest, Job, JobError, JobNotFound, JobStatus, UnknownApp, idempotency_key_problem)
+                                        InvalidRequest, Job, JobError, JobNotFound, JobStatus, UnknownApp, id_prefix_range,
+                                        idempotency_key_problem)
 from gpu_orchestrator.service.cloud.routing import CloudRouting
 from gpu_orchestrator.service.transitions import Transitions
 from gpu_orchestrator.store.base import JobStore, StartNow
@@ -189,16 +190,24 @@ class JobService:
         return job
 
     async def list(self, *, app_id: str | None = None, status: JobStatus | None = None, limit: int = 50,
-                   cursor: str | None = None, caller: Caller = OPEN) -> tuple[list[Job], str | None]:
+                   cursor: str | None = None, caller: Caller = OPEN,
+                   id_prefix: str | None = None) -> tuple[list[Job], str | None]:
+        """Newest first. `id_prefix`: the jobs whose id starts with it (a short id, as the CLI shows)."""
         caller.require(Scope.read)
         for field, value in (("app_id", app_id), ("cursor", cursor)):
             if value is not None and (why := text_problem(value)):
                 raise InvalidRequest(field, why)
+        ids = None
+        if id_prefix is not None:
+            try:
+                ids = id_prefix_range(id_prefix)
+            except ValueError as e:
+                raise InvalidRequest("id_prefix", str(e)) from None
         # Without read:all, a key lists its own jobs only.
         owner = None if caller.sees_all else caller.key_id
         try:
             return await asyncio.to_thread(self.store.list, app_id=app_id, status=status, limit=limit, cursor=cursor,
-                                           owner=owner)
+                                           owner=owner, ids=ids)
         except ValueError as e:  # a cursor this store did not hand out
             raise InvalidRequest("cursor", str(e)) from None
 

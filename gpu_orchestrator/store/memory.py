@@ -172,11 +172,12 @@ class MemoryJobStore:
             return _copy(self._jobs[job_id])
 
     def list(self, *, app_id: str | None = None, status: JobStatus | None = None, limit: int = 50,
-             cursor: str | None = None, owner: str | None = None) -> tuple[list[Job], str | None]:
+             cursor: str | None = None, owner: str | None = None,
+             ids: tuple[uuid.UUID, uuid.UUID] | None = None) -> tuple[list[Job], str | None]:
         after = decode_cursor(cursor) if cursor is not None else None
         with self._tx():
             jobs = [j for j in self._jobs.values() if (app_id is None or j.app_id == app_id)
-                    and (owner is None or j.owner == owner)
+                    and (owner is None or j.owner == owner) and (ids is None or ids[0] <= j.id <= ids[1])
                     and (status is None or j.status == status) and (after is None or (j.created_at, j.id) < after)]
         jobs.sort(key=lambda j: (j.created_at, j.id), reverse=True)
         page = [_copy(j) for j in jobs[:limit]]

@@ -251,9 +251,14 @@ class PostgresJobStore:
         limit: int = 50,
         cursor: str | None = None,
         owner: str | None = None,
+        ids: tuple[uuid.UUID, uuid.UUID] | None = None,
     ) -> tuple[list[Job], str | None]:
-        """Newest first, keyset-paginated; returns (jobs, next_cursor). `owner`: that key's jobs only."""
+        """Newest first, keyset-paginated; returns (jobs, next_cursor). `owner`: that key's jobs only;
+        `ids`: ids in that range only (a short id's, core.jobs.id_prefix_range: the primary key's index)."""
         where, args = [], {"limit": limit + 1}
+        if ids is not None:
+            where.append("id BETWEEN :id_lo AND :id_hi")
+            args.update(id_lo=ids[0], id_hi=ids[1])
         if owner is not None:
             where.append("owner = :owner")
             args["owner"] = owner

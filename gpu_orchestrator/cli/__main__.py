@@ -1,0 +1,3 @@
+from gpu_orchestrator.cli import main
+
+main()

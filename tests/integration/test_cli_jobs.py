@@ -1,0 +1,88 @@
+"""`gpu-orch` job commands against a running router (real Postgres and Redis): pages with --cursor,
+short ids wherever an id goes, following a job again, and Ctrl-C on `submit --wait` leaving the job
+running and saying how to follow it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from click.testing import CliRunner
+
+from gpu_orchestrator.cli import cli
+from tests.helpers import wait_for
+
+from .router_harness import db_url, http, rr, wait_terminal  # noqa: F401 (fixtures)
+
+
+def run(rr, *args: str, input: str | None = None):
+    r = CliRunner().invoke(cli, ["--url", rr.base, *args], input=input)
+    return r.exit_code, r.output
+
+
+def submit(http, **params) -> str:
+    return http.post("/v1/jobs", json={"app_id": "echo", "params": params}).json()["job_id"]
+
+
+def test_jobs_pages_with_the_cursor_it_prints(rr, http):
+    ids = [submit(http, message=f"m{i}") for i in range(5)]
+    code, out = run(rr, "jobs", "--limit", "2")
+    lines = out.splitlines()
+    assert code == 0 and [ln.split()[0] for ln in lines[:2]] == ids[::-1][:2], out
+    more = lines[-1]
+    assert more.startswith("(more: gpu-orch jobs --cursor ") and more.endswith(" --limit 2)"), more
+    seen = [ln.split()[0] for ln in lines[:2]]
+    while more.startswith("(more:"):
+        code, out = run(rr, *more[len("(more: gpu-orch "):-1].split())
+        lines = out.splitlines()
+        seen += [ln.split()[0] for ln in lines if not ln.startswith("(more")]
+        more = lines[-1]
+    assert seen == ids[::-1]
+    code, out = run(rr, "jobs", "--cursor", "garbage")
+    assert code == 1 and "cursor" in out, out
+
+
+def test_a_short_id_works_wherever_an_id_does(rr, http):
+    job = submit(http, delay_s=30)
+    code, out = run(rr, "status", job[:8])
+    assert code == 0 and f'"job_id": "{job}"' in out, out
+    code, out = run(rr, "cancel", job[:6])
+    assert code == 0 and '"status": "cancelled"' in out, out
+    code, out = run(rr, "status", "ffffffff")
+    assert code == 2 and "no job id starts with 'ffffffff'" in out, out
+    code, out = run(rr, "status", "zz")
+    assert code == 2 and "4 to 32 hex digits" in out, out
+    # Two ids with one start: the API's filter shows both, and the CLI asks for more of the id.
+    listed = http.get("/v1/jobs", params={"id_prefix": job[:4]}).json()["jobs"]
+    assert [j["job_id"] for j in listed] == [job]
+
+
+def test_follow_reattaches_and_status_wait_prints_the_end(rr, http, tmp_path):
+    job = submit(http, delay_s=0.2, steps=3, message="hi")
+    code, out = run(rr, "follow", job[:8])
+    assert code == 0 and '"status": "succeeded"' in out and "status: succeeded" in out, out
+    code, out = run(rr, "status", job, "--wait")
+    assert code == 0 and '"status": "succeeded"' in out, out
+    chat = http.post("/v1/jobs", json={"app_id": "chat", "params": {"messages": [{"role": "user", "content": "x"}],
+                                                                    "max_tokens": 3}}).json()["job_id"]
+    code, out = run(rr, "follow", chat, "--out", str(tmp_path))
+    assert code == 0 and (tmp_path / f"{chat[:8]}.txt").read_text() == "t0 t1 t2\n", out
+
+
+def test_ctrl_c_on_submit_wait_leaves_the_job_running_and_says_how_to_follow_it(rr, http, tmp_path):
+    env = {**os.environ, "HOME": str(tmp_path), "GPU_ORCH_HOME": str(tmp_path / ".gpu-orch"), "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "gpu_orchestrator.cli", "--url", rr.base, "submit", "echo",
+                          "-p", "delay_s=0.5", "-p", "steps=10", "--wait"], env=env, stderr=subprocess.PIPE, text=True)
+    first = p.stderr.readline()  # "job <id> queued|running"
+    job = first.split()[1]
+    wait_for(lambda: http.get(f"/v1/jobs/{job}").json()["status"] == "running", "the job runs", 30)
+    time.sleep(0.5)  # into the follow loop (a signal before it would only be Python's own KeyboardInterrupt)
+    p.send_signal(signal.SIGINT)
+    err = first + p.stderr.read()
+    assert p.wait(30) == 130, err
+    assert f"job {job} goes on" in err and f"gpu-orch follow {job[:8]}" in err and f"gpu-orch cancel {job[:8]}" in err, err
+    assert http.get(f"/v1/jobs/{job}").json()["status"] == "running"  # not cancelled
+    assert wait_terminal(http, job, 30)["status"] == "succeeded"
