@@ -17,6 +17,13 @@ log = logging.getLogger("gpu_orchestrator.auth")
 
 MISSING = "an API key is required: send `Authorization: Bearer <key>` (create one with `gpu-orch keys create`)"
 INVALID = "invalid or revoked API key"
+# An open stack needs no key, but one that is sent must be one of its keys: a typo or a key for
+# another service fails here, as it will when the stack requires keys.
+# The token that says "no key" where a client must send one (the openai client does): accepted
+# as the anonymous caller on an open stack only.
+ANONYMOUS_TOKEN = "anonymous"
+NOT_OURS_OPEN = (f"not an API key of this stack; it needs none: send no Authorization header, or the token "
+                 f"{ANONYMOUS_TOKEN!r} where a client must send one (the openai client: api_key={ANONYMOUS_TOKEN!r})")
 
 
 class KeyLookup(Protocol):
@@ -81,9 +88,10 @@ class KeyCache:
 
 
 class Auth:
-    """`required`: every call needs a key (the stack listens beyond loopback). Off, a call without
-    one of our keys is the anonymous OPEN caller; one with a key is still checked (its scopes, its
-    quota, its jobs), so a client's mistakes show before the stack is exposed."""
+    """`required`: every call needs a key (the stack listens beyond loopback). Off, a call without a
+    key is the anonymous OPEN caller; a key that is sent is still checked (an unknown or revoked one
+    is a 401; a valid one's scopes, quota and jobs hold), so a client's mistakes show before the
+    stack is exposed."""
 
     def __init__(self, keys: KeyLookup | None, *, required: bool, cache: KeyCache | None = None):
         if required and keys is None:
@@ -97,11 +105,11 @@ class Auth:
             if self.required:
                 raise AuthError(MISSING)
             return OPEN
+        if token == ANONYMOUS_TOKEN and not self.required:
+            return OPEN
         parts = split_token(token)
-        if parts is None and not self.required:
-            return OPEN  # an open stack ignores what is not one of its keys (the openai client must send one)
         if parts is None or self.keys is None:
-            raise AuthError(INVALID)
+            raise AuthError(INVALID if self.required else NOT_OURS_OPEN)
         key_id, secret = parts
         found = await self._key(key_id)
         if found is None or not secret_matches(secret, found[1]):

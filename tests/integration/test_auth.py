@@ -306,3 +306,29 @@ def test_keys_are_cached_while_revokes_are_heard_and_a_revoke_elsewhere_reaches_
         for _, _, listener in replicas:
             listener.stop()
         engine.dispose()
+
+
+def test_an_open_stack_refuses_a_key_that_is_not_one_of_its_own(db_url, serve_backend, tmp_path, monkeypatch):
+    with running_router(db_url, serve_backend.redis_url, artifacts=str(tmp_path / "art"), cfg=config(auth="off"),
+                        monkeypatch=monkeypatch) as r:
+        access = PostgresAccess(create_engine(db_url))
+        good = access.create_key(name="alice", scopes=[Scope.submit, Scope.read])[1]
+        revoked = access.create_key(name="bob", scopes=[Scope.submit])[1]
+        access.revoke_key("bob")
+        for token in (None, "anonymous", good):  # no key, the anonymous token, a key of ours
+            with client(r, token) as c:
+                assert c.get("/v1/jobs").status_code == 200, token
+        for token in ("sk-proj-abc123", "unused", revoked, good[:-1] + "x"):
+            with client(r, token) as c:
+                resp = c.get("/v1/jobs")
+                assert resp.status_code == 401 and resp.headers["www-authenticate"] == "Bearer", (token, resp.text)
+        with client(r, "unused") as c:
+            assert "anonymous" in c.get("/v1/jobs").json()["message"]  # the way out, named
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=r.base + "/v1", api_key="sk-typo", max_retries=0).models.list()
+        assert openai.OpenAI(base_url=r.base + "/v1", api_key="anonymous").models.list().data
+
+
+def test_the_anonymous_token_is_refused_where_keys_are_required(secured):
+    with client(secured, "anonymous") as c:
+        assert c.get("/v1/jobs").status_code == 401

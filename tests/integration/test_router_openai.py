@@ -18,7 +18,7 @@ MSGS = [{"role": "user", "content": "hello"}]
 
 
 def client(rr, **kw) -> openai.OpenAI:
-    return openai.OpenAI(base_url=rr.base + "/v1", api_key="unused", **kw)
+    return openai.OpenAI(base_url=rr.base + "/v1", api_key="anonymous", **kw)
 
 
 def chat_jobs(http) -> list[dict]:

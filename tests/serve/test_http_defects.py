@@ -110,7 +110,7 @@ def _chat_job_ids(http) -> set[str]:
 def test_openai_same_idempotency_key_is_one_job(orchestrator, http):
     from openai import OpenAI
 
-    client = OpenAI(base_url=orchestrator + "/v1", api_key="unused")
+    client = OpenAI(base_url=orchestrator + "/v1", api_key="anonymous")
     key = f"oai-{uuid.uuid4()}"
     a = client.chat.completions.create(model="chat", messages=MSGS, max_tokens=4, seed=1, extra_headers={"Idempotency-Key": key})
     b = client.chat.completions.create(model="chat", messages=MSGS, max_tokens=4, seed=1, extra_headers={"Idempotency-Key": key})
@@ -121,7 +121,7 @@ def test_openai_client_that_disconnects_cancels_its_job(orchestrator, http):
     from openai import APITimeoutError, OpenAI
 
     before = _chat_job_ids(http)
-    client = OpenAI(base_url=orchestrator + "/v1", api_key="unused", timeout=4, max_retries=0)
+    client = OpenAI(base_url=orchestrator + "/v1", api_key="anonymous", timeout=4, max_retries=0)
     with pytest.raises(APITimeoutError):
         client.chat.completions.create(model="chat", messages=MSGS, max_tokens=4000, extra_body={"min_tokens": 4000})
     (job_id,) = _chat_job_ids(http) - before
@@ -132,7 +132,7 @@ def test_openai_stream_that_goes_away_cancels_its_job(orchestrator, http):
     from openai import OpenAI
 
     before = _chat_job_ids(http)
-    client = OpenAI(base_url=orchestrator + "/v1", api_key="unused", max_retries=0)
+    client = OpenAI(base_url=orchestrator + "/v1", api_key="anonymous", max_retries=0)
     stream = client.chat.completions.create(model="chat", messages=MSGS, max_tokens=4000, stream=True,
                                             extra_body={"min_tokens": 4000})
     for _ in range(3):

@@ -109,7 +109,7 @@ def test_the_openai_client_generates_with_the_real_model(orchestrator, http):
 
     import openai
 
-    c = openai.OpenAI(base_url=orchestrator + "/v1", api_key="unused", max_retries=0)
+    c = openai.OpenAI(base_url=orchestrator + "/v1", api_key="anonymous", max_retries=0)
     r = c.images.generate(model="zimage", prompt="a lighthouse", size="64x96", response_format="b64_json",
                           extra_body={"num_inference_steps": 2, "seed": 5})
     (img,) = r.data

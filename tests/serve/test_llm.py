@@ -31,7 +31,7 @@ def test_chat_job_streams_tokens_that_add_up_to_the_text(orchestrator, http):
 def test_openai_client_non_stream_and_stream(orchestrator):
     from openai import OpenAI
 
-    client = OpenAI(base_url=orchestrator + "/v1", api_key="unused")
+    client = OpenAI(base_url=orchestrator + "/v1", api_key="anonymous")
     assert "chat" in [m.id for m in client.models.list().data]
     resp = client.chat.completions.create(model="chat", messages=MESSAGES, max_tokens=8, seed=1)
     assert resp.object == "chat.completion" and resp.choices[0].message.role == "assistant"

@@ -70,7 +70,7 @@ def test_bad_audio_is_4xx_naming_the_field(http):
 def test_the_openai_client_transcribes_with_the_real_model(orchestrator, http):
     import openai
 
-    c = openai.OpenAI(base_url=orchestrator + "/v1", api_key="unused", max_retries=0)
+    c = openai.OpenAI(base_url=orchestrator + "/v1", api_key="anonymous", max_retries=0)
     v = c.audio.transcriptions.create(model="whisper-1", file=("tone.wav", tone_wav(1.0)), response_format="verbose_json",
                                       language="en")
     assert v.language == "en" and v.duration == pytest.approx(1.0, abs=0.01) and isinstance(v.text, str)
