@@ -20,10 +20,32 @@ def apps(ctx: click.Context) -> None:
     with _client(ctx) as c:
         for a in c.apps():
             tag = " [SYNTHETIC]" if a.get("synthetic") else ""
-            click.echo(f"{a['id']}{tag}: {a['name']} ({a['kind']}, model {a['deployment']}, {a['vram_gb']} GB)")
+            vram = f", {a['vram_gb']:g} GB" if a.get("vram_gb") else ""
+            click.echo(f"{a['id']}{tag}: {a['name']} ({a['kind']}, model {a['deployment'] or '-'}{vram})")
             for p in a["parameters"]:
-                extra = ", ".join(f"{k}={p[k]}" for k in ("default", "minimum", "maximum", "choices") if p.get(k) is not None)
+                extra = ", ".join(f"{k}={_num(p[k])}" for k in ("default", "minimum", "maximum", "choices") if p.get(k) is not None)
                 click.echo(f"    {p['name']}: {p['type']}{' (required)' if p['required'] else ''}{'  ' + extra if extra else ''}")
+
+
+def _num(v: Any) -> Any:
+    """1024.0 -> 1024 (JSON numbers of integer parameters come back as floats)."""
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(str(_num(x)) for x in v) + "]"
+    return v
+
+
+def _replicas(states: dict[str, int]) -> str:
+    """{"RUNNING": 1, "STARTING": 1} -> "1 running, 1 starting"."""
+    return ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())) or "no replicas"
+
+
+def _vram(m: dict[str, Any]) -> str:
+    declared, held = m.get("vram_declared_gb") or 0, m.get("vram_held_gb")
+    if not declared and held is None:
+        return "no VRAM declared"
+    return f"VRAM {'-' if held is None else f'{held:.1f}'} of {declared:g} GB held"
 
 
 @cli.command()
@@ -36,10 +58,9 @@ def workers(ctx: click.Context) -> None:
         data = c.http.get("/v1/workers").json()
     for m in data["models"]:
         tag = " [SYNTHETIC]" if m.get("synthetic") else ""
-        held = f"{m['vram_held_gb']:.1f}" if m.get("vram_held_gb") is not None else "-"
         used = dt.datetime.fromtimestamp(m["last_used"]).strftime("%H:%M:%S") if m.get("last_used") else "never"
-        click.echo(f"{m['deployment']}{tag}: {m['state']}  replicas {m['replica_states'] or '{}'} (target {m['target_replicas']})  "
-                   f"VRAM {held}/{m['vram_declared_gb']:g} GB  queued={m['queued']} running={m['running']}  last used {used}")
+        click.echo(f"{m['deployment']}{tag}: {m['state']}  {_replicas(m['replica_states'])} (target {m['target_replicas']})  "
+                   f"{_vram(m)}  queued {m['queued']}, running {m['running']}  last used {used}")
         arb = m.get("arbiter") or {}
         if arb.get("last_decision"):
             click.echo(f"    last decision: {arb['last_decision']}  (loads {arb['loads']}, evictions {arb['evictions']})")

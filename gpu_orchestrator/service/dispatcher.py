@@ -522,6 +522,9 @@ class Dispatcher:
         if f.started is None or model is None:
             return None
         seconds = round(time.monotonic() - f.started, 3)  # the usage shows what the cost was computed from
+        if model.num_gpus <= 0:  # a CPU run (the demo's): no GPU to price, and none named
+            return Cost(0.0, 0.0, {"provider": "local", "seconds": seconds, "num_gpus": 0.0, "gpu_type": "cpu",
+                                   "usd_per_gpu_hour": 0.0})
         gpu_type = model.gpu_type or self.cfg.costs.local_gpu_type
         gs, usd = local_cost(seconds, model.num_gpus, gpu_type, self.cfg.costs)
         return Cost(round(gs, 6), round(usd, 8), {

@@ -24,6 +24,12 @@ from .conftest import GPU_ORCH, ROOT, processes_mentioning
 
 @pytest.mark.serve
 @pytest.mark.timeout(1500)  # a fresh Ray cluster builds each model's runtime_env (minutes)
+def readme_python() -> str:
+    """The README's Python example (the code block that uses Serve handles)."""
+    blocks = (ROOT / "README.md").read_text().split("```python\n")[1:]
+    return next(b.split("```")[0] for b in blocks if "get_app_handle" in b)
+
+
 def test_up_submit_down_restart_keeps_jobs(user):
     port = free_port()
     cfg = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
@@ -88,10 +94,11 @@ def test_up_submit_down_restart_keeps_jobs(user):
         cli = subprocess.run(["bash", "-c", f'eval "$({GPU_ORCH} env)" && {ray_cli} status --address {state["ray_address"]}'],
                              env=user.env, cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert cli.returncode == 0 and "Node status" in cli.stdout, cli.stdout + cli.stderr
-        driver = subprocess.run([sys.executable, "-c", "from gpu_orchestrator.ray_auth import connect; connect(); "
-                                 "from ray import serve; print(serve.status().applications['orchestrator'].status)"],
-                                env=user.env, cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert driver.returncode == 0 and "RUNNING" in driver.stdout, driver.stdout + driver.stderr
+        # The README's Python example, as printed (its HTTP client and its Serve handles), at this port.
+        example = readme_python().replace("http://127.0.0.1:8000", f"http://127.0.0.1:{port}")
+        driver = subprocess.run([sys.executable, "-c", example], env=user.env, cwd=ROOT, capture_output=True, text=True,
+                                timeout=180)
+        assert driver.returncode == 0 and driver.stdout.count("'message': 'hi'") == 2, driver.stdout + driver.stderr
 
         session = state["ray_session_dir"]
         assert (Path(session) / "runtime_resources").is_dir()

@@ -86,3 +86,12 @@ def test_ctrl_c_on_submit_wait_leaves_the_job_running_and_says_how_to_follow_it(
     assert f"job {job} goes on" in err and f"gpu-orch follow {job[:8]}" in err and f"gpu-orch cancel {job[:8]}" in err, err
     assert http.get(f"/v1/jobs/{job}").json()["status"] == "running"  # not cancelled
     assert wait_terminal(http, job, 30)["status"] == "succeeded"
+
+
+def test_apps_and_workers_read_as_text(rr):
+    code, out = run(rr, "apps")
+    assert code == 0 and "width: integer  default=64, minimum=64, maximum=2048" in out, out
+    assert ".0" not in out and "choices=[transcribe, translate]" in out, out
+    code, out = run(rr, "workers")
+    assert code == 0 and "echo: " in out and "no replicas" in out and "no VRAM declared" in out, out
+    assert "{}" not in out and "-/0" not in out and "queued=" not in out, out

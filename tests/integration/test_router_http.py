@@ -333,3 +333,10 @@ def test_api_docs_need_no_internet(http):
         r = http.get(f"/static/swagger-ui/{asset}")
         assert r.status_code == 200 and len(r.content) > 100_000
     assert http.get("/openapi.json").json()["paths"]["/v1/jobs"]["post"]
+
+
+def test_a_cpu_run_is_not_priced_as_a_gpu(http):
+    """The demo's models run on CPU (num_gpus 0): the cost says so, not the default GPU type's price."""
+    job = wait_terminal(http, http.post("/v1/jobs", json={"app_id": "echo", "params": {"delay_s": 0.1}}).json()["job_id"])
+    assert job["status"] == "succeeded" and job["cost"]["usd"] == 0 and job["cost"]["gpu_seconds"] == 0
+    assert job["cost"]["usage"]["gpu_type"] == "cpu" and job["cost"]["usage"]["usd_per_gpu_hour"] == 0
