@@ -22,6 +22,7 @@ from gpu_orchestrator.api import retention as retention_api
 from gpu_orchestrator.api import seed as seed_api
 from gpu_orchestrator.api import workers as workers_api
 from gpu_orchestrator.api import stats as stats_api
+from gpu_orchestrator.api import webhooks as webhooks_api
 from gpu_orchestrator.api.errors import BodyLimit, install
 from gpu_orchestrator.api.limits import Limits
 from gpu_orchestrator.api.openai_errors import OpenAIErrors
@@ -32,15 +33,16 @@ from gpu_orchestrator.service.jobs import JobService
 from gpu_orchestrator.service.auth import OPEN_AUTH, Auth
 from gpu_orchestrator.service.reports import Reports
 from gpu_orchestrator.service.retention import Retention
+from gpu_orchestrator.service.webhooks import WebhookSender
 
 ROUTERS = (jobs_api, artifacts_api, apps_api, workers_api, stats_api, costs_api, health_api, openai_api,
            openai_media_api, seed_api,
-           retention_api, keys_api)
+           retention_api, keys_api, webhooks_api)
 
 
 def create_app(*, jobs: JobService, fleet: Fleet, artifacts: ArtifactStore | None = None,
                limits: Limits | None = None, retention: Retention | None = None, auth: Auth | None = None,
-               reports: Reports) -> FastAPI:
+               reports: Reports, webhooks: WebhookSender | None = None) -> FastAPI:
     """The app's dependencies live on `app.state` (read by api/deps.py): jobs, fleet, artifacts,
     limits (mutable: read per request), streams (open long-lived responses), retention, auth
     (API keys; default: open, no keys) and reports (stats and costs)."""
@@ -61,6 +63,7 @@ def create_app(*, jobs: JobService, fleet: Fleet, artifacts: ArtifactStore | Non
     app.state.retention = retention
     app.state.reports = reports
     app.state.auth = auth or OPEN_AUTH
+    app.state.webhooks = webhooks
     app.add_middleware(BodyLimit, limit=lambda: limits.max_body_bytes, upload_limit=lambda: limits.max_upload_bytes,
                        upload_paths=artifacts_api.UPLOAD_PATHS)
     app.add_middleware(OpenAIErrors)  # outermost: reshapes the body limit's 413 too

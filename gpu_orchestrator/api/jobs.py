@@ -29,6 +29,8 @@ class SubmitRequest(BaseModel):
     app_id: str = Field(description="id of an app from GET /v1/apps", min_length=1, max_length=64)
     params: dict[str, Any] = Field(default_factory=dict, description="validated against the app's parameter schema")
     priority: int = Field(default=0, ge=PRIORITY_MIN, le=PRIORITY_MAX, description="higher runs first within an app's queue")
+    webhook: str | None = Field(default=None, description="a URL POSTed the job (signed) on the chosen events")
+    webhook_events_filter: list[str] | None = Field(default=None, description="start, completed (default: completed)")
 
 
 class SubmitResponse(BaseModel):
@@ -66,7 +68,8 @@ _SUBMIT_DOC = ("Answers 202 with the job's id once its row is committed. With `P
 async def submit(req: SubmitRequest, jobs: Jobs, caller: CallerDep, idempotency_key: IdempotencyKey = None,
                  prefer: Prefer = None) -> Any:
     wait_s = check_prefer_wait(prefer)
-    return await submitted(jobs, *await jobs.submit(req.app_id, req.params, req.priority, idempotency_key, caller),
+    return await submitted(jobs, *await jobs.submit(req.app_id, req.params, req.priority, idempotency_key, caller,
+                                                    webhook=req.webhook, webhook_events=req.webhook_events_filter),
                            wait_s)
 
 
@@ -91,9 +94,13 @@ async def submit_multipart(request: Request, jobs: Jobs, artifacts: Artifacts, c
     if not isinstance(priority, str) or not _SMALL_INT.fullmatch(priority.strip()):
         raise ApiError(422, "invalid_request", f"must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}", field="priority")
     files = {k: (v.filename, v.file) for k, v in form.multi_items() if hasattr(v, "filename") and hasattr(v, "read")}
+    webhook = form.get("webhook") if isinstance(form.get("webhook"), str) else None
+    events = form.get("webhook_events_filter")  # comma-separated in a form
+    events = [e.strip() for e in events.split(",") if e.strip()] if isinstance(events, str) else None
     # the priority's range is checked with the JSON route's, in the service
     job, job_created = await submit_with_files(jobs, artifacts, spec, params, int(priority), files,
-                                               idempotency_key, caller, grant=lambda uri: auth.uploaded(caller, uri))
+                                               idempotency_key, caller, grant=lambda uri: auth.uploaded(caller, uri),
+                                               webhook=webhook, webhook_events=events)
     return await submitted(jobs, job, job_created, wait_s)
 
 

@@ -9,12 +9,13 @@
     gpu-orch keys create --name alice --scopes submit,read [--apps sdxl] [--quota-jobs-per-min 60]
     gpu-orch render rayservice          # deploy/kuberay/rayservice.yaml from serve_config.yaml
     eval "$(gpu-orch env)"              # the `ray`/`serve` CLIs: the stack's Ray auth token
+    gpu-orch logs [router|MODEL|controller|proxy] [-f]   # the Serve log of one part of the stack
     gpu-orch down
 """
 
 from __future__ import annotations
 
-from . import admin, jobs, keys, stack  # noqa: F401 (each registers its commands on `cli`)
+from . import admin, jobs, keys, logs, stack  # noqa: F401 (each registers its commands on `cli`)
 from .base import cli, main
 from .jobs import _parse_params
 

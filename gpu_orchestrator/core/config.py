@@ -114,6 +114,25 @@ class RouterSpec(BaseModel):
     # API keys (docs/operations.md): on, off, or auto: on unless Serve's HTTP proxy listens on a
     # loopback address only (the local demo runs open, and `gpu-orch up` says so).
     auth: Literal["auto", "on", "off"] = "auto"
+    webhooks: "WebhookSpec" = Field(default_factory=lambda: WebhookSpec())
+
+
+class WebhookSpec(BaseModel):
+    """Job webhooks (core/webhooks.py): where they may go, and how long a delivery is retried."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Hosts, or networks (CIDR), a webhook may reach on the cluster's own networks (private,
+    # loopback, link-local), which are refused otherwise: the router's neighbours are not for callers.
+    allow: list[str] = Field(default_factory=list)
+    # Loopback receivers: unset, allowed when Serve's proxy listens on loopback only (the local demo).
+    allow_loopback: bool | None = None
+    timeout_s: float = Field(default=10.0, gt=0)  # one POST
+    retry_for_s: float = Field(default=3600.0, ge=0)  # after the event; then given up (recorded on the job)
+    backoff_s: float = Field(default=2.0, gt=0)  # doubling between tries, at most backoff_max_s
+    backoff_max_s: float = Field(default=300.0, gt=0)
+    # A sender looks for due deliveries when told (Postgres NOTIFY) and at least this often (retries).
+    poll_s: float = Field(default=5.0, gt=0)
 
 
 class GpuPoolSpec(BaseModel):

@@ -225,15 +225,27 @@ class Job:
     cost_usd: float | None = None
     usage: dict[str, Any] | None = None  # what the cost was computed from (provider metrics, price)
     owner: str | None = None  # the API key id that submitted it (None: an open stack's anonymous caller)
+    # Webhooks (core/webhooks.py): the URL, the events asked for, those due, and every try's outcome.
+    webhook: str | None = None
+    webhook_events: tuple[str, ...] = ()
+    webhook_pending: tuple[str, ...] = ()
+    webhook_state: dict[str, Any] | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> "Job":
         m = row._mapping if hasattr(row, "_mapping") else row
         vals = {f.name: m[f.name] for f in dataclasses.fields(cls) if f.name in m}
         vals["status"] = JobStatus(vals["status"])
-        if "errors" in vals:
-            vals["errors"] = tuple(vals["errors"] or ())
+        for name in ("errors", "webhook_events", "webhook_pending"):
+            if name in vals:
+                vals[name] = tuple(vals[name] or ())
         return cls(**vals)
+
+    def _webhook_api(self) -> dict[str, Any]:
+        if self.webhook is None:
+            return {}
+        return {"webhook": self.webhook, "webhook_events_filter": list(self.webhook_events),
+                "webhook_delivery": {"pending": list(self.webhook_pending), **(self.webhook_state or {})}}
 
     def to_api(self) -> dict[str, Any]:
         return {
@@ -255,6 +267,7 @@ class Job:
             "cost": None if self.cost_usd is None else {
                 "gpu_seconds": self.gpu_seconds, "usd": self.cost_usd, "usage": self.usage},
             "owner": self.owner,
+            **self._webhook_api(),
             "created_at": _iso(self.created_at),
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),

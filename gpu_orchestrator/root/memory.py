@@ -16,7 +16,7 @@ from gpu_orchestrator.service.arbiter.ports import Node
 from gpu_orchestrator.service.auth import KeyCache
 from gpu_orchestrator.service.backends import ModelBackend
 from gpu_orchestrator.service.transitions import CountingMetrics
-from gpu_orchestrator.store.memory import MemoryJobStore
+from gpu_orchestrator.store.memory import MemoryJobStore, MemoryWebhookQueue
 from gpu_orchestrator.store.memory_access import MemoryAccess
 
 
@@ -72,6 +72,9 @@ def in_memory(config: OrchestratorConfig | dict[str, Any], backends: Mapping[str
     cfg = config if isinstance(config, OrchestratorConfig) else parse_config(config)
     if cfg.router.auth == "auto":  # in process, nothing listens on a network: open, as on loopback
         cfg = cfg.model_copy(update={"router": cfg.router.model_copy(update={"auth": "off"})})
+    if cfg.router.webhooks.allow_loopback is None:  # ... and loopback receivers are allowed
+        wh = cfg.router.webhooks.model_copy(update={"allow_loopback": True})
+        cfg = cfg.model_copy(update={"router": cfg.router.model_copy(update={"webhooks": wh})})
     key_cache = KeyCache()
     keys = keys or MemoryAccess()
     keys.on_revoke = key_cache.forget  # as the Postgres store's LISTEN tells every replica
@@ -81,8 +84,9 @@ def in_memory(config: OrchestratorConfig | dict[str, Any], backends: Mapping[str
     async def no_heartbeats() -> list[dict[str, Any]]:
         return []
 
+    store = store or MemoryJobStore()
     return Orchestrator(cfg, Ports(
-        store=store or MemoryJobStore(), events=bus, backends=dict(backends), metrics=MemoryMetrics(),
+        store=store, events=bus, webhooks=MemoryWebhookQueue(store), backends=dict(backends), metrics=MemoryMetrics(),
         cluster=StaticCluster(list(backends)), heartbeats=no_heartbeats, owner=f"memory:{uuid.uuid4().hex[:8]}",
         board=MemoryDecisionBoard() if cfg.arbiter.enabled else None, keys=keys, key_cache=key_cache,
     ))

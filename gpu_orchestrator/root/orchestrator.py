@@ -32,6 +32,7 @@ from gpu_orchestrator.service.outages import reason
 from gpu_orchestrator.service.reports import Reports
 from gpu_orchestrator.service.retention import Retention
 from gpu_orchestrator.service.transitions import Transitions
+from gpu_orchestrator.service.webhooks import WebhookQueue, WebhookSender
 
 log = logging.getLogger("gpu_orchestrator.router")
 
@@ -58,6 +59,7 @@ class Ports:
     key_cache: KeyCache | None = None
     artifacts: ArtifactStore | None = None
     cloud: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    webhooks: WebhookQueue | None = None  # where due webhook deliveries wait (None: no webhooks)
 
 
 class _Beats:
@@ -76,6 +78,9 @@ class Orchestrator:
         self.backends, self.artifacts, self.cluster, self.cloud = ports.backends, ports.artifacts, ports.cluster, ports.cloud
         self.transitions = Transitions(self.bus, self.metrics, timeout_s=rc.redis_timeout_s)
         self.arbiter = self._arbiter() if cfg.arbiter.enabled else None
+        wh = rc.webhooks  # loopback receivers: the composition root resolves `None` from where it listens
+        self.webhooks = (WebhookSender(ports.webhooks, wh, allow_loopback=bool(wh.allow_loopback))
+                         if ports.webhooks is not None else None)
         self._load_failures: dict[str, str] = {}  # model -> load error, from the replicas' heartbeats
         self.dispatcher = Dispatcher(
             cfg=cfg, store=self.store, transitions=self.transitions, backends=self.backends, owner=self.owner,
@@ -87,7 +92,7 @@ class Orchestrator:
             cfg=cfg, store=self.store, events=self.bus, transitions=self.transitions, deployed=self.backends,
             artifacts=self.artifacts, on_submitted=self._submitted, cancel_local=self.dispatcher.cancel_local,
             flag_timeout_s=rc.redis_timeout_s, routing=self.dispatcher.routing, cancel_cloud=self.dispatcher.cancel_detached,
-            runner=self.dispatcher,
+            runner=self.dispatcher, webhook_problem=self.webhooks.url_problem if self.webhooks is not None else None,
         )
         arbiter = self.arbiter
         self.fleet = Fleet(cfg, self.store, heartbeats=ports.heartbeats, replica_states=self.cluster.replica_states,
@@ -125,7 +130,7 @@ class Orchestrator:
         if self.api is None:
             self.api = create_app(jobs=self.jobs, fleet=self.fleet, artifacts=self.artifacts,
                                   limits=Limits.from_config(self.cfg.router), retention=self.retention,
-                                  auth=self.auth, reports=self.reports)
+                                  auth=self.auth, reports=self.reports, webhooks=self.webhooks)
         return self.api
 
     def start(self) -> None:
@@ -136,6 +141,8 @@ class Orchestrator:
             self.retention.start()
             if self.arbiter is not None:
                 self.arbiter.start()
+            if self.webhooks is not None:
+                self.webhooks.start()
             self._gauge = asyncio.get_running_loop().create_task(self._gauge_loop())
             self.loop_watch.start()
 
@@ -166,6 +173,8 @@ class Orchestrator:
         if self._gauge is not None:
             self._gauge.cancel()
         self.loop_watch.stop()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         await self.retention.stop()
         try:
             await asyncio.wait_for(self.dispatcher.release_all(), timeout=10.0)
@@ -183,10 +192,12 @@ class Orchestrator:
     # has yet: a router that only ever sees cancels or replays must still run its dispatcher.
 
     async def submit(self, app_id: str, params: dict[str, Any] | None = None, priority: int = 0,
-                     idempotency_key: str | None = None, *, api_key: str | None = None) -> dict[str, Any]:
+                     idempotency_key: str | None = None, *, api_key: str | None = None, webhook: str | None = None,
+                     webhook_events_filter: list[str] | None = None) -> dict[str, Any]:
         self.start()
         caller = await self.auth.caller(api_key)
-        job, _ = await self.jobs.submit(app_id, params or {}, priority, idempotency_key, caller)
+        job, _ = await self.jobs.submit(app_id, params or {}, priority, idempotency_key, caller, webhook=webhook,
+                                        webhook_events=webhook_events_filter)
         return job.to_api()
 
     async def get(self, job_id: str | uuid.UUID, *, api_key: str | None = None) -> dict[str, Any]:

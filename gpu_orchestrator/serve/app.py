@@ -137,9 +137,14 @@ def build_app(args: dict[str, Any]) -> Application:
     )
     # The parsed config itself (parsed once, here); the URLs travel apart, already resolved; so does
     # router.auth (auto: on unless Serve's proxy listens on loopback only).
-    auth = "on" if auth_required(cfg.router.auth, serve_http_host()) else "off"
+    host = serve_http_host()
+    auth = "on" if auth_required(cfg.router.auth, host) else "off"
+    # Webhooks to loopback receivers: allowed by default when the proxy listens on loopback only.
+    wh = cfg.router.webhooks
+    if wh.allow_loopback is None:
+        wh = wh.model_copy(update={"allow_loopback": not auth_required("auto", host)})
     bound_cfg = cfg.model_copy(update={"database_url": None, "redis_url": None, "artifacts_url": None,
-                                       "router": cfg.router.model_copy(update={"auth": auth})})
+                                       "router": cfg.router.model_copy(update={"auth": auth, "webhooks": wh})})
     return router.bind(bound_cfg, models, db, redis, artifacts)
 
 

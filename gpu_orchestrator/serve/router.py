@@ -30,6 +30,8 @@ from gpu_orchestrator.serve.metrics import ServeMetrics
 from gpu_orchestrator.service.auth import KeyCache
 from gpu_orchestrator.service.cloud.backend import build_cloud
 from gpu_orchestrator.store.access import KEYS_CHANNEL, PostgresAccess
+from gpu_orchestrator.store.pg_webhooks import CHANNEL as WEBHOOK_CHANNEL
+from gpu_orchestrator.store.pg_webhooks import PgWebhookQueue
 from gpu_orchestrator.store.postgres import PostgresJobStore
 
 
@@ -56,7 +58,11 @@ class Router:
             keys=PostgresAccess(store.engine), key_cache=key_cache, artifacts=artifacts,
             # Cloud backends (Replicate, Modal) for the apps that name one; `cloud_providers`: tests' fakes.
             cloud=build_cloud(cfg, artifacts, cloud_providers),
+            webhooks=PgWebhookQueue(store.engine),
         ))
+        # A delivery falling due (the status trigger's NOTIFY) wakes this replica's sender at once.
+        sender = self.orch.webhooks
+        store.listen(WEBHOOK_CHANNEL, lambda _: sender.poke() if sender is not None else None, lambda _live: None)
 
     def __getattr__(self, name: str) -> Any:
         orch = self.__dict__.get("orch")  # absent while __init__ runs or after it failed
@@ -88,8 +94,10 @@ class Router:
     # -- Python handle methods (the orchestrator's) -----------------------------------------------
 
     async def submit(self, app_id: str, params: dict[str, Any] | None = None, priority: int = 0,
-                     idempotency_key: str | None = None, *, api_key: str | None = None) -> dict[str, Any]:
-        return await self.orch.submit(app_id, params, priority, idempotency_key, api_key=api_key)
+                     idempotency_key: str | None = None, *, api_key: str | None = None, webhook: str | None = None,
+                     webhook_events_filter: list[str] | None = None) -> dict[str, Any]:
+        return await self.orch.submit(app_id, params, priority, idempotency_key, api_key=api_key, webhook=webhook,
+                                      webhook_events_filter=webhook_events_filter)
 
     async def get(self, job_id: str | uuid.UUID, *, api_key: str | None = None) -> dict[str, Any]:
         return await self.orch.get(job_id, api_key=api_key)

@@ -25,6 +25,8 @@ from gpu_orchestrator.core.keys import OPEN, Caller, Forbidden, Scope
 from gpu_orchestrator.core.jobs import (PRIORITY_MAX, PRIORITY_MIN, AppNotRunnable, IdempotencyConflict,
                                         InvalidRequest, Job, JobError, JobNotFound, JobStatus, UnknownApp, id_prefix_range,
                                         idempotency_key_problem)
+from gpu_orchestrator.core.webhooks import EVENTS as WEBHOOK_EVENTS
+from gpu_orchestrator.core.webhooks import events_problem
 from gpu_orchestrator.service.cloud.routing import CloudRouting
 from gpu_orchestrator.service.transitions import Transitions
 from gpu_orchestrator.store.base import JobStore, StartNow
@@ -72,7 +74,8 @@ class JobService:
                  deployed: Container[str], artifacts: ArtifactLookup | None = None,
                  on_submitted: Callable[[Job], None] = _noop, cancel_local: Callable[[uuid.UUID], Any] = _noop,
                  flag_timeout_s: float = 2.0, routing: CloudRouting | None = None,
-                 cancel_cloud: Callable[[Job], Any] = _noop, runner: LocalRunner | None = None):
+                 cancel_cloud: Callable[[Job], Any] = _noop, runner: LocalRunner | None = None,
+                 webhook_problem: Callable[[str], str | None] | None = None):
         self.cfg = cfg
         self.apps: dict[str, AppSpec] = {a.id: a for a in cfg.apps}
         self.store = store
@@ -85,6 +88,7 @@ class JobService:
         self.cancel_local = cancel_local  # the dispatcher cancels the request it holds for a job
         self.cancel_cloud = cancel_cloud  # ... and a queued job's detached cloud run
         self.runner = runner
+        self.webhook_problem = webhook_problem  # why a job may not name a webhook URL (None: no sender here)
         self.flag_timeout_s = flag_timeout_s
         self.routing = routing or CloudRouting(cfg, {})  # where new jobs go (local or a cloud backend)
         self._attached: dict[uuid.UUID, int] = {}  # callers waiting on each job here (see attached)
@@ -115,9 +119,11 @@ class JobService:
         return spec
 
     async def submit(self, app_id: Any, params: Any, priority: Any = 0,
-                     idempotency_key: str | None = None, caller: Caller = OPEN) -> tuple[Job, bool]:
+                     idempotency_key: str | None = None, caller: Caller = OPEN, webhook: str | None = None,
+                     webhook_events: list[str] | None = None) -> tuple[Job, bool]:
         """(job, created): created is False when the Idempotency-Key found an earlier job. The job
-        is the caller's; its quota is checked with the insert (QuotaExceeded)."""
+        is the caller's; its quota is checked with the insert (QuotaExceeded). `webhook`: a URL
+        POSTed the job on `webhook_events` (core/webhooks.py)."""
         caller.require(Scope.submit)
         spec = self.runnable_app(app_id)
         caller.require_app(spec.id)
@@ -128,6 +134,8 @@ class JobService:
             stored_key = f"{caller.owner}/{idempotency_key}"  # one key's retries never find another key's job
         if isinstance(priority, bool) or not isinstance(priority, int) or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
             raise InvalidRequest("priority", f"must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}")
+        if webhook is not None or webhook_events is not None:
+            await self._check_webhook(webhook, webhook_events)
         clean = validate_params(spec, params)
         if self.routing.needs_fresh_stats(spec):
             self.routing.refresh(spec.id, await asyncio.to_thread(self.store.queue_stats, app_id=spec.id))
@@ -148,6 +156,7 @@ class JobService:
             owner=caller.owner,
             quota=caller.quota or None,
             start=self.runner.start_terms(spec, route.backend) if self.runner is not None else None,
+            **({"webhook": webhook, "webhook_events": webhook_events} if webhook is not None else {}),
         )
         if not created and job.app_id != spec.id:  # a key is one request: never another app's job
             raise IdempotencyConflict(spec.id, idempotency_key or "", job.id)
@@ -163,6 +172,21 @@ class JobService:
                 await self.transitions.announce(job.id, job.app_id, JobStatus.queued, new=True, **where)
             self.on_submitted(job)
         return job, created
+
+    async def _check_webhook(self, url: Any, events: Any) -> None:
+        if url is None:
+            raise InvalidRequest("webhook", "webhook_events_filter needs a webhook URL")
+        if not isinstance(url, str) or (why := text_problem(url)):
+            raise InvalidRequest("webhook", why or "must be a URL (a string)")
+        if events is not None:
+            if not isinstance(events, list) or not events or not all(isinstance(e, str) for e in events):
+                raise InvalidRequest("webhook_events_filter", f"must be a list of events: {list(WEBHOOK_EVENTS)}")
+            if why := events_problem(events):
+                raise InvalidRequest("webhook_events_filter", why)
+        if self.webhook_problem is None:
+            raise InvalidRequest("webhook", "this router sends no webhooks")
+        if why := await asyncio.to_thread(self.webhook_problem, url):  # a DNS lookup: off the loop
+            raise InvalidRequest("webhook", why)
 
     def _check_artifacts(self, spec: AppSpec, params: dict[str, Any]) -> None:
         errors = []

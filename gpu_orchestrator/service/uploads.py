@@ -27,7 +27,8 @@ class NoArtifactStore(Exception):
 async def submit_with_files(jobs: JobService, artifacts: UploadStore | None, spec: AppSpec, params: dict[str, Any],
                             priority: Any, files: Mapping[str, tuple[str | None, IO[bytes]]],
                             idempotency_key: str | None = None, caller: Caller = OPEN,
-                            grant: Callable[[str], Awaitable[None]] | None = None) -> tuple[Job, bool]:
+                            grant: Callable[[str], Awaitable[None]] | None = None,
+                            webhook: str | None = None, webhook_events: list[str] | None = None) -> tuple[Job, bool]:
     """`spec`: the app, from `jobs.runnable_app` (the caller refuses an unknown app, and a caller
     that may not submit to it, before reading the files). `files`: field name -> (the file's name as
     sent, its bytes). (job, created) as JobService.submit."""
@@ -55,7 +56,8 @@ async def submit_with_files(jobs: JobService, artifacts: UploadStore | None, spe
             if grant is not None:
                 await grant(uri)
             params[name] = uri
-        return await jobs.submit(spec.id, params, priority, idempotency_key, caller)
+        return await jobs.submit(spec.id, params, priority, idempotency_key, caller, webhook=webhook,
+                                 webhook_events=webhook_events)
     except Exception:  # a refusal: nothing left behind. Not on a cancel: the job may be committed already
         if stored:
             assert artifacts is not None

@@ -149,7 +149,8 @@ class JobStore(Protocol):
                timeout_s: float = 600.0, idempotency_key: str | None = None, max_queued: int | None = None,
                job_id: uuid.UUID | None = None, idempotency_ttl_s: float = 86_400.0, route: str | None = None,
                route_reason: str | None = None, owner: str | None = None, quota: Quota | None = None,
-               start: StartNow | None = None) -> tuple[Job, bool]: ...  # QuotaExceeded: the owner's quota is used up
+               start: StartNow | None = None, webhook: str | None = None,
+               webhook_events: list[str] | None = None) -> tuple[Job, bool]: ...  # QuotaExceeded: quota used up
     def get(self, job_id: uuid.UUID) -> Job: ...
     # The job path's calls from the event loop (the Postgres store runs them on asyncpg).
     async def asubmit(self, **kw: Any) -> tuple[Job, bool]: ...  # submit's arguments

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from gpu_orchestrator.core.apps import check_text
 from gpu_orchestrator.core.keys import Quota, check_quota
+from gpu_orchestrator.core.webhooks import DEFAULT_EVENTS, after_try, due_events, new_secret
 from gpu_orchestrator.core.jobs import (IdempotencyConflict, Job, JobNotFound, JobStatus, QueueFull, RetryPolicy,
                                         TransitionError, request_fingerprint)
 from gpu_orchestrator.store.base import (ANY_ROUTE, LEASE_EXPIRED, MAX_ERRORS, MSG_GIVE_UP, RELEASED, AppQueueStats, Cost, CostRow, LeaseEnd,
@@ -75,6 +76,7 @@ class MemoryJobStore:
         self._hashes: dict[uuid.UUID, str] = {}  # each job's request fingerprint (Idempotency-Key reuse)
         self._last = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
         self._leaders: dict[int, MemoryLeaderLock] = {}  # lock key -> holder
+        self.webhook_next: dict[uuid.UUID, dt.datetime] = {}  # job id -> when its due delivery may be sent
 
     @contextmanager
     def _tx(self) -> Iterator[dt.datetime]:
@@ -85,6 +87,16 @@ class MemoryJobStore:
             yield self._last
 
     def _set(self, job: Job, **changes: Any) -> Job:
+        old = self._jobs.get(job.id, job)
+        if job.webhook is not None and "status" in changes and changes["status"] != old.status:
+            # What migration 0006's trigger does: mark the events the change makes due.
+            delivered = (job.webhook_state or {}).get("delivered") or {}
+            gave_up = (job.webhook_state or {}).get("gave_up") or {}
+            pending = due_events(old.status.value, changes["status"].value, job.webhook_events, job.webhook_pending,
+                                 [*delivered, *gave_up])
+            if list(pending) != list(job.webhook_pending):
+                changes["webhook_pending"] = tuple(pending)
+                self.webhook_next[job.id] = min(self.webhook_next.get(job.id, self._last), self._last)
         new = self._jobs[job.id] = dataclasses.replace(job, **changes)
         return _copy(new)
 
@@ -107,7 +119,8 @@ class MemoryJobStore:
                timeout_s: float = 600.0, idempotency_key: str | None = None, max_queued: int | None = None,
                job_id: uuid.UUID | None = None, idempotency_ttl_s: float = 86_400.0, route: str | None = None,
                route_reason: str | None = None, owner: str | None = None,
-               quota: Quota | None = None, start: StartNow | None = None) -> tuple[Job, bool]:
+               quota: Quota | None = None, start: StartNow | None = None, webhook: str | None = None,
+               webhook_events: list[str] | None = None) -> tuple[Job, bool]:
         fingerprint = request_fingerprint(params, priority)
         with self._tx() as now:
             if idempotency_key is not None:
@@ -132,6 +145,7 @@ class MemoryJobStore:
                 error=None, attempts=0, max_attempts=max_attempts, timeout_s=float(timeout_s), backend=None,
                 idempotency_key=idempotency_key, lease_owner=None, lease_expires_at=None, created_at=now,
                 started_at=None, finished_at=None, route=route, route_reason=route_reason, owner=owner,
+                webhook=webhook, webhook_events=tuple(webhook_events or DEFAULT_EVENTS) if webhook else (),
             )
             self._hashes[job_id] = fingerprint
             if start is not None and self._may_start(job, start.max_in_flight, now):
@@ -423,3 +437,45 @@ class MemoryLeaderLock:
         with self.store._mutex:
             if self.store._leaders.get(self.key) is self:
                 del self.store._leaders[self.key]
+
+
+class MemoryWebhookQueue:
+    """PgWebhookQueue's contract on a MemoryJobStore (tests/integration/test_webhooks.py runs both)."""
+
+    def __init__(self, store: MemoryJobStore):
+        self.store = store
+        self._secrets: dict[str, str] = {}
+
+    def claim(self, limit: int, lease_s: float) -> list[tuple[Job, str]]:
+        s = self.store
+        with s._tx() as now:
+            due = sorted((at, jid) for jid, at in s.webhook_next.items() if at <= now)[:limit]
+            out = []
+            for _, jid in due:
+                job = s._jobs.get(jid)
+                if job is None or not job.webhook_pending:
+                    s.webhook_next.pop(jid, None)
+                    continue
+                s.webhook_next[jid] = now + _secs(lease_s)
+                out.append((_copy(job), job.webhook_pending[0]))
+            return out
+
+    def record(self, job_id: uuid.UUID, event: str, *, delivered: bool, status: int | None, error: str | None,
+               retry_in_s: float | None) -> None:
+        s = self.store
+        with s._tx() as now:
+            job = s._jobs.get(job_id)
+            if job is None:
+                return
+            pending, state = after_try(job.webhook_pending, job.webhook_state, event, at=now.isoformat(),
+                                       delivered=delivered, status=status, error=error, give_up=retry_in_s is None)
+            s._jobs[job_id] = dataclasses.replace(job, webhook_pending=tuple(pending), webhook_state=state)
+            if event in pending:
+                s.webhook_next[job_id] = now + _secs(retry_in_s or 0)
+            elif pending:
+                s.webhook_next[job_id] = now
+            else:
+                s.webhook_next.pop(job_id, None)
+
+    def secret(self, owner: str) -> str:
+        return self._secrets.setdefault(owner, new_secret())

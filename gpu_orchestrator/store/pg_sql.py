@@ -18,7 +18,7 @@ COLS = (
     "id, app_id, status, priority, params, result, error, attempts, max_attempts, timeout_s, backend, "
     "idempotency_key, lease_owner, lease_expires_at, created_at, started_at, finished_at, "
     "claims, lost_attempts, errors, dispatched_at, run_after, route, route_reason, cloud_ref, gpu_seconds, "
-    "cost_usd, usage, owner"
+    "cost_usd, usage, owner, webhook, webhook_events, webhook_pending, webhook_state"
 )
 PRUNE_LOCK = 0x6770757072  # "gpupr": one retention pruner at a time
 
@@ -119,3 +119,13 @@ def numbered(sql: str) -> tuple[str, tuple[str, ...]]:
         return f"${names.index(m.group(1)) + 1}"
 
     return re.sub(r"(?<![:\w]):([A-Za-z_]\w*)", sub, sql), tuple(names)
+
+# A job's webhook, set in its insert's transaction. A job the insert started (running at once) is
+# due its `start` now: the status trigger (migration 0006) sees only later changes.
+SET_WEBHOOK = (
+    "UPDATE jobs SET webhook = :url, webhook_events = CAST(:events AS text[]), "
+    "webhook_pending = CASE WHEN status = 'running' AND 'start' = ANY(CAST(:events AS text[])) "
+    "THEN ARRAY['start'] ELSE '{}' END, "
+    "webhook_next_at = CASE WHEN status = 'running' AND 'start' = ANY(CAST(:events AS text[])) THEN now() END "
+    f"WHERE id = :id RETURNING {COLS}"
+)

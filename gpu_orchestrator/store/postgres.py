@@ -35,7 +35,10 @@ from gpu_orchestrator.store.pg_engine import (PING_IDLE_S, connect_args, create_
                                               is_transient_db_error, ping_when_idle, run_migrations, sqlalchemy_url)
 from gpu_orchestrator.store.pg_listen import Listener
 from gpu_orchestrator.store.pg_lock import PostgresLeaderLock
+from gpu_orchestrator.core.webhooks import DEFAULT_EVENTS
+from gpu_orchestrator.store.pg_webhooks import CHANNEL as WEBHOOK_CHANNEL
 from gpu_orchestrator.store.pg_sql import (COLS, COMPLETE_SET, COST_SET, GET, GRANT_RESULTS, INSERT_QUEUED, INSERT_STARTED,
+                                           SET_WEBHOOK,
                                            PRUNE_LOCK, QUEUED_DEPTH, STATUS, append_error, claim_lock, cost_args,
                                            insert_args, leased_update, lock_key)
 
@@ -114,9 +117,10 @@ class PostgresJobStore:
 
     async def asubmit(self, **kw: Any) -> tuple[Job, bool]:
         """submit(); a submit with an Idempotency-Key or a quota takes the synchronous path."""
-        if self.fast is None or kw.get("idempotency_key") is not None or (kw.get("owner") and kw.get("quota")):
+        if (self.fast is None or kw.get("idempotency_key") is not None or (kw.get("owner") and kw.get("quota"))
+                or kw.get("webhook") is not None):
             return await asyncio.to_thread(functools.partial(self.submit, **kw))
-        for k in ("idempotency_key", "idempotency_ttl_s", "quota"):
+        for k in ("idempotency_key", "idempotency_ttl_s", "quota", "webhook", "webhook_events"):
             kw.pop(k, None)
         return await self.fast.submit(**kw), True
 
@@ -160,6 +164,8 @@ class PostgresJobStore:
         owner: str | None = None,
         quota: Quota | None = None,
         start: StartNow | None = None,
+        webhook: str | None = None,
+        webhook_events: list[str] | None = None,
     ) -> tuple[Job, bool]:
         """Insert a job: queued, or running under `start`'s lease when the app may start it now
         (see StartNow). Returns (job, created); created is False for a repeated Idempotency-Key.
@@ -203,6 +209,11 @@ class PostgresJobStore:
                 existing = self._by_key(conn, app_id, idempotency_key, fingerprint)  # type: ignore[arg-type]
                 assert existing is not None
                 return existing, False
+            if webhook is not None:  # in the insert's transaction; a job started at once is due its `start`
+                row = conn.execute(sa.text(SET_WEBHOOK), {"id": row.id, "url": webhook,
+                                                          "events": list(webhook_events or DEFAULT_EVENTS)}).first()
+                if row.webhook_pending:  # due now: wake a sender (the trigger does this for later changes)
+                    conn.execute(sa.text("SELECT pg_notify(:c, '')"), {"c": WEBHOOK_CHANNEL})
             return Job.from_row(row), True
 
     @staticmethod

@@ -87,6 +87,12 @@ def test_up_submit_down_restart_keeps_jobs(user):
             # Artifacts and tiny models live under GPU_ORCH_HOME.
             assert list((home / "artifacts" / "sdxl").rglob("*.png"))
             assert (home / "tiny-models" / "sdxl" / "BUILT").exists()
+        # Each part's Serve log, by name.
+        router_log = user.ok("logs", "-n", "500")
+        assert "replica_orchestrator_router_" in router_log and "POST /v1/jobs" in router_log, router_log[-2000:]
+        assert "replica_orchestrator_sdxl_" in user.ok("logs", "sdxl", "-n", "5")
+        nope = user.gpu_orch("logs", "nope")
+        assert nope.returncode == 2 and "router" in nope.stderr and "sdxl" in nope.stderr, nope.stderr
 
         state = json.loads((home / "state.json").read_text())
         # The README's hint for the `ray`/`serve` CLIs, and the helper tests and benches use.

@@ -522,7 +522,7 @@ def test_migrations_are_idempotent_and_concurrent_safe(database_url):
     [t.start() for t in ts]
     [t.join() for t in ts]
     with engines[0].connect() as c:
-        assert c.execute(sa.text("SELECT version_num FROM gpu_orch_alembic_version")).scalar() == "0005"
+        assert c.execute(sa.text("SELECT version_num FROM gpu_orch_alembic_version")).scalar() == "0006"
     [e.dispose() for e in engines]
 
 
@@ -812,7 +812,7 @@ def test_prune_scans_the_finished_index(pg_store):
 # -- migrations on a live jobs table -----------------------------------------------------------------
 
 JOB_INDEXES = ("jobs_active_idx", "jobs_succeeded_finished_idx", "jobs_finished_idx", "jobs_owner_idx",
-               "jobs_owner_active_idx")
+               "jobs_owner_active_idx", "jobs_webhook_due_idx")
 
 
 @pytest.fixture
@@ -871,7 +871,7 @@ def test_job_index_builds_do_not_block_intake(blank_database_url):
         writer.close()
         migrating.join(timeout=120)
     with engine.connect() as c:
-        assert c.execute(sa.text("SELECT version_num FROM gpu_orch_alembic_version")).scalar() == "0005"
+        assert c.execute(sa.text("SELECT version_num FROM gpu_orch_alembic_version")).scalar() == "0006"
         assert c.execute(sa.text("SELECT count(*) FROM jobs WHERE app_id = 'live'")).scalar() == 1
     assert index_validity(engine) == {name: True for name in JOB_INDEXES}
     engine.dispose()
@@ -904,6 +904,6 @@ def test_a_migration_stopped_during_its_index_build_runs_again(blank_database_ur
                           "ADD COLUMN usage jsonb"))
     run_migrations(engine)
     with engine.connect() as c:
-        assert c.execute(sa.text("SELECT version_num FROM gpu_orch_alembic_version")).scalar() == "0005"
+        assert c.execute(sa.text("SELECT version_num FROM gpu_orch_alembic_version")).scalar() == "0006"
     assert index_validity(engine) == {name: True for name in JOB_INDEXES}
     engine.dispose()
