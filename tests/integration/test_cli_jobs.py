@@ -95,3 +95,20 @@ def test_apps_and_workers_read_as_text(rr):
     code, out = run(rr, "workers")
     assert code == 0 and "echo: " in out and "no replicas" in out and "no VRAM declared" in out, out
     assert "{}" not in out and "-/0" not in out and "queued=" not in out, out
+
+
+def test_out_saves_a_transcript_as_text_and_subtitles_and_implies_wait(rr, tmp_path):
+    wav = tmp_path / "clip.wav"
+    wav.write_bytes(b"RIFF" + b"\0" * 40)
+    code, out = run(rr, "submit", "transcribe", "-f", f"audio={wav}", "--out", str(tmp_path / "out"))
+    assert code == 0 and '"status": "succeeded"' in out, out  # no --wait given: --out waits
+    (txt,) = (tmp_path / "out").glob("*.txt")
+    assert txt.read_text() == "hello world\n"
+    assert txt.with_suffix(".srt").read_text() == "1\n00:00:00,000 --> 00:00:01,500\nhello\n\n2\n00:00:01,500 --> 00:00:03,250\nworld\n"
+
+
+def test_version_and_one_error_line(rr):
+    code, out = run(rr, "--version")
+    assert code == 0 and out.startswith("gpu-orch, version ")
+    code, out = run(rr, "submit", "nope")
+    assert code == 1 and out.startswith("Error: HTTP 422: app_id: unknown app 'nope'"), out
