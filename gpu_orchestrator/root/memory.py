@@ -16,7 +16,8 @@ from gpu_orchestrator.service.arbiter.ports import Node
 from gpu_orchestrator.service.auth import KeyCache
 from gpu_orchestrator.service.backends import ModelBackend
 from gpu_orchestrator.service.transitions import CountingMetrics
-from gpu_orchestrator.store.memory import MemoryJobStore, MemoryWebhookQueue
+from gpu_orchestrator.store.memory import MemoryJobStore
+from gpu_orchestrator.store.memory_webhooks import MemoryWebhookQueue
 from gpu_orchestrator.store.memory_access import MemoryAccess
 
 

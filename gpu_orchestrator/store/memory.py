@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from gpu_orchestrator.core.apps import check_text
 from gpu_orchestrator.core.keys import Quota, check_quota
-from gpu_orchestrator.core.webhooks import DEFAULT_EVENTS, after_try, due_events, new_secret
+from gpu_orchestrator.core.webhooks import DEFAULT_EVENTS, due_events
 from gpu_orchestrator.core.jobs import (IdempotencyConflict, Job, JobNotFound, JobStatus, QueueFull, RetryPolicy,
                                         TransitionError, request_fingerprint)
 from gpu_orchestrator.store.base import (ANY_ROUTE, LEASE_EXPIRED, MAX_ERRORS, MSG_GIVE_UP, RELEASED, AppQueueStats, Cost, CostRow, LeaseEnd,
@@ -437,45 +437,3 @@ class MemoryLeaderLock:
         with self.store._mutex:
             if self.store._leaders.get(self.key) is self:
                 del self.store._leaders[self.key]
-
-
-class MemoryWebhookQueue:
-    """PgWebhookQueue's contract on a MemoryJobStore (tests/integration/test_webhooks.py runs both)."""
-
-    def __init__(self, store: MemoryJobStore):
-        self.store = store
-        self._secrets: dict[str, str] = {}
-
-    def claim(self, limit: int, lease_s: float) -> list[tuple[Job, str]]:
-        s = self.store
-        with s._tx() as now:
-            due = sorted((at, jid) for jid, at in s.webhook_next.items() if at <= now)[:limit]
-            out = []
-            for _, jid in due:
-                job = s._jobs.get(jid)
-                if job is None or not job.webhook_pending:
-                    s.webhook_next.pop(jid, None)
-                    continue
-                s.webhook_next[jid] = now + _secs(lease_s)
-                out.append((_copy(job), job.webhook_pending[0]))
-            return out
-
-    def record(self, job_id: uuid.UUID, event: str, *, delivered: bool, status: int | None, error: str | None,
-               retry_in_s: float | None) -> None:
-        s = self.store
-        with s._tx() as now:
-            job = s._jobs.get(job_id)
-            if job is None:
-                return
-            pending, state = after_try(job.webhook_pending, job.webhook_state, event, at=now.isoformat(),
-                                       delivered=delivered, status=status, error=error, give_up=retry_in_s is None)
-            s._jobs[job_id] = dataclasses.replace(job, webhook_pending=tuple(pending), webhook_state=state)
-            if event in pending:
-                s.webhook_next[job_id] = now + _secs(retry_in_s or 0)
-            elif pending:
-                s.webhook_next[job_id] = now
-            else:
-                s.webhook_next.pop(job_id, None)
-
-    def secret(self, owner: str) -> str:
-        return self._secrets.setdefault(owner, new_secret())
