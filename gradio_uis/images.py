@@ -70,16 +70,15 @@ def build(api: str | None = None) -> gr.Blocks:
                 negative = gr.Textbox(label="Negative prompt", elem_id="negative-prompt")
                 with gr.Row():
                     # Plain numbers, not sliders: the router's limits (per model) are the ones that count,
-                    # and its message names the field when a value is outside them. Blank: the model's
-                    # own default (shown under the field), so the page and the API agree.
-                    width = gr.Number(value=None, precision=0, label="Width", elem_id="width")
-                    height = gr.Number(value=None, precision=0, label="Height", elem_id="height")
+                    # and its message names the field when a value is outside them.
+                    width = gr.Number(value=512, precision=0, label="Width", elem_id="width")
+                    height = gr.Number(value=512, precision=0, label="Height", elem_id="height")
                 with gr.Row():
-                    steps = gr.Number(value=None, precision=0, label="Steps", elem_id="steps")
-                    guidance = gr.Number(value=None, label="Guidance", elem_id="guidance")
+                    steps = gr.Number(value=20, precision=0, label="Steps", elem_id="steps")
+                    guidance = gr.Number(value=5.0, label="Guidance", elem_id="guidance")
                 with gr.Row():
                     seed = gr.Textbox(label="Seed (blank: random)", elem_id="seed")
-                    num_images = gr.Number(value=None, precision=0, label="Images", elem_id="num-images")
+                    num_images = gr.Number(value=1, precision=0, label="Images", elem_id="num-images")
                 go = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column():
                 error = gr.HTML(elem_id="error")

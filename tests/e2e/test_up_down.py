@@ -22,14 +22,14 @@ from tests.helpers import free_port
 from .conftest import GPU_ORCH, ROOT, processes_mentioning
 
 
-@pytest.mark.serve
-@pytest.mark.timeout(1500)  # a fresh Ray cluster builds each model's runtime_env (minutes)
 def readme_python() -> str:
     """The README's Python example (the code block that uses Serve handles)."""
     blocks = (ROOT / "README.md").read_text().split("```python\n")[1:]
     return next(b.split("```")[0] for b in blocks if "get_app_handle" in b)
 
 
+@pytest.mark.serve
+@pytest.mark.timeout(1500)  # a fresh Ray cluster builds each model's runtime_env (minutes)
 def test_up_submit_down_restart_keeps_jobs(user):
     port = free_port()
     cfg = yaml.safe_load((ROOT / "serve_config.yaml").read_text())

@@ -325,6 +325,9 @@ def running_router(database_url: str, redis_url: str, *, artifacts: str | None =
         if router._gauge is not None:  # the queue-depth gauge loop of the replica
             loop_box["loop"].call_soon_threadsafe(router._gauge.cancel)
         router.loop_watch.stop()
+        if router.webhooks is not None:  # before its database goes with the test
+            with contextlib.suppress(Exception):
+                running.call(router.webhooks.stop(), timeout=5)
         for bus in (router.bus, model._bus):
             if bus is not None:
                 with contextlib.suppress(Exception):

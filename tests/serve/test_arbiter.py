@@ -278,7 +278,7 @@ def test_cli_workers_shows_arbiter_state(arbiter_url):
 
     r = CliRunner().invoke(cli, ["--url", arbiter_url, "workers"])
     assert r.exit_code == 0, r.output
-    assert "echo-a [SYNTHETIC]: " in r.stdout and "VRAM -/16 GB" in r.stdout
+    assert "echo-a [SYNTHETIC]: " in r.stdout and "VRAM - of 16 GB held" in r.stdout
     assert "last decision: " in r.stdout and "arbiter: leader router:" in r.stdout
 
 

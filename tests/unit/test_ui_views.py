@@ -21,7 +21,6 @@ def test_blank_fields_are_left_to_the_router_and_values_go_as_typed():
     assert p["height"] == 3000  # out of range: the router's check names it, not the form's
     assert image_params("fox", "", 64, 64, 1, 0, "42", 2)["seed"] == 42
     assert image_params("fox", "", 64, 64, 1, 0, "x1", 2)["seed"] == "x1"
-    assert image_params("fox", "", None, None, None, None, "", None) == {"prompt": "fox"}  # blank: the app's defaults
     assert typed_int(" 7 ") == 7 and typed_int("") is None and typed_int(None) is None and typed_int("-1") == "-1"
 
 
@@ -44,10 +43,8 @@ def test_progress_from_events_and_where_a_job_ran():
     assert where_ran({"backend": "replicate:stability-ai/sdxl", "route_reason": "estimated local wait 40 s > "
                       "max_local_wait_s 30 s"}) == ("Replicate (stability-ai/sdxl), because estimated local wait 40 s > "
                                                      "max_local_wait_s 30 s")
-    app = {"parameters": [{"name": "width", "minimum": 64.0, "maximum": 2048.0, "multiple_of": 8},
-                          {"name": "steps", "default": 30.0, "minimum": 1.0, "maximum": 150.0}]}
+    app = {"parameters": [{"name": "width", "minimum": 64.0, "maximum": 2048.0, "multiple_of": 8}]}
     assert param_info(app, "width") == "64–2048, multiple of 8" and param_info(app, "nope") is None
-    assert param_info(app, "steps") == "blank: 30, 1–150"  # a blank input sends nothing: the app's default
 
 
 def test_chat_messages_put_the_system_prompt_first():
