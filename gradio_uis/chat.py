@@ -111,7 +111,8 @@ def build(api: str | None = None) -> gr.Blocks:
             with gr.Column(scale=1):
                 system = gr.Textbox(label="System prompt", lines=3, elem_id="system")
                 temperature = gr.Number(value=0.7, label="Temperature", elem_id="temperature")
-                max_tokens = gr.Number(value=256, precision=0, label="Max tokens", elem_id="max-tokens")
+                # The chat app's own defaults (serve_config.yaml), so the page sends what the API would.
+                max_tokens = gr.Number(value=512, precision=0, label="Max tokens", elem_id="max-tokens")
                 with gr.Accordion("More", open=False):
                     min_tokens = gr.Number(value=0, precision=0, label="Min tokens (end of text ignored before)",
                                            elem_id="min-tokens")

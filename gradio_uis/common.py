@@ -173,10 +173,10 @@ def _num(x: Any) -> str:
 
 
 def param_info(app: dict[str, Any] | None, name: str) -> str | None:
-    """The router's limits for one param, as a hint under its input (the router still checks)."""
+    """The router's default and limits for one param, as a hint under its input (the router still checks)."""
     for p in (app or {}).get("parameters", []):
         if p["name"] == name:
-            bits = []
+            bits = [f"default {_num(p['default'])}"] if p.get("default") is not None else []
             if p.get("minimum") is not None or p.get("maximum") is not None:
                 bits.append(f"{_num(p.get('minimum'))}–{_num(p.get('maximum'))}")
             if p.get("multiple_of"):

@@ -22,6 +22,14 @@ def image_params(prompt: str, negative: str, width: Any, height: Any, steps: Any
     return {k: v for k, v in raw.items() if v is not None and not (isinstance(v, str) and not v.strip())}
 
 
+def default_of(app: dict[str, Any] | None, name: str) -> dict[str, Any]:
+    """{"value": the app's default for the param}, or {} (the field keeps what it shows)."""
+    for p in (app or {}).get("parameters", []):
+        if p["name"] == name and p.get("default") is not None:
+            return {"value": p["default"]}
+    return {}
+
+
 def build(api: str | None = None) -> gr.Blocks:
     url = api_url(api)
     out_dir = output_dir("images")
@@ -70,11 +78,13 @@ def build(api: str | None = None) -> gr.Blocks:
                 negative = gr.Textbox(label="Negative prompt", elem_id="negative-prompt")
                 with gr.Row():
                     # Plain numbers, not sliders: the router's limits (per model) are the ones that count,
-                    # and its message names the field when a value is outside them.
-                    width = gr.Number(value=512, precision=0, label="Width", elem_id="width")
-                    height = gr.Number(value=512, precision=0, label="Height", elem_id="height")
+                    # and its message names the field when a value is outside them. The values are the
+                    # chosen model's own defaults (set from the router when the page loads and when the
+                    # model changes: the page and the API agree); these are SDXL's until then.
+                    width = gr.Number(value=1024, precision=0, label="Width", elem_id="width")
+                    height = gr.Number(value=1024, precision=0, label="Height", elem_id="height")
                 with gr.Row():
-                    steps = gr.Number(value=20, precision=0, label="Steps", elem_id="steps")
+                    steps = gr.Number(value=30, precision=0, label="Steps", elem_id="steps")
                     guidance = gr.Number(value=5.0, label="Guidance", elem_id="guidance")
                 with gr.Row():
                     seed = gr.Textbox(label="Seed (blank: random)", elem_id="seed")
@@ -89,13 +99,13 @@ def build(api: str | None = None) -> gr.Blocks:
                   "num_images": num_images}
 
         async def hints(app_id: str, request: gr.Request):
-            """Each input's limits for the chosen model, from the router (it still checks them)."""
+            """Each input's default and limits for the chosen model, from the router (it still checks)."""
             try:
                 async with client(url, request) as c:
                     app = next((a for a in await c.apps() if a["id"] == app_id), None)
             except Exception:
                 app = None  # hints only: the router answers for real at submit
-            return [gr.update(info=param_info(app, name)) for name in hinted]
+            return [gr.update(info=param_info(app, name), **default_of(app, name)) for name in hinted]
 
         demo.load(hints, model, list(hinted.values()))
         model.change(hints, model, list(hinted.values()))

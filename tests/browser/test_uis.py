@@ -36,6 +36,13 @@ WATCH_CHAT_JS = """() => { window.__lengths = []; const el = document.querySelec
 
 
 
+def model_defaults_shown(page, steps_default: int) -> None:
+    """The chosen model's defaults and limits have come from the router (the fields show them): what
+    a user types after this stays."""
+    expect(page.locator("#steps")).to_contain_text(f"default {steps_default},")
+    expect(page.locator("#steps input")).to_have_value(str(steps_default))
+
+
 def type_number(page, elem: str, value: str) -> None:
     """Type into a Number input and leave it, as a user does (Gradio may apply the value on blur)."""
     box = page.locator(f"{elem} input")
@@ -85,6 +92,8 @@ def rows(page, elem: str) -> list[list[str]]:
 def test_images_generates_an_image_of_the_requested_size(tab, http):
     page = tab.page
     tab.open("/ui/images/")
+    model_defaults_shown(page, 30)  # SDXL's, as the API has them (1024 x 1024, 30 steps)
+    assert page.locator("#width input").input_value() == "1024"
     page.locator("#prompt textarea").fill("a red fox in the snow")
     type_number(page, "#width", "128")
     type_number(page, "#height", "64")
@@ -105,7 +114,10 @@ def test_images_generates_an_image_of_the_requested_size(tab, http):
     assert job["params"]["width"] == 128 and job["params"]["prompt"] == "a red fox in the snow"
     # Z-Image, chosen in the page, at its own size.
     page.locator("#model label", has_text="Z-Image Turbo").click()
+    model_defaults_shown(page, 9)  # Z-Image's own: 9 steps, guidance 0
+    assert page.locator("#guidance input").input_value() == "0"
     type_number(page, "#width", "96")
+    type_number(page, "#height", "64")
     type_number(page, "#steps", "2")
     page.locator("#generate").click()
     wait_for(lambda: "zimage" in page.locator("#job-info").inner_text() and "succeeded" in page.locator("#job-info").inner_text(),
@@ -117,6 +129,7 @@ def test_images_generates_an_image_of_the_requested_size(tab, http):
 def test_images_shows_the_routers_message_naming_the_field(tab, http):
     page = tab.page
     tab.open("/ui/images/")
+    model_defaults_shown(page, 30)
     before = len(http.get("/v1/jobs", params={"app_id": "sdxl", "limit": 500}).json()["jobs"])
     page.locator("#generate").click()  # empty prompt
     err = page.locator("#error .error")

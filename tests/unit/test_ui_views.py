@@ -43,8 +43,10 @@ def test_progress_from_events_and_where_a_job_ran():
     assert where_ran({"backend": "replicate:stability-ai/sdxl", "route_reason": "estimated local wait 40 s > "
                       "max_local_wait_s 30 s"}) == ("Replicate (stability-ai/sdxl), because estimated local wait 40 s > "
                                                      "max_local_wait_s 30 s")
-    app = {"parameters": [{"name": "width", "minimum": 64.0, "maximum": 2048.0, "multiple_of": 8}]}
+    app = {"parameters": [{"name": "width", "minimum": 64.0, "maximum": 2048.0, "multiple_of": 8},
+                          {"name": "steps", "default": 30.0, "minimum": 1.0, "maximum": 150.0}]}
     assert param_info(app, "width") == "64–2048, multiple of 8" and param_info(app, "nope") is None
+    assert param_info(app, "steps") == "default 30, 1–150"
 
 
 def test_chat_messages_put_the_system_prompt_first():
@@ -158,3 +160,30 @@ def test_admin_cost_line_local_vs_cloud():
     assert frame.to_dict("records") == [{"backend": "local", "usd": 0.0021, "jobs": 3},
                                         {"backend": "replicate", "usd": 0.00312, "jobs": 1}]
     assert list(cost_frame({}).columns) == ["backend", "usd", "jobs"]  # empty, but a frame the chart takes
+
+
+def test_the_uis_start_from_the_apis_own_defaults():
+    """What the image and chat pages show before anything is typed is what the API would use
+    (serve_config.yaml's sdxl and chat apps); the image page then takes each model's from the router."""
+    from pathlib import Path
+
+    import yaml
+
+    from gradio_uis import chat, images
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[2] / "serve_config.yaml").read_text())
+    apps = {a["id"]: {p["name"]: p.get("default") for p in a["parameters"]}
+            for a in next(x for x in cfg["applications"] if x["name"] == "orchestrator")["args"]["apps"]}
+
+    def shown(demo) -> dict:
+        return {b.elem_id: b.value for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+
+    page = shown(images.build("http://127.0.0.1:9"))
+    sdxl = apps["sdxl"]
+    assert (page["width"], page["height"], page["steps"], page["guidance"], page["num-images"]) == (
+        sdxl["width"], sdxl["height"], sdxl["num_inference_steps"], sdxl["guidance_scale"], sdxl["num_images"])
+    page = shown(chat.build("http://127.0.0.1:9"))
+    assert (page["max-tokens"], page["min-tokens"], page["temperature"]) == (
+        apps["chat"]["max_tokens"], apps["chat"]["min_tokens"], apps["chat"]["temperature"])
+    app = {"parameters": [{"name": "num_inference_steps", "default": 9}, {"name": "seed"}]}
+    assert images.default_of(app, "num_inference_steps") == {"value": 9} and images.default_of(app, "seed") == {}
