@@ -65,7 +65,7 @@ def create_app(*, jobs: JobService, fleet: Fleet, artifacts: ArtifactStore | Non
     app.state.auth = auth or OPEN_AUTH
     app.state.webhooks = webhooks
     app.add_middleware(BodyLimit, limit=lambda: limits.max_body_bytes, upload_limit=lambda: limits.max_upload_bytes,
-                       upload_paths=artifacts_api.UPLOAD_PATHS)
+                       upload_paths=artifacts_api.UPLOAD_PATHS + openai_media_api.UPLOAD_PATHS)
     app.add_middleware(OpenAIErrors)  # outermost: reshapes the body limit's 413 too
     install(app)
     for module in ROUTERS:

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gpu_orchestrator.core.jobs import (IdempotencyConflict, InvalidRequest, JobNotFound, QueueFull, TransitionError,
@@ -21,6 +21,7 @@ from gpu_orchestrator.core.apps import ParamsInvalid
 from gpu_orchestrator.core.keys import AuthError, Forbidden, QuotaExceeded
 from gpu_orchestrator.service.auth import NoKeyStore
 from gpu_orchestrator.service.outages import WATCHED, outage, reason
+from gpu_orchestrator.service.jobs import ClientGone
 from gpu_orchestrator.service.uploads import NoArtifactStore
 
 log = logging.getLogger("gpu_orchestrator.router")
@@ -156,6 +157,10 @@ def install(app: FastAPI) -> None:
 
     for kind in WATCHED:
         app.add_exception_handler(kind, _outage)
+
+    @app.exception_handler(ClientGone)
+    async def _gone(_: Request, exc: ClientGone) -> Response:
+        return Response(status_code=499)  # the client went away while it waited: nobody reads this
 
     @app.exception_handler(NoArtifactStore)
     async def _no_artifacts(_: Request, exc: NoArtifactStore) -> JSONResponse:

@@ -19,7 +19,7 @@ import uuid
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from gpu_orchestrator.api import openai_format as oai
 from gpu_orchestrator.api.deps import CallerDep, IdempotencyKey, Jobs, StreamsDep
@@ -115,13 +115,11 @@ async def finished(jobs: JobService, spec: AppSpec, job: Job, request: Request) 
     try:
         with jobs.attached(job.id):
             done = await jobs.wait(job.id, bound, gone=request.is_disconnected)
-    except (asyncio.CancelledError, ClientGone) as e:
+    except (asyncio.CancelledError, ClientGone):
         # Serve cancels the request when its client disconnects; plain ASGI servers tell us through
         # is_disconnected. Either way nobody waits for the answer any more.
         jobs.cancel_soon(job.id, "client disconnected")
-        if isinstance(e, ClientGone):
-            raise _Gone() from None
-        raise
+        raise  # ClientGone: a 499 nobody reads (api/errors.py)
     if not done.status.terminal:
         raise ApiError(503, "still_running",
                        f"job {done.id} is still {done.status.value} after {bound:g} s; retry the same request (same "
@@ -131,25 +129,7 @@ async def finished(jobs: JobService, spec: AppSpec, job: Job, request: Request) 
     return done
 
 
-class _Gone(Exception):
-    """The client went away: nobody reads the answer (499)."""
-
-
-def gone_is_499(route: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    import functools
-
-    @functools.wraps(route)
-    async def wrapper(*a: Any, **kw: Any) -> Any:
-        try:
-            return await route(*a, **kw)
-        except _Gone:
-            return Response(status_code=499)
-
-    return wrapper
-
-
 @router.post("/v1/chat/completions")
-@gone_is_499
 async def chat(req: oai.ChatRequest, request: Request, jobs: Jobs, streams: StreamsDep, caller: CallerDep,
                idempotency_key: IdempotencyKey = None) -> Any:
     """The same key as every other route (`api_key=` of the openai client is sent as a Bearer token)."""
@@ -166,7 +146,6 @@ async def chat(req: oai.ChatRequest, request: Request, jobs: Jobs, streams: Stre
 
 
 @router.post("/v1/completions")
-@gone_is_499
 async def completions(req: oai.CompletionRequest, request: Request, jobs: Jobs, streams: StreamsDep,
                       caller: CallerDep, idempotency_key: IdempotencyKey = None) -> Any:
     """A chat app's answer to `prompt`, sent as one user turn (the model's chat template applies)."""

@@ -17,14 +17,15 @@ from fastapi.responses import JSONResponse, Response
 from gpu_orchestrator.api import openai_format as oai
 from gpu_orchestrator.api.deps import Artifacts, AuthDep, CallerDep, IdempotencyKey, Jobs
 from gpu_orchestrator.api.errors import ApiError
-from gpu_orchestrator.api.openai import finished, gone_is_499, job_for, resolve
+from gpu_orchestrator.api.openai import finished, job_for, resolve
 from gpu_orchestrator.service.uploads import submit_with_files
 
 router = APIRouter(tags=["openai"])
+# Bodies under Limits.max_upload_bytes (audio files), as the other upload routes.
+UPLOAD_PATHS = ("/v1/audio/transcriptions", "/v1/audio/translations")
 
 
 @router.post("/v1/images/generations")
-@gone_is_499
 async def images(req: oai.ImageRequest, request: Request, jobs: Jobs, artifacts: Artifacts, caller: CallerDep,
                  idempotency_key: IdempotencyKey = None) -> Any:
     spec = resolve(jobs, req.model, "image")
@@ -47,7 +48,6 @@ async def images(req: oai.ImageRequest, request: Request, jobs: Jobs, artifacts:
 
 
 @router.post("/v1/audio/transcriptions")
-@gone_is_499
 async def transcriptions(request: Request, jobs: Jobs, artifacts: Artifacts, caller: CallerDep, auth: AuthDep,
                          idempotency_key: IdempotencyKey = None) -> Any:
     """multipart/form-data as OpenAI's: file, model, language, response_format (json, text, srt,
@@ -56,7 +56,6 @@ async def transcriptions(request: Request, jobs: Jobs, artifacts: Artifacts, cal
 
 
 @router.post("/v1/audio/translations")
-@gone_is_499
 async def translations(request: Request, jobs: Jobs, artifacts: Artifacts, caller: CallerDep, auth: AuthDep,
                        idempotency_key: IdempotencyKey = None) -> Any:
     """As transcriptions, into English (the app's `task: translate`)."""

@@ -32,6 +32,10 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except ApiError as e:
             raise click.ClickException(str(e)) from None
+        except httpx.TimeoutException as e:
+            url = (ctx.obj or {}).get("url", DEFAULT_URL)
+            raise click.ClickException(f"the router at {url} did not answer in time ({type(e).__name__}); "
+                                       f"it may be busy: try again") from None
         except httpx.TransportError as e:
             url = (ctx.obj or {}).get("url", DEFAULT_URL)
             raise click.ClickException(f"cannot reach the router at {url} ({type(e).__name__}: {e}); is the stack up "

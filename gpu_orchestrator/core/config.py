@@ -127,7 +127,7 @@ class WebhookSpec(BaseModel):
     allow: list[str] = Field(default_factory=list)
     # Loopback receivers: unset, allowed when Serve's proxy listens on loopback only (the local demo).
     allow_loopback: bool | None = None
-    timeout_s: float = Field(default=10.0, gt=0)  # one POST
+    timeout_s: float = Field(default=10.0, gt=0, le=30)  # one POST (well inside a sender's 60 s claim)
     retry_for_s: float = Field(default=3600.0, ge=0)  # after the event; then given up (recorded on the job)
     backoff_s: float = Field(default=2.0, gt=0)  # doubling between tries, at most backoff_max_s
     backoff_max_s: float = Field(default=300.0, gt=0)

@@ -11,6 +11,7 @@ sign (Replicate's scheme): headers webhook-id, webhook-timestamp and webhook-sig
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import ipaddress
@@ -77,15 +78,17 @@ def url_problem(url: str, *, allow: Iterable[str] = (), allow_loopback: bool = F
         return None
     try:
         addrs = [host] if _is_ip(host) else (resolve(host) if resolve else [])
-    except OSError as e:
+    except (OSError, UnicodeError, ValueError) as e:  # an IDNA error for a malformed name too
         return f"its host {host!r} does not resolve ({e})"
     for addr in addrs:
         ip = ipaddress.ip_address(addr.split("%")[0])
+        if ip.version == 6 and ip.ipv4_mapped is not None:  # ::ffff:10.0.0.1 is 10.0.0.1
+            ip = ip.ipv4_mapped
         if any(_in(ip, a) for a in allowed):
             continue
         if ip.is_loopback and allow_loopback:
             continue
-        if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast or ip.is_unspecified:
+        if not ip.is_global or ip.is_multicast:  # private, loopback, link-local, shared (100.64/10), reserved
             return (f"{host} is on a private or local network ({ip}); the operator may allow it "
                     f"(router.webhooks.allow)")
     return None
@@ -123,15 +126,53 @@ def due_events(old_status: str, new_status: str, events: Iterable[str], pending:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Try:
+    """One send of one event: delivered, or failed with a retry in `retry_in_s` (None: given up)."""
+
+    event: str
+    delivered: bool
+    status: int | None
+    error: str | None
+    retry_in_s: float | None
+
+
 def after_try(pending: Iterable[str], state: dict | None, event: str, *, at: str, delivered: bool,
-              status: int | None, error: str | None, give_up: bool) -> tuple[list[str], dict]:
-    """A job's pending events and delivery record after one try to send `event` (stores share it)."""
+              status: int | None, error: str | None, retry_at: str | None) -> tuple[list[str], dict]:
+    """A job's pending events and delivery record after one try to send `event`: delivered, failed
+    with the next try at `retry_at`, or (retry_at None) failed and given up. Each event keeps its
+    own tries and retry time, so one receiver's trouble with `start` delays no `completed`."""
     st = dict(state or {})
     st["attempts"] = int(st.get("attempts", 0)) + 1
     st.update(last_status=status, last_error=error, last_attempt_at=at)
+    st["tries"] = {**(st.get("tries") or {}), event: int((st.get("tries") or {}).get(event, 0)) + 1}
+    retries = dict(st.get("retry_at") or {})
+    retries.pop(event, None)
     left = list(pending)
-    if delivered or give_up:
+    if delivered or retry_at is None:
         left = [e for e in left if e != event]
         key = "delivered" if delivered else "gave_up"
         st[key] = {**(st.get(key) or {}), event: at}
+    else:
+        retries[event] = retry_at
+    st["retry_at"] = retries
     return left, st
+
+
+def due_now(pending: Iterable[str], state: dict | None, now: str) -> list[str]:
+    """The pending events whose next try is due at `now` (ISO times compare as instants here)."""
+    retries = (state or {}).get("retry_at") or {}
+    return [e for e in pending if e not in retries or _t(retries[e]) <= _t(now)]
+
+
+def next_try(pending: Iterable[str], state: dict | None, now: str) -> str | None:
+    """When the job's next try is due: its earliest pending event's (now for one never tried)."""
+    retries = (state or {}).get("retry_at") or {}
+    times = [retries.get(e, now) for e in pending]
+    return min(times, key=_t) if times else None
+
+
+def _t(iso: str) -> float:
+    import datetime as dt
+
+    return dt.datetime.fromisoformat(iso).timestamp()

@@ -43,9 +43,13 @@ class LoopWatch:
     def _watch(self) -> None:
         held_since = None
         while not self._stop.wait(self.every_s):
+            if self._task is not None and self._task.done():  # the loop has ended: nothing left to watch
+                return
             stamp = self.stamp
             late = time.monotonic() - stamp - self.every_s
             if late > self.stall_s and held_since != stamp:
+                if held_since is not None:  # the last stall ended and this one began between two looks
+                    log.warning("the event loop was held for %.1f s", stamp - held_since - self.every_s)
                 held_since = stamp
                 self.stalls += 1
                 frame = sys._current_frames().get(self._loop_thread)

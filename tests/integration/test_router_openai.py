@@ -226,3 +226,10 @@ def test_completions_answer_the_prompt_streamed_or_not(rr, http):
     with pytest.raises(openai.BadRequestError) as e:
         c.completions.create(model="chat", prompt=["a", "b"])
     assert e.value.param == "prompt"
+
+
+def test_audio_uploads_take_the_upload_limit_not_the_json_one(rr, http):
+    big = WAV + b"\0" * 20_000  # over this router's 4096-byte body limit, under its upload limit
+    t = client(rr, max_retries=0).audio.transcriptions.create(model="whisper-1", file=("long.wav", big))
+    assert t.text == " hello world"
+

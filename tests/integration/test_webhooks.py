@@ -26,6 +26,7 @@ class Receiver:
         self.port = port or free_port()
         self.got: list[tuple[dict[str, str], bytes]] = []
         self.answer: int | None = 204
+        self.answer_for: dict[str, int] = {}  # per event (webhook-event header), over `answer`
         self.server: ThreadingHTTPServer | None = None
         self.release = threading.Event()
 
@@ -40,10 +41,11 @@ class Receiver:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["content-length"]))
                 me.got.append((dict(self.headers.items()), body))
-                if me.answer is None:
+                answer = me.answer_for.get(self.headers.get("webhook-event", ""), me.answer)
+                if answer is None:
                     me.release.wait(30)
                     return
-                self.send_response(me.answer)
+                self.send_response(answer)
                 self.end_headers()
 
             def log_message(self, *a):
@@ -168,3 +170,20 @@ def test_urls_and_events_are_checked_at_submit(router):
         assert http.get("/v1/jobs").json()["jobs"] == []  # nothing accepted
         ok = http.post("/v1/jobs", json={"app_id": "echo", "webhook": "http://10.9.4.5/h"})  # allowed by the operator
         assert ok.status_code == 202, ok.text
+
+
+def test_a_failing_start_delays_no_completion(router):
+    rec = Receiver().start()
+    rec.answer_for = {"start": 500}
+    try:
+        with router(backoff_s=5, backoff_max_s=5) as rr, httpx.Client(base_url=rr.base, timeout=30) as http:
+            job = submit(http, rec.url, ["start", "completed"], delay_s=0.3)
+            d = wait_for(lambda: (d := delivery(http, job)) and "completed" in (d.get("delivered") or {}) and d,
+                         "the completion delivered", 15)
+            assert d["pending"] == ["start"] and d["tries"] == {"start": 1, "completed": 1}  # start waits its 5 s
+            rec.answer_for = {}
+            d = wait_for(lambda: (d := delivery(http, job)) and not d["pending"] and d, "the start delivered", 30)
+            assert set(d["delivered"]) == {"start", "completed"} and d["tries"]["start"] == 2
+    finally:
+        rec.stop()
+

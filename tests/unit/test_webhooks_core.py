@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from gpu_orchestrator.core.webhooks import after_try, backoff_s, due_events, new_secret, sign, url_problem, verify
+from gpu_orchestrator.core.webhooks import (after_try, backoff_s, due_events, due_now, new_secret, next_try, sign,
+                                            url_problem, verify)
 
 
 def fixed(*addrs):
@@ -27,6 +28,9 @@ def test_urls_on_the_clusters_own_networks_are_refused_unless_allowed():
     assert url_problem("http://hooks.internal/h", allow=["hooks.internal"], resolve=fixed("10.1.1.1")) is None
     assert "http:// or https://" in url_problem("file:///etc/passwd")
     assert "not a URL" in url_problem("http://x:99999/")
+    assert "private or local" in url_problem("http://100.100.100.200/")  # shared address space (a metadata service)
+    assert "private or local" in url_problem("http://[::ffff:10.0.0.1]/")
+    assert "does not resolve" in url_problem("http://a..b/", resolve=lambda h: [h.encode("idna").decode()])  # UnicodeError
 
 
 def test_the_signature_is_standard_webhooks_and_rejects_tampering_and_replays():
@@ -45,12 +49,17 @@ def test_what_falls_due_and_what_a_try_records():
     assert due_events("queued", "running", ["start"], [], ["start"]) == []
     assert due_events("running", "succeeded", ["start", "completed"], ["start"], []) == ["start", "completed"]
     assert due_events("running", "failed", ["start"], [], []) == []  # not asked for
-    pending, st = after_try(["completed"], None, "completed", at="t1", delivered=False, status=500, error="answered 500",
-                            give_up=False)
-    assert pending == ["completed"] and st == {"attempts": 1, "last_status": 500, "last_error": "answered 500",
-                                               "last_attempt_at": "t1"}
-    pending, st = after_try(pending, st, "completed", at="t2", delivered=True, status=200, error=None, give_up=False)
-    assert pending == [] and st["delivered"] == {"completed": "t2"} and st["attempts"] == 2
+    t1, t2, t3 = "2026-01-01T00:00:01+00:00", "2026-01-01T00:00:05+00:00", "2026-01-01T00:00:09+00:00"
+    pending, st = after_try(["start", "completed"], None, "start", at=t1, delivered=False, status=500,
+                            error="answered 500", retry_at=t3)
+    assert pending == ["start", "completed"] and st["retry_at"] == {"start": t3} and st["tries"] == {"start": 1}
+    # The failing `start` waits for its retry; `completed`, never tried, is due at once.
+    assert due_now(pending, st, t2) == ["completed"] and next_try(pending, st, t2) == t2
+    pending, st = after_try(pending, st, "completed", at=t2, delivered=True, status=200, error=None, retry_at=None)
+    assert pending == ["start"] and st["delivered"] == {"completed": t2} and st["attempts"] == 2
+    assert due_now(pending, st, t2) == [] and next_try(pending, st, t2) == t3 and due_now(pending, st, t3) == ["start"]
+    pending, st = after_try(pending, st, "start", at=t3, delivered=False, status=None, error="x", retry_at=None)
+    assert pending == [] and st["gave_up"] == {"start": t3} and next_try(pending, st, t3) is None
     assert [backoff_s(n, 2.0, 30.0) for n in (1, 2, 3, 4, 5, 6)] == [2, 4, 8, 16, 30, 30]
 
 

@@ -48,6 +48,8 @@ def upgrade() -> None:
     # {attempts, last_status, last_error, last_attempt_at, delivered: {event: at}, gave_up: {event: at}}
     op.add_column("jobs", sa.Column("webhook_state", pg.JSONB), if_not_exists=True)
     op.add_column("jobs", sa.Column("webhook_next_at", sa.DateTime(timezone=True)), if_not_exists=True)
+    # A sender's claim (apart from next_at, which a status change may bring forward meanwhile).
+    op.add_column("jobs", sa.Column("webhook_lease_until", sa.DateTime(timezone=True)), if_not_exists=True)
     op.execute(TRIGGER_FN)
     op.execute("DROP TRIGGER IF EXISTS jobs_webhook_due ON jobs")
     op.execute("CREATE TRIGGER jobs_webhook_due BEFORE UPDATE OF status ON jobs FOR EACH ROW "
@@ -70,5 +72,5 @@ def downgrade() -> None:
     op.execute("DROP TRIGGER IF EXISTS jobs_webhook_due ON jobs")
     op.execute("DROP FUNCTION IF EXISTS jobs_webhook_due()")
     op.drop_table("webhook_secrets")
-    for col in ("webhook_next_at", "webhook_state", "webhook_pending", "webhook_events", "webhook"):
+    for col in ("webhook_lease_until", "webhook_next_at", "webhook_state", "webhook_pending", "webhook_events", "webhook"):
         op.drop_column("jobs", col)
