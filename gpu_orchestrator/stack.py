@@ -18,6 +18,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -98,9 +99,27 @@ def port_in_use(port: int) -> bool:
     return False
 
 
-def start_ray_head(home: Path, cmd: list[str], *, port: int, env: dict[str, str], timeout_s: float = 180) -> int:
+# Ray gives its raylet a fixed 30 s to register with the GCS (ray/_private/node.py); a machine busy
+# enough to miss that (a laptop building runtime_envs) usually makes it on a second start.
+RAYLET_SLOW = "timed out during startup"
+
+
+def start_ray_head(home: Path, cmd: list[str], *, port: int, env: dict[str, str], timeout_s: float = 180,
+                   tries: int = 2) -> int:
     """Run `cmd` (a `ray start --head --block ...`) detached; its pid is in ray/head.pid before it
-    is even up. Returns once Ray says it started; on failure stops it and raises with its output."""
+    is even up. Returns once Ray says it started; on failure stops it and raises with its output
+    (once more first when Ray only ran out of its own startup wait)."""
+    for attempt in range(1, tries + 1):
+        try:
+            return _start_ray_head(home, cmd, port=port, env=env, timeout_s=timeout_s)
+        except RuntimeError as e:
+            if RAYLET_SLOW not in str(e) or attempt == tries:
+                raise
+            print(f"ray start: {RAYLET_SLOW} (a busy machine); starting it again", file=sys.stderr, flush=True)
+    raise AssertionError("unreachable")
+
+
+def _start_ray_head(home: Path, cmd: list[str], *, port: int, env: dict[str, str], timeout_s: float) -> int:
     run_dir = Path(home) / "ray"
     run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     log = run_dir / RAY_START_LOG

@@ -78,11 +78,12 @@ def test_the_in_memory_orchestrator_delivers_too(tmp_path):
         orch.start()
         try:
             job = await orch.submit("echo", {}, webhook=rec.url, webhook_events_filter=["start", "completed"])
-            for _ in range(200):
-                if len(rec.got) == 2:
+            for _ in range(300):  # until both tries are recorded on the job (after the receiver has them)
+                after = await orch.get(job["job_id"])
+                if len((after["webhook_delivery"].get("delivered") or {})) == 2:
                     break
                 await asyncio.sleep(0.05)
-            return job, await orch.get(job["job_id"])
+            return job, after
         finally:
             await orch.aclose()
 
