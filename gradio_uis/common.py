@@ -172,17 +172,22 @@ def _num(x: Any) -> str:
     return "" if x is None else str(int(x)) if float(x).is_integer() else str(x)
 
 
+def app_param(app: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
+    """One parameter of an app as GET /v1/apps lists it, or None."""
+    return next((p for p in (app or {}).get("parameters", []) if p["name"] == name), None)
+
+
 def param_info(app: dict[str, Any] | None, name: str) -> str | None:
     """The router's default and limits for one param, as a hint under its input (the router still checks)."""
-    for p in (app or {}).get("parameters", []):
-        if p["name"] == name:
-            bits = [f"default {_num(p['default'])}"] if p.get("default") is not None else []
-            if p.get("minimum") is not None or p.get("maximum") is not None:
-                bits.append(f"{_num(p.get('minimum'))}–{_num(p.get('maximum'))}")
-            if p.get("multiple_of"):
-                bits.append(f"multiple of {p['multiple_of']}")
-            return ", ".join(bits) or None
-    return None
+    p = app_param(app, name)
+    if p is None:
+        return None
+    bits = [f"default {_num(p['default'])}"] if p.get("default") is not None else []
+    if p.get("minimum") is not None or p.get("maximum") is not None:
+        bits.append(f"{_num(p.get('minimum'))}–{_num(p.get('maximum'))}")
+    if p.get("multiple_of"):
+        bits.append(f"multiple of {p['multiple_of']}")
+    return ", ".join(bits) or None
 
 
 def standalone(build: Callable[[str], gr.Blocks], what: str) -> None:

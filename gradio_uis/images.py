@@ -7,8 +7,8 @@ from typing import Any, AsyncIterator
 
 import gradio as gr
 
-from gradio_uis.common import (CONCURRENCY, DELETE_CACHE, api_url, client, error_html, event_progress, explain, job_line,
-                               output_dir, param_info, progress_html, standalone, sweep, typed_int)
+from gradio_uis.common import (CONCURRENCY, DELETE_CACHE, api_url, app_param, client, error_html, event_progress, explain,
+                               job_line, output_dir, param_info, progress_html, standalone, sweep, typed_int)
 
 MODELS = [("Stable Diffusion XL", "sdxl"), ("Z-Image Turbo", "zimage")]
 
@@ -24,10 +24,8 @@ def image_params(prompt: str, negative: str, width: Any, height: Any, steps: Any
 
 def default_of(app: dict[str, Any] | None, name: str) -> dict[str, Any]:
     """{"value": the app's default for the param}, or {} (the field keeps what it shows)."""
-    for p in (app or {}).get("parameters", []):
-        if p["name"] == name and p.get("default") is not None:
-            return {"value": p["default"]}
-    return {}
+    p = app_param(app, name)
+    return {"value": p["default"]} if p is not None and p.get("default") is not None else {}
 
 
 def build(api: str | None = None) -> gr.Blocks:

@@ -133,16 +133,8 @@ async def finished(jobs: JobService, spec: AppSpec, job: Job, request: Request) 
 async def chat(req: oai.ChatRequest, request: Request, jobs: Jobs, streams: StreamsDep, caller: CallerDep,
                idempotency_key: IdempotencyKey = None) -> Any:
     """The same key as every other route (`api_key=` of the openai client is sent as a Bearer token)."""
-    spec = resolve(jobs, req.model, "chat")
-    if req.stream:
-        streams.admit()
-    job = await job_for(jobs, spec, req.job_params(), request, idempotency_key, caller)
-    created = int(time.time())
-    if req.stream:
-        chunks = ChatChunks(str(job.id), req.model, created)
-        return StreamingResponse(streams.counted(_stream(jobs, job.id, chunks)), media_type="text/event-stream")
-    done = await finished(jobs, spec, job, request)
-    return oai.completion(str(done.id), req.model, done.result, created)
+    return await _answer(jobs, streams, resolve(jobs, req.model, "chat"), req.job_params(), req.model, req.stream,
+                         request, idempotency_key, caller, ChatChunks, oai.completion)
 
 
 @router.post("/v1/completions")
@@ -154,15 +146,23 @@ async def completions(req: oai.CompletionRequest, request: Request, jobs: Jobs, 
         params = req.job_params()
     except ValueError as e:
         raise ApiError(422, "invalid_request", str(e), field="prompt") from None
-    if req.stream:
+    return await _answer(jobs, streams, spec, params, req.model, req.stream, request, idempotency_key, caller,
+                         TextChunks, oai.text_completion)
+
+
+async def _answer(jobs: JobService, streams: Any, spec: AppSpec, params: dict[str, Any], model: str, stream: bool,
+                  request: Request, key: str | None, caller: Caller, chunks: type["ChatChunks"],
+                  whole: Callable[[str, str, Any, int], dict[str, Any]]) -> Any:
+    """A chat app's job for the request, streamed in `chunks`, or waited for and answered by `whole`."""
+    if stream:
         streams.admit()
-    job = await job_for(jobs, spec, params, request, idempotency_key, caller)
+    job = await job_for(jobs, spec, params, request, key, caller)
     created = int(time.time())
-    if req.stream:
-        chunks = TextChunks(str(job.id), req.model, created)
-        return StreamingResponse(streams.counted(_stream(jobs, job.id, chunks)), media_type="text/event-stream")
+    if stream:
+        return StreamingResponse(streams.counted(_stream(jobs, job.id, chunks(str(job.id), model, created))),
+                                 media_type="text/event-stream")
     done = await finished(jobs, spec, job, request)
-    return oai.text_completion(str(done.id), req.model, done.result, created)
+    return whole(str(done.id), model, done.result, created)
 
 
 class ChatChunks:

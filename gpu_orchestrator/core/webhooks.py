@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import datetime as dt
 import hashlib
 import hmac
 import ipaddress
@@ -64,20 +65,19 @@ def url_problem(url: str, *, allow: Iterable[str] = (), allow_loopback: bool = F
     that listens on loopback only). `resolve`: host -> its addresses (checked at each send too)."""
     try:
         parts = urlsplit(url)
-        port = parts.port  # raises on a bad port
+        parts.port  # noqa: B018 (reading it raises on a bad port)
     except ValueError as e:
         return f"not a URL: {e}"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "must be an http:// or https:// URL with a host"
     if len(url) > 2048:
         return "longer than 2048 characters"
-    del port
     host = parts.hostname.lower()
     allowed = {a.strip().lower() for a in allow}
     if host in allowed:
         return None
     try:
-        addrs = [host] if _is_ip(host) else (resolve(host) if resolve else [])
+        addrs = [host] if is_ip(host) else (resolve(host) if resolve else [])
     except (OSError, UnicodeError, ValueError) as e:  # an IDNA error for a malformed name too
         return f"its host {host!r} does not resolve ({e})"
     for addr in addrs:
@@ -94,7 +94,7 @@ def url_problem(url: str, *, allow: Iterable[str] = (), allow_loopback: bool = F
     return None
 
 
-def _is_ip(host: str) -> bool:
+def is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host.split("%")[0])
     except ValueError:
@@ -173,6 +173,4 @@ def next_try(pending: Iterable[str], state: dict | None, now: str) -> str | None
 
 
 def _t(iso: str) -> float:
-    import datetime as dt
-
     return dt.datetime.fromisoformat(iso).timestamp()

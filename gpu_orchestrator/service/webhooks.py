@@ -20,7 +20,7 @@ import httpx
 
 from gpu_orchestrator.core.config import WebhookSpec
 from gpu_orchestrator.core.jobs import Job
-from gpu_orchestrator.core.webhooks import Try, backoff_s, sign, url_problem
+from gpu_orchestrator.core.webhooks import Try, backoff_s, is_ip, sign, url_problem
 
 log = logging.getLogger("gpu_orchestrator.webhooks")
 BATCH = 16
@@ -141,7 +141,7 @@ class WebhookSender:
         parts = urlsplit(url)
         host = parts.hostname or ""
         try:
-            addrs = [host] if _is_ip(host) else self.resolver(host)
+            addrs = [host] if is_ip(host) else self.resolver(host)
         except (OSError, UnicodeError, ValueError) as e:
             raise _Refused(f"its host {host!r} does not resolve ({e})") from None
         problem = url_problem(url, allow=self.spec.allow, allow_loopback=self.allow_loopback, resolve=lambda _: addrs)
@@ -164,13 +164,3 @@ class WebhookSender:
 
 class _Refused(Exception):
     """The URL may not be sent to now (checked at each send: DNS changes)."""
-
-
-def _is_ip(host: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host.split("%")[0])
-    except ValueError:
-        return False
-    return True
