@@ -143,6 +143,8 @@ def event_progress(ev: dict[str, Any]) -> tuple[float | None, str] | None:
         if st == "running":
             return 0.0, f"running (attempt {data.get('attempt') or data.get('attempts') or 1})"
         return (1.0 if st == "succeeded" else None), st or ""
+    if ev.get("event") == "waiting":  # its model is not loaded yet (the arbiter): say which, and how long
+        return 0.0, str(data.get("message") or "waiting for its model")
     if ev.get("event") == "progress":
         if data.get("steps"):
             return data["step"] / data["steps"], f"step {data['step']}/{data['steps']}"
