@@ -16,12 +16,14 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 # The demo profile: every model (SDXL, Z-Image, Whisper, an LLM) as a tiny UNTRAINED version built
-# locally, so it all runs on a CPU with no downloads. Outputs are noise, and labelled so.
+# locally, so it all runs on a CPU with no downloads. Outputs are noise, and labelled so. The GPU
+# arbiter runs against a virtual 32 GB GPU: the chat job waits while SDXL is evicted for the LLM.
 demo: install
 	$(VENV)/bin/gpu-orch up --demo
 	$(VENV)/bin/gpu-orch submit sdxl -p prompt="a red fox in the snow" -p width=256 -p height=256 -p num_inference_steps=10 --wait --out demo-output
 	$(VENV)/bin/gpu-orch submit chat -p messages='[{"role":"user","content":"hello"}]' -p max_tokens=16 --wait
-	@echo "Stack is still up: images in demo-output/; try '$(VENV)/bin/gpu-orch workers', open http://127.0.0.1:8000/docs; stop with 'make down'."
+	$(VENV)/bin/gpu-orch arbiter
+	@echo "Stack is still up: images in demo-output/; watch the arbiter at http://127.0.0.1:8000/ui/admin/ (models scale to zero after 60 s idle), try '$(VENV)/bin/gpu-orch workers', open http://127.0.0.1:8000/docs; stop with 'make down'."
 	@echo 'Ray CLI with the stack auth token: eval "$$($(VENV)/bin/gpu-orch env)", then ray status, serve status.'
 
 down: install

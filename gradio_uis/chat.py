@@ -1,5 +1,6 @@
-"""Chat with the LLM: streamed replies (the job's token events), history, system prompt,
-temperature, max tokens, and a Stop button that cancels the job."""
+"""Chat with an LLM (the router's chat apps: any `gpu-orch new-app --task chat` adds one): streamed
+replies (the job's token events), history, system prompt, temperature, max tokens, and a Stop button
+that cancels the job."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ from typing import Any, AsyncIterator
 
 import gradio as gr
 
-from gradio_uis.common import (CONCURRENCY, DELETE_CACHE, api_url, client, error_html, explain, job_line, standalone,
-                               typed_int)
+from gradio_uis.choices import Offer, default_of, find_app, offer, read_apps
+from gradio_uis.common import (CONCURRENCY, DELETE_CACHE, api_url, client, error_html, explain, job_line, param_info,
+                               standalone, typed_int)
 
+# The choice until the page has the router's chat apps (AppSpec.task "chat"), and if it cannot.
 APP_ID = "chat"
+MODELS = [("Qwen2.5 7B Instruct", APP_ID)]
+TASK = "chat"
 UPDATE_EVERY_S = 0.1
 
 
@@ -21,11 +26,16 @@ def chat_messages(system: str, conversation: list[dict[str, str]]) -> list[dict[
     return head + [{"role": m["role"], "content": m["content"]} for m in conversation]
 
 
+def chat_models(apps: list[dict[str, Any]] | None, current: str | None = None) -> Offer:
+    """The page's model list from GET /v1/apps (None: it could not be read)."""
+    return offer(apps, TASK, MODELS, APP_ID, current)
+
+
 def build(api: str | None = None) -> gr.Blocks:
     url = api_url(api)
     running: dict[str, str] = {}  # browser session -> its job in progress (what Stop cancels)
 
-    async def send(message: str, conversation: list[dict[str, str]], system: str, temperature: Any,
+    async def send(message: str, conversation: list[dict[str, str]], app_id: str, system: str, temperature: Any,
                    max_tokens: Any, min_tokens: Any, seed: Any, request: gr.Request) -> AsyncIterator:
         # Outputs: chatbot, conversation, input box, error, job info.
         if not message or not message.strip():
@@ -42,7 +52,7 @@ def build(api: str | None = None) -> gr.Blocks:
         finished = False
         async with client(url, request) as c:
             try:
-                job = await c.submit(APP_ID, params)
+                job = await c.submit(app_id or APP_ID, params)
             except Exception as e:
                 yield gr.skip(), gr.skip(), gr.skip(), error_html(explain(e)), gr.skip()
                 return
@@ -109,16 +119,40 @@ def build(api: str | None = None) -> gr.Blocks:
                     stop_btn = gr.Button("Stop", variant="stop", scale=1, elem_id="stop")
                 info = gr.Markdown(elem_id="job-info")
             with gr.Column(scale=1):
+                model = gr.Radio(MODELS, value=APP_ID, label="Model", elem_id="model")
                 system = gr.Textbox(label="System prompt", lines=3, elem_id="system")
                 temperature = gr.Number(value=0.7, label="Temperature", elem_id="temperature")
-                # The chat app's own defaults (serve_config.yaml), so the page sends what the API would.
+                # The chat app's own defaults (serve_config.yaml), so the page sends what the API would;
+                # another model's from the router when it is chosen.
                 max_tokens = gr.Number(value=512, precision=0, label="Max tokens", elem_id="max-tokens")
                 with gr.Accordion("More", open=False):
                     min_tokens = gr.Number(value=0, precision=0, label="Min tokens (end of text ignored before)",
                                            elem_id="min-tokens")
                     seed = gr.Textbox(label="Seed (blank: random)", elem_id="seed")
                 clear = gr.Button("Clear", elem_id="clear")
-        inputs = [box, conversation, system, temperature, max_tokens, min_tokens, seed]
+        hinted = {"max_tokens": max_tokens, "min_tokens": min_tokens, "temperature": temperature}
+
+        async def load(app_id: str, request: gr.Request):
+            """The router's chat apps as the model list (an app added to its config shows up here) and
+            the chosen one's limits as hints. The values stay as shown (the user may be typing): a
+            different model chosen here sets its own (model.change). Unreadable: the built-in stays."""
+            apps, problem = await read_apps(url, request)
+            o = chat_models(apps, app_id)
+            note = problem or o.note
+            app = find_app(apps, o.value)
+            return [gr.update(choices=o.choices, value=o.value), error_html(note) if note else gr.skip(),
+                    *(gr.update(info=param_info(app, n)) for n in hinted)]
+
+        async def defaults(app_id: str, request: gr.Request):
+            """The chosen model's defaults and limits (the router still checks)."""
+            apps, _ = await read_apps(url, request)  # unreadable: the fields keep what they show
+            app = find_app(apps, app_id)
+            return [gr.update(info=param_info(app, n), **default_of(app, n)) for n in hinted]
+
+        # No spinners over the fields: the user may type while the page asks the router.
+        demo.load(load, model, [model, error, *hinted.values()], show_progress="hidden")
+        model.change(defaults, model, list(hinted.values()), show_progress="hidden")
+        inputs = [box, conversation, model, system, temperature, max_tokens, min_tokens, seed]
         outputs = [chatbot, conversation, box, error, info]
         send_btn.click(send, inputs, outputs)
         box.submit(send, inputs, outputs)

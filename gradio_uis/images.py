@@ -1,5 +1,6 @@
-"""Text to image (SDXL or Z-Image): submit, a live progress bar from the job's event stream, a
-gallery of the PNGs with downloads, and where the job ran."""
+"""Text to image: the router's image apps (SDXL, Z-Image, any `gpu-orch new-app --task image`
+adds), submit, a live progress bar from the job's event stream, a gallery of the PNGs with
+downloads, and where the job ran."""
 
 from __future__ import annotations
 
@@ -7,10 +8,19 @@ from typing import Any, AsyncIterator
 
 import gradio as gr
 
-from gradio_uis.common import (CONCURRENCY, DELETE_CACHE, api_url, app_param, client, error_html, event_progress, explain,
-                               job_line, output_dir, param_info, progress_html, standalone, sweep, typed_int)
+from gradio_uis.choices import Offer, default_of, find_app, offer, read_apps
+from gradio_uis.common import (CONCURRENCY, DELETE_CACHE, api_url, client, error_html, event_progress, explain, job_line,
+                               output_dir, param_info, progress_html, standalone, sweep, typed_int)
 
+# The choice until the page has the router's image apps (AppSpec.task "image"), and if it cannot.
 MODELS = [("Stable Diffusion XL", "sdxl"), ("Z-Image Turbo", "zimage")]
+DEFAULT = "sdxl"
+TASK = "image"
+
+
+def image_models(apps: list[dict[str, Any]] | None, current: str | None = None) -> Offer:
+    """The page's model choice from GET /v1/apps (None: it could not be read)."""
+    return offer(apps, TASK, MODELS, DEFAULT, current)
 
 
 def image_params(prompt: str, negative: str, width: Any, height: Any, steps: Any, guidance: Any, seed: Any,
@@ -20,12 +30,6 @@ def image_params(prompt: str, negative: str, width: Any, height: Any, steps: Any
     raw = {"prompt": prompt, "negative_prompt": negative, "width": width, "height": height,
            "num_inference_steps": steps, "guidance_scale": guidance, "seed": typed_int(seed), "num_images": num_images}
     return {k: v for k, v in raw.items() if v is not None and not (isinstance(v, str) and not v.strip())}
-
-
-def default_of(app: dict[str, Any] | None, name: str) -> dict[str, Any]:
-    """{"value": the app's default for the param}, or {} (the field keeps what it shows)."""
-    p = app_param(app, name)
-    return {"value": p["default"]} if p is not None and p.get("default") is not None else {}
 
 
 def build(api: str | None = None) -> gr.Blocks:
@@ -51,7 +55,8 @@ def build(api: str | None = None) -> gr.Blocks:
                         yield gr.skip(), progress_html(*shown), gr.skip(), gr.skip()
                 job = await c.get(job_id)
                 if job["status"] != "succeeded":
-                    yield error_html(f"{job['status']}: {job.get('error') or ''}"), progress_html(None, job["status"]), [], job_line(job)
+                    yield (error_html(f"{job['status']}: {job.get('error') or ''}"), progress_html(None, job["status"]), [],
+                           job_line(job))
                     return
                 sweep(out_dir)
                 paths = []
@@ -71,7 +76,7 @@ def build(api: str | None = None) -> gr.Blocks:
         gr.Markdown("## Text to image")
         with gr.Row():
             with gr.Column():
-                model = gr.Radio(MODELS, value="sdxl", label="Model", elem_id="model")
+                model = gr.Radio(MODELS, value=DEFAULT, label="Model", elem_id="model")
                 prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt")
                 negative = gr.Textbox(label="Negative prompt", elem_id="negative-prompt")
                 with gr.Row():
@@ -96,16 +101,24 @@ def build(api: str | None = None) -> gr.Blocks:
         hinted = {"width": width, "height": height, "num_inference_steps": steps, "guidance_scale": guidance,
                   "num_images": num_images}
 
-        async def hints(app_id: str, request: gr.Request):
+        def shown_for(app: dict[str, Any] | None) -> list:
             """Each input's default and limits for the chosen model, from the router (it still checks)."""
-            try:
-                async with client(url, request) as c:
-                    app = next((a for a in await c.apps() if a["id"] == app_id), None)
-            except Exception:
-                app = None  # hints only: the router answers for real at submit
             return [gr.update(info=param_info(app, name), **default_of(app, name)) for name in hinted]
 
-        demo.load(hints, model, list(hinted.values()))
+        async def load(app_id: str, request: gr.Request):
+            """The router's image apps as the model choice (an app added to its config shows up
+            here), and the chosen one's defaults. Unreadable: the built-in choice stays, and why."""
+            apps, problem = await read_apps(url, request)
+            o = image_models(apps, app_id)
+            note = problem or o.note
+            return [gr.update(choices=o.choices, value=o.value), error_html(note) if note else gr.skip(),
+                    *shown_for(find_app(apps, o.value))]
+
+        async def hints(app_id: str, request: gr.Request):
+            apps, _ = await read_apps(url, request)  # unreadable: no hints (the router answers at submit)
+            return shown_for(find_app(apps, app_id))
+
+        demo.load(load, model, [model, error, *hinted.values()])
         model.change(hints, model, list(hinted.values()))
         go.click(generate, [model, prompt, negative, width, height, steps, guidance, seed, num_images],
                  [error, progress, gallery, info], show_progress="hidden")

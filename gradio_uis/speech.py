@@ -1,24 +1,34 @@
-"""Speech to text (Whisper): upload or record audio, pick language and task; the transcript with
-timestamped segments, downloadable as text and SRT."""
+"""Speech to text (the router's transcription apps: Whisper, any `gpu-orch new-app --task audio`
+adds): upload or record audio, pick language and task; the transcript with timestamped segments,
+downloadable as text and SRT."""
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import gradio as gr
 
+from gradio_uis.choices import Offer, offer, read_apps
 from gradio_uis.common import (CONCURRENCY, DELETE_CACHE, api_url, client, error_html, event_progress, explain, job_line,
                                output_dir, progress_html, standalone, sweep)
 from gradio_uis.formats import segment_rows, to_srt, to_text
 
+# The choice until the page has the router's speech apps (AppSpec.task "transcription"), and if it cannot.
 APP_ID = "transcribe"
+MODELS = [("Whisper large-v3", APP_ID)]
+TASK = "transcription"
+
+
+def speech_models(apps: list[dict[str, Any]] | None, current: str | None = None) -> Offer:
+    """The page's model choice from GET /v1/apps (None: it could not be read)."""
+    return offer(apps, TASK, MODELS, APP_ID, current)
 
 
 def build(api: str | None = None) -> gr.Blocks:
     url = api_url(api)
     out_dir = output_dir("speech")
 
-    async def transcribe(audio_path, language, task, request: gr.Request) -> AsyncIterator:
+    async def transcribe(app_id, audio_path, language, task, request: gr.Request) -> AsyncIterator:
         # Outputs: error, progress, transcript, segments, downloads, job info.
         if not audio_path:
             yield error_html("audio: upload or record a clip first"), gr.skip(), "", [], None, ""
@@ -29,7 +39,7 @@ def build(api: str | None = None) -> gr.Blocks:
         async with client(url, request) as c:
             try:
                 params["audio"] = await c.upload(audio_path)
-                job = await c.submit(APP_ID, params)
+                job = await c.submit(app_id or APP_ID, params)
             except Exception as e:
                 yield error_html(explain(e)), progress_html(0, "not submitted"), "", [], None, ""
                 return
@@ -61,6 +71,7 @@ def build(api: str | None = None) -> gr.Blocks:
         gr.Markdown("## Speech to text")
         with gr.Row():
             with gr.Column():
+                model = gr.Radio(MODELS, value=APP_ID, label="Model", elem_id="model")
                 audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Audio", elem_id="audio")
                 language = gr.Textbox(label="Language (blank: detect)", placeholder="e.g. en", elem_id="language")
                 task = gr.Radio(["transcribe", "translate"], value="transcribe", label="Task", elem_id="task")
@@ -76,7 +87,17 @@ def build(api: str | None = None) -> gr.Blocks:
                 downloads = gr.File(label="Download (.txt, .srt)", file_count="multiple", elem_id="downloads",
                                     interactive=False)
                 info = gr.Markdown(elem_id="job-info")
-        go.click(transcribe, [audio, language, task], [error, progress, transcript, segments, downloads, info],
+
+        async def load(app_id: str, request: gr.Request):
+            """The router's speech apps as the model choice (an app added to its config shows up
+            here). Unreadable: the built-in choice stays, and the page says why."""
+            apps, problem = await read_apps(url, request)
+            o = speech_models(apps, app_id)
+            note = problem or o.note
+            return gr.update(choices=o.choices, value=o.value), error_html(note) if note else gr.skip()
+
+        demo.load(load, model, [model, error], show_progress="hidden")
+        go.click(transcribe, [model, audio, language, task], [error, progress, transcript, segments, downloads, info],
                  show_progress="hidden")
     return demo.queue(default_concurrency_limit=CONCURRENCY)
 

@@ -267,7 +267,10 @@ def stack(ray_cluster, serve_backend, fake_replicate):
     port = free_port()
     st = Stack(f"http://127.0.0.1:{port}", {"host": "127.0.0.1", "port": port})
 
-    st.specs[APP_NAME] = lambda: router_app(APP_NAME, "/", test_args(urls[0], serve_backend.redis_url, fake_replicate))
+    # The demo profile's models, with the arbiter off (no virtual GPU): the tests assert against
+    # models that stay loaded; the arbiter app below, and the demo's own e2e test, show it working.
+    st.specs[APP_NAME] = lambda: router_app(APP_NAME, "/", {**test_args(urls[0], serve_backend.redis_url, fake_replicate),
+                                                            "demo": {}})
     st.specs["arbiter"] = lambda: router_app(
         "arbiter", "/arb", arbiter_args(urls[1], serve_backend.redis_url, fake_replicate),
         autoscaling_policy={"policy_function": "serve_apps.autoscaling:arbiter_policy"})

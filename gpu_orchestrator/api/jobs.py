@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gpu_orchestrator.api.deps import Artifacts, AuthDep, CallerDep, IdempotencyKey, Jobs, LastEventId, Prefer, StreamsDep
 from gpu_orchestrator.api.errors import (MAX_PREFER_WAIT_S, ApiError, check_idempotency_key, check_last_event_id,
                                          check_prefer_wait)
+from gpu_orchestrator.service.waits import with_waits
 from gpu_orchestrator.api.streams import sse
 from gpu_orchestrator.core.jobs import PRIORITY_MAX, PRIORITY_MIN, Job, JobStatus
 from gpu_orchestrator.service.jobs import ClientGone
@@ -51,7 +52,7 @@ async def submitted(jobs: Any, job: Job, created: bool, wait_s: int | None = Non
         # An ended job is the answer itself: 200, as Replicate answers a finished prediction; 202
         # only for a job still queued or running when the wait ran out.
         code = 200 if job.status.terminal else code
-        return JSONResponse(status_code=code, content=job.to_api(), headers={"Preference-Applied": f"wait={wait_s}"})
+        return JSONResponse(status_code=code, content=jobs.to_api(job), headers={"Preference-Applied": f"wait={wait_s}"})
     payload = {"job_id": str(job.id), "status": job.status.value, "route": job.route or "local",
                "route_reason": job.route_reason}
     # A response of our own, not a dict: FastAPI would validate it against the response model and
@@ -116,7 +117,7 @@ async def get(job_id: uuid.UUID, jobs: Jobs, caller: CallerDep, request: Request
             job = await jobs.wait(job_id, min(wait, MAX_PREFER_WAIT_S), gone=request.is_disconnected, caller=caller)
         except ClientGone:
             return JSONResponse(status_code=499, content={"error": "client_gone"})
-    return JSONResponse(job.to_api())  # JSON-ready already: no jsonable_encoder walk per poll
+    return JSONResponse(jobs.to_api(job))  # JSON-ready already: no jsonable_encoder walk per poll
 
 
 @router.get("/v1/jobs")
@@ -132,12 +133,12 @@ async def list_jobs(
     """Newest first. A key without read:all lists its own jobs only."""
     found, nxt = await jobs.list(app_id=app_id, status=status, limit=limit, cursor=cursor, caller=caller,
                                  id_prefix=id_prefix)
-    return {"jobs": [j.to_api() for j in found], "next_cursor": nxt}
+    return {"jobs": [jobs.to_api(j) for j in found], "next_cursor": nxt}
 
 
 @router.delete("/v1/jobs/{job_id}")
 async def cancel(job_id: uuid.UUID, jobs: Jobs, caller: CallerDep) -> dict[str, Any]:
-    return (await jobs.cancel(job_id, caller)).to_api()
+    return jobs.to_api(await jobs.cancel(job_id, caller))
 
 
 @router.get("/v1/jobs/{job_id}/events")
@@ -146,9 +147,9 @@ async def events(job_id: uuid.UUID, jobs: Jobs, streams: StreamsDep, caller: Cal
     """Server-Sent Events: progress and status; resume with the Last-Event-ID header. A stream
     ends at the terminal status, or after a time limit with a `retry:` hint (resume then)."""
     after = check_last_event_id(last_event_id)
-    await jobs.get(job_id, caller)  # 404 before the stream starts (another key's job too)
+    job = await jobs.get(job_id, caller)  # 404 before the stream starts (another key's job too)
     streams.admit()
     # A keep-alive (and a look at the row) each 5 s of quiet: hundreds of idle subscribers stay cheap.
-    body = sse(jobs.follow(job_id, after, block_ms=5_000), streams.limits.max_stream_s)
+    body = sse(with_waits(jobs, job, jobs.follow(job_id, after, block_ms=5_000), after), streams.limits.max_stream_s)
     return StreamingResponse(streams.counted(body), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

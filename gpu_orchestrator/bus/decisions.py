@@ -31,8 +31,8 @@ class Snapshot:
     swap_credit_s: dict[str, float] = field(default_factory=dict)  # per GPU pool: what the swap budget still allows
     history: list[list] = field(default_factory=list)  # the leader's latest actions, [ts, text], oldest first
     # Per GPU pool: {"vram_gb": its budget, "held_gb": the declared VRAM of every replica on it
-    # (resident, loading, stopping)}, as the policy counted it for this decision.
-    gpus: dict[str, dict[str, float]] = field(default_factory=dict)
+    # (resident, loading, stopping), "virtual": true for the demo's}, as the policy counted it.
+    gpus: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         # Its fields are plain JSON values: no deep copy (asdict's) of a thousand models' rows.

@@ -1,4 +1,4 @@
-"""`gpu-orch apps`, `workers`, `costs`, `prune`, `render`, `import-seed`, `new-app`."""
+"""`gpu-orch apps`, `workers`, `arbiter`, `costs`, `prune`, `render`, `import-seed`, `new-app`."""
 
 from __future__ import annotations
 
@@ -72,6 +72,8 @@ def workers(ctx: click.Context) -> None:
     arbiter = data.get("arbiter")
     if arbiter:
         click.echo(f"arbiter: leader {arbiter['leader']}, dispatchable {arbiter['dispatchable']}, draining {arbiter['draining']}")
+        for line in _gpu_lines(data):
+            click.echo(f"  {line}")
         credit = arbiter.get("swap_credit_s") or {}
         if credit:
             click.echo("  swap budget left: " + ", ".join(f"{g} {c:g} s" for g, c in credit.items()))
@@ -80,6 +82,53 @@ def workers(ctx: click.Context) -> None:
     for c in data.get("cloud") or []:
         state = "available" if c["available"] else f"UNAVAILABLE: {c['reason']}"
         click.echo(f"cloud {c['backend']}: {state}  apps {c['apps'] or '-'}  fallback for {c['fallback_for'] or '-'}")
+
+
+def _gpu_lines(data: dict[str, Any]) -> list[str]:
+    """Per GPU the arbiter places models on: its VRAM held (declared by the models on it) of its size,
+    and which models; a virtual GPU (the demo's) says so."""
+    placed: dict[str, list[str]] = {}
+    for m in data.get("models") or ():
+        for g in (m.get("arbiter") or {}).get("placement") or ():
+            if m["state"] != "cold":
+                placed.setdefault(g, []).append(f"{m['deployment']} ({m['state']})")
+    out = []
+    for gid, g in sorted(((data.get("arbiter") or {}).get("gpus") or {}).items()):
+        tag = " VIRTUAL (accounting only: the models run on CPU)" if g.get("virtual") else ""
+        out.append(f"gpu {gid}{tag}: {g['held_gb']:g} of {g['vram_gb']:g} GB held"
+                   + (f": {', '.join(placed[gid])}" if placed.get(gid) else ""))
+    return out
+
+
+@cli.command()
+@click.option("--last", type=click.IntRange(1, 100), default=30, show_default=True, help="how many decisions to show")
+@click.pass_context
+def arbiter(ctx: click.Context, last: int) -> None:
+    """What the GPU arbiter did: its GPUs, each model's loads, evictions and load time, and its
+    latest decisions (which model waited, which was evicted for which, how long each load took)."""
+    import datetime as dt
+
+    with _client(ctx) as c:
+        data = c.http.get("/v1/workers").json()
+    arb = data.get("arbiter")
+    if not arb:
+        raise click.ClickException("the arbiter is off in this stack (arbiter.enabled; the demo turns it on with "
+                                   "demo.virtual_gpu_gb): every model keeps its replicas")
+    for line in _gpu_lines(data):
+        click.echo(line)
+    click.echo(f"{'model':<16} {'state':<10} {'VRAM GB':>8} {'loads':>6} {'evictions':>10}  load time")
+    for m in data["models"]:
+        a = m.get("arbiter") or {}
+        measured = a.get("load_measured_s")
+        took = f"{measured:.1f} s measured" if measured is not None else f"{a.get('load_s', 0):g} s expected (not loaded yet)"
+        click.echo(f"{m['deployment']:<16} {m['state']:<10} {m.get('vram_declared_gb') or 0:>8g} {a.get('loads', 0):>6} "
+                   f"{a.get('evictions', 0):>10}  {took}")
+    click.echo("decisions (oldest first):")
+    for ts, text in (arb.get("history") or [])[-last:]:
+        click.echo(f"  {dt.datetime.fromtimestamp(ts).strftime('%H:%M:%S')}  {text}")
+    waiting = [r for r in arb.get("reasons") or () if " waits: " in r]
+    for r in waiting:
+        click.echo(f"now: {r}")
 
 
 @cli.command()

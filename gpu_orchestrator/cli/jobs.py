@@ -121,6 +121,8 @@ def _follow(c: Client, job_id: str) -> dict[str, Any]:
                 streaming = True
             elif ev.get("event") == "progress" and "stage" in data:
                 say(f"stage: {data['stage']}")
+            elif ev.get("event") == "waiting":  # its model is not loaded yet: which, and about how long
+                say(str(data.get("message") or "waiting for its model"))
             elif ev.get("event") == "gap":
                 say("event stream was unavailable for a while: some progress events may be missing")
             elif ev.get("event") == "status":
@@ -178,7 +180,9 @@ def jobs(ctx: click.Context, app_id: str | None, status_: str | None, limit: int
     with _client(ctx) as c:
         page = c.list(app_id=app_id, status=status_, limit=limit, cursor=cursor)
     for j in page["jobs"]:
-        click.echo(f"{j['job_id']}  {j['app_id']:<16} {j['status']:<10} attempts={j['attempts']}  {j['created_at']}")
+        wait = j.get("waiting_for")
+        click.echo(f"{j['job_id']}  {j['app_id']:<16} {j['status']:<10} attempts={j['attempts']}  {j['created_at']}"
+                   + (f"  waiting for {wait['model']} ({wait['state']})" if wait else ""))
     if page["next_cursor"]:
         click.echo(f"(more: gpu-orch jobs --cursor {page['next_cursor']}" + (f" --limit {limit}" if limit != 20 else "")
                    + (f" --app {app_id}" if app_id else "") + (f" --status {status_}" if status_ else "") + ")")

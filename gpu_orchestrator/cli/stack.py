@@ -178,8 +178,14 @@ def _up(s: Settings, state: dict[str, Any], started: list[str], config_path: str
     uis = [a for a in cfg["applications"] if a["name"] != APP_NAME]
     for app in uis:
         cfg = with_env(cfg, {"GPU_ORCH_URL": base}, app["name"])
+    from gpu_orchestrator.serve.warm import model_envs, warm
+
+    arbiter_on, envs = model_envs(next(a for a in cfg["applications"] if a["name"] == APP_NAME).get("args") or {},
+                                  Path(config_path).resolve().parent)
+    if arbiter_on:  # its models start at zero: their environments now, not on their first jobs
+        warm(envs, say=lambda line: click.echo(f"  {line}"))
     click.echo(f"deploying {config_path}{' (demo profile: tiny untrained models)' if demo else ''} ... "
-               "(the first deploy builds each model's runtime_env: a few minutes)")
+               + ("" if arbiter_on else "(the first deploy builds each model's runtime_env: a few minutes)"))
     record(serve_apps=[a["name"] for a in cfg["applications"]])
     deploy(cfg, on_change=lambda line: click.echo(f"  {line}"))
     record(url=base)

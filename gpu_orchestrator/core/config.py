@@ -141,6 +141,8 @@ class GpuPoolSpec(BaseModel):
     id: str
     vram_gb: float = Field(gt=0)
     node_type: str = ""
+    # Accounting only (the demo's): no physical GPU behind it; the models placed on it run on CPU.
+    virtual: bool = False
 
 
 class ArbiterSpec(BaseModel):
@@ -201,6 +203,32 @@ class CloudSpec(BaseModel):
     modal: ModalSpec = Field(default_factory=ModalSpec)
 
 
+class DemoProfile(BaseModel):
+    """What the demo profile (`gpu-orch up --demo`) runs the arbiter against."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # A virtual GPU of this many GB: the arbiter's accounting only (the tiny models run on CPU, each
+    # with its real vram_gb and load_s), so a machine without a GPU shows models loaded, evicted,
+    # scaled to zero and swapped. Unset: the arbiter is off in the demo and every model stays loaded.
+    virtual_gpu_gb: float | None = Field(default=None, gt=0)
+    # `arbiter` settings the demo overrides (short timers, so that swaps happen within minutes).
+    arbiter: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _arbiter_fields(self) -> "DemoProfile":
+        keys = set(self.arbiter)
+        unknown = sorted((keys - set(ArbiterSpec.model_fields)) | (keys & {"enabled", "gpus", "vram_resource"}))
+        if unknown:
+            raise ValueError(f"arbiter: {unknown} cannot be set here (the arbiter's timers and budgets can; "
+                             "virtual_gpu_gb turns it on and sets its GPU)")
+        try:
+            ArbiterSpec.model_validate(self.arbiter)
+        except ValidationError as e:
+            raise ValueError(format_pydantic_error(e, "arbiter")) from None
+        return self
+
+
 class OrchestratorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -209,6 +237,7 @@ class OrchestratorConfig(BaseModel):
     # real: the models as configured. demo: each model with a `demo` block runs its tiny untrained
     # version on CPU (see apply_profile).
     profile: Literal["real", "demo"] = "real"
+    demo: DemoProfile = Field(default_factory=DemoProfile)
     router: RouterSpec = Field(default_factory=RouterSpec)
     arbiter: ArbiterSpec = Field(default_factory=ArbiterSpec)
     cloud: CloudSpec = Field(default_factory=CloudSpec)
@@ -254,6 +283,7 @@ class OrchestratorConfig(BaseModel):
 
 
 DEMO_LABEL = "tiny untrained demo"
+VIRTUAL_GPU_ID = "virtual-gpu0"  # the demo's GPU: its name says it in every table and metric
 
 
 def parse_config(args: dict[str, Any]) -> OrchestratorConfig:
@@ -264,11 +294,14 @@ def parse_config(args: dict[str, Any]) -> OrchestratorConfig:
 
 
 def apply_profile(cfg: OrchestratorConfig) -> OrchestratorConfig:
-    """The demo profile: models with a `demo` block take its init/runtime_env and no GPU; their apps
-    are labelled; the arbiter is off (nothing holds VRAM). Idempotent: parsing a config that already had it applied changes nothing."""
+    """The demo profile: models with a `demo` block take its init/runtime_env and no GPU share; their
+    apps are labelled. With `demo.virtual_gpu_gb` the arbiter runs against one virtual GPU of that
+    size (each model keeps its vram_gb and load_s; demo.arbiter's timers), else it is off and no model
+    declares VRAM. Idempotent: parsing a config that already had it applied changes nothing."""
     if cfg.profile != "demo":
         return cfg
     cfg = cfg.model_copy(deep=True)
+    virtual = cfg.demo.virtual_gpu_gb
     demo_models = set()
     for name, m in cfg.models.items():
         if m.demo is None:
@@ -277,10 +310,18 @@ def apply_profile(cfg: OrchestratorConfig) -> OrchestratorConfig:
         m.init = dict(m.demo.init)
         if m.demo.runtime_env is not None:
             m.runtime_env = m.demo.runtime_env
-        m.num_gpus, m.vram_gb, m.demo = 0.0, 0.0, None
+        m.num_gpus, m.demo = 0.0, None
+        if virtual is None:
+            m.vram_gb = 0.0
+        m.pin = None  # the one virtual GPU (or none) is every model's
     for app in cfg.apps:
         if app.deployment in demo_models:
             if DEMO_LABEL not in app.name:
                 app.name = f"{app.name or app.id} ({DEMO_LABEL})"
-    cfg.arbiter.enabled = False
+    if virtual is None:
+        cfg.arbiter.enabled = False
+        return cfg
+    cfg.arbiter = ArbiterSpec.model_validate({
+        **cfg.arbiter.model_dump(), **cfg.demo.arbiter, "enabled": True, "vram_resource": None,
+        "gpus": [{"id": VIRTUAL_GPU_ID, "vram_gb": virtual, "virtual": True}]})
     return cfg

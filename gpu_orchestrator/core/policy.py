@@ -41,6 +41,7 @@ class Gpu:
     id: str
     vram_gb: float
     node_type: str = ""
+    virtual: bool = False  # accounting only (the demo's): labelled so wherever it is shown
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,7 @@ class Orchestrator:
             artifacts=self.artifacts, on_submitted=self._submitted, cancel_local=self.dispatcher.cancel_local,
             flag_timeout_s=rc.redis_timeout_s, routing=self.dispatcher.routing, cancel_cloud=self.dispatcher.cancel_detached,
             runner=self.dispatcher, webhook_problem=self.webhooks.url_problem if self.webhooks is not None else None,
+            waiting=self.arbiter.waiting_for if self.arbiter is not None else None,
         )
         arbiter = self.arbiter
         self.fleet = Fleet(cfg, self.store, heartbeats=ports.heartbeats, replica_states=self.cluster.replica_states,
@@ -198,21 +199,21 @@ class Orchestrator:
         caller = await self.auth.caller(api_key)
         job, _ = await self.jobs.submit(app_id, params or {}, priority, idempotency_key, caller, webhook=webhook,
                                         webhook_events=webhook_events_filter)
-        return job.to_api()
+        return self.jobs.to_api(job)
 
     async def get(self, job_id: str | uuid.UUID, *, api_key: str | None = None) -> dict[str, Any]:
         self.start()
         caller = await self.auth.caller(api_key)
-        return (await self.jobs.get(parse_job_id(job_id), caller)).to_api()
+        return self.jobs.to_api(await self.jobs.get(parse_job_id(job_id), caller))
 
     async def cancel(self, job_id: str | uuid.UUID, *, api_key: str | None = None) -> dict[str, Any]:
         self.start()
         caller = await self.auth.caller(api_key)
-        return (await self.jobs.cancel(parse_job_id(job_id), caller)).to_api()
+        return self.jobs.to_api(await self.jobs.cancel(parse_job_id(job_id), caller))
 
     async def wait(self, job_id: str | uuid.UUID, timeout_s: float = 600.0, *,
                    api_key: str | None = None) -> dict[str, Any]:
         """Block until the job is terminal (or timeout_s passes) and return it."""
         self.start()
         caller = await self.auth.caller(api_key)
-        return (await self.jobs.wait(parse_job_id(job_id), timeout_s, caller=caller)).to_api()
+        return self.jobs.to_api(await self.jobs.wait(parse_job_id(job_id), timeout_s, caller=caller))

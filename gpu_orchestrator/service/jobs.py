@@ -75,7 +75,8 @@ class JobService:
                  on_submitted: Callable[[Job], None] = _noop, cancel_local: Callable[[uuid.UUID], Any] = _noop,
                  flag_timeout_s: float = 2.0, routing: CloudRouting | None = None,
                  cancel_cloud: Callable[[Job], Any] = _noop, runner: LocalRunner | None = None,
-                 webhook_problem: Callable[[str], str | None] | None = None):
+                 webhook_problem: Callable[[str], str | None] | None = None,
+                 waiting: Callable[[str], dict[str, Any] | None] | None = None):
         self.cfg = cfg
         self.apps: dict[str, AppSpec] = {a.id: a for a in cfg.apps}
         self.store = store
@@ -89,10 +90,24 @@ class JobService:
         self.cancel_cloud = cancel_cloud  # ... and a queued job's detached cloud run
         self.runner = runner
         self.webhook_problem = webhook_problem  # why a job may not name a webhook URL (None: no sender here)
+        self.waiting = waiting  # model -> what its queued jobs wait for (the arbiter's view), None: nothing
         self.flag_timeout_s = flag_timeout_s
         self.routing = routing or CloudRouting(cfg, {})  # where new jobs go (local or a cloud backend)
         self._attached: dict[uuid.UUID, int] = {}  # callers waiting on each job here (see attached)
         self._tasks: set[asyncio.Task] = set()
+
+    def waiting_for(self, job: Job, status: JobStatus | None = None) -> dict[str, Any] | None:
+        """What a queued job (as of `status`, else its row's) waits for before it can run here: its
+        model's load (the arbiter), or None."""
+        spec = self.apps.get(job.app_id)
+        if (self.waiting is None or (status or job.status) != JobStatus.queued or spec is None or spec.kind != AppKind.local
+                or job.route not in (None, "local")):
+            return None
+        return self.waiting(spec.deployment)
+
+    def to_api(self, job: Job) -> dict[str, Any]:
+        """The job as the API shows it: its row, and what a queued job waits for."""
+        return {**job.to_api(), "waiting_for": self.waiting_for(job)}
 
     # -- intake -----------------------------------------------------------------------------------
 

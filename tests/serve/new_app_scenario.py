@@ -86,7 +86,8 @@ def main(spec: dict) -> dict:
     cfg = yaml.safe_load(open("serve_config.yaml"))
     args = next(a for a in cfg["applications"] if a["name"] == "orchestrator")["args"]
     names = list(spec["apps"])
-    args.update(profile="demo", database_url=spec["database_url"], redis_url=spec["redis_url"],
+    # demo={}: the arbiter off (no virtual GPU), so each generated model stays loaded for its job.
+    args.update(profile="demo", demo={}, database_url=spec["database_url"], redis_url=spec["redis_url"],
                 artifacts_url=spec["artifacts_url"])
     args["models"] = {n: args["models"][n] for n in names}
     args["apps"] = [a for a in args["apps"] if a["id"] in names]

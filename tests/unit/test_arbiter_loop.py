@@ -205,7 +205,8 @@ def test_loads_evictions_and_load_time_go_through_the_metrics():
     # The admin page's "recent decisions": each action once, oldest first, with its time.
     history = a.snapshot.history
     assert [t for _, t in history][-1] == "scale echo-a to zero: idle 6 s >= ttl 5 s" and history[-1][0] == w.clock.now
-    assert len(history) == 2 and history[0][1].startswith("load echo-a")
+    assert [t for _, t in history][1] == "echo-a loaded in 3.5 s" and len(history) == 3
+    assert history[0][1].startswith("load echo-a")
 
 
 def test_losing_the_lock_stops_leading_and_another_replica_takes_over():

@@ -66,19 +66,53 @@ def test_real_profile_has_real_models_with_gpu_shares_and_their_own_runtime_envs
     assert "vllm" in str(load_runtime_env(cfg.models["llm"].runtime_env))
 
 
-def test_demo_profile_swaps_in_tiny_models_without_gpu_and_labels_apps():
+def test_demo_profile_runs_tiny_models_under_the_arbiter_on_a_virtual_gpu():
     args = shipped_args()
     args["profile"] = "demo"
+    real = parse_config(shipped_args())
     cfg = parse_config(args)
-    assert not cfg.arbiter.enabled
+    # The arbiter is on, against one virtual 32 GB GPU, with the demo's short timers.
+    a = cfg.arbiter
+    assert a.enabled and [(g.id, g.vram_gb, g.virtual) for g in a.gpus] == [("virtual-gpu0", 32.0, True)]
+    assert (a.idle_ttl_s, a.min_resident_s, a.max_wait_s, a.swap_budget) == (60, 5, 10, None)
+    assert a.vram_resource is None
     for name in ("sdxl", "zimage", "whisper", "llm"):
         m = cfg.models[name]
-        assert m.init == {"demo": True} and m.num_gpus == 0 and m.vram_gb == 0
+        # tiny models on CPU, counted at their real VRAM and expected load time
+        assert m.init == {"demo": True} and m.num_gpus == 0
+        assert (m.vram_gb, m.load_s) == (real.models[name].vram_gb, real.models[name].load_s)
+    vram = {n: m.vram_gb for n, m in cfg.models.items()}
+    assert vram["sdxl"] + vram["whisper"] <= 32 < vram["sdxl"] + vram["llm"]  # what the demo shows
     assert "vllm" not in str(load_runtime_env(cfg.models["llm"].runtime_env))  # no CUDA download on a CPU
     names = {a.id: a.name for a in cfg.apps}
     assert "untrained" in names["sdxl"] and "untrained" in names["chat"] and "untrained" not in names["echo"]
     # The router re-parses the dumped config: applying the profile twice changes nothing.
     assert parse_config(cfg.model_dump(mode="json")) == cfg
+
+
+def test_demo_without_a_virtual_gpu_turns_the_arbiter_off():
+    args = shipped_args()
+    args.update(profile="demo", demo={})
+    cfg = parse_config(args)
+    assert not cfg.arbiter.enabled
+    assert all(cfg.models[n].vram_gb == 0 and cfg.models[n].num_gpus == 0 for n in ("sdxl", "zimage", "whisper", "llm"))
+    assert parse_config(cfg.model_dump(mode="json")) == cfg
+    # The real profile ignores the demo block.
+    assert parse_config({**shipped_args(), "demo": {"virtual_gpu_gb": 8}}).arbiter.gpus is None
+
+
+def test_demo_arbiter_overrides_are_checked():
+    for bad, field in (({"idle_ttl_s": -1}, "idle_ttl_s"), ({"tick": 1}, "tick"), ({"enabled": False}, "enabled"),
+                       ({"gpus": []}, "gpus")):
+        args = shipped_args()
+        args.update(profile="demo", demo={"virtual_gpu_gb": 32, "arbiter": bad})
+        with pytest.raises(ConfigError) as e:
+            parse_config(args)
+        assert "args.demo" in str(e.value) and field in str(e.value)
+    args = shipped_args()
+    args.update(profile="demo", demo={"virtual_gpu_gb": 0})
+    with pytest.raises(ConfigError, match=r"args\.demo\.virtual_gpu_gb"):
+        parse_config(args)
 
 
 def test_demo_block_is_validated():

@@ -23,8 +23,8 @@ from gpu_orchestrator.core.swap_budget import SwapBudget
 from gpu_orchestrator.service.arbiter.ports import (ArbiterMetrics, ClusterView, Heartbeats, NoArbiterMetrics,
                                                     QueueReader)
 from gpu_orchestrator.service.arbiter.tracks import DecisionBook
-from gpu_orchestrator.service.arbiter.views import (Pools, decision_snapshot, gpu_pools, model_views, packing_warnings,
-                                                    replica_counts)
+from gpu_orchestrator.service.arbiter.views import (Pools, decision_snapshot, gpu_pools, model_views, model_wait,
+                                                    packing_warnings, replica_counts)
 from gpu_orchestrator.store.base import LeaderLock
 
 log = logging.getLogger("gpu_orchestrator.arbiter")
@@ -168,6 +168,10 @@ class ArbiterLoop:
     def dispatchable(self, model: str) -> bool:
         s = self._fresh()
         return s is not None and model in s.dispatchable
+
+    def waiting_for(self, model: str) -> dict | None:
+        """What a queued job of this model waits for (views.model_wait), or None: it takes work."""
+        return model_wait(self._fresh(), model, self.clock())
 
     def unplaceable(self, model: str) -> str | None:
         """Why this model's queued jobs can never run here (no GPU can hold it), or None."""

@@ -55,6 +55,7 @@ class DecisionBook:
                     tr.measured_load_s = now - tr.load_started
                     self.metrics.load_seconds(name, tr.measured_load_s)
                     tr.load_started = None
+                    self.history.append((now, f"{name} loaded in {tr.measured_load_s:.1f} s"))
             if running.get(name, 0) == 0:
                 if tr.resident_since is not None:
                     tr.cold_since = now

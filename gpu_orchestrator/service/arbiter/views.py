@@ -45,7 +45,7 @@ def gpu_pools(nodes: Iterable[Node], spec: ArbiterSpec) -> Pools:
     node_pools: dict[str, tuple[str, ...]] = {}
     nodes = list(nodes)
     if spec.gpus:
-        gpus = [Gpu(g.id, g.vram_gb, g.node_type) for g in spec.gpus]
+        gpus = [Gpu(g.id, g.vram_gb, g.node_type, g.virtual) for g in spec.gpus]
         for n in nodes:
             types = _node_types(n)
             match = next((p.id for p in gpus if p.node_type and p.node_type in types), None)
@@ -178,10 +178,12 @@ def model_state(v: ModelView, d: Decision) -> str:
     return "cold"
 
 
-def gpu_vram(views: Iterable[ModelView], gpus: Iterable[Gpu]) -> dict[str, dict[str, float]]:
+def gpu_vram(views: Iterable[ModelView], gpus: Iterable[Gpu]) -> dict[str, dict[str, Any]]:
     """Per GPU pool: its VRAM budget and the VRAM held on it, as the policy counts it: the declared
-    VRAM of every replica placed there (resident, loading or stopping). The gpu_orch_gpu_vram_* gauges."""
-    out = {g.id: {"vram_gb": float(g.vram_gb), "held_gb": 0.0} for g in gpus}
+    VRAM of every replica placed there (resident, loading or stopping), and `virtual` for a virtual
+    GPU (the demo's). The gpu_orch_gpu_vram_* gauges."""
+    out: dict[str, dict[str, Any]] = {
+        g.id: {"vram_gb": float(g.vram_gb), "held_gb": 0.0, **({"virtual": True} if g.virtual else {})} for g in gpus}
     for v in views:
         for gid in v.placement:
             if gid in out:
@@ -209,6 +211,8 @@ def decision_snapshot(views: list[ModelView], d: Decision, tracks: Mapping[str, 
             "evictions": tracks[v.name].evictions,
             "last_decision": tracks[v.name].last_action,
             "last_decision_at": tracks[v.name].last_action_at,
+            "load_measured_s": tracks[v.name].measured_load_s,
+            "loading_since": tracks[v.name].load_started,
         }
         for v in views
     }
@@ -220,3 +224,25 @@ def decision_snapshot(views: list[ModelView], d: Decision, tracks: Mapping[str, 
         history=[[ts, text] for ts, text in history],
         gpus=gpu_vram(views, gpus),
     )
+
+
+def model_wait(s: Snapshot | None, model: str, now: float) -> dict[str, Any] | None:
+    """What a queued job of `model` waits for, from the decision every replica acts on: None when
+    the model takes work now; else {"model", "state", "about_s", "message"}. `about_s` is the load
+    time left (learned from the model's last load, else its declared load_s), or unknown (None)."""
+    if s is None:
+        return {"model": model, "state": "unknown", "about_s": None,
+                "message": f"waiting for {model}: the GPU arbiter has not decided yet"}
+    if model in s.dispatchable:
+        return None
+    m = s.models.get(model) or {}
+    state, load_s = m.get("state") or "cold", m.get("load_s")
+    since = m.get("loading_since")
+    if state == "loading" and load_s is not None:
+        left = max(1.0, load_s - (now - since)) if since is not None else load_s
+        return {"model": model, "state": state, "about_s": round(left),
+                "message": f"waiting for {model} to load (about {left:.0f} s)"}
+    why = next((r for r in s.reasons if r.startswith(f"{model} waits") or f" for {model}:" in r), None)
+    tail = f" (loads in about {load_s:.0f} s once it has room)" if load_s is not None else ""
+    return {"model": model, "state": state, "about_s": round(load_s) if load_s is not None else None,
+            "message": f"waiting for {model} to be loaded{tail}" + (f": {why}" if why else "")}
