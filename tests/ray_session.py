@@ -98,6 +98,11 @@ def test_args(database_url: str, redis_url: str, replicate: dict | None = None) 
             **ECHO_CLOUD, "when": "busy", "max_local_wait_s": 6, "service_s": 4}),
         dict(copy.deepcopy(echo), id="echo-cloud", kind="replicate", deployment="", cloud=ECHO_CLOUD),
     ]
+    # Apps as `gpu-orch new-app NAME --task image|audio|chat` writes them (ui_pic, ui_hear, ui_talk):
+    # the UIs list them with no UI change (tests/browser/test_ui_generated.py).
+    from tests.browser.generated_apps import generated
+
+    models, apps = generated()
     args.update(cloud_args(replicate))
     return args
 

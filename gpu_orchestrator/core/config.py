@@ -163,6 +163,9 @@ class ArbiterSpec(BaseModel):
     # the priorities and the swap budget (docs/arbiter.md); null: 10 x max_wait_s.
     starvation_s: float | None = Field(default=None, gt=0)
     tick_s: float = Field(default=0.25, gt=0)
+    # While nothing is queued, running, loading or stopping: how often it looks (a submit to this
+    # router wakes it at once; one to another replica waits at most this long for its first load).
+    idle_tick_s: float = Field(default=2.0, gt=0)
     # GPU memory pools. Omitted: discovered from the Ray cluster, one pool per GPU node, its size
     # from the node's `vram_gb` custom resource (or default_gpu_vram_gb).
     gpus: list[GpuPoolSpec] | None = None

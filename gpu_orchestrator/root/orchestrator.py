@@ -23,6 +23,7 @@ from gpu_orchestrator.core.jobs import Job, JobStatus
 from gpu_orchestrator.root.loop_watch import LoopWatch
 from gpu_orchestrator.service.arbiter.loop import LEADER_LOCK_KEY, ArbiterLoop
 from gpu_orchestrator.service.arbiter.ports import ClusterView
+from gpu_orchestrator.service.arbiter.views import quiet
 from gpu_orchestrator.service.auth import Auth, KeyCache, KeyLookup
 from gpu_orchestrator.service.backends import ModelBackend
 from gpu_orchestrator.service.dispatcher import Dispatcher
@@ -151,6 +152,8 @@ class Orchestrator:
         self.start()
         if job.status == JobStatus.queued:  # claimed here at once, no query for apps with work
             self.dispatcher.poke(job.app_id, job.route)
+            if self.arbiter is not None and quiet(self.arbiter.snapshot):
+                self.arbiter.poke()  # idle, it looks every idle_tick_s: this job's model loads now
 
     async def _gauge_loop(self) -> None:
         watch_loads = any(a.fallback is not None for a in self.cfg.apps)

@@ -19,7 +19,7 @@ from tests.helpers import free_port
 
 
 @pytest.fixture
-def secured_chat_ui(db_url, serve_backend, tmp_path, monkeypatch):
+def secured_chat_ui(db_url, serve_backend, tmp_path, monkeypatch):  # noqa: F811 (the fixture)
     import uvicorn
 
     with running_router(db_url, serve_backend.redis_url, artifacts=str(tmp_path / "art"), cfg=config(auth="on"),

@@ -240,7 +240,8 @@ def test_admin_lists_the_job_just_run_charts_it_and_cancels_from_the_page(tab, h
     # The last day's spend, local vs cloud: the line counts the cloud job just run; the chart is drawn.
     spend = lambda: re.search(r"local \$[\d.]+ \((\d+) jobs\), cloud \$[\d.]+ \((\d+) jobs\)",  # noqa: E731
                               page.locator("#costs").inner_text())
-    wait_for(lambda: (m := spend()) and int(m.group(1)) >= 1 and int(m.group(2)) >= 1, "local and cloud jobs in the cost line", 30)
+    wait_for(lambda: (m := spend()) and int(m.group(1)) >= 1 and int(m.group(2)) >= 1,
+             "local and cloud jobs in the cost line", 30)
     wait_for(lambda: page.locator("#cost-chart .marks").count() > 0, "the cost chart drawn", 30)
     # The status filter: only running jobs (the slow one).
     page.locator("#filter-status input").click()

@@ -178,6 +178,14 @@ def test_cold_model_scales_from_zero_and_completes(arb):
     t0 = time.monotonic()
     with Timeline(str(arb.base_url), ("echo-a",)) as tl:
         job_id = submit(arb, "a", steps=2)
+        # Until echo-a runs, the job says what it waits for: on its stream at once, and on its row.
+        # (The replica's start is a new Ray worker process plus a 1 s simulated load: it is still queued.)
+        events = read_sse(arb, job_id, until=lambda e: e["event"] in ("waiting", "progress"), timeout_s=30)
+        wait = events[-1]["data"]
+        assert events[-1]["event"] == "waiting" and wait["model"] == "echo-a", events
+        assert wait["message"].startswith("waiting for echo-a"), wait
+        row = arb.get(f"/v1/jobs/{job_id}").json()
+        assert row["status"] != "queued" or row["waiting_for"]["model"] == "echo-a", row
         # The decision is quick (pure code, a tick); the replica's start is a new Ray worker process,
         # which a loaded 2-core box can take a minute over: the two are waited for apart.
         target = lambda: {m["deployment"]: m for m in workers(arb)["models"]}["echo-a"]["arbiter"]["target"]  # noqa: E731

@@ -149,3 +149,35 @@ def test_virtual_gpu_is_labelled_in_workers_and_arbiter_output(monkeypatch):
     assert r.exit_code == 0, r.output
     assert "VIRTUAL" in r.output and "2 s expected (not loaded yet)" in r.output.replace("10 s", "2 s")
     assert "load a on virtual-gpu0" in r.output
+
+
+def test_an_idle_arbiter_looks_rarely_and_a_submit_wakes_it():
+    from gpu_orchestrator.service.arbiter.views import quiet
+
+    w = World(idle_tick_s=30.0, tick_s=0.01)
+    a, _, _ = w.router("router-a")
+    looks = []  # each leader tick reads the queue once
+    read = w.store.queue_stats
+    w.store.queue_stats = lambda: looks.append(1) or read()
+
+    async def scenario():
+        a.start()
+        try:
+            while a.snapshot is None:
+                await asyncio.sleep(0.01)
+            assert quiet(a.snapshot)  # nothing queued, nothing loaded: the next look is 30 s away
+            await asyncio.sleep(0.05)
+            seen = len(looks)
+            w.submit("echo-a")
+            await asyncio.sleep(0.2)
+            assert len(looks) == seen  # still asleep: at tick_s it would have looked 20 times
+            a.poke()  # what the router does when a job is queued while the arbiter is quiet
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                if a.snapshot.targets.get("echo-a") == 1:
+                    break
+            assert a.snapshot.targets["echo-a"] == 1 and not quiet(a.snapshot)  # loading: ticks every tick_s
+        finally:
+            await a.stop()
+
+    asyncio.run(scenario())

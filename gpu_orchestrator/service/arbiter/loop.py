@@ -24,7 +24,7 @@ from gpu_orchestrator.service.arbiter.ports import (ArbiterMetrics, ClusterView,
                                                     QueueReader)
 from gpu_orchestrator.service.arbiter.tracks import DecisionBook
 from gpu_orchestrator.service.arbiter.views import (Pools, decision_snapshot, gpu_pools, model_views, model_wait,
-                                                    packing_warnings, replica_counts)
+                                                    packing_warnings, quiet, replica_counts)
 from gpu_orchestrator.store.base import LeaderLock
 
 log = logging.getLogger("gpu_orchestrator.arbiter")
@@ -60,6 +60,7 @@ class ArbiterLoop:
         self._pools: Pools | None = None
         self._pools_at = 0.0
         self._task: asyncio.Task | None = None
+        self._wake: asyncio.Event | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -81,8 +82,15 @@ class ArbiterLoop:
         self.is_leader = False
         await asyncio.to_thread(self.lock.release)
 
+    def poke(self) -> None:
+        """A job was submitted here: decide now, not at the next (idle) tick."""
+        if self._wake is not None:
+            self._wake.set()
+
     async def _loop(self) -> None:
+        self._wake = asyncio.Event()
         while True:
+            self._wake.clear()
             try:
                 await self.tick()
             except asyncio.CancelledError:
@@ -90,7 +98,12 @@ class ArbiterLoop:
             except Exception:
                 log.exception("arbiter tick failed")
                 await asyncio.sleep(1.0)
-            await asyncio.sleep(self.cfg.arbiter.tick_s)
+            a = self.cfg.arbiter
+            # Idle, a tick costs queries and an RPC to Serve's controller: look less often then.
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=a.idle_tick_s if quiet(self.snapshot) else a.tick_s)
+            except asyncio.TimeoutError:
+                pass
 
     async def tick(self) -> None:
         """One round: lead (decide and publish) or follow (read the leader's decision)."""

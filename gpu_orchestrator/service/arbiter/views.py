@@ -246,3 +246,11 @@ def model_wait(s: Snapshot | None, model: str, now: float) -> dict[str, Any] | N
     tail = f" (loads in about {load_s:.0f} s once it has room)" if load_s is not None else ""
     return {"model": model, "state": state, "about_s": round(load_s) if load_s is not None else None,
             "message": f"waiting for {model} to be loaded{tail}" + (f": {why}" if why else "")}
+
+
+def quiet(s: Snapshot | None) -> bool:
+    """Nothing for the arbiter to watch: no model with work queued or running, none loading,
+    stopping or draining (every model resident and idle, or cold)."""
+    return s is not None and not s.draining and all(
+        not (m.get("queued") or m.get("in_flight") or m.get("pending") or m.get("stopping"))
+        and m.get("state") in ("resident", "cold") for m in s.models.values())
