@@ -103,6 +103,8 @@ def test_args(database_url: str, redis_url: str, replicate: dict | None = None) 
     from tests.browser.generated_apps import generated
 
     models, apps = generated()
+    args["models"].update(models)
+    args["apps"] += apps
     args.update(cloud_args(replicate))
     return args
 
