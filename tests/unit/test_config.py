@@ -150,3 +150,16 @@ def test_overlap_and_starvation_bound_are_checked():
     with pytest.raises(ConfigError) as e:
         parse_config(args)
     assert "arbiter.starvation_s" in str(e.value)
+
+
+def test_up_builds_the_runtime_envs_the_arbiter_will_start_models_in():
+    from gpu_orchestrator.serve.warm import model_envs
+
+    args = shipped_args()
+    args["profile"] = "demo"
+    starts_at_zero, envs = model_envs(args, ROOT)
+    assert starts_at_zero  # the demo's arbiter: every model starts with no replica
+    assert set(envs) == {"sdxl", "zimage", "whisper", "llm"}  # echo needs nothing beyond the base install
+    assert envs["sdxl"] == envs["zimage"]  # one virtualenv for both image models (Ray keys it by packages)
+    assert set(envs["llm"]) == {"pip"} and "vllm" not in str(envs["llm"])  # the demo's env, no env_vars
+    assert model_envs({**args, "demo": {}}, ROOT)[0] is False  # arbiter off: the deploy itself builds them
