@@ -140,7 +140,7 @@ def ui_apps(api_url: str) -> list[dict]:
     """The UI applications exactly as serve_config.yaml ships them, pointed at the test orchestrator."""
     cfg = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     apps = [a for a in cfg["applications"] if a["import_path"].startswith("gradio_uis.")]
-    assert {a["args"]["ui"] for a in apps} == {"images", "speech", "chat", "admin"}
+    assert [(a["route_prefix"], a["args"]["uis"]) for a in apps] == [("/ui", ["images", "speech", "chat", "admin"])]
     return [{**a, "args": {**a["args"], "api_url": api_url}} for a in apps]
 
 
@@ -322,7 +322,7 @@ def outage_url(stack, outage_services):
 @pytest.fixture(scope="session")
 def ui_apps_deployed(stack):
     """The UIs (and the apps they talk to)."""
-    return stack.need(APP_NAME, "arbiter", *(n for n in stack.specs if n.startswith("ui-")))
+    return stack.need(APP_NAME, "arbiter", *(n for n in stack.specs if n == "ui" or n.startswith("ui-")))
 
 
 def wait_healthy(base: str, timeout_s: float = 60) -> None:

@@ -189,6 +189,7 @@ def _up(s: Settings, state: dict[str, Any], started: list[str], config_path: str
     for app in uis:
         cfg = with_env(cfg, {"GPU_ORCH_URL": base}, app["name"])
     from gpu_orchestrator.serve.warm import model_envs, warm
+    from gradio_uis.serve import page_paths
 
     arbiter_on, envs = model_envs(next(a for a in cfg["applications"] if a["name"] == APP_NAME).get("args") or {},
                                   Path(config_path).resolve().parent)
@@ -209,7 +210,7 @@ def _up(s: Settings, state: dict[str, Any], started: list[str], config_path: str
     click.echo(
         f"\nGPU Orchestrator is up.\n"
         f"  API:            {base}/v1/jobs   (docs: {base}/docs)\n"
-        + "".join(f"  UI:             {base}{a['route_prefix']}/\n" for a in uis if a.get("route_prefix"))
+        + "".join(f"  UI:             {base}{path}\n" for a in uis if a.get("route_prefix") for path in page_paths(a))
         + _auth_lines(auth_on, host, admin_token, home / ADMIN_KEY_FILE)
         + ray_lines + _cloud_lines(base, stack_api_key()) +
         f"  Metrics:        Ray's Prometheus endpoint (gpu_orch_* series)\n"

@@ -4,6 +4,7 @@ downloads, and the admin page's tables from the router's answers."""
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
@@ -113,8 +114,40 @@ def test_serve_builder_refuses_unknown_uis_and_fields():
 
     with pytest.raises(ValueError, match="args.ui: must be one of images, speech, chat, admin"):
         build_app({"ui": "nope"})
+    with pytest.raises(ValueError, match=r"args.uis: must be one of images, speech, chat, admin \(got 'nope'\)"):
+        build_app({"uis": ["chat", "nope"]})
+    with pytest.raises(ValueError, match="args.uis: a list of distinct pages"):
+        build_app({"uis": ["chat", "chat"]})
+    with pytest.raises(ValueError, match="not both or neither"):
+        build_app({"ui": "chat", "uis": ["chat"]})
     with pytest.raises(ValueError, match="unknown field"):
         build_app({"ui": "chat", "colour": "red"})
+
+
+def test_the_shipped_uis_are_one_application_and_up_lists_each_page():
+    import yaml
+
+    from gradio_uis.serve import page_paths, pages
+
+    cfg = yaml.safe_load(open(Path(__file__).resolve().parents[2] / "serve_config.yaml"))
+    uis = [a for a in cfg["applications"] if a["import_path"] == "gradio_uis.serve:build_app"]
+    assert len(uis) == 1 and pages(uis[0]["args"]) == ["images", "speech", "chat", "admin"]
+    assert page_paths(uis[0]) == ["/ui/images/", "/ui/speech/", "/ui/chat/", "/ui/admin/"]
+    assert page_paths({"route_prefix": "/ui/admin-arb", "args": {"ui": "admin"}}) == ["/ui/admin-arb/"]
+
+
+def test_an_idle_ui_queue_polls_at_gradios_windows_pace():
+    """Gradio's queue polls every 1 ms when idle on Linux; the Serve builder slows it (a private
+    attribute: this notices a Gradio that renames it)."""
+    import gradio as gr
+
+    from gradio_uis.serve import PROGRESS_IDLE_S, QUEUE_IDLE_S, quiet_queue
+
+    with gr.Blocks() as demo:
+        gr.Markdown("hi")
+    assert demo._queue.sleep_when_free < QUEUE_IDLE_S
+    quiet_queue(demo)
+    assert (demo._queue.sleep_when_free, demo._queue.progress_update_sleep_when_free) == (QUEUE_IDLE_S, PROGRESS_IDLE_S)
 
 
 @pytest.mark.parametrize("ui", ["images", "speech", "chat", "admin"])
