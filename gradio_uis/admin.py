@@ -18,7 +18,8 @@ STATUSES = [ALL, "queued", "running", "succeeded", "failed", "cancelled"]
 QUEUE_COLS = ["app", "queued", "running", "oldest wait (s)", "cloud (queued/running)"]
 MODEL_COLS = ["model", "state", "gpu", "vram held (GB)", "vram declared (GB)", "replicas", "target", "queued",
               "running", "loads", "evictions", "last decision"]
-GPU_COLS = ["gpu", "models", "vram held (GB)", "vram declared (GB)", "swap credit (s)"]
+GPU_COLS = ["gpu", "size (GB)", "models", "vram held (GB)", "vram declared (GB)", "swap credit (s)"]
+VIRTUAL = " (virtual)"  # the demo's GPU: accounting only, its models run on CPU
 DECISION_COLS = ["time", "decision"]
 JOB_COLS = ["created", "job id", "app", "status", "attempts", "ran on", "error"]
 
@@ -60,13 +61,15 @@ def gpu_rows(fleet: dict[str, Any]) -> list[list[Any]]:
         if m["state"] in ("resident", "loading", "draining"):
             for g in arb.get("placement") or []:
                 placed.setdefault(g, []).append((m["deployment"], m.get("vram_held_gb"), m.get("vram_declared_gb") or 0))
-    credit = ((fleet.get("arbiter") or {}).get("swap_credit_s")) or {}
+    arb = fleet.get("arbiter") or {}
+    credit, sizes = arb.get("swap_credit_s") or {}, arb.get("gpus") or {}
     rows = []
-    for g in sorted(set(placed) | set(credit)):
+    for g in sorted(set(placed) | set(credit) | set(sizes)):
         ms = placed.get(g, [])
         held = [h for _, h, _ in ms if h is not None]
-        rows.append([g, ", ".join(n for n, _, _ in ms), round(sum(held), 1) if held else "",
-                     round(sum(d for _, _, d in ms), 1), credit.get(g, "")])
+        size = sizes.get(g) or {}
+        rows.append([g + (VIRTUAL if size.get("virtual") else ""), size.get("vram_gb", ""), ", ".join(n for n, _, _ in ms),
+                     round(sum(held), 1) if held else "", round(sum(d for _, _, d in ms), 1), credit.get(g, "")])
     return rows
 
 
@@ -77,11 +80,19 @@ def decision_rows(fleet: dict[str, Any]) -> tuple[list[list[Any]], str]:
     waits = [r for r in arb.get("reasons") or [] if r not in {t for _, t in arb.get("history") or []}]
     now = "\n".join(f"- {r}" for r in waits) or "nothing waiting"
     leader = f"leader `{arb['leader']}`, decided {_clock(arb.get('decided_at'))}" if arb else "the arbiter is off"
+    if any(g.get("virtual") for g in (arb.get("gpus") or {}).values()):
+        leader += " · its GPU is **virtual** (the demo's: VRAM accounting only, the models run on CPU)"
     return rows, f"**Arbiter:** {leader}\n\n{now}"
 
 
+def _status(j: dict[str, Any]) -> str:
+    """A queued job waiting for its model says which (and whether it is loading)."""
+    w = j.get("waiting_for")
+    return f"{j['status']}: waiting for {w['model']} ({w['state']})" if w else j["status"]
+
+
 def job_rows(jobs: list[dict[str, Any]]) -> list[list[Any]]:
-    return [[(j.get("created_at") or "")[:19].replace("T", " "), j["job_id"], j["app_id"], j["status"],
+    return [[(j.get("created_at") or "")[:19].replace("T", " "), j["job_id"], j["app_id"], _status(j),
              f"{j.get('attempts', 0)}/{j.get('max_attempts', '')}", j.get("backend") or "", (j.get("error") or "")[:200]]
             for j in jobs]
 

@@ -275,9 +275,24 @@ def test_admin_shows_a_model_changing_state_and_the_arbiters_decisions(tab, orch
     assert seen[0] == "cold" and seen[-1] == "resident", seen
     wait_for(lambda: any("echo-c" in r[1] for r in rows(page, "#decisions")), "the arbiter's decision for echo-c", 30)
     gpus = rows(page, "#gpus")
-    assert gpus and gpus[0][0] == "gpu0"
-    wait_for(lambda: arb.get(f"/v1/jobs/{job}").json()["status"] == "succeeded", "the job done", 60)
+    assert gpus and gpus[0][0] == "gpu0" and float(gpus[0][1]) == 24  # its size, as the arbiter counts it
     tab.screenshot("ui-admin-arbiter")
+    # A swap: echo-a (16 GB) does not fit beside echo-c (12 GB) on the 24 GB GPU. Its job waits while
+    # echo-c finishes, is evicted for it, and echo-a loads; its row says what it waits for.
+    swap_job = arb.post("/v1/jobs", json={"app_id": "a", "params": {"delay_s": 1}}).json()["job_id"]
+    states = lambda: {r[0]: r[1] for r in rows(page, "#models")}  # noqa: E731
+
+    def mid_swap() -> bool:
+        s = states()
+        return s.get("echo-a") == "loading" and s.get("echo-c") in ("stopping", "cold") and any(
+            "evict echo-c" in r[1] and "for echo-a" in r[1] for r in rows(page, "#decisions"))
+
+    wait_for(mid_swap, "echo-c evicted for echo-a, which loads", 120, every_s=0.1)
+    tab.screenshot("ui-admin-swap")  # the README's first picture
+    waits = [r[3] for r in rows(page, "#jobs") if r[1] == swap_job]
+    assert waits and waits[0].startswith("queued: waiting for echo-a"), (waits, rows(page, "#jobs")[:3])
+    wait_for(lambda: arb.get(f"/v1/jobs/{swap_job}").json()["status"] == "succeeded", "the job after the swap done", 120)
+    assert arb.get(f"/v1/jobs/{job}").json()["status"] == "succeeded"
     arb.close()
 
 

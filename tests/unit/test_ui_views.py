@@ -81,7 +81,10 @@ FLEET = {
 def test_admin_tables():
     rows = model_rows(FLEET)
     assert rows[0][:6] == ["sdxl", "resident", "gpu0", 15.2, 16, 1] and rows[1][1] == "cold" and rows[1][3] == ""
-    assert gpu_rows(FLEET) == [["gpu0", "sdxl", 15.2, 16.0, 7.5]]  # held as reported; a cold model holds nothing
+    assert gpu_rows(FLEET) == [["gpu0", "", "sdxl", 15.2, 16.0, 7.5]]  # held as reported; a cold model holds nothing
+    sized = {**FLEET, "arbiter": {**FLEET["arbiter"], "gpus": {"gpu0": {"vram_gb": 24.0, "held_gb": 16.0, "virtual": True}}}}
+    assert gpu_rows(sized) == [["gpu0 (virtual)", 24.0, "sdxl", 15.2, 16.0, 7.5]]
+    assert "its GPU is **virtual**" in decision_rows(sized)[1] and "virtual" not in decision_rows(FLEET)[1]
     decisions, waiting = decision_rows(FLEET)
     assert [d[1] for d in decisions] == ["load sdxl on gpu0", "evict llm for sdxl"]  # newest first
     assert "zimage waits" in waiting and "load sdxl" not in waiting and "leader `r1`" in waiting
@@ -98,6 +101,9 @@ def test_admin_tables():
     job = {"job_id": "j1", "app_id": "sdxl", "status": "failed", "attempts": 2, "max_attempts": 2,
            "backend": "local:sdxl", "error": "boom", "created_at": "2026-11-28T10:01:02.5+00:00"}
     assert job_rows([job]) == [["2026-11-28 10:01:02", "j1", "sdxl", "failed", "2/2", "local:sdxl", "boom"]]
+    waiting = {**job, "status": "queued", "error": None, "backend": None, "attempts": 0,
+               "waiting_for": {"model": "sdxl", "state": "loading", "about_s": 8, "message": "..."}}
+    assert job_rows([waiting])[0][3] == "queued: waiting for sdxl (loading)"
 
 
 @pytest.mark.parametrize("ui", ["images", "speech", "chat", "admin"])
