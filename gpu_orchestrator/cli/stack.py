@@ -33,14 +33,14 @@ def _ray_env(home: Path, *, own_head: bool) -> dict[str, str]:
         extra["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
         # An idle stack's CPU (bench/idle.py): every Serve replica exports its metrics each 100 ms by
         # default and the controller loops each 100 ms; Prometheus scrapes every 15 s or so, and a
-        # scaling decision taking 0.25 s more is nothing beside a model's load. Ray's log monitor looks
+        # scaling decision taking 0.4 s more is nothing beside a model's load. Ray's log monitor looks
         # for new log files twice a second (for drivers that stream worker logs; ours do not).
         for var, value in IDLE_FRIENDLY.items():
             extra[var] = os.environ.get(var, value)
     return extra
 
 
-IDLE_FRIENDLY = {"RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000", "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.25",
+IDLE_FRIENDLY = {"RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000", "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
                  "LOG_NAME_UPDATE_INTERVAL_S": "5"}
 
 
