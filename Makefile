@@ -22,7 +22,7 @@ demo: install
 	$(VENV)/bin/gpu-orch up --demo
 	$(VENV)/bin/gpu-orch submit sdxl -p prompt="a red fox in the snow" -p width=256 -p height=256 -p num_inference_steps=10 --wait --out demo-output
 	$(VENV)/bin/gpu-orch submit chat -p messages='[{"role":"user","content":"hello"}]' -p max_tokens=16 --wait
-	$(VENV)/bin/gpu-orch arbiter
+	-$(VENV)/bin/gpu-orch arbiter
 	@echo "Stack is still up: images in demo-output/; watch the arbiter at http://127.0.0.1:8000/ui/admin/ (models scale to zero after 60 s idle), try '$(VENV)/bin/gpu-orch workers', open http://127.0.0.1:8000/docs; stop with 'make down'."
 	@echo 'Ray CLI with the stack auth token: eval "$$($(VENV)/bin/gpu-orch env)", then ray status, serve status.'
 

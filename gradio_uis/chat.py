@@ -63,7 +63,9 @@ def build(api: str | None = None) -> gr.Blocks:
             try:
                 async for ev in c.events(job_id):
                     data = ev.get("data") or {}
-                    if ev.get("event") == "progress" and "token" in data:
+                    if ev.get("event") == "waiting":  # its model is not loaded yet: which, and how long
+                        yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), job_line(job) + f" · {data.get('message', '')}"
+                    elif ev.get("event") == "progress" and "token" in data:
                         reply["content"] += data["token"]
                         # Each update re-sends the whole conversation: one per token would keep this
                         # process busy (and Stop waiting) on a long reply. At most every 0.1 s.

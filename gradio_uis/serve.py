@@ -29,6 +29,12 @@ def asgi_builder(ui: str | list[str], api: str | None, auth: bool = False):
         from gradio_uis.common import CSS, LOGIN_MESSAGE, THEME, api_url, login_for
 
         app = FastAPI()
+        if not isinstance(ui, str):  # the prefix itself (/ui/) leads to the first page
+            from fastapi.responses import RedirectResponse
+
+            first = ui[0]
+            app.add_route("/", lambda request: RedirectResponse(f"{request.scope.get('root_path', '').rstrip('/')}/{first}/"),
+                          include_in_schema=False)
         login = dict(auth=login_for(api_url(api)), auth_message=LOGIN_MESSAGE) if auth else {}
         for name, path in ([(ui, "/")] if isinstance(ui, str) else [(u, f"/{u}") for u in ui]):
             blocks = importlib.import_module(f"gradio_uis.{name}").build(api)

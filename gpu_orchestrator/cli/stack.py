@@ -193,10 +193,13 @@ def _up(s: Settings, state: dict[str, Any], started: list[str], config_path: str
 
     arbiter_on, envs = model_envs(next(a for a in cfg["applications"] if a["name"] == APP_NAME).get("args") or {},
                                   Path(config_path).resolve().parent)
-    if arbiter_on:  # its models start at zero: their environments now, not on their first jobs
+    # The demo's models start at zero (its arbiter): their environments now, on this one machine, not
+    # on their first jobs. (A real profile's GPU replicas may run on other nodes: nothing to warm here.)
+    warmed = demo and arbiter_on
+    if warmed:
         warm(envs, say=lambda line: click.echo(f"  {line}"))
     click.echo(f"deploying {config_path}{' (demo profile: tiny untrained models)' if demo else ''} ... "
-               + ("" if arbiter_on else "(the first deploy builds each model's runtime_env: a few minutes)"))
+               + ("" if warmed else "(the first deploy builds each model's runtime_env: a few minutes)"))
     record(serve_apps=[a["name"] for a in cfg["applications"]])
     deploy(cfg, on_change=lambda line: click.echo(f"  {line}"))
     record(url=base)

@@ -165,7 +165,7 @@ class ArbiterSpec(BaseModel):
     tick_s: float = Field(default=0.25, gt=0)
     # While nothing is queued, running, loading or stopping: how often it looks (a submit to this
     # router wakes it at once; one to another replica waits at most this long for its first load).
-    idle_tick_s: float = Field(default=2.0, gt=0)
+    idle_tick_s: float = Field(default=2.0, gt=0, le=5.0)  # a decision older than 10 s is not acted on
     # GPU memory pools. Omitted: discovered from the Ray cluster, one pool per GPU node, its size
     # from the node's `vram_gb` custom resource (or default_gpu_vram_gb).
     gpus: list[GpuPoolSpec] | None = None

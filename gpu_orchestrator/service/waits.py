@@ -18,10 +18,13 @@ class Waits(Protocol):
 async def with_waits(jobs: Waits, job: Job, events: AsyncIterator[Event | None],
                      after: str = "0-0") -> AsyncIterator[Event | None]:
     status, last, shown = job.status, after, None
+    # A stream replays the job's past first: a `queued` from an hour ago says nothing of now. Waits are
+    # looked at once the job's row was queued when the stream began, or once the replay has caught up.
+    live = job.status == JobStatus.queued
 
     def changed() -> Event | None:
         nonlocal shown
-        w = jobs.waiting_for(job, status) if status == JobStatus.queued else None
+        w = jobs.waiting_for(job, status) if live and status == JobStatus.queued else None
         message = w["message"] if w else None
         if message == shown:
             return None
@@ -32,7 +35,9 @@ async def with_waits(jobs: Waits, job: Job, events: AsyncIterator[Event | None],
 
     try:
         async for ev in events:
-            if ev is not None:
+            if ev is None:
+                live = True  # the replay has caught up (an idle tick)
+            else:
                 last = ev.id
                 if ev.type == "status" and ev.data.get("status") in JobStatus._value2member_map_:
                     status = JobStatus(ev.data["status"])

@@ -142,6 +142,21 @@ def test_the_shipped_uis_are_one_application_and_up_lists_each_page():
     assert page_paths({"route_prefix": "/ui/admin-arb", "args": {"ui": "admin"}}) == ["/ui/admin-arb/"]
 
 
+def test_one_replica_serves_every_page_and_the_prefix_leads_to_the_first():
+    from fastapi.testclient import TestClient
+
+    from gradio_uis.serve import asgi_builder
+
+    app = asgi_builder(["chat", "speech"], "http://127.0.0.1:9")()  # nothing listens there
+    with TestClient(app, root_path="/ui") as c:
+        for prefix in ("/ui/", "/"):
+            r = c.get(prefix, follow_redirects=False)
+            assert r.status_code == 307 and r.headers["location"] == "/ui/chat/"
+        for page in ("chat", "speech"):
+            assert c.get(f"/ui/{page}/").status_code == 200
+        assert c.get("/ui/images/").status_code == 404
+
+
 def test_an_idle_ui_queue_polls_at_gradios_windows_pace():
     """Gradio's queue polls every 1 ms when idle on Linux; the Serve builder slows it (a private
     attribute: this notices a Gradio that renames it)."""

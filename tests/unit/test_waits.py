@@ -53,7 +53,35 @@ def test_a_model_that_must_wait_for_room_says_why():
     run(a.tick())
     wait = a.waiting_for("echo-b")
     assert wait["state"] == "cold" and wait["about_s"] == 2
-    assert wait["message"].startswith("waiting for echo-b to be loaded (loads in about 2 s once it has room): echo-b waits")
+    assert wait["message"].startswith("waiting for echo-b to be loaded (about 2 s once it has room): echo-b waits")
+
+
+def test_a_model_waiting_for_another_to_unload_or_that_can_never_fit_is_told_so():
+    w = World(min_resident_s=0)
+    a, _, _ = w.router("router-a")
+    w.submit("echo-a")
+    run(a.tick())
+    w.cluster.running("echo-a")
+    w.clock.advance(1.0)
+    run(a.tick())
+    first = w.store.list(app_id="echo-a")
+    first = first[0] if isinstance(first, tuple) else first
+    w.store.cancel(first[0].id)  # echo-a's work is gone: it idles
+    w.submit("echo-b")  # 14 GB: echo-a (16, idle) is evicted for it
+    w.clock.advance(1.0)
+    run(a.tick())
+    w.cluster.states["echo-a"] = {"STOPPING": 1}  # Serve stops its replica: the memory is not free yet
+    w.clock.advance(0.5)
+    run(a.tick())
+    assert a.snapshot.models["echo-a"]["state"] == "stopping"
+    wait = a.waiting_for("echo-b")
+    assert wait["state"] == "making_room"
+    assert wait["message"] == "waiting for echo-a (16 GB) to unload, then echo-b loads (about 2 s)"
+    w.submit("echo-huge")  # 30 GB on a 24 GB GPU
+    w.clock.advance(0.5)
+    run(a.tick())
+    assert a.waiting_for("echo-huge") == {"model": "echo-huge", "state": "cannot_place", "about_s": None,
+                                          "message": "cannot place echo-huge: needs 30 GB, largest allowed GPU has 24 GB"}
 
 
 def test_model_wait_without_a_decision_and_for_a_dispatchable_model():
@@ -110,6 +138,23 @@ def test_the_stream_says_what_a_queued_job_waits_for_when_it_changes():
     assert waits.asked == [JobStatus.queued] * 3  # not asked once it runs
 
 
+def test_a_replayed_stream_of_a_job_that_ran_tells_no_wait():
+    """Following a job that already runs (or ran) replays its old `queued` event: what its model does
+    now is no wait of its; only once the replay has caught up does a (re)queued job get waits."""
+    loading = {"model": "sdxl", "state": "loading", "about_s": 9, "message": "waiting for sdxl to load (about 9 s)"}
+
+    class Running:
+        status = JobStatus.running
+
+    queued = Event("1-0", "status", {"status": "queued"})
+    running = Event("2-0", "status", {"status": "running"})
+    requeued = Event("3-0", "status", {"status": "queued"})
+    waits = Waits([loading])
+    out = _collect(with_waits(waits, Running(), _events([queued, running, None, requeued])))
+    assert [e.type if e else None for e in out] == ["status", "status", None, "status", "waiting"]
+    assert out[-1].id == "3-0" and waits.asked == [JobStatus.queued]
+
+
 def test_virtual_gpu_is_labelled_in_workers_and_arbiter_output(monkeypatch):
     args = {"apps": [{"id": "a", "deployment": "a"}], "profile": "demo",
             "models": {"a": {"impl": "deployments.echo:Echo", "vram_gb": 16, "demo": {}}},
@@ -147,14 +192,14 @@ def test_virtual_gpu_is_labelled_in_workers_and_arbiter_output(monkeypatch):
     monkeypatch.setattr(cli_admin, "_client", lambda ctx: FakeClient())
     r = CliRunner().invoke(cli_admin.arbiter, [])
     assert r.exit_code == 0, r.output
-    assert "VIRTUAL" in r.output and "2 s expected (not loaded yet)" in r.output.replace("10 s", "2 s")
+    assert "VIRTUAL" in r.output and "10 s expected (not loaded yet)" in r.output  # the declared load_s
     assert "load a on virtual-gpu0" in r.output
 
 
 def test_an_idle_arbiter_looks_rarely_and_a_submit_wakes_it():
     from gpu_orchestrator.service.arbiter.views import quiet
 
-    w = World(idle_tick_s=30.0, tick_s=0.01)
+    w = World(idle_tick_s=5.0, tick_s=0.01)
     a, _, _ = w.router("router-a")
     looks = []  # each leader tick reads the queue once
     read = w.store.queue_stats
@@ -165,7 +210,7 @@ def test_an_idle_arbiter_looks_rarely_and_a_submit_wakes_it():
         try:
             while a.snapshot is None:
                 await asyncio.sleep(0.01)
-            assert quiet(a.snapshot)  # nothing queued, nothing loaded: the next look is 30 s away
+            assert quiet(a.snapshot)  # nothing queued, nothing loaded: the next look is 5 s away
             await asyncio.sleep(0.05)
             seen = len(looks)
             w.submit("echo-a")

@@ -175,6 +175,8 @@ def model_state(v: ModelView, d: Decision) -> str:
         return "resident"
     if v.pending > 0 or d.targets.get(v.name, 0) > 0:
         return "loading"
+    if v.stopping > 0:  # its replica still holds the memory it is giving back
+        return "stopping"
     return "cold"
 
 
@@ -237,15 +239,25 @@ def model_wait(s: Snapshot | None, model: str, now: float) -> dict[str, Any] | N
         return None
     m = s.models.get(model) or {}
     state, load_s = m.get("state") or "cold", m.get("load_s")
-    since = m.get("loading_since")
+    never = s.unplaceable.get(model) or next((r for r in s.reasons if r.startswith(f"cannot place {model}:")), None)
+    if never:  # no GPU here can hold it: its jobs fail (or go to the fallback) once max_wait_s has passed
+        return {"model": model, "state": "cannot_place", "about_s": None, "message": never}
     if state == "loading" and load_s is not None:
+        since = m.get("loading_since")
         left = max(1.0, load_s - (now - since)) if since is not None else load_s
         return {"model": model, "state": state, "about_s": round(left),
                 "message": f"waiting for {model} to load (about {left:.0f} s)"}
-    why = next((r for r in s.reasons if r.startswith(f"{model} waits") or f" for {model}:" in r), None)
-    tail = f" (loads in about {load_s:.0f} s once it has room)" if load_s is not None else ""
+    tail = f"about {load_s:.0f} s" if load_s is not None else "its load time unknown"
+    # A model giving its memory back for this one: say so, not the policy's "waits" (it has acted).
+    leaving = [f"{name} ({o.get('vram_declared_gb', 0):g} GB)" for name, o in s.models.items()
+               if name != model and o.get("state") in ("stopping", "draining")
+               and f" for {model}:" in (o.get("last_decision") or "")]
+    if leaving:
+        return {"model": model, "state": "making_room", "about_s": round(load_s) if load_s is not None else None,
+                "message": f"waiting for {', '.join(leaving)} to unload, then {model} loads ({tail})"}
+    why = next((r for r in s.reasons if r.startswith(f"{model} waits")), None)
     return {"model": model, "state": state, "about_s": round(load_s) if load_s is not None else None,
-            "message": f"waiting for {model} to be loaded{tail}" + (f": {why}" if why else "")}
+            "message": f"waiting for {model} to be loaded ({tail} once it has room)" + (f": {why}" if why else "")}
 
 
 def quiet(s: Snapshot | None) -> bool:
