@@ -1,6 +1,8 @@
-"""What an idle stack costs: CPU per process of `gpu-orch up --demo` over a minute with no jobs.
+"""What an idle stack costs: CPU per process of `gpu-orch up --demo` over a minute with no jobs,
+against the floor: a bare Ray head started as `up` starts it, with Serve's controller and proxy and
+nothing deployed (what any Ray Serve application pays before its own code), measured in the same run.
 
-    python bench/idle.py [--seconds 60] [--settle 30] [--home GPU_ORCH_HOME]
+    python bench/idle.py [--seconds 60] [--settle 30] [--home GPU_ORCH_HOME] [--no-floor]
 
 Without --home it starts the demo stack as a user does (`gpu-orch up --demo` in a temporary
 GPU_ORCH_HOME, free Ray ports), lets it settle (the arbiter's first decisions, the replicas'
@@ -97,6 +99,52 @@ def measure(home: Path, seconds: float) -> tuple[dict[str, float], int]:
     return by_kind, len(procs)
 
 
+def measure_tree(pid: int, seconds: float) -> tuple[dict[str, float], int]:
+    def procs() -> list[psutil.Process]:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+
+    before = cpu_of(procs())
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    ps = procs()
+    after, wall = cpu_of(ps), time.monotonic() - t0
+    by_kind: dict[str, float] = {}
+    for p, (k, used) in after.items():
+        by_kind[k] = by_kind.get(k, 0.0) + (used - before.get(p, (k, 0.0))[1]) / wall
+    return by_kind, len(ps)
+
+
+def floor(seconds: float, settle: float) -> tuple[dict[str, float], int]:
+    """A bare Ray head as `gpu-orch up` starts it (its environment, its dashboard, token auth) and
+    `serve.start()`: Serve's controller and proxy, no application."""
+    import subprocess
+    import tempfile
+
+    from overhead import free_port
+
+    from gpu_orchestrator import ray_auth, stack
+    from gpu_orchestrator.cli.stack import _ray_cli, _ray_env
+
+    home = Path(tempfile.mkdtemp(prefix="gpu-orch-idle-floor-"))
+    port, http = free_port(), free_port()
+    env = _ray_env(home, own_head=True)
+    ray_auth.ensure_token(home)
+    cmd = [_ray_cli(), "start", "--head", "--block", f"--port={port}", "--num-cpus=8", "--dashboard-host=127.0.0.1",
+           f"--dashboard-port={free_port()}", "--disable-usage-stats"]
+    print("starting the floor: a bare Ray head and Serve, nothing deployed ...", flush=True)
+    pid = stack.start_ray_head(home, cmd, port=port, env=ray_auth.child_env(env))
+    try:
+        code = ("import ray; from ray import serve; ray.init(address='127.0.0.1:%d', log_to_driver=False); "
+                "serve.start(http_options={'host': '127.0.0.1', 'port': %d})" % (port, http))
+        subprocess.run([sys.executable, "-c", code], env={**os.environ, **ray_auth.child_env(env)}, check=True,
+                       capture_output=True, timeout=300)
+        time.sleep(settle)
+        return measure_tree(pid, seconds)
+    finally:
+        stack.stop_ray_head(home)
+
+
 def uis_live(base: str) -> dict[str, int]:
     paths = ["/v1/apps", "/ui/images/", "/ui/speech/", "/ui/chat/", "/ui/admin/"]
     out = {}
@@ -109,16 +157,24 @@ def uis_live(base: str) -> dict[str, int]:
     return out
 
 
-def report(home: Path, base: str, seconds: float) -> bool:
-    by_kind, n = measure(home, seconds)
+def table(title: str, by_kind: dict[str, float]) -> float:
     total = sum(by_kind.values())
-    print(f"\nidle stack CPU over {seconds:.0f} s ({n} processes; % of one core):")
+    print(f"\n{title}")
     for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1]):
         if v >= 0.0005:
             print(f"  {k:<48} {v * 100:6.2f} %")
+    print(f"  {'total':<48} {total * 100:6.2f} %")
+    return total
+
+
+def report(home: Path, base: str, seconds: float, floor_total: float | None = None) -> bool:
+    by_kind, n = measure(home, seconds)
+    total = table(f"idle stack CPU over {seconds:.0f} s ({n} processes; % of one core):", by_kind)
+    if floor_total is not None:
+        print(f"  {'of which above the floor (bare Ray + Serve)':<48} {(total - floor_total) * 100:6.2f} %"
+              f"   (ours / floor: {total / floor_total:.2f}x)")
     live = uis_live(base)
     ok_live = all(code == 200 for code in live.values())
-    print(f"  {'total':<48} {total * 100:6.2f} %")
     print(f"UIs and API answer after the idle minute: {'yes' if ok_live else 'NO'} ({live})")
     ok = total <= TARGET and ok_live
     print(f"idle CPU {total * 100:.1f}% of one core: target <= {TARGET * 100:.0f}% (goal {GOAL * 100:.0f}%): "
@@ -131,17 +187,22 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--settle", type=float, default=30.0, help="seconds after `up` before measuring")
     ap.add_argument("--home", type=Path, default=None, help="measure the stack running in this GPU_ORCH_HOME")
+    ap.add_argument("--no-floor", action="store_true", help="skip the bare Ray + Serve measurement")
     args = ap.parse_args()
+    floor_total = None
+    if not args.no_floor:
+        by_kind, n = floor(args.seconds, min(args.settle, 20.0))
+        floor_total = table(f"floor: bare Ray head + Serve (controller, proxy), nothing deployed ({n} processes):", by_kind)
     if args.home is not None:
         base = json.loads((args.home / "state.json").read_text())["url"]
-        report(args.home, base, args.seconds)
+        report(args.home, base, args.seconds, floor_total)
         return
     from overhead import demo_stack
 
     with demo_stack() as (base, env):
         print(f"stack up at {base}; settling {args.settle:.0f} s ...", flush=True)
         time.sleep(args.settle)
-        report(Path(env["GPU_ORCH_HOME"]), base, args.seconds)
+        report(Path(env["GPU_ORCH_HOME"]), base, args.seconds, floor_total)
 
 
 if __name__ == "__main__":

@@ -81,13 +81,14 @@ def test_up_submit_down_restart_keeps_jobs(user):
             assert png[:8] == b"\x89PNG\r\n\x1a\n"
         # The demo's arbiter on its virtual 32 GB GPU (what `make demo` shows): the LLM (22 GB) does
         # not fit beside SDXL (16 GB), so the chat job waits, told why, while SDXL goes and the LLM loads.
-        chat = user.ok("submit", "chat", "-p", 'messages=[{"role":"user","content":"hi"}]', "-p", "max_tokens=4", "--wait",
-                       timeout=300)
+        url = ("--url", f"http://127.0.0.1:{port}")
+        chat = user.ok(*url, "submit", "chat", "-p", 'messages=[{"role":"user","content":"hi"}]', "-p", "max_tokens=4",
+                       "--wait", timeout=300)
         assert "waiting for llm" in chat and '"succeeded"' in chat, chat[-3000:]
-        arb = user.ok("arbiter")
+        arb = user.ok(*url, "arbiter")
         assert "gpu virtual-gpu0 VIRTUAL" in arb and "load llm on virtual-gpu0" in arb and "llm loaded in" in arb, arb
         assert "sdxl loaded in" in arb and ("evict sdxl" in arb or "scale sdxl to zero" in arb), arb
-        assert "VIRTUAL" in user.ok("workers")
+        assert "VIRTUAL" in user.ok(*url, "workers")
         with Client(f"http://127.0.0.1:{port}") as c:
             # The web UIs came up with the stack, at the routes `up` prints (tests/browser drives them).
             for ui in ("images", "speech", "chat", "admin"):
