@@ -245,8 +245,10 @@ def test_idle_models_scale_to_zero_after_the_ttl(arb):
     wait_status(arb, submit(arb, "c"), {"succeeded"}, timeout_s=COLD_START_S)
     assert replica_states()["echo-c"].get("RUNNING") == 1
     wait_all_cold(arb, timeout_s=30)  # idle_ttl_s is 6
-    w = {m["deployment"]: m for m in arb.get("/v1/workers").json()["models"]}["echo-c"]
-    assert w["state"] == "cold" and w["replica_states"].get("RUNNING", 0) == 0
+    # The arbiter's view follows Serve's by a tick: `stopping` while the replica gives its memory back.
+    echo_c = lambda: {m["deployment"]: m for m in arb.get("/v1/workers").json()["models"]}["echo-c"]  # noqa: E731
+    w = wait_for(lambda: (w := echo_c())["state"] == "cold" and w, "echo-c cold in the arbiter's view", 10)
+    assert w["replica_states"].get("RUNNING", 0) == 0
     assert w["arbiter"]["last_decision"].startswith("scale echo-c to zero: idle")
     arbiter = arb.get("/v1/workers").json()["arbiter"]
     assert arbiter["targets"] == {"echo-a": 0, "echo-b": 0, "echo-c": 0, "echo-huge": 0}

@@ -74,7 +74,7 @@ def test_snapshot_counts_vram_held_per_gpu_like_the_policy():
     snap = decision_snapshot(views, d, {v.name: ModelTrack() for v in views}, leader="r", now=1.0, gpus=gpus)
     assert snap.gpus["gpu0"] == {"vram_gb": 24.0, "held_gb": 30.0}
     again = Snapshot.from_json(snap.to_json())  # what followers read from the board
-    assert again.gpus == snap.gpus and again.models["b"]["state"] == "cold"
+    assert again.gpus == snap.gpus and again.models["b"]["state"] == "stopping"  # giving its memory back
     # A snapshot from a leader that did not have the field yet: no GPUs.
     assert Snapshot.from_json('{"ts": 1, "leader": "r", "targets": {}, "dispatchable": [], "draining": [], '
                               '"reasons": []}').gpus == {}
