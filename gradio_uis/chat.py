@@ -9,9 +9,8 @@ from typing import Any, AsyncIterator
 
 import gradio as gr
 
-from gradio_uis.choices import Offer, default_of, find_app, offer, read_apps
-from gradio_uis.common import (CONCURRENCY, DELETE_CACHE, api_url, client, error_html, explain, job_line, param_info,
-                               standalone, typed_int)
+from gradio_uis.choices import Offer, choice_updates, field_updates, find_app, offer, read_apps
+from gradio_uis.common import (CONCURRENCY, DELETE_CACHE, api_url, client, error_html, explain, job_line, standalone, typed_int)
 
 # The choice until the page has the router's chat apps (AppSpec.task "chat"), and if it cannot.
 APP_ID = "chat"
@@ -138,18 +137,13 @@ def build(api: str | None = None) -> gr.Blocks:
             """The router's chat apps as the model list (an app added to its config shows up here) and
             the chosen one's limits as hints. The values stay as shown (the user may be typing): a
             different model chosen here sets its own (model.change). Unreadable: the built-in stays."""
-            apps, problem = await read_apps(url, request)
-            o = chat_models(apps, app_id)
-            note = problem or o.note
-            app = find_app(apps, o.value)
-            return [gr.update(choices=o.choices, value=o.value), error_html(note) if note else gr.skip(),
-                    *(gr.update(info=param_info(app, n)) for n in hinted)]
+            apps, o, shown = await choice_updates(url, request, chat_models, app_id)
+            return [*shown, *field_updates(find_app(apps, o.value), hinted, defaults=False)]
 
         async def defaults(app_id: str, request: gr.Request):
             """The chosen model's defaults and limits (the router still checks)."""
             apps, _ = await read_apps(url, request)  # unreadable: the fields keep what they show
-            app = find_app(apps, app_id)
-            return [gr.update(info=param_info(app, n), **default_of(app, n)) for n in hinted]
+            return field_updates(find_app(apps, app_id), hinted)
 
         # No spinners over the fields: the user may type while the page asks the router.
         demo.load(load, model, [model, error, *hinted.values()], show_progress="hidden")

@@ -1,14 +1,17 @@
 """Which apps a page offers: the router's apps of the page's task (GET /v1/apps, AppSpec.task), read
 when the page loads, so an app added to the config (`gpu-orch new-app NAME --task ...`) shows up
-in its page with no UI change. Pure but for `read_apps`: the pages call these with its answer."""
+in its page with no UI change. Pure but for `read_apps` and the page updates built on it
+(`choice_updates`, `field_updates`)."""
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
-from gradio_uis.common import app_param, client, explain
+import gradio as gr
+
+from gradio_uis.common import app_param, client, error_html, explain, param_info
 
 Choice = tuple[str, str]  # (label, app id), as gr.Radio takes it
 
@@ -63,3 +66,19 @@ async def read_apps(url: str, request: Any = None) -> tuple[list[dict[str, Any]]
             return await c.apps(), None
     except Exception as e:
         return None, explain(e)
+
+
+async def choice_updates(url: str, request: Any, pick: Callable[[list[dict[str, Any]] | None, str | None], Offer],
+                         current: str | None) -> tuple[list[dict[str, Any]] | None, Offer, list[Any]]:
+    """On a page's load: GET /v1/apps, the model choice `pick` makes of it, and the updates of the
+    choice and of the page's error box (why the apps could not be read, or that none has the task)."""
+    apps, problem = await read_apps(url, request)
+    o = pick(apps, current)
+    note = problem or o.note
+    return apps, o, [gr.update(choices=o.choices, value=o.value), error_html(note) if note else gr.skip()]
+
+
+def field_updates(app: dict[str, Any] | None, names: Any, *, defaults: bool = True) -> list[Any]:
+    """Each input's hint (the app's default and limits; the router still checks) and, with
+    `defaults`, its value set to the app's default."""
+    return [gr.update(info=param_info(app, n), **(default_of(app, n) if defaults else {})) for n in names]

@@ -8,9 +8,9 @@ from typing import Any, AsyncIterator
 
 import gradio as gr
 
-from gradio_uis.choices import Offer, default_of, find_app, offer, read_apps
+from gradio_uis.choices import Offer, choice_updates, field_updates, find_app, offer, read_apps
 from gradio_uis.common import (CONCURRENCY, DELETE_CACHE, api_url, client, error_html, event_progress, explain, job_line,
-                               output_dir, param_info, progress_html, standalone, sweep, typed_int)
+                               output_dir, progress_html, standalone, sweep, typed_int)
 
 # The choice until the page has the router's image apps (AppSpec.task "image"), and if it cannot.
 MODELS = [("Stable Diffusion XL", "sdxl"), ("Z-Image Turbo", "zimage")]
@@ -101,22 +101,15 @@ def build(api: str | None = None) -> gr.Blocks:
         hinted = {"width": width, "height": height, "num_inference_steps": steps, "guidance_scale": guidance,
                   "num_images": num_images}
 
-        def shown_for(app: dict[str, Any] | None) -> list:
-            """Each input's default and limits for the chosen model, from the router (it still checks)."""
-            return [gr.update(info=param_info(app, name), **default_of(app, name)) for name in hinted]
-
         async def load(app_id: str, request: gr.Request):
             """The router's image apps as the model choice (an app added to its config shows up
             here), and the chosen one's defaults. Unreadable: the built-in choice stays, and why."""
-            apps, problem = await read_apps(url, request)
-            o = image_models(apps, app_id)
-            note = problem or o.note
-            return [gr.update(choices=o.choices, value=o.value), error_html(note) if note else gr.skip(),
-                    *shown_for(find_app(apps, o.value))]
+            apps, o, shown = await choice_updates(url, request, image_models, app_id)
+            return [*shown, *field_updates(find_app(apps, o.value), hinted)]
 
         async def hints(app_id: str, request: gr.Request):
             apps, _ = await read_apps(url, request)  # unreadable: no hints (the router answers at submit)
-            return shown_for(find_app(apps, app_id))
+            return field_updates(find_app(apps, app_id), hinted)
 
         demo.load(load, model, [model, error, *hinted.values()])
         model.change(hints, model, list(hinted.values()))

@@ -8,7 +8,7 @@ from typing import Any, AsyncIterator
 
 import gradio as gr
 
-from gradio_uis.choices import Offer, offer, read_apps
+from gradio_uis.choices import Offer, choice_updates, offer
 from gradio_uis.common import (CONCURRENCY, DELETE_CACHE, api_url, client, error_html, event_progress, explain, job_line,
                                output_dir, progress_html, standalone, sweep)
 from gradio_uis.formats import segment_rows, to_srt, to_text
@@ -91,10 +91,8 @@ def build(api: str | None = None) -> gr.Blocks:
         async def load(app_id: str, request: gr.Request):
             """The router's speech apps as the model choice (an app added to its config shows up
             here). Unreadable: the built-in choice stays, and the page says why."""
-            apps, problem = await read_apps(url, request)
-            o = speech_models(apps, app_id)
-            note = problem or o.note
-            return gr.update(choices=o.choices, value=o.value), error_html(note) if note else gr.skip()
+            _, _, shown = await choice_updates(url, request, speech_models, app_id)
+            return shown
 
         demo.load(load, model, [model, error], show_progress="hidden")
         go.click(transcribe, [model, audio, language, task], [error, progress, transcript, segments, downloads, info],

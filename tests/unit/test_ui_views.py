@@ -240,4 +240,6 @@ def test_the_uis_start_from_the_apis_own_defaults():
     assert (page["max-tokens"], page["min-tokens"], page["temperature"]) == (
         apps["chat"]["max_tokens"], apps["chat"]["min_tokens"], apps["chat"]["temperature"])
     app = {"parameters": [{"name": "num_inference_steps", "default": 9}, {"name": "seed"}]}
-    assert images.default_of(app, "num_inference_steps") == {"value": 9} and images.default_of(app, "seed") == {}
+    from gradio_uis.choices import default_of
+
+    assert default_of(app, "num_inference_steps") == {"value": 9} and default_of(app, "seed") == {}
