@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import httpx
 import psutil
@@ -56,20 +57,21 @@ def kind(p: psutil.Process) -> str:
     return first.rsplit("/", 1)[-1] or "other"
 
 
+def tree(pid: int | None) -> list[psutil.Process]:
+    """A process and all its descendants (none if it is gone)."""
+    try:
+        root = psutil.Process(pid) if pid else None
+    except psutil.Error:
+        return []
+    return [root, *root.children(recursive=True)] if root else []
+
+
 def stack_processes(home: Path) -> list[psutil.Process]:
     from gpu_orchestrator import embedded
 
     state = json.loads((home / "state.json").read_text())
     roots = [state.get("ray_head_pid"), embedded.postgres_pid(home / "postgres"), embedded.redis_pid(home / "redis")]
-    procs: dict[int, psutil.Process] = {}
-    for pid in filter(None, roots):
-        try:
-            root = psutil.Process(pid)
-        except psutil.Error:
-            continue
-        for p in [root, *root.children(recursive=True)]:
-            procs[p.pid] = p
-    return list(procs.values())
+    return list({p.pid: p for pid in roots for p in tree(pid)}.values())
 
 
 def cpu_of(procs: list[psutil.Process]) -> dict[int, tuple[str, float]]:
@@ -83,13 +85,13 @@ def cpu_of(procs: list[psutil.Process]) -> dict[int, tuple[str, float]]:
     return out
 
 
-def measure(home: Path, seconds: float) -> tuple[dict[str, float], int]:
+def measure(processes: Callable[[], list[psutil.Process]], seconds: float) -> tuple[dict[str, float], int]:
     """CPU share of one core per process kind over `seconds` (processes started meanwhile counted
-    from zero), and how many processes the stack has."""
-    before = cpu_of(stack_processes(home))
+    from zero), and how many processes there are at the end."""
+    before = cpu_of(processes())
     t0 = time.monotonic()
     time.sleep(seconds)
-    procs = stack_processes(home)
+    procs = processes()
     after = cpu_of(procs)
     wall = time.monotonic() - t0
     by_kind: dict[str, float] = {}
@@ -97,22 +99,6 @@ def measure(home: Path, seconds: float) -> tuple[dict[str, float], int]:
         spent = used - before.get(pid, (k, 0.0))[1]
         by_kind[k] = by_kind.get(k, 0.0) + spent / wall
     return by_kind, len(procs)
-
-
-def measure_tree(pid: int, seconds: float) -> tuple[dict[str, float], int]:
-    def procs() -> list[psutil.Process]:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-
-    before = cpu_of(procs())
-    t0 = time.monotonic()
-    time.sleep(seconds)
-    ps = procs()
-    after, wall = cpu_of(ps), time.monotonic() - t0
-    by_kind: dict[str, float] = {}
-    for p, (k, used) in after.items():
-        by_kind[k] = by_kind.get(k, 0.0) + (used - before.get(p, (k, 0.0))[1]) / wall
-    return by_kind, len(ps)
 
 
 def floor(seconds: float, settle: float) -> tuple[dict[str, float], int]:
@@ -140,7 +126,7 @@ def floor(seconds: float, settle: float) -> tuple[dict[str, float], int]:
         subprocess.run([sys.executable, "-c", code], env={**os.environ, **ray_auth.child_env(env)}, check=True,
                        capture_output=True, timeout=300)
         time.sleep(settle)
-        return measure_tree(pid, seconds)
+        return measure(lambda: tree(pid), seconds)
     finally:
         stack.stop_ray_head(home)
 
@@ -168,7 +154,7 @@ def table(title: str, by_kind: dict[str, float]) -> float:
 
 
 def report(home: Path, base: str, seconds: float, floor_total: float | None = None) -> bool:
-    by_kind, n = measure(home, seconds)
+    by_kind, n = measure(lambda: stack_processes(home), seconds)
     total = table(f"idle stack CPU over {seconds:.0f} s ({n} processes; % of one core):", by_kind)
     if floor_total is not None:
         print(f"  {'of which above the floor (bare Ray + Serve)':<48} {(total - floor_total) * 100:6.2f} %"

@@ -45,12 +45,14 @@ def warm(envs: dict[str, dict[str, Any]], say: Callable[[str], None], timeout_s:
     def ready() -> bool:
         return True
 
+    def waiting_for() -> str:
+        return ", ".join(m for ms in pending.values() for m in ms)
+
     t0 = time.monotonic()
     pending = {}
     for env, models in groups.values():
         pending[ready.options(runtime_env=env).remote()] = models
-    say(f"building {len(groups)} runtime_env(s) for {', '.join(m for ms in pending.values() for m in ms)} "
-        "(the first time: a few minutes) ...")
+    say(f"building {len(groups)} runtime_env(s) for {waiting_for()} (the first time: a few minutes) ...")
     while pending:
         done, _ = ray.wait(list(pending), timeout=30)
         for ref in done:
@@ -62,7 +64,5 @@ def warm(envs: dict[str, dict[str, Any]], say: Callable[[str], None], timeout_s:
             say(f"runtime_env of {', '.join(models)} ready ({time.monotonic() - t0:.0f} s)")
         if not done:
             if time.monotonic() - t0 > timeout_s:
-                raise TimeoutError(f"runtime_envs of {sorted(m for ms in pending.values() for m in ms)} not built "
-                                   f"after {timeout_s:.0f} s")
-            say(f"still building the runtime_env of {', '.join(m for ms in pending.values() for m in ms)} "
-                f"({time.monotonic() - t0:.0f} s)")
+                raise TimeoutError(f"runtime_envs of {waiting_for()} not built after {timeout_s:.0f} s")
+            say(f"still building the runtime_env of {waiting_for()} ({time.monotonic() - t0:.0f} s)")

@@ -18,6 +18,15 @@ from gpu_orchestrator.service.waits import with_waits
 from tests.unit.test_arbiter_loop import World, run
 
 
+def load(w: World, a, model: str) -> None:
+    """A job for `model`, the arbiter's load decision, its replica running a second later."""
+    w.submit(model)
+    run(a.tick())
+    w.cluster.running(model)
+    w.clock.advance(1.0)
+    run(a.tick())
+
+
 def test_a_queued_job_is_told_its_model_loads_and_about_how_long():
     w = World()
     a, _, _ = w.router("router-a")
@@ -41,11 +50,7 @@ def test_a_queued_job_is_told_its_model_loads_and_about_how_long():
 def test_a_model_that_must_wait_for_room_says_why():
     w = World()
     a, _, _ = w.router("router-a")
-    w.submit("echo-a")
-    run(a.tick())
-    w.cluster.running("echo-a")
-    w.clock.advance(1.0)
-    run(a.tick())
+    load(w, a, "echo-a")
     # echo-a busy (its job in flight): echo-b (14 GB) cannot join it on the 24 GB GPU
     assert w.store.claim(app_id="echo-a", owner="router-a", limit=1, lease_s=60, max_in_flight=4)
     w.submit("echo-b")
@@ -59,14 +64,9 @@ def test_a_model_that_must_wait_for_room_says_why():
 def test_a_model_waiting_for_another_to_unload_or_that_can_never_fit_is_told_so():
     w = World(min_resident_s=0)
     a, _, _ = w.router("router-a")
-    w.submit("echo-a")
-    run(a.tick())
-    w.cluster.running("echo-a")
-    w.clock.advance(1.0)
-    run(a.tick())
-    first = w.store.list(app_id="echo-a")
-    first = first[0] if isinstance(first, tuple) else first
-    w.store.cancel(first[0].id)  # echo-a's work is gone: it idles
+    load(w, a, "echo-a")
+    jobs, _ = w.store.list(app_id="echo-a")
+    w.store.cancel(jobs[0].id)  # echo-a's work is gone: it idles
     w.submit("echo-b")  # 14 GB: echo-a (16, idle) is evicted for it
     w.clock.advance(1.0)
     run(a.tick())

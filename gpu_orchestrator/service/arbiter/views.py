@@ -247,16 +247,17 @@ def model_wait(s: Snapshot | None, model: str, now: float) -> dict[str, Any] | N
         left = max(1.0, load_s - (now - since)) if since is not None else load_s
         return {"model": model, "state": state, "about_s": round(left),
                 "message": f"waiting for {model} to load (about {left:.0f} s)"}
+    about = round(load_s) if load_s is not None else None
     tail = f"about {load_s:.0f} s" if load_s is not None else "its load time unknown"
     # A model giving its memory back for this one: say so, not the policy's "waits" (it has acted).
     leaving = [f"{name} ({o.get('vram_declared_gb', 0):g} GB)" for name, o in s.models.items()
                if name != model and o.get("state") in ("stopping", "draining")
                and f" for {model}:" in (o.get("last_decision") or "")]
     if leaving:
-        return {"model": model, "state": "making_room", "about_s": round(load_s) if load_s is not None else None,
+        return {"model": model, "state": "making_room", "about_s": about,
                 "message": f"waiting for {', '.join(leaving)} to unload, then {model} loads ({tail})"}
     why = next((r for r in s.reasons if r.startswith(f"{model} waits")), None)
-    return {"model": model, "state": state, "about_s": round(load_s) if load_s is not None else None,
+    return {"model": model, "state": state, "about_s": about,
             "message": f"waiting for {model} to be loaded ({tail} once it has room)" + (f": {why}" if why else "")}
 
 
