@@ -45,7 +45,7 @@ def _pid_of(pidfile: Path) -> int:
 
 
 def kill_redis(redis_dir: Path, down_s: float = 3.0) -> None:
-    from gpu_orchestrator import embedded
+    from gpu_orchestrator.ops import embedded
 
     os.kill(_pid_of(redis_dir / "redis.pid"), signal.SIGKILL)
     time.sleep(down_s)
@@ -53,7 +53,7 @@ def kill_redis(redis_dir: Path, down_s: float = 3.0) -> None:
 
 
 def kill_postgres(pg_dir: Path, down_s: float = 5.0) -> None:
-    from gpu_orchestrator import embedded
+    from gpu_orchestrator.ops import embedded
 
     pid = _pid_of(pg_dir / "postmaster.pid")
     os.kill(pid, signal.SIGKILL)

@@ -67,7 +67,7 @@ def tree(pid: int | None) -> list[psutil.Process]:
 
 
 def stack_processes(home: Path) -> list[psutil.Process]:
-    from gpu_orchestrator import embedded
+    from gpu_orchestrator.ops import embedded
 
     state = json.loads((home / "state.json").read_text())
     roots = [state.get("ray_head_pid"), embedded.postgres_pid(home / "postgres"), embedded.redis_pid(home / "redis")]
@@ -109,7 +109,7 @@ def floor(seconds: float, settle: float) -> tuple[dict[str, float], int]:
 
     from overhead import free_port
 
-    from gpu_orchestrator import ray_auth, stack
+    from gpu_orchestrator.ops import ray_auth, stack
     from gpu_orchestrator.cli.stack import _ray_cli, _ray_env
 
     home = Path(tempfile.mkdtemp(prefix="gpu-orch-idle-floor-"))

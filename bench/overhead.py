@@ -82,7 +82,7 @@ def services(how: str) -> tuple[str, str, str, Callable[[], None]]:
     if how == "machine":
         return ("postgresql://postgres@127.0.0.1:5432/postgres", "redis://127.0.0.1:6379/0", "127.0.0.1 services",
                 lambda: None)
-    from gpu_orchestrator import embedded
+    from gpu_orchestrator.ops import embedded
 
     home = Path(tempfile.mkdtemp(prefix="gpu-orch-bench-"))
     os.chmod(home, 0o755)  # the embedded Postgres runs as its own user when we are root

@@ -3,7 +3,8 @@
 Rooms (docs/architecture.md): core/ is pure (jobs, apps, config, the arbiter policy); store/ keeps
 jobs (Postgres, in-memory); bus/ is Redis (events, heartbeats, decisions); service/ is the job
 service, dispatcher and arbiter loop; api/ is the FastAPI app; models/ the model classes; serve/ is
-where the application meets Ray (the CLI's stack.py and ray_auth.py manage the Ray head process).
+where the application meets Ray; root/ builds the orchestrator from its ports; ops/ is the operator's
+tooling (the Ray head `gpu-orch up` starts, the KubeRay manifest, the scaffold) under cli/'s commands.
 The client and the CLI import no Ray until a command starts, deploys or stops a stack.
 """
 

@@ -23,6 +23,6 @@ class Settings(BaseSettings):
     # The local Ray head `gpu-orch up` starts (not 6379: Redis's port, and Ray's GCS default).
     ray_port: int = Field(default=6380, ge=1, le=65535, alias="GPU_ORCH_RAY_PORT")
     ray_dashboard_port: int = Field(default=8265, ge=1, le=65535, alias="GPU_ORCH_RAY_DASHBOARD_PORT")
-    # Memory bound of the embedded Redis (redis-server syntax: 256mb, 1gb); see embedded.py.
+    # Memory bound of the embedded Redis (redis-server syntax: 256mb, 1gb); see ops/embedded.py.
     redis_maxmemory: str = Field(default="256mb", alias="GPU_ORCH_REDIS_MAXMEMORY")
 

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from gpu_orchestrator import embedded
+from gpu_orchestrator.ops import embedded
 from gpu_orchestrator.store.memory import ManualClock, MemoryJobStore
 from gpu_orchestrator.store.postgres import PostgresJobStore, create_engine, run_migrations
 

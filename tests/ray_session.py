@@ -160,11 +160,11 @@ def outage_args(database_url: str, redis_url: str, run_log: str) -> dict:
 
 @pytest.fixture(scope="session")
 def outage_services():
-    """Embedded Postgres and Redis (gpu_orchestrator.embedded, the default a fresh machine gets)."""
+    """Embedded Postgres and Redis (gpu_orchestrator.ops.embedded, the default a fresh machine gets)."""
     import shutil
     import tempfile
 
-    from gpu_orchestrator import embedded
+    from gpu_orchestrator.ops import embedded
 
     root = Path(tempfile.mkdtemp(prefix="gpu-orch-outage-"))
     os.chmod(root, 0o755)  # the embedded Postgres runs as its own system user when we are root

@@ -179,7 +179,7 @@ async def run_model_async(model: Any, params: dict[str, Any], files: dict[str, A
     """One job the local deployment's way (`model.run`: its slots, timeout, load-error handling),
     with input files unpacked into `store` (default: the model's own, else ARTIFACTS) and output
     files inlined for the trip back; the call's files are removed from the store after."""
-    from gpu_orchestrator.artifacts import ArtifactStore
+    from gpu_orchestrator.store.artifacts import ArtifactStore
     from gpu_orchestrator.service.cloud.payload import inline_artifacts, unpack_inputs
 
     if store is None:

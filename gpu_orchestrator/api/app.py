@@ -27,7 +27,7 @@ from gpu_orchestrator.api.errors import BodyLimit, install
 from gpu_orchestrator.api.limits import Limits
 from gpu_orchestrator.api.openai_errors import OpenAIErrors
 from gpu_orchestrator.api.streams import Streams
-from gpu_orchestrator.artifacts import ArtifactStore
+from gpu_orchestrator.store.artifacts import ArtifactStore
 from gpu_orchestrator.service.fleet import Fleet
 from gpu_orchestrator.service.jobs import JobService
 from gpu_orchestrator.service.auth import OPEN_AUTH, Auth

@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from gpu_orchestrator.api.deps import Artifacts, AuthDep, CallerDep
 from gpu_orchestrator.api.errors import ApiError
-from gpu_orchestrator.artifacts import ArtifactError, http_path, serve_headers
+from gpu_orchestrator.store.artifacts import ArtifactError, http_path, serve_headers
 from gpu_orchestrator.core.keys import Scope
 
 router = APIRouter(tags=["artifacts"])

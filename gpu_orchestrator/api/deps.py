@@ -12,7 +12,7 @@ from fastapi import Depends, Header, Request
 from gpu_orchestrator.api.streams import Streams
 from gpu_orchestrator.core.keys import Caller, Scope, bearer
 from gpu_orchestrator.service.auth import OPEN_AUTH, Auth
-from gpu_orchestrator.artifacts import ArtifactStore
+from gpu_orchestrator.store.artifacts import ArtifactStore
 from gpu_orchestrator.service.fleet import Fleet
 from gpu_orchestrator.service.jobs import JobService
 from gpu_orchestrator.service.reports import Reports

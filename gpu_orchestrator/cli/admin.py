@@ -213,7 +213,7 @@ def render() -> None:
 def render_rayservice(config_path: str, out: str, image: str | None, check: bool) -> None:
     """A KubeRay RayService whose serveConfigV2 is serve_config.yaml, with GPU worker groups and GCS
     fault tolerance; DATABASE_URL and REDIS_URL from the gpu-orchestrator Secret."""
-    from .. import kuberay
+    from ..ops import kuberay
 
     text = kuberay.render_text(yaml.safe_load(Path(config_path).read_text()), **({"image": image} if image else {}))
     if check:
@@ -237,7 +237,7 @@ def import_seed(path: str, out: str | None) -> None:
     """Convert the original system's config/apps.yaml to `apps:` entries for serve_config.yaml.
 
     Fields with no equivalent are listed on stderr, never silently dropped."""
-    from ..seed import convert
+    from ..ops.seed import convert
 
     try:
         result = convert(yaml.safe_load(Path(path).read_text()))
@@ -268,7 +268,7 @@ def new_app(name: str, task: str, runtime_env: tuple[str, ...], root: str, dry_r
     """Scaffold model app NAME: deployments/NAME.py (load, infer with progress and cancel, a tiny
     demo model), runtime_envs/NAME.yaml, tests/unit/test_app_NAME.py, and its model and app in
     serve_config.yaml (comments kept; checked in both profiles before anything is written)."""
-    from .. import scaffold
+    from ..ops import scaffold
 
     try:
         plan = scaffold.plan(root, name, task, runtime_env)

@@ -21,7 +21,7 @@ def _csv(value: str | None) -> list[str] | None:
 
 def resolve_database_url(explicit: str | None) -> str:
     """--database-url, else $DATABASE_URL, else the stack's (state.json of `gpu-orch up`)."""
-    from .. import stack
+    from ..ops import stack
 
     url = explicit or Settings().database_url or stack.load_state(Settings().home).get("database_url")
     if not url:
@@ -42,7 +42,7 @@ def access(url: str):
 def stack_api_key(url: str | None = None) -> str | None:
     """The key the CLI sends: $GPU_ORCH_API_KEY, else the stack's bootstrap admin key when `url` is
     that stack's (another stack would refuse a key it never made)."""
-    from .. import stack
+    from ..ops import stack
 
     key = os.environ.get("GPU_ORCH_API_KEY")
     if key:
@@ -62,7 +62,7 @@ def bootstrap_admin(url: str, home: Path) -> str | None:
     from gpu_orchestrator.core.keys import Scope
     from gpu_orchestrator.store.access import KeyExists
 
-    from .. import stack
+    from ..ops import stack
 
     from gpu_orchestrator.store.access import PostgresAccess
     from gpu_orchestrator.store.postgres import create_engine

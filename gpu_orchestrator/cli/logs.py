@@ -34,7 +34,7 @@ def known(session_dir: Path, app: str = APP_NAME) -> list[str]:
 def logs(what: str, lines: int, follow: bool, app: str) -> None:
     """The Serve log of WHAT: router (the default), a model deployment (sdxl, whisper, llm, ...),
     controller or proxy; every replica's file, newest last."""
-    from .. import stack
+    from ..ops import stack
     from ..settings import Settings
 
     home = Settings().home

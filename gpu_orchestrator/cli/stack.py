@@ -23,7 +23,7 @@ def _ray_cli() -> str:
 
 def _ray_env(home: Path, *, own_head: bool) -> dict[str, str]:
     """Environment of the local Ray head and of our driver."""
-    from .. import ray_auth
+    from ..ops import ray_auth
 
     extra = ray_auth.stack_env(home) if own_head else {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
     # Faster autoscaling metric pushes: scale-from-zero without waiting out a 10 s interval.
@@ -55,7 +55,7 @@ def up(config_path: str, num_cpus: int | None, demo: bool, host: str | None) -> 
     """Start everything: Postgres/Redis (embedded when DATABASE_URL/REDIS_URL are unset), Ray, the app.
 
     If a step fails, what this run started is stopped again and the error shown."""
-    from .. import stack
+    from ..ops import stack
 
     s = Settings()
     home = s.home
@@ -79,7 +79,7 @@ def up(config_path: str, num_cpus: int | None, demo: bool, host: str | None) -> 
 
 def _up(s: Settings, state: dict[str, Any], started: list[str], config_path: str, num_cpus: int | None, demo: bool,
         listen: str | None = None) -> None:
-    from .. import embedded, ray_auth, stack
+    from ..ops import embedded, ray_auth, stack
 
     home = s.home
     address = os.environ.get("RAY_ADDRESS")
@@ -254,7 +254,7 @@ _STATE_KEYS = {"ray": ("ray_head_pid", "ray_address", "ray_session_dir", "ray_da
 
 def _roll_back(home: Path, state: dict[str, Any], started: list[str]) -> None:
     """After a failed `up`: stop what this run started (not what an earlier `up` left running)."""
-    from .. import stack
+    from ..ops import stack
 
     if not started:
         return
@@ -282,7 +282,7 @@ def down() -> None:
     """Stop what `up` started (the app, a local Ray head, embedded Postgres/Redis). Data is kept.
 
     Finds them from GPU_ORCH_HOME's state.json and, without it, from their pidfiles there."""
-    from .. import ray_auth, stack
+    from ..ops import ray_auth, stack
 
     s = Settings()
     home = s.home
@@ -318,7 +318,7 @@ def env_cmd() -> None:
     """Shell exports that let the `ray` and `serve` CLIs reach the stack: eval "$(gpu-orch env)"."""
     import shlex
 
-    from .. import ray_auth, stack
+    from ..ops import ray_auth, stack
 
     home = Settings().home
     state = stack.load_state(home)

@@ -14,7 +14,7 @@ import secrets
 import time
 from typing import Any
 
-from gpu_orchestrator.artifacts import ArtifactStore, http_path
+from gpu_orchestrator.store.artifacts import ArtifactStore, http_path
 
 from .base import JobContext, ModelDeployment
 

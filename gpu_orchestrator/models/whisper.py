@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from gpu_orchestrator.artifacts import ArtifactStore
+from gpu_orchestrator.store.artifacts import ArtifactStore
 
 from .base import JobContext, ModelDeployment
 

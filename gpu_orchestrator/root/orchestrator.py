@@ -16,7 +16,7 @@ from fastapi import FastAPI
 
 from gpu_orchestrator.api.app import create_app
 from gpu_orchestrator.api.limits import Limits
-from gpu_orchestrator.artifacts import ArtifactStore
+from gpu_orchestrator.store.artifacts import ArtifactStore
 from gpu_orchestrator.bus.decisions import DecisionBoard
 from gpu_orchestrator.core.config import OrchestratorConfig
 from gpu_orchestrator.core.jobs import Job, JobStatus

@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from gpu_orchestrator import logs
-from gpu_orchestrator.artifacts import ArtifactStore
+from gpu_orchestrator.store.artifacts import ArtifactStore
 from gpu_orchestrator.bus.decisions import RedisDecisionBoard
 from gpu_orchestrator.bus.events import AsyncEventBus
 from gpu_orchestrator.bus.workers import WorkerBeats

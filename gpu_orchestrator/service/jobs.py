@@ -17,7 +17,7 @@ import uuid
 from typing import Any, AsyncIterator, Awaitable, Callable, Container, Iterator, Protocol
 
 from gpu_orchestrator import logs
-from gpu_orchestrator.artifacts import ArtifactError
+from gpu_orchestrator.store.artifacts import ArtifactError
 from gpu_orchestrator.bus.events import Event, follow as follow_events, reason
 from gpu_orchestrator.core.apps import AppKind, AppSpec, ParamError, ParamsInvalid, text_problem, validate_params
 from gpu_orchestrator.core.config import OrchestratorConfig

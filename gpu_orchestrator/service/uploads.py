@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import IO, Any, Awaitable, Callable, Iterable, Mapping, Protocol
 
-from gpu_orchestrator.artifacts import content_id
+from gpu_orchestrator.store.artifacts import content_id
 from gpu_orchestrator.core.apps import AppSpec, ParamError, ParamsInvalid, validate_params
 from gpu_orchestrator.core.jobs import Job
 from gpu_orchestrator.core.keys import OPEN, Caller

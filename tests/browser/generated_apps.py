@@ -14,7 +14,7 @@ import sys
 import types
 from typing import Any
 
-from gpu_orchestrator import scaffold
+from gpu_orchestrator.ops import scaffold
 
 # Names no other test uses: deployments share the session's Redis (heartbeat keys per deployment).
 APPS = {"ui_pic": "image", "ui_hear": "audio", "ui_talk": "chat"}

@@ -8,7 +8,7 @@ import re
 import pytest
 import yaml
 
-from gpu_orchestrator import embedded
+from gpu_orchestrator.ops import embedded
 
 from tests.helpers import free_port
 

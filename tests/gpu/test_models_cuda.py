@@ -63,7 +63,7 @@ def test_whisper_on_cuda(tmp_path):
     import numpy as np
 
     from gpu_orchestrator.models.whisper import Whisper
-    from gpu_orchestrator.artifacts import ArtifactStore
+    from gpu_orchestrator.store.artifacts import ArtifactStore
 
     store = ArtifactStore(tmp_path / "art")
     sr = 16000

@@ -116,7 +116,7 @@ class FakeModel:
 
         from PIL import Image
 
-        from gpu_orchestrator.artifacts import ArtifactStore, http_path
+        from gpu_orchestrator.store.artifacts import ArtifactStore, http_path
 
         images = []
         for n in range(params.get("num_images", 1)):

@@ -17,7 +17,7 @@ import psutil
 import pytest
 import redis
 
-from gpu_orchestrator import embedded, ray_auth, stack
+from gpu_orchestrator.ops import embedded, ray_auth, stack
 
 ROOT = Path(__file__).resolve().parents[2]
 GPU_ORCH = str(Path(sys.executable).parent / "gpu-orch")
@@ -185,7 +185,7 @@ def test_embedded_postgres_restarts_after_a_crash_in_the_same_process():
 
     import sqlalchemy as sa
 
-    from gpu_orchestrator import embedded
+    from gpu_orchestrator.ops import embedded
     from gpu_orchestrator.store.postgres import create_engine
 
     root = Path(tempfile.mkdtemp(prefix="gpu-orch-pgcrash-"))

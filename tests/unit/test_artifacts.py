@@ -2,7 +2,7 @@
 
 import pytest
 
-from gpu_orchestrator.artifacts import ArtifactError, ArtifactStore, http_path, safe_name
+from gpu_orchestrator.store.artifacts import ArtifactError, ArtifactStore, http_path, safe_name
 
 
 def test_put_read_and_paths(tmp_path):

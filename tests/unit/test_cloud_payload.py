@@ -8,7 +8,7 @@ import io
 
 import pytest
 
-from gpu_orchestrator.artifacts import ArtifactStore
+from gpu_orchestrator.store.artifacts import ArtifactStore
 from gpu_orchestrator.service.cloud.payload import inline_artifacts, pack_inputs, store_inlined, unpack_inputs
 
 

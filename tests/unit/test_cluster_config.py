@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from gpu_orchestrator import kuberay
+from gpu_orchestrator.ops import kuberay
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,7 @@ from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.testclient import TestClient
 
 from gpu_orchestrator.api.errors import ApiError, BodyLimit, check_idempotency_key, check_last_event_id, install
-from gpu_orchestrator.artifacts import serve_headers
+from gpu_orchestrator.store.artifacts import serve_headers
 from gpu_orchestrator.core.apps import AppSpec, ParamsInvalid, check_text, text_problem, validate_params
 
 APP = AppSpec(id="a", deployment="m", parameters=[

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from gpu_orchestrator import kuberay
+from gpu_orchestrator.ops import kuberay
 from gpu_orchestrator.cli import cli
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gpu_orchestrator.artifacts import ArtifactStore
+from gpu_orchestrator.store.artifacts import ArtifactStore
 from gpu_orchestrator.core.model_errors import JobTimeout
 from gpu_orchestrator.models.echo import Echo
 from gpu_orchestrator.service.cloud.payload import pack_inputs, store_inlined

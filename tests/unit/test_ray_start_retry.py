@@ -10,7 +10,7 @@ import stat
 
 import pytest
 
-from gpu_orchestrator import stack
+from gpu_orchestrator.ops import stack
 
 SLOW = "Exception: The current node timed out during startup. This could happen because some of the raylet failed"
 

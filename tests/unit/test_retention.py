@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gpu_orchestrator.artifacts import ArtifactStore
+from gpu_orchestrator.store.artifacts import ArtifactStore
 from gpu_orchestrator.bus.memory import MemoryEventBus
 from gpu_orchestrator.core.jobs import JobStatus
 from gpu_orchestrator.core.artifact_refs import artifact_uris

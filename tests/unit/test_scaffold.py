@@ -1,4 +1,4 @@
-"""`gpu-orch new-app NAME --task image|audio|text|chat` (gpu_orchestrator/scaffold.py), run on copies
+"""`gpu-orch new-app NAME --task image|audio|text|chat` (gpu_orchestrator/ops/scaffold.py), run on copies
 of this project: the files it writes, serve_config.yaml edited with its comments kept and valid in
 both profiles, the generated tests passing, and refusals that write nothing."""
 
@@ -14,7 +14,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from gpu_orchestrator import kuberay, scaffold
+from gpu_orchestrator.ops import kuberay, scaffold
 from gpu_orchestrator.cli import cli
 from gpu_orchestrator.core.config import parse_config
 
@@ -154,7 +154,6 @@ def test_a_malformed_runtime_env_is_refused(tmp_path, args, message):
     ("transcribe", "'transcribe' clashes with an existing app"),
     ("llm", "'llm' clashes with an existing model: serve_config.yaml already has models.llm"),
     ("whisper_model", "'whisper_model' clashes with a deployment module: deployments/whisper_model.py already exists"),
-    ("base", "'base' clashes with a deployment module: deployments/base.py already exists"),
     ("sc_mine", "'sc_mine' clashes with a runtime_env file: runtime_envs/sc_mine.yaml already exists"),
     ("sc_tested", "'sc_tested' clashes with a test file: tests/unit/test_app_sc_tested.py already exists"),
 ])

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from gpu_orchestrator.core.apps import AppSpec, validate_params
-from gpu_orchestrator.seed import convert
+from gpu_orchestrator.ops.seed import convert
 
 ROOT = Path(__file__).resolve().parents[2]
 

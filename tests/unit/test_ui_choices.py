@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gpu_orchestrator import scaffold
+from gpu_orchestrator.ops import scaffold
 from gradio_uis.chat import chat_models
 from gradio_uis.choices import app_choices, find_app, offer
 from gradio_uis.images import image_models

@@ -8,7 +8,7 @@ import io
 
 import pytest
 
-from gpu_orchestrator.artifacts import ArtifactStore
+from gpu_orchestrator.store.artifacts import ArtifactStore
 from gpu_orchestrator.core.apps import ParamsInvalid
 from gpu_orchestrator.core.jobs import InvalidRequest
 from gpu_orchestrator.service.uploads import NoArtifactStore, submit_with_files

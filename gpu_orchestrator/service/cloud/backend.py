@@ -329,7 +329,7 @@ def build_cloud(cfg: Any, artifacts: Artifacts | None, providers: dict[str, Clou
 
 
 def _http_path(uri: str) -> str:
-    from gpu_orchestrator.artifacts import http_path
+    from gpu_orchestrator.store.artifacts import http_path
 
     return http_path(uri)
 

@@ -9,7 +9,7 @@ import base64
 import binascii
 from typing import Any, Protocol
 
-from gpu_orchestrator.artifacts import http_path, safe_name
+from gpu_orchestrator.store.artifacts import http_path, safe_name
 
 
 class Store(Protocol):

@@ -8,7 +8,7 @@ and to every client through RAY_AUTH_TOKEN_PATH, so nothing depends on what HOME
 
 Tests and benches that talk to a running stack through Ray call `connect()`:
 
-    from gpu_orchestrator.ray_auth import connect
+    from gpu_orchestrator.ops.ray_auth import connect
     connect()            # reads GPU_ORCH_HOME/state.json, sets the token env, ray.init(address=...)
 
 The `ray` / `serve` CLIs: `eval "$(gpu-orch env)"` (the same variables as shell exports).
@@ -115,7 +115,7 @@ def connect(home: Path | None = None, **init_kwargs: Any) -> str:
     import ray
 
     from . import stack
-    from .settings import Settings
+    from ..settings import Settings
 
     home = Path(home) if home is not None else Settings().home
     state = stack.load_state(home)

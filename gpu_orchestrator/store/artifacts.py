@@ -20,7 +20,7 @@ from typing import IO, Iterable, Iterator
 
 from gpu_orchestrator.core.artifact_refs import SCHEME
 
-log = logging.getLogger("gpu_orchestrator.artifacts")
+log = logging.getLogger("gpu_orchestrator.store.artifacts")
 CHUNK = 1024 * 1024
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 UPLOADS = "uploads"

@@ -36,8 +36,8 @@ from typing import Any
 
 import yaml
 
-from gpu_orchestrator import config_edit
-from gpu_orchestrator.config_edit import APP_NAME, BUILD_APP, CONFIG, flow, scalar
+from gpu_orchestrator.ops import config_edit
+from gpu_orchestrator.ops.config_edit import APP_NAME, BUILD_APP, CONFIG, flow, scalar
 
 KUBERAY_MANIFEST = "deploy/kuberay/rayservice.yaml"
 MAX_NAME = 40
@@ -420,7 +420,7 @@ def plan(root: Path | str, name: str, task: str, runtime_env: tuple[str, ...] | 
              updates={CONFIG: (text, new_text)})
     manifest = root / KUBERAY_MANIFEST
     if manifest.is_file():
-        from gpu_orchestrator import kuberay
+        from gpu_orchestrator.ops import kuberay
 
         old_manifest = manifest.read_text()
         if old_manifest == kuberay.render_text(data):  # up to date: keep it so (a test checks it)
