@@ -15,7 +15,9 @@ from gpu_orchestrator.root.orchestrator import Orchestrator, Ports
 from gpu_orchestrator.service.arbiter.ports import Node
 from gpu_orchestrator.service.auth import KeyCache
 from gpu_orchestrator.service.backends import ModelBackend
+from gpu_orchestrator.service.cloud.backend import build_cloud
 from gpu_orchestrator.service.transitions import CountingMetrics
+from gpu_orchestrator.store.artifacts import ArtifactStore
 from gpu_orchestrator.store.memory import MemoryJobStore
 from gpu_orchestrator.store.memory_webhooks import MemoryWebhookQueue
 from gpu_orchestrator.store.memory_access import MemoryAccess
@@ -66,10 +68,13 @@ class StaticCluster:
 
 
 def in_memory(config: OrchestratorConfig | dict[str, Any], backends: Mapping[str, ModelBackend], *,
-              store: MemoryJobStore | None = None, keys: MemoryAccess | None = None) -> Orchestrator:
+              store: MemoryJobStore | None = None, keys: MemoryAccess | None = None,
+              artifacts: ArtifactStore | None = None, cloud_providers: Mapping[str, Any] | None = None) -> Orchestrator:
     """The orchestrator on the in-memory twins; `backends` by model deployment name (a model object
     through service/backends.py's InProcessBackend, or a test's fake). Its parts are reachable as
-    attributes (`.store`, `.bus`, `.auth.keys`, `.metrics`)."""
+    attributes (`.store`, `.bus`, `.auth.keys`, `.metrics`). `artifacts`: a file store (uploads and
+    outputs; none: the file routes answer 503); `cloud_providers` replace the real Modal and
+    Replicate clients for the apps that name them (as serve/router.py takes them)."""
     cfg = config if isinstance(config, OrchestratorConfig) else parse_config(config)
     if cfg.router.auth == "auto":  # in process, nothing listens on a network: open, as on loopback
         cfg = cfg.model_copy(update={"router": cfg.router.model_copy(update={"auth": "off"})})
@@ -90,4 +95,5 @@ def in_memory(config: OrchestratorConfig | dict[str, Any], backends: Mapping[str
         store=store, events=bus, webhooks=MemoryWebhookQueue(store), backends=dict(backends), metrics=MemoryMetrics(),
         cluster=StaticCluster(list(backends)), heartbeats=no_heartbeats, owner=f"memory:{uuid.uuid4().hex[:8]}",
         board=MemoryDecisionBoard() if cfg.arbiter.enabled else None, keys=keys, key_cache=key_cache,
+        artifacts=artifacts, cloud=build_cloud(cfg, artifacts, dict(cloud_providers or {})),
     ))

@@ -1,6 +1,7 @@
-"""The OpenAI-compatible route in-process with the official openai client: retries of one request
-land on one job, a client that goes away cancels its job, and a non-stream wait ends before the
-client's timeout."""
+"""The OpenAI-compatible routes on the orchestrator's in-memory build (tests/memory_router.py) with
+the official openai client: retries of one request land on one job, a client that goes away cancels
+its job, and a non-stream wait ends before the client's timeout; images, transcriptions and
+completions answer as the client expects."""
 
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ import openai
 import pytest
 
 from tests.helpers import wait_status
-
-from .router_harness import db_url, http, rr  # noqa: F401 (fixtures)
+from tests.memory_router import http, rr  # noqa: F401 (fixtures)
 
 MSGS = [{"role": "user", "content": "hello"}]
 

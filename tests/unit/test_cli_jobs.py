@@ -1,4 +1,4 @@
-"""`gpu-orch` job commands against a running router (real Postgres and Redis): pages with --cursor,
+"""`gpu-orch` job commands against a running orchestrator (the in-memory build, tests/memory_router.py): pages with --cursor,
 short ids wherever an id goes, following a job again, and Ctrl-C on `submit --wait` leaving the job
 running and saying how to follow it."""
 
@@ -14,8 +14,7 @@ from click.testing import CliRunner
 
 from gpu_orchestrator.cli import cli
 from tests.helpers import wait_for
-
-from .router_harness import db_url, http, rr, wait_terminal  # noqa: F401 (fixtures)
+from tests.memory_router import http, rr, wait_terminal  # noqa: F401 (fixtures)
 
 
 def run(rr, *args: str, input: str | None = None):
@@ -93,7 +92,7 @@ def test_apps_and_workers_read_as_text(rr):
     assert code == 0 and "width: integer  default=64, minimum=64, maximum=2048" in out, out
     assert ".0" not in out and "choices=[transcribe, translate]" in out, out
     code, out = run(rr, "workers")
-    assert code == 0 and "echo: " in out and "no replicas" in out and "no VRAM declared" in out, out
+    assert code == 0 and "echo: resident  1 running (target 1)" in out and "no VRAM declared" in out, out
     assert "{}" not in out and "-/0" not in out and "queued=" not in out, out
 
 

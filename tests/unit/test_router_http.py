@@ -1,6 +1,8 @@
-"""The router's HTTP API in-process (uvicorn, real Postgres and Redis, a stand-in model): bad input
-answers a 4xx naming the field, never a 5xx; artifacts are served safely; uploads and downloads
-are streamed, and a refused multipart submit stores nothing."""
+"""The HTTP API on the orchestrator's in-memory build, served by uvicorn in this process over a
+stand-in model (tests/memory_router.py): bad input answers a 4xx naming the field, never a 5xx;
+artifacts are served safely; uploads and downloads are streamed, and a refused multipart submit
+stores nothing; Prefer: wait and long polls answer in one request. Nothing here is about Postgres,
+Redis or Ray: those paths are tested in tests/integration (router_harness.py) and tests/serve."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .router_harness import config, db_url, http, rr, running_router, wait_terminal  # noqa: F401 (fixtures)
+from tests.memory_router import http, rr, running_orchestrator, wait_terminal  # noqa: F401 (fixtures)
 
 
 def fields(r: httpx.Response) -> set[str]:
@@ -110,9 +112,8 @@ def test_unknown_and_unrunnable_apps_are_refused_at_submit(http):
     assert http.get("/v1/jobs", params={"app_id": "cloud"}).json()["jobs"] == []
 
 
-def test_app_whose_model_is_not_deployed_is_refused(db_url, serve_backend, monkeypatch):
-    with running_router(db_url, serve_backend.redis_url, monkeypatch=monkeypatch) as r:
-        r.router.backends.pop("llm")  # a deployment this router has no handle for
+def test_app_whose_model_is_not_deployed_is_refused():
+    with running_orchestrator(models=("echo",)) as r:  # no backend for the chat app's llm
         with httpx.Client(base_url=r.base) as c:
             res = c.post("/v1/jobs", json={"app_id": "chat", "params": {"messages": [{"role": "user", "content": "x"}]}})
     assert res.status_code == 422 and res.json()["error"] == "app_not_runnable" and fields(res) == {"app_id"}
@@ -178,8 +179,8 @@ def test_missing_artifact_is_404_naming_the_key_on_a_local_store(http):
     assert r.status_code == 404 and fields(r) == {"key"}
 
 
-def test_missing_artifact_is_404_on_an_fsspec_store(db_url, serve_backend, monkeypatch):
-    with running_router(db_url, serve_backend.redis_url, artifacts="memory://gpu-orch-test-arts", monkeypatch=monkeypatch) as r:
+def test_missing_artifact_is_404_on_an_fsspec_store():
+    with running_orchestrator(artifacts="memory://gpu-orch-test-arts") as r:
         with httpx.Client(base_url=r.base) as c:
             missing = c.get("/v1/artifacts/outputs/0123/none.png")
             up = c.post("/v1/artifacts", files={"file": ("a.wav", b"RIFF" * 1000)}).json()
