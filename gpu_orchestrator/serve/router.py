@@ -17,22 +17,12 @@ from typing import Any
 from fastapi import FastAPI
 
 from gpu_orchestrator import logs
-from gpu_orchestrator.store.artifacts import ArtifactStore
-from gpu_orchestrator.bus.decisions import RedisDecisionBoard
-from gpu_orchestrator.bus.events import AsyncEventBus
-from gpu_orchestrator.bus.workers import WorkerBeats
 from gpu_orchestrator.core.config import OrchestratorConfig, parse_config
-from gpu_orchestrator.root.orchestrator import Orchestrator, Ports
+from gpu_orchestrator.root.postgres import on_postgres
 from gpu_orchestrator.serve.backend import ServeBackend
 from gpu_orchestrator.serve.cluster import RayClusterView
 from gpu_orchestrator.serve.context import app_name, replica_id
 from gpu_orchestrator.serve.metrics import ServeMetrics
-from gpu_orchestrator.service.auth import KeyCache
-from gpu_orchestrator.service.cloud.backend import build_cloud
-from gpu_orchestrator.store.access import KEYS_CHANNEL, PostgresAccess
-from gpu_orchestrator.store.pg_webhooks import CHANNEL as WEBHOOK_CHANNEL
-from gpu_orchestrator.store.pg_webhooks import PgWebhookQueue
-from gpu_orchestrator.store.postgres import PostgresJobStore
 
 
 class Router:
@@ -40,29 +30,12 @@ class Router:
                  redis_url: str, artifacts_url: str | None = None, cloud_providers: dict[str, Any] | None = None):
         cfg = config if isinstance(config, OrchestratorConfig) else parse_config(config)
         logs.configure(cfg.log_format, component="router")
-        rc = cfg.router
-        artifacts = ArtifactStore(artifacts_url) if artifacts_url else None
-        store = PostgresJobStore.connect(database_url, prepared_statements=rc.prepared_statements)
-        # A slow Redis costs a request at most this long (then it is treated as down for a moment).
-        bus = AsyncEventBus(redis_url, timeout_s=rc.redis_timeout_s)
-        # Keys cached while a LISTEN hears every revoke (on any replica, or the CLI) the moment it commits.
-        key_cache = KeyCache()
-        store.listen(KEYS_CHANNEL, key_cache.forget, key_cache.set_live)
-        self.orch = Orchestrator(cfg, Ports(
-            store=store, events=bus,
-            # Keyed by model deployment name; what is not here cannot run (JobService refuses its apps).
-            backends={name: ServeBackend(handle) for name, handle in models.items()},
-            metrics=ServeMetrics(), cluster=RayClusterView(app_name()), heartbeats=WorkerBeats(bus.r).read_all,
-            owner=f"router:{replica_id()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
-            board=RedisDecisionBoard(bus.r, app_name()) if cfg.arbiter.enabled else None,
-            keys=PostgresAccess(store.engine), key_cache=key_cache, artifacts=artifacts,
-            # Cloud backends (Replicate, Modal) for the apps that name one; `cloud_providers`: tests' fakes.
-            cloud=build_cloud(cfg, artifacts, cloud_providers),
-            webhooks=PgWebhookQueue(store.engine),
-        ))
-        # A delivery falling due (the status trigger's NOTIFY) wakes this replica's sender at once.
-        sender = self.orch.webhooks
-        store.listen(WEBHOOK_CHANNEL, lambda _: sender.poke() if sender is not None else None, lambda _live: None)
+        # Postgres and Redis (root/postgres.py); Ray's part: the model handles, metrics, replica states.
+        self.orch = on_postgres(
+            cfg, {name: ServeBackend(handle) for name, handle in models.items()}, database_url=database_url,
+            redis_url=redis_url, metrics=ServeMetrics(), cluster=RayClusterView(app_name()),
+            owner=f"router:{replica_id()}:{os.getpid()}:{uuid.uuid4().hex[:8]}", board_name=app_name(),
+            artifacts_url=artifacts_url, cloud_providers=cloud_providers)
 
     def __getattr__(self, name: str) -> Any:
         orch = self.__dict__.get("orch")  # absent while __init__ runs or after it failed

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from gpu_orchestrator.core.keys import Scope
 from gpu_orchestrator.store.access import PostgresAccess
-from gpu_orchestrator.store.postgres import create_engine
+from gpu_orchestrator.store.pg_engine import create_engine
 from gradio_uis.serve import asgi_builder
 from tests.integration.router_harness import config, db_url, running_router  # noqa: F401 (fixture)
 from tests.helpers import free_port
@@ -22,8 +22,7 @@ from tests.helpers import free_port
 def secured_chat_ui(db_url, serve_backend, tmp_path, monkeypatch):  # noqa: F811 (the fixture)
     import uvicorn
 
-    with running_router(db_url, serve_backend.redis_url, artifacts=str(tmp_path / "art"), cfg=config(auth="on"),
-                        monkeypatch=monkeypatch) as r:
+    with running_router(db_url, serve_backend.redis_url, artifacts=str(tmp_path / "art"), cfg=config(auth="on")) as r:
         engine = create_engine(db_url)
         key, token = PostgresAccess(engine).create_key(name="alice", scopes=[Scope.submit, Scope.read, Scope.cancel],
                                                        apps=["chat"])

@@ -1,7 +1,8 @@
-"""The router deployment's FastAPI app served by uvicorn in this process, without Ray: real Postgres
-and Redis (the test backends, optionally behind a TCP proxy that a test can cut or stall), and a
-stand-in model deployment handle. The app is built as on a replica (Router, then
-`__serve_build_asgi_app__`); what Serve adds (the replica context) is the only thing faked.
+"""The orchestrator over real Postgres and Redis (root/postgres.py, as serve/router.py builds it on a
+replica) served by uvicorn in this process, without Ray: the test backends, optionally behind a TCP
+proxy that a test can cut or stall, and a stand-in model deployment handle behind the same
+ServeBackend adapter a replica uses. What Ray adds (handles, metrics, replica states) is passed in,
+nothing is patched.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import contextlib
 import socket
 import threading
 import time
-from types import SimpleNamespace
+import uuid
 from typing import Any, Iterator
 
 import httpx
@@ -160,7 +161,7 @@ class RunningRouter:
     def start_dispatching(self) -> None:
         """What Serve's first autoscaling-stats call does on a replica: start the dispatcher without a submit."""
         async def start() -> None:
-            self.router._ensure_started()
+            self.router.start()
 
         self.call(start())
 
@@ -170,27 +171,34 @@ def wait_terminal(http: httpx.Client, job_id: str, timeout: float = 30) -> dict:
     return wait_status(http, job_id, TERMINAL, timeout)
 
 
+class NoReplicas:
+    """A cluster view with no Serve replicas and no nodes (GET /v1/workers: no replica counts)."""
+
+    def replica_states(self) -> dict[str, dict[str, int]]:
+        return {}
+
+    def nodes(self) -> list:
+        return []
+
+
 @contextlib.contextmanager
 def running_router(database_url: str, redis_url: str, *, artifacts: str | None = None,
-                   cfg: dict | None = None, monkeypatch: Any, cloud_providers: dict | None = None) -> Iterator[RunningRouter]:
+                   cfg: dict | None = None, cloud_providers: dict | None = None) -> Iterator[RunningRouter]:
     import uvicorn
-    from ray import serve
 
-    from gpu_orchestrator.serve import cluster as cluster_mod
-    from gpu_orchestrator.serve import router as router_mod
+    from gpu_orchestrator.core.config import parse_config
+    from gpu_orchestrator.root.memory import MemoryMetrics
+    from gpu_orchestrator.root.postgres import on_postgres
+    from gpu_orchestrator.serve.backend import ServeBackend
 
     model = FakeModel(redis_url)  # the same Redis (or proxy) as the router, like a real replica
     model.artifacts_url = artifacts
-    ctx = SimpleNamespace(servable_object=None, app_name="orchestrator", replica_id=SimpleNamespace(unique_id="test"))
-    monkeypatch.setattr(serve, "get_replica_context", lambda: ctx)
-    # No Serve here: serve.status() (GET /v1/workers' replica counts) would start a Ray cluster in the
-    # test process, whose loss later ends the process ("Failed to connect to GCS").
-    monkeypatch.setattr(cluster_mod, "serve_replica_states", lambda app_name: {})
-    # As Serve does on a replica: construct, then build the ASGI app (serve.ingress() late-bound).
-    router = router_mod.Router(cfg or config(), {"echo": model, "llm": model}, database_url, redis_url, artifacts,
-                               cloud_providers=cloud_providers)
-    ctx.servable_object = router
-    app = router.__serve_build_asgi_app__()
+    backend = ServeBackend(model)
+    router = on_postgres(parse_config(cfg or config()), {"echo": backend, "llm": backend}, database_url=database_url,
+                         redis_url=redis_url, metrics=MemoryMetrics(), cluster=NoReplicas(),
+                         owner=f"router:test:{uuid.uuid4().hex[:8]}", board_name="orchestrator", artifacts_url=artifacts,
+                         cloud_providers=cloud_providers)
+    app = router.asgi()
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            lifespan="off"))
@@ -244,10 +252,10 @@ def db_url(serve_backend):
 
 
 @pytest.fixture
-def rr(db_url, serve_backend, tmp_path, monkeypatch):
+def rr(db_url, serve_backend, tmp_path):
     """A running router on the test backends (no proxy)."""
     with running_router(db_url, serve_backend.redis_url, artifacts=str(tmp_path / "art"),
-                        cfg=config(max_body_bytes=4096, max_upload_bytes=64 * 1024 * 1024), monkeypatch=monkeypatch) as r:
+                        cfg=config(max_body_bytes=4096, max_upload_bytes=64 * 1024 * 1024)) as r:
         yield r
 
 

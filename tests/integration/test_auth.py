@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from gpu_orchestrator.core.keys import AuthError, Forbidden, Quota, Scope
 from gpu_orchestrator.core.jobs import JobNotFound
 from gpu_orchestrator.store.access import PostgresAccess
-from gpu_orchestrator.store.postgres import create_engine
+from gpu_orchestrator.store.pg_engine import create_engine
 
 from .router_harness import config, db_url, running_router, wait_terminal  # noqa: F401 (fixtures)
 
@@ -25,8 +25,7 @@ OPEN_PATHS = {"/healthz", "/docs", "/openapi.json", "/static/swagger-ui"}
 
 @pytest.fixture
 def secured(db_url, serve_backend, tmp_path, monkeypatch):
-    with running_router(db_url, serve_backend.redis_url, artifacts=str(tmp_path / "art"), cfg=config(auth="on"),
-                        monkeypatch=monkeypatch) as r:
+    with running_router(db_url, serve_backend.redis_url, artifacts=str(tmp_path / "art"), cfg=config(auth="on")) as r:
         engine = create_engine(db_url)
         r.access = PostgresAccess(engine)
         r.engine = engine
@@ -240,8 +239,8 @@ def test_tokens_appear_in_no_log_row_or_event(secured, caplog):
 
 def test_quotas_hold_across_router_replicas(db_url, serve_backend, tmp_path, monkeypatch):
     cfg = config(auth="on")
-    with running_router(db_url, serve_backend.redis_url, artifacts=str(tmp_path / "a"), cfg=cfg, monkeypatch=monkeypatch) as one, \
-            running_router(db_url, serve_backend.redis_url, artifacts=str(tmp_path / "b"), cfg=cfg, monkeypatch=monkeypatch) as two:
+    with running_router(db_url, serve_backend.redis_url, artifacts=str(tmp_path / "a"), cfg=cfg) as one, \
+            running_router(db_url, serve_backend.redis_url, artifacts=str(tmp_path / "b"), cfg=cfg) as two:
         engine = create_engine(db_url)
         token = PostgresAccess(engine).create_key(name="burst", scopes=[Scope.submit], quota=Quota(jobs_per_min=4))[1]
         engine.dispose()
@@ -309,8 +308,7 @@ def test_keys_are_cached_while_revokes_are_heard_and_a_revoke_elsewhere_reaches_
 
 
 def test_an_open_stack_refuses_a_key_that_is_not_one_of_its_own(db_url, serve_backend, tmp_path, monkeypatch):
-    with running_router(db_url, serve_backend.redis_url, artifacts=str(tmp_path / "art"), cfg=config(auth="off"),
-                        monkeypatch=monkeypatch) as r:
+    with running_router(db_url, serve_backend.redis_url, artifacts=str(tmp_path / "art"), cfg=config(auth="off")) as r:
         access = PostgresAccess(create_engine(db_url))
         good = access.create_key(name="alice", scopes=[Scope.submit, Scope.read])[1]
         revoked = access.create_key(name="bob", scopes=[Scope.submit])[1]

@@ -84,8 +84,7 @@ def endpoint_router(ep: FakeModalEndpoint, db_url, serve_backend, tmp_path, monk
     monkeypatch.setenv("MODAL_PROXY_SECRET", ep.secret)
     cfg = modal_config(endpoint=ep.url)
     cfg["apps"] = [a for a in cfg["apps"] if a["id"] != "sdxl-modal"]
-    return running_router(db_url, serve_backend.redis_url, artifacts=str(tmp_path / "art"), cfg=cfg,
-                          monkeypatch=monkeypatch)
+    return running_router(db_url, serve_backend.redis_url, artifacts=str(tmp_path / "art"), cfg=cfg)
 
 
 def test_endpoint_mode_sends_proxy_auth_and_stores_inline_files(db_url, serve_backend, tmp_path, monkeypatch):
@@ -117,7 +116,7 @@ def test_endpoint_without_proxy_tokens_is_unavailable_and_refused(db_url, serve_
         monkeypatch.delenv(var, raising=False)
     cfg = modal_config(endpoint="http://127.0.0.1:9/run")
     cfg["apps"] = [a for a in cfg["apps"] if a["id"] != "sdxl-modal"]
-    with running_router(db_url, serve_backend.redis_url, cfg=cfg, monkeypatch=monkeypatch) as rr, \
+    with running_router(db_url, serve_backend.redis_url, cfg=cfg) as rr, \
             httpx.Client(base_url=rr.base, timeout=10) as http:
         r = http.post("/v1/jobs", json={"app_id": "sdxl-endpoint", "params": {"prompt": "x"}})
         assert r.status_code == 422 and "MODAL_PROXY_KEY" in r.text
@@ -128,7 +127,7 @@ def test_endpoint_without_proxy_tokens_is_unavailable_and_refused(db_url, serve_
 def sdk_router(db_url, serve_backend, tmp_path, monkeypatch, sdk, **target):
     provider = ModalProvider(ModalSpec(), sdk=sdk, modes={"sdk"})
     return running_router(db_url, serve_backend.redis_url, artifacts=str(tmp_path / "art"),
-                          cfg=modal_config(**target), monkeypatch=monkeypatch, cloud_providers={"modal": provider})
+                          cfg=modal_config(**target), cloud_providers={"modal": provider})
 
 
 def test_sdk_mode_spawns_polls_and_stores_the_result(db_url, serve_backend, tmp_path, monkeypatch):

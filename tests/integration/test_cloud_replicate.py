@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-from gpu_orchestrator.store.postgres import create_engine
+from gpu_orchestrator.store.pg_engine import create_engine
 from tests.helpers import wait_for
 from tests.fakes.cloud import Behaviour, FakeReplicate, png_of_size
 from tests.integration.router_harness import config, db_url, running_router, wait_terminal  # noqa: F401 (fixture)
@@ -64,7 +64,7 @@ def cloud_config(fake: FakeReplicate, tmp_path, **router) -> dict:
 @pytest.fixture
 def rr(db_url, serve_backend, tmp_path, monkeypatch, fake):
     with running_router(db_url, serve_backend.redis_url, artifacts=str(tmp_path / "art"),
-                        cfg=cloud_config(fake, tmp_path), monkeypatch=monkeypatch) as r:
+                        cfg=cloud_config(fake, tmp_path)) as r:
         yield r
 
 
@@ -175,7 +175,7 @@ def test_router_killed_mid_prediction_reattaches_instead_of_creating_again(db_ur
     fake.behaviours["stability-ai/sdxl"] = Behaviour(hang=True, output=images_of_the_requested_size)
     cfg = cloud_config(fake, tmp_path)
     art = str(tmp_path / "art")
-    with running_router(db_url, serve_backend.redis_url, artifacts=art, cfg=cfg, monkeypatch=monkeypatch) as a:
+    with running_router(db_url, serve_backend.redis_url, artifacts=art, cfg=cfg) as a:
         with httpx.Client(base_url=a.base, timeout=10) as http:
             job_id = http.post("/v1/jobs", json={"app_id": "sdxl-cloud", "params": {"prompt": "x", "width": 64,
                                                                                     "height": 64}}).json()["job_id"]
@@ -186,7 +186,7 @@ def test_router_killed_mid_prediction_reattaches_instead_of_creating_again(db_ur
                      "the prediction id on the job row")
     # Router A is gone without handing anything back (its loop stopped mid-wait), like a killed process.
     fake.behaviours["stability-ai/sdxl"].hang = False
-    with running_router(db_url, serve_backend.redis_url, artifacts=art, cfg=cfg, monkeypatch=monkeypatch) as b:
+    with running_router(db_url, serve_backend.redis_url, artifacts=art, cfg=cfg) as b:
         b.start_dispatching()
         with httpx.Client(base_url=b.base, timeout=10) as http:
             job = wait_terminal(http, job_id, timeout=40)  # the lease (3 s) expires, B claims and re-attaches
@@ -200,7 +200,7 @@ def test_cancelling_a_job_whose_router_died_cancels_its_prediction(db_url, serve
     fake.behaviours["stability-ai/sdxl"] = Behaviour(hang=True)
     cfg = cloud_config(fake, tmp_path, lease_s=30)  # the dead router's lease has not expired yet
     art = str(tmp_path / "art")
-    with running_router(db_url, serve_backend.redis_url, artifacts=art, cfg=cfg, monkeypatch=monkeypatch) as a:
+    with running_router(db_url, serve_backend.redis_url, artifacts=art, cfg=cfg) as a:
         with httpx.Client(base_url=a.base, timeout=10) as http:
             job_id = http.post("/v1/jobs", json={"app_id": "sdxl-cloud", "params": {"prompt": "x"}}).json()["job_id"]
             wait_for(lambda: http.get(f"/v1/jobs/{job_id}").json()["status"] == "running", "the job running")
@@ -211,7 +211,7 @@ def test_cancelling_a_job_whose_router_died_cancels_its_prediction(db_url, serve
         engine.dispose()
     # Router A is gone mid-prediction; the user cancels through router B, which never ran it.
     pid = fake.creates[0]["id"]
-    with running_router(db_url, serve_backend.redis_url, artifacts=art, cfg=cfg, monkeypatch=monkeypatch) as b:
+    with running_router(db_url, serve_backend.redis_url, artifacts=art, cfg=cfg) as b:
         with httpx.Client(base_url=b.base, timeout=10) as http:
             assert http.delete(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
             wait_for(lambda: fake.cancels == [pid], "the cancel at Replicate")
@@ -255,8 +255,7 @@ def test_costs_of_local_and_cloud_jobs_by_hand(db_url, serve_backend, tmp_path, 
     fake.behaviours["stability-ai/sdxl"] = Behaviour(output=images_of_the_requested_size, predict_time=3.2)
     cfg = cloud_config(fake, tmp_path)
     cfg["models"]["echo"].update(num_gpus=0.5, gpu_type="L4")  # half an L4 at $0.7992/GPU-hour
-    with running_router(db_url, serve_backend.redis_url, artifacts=str(tmp_path / "art"), cfg=cfg,
-                        monkeypatch=monkeypatch) as rr, httpx.Client(base_url=rr.base, timeout=10) as http:
+    with running_router(db_url, serve_backend.redis_url, artifacts=str(tmp_path / "art"), cfg=cfg) as rr, httpx.Client(base_url=rr.base, timeout=10) as http:
         local = wait_terminal(http, http.post("/v1/jobs", json={"app_id": "echo", "params": {"delay_s": 0.3}}).json()["job_id"])
         cloud = wait_terminal(http, http.post("/v1/jobs", json={"app_id": "sdxl-cloud", "params": {
             "prompt": "x", "width": 64, "height": 64}}).json()["job_id"])

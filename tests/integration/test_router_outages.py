@@ -5,7 +5,6 @@ streams are bounded in number and duration."""
 
 from __future__ import annotations
 
-import inspect
 import threading
 import time
 
@@ -24,8 +23,7 @@ def faulty(db_url, serve_backend, tmp_path, monkeypatch):  # noqa: F811
     rp = TcpProxy(redis_upstream(serve_backend.redis_url))
     pp = TcpProxy(pg_upstream(db_url))
     try:
-        with running_router(proxied_pg_url(db_url, pp), f"redis://127.0.0.1:{rp.port}/0", artifacts=str(tmp_path / "a"),
-                            monkeypatch=monkeypatch) as r:
+        with running_router(proxied_pg_url(db_url, pp), f"redis://127.0.0.1:{rp.port}/0", artifacts=str(tmp_path / "a")) as r:
             r.redis_proxy, r.pg_proxy = rp, pp
             yield r
     finally:
@@ -172,11 +170,9 @@ def test_event_streams_end_after_a_time_limit_and_clients_resume(faulty, http):
 
 
 async def serve_stops(router) -> None:
-    """What Serve does when it stops the replica: call __del__ on the replica's loop and await what
-    it returns."""
-    result = router.__del__()
-    assert inspect.iscoroutine(result)
-    await result
+    """What Serve's graceful stop of a replica comes to (serve/router.py's __del__ returns it, and
+    Serve awaits it on the replica's loop: tests/unit/test_orchestrator.py): the orchestrator's aclose."""
+    await router.aclose()
 
 
 def test_graceful_stop_hands_leases_back(faulty, http):

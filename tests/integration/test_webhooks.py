@@ -72,7 +72,7 @@ HOOKS = {"allow_loopback": True, "backoff_s": 0.2, "backoff_max_s": 0.5, "poll_s
 def router(db_url, serve_backend, tmp_path, monkeypatch):
     def make(**webhooks):
         return running_router(db_url, serve_backend.redis_url, artifacts=str(tmp_path / "art"),
-                              cfg=config(webhooks={**HOOKS, **webhooks}), monkeypatch=monkeypatch)
+                              cfg=config(webhooks={**HOOKS, **webhooks}))
     return make
 
 

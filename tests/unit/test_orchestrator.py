@@ -68,3 +68,27 @@ def test_keys_are_required_checked_and_revoked_at_once():
         assert (await c.delete("/v1/admin/keys/alice", headers={"Authorization": f"Bearer {admin}"})).status_code == 200
         assert (await c.get(f"/v1/jobs/{ok.json()['job_id']}", headers=alice)).status_code == 401
     run(go, auth="on")
+
+
+def test_serves_graceful_stop_of_a_router_replica_is_the_orchestrators_aclose():
+    """Serve stops a replica by calling `__del__` on its loop and awaiting what it returns: the
+    router answers with the orchestrator's shutdown once, and with nothing outside a loop (garbage
+    collection) or a second time."""
+    from gpu_orchestrator.serve.router import Router
+
+    closed = []
+
+    class Orch:
+        async def aclose(self) -> None:
+            closed.append(True)
+
+    router = object.__new__(Router)
+    router.__dict__["orch"] = Orch()
+    assert router.__del__() is None  # no running loop: nothing to hand back
+
+    async def stop() -> None:
+        first = router.__del__()
+        assert asyncio.iscoroutine(first) and router.__del__() is None
+        await first
+    asyncio.run(stop())
+    assert closed == [True]
