@@ -110,13 +110,13 @@ def floor(seconds: float, settle: float) -> tuple[dict[str, float], int]:
     from overhead import free_port
 
     from gpu_orchestrator.ops import ray_auth, stack
-    from gpu_orchestrator.cli.stack import _ray_cli, _ray_env
+    from gpu_orchestrator.ops.lifecycle import ray_cli, ray_env
 
     home = Path(tempfile.mkdtemp(prefix="gpu-orch-idle-floor-"))
     port, http = free_port(), free_port()
-    env = _ray_env(home, own_head=True)
+    env = ray_env(home, own_head=True)
     ray_auth.ensure_token(home)
-    cmd = [_ray_cli(), "start", "--head", "--block", f"--port={port}", "--num-cpus=8", "--dashboard-host=127.0.0.1",
+    cmd = [ray_cli(), "start", "--head", "--block", f"--port={port}", "--num-cpus=8", "--dashboard-host=127.0.0.1",
            f"--dashboard-port={free_port()}", "--disable-usage-stats"]
     print("starting the floor: a bare Ray head and Serve, nothing deployed ...", flush=True)
     pid = stack.start_ray_head(home, cmd, port=port, env=ray_auth.child_env(env))

@@ -11,13 +11,24 @@ import httpx
 
 from ..client import DEFAULT_URL, ApiError, Client
 
-APP_NAME = "orchestrator"
+from ..ops.config_edit import APP_NAME  # noqa: F401 (the commands' default app)
 
 
 def _client(ctx: click.Context) -> Client:
-    from .keys import stack_api_key
+    from ..ops.admin_key import stack_api_key
 
     return Client(ctx.obj["url"], api_key=ctx.obj.get("api_key") or stack_api_key(ctx.obj["url"]))
+
+
+def stack_url() -> str:
+    """The URL of the stack `gpu-orch up` started in GPU_ORCH_HOME (its state.json), else the default."""
+    from ..ops import stack
+    from ..settings import Settings
+
+    try:
+        return stack.load_state(Settings().home).get("url") or DEFAULT_URL
+    except Exception:  # an unreadable state file: the default, as without one
+        return DEFAULT_URL
 
 
 def _print(obj: Any) -> None:
@@ -44,14 +55,15 @@ class _Group(click.Group):
 
 @click.group(cls=_Group)
 @click.version_option(package_name="gpu-orchestrator", prog_name="gpu-orch")
-@click.option("--url", envvar="GPU_ORCH_URL", default=DEFAULT_URL, show_default=True, help="router base URL")
+@click.option("--url", envvar="GPU_ORCH_URL", default=None,
+              help=f"router base URL (default: the stack `gpu-orch up` started, else {DEFAULT_URL})")
 @click.option("--api-key", envvar="GPU_ORCH_API_KEY", default=None,
               help="API key (default: the stack's admin key that `gpu-orch up` stored)")
 @click.pass_context
 def cli(ctx: click.Context, url: str, api_key: str | None) -> None:
     """GPU Orchestrator: many AI models on shared GPUs."""
     ctx.ensure_object(dict)
-    ctx.obj["url"] = url
+    ctx.obj["url"] = url or stack_url()
     ctx.obj["api_key"] = api_key
 
 

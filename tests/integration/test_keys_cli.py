@@ -8,7 +8,7 @@ import json
 from click.testing import CliRunner
 
 from gpu_orchestrator.cli import cli
-from gpu_orchestrator.cli.keys import stack_api_key
+from gpu_orchestrator.ops.admin_key import stack_api_key
 
 from .router_harness import db_url  # noqa: F401 (fixture)
 
@@ -54,7 +54,7 @@ def test_the_cli_sends_the_stacks_admin_key_to_that_stack_only(tmp_path, monkeyp
 def test_the_bootstrap_admin_key_is_made_once_and_kept_private(db_url, tmp_path):
     import stat
 
-    from gpu_orchestrator.cli.keys import bootstrap_admin
+    from gpu_orchestrator.ops.admin_key import bootstrap_admin
 
     token = bootstrap_admin(db_url, tmp_path)
     kept = tmp_path / "admin_key"

@@ -111,3 +111,18 @@ def test_version_and_one_error_line(rr):
     assert code == 0 and out.startswith("gpu-orch, version ")
     code, out = run(rr, "submit", "nope")
     assert code == 1 and out.startswith("Error: HTTP 422: app_id: unknown app 'nope'"), out
+
+
+def test_without_url_the_cli_finds_the_stack_up_started(rr, tmp_path, monkeypatch):
+    """`gpu-orch up` records its URL in GPU_ORCH_HOME/state.json: every later command reaches that
+    stack without --url (a stack on another port included); --url and $GPU_ORCH_URL still win."""
+    import json
+
+    monkeypatch.delenv("GPU_ORCH_URL", raising=False)
+    monkeypatch.setenv("GPU_ORCH_HOME", str(tmp_path))
+    (tmp_path / "state.json").write_text(json.dumps({"url": rr.base}))
+    r = CliRunner().invoke(cli, ["apps"])
+    assert r.exit_code == 0 and "echo" in r.output, r.output
+    monkeypatch.setenv("GPU_ORCH_URL", "http://127.0.0.1:9")  # nothing listens there
+    r = CliRunner().invoke(cli, ["apps"])
+    assert r.exit_code == 1 and "cannot reach the router at http://127.0.0.1:9" in r.output, r.output
