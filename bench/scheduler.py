@@ -31,7 +31,8 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpu_orchestrator.core.policy import Gpu, ModelView, PolicyConfig, decide  # noqa: E402
+from gpu_orchestrator.core.policy import decide  # noqa: E402
+from gpu_orchestrator.core.policy_types import Gpu, ModelView, PolicyConfig  # noqa: E402
 from gpu_orchestrator.core.simulator import (SimModel, SimResult, TraceJob, lower_bound, simulate,  # noqa: E402
                                              simulate_fifo)
 

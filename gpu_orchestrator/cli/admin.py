@@ -269,12 +269,13 @@ def new_app(name: str, task: str, runtime_env: tuple[str, ...], root: str, dry_r
     demo model), runtime_envs/NAME.yaml, tests/unit/test_app_NAME.py, and its model and app in
     serve_config.yaml (comments kept; checked in both profiles before anything is written)."""
     from ..ops import scaffold
+    from ..ops.scaffold_inputs import Refused, ScaffoldError
 
     try:
         plan = scaffold.plan(root, name, task, runtime_env)
-    except scaffold.Refused as e:
+    except Refused as e:
         raise click.UsageError(str(e)) from None
-    except scaffold.ScaffoldError as e:
+    except ScaffoldError as e:
         raise click.ClickException(str(e)) from None
     if dry_run:
         click.echo(plan.describe())

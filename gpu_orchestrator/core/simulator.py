@@ -22,7 +22,8 @@ import math
 from dataclasses import dataclass, field
 
 from gpu_orchestrator.core.gpu_share import SharedGpu, job_share, may_start
-from gpu_orchestrator.core.policy import Gpu, ModelView, PolicyConfig, Verb, decide
+from gpu_orchestrator.core.policy import decide
+from gpu_orchestrator.core.policy_types import Gpu, ModelView, PolicyConfig, Verb
 from gpu_orchestrator.core.swap_budget import SwapBudget
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gpu_orchestrator.core.policy import Decision
+from gpu_orchestrator.core.policy_types import Decision
 
 
 @dataclass

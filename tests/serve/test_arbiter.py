@@ -317,7 +317,7 @@ def test_backlog_plus_chatter_keeps_loads_within_the_swap_budget(arb, monkeypatc
     from datetime import datetime
 
     from gpu_orchestrator.core.config import ArbiterSpec
-    from gpu_orchestrator.core.policy import Gpu, PolicyConfig
+    from gpu_orchestrator.core.policy_types import Gpu, PolicyConfig
     from gpu_orchestrator.core.simulator import SimModel, TraceJob, simulate
 
     from tests.ray_session import arbiter_args

@@ -1,6 +1,7 @@
 """The arbiter policy, one rule at a time."""
 
-from gpu_orchestrator.core.policy import Action, Gpu, ModelView, PolicyConfig, Verb, decide
+from gpu_orchestrator.core.policy import decide
+from gpu_orchestrator.core.policy_types import Action, Gpu, ModelView, PolicyConfig, Verb
 
 G24 = [Gpu("gpu0", 24)]
 CFG = PolicyConfig(idle_ttl_s=300, max_wait_s=60, min_resident_s=30)

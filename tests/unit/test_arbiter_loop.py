@@ -9,7 +9,8 @@ import pytest
 
 from gpu_orchestrator.bus.decisions import MemoryDecisionBoard, Snapshot
 from gpu_orchestrator.core.config import ArbiterSpec, GpuPoolSpec, parse_config
-from gpu_orchestrator.core.policy import Gpu, ModelView, PolicyConfig, Verb, decide
+from gpu_orchestrator.core.policy import decide
+from gpu_orchestrator.core.policy_types import Gpu, ModelView, PolicyConfig, Verb
 from gpu_orchestrator.service.arbiter.loop import LEADER_LOCK_KEY, STALE_AFTER_S, ArbiterLoop
 from gpu_orchestrator.service.arbiter.ports import CountingArbiterMetrics, Node
 from gpu_orchestrator.service.arbiter.views import Pools, gpu_pools, packing_warnings, placement

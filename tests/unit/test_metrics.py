@@ -14,7 +14,7 @@ from gpu_orchestrator.bus.decisions import Snapshot
 from gpu_orchestrator.bus.memory import MemoryEventBus
 from gpu_orchestrator.core.jobs import Job, JobStatus
 from gpu_orchestrator.core.model_errors import ModelFailed
-from gpu_orchestrator.core.policy import Decision, Gpu, ModelView
+from gpu_orchestrator.core.policy_types import Decision, Gpu, ModelView
 from gpu_orchestrator.service.arbiter.tracks import ModelTrack
 from gpu_orchestrator.service.arbiter.views import decision_snapshot, gpu_vram
 from gpu_orchestrator.service.gauges import MODEL_STATES, gpu_vram_readings, model_state_readings, queue_readings

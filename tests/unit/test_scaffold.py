@@ -15,6 +15,8 @@ import yaml
 from click.testing import CliRunner
 
 from gpu_orchestrator.ops import kuberay, scaffold
+from gpu_orchestrator.ops.scaffold_config import config_text
+from gpu_orchestrator.ops.scaffold_inputs import ScaffoldError, class_name
 from gpu_orchestrator.cli import cli
 from gpu_orchestrator.core.config import parse_config
 
@@ -62,7 +64,7 @@ def project(tmp_path_factory):
 def test_each_task_writes_its_module_runtime_env_and_test(project):
     for name, task in TASKS.items():
         module = (project / "deployments" / f"{name}.py").read_text()
-        cls = scaffold.class_name(name)
+        cls = class_name(name)
         assert f"class {cls}(ModelDeployment):" in module and "def load(self)" in module and "def infer(self" in module
         assert "def build_tiny(" in module and "ctx.check_cancelled()" in module and "ctx.progress(" in module
         assert f"gpu-orch new-app {name} --task {task}" in module
@@ -92,7 +94,7 @@ def test_serve_config_keeps_its_text_and_validates_in_both_profiles(project):
     want_task = {"image": "image", "audio": "transcription", "text": "generic", "chat": "chat"}
     for name, task in TASKS.items():
         m = real.models[name]
-        assert m.impl == f"deployments.{name}:{scaffold.class_name(name)}" and m.init["model"] and m.vram_gb > 0
+        assert m.impl == f"deployments.{name}:{class_name(name)}" and m.init["model"] and m.vram_gb > 0
         assert abs(m.num_gpus - m.vram_gb / 80) < 0.01  # as the other models (test_config)
         assert m.runtime_env == f"runtime_envs/{name}.yaml"
         d = demo.models[name]
@@ -241,7 +243,7 @@ applications:
 
 
 def test_the_config_edit_follows_another_layout_and_keeps_its_comments():
-    new = scaffold.config_text(CONFIG_4, "pic", "image")
+    new = config_text(CONFIG_4, "pic", "image")
     for line in CONFIG_4.splitlines():
         assert line in new.splitlines()
     lines = new.splitlines()
@@ -252,8 +254,8 @@ def test_the_config_edit_follows_another_layout_and_keeps_its_comments():
     assert list(args["models"]) == ["echo", "pic"] and [a["id"] for a in args["apps"]] == ["echo", "pic"]
     assert args["router"] == {"num_replicas": 1}
     parse_config(args)
-    with pytest.raises(scaffold.ScaffoldError, match="must be a non-empty block mapping"):
-        scaffold.config_text(CONFIG_FLOW, "pic", "image")
+    with pytest.raises(ScaffoldError, match="must be a non-empty block mapping"):
+        config_text(CONFIG_FLOW, "pic", "image")
 
 
 def test_a_config_changed_meanwhile_is_not_overwritten_and_created_files_are_removed(tmp_path):
@@ -261,6 +263,6 @@ def test_a_config_changed_meanwhile_is_not_overwritten_and_created_files_are_rem
     plan = scaffold.plan(root, "sc_pic", "image")
     (root / "serve_config.yaml").write_text((root / "serve_config.yaml").read_text() + "# edited meanwhile\n")
     before = snapshot(root)
-    with pytest.raises(scaffold.ScaffoldError, match="serve_config.yaml changed while new-app ran"):
+    with pytest.raises(ScaffoldError, match="serve_config.yaml changed while new-app ran"):
         scaffold.apply(plan)
     assert snapshot(root) == before

@@ -2,7 +2,7 @@
 
 import pytest
 
-from gpu_orchestrator.core.policy import Gpu, PolicyConfig
+from gpu_orchestrator.core.policy_types import Gpu, PolicyConfig
 from gpu_orchestrator.core.simulator import SimModel, TraceJob, lower_bound, percentile, simulate, simulate_fifo
 
 M = [SimModel("A", 16, 8.0), SimModel("B", 14, 6.0), SimModel("C", 12, 5.0)]

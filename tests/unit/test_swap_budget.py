@@ -2,7 +2,7 @@
 
 import pytest
 
-from gpu_orchestrator.core.policy import Action, Decision, Verb
+from gpu_orchestrator.core.policy_types import Action, Decision, Verb
 from gpu_orchestrator.core.swap_budget import SwapBudget
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gpu_orchestrator.ops import scaffold
+from gpu_orchestrator.ops.scaffold_config import app_entry
 from gradio_uis.chat import chat_models
 from gradio_uis.choices import app_choices, find_app, offer
 from gradio_uis.images import image_models
@@ -66,10 +66,10 @@ def test_the_shipped_config_gives_each_page_its_built_in_default():
 
 @pytest.mark.parametrize("task", ["image", "audio", "chat"])
 def test_a_generated_app_shows_up_in_its_page_only(task):
-    """The app entry new-app writes (scaffold.app_entry, what goes into serve_config.yaml) is offered
+    """The app entry new-app writes (scaffold_config.app_entry, what goes into serve_config.yaml) is offered
     by its task's page, after the built-in ones, and the default stays; the other pages ignore it."""
     name = f"my_{task}"
-    entry = scaffold.app_entry(name, task)
+    entry = app_entry(name, task)
     apps = configured_apps() + [entry]
     for other, page in PAGES.items():
         o = page(apps)

@@ -18,7 +18,8 @@ from typing import Callable
 
 from gpu_orchestrator.bus.decisions import DecisionBoard, Snapshot
 from gpu_orchestrator.core.config import OrchestratorConfig
-from gpu_orchestrator.core.policy import PolicyConfig, decide
+from gpu_orchestrator.core.policy import decide
+from gpu_orchestrator.core.policy_types import PolicyConfig
 from gpu_orchestrator.core.swap_budget import SwapBudget
 from gpu_orchestrator.service.arbiter.ports import (ArbiterMetrics, ClusterView, Heartbeats, NoArbiterMetrics,
                                                     QueueReader)

@@ -10,7 +10,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from gpu_orchestrator.core.policy import Action, Decision
+from gpu_orchestrator.core.policy_types import Action, Decision
 from gpu_orchestrator.service.arbiter.ports import ArbiterMetrics
 
 log = logging.getLogger("gpu_orchestrator.arbiter")

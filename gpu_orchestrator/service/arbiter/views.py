@@ -10,7 +10,7 @@ from typing import Any, Iterable, Mapping
 
 from gpu_orchestrator.bus.decisions import Snapshot
 from gpu_orchestrator.core.config import ArbiterSpec, OrchestratorConfig
-from gpu_orchestrator.core.policy import Decision, Gpu, ModelView
+from gpu_orchestrator.core.policy_types import Decision, Gpu, ModelView
 from gpu_orchestrator.service.arbiter.ports import Node
 from gpu_orchestrator.service.arbiter.tracks import ModelTrack
 from gpu_orchestrator.store.base import AppQueueStats
