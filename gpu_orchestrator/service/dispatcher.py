@@ -23,47 +23,30 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from gpu_orchestrator import logs
 from gpu_orchestrator.core.apps import AppKind, AppSpec
 from gpu_orchestrator.core.config import OrchestratorConfig
-from gpu_orchestrator.core.costs import local_cost
 from gpu_orchestrator.core.jobs import Job, JobStatus, RetryPolicy, TransitionError
 from gpu_orchestrator.core.model_errors import JobCancelled, as_model_error
-from gpu_orchestrator.service.backends import ModelBackend, ModelRun
+from gpu_orchestrator.service.backends import ModelBackend
+from gpu_orchestrator.service.claims import Claims
 from gpu_orchestrator.service.cloud.backend import CloudBackend, CloudRun, Outcome
 from gpu_orchestrator.service.cloud.routing import CloudRouting
+from gpu_orchestrator.service.inflight import InFlight
+from gpu_orchestrator.service.outcomes import Outcomes
 from gpu_orchestrator.service.transitions import Transitions
-from gpu_orchestrator.store.base import AppQueueStats, Cost, JobStore, LeaseKey, ResultNotStorable, StartNow
+from gpu_orchestrator.store.base import AppQueueStats, JobStore, LeaseKey, StartNow
 
 log = logging.getLogger("gpu_orchestrator.dispatcher")
 
 
-@dataclass
-class InFlight:
-    job: Job
-    task: asyncio.Task | None = None
-    run: ModelRun | None = None  # the model backend's run, so a cancel can reach the replica
-    recording: bool = False  # the outcome is in hand and being written
-    write_retries: int = 0
-    started: float | None = None  # monotonic time the run was handed to its backend
-    ended: Job | None = None  # the row its recorded outcome left (terminal or queued again)
+class Dispatcher(Claims, Outcomes):
+    """Claiming (service/claims.py) and recording outcomes (service/outcomes.py) are its mixins."""
 
-    @property
-    def key(self) -> LeaseKey:
-        return (self.job.id, self.job.claims)
-
-    @property
-    def attempt(self) -> int:
-        return self.job.claims
-
-
-class Dispatcher:
     ANSWER_MARGIN_S = 60.0  # beyond the slot wait and the job's timeout, for the model to stop
     RELEASE_WAIT_S = 5.0  # a stopping router finishes writing results in hand this long at most
-    WRITE_BACKOFF_S = (0.2, 5.0)
 
     def __init__(
         self,
@@ -208,140 +191,6 @@ class Dispatcher:
             self.routing.service_s = await asyncio.to_thread(self.store.service_times)
         await self._settle_stranded()
 
-    def _usable(self, backend: str | None) -> bool:
-        return backend in self.cloud and self.routing.why_unavailable(backend) is None
-
-    def _routes_for(self, app: AppSpec) -> set[str | None]:
-        """The routes this router runs the app's jobs on (None: local)."""
-        if app.kind != AppKind.local:
-            return {app.kind.value} if self._usable(app.kind.value) else set()
-        fb = app.fallback
-        return {None, fb.backend} if fb is not None and fb.when != "never" and self._usable(fb.backend) else {None}
-
-    async def _settle_stranded(self) -> None:
-        """Queued jobs nothing here will run would wait for ever: an app no longer configured, a
-        cloud-only app whose backend is unavailable (no token), a local app's jobs sent to a cloud
-        backend it no longer uses or cannot reach. Once this router has seen them so for the grace
-        period (a rolling update may bring a replica that can), and only jobs older than it: jobs
-        of a local app go back to its local queue; the others fail, saying why."""
-        grace = self.cfg.router.unconfigured_app_grace_s
-        now = time.monotonic()
-        stranded = {(app_id, route) for app_id, routes in self._waiting.items() for route in routes
-                    if (spec := self.cfg.app(app_id)) is None or route not in self._routes_for(spec)}
-        for key in list(self._unrunnable_since):
-            if key not in stranded:
-                del self._unrunnable_since[key]
-        for app_id, route in sorted(stranded, key=str):
-            if now - self._unrunnable_since.setdefault((app_id, route), now) < grace:
-                continue
-            spec = self.cfg.app(app_id)
-            if spec is None:
-                await self._fail_queued(app_id, f"app {app_id} is no longer configured", older_than_s=grace, route=route)
-            elif spec.kind != AppKind.local:
-                why = self.routing.why_unavailable(spec.kind.value) or "no backend for it"
-                await self._fail_queued(app_id, f"app {app_id} runs on {spec.kind.value}, which is unavailable here "
-                                        f"({why})", older_than_s=grace, route=route)
-            elif route is not None:
-                fb = spec.fallback
-                why = (self.routing.why_unavailable(route) if fb is not None and fb.backend == route and fb.when != "never"
-                       else "no longer its fallback") or "unavailable"
-                reason = f"{route} is unavailable here ({why}): back to the local queue"
-                for job_id in await asyncio.to_thread(self.store.reroute_queued, app_id, None, reason, frm=route,
-                                                      older_than_s=grace):
-                    log.warning("job %s: %s", job_id, reason)
-                    await self._tell(job_id, {"stage": reason, "backend": "local"})
-
-    async def _claim_all(self, only: set[tuple[str, str | None]] | None = None) -> None:
-        """Claim and start what may run now: of every app with queued jobs, or of the (app, route)
-        queues in `only` (a claim that finds nothing costs one statement)."""
-        if only is None:
-            self._waiting = waiting = await asyncio.to_thread(self.store.apps_with_queued)
-        else:
-            waiting = {}
-            for app_id, route in only:
-                waiting.setdefault(app_id, set()).add(route)
-                self._waiting.setdefault(app_id, set()).add(route)
-        for app in self.cfg.apps:
-            routes = waiting.get(app.id)
-            if not routes:
-                continue
-            if app.kind != AppKind.local:
-                # A router without the token leaves them to one that has it (a rolling update).
-                if app.kind.value in routes and app.cloud is not None and self._usable(app.kind.value):
-                    await self._claim(app, app.kind.value, app.cloud.max_in_flight)
-                continue
-            fb = app.fallback
-            usable = fb is not None and fb.backend in self._routes_for(app)
-            if None in routes:
-                live = self.refuse(app.deployment)
-                # With a usable fallback, a model the arbiter found unplaceable a moment ago still is
-                # (asking the routing also makes it remember what the arbiter says now, for submits).
-                remembered = self.routing.unplaceable(app.deployment) if usable else None
-                why = live or remembered
-                if usable and (why or self.routing.failing(app.deployment)):
-                    routes = routes | set(await self._send_to_fallback(app, why))
-                if live:
-                    # What is still local now can never run here (the fallback declined it, or is unusable).
-                    await self._fail_queued(app.id, f"no capacity: {live}")
-                elif not why and self.gate(app.deployment):  # else its jobs wait (and drive the arbiter)
-                    await self._claim(app, None, app.max_in_flight)
-            if usable and fb is not None and fb.backend in routes:
-                await self._claim(app, fb.backend, fb.max_in_flight)
-
-    async def _send_to_fallback(self, app: AppSpec, unplaceable: str | None) -> list[str]:
-        """The app's queued local jobs its fallback takes move there: its model cannot be placed or
-        fails to load. Jobs it declines (a param it does not take, over max_cost_per_job) stay.
-        Returns the route they went to, if any did."""
-        fb = app.fallback
-        assert fb is not None
-        reason = (f"no local GPU can hold the model ({unplaceable})" if unplaceable
-                  else f"the local model fails to load ({self.routing.failing(app.deployment)})")
-        now = time.monotonic()
-        if not unplaceable and now - self._sent_at.get(app.id, 0.0) < 1.0:
-            return []  # failing to load: declined jobs stay queued; look again in a second, not every tick
-        self._sent_at[app.id] = now
-        moved: list[uuid.UUID] = []
-        cursor = None
-        while True:  # every page: what is left local after this may be failed as unplaceable
-            queued, cursor = await asyncio.to_thread(self.store.list, app_id=app.id, status=JobStatus.queued,
-                                                     limit=500, cursor=cursor)
-            ok = [j.id for j in queued if j.route is None and self.routing.declines(app, j.params) is None]
-            if ok:
-                moved += await asyncio.to_thread(self.store.reroute_queued, app.id, fb.backend, reason, ids=ok)
-            if cursor is None:
-                break
-        for job_id in moved:
-            log.info("job %s -> %s: %s", job_id, fb.backend, reason)
-        return [fb.backend] if moved else []
-
-    async def _claim(self, app: AppSpec, route: str | None, cap: int) -> None:
-        """Claim what this replica may run of the app's jobs on `route` (None: local) and start them."""
-        free = cap - self._mine(app.id, route)
-        if free <= 0 or self._stopping:
-            return
-        # Shielded: a graceful stop waits for a claim in progress, then hands its jobs back too.
-        self._claiming = asyncio.ensure_future(asyncio.to_thread(
-            self.store.claim, app_id=app.id, owner=self.owner, limit=free, lease_s=self.lease_s,
-            max_in_flight=cap, route=route,
-        ))
-        jobs = await asyncio.shield(self._claiming)
-        if len(jobs) < free:  # nothing more to claim now: a freed slot need not ask again (see _execute)
-            self._waiting.get(app.id, set()).discard(route)
-        if self._stopping:
-            return
-        for job in jobs:
-            f = InFlight(job)
-            self.inflight[f.key] = f
-            f.task = asyncio.get_running_loop().create_task(self._execute(f))
-
-    async def _fail_queued(self, app_id: str, error: str, older_than_s: float | None = None,
-                           route: str | None = None) -> None:
-        """queued -> failed for the app's jobs (on `route`) that can never run here, each announced."""
-        for job_id in await asyncio.to_thread(self.store.fail_queued, app_id, error, older_than_s=older_than_s,
-                                              route=route):
-            log.warning("job %s failed: %s", job_id, error)
-            await self.transitions.announce(job_id, app_id, JobStatus.failed, error=error)
-
     def _cancel_run(self, f: InFlight) -> None:
         if f.run is not None:
             try:
@@ -424,26 +273,6 @@ class Dispatcher:
                                for r in released))
         return len(released)
 
-    async def _write(self, f: InFlight, fn: Callable[..., Any], **kw: Any) -> Any:
-        """Run a store write for this attempt until it lands. Transient DB errors (a restart, a
-        statement timeout, a full pool) are retried with backoff while the job stays in `inflight`,
-        so its lease is renewed; TransitionError (another attempt or a cancel owns the job) and
-        errors that would repeat are raised."""
-        delay, cap = self.WRITE_BACKOFF_S
-        while True:
-            try:
-                if asyncio.iscoroutinefunction(fn):  # the store runs it on the event loop
-                    return await fn(**kw)
-                return await asyncio.to_thread(fn, **kw)
-            except Exception as e:
-                if not self.store.is_transient(e):  # the store knows its driver's errors
-                    raise
-                f.write_retries += 1
-                log.warning("job %s attempt %d: %s failed (%s); retrying in %.1f s", f.job.id, f.attempt,
-                            getattr(fn, "__name__", "write"), type(e).__name__, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, cap)
-
     async def _execute(self, f: InFlight, dispatched: bool = False) -> None:
         """Run one attempt and record its outcome. `dispatched`: started at submit, its row already
         running and marked dispatched (see StartNow)."""
@@ -501,114 +330,3 @@ class Dispatcher:
             # A slot freed up: look for work only where the last look found more than it took.
             if job.route in self._waiting.get(job.app_id, ()):
                 self.poke(job.app_id, job.route)
-
-    def _hand_over(self, f: InFlight) -> None:
-        """A terminal outcome just committed goes to a caller waiting on this replica at once (before
-        the status event: that is for the others and for streams)."""
-        fut = self._outcomes.get(f.job.id)
-        if fut is not None and not fut.done() and f.ended is not None and f.ended.status.terminal:
-            fut.set_result(f.ended)
-
-    def _settle_outcome(self, f: InFlight) -> None:
-        """The attempt is over: a waiter not handed a terminal row (cancelled, lost, queued again)
-        hears None and asks the store."""
-        fut = self._outcomes.pop(f.job.id, None)
-        if fut is not None and not fut.done():
-            fut.set_result(None)
-
-    def _local_cost(self, f: InFlight, app: AppSpec) -> Cost | None:
-        """A local run's GPU-seconds (its wall time x the GPU share its model holds) and price."""
-        model = self.cfg.models.get(app.deployment)
-        if f.started is None or model is None:
-            return None
-        seconds = round(time.monotonic() - f.started, 3)  # the usage shows what the cost was computed from
-        if model.num_gpus <= 0:  # a CPU run (the demo's): no GPU to price, and none named
-            return Cost(0.0, 0.0, {"provider": "local", "seconds": seconds, "num_gpus": 0.0, "gpu_type": "cpu",
-                                   "usd_per_gpu_hour": 0.0})
-        gpu_type = model.gpu_type or self.cfg.costs.local_gpu_type
-        gs, usd = local_cost(seconds, model.num_gpus, gpu_type, self.cfg.costs)
-        return Cost(round(gs, 6), round(usd, 8), {
-            "provider": "local", "seconds": seconds, "num_gpus": model.num_gpus, "gpu_type": gpu_type,
-            "usd_per_gpu_hour": self.cfg.costs.local_per_gpu_hour.get(gpu_type, 0.0)})
-
-    async def _remember_cloud(self, job: Job, attempt: int, ref: dict[str, Any]) -> None:
-        """A cloud run's id on the job row, before anyone waits on it (CloudBackend calls this).
-        Raises JobCancelled when this attempt no longer holds the job."""
-        f = self.inflight.get((job.id, attempt))
-        if f is None:
-            raise JobCancelled("the attempt no longer holds the job")
-        try:
-            await self._write(f, self.store.set_cloud_ref, job_id=job.id, owner=self.owner, attempt=attempt, ref=ref)
-        except TransitionError as e:
-            raise JobCancelled(str(e)) from None
-
-    async def _cloud_progress(self, job: Job, attempt: int, data: dict[str, Any]) -> None:
-        await self._tell(job.id, {"attempt": attempt, **data})
-
-    async def _tell(self, job_id: uuid.UUID, data: dict[str, Any]) -> None:
-        """A progress event for the job's watchers (lossy: the row has the facts)."""
-        try:
-            await asyncio.wait_for(self.transitions.events.publish(job_id, "progress", **data),
-                                   self.transitions.timeout_s)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # events are lossy
-            log.debug("progress of job %s not published: %s", job_id, e)
-
-    async def _record_success(self, f: InFlight, result: Any, backend: str, cost: Cost | None = None) -> None:
-        job, attempt = f.job, f.attempt
-        f.recording = True
-        try:
-            done = await self._write(f, self.store.acomplete, job_id=job.id, owner=self.owner, attempt=attempt,
-                                     result=result, backend=backend, cost=cost)
-        except TransitionError as e:
-            done = None
-            if f.write_retries and e.current == JobStatus.succeeded.value:
-                # An earlier try may have committed before its connection dropped: say what the row says,
-                # if it is this attempt's success (a later attempt that succeeded publishes its own).
-                done = await asyncio.to_thread(self.store.get, job.id)
-                done = done if done.claims == attempt else None
-            if done is None:
-                # Cancelled meanwhile, or the lease expired and another attempt owns the job: the result
-                # of this attempt is dropped so a recorded outcome is never overwritten.
-                log.info("dropping result of job %s attempt %d: %s", job.id, attempt, e)
-                return
-        except ResultNotStorable as e:  # e.g. a NUL in a string: a re-run would fail the same way
-            f.recording = False
-            await self._record_failure(f, f"the result could not be stored: {e}", retryable=False)
-            return
-        f.ended = done
-        self._hand_over(f)
-        self.transitions.ran(job.app_id, job.route or "local", JobStatus.succeeded, cost)
-        await self.transitions.announce(job.id, job.app_id, JobStatus.succeeded, attempt=attempt, result=done.result,
-                                        row=done)
-        log.info("succeeded on %s in %.3f s", backend, time.monotonic() - (f.started or time.monotonic()))
-
-    async def _record_failure(self, f: InFlight, error: str, retryable: bool = True, kind: str = "error",
-                              cost: Cost | None = None) -> None:
-        job, attempt = f.job, f.attempt
-        f.recording = True
-        # A model's message may hold what the database cannot (NUL, lone surrogates): escape it, so
-        # the failure is recorded rather than lost with the task (the job would loop as "lost").
-        error = error.replace("\x00", "\\0").encode("utf-8", "backslashreplace").decode("utf-8")
-        try:
-            after = await self._write(
-                f, self.store.fail_attempt, job_id=job.id, owner=self.owner, attempt=attempt, error=error,
-                retryable=retryable, kind=kind, retry_delay_s=self.policy.delay_s(job.attempts), cost=cost,
-            )
-        except TransitionError as e:
-            log.info("not recording failure of job %s attempt %d: %s", job.id, attempt, e)
-            return
-        except Exception as e:
-            log.exception("job %s attempt %d: could not record its failure", job.id, attempt)
-            if error.startswith("the failure could not be recorded"):
-                return
-            await self._record_failure(f, f"the failure could not be recorded ({type(e).__name__})", retryable, kind)
-            return
-        if after.status.terminal and isinstance(f.run, CloudRun):
-            self._cancel_run(f)  # a cloud run still going (the provider stopped answering) would bill on
-        f.ended = after
-        self._hand_over(f)
-        self.transitions.ran(job.app_id, job.route or "local", JobStatus.failed, cost)
-        await self.transitions.announce(job.id, job.app_id, after.status, attempt=attempt, error=error, row=after)
-        log.info("attempt %d failed (%s) -> %s: %s", attempt, kind, after.status.value, error[:200])
