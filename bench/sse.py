@@ -48,7 +48,7 @@ def pg_connections(db: str) -> tuple[int, int]:
     """(connections to the database, those inside a transaction) from pg_stat_activity."""
     import sqlalchemy as sa
 
-    from gpu_orchestrator.store.postgres import create_engine
+    from gpu_orchestrator.store.pg_engine import create_engine
 
     eng = create_engine(db, poolclass=sa.pool.NullPool)
     try:

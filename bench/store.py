@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sqlalchemy as sa  # noqa: E402
 
-from gpu_orchestrator.store.postgres import PostgresJobStore, create_engine, run_migrations  # noqa: E402
+from gpu_orchestrator.store.pg_engine import create_engine, run_migrations  # noqa: E402
+from gpu_orchestrator.store.postgres import PostgresJobStore  # noqa: E402
 
 DB = "gpu_orch_bench_store"
 APPS = [f"app{i}" for i in range(8)]

@@ -17,7 +17,8 @@ from sqlalchemy.engine import make_url
 
 from gpu_orchestrator.ops import embedded
 from gpu_orchestrator.store.memory import ManualClock, MemoryJobStore
-from gpu_orchestrator.store.postgres import PostgresJobStore, create_engine, run_migrations
+from gpu_orchestrator.store.pg_engine import create_engine, run_migrations
+from gpu_orchestrator.store.postgres import PostgresJobStore
 
 # The Ray session (one Ray instance and the deployed applications), shared by tests/serve and
 # tests/browser: fixtures in a plugin rather than a directory's conftest, so both see one instance.

@@ -9,7 +9,8 @@ from typing import Iterable
 
 from gpu_orchestrator.core.jobs import Job
 from gpu_orchestrator.core.webhooks import Try, after_try, due_now, new_secret, next_try
-from gpu_orchestrator.store.memory import MemoryJobStore, _copy, _secs
+from gpu_orchestrator.store.memory import MemoryJobStore
+from gpu_orchestrator.store.memory_rows import _copy, _secs
 
 
 class MemoryWebhookQueue:

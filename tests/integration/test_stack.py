@@ -186,7 +186,7 @@ def test_embedded_postgres_restarts_after_a_crash_in_the_same_process():
     import sqlalchemy as sa
 
     from gpu_orchestrator.ops import embedded
-    from gpu_orchestrator.store.postgres import create_engine
+    from gpu_orchestrator.store.pg_engine import create_engine
 
     root = Path(tempfile.mkdtemp(prefix="gpu-orch-pgcrash-"))
     os.chmod(root, 0o755)

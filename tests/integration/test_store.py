@@ -15,7 +15,8 @@ import sqlalchemy as sa
 from gpu_orchestrator.core.jobs import IdempotencyConflict, JobNotFound, JobStatus, QueueFull, RetryPolicy, TransitionError
 from gpu_orchestrator.store.base import ANY_ROUTE, ResultNotStorable, StartNow, StoreUnavailable
 from gpu_orchestrator.store.memory import MemoryJobStore
-from gpu_orchestrator.store.postgres import PostgresJobStore, create_engine, is_transient_db_error, run_migrations
+from gpu_orchestrator.store.pg_engine import create_engine, is_transient_db_error, run_migrations
+from gpu_orchestrator.store.postgres import PostgresJobStore
 
 
 @pytest.fixture
