@@ -210,7 +210,7 @@ class LeaderLock(Protocol):
 
 class StoreUnavailable(Exception):
     """The store cannot be reached (a database outage): callers answer 503 + Retry-After, and a
-    write may be tried again (store.postgres.is_transient_db_error counts it as transient)."""
+    write may be tried again (store.pg_engine.is_transient_db_error counts it as transient)."""
 
 
 class ResultNotStorable(Exception):

@@ -1,6 +1,6 @@
 """The job store's SQL, named: the columns a Job is read from, the inserts, the cost and error-history
-fragments, the advisory lock keys. Text only, with :name parameters: store/postgres.py runs them
-through SQLAlchemy, store/pg_async.py through asyncpg (numbered: `numbered`)."""
+fragments, the advisory lock keys. Text only, with :name parameters: store/pg_intake.py, pg_leases.py and
+pg_reports.py run them through SQLAlchemy, store/pg_async.py through asyncpg (numbered: `numbered`)."""
 
 from __future__ import annotations
 
