@@ -19,7 +19,7 @@ from gpu_orchestrator.service.cloud.backend import CloudBackend
 from gpu_orchestrator.service.cloud.routing import CloudRouting
 from gpu_orchestrator.service.inflight import InFlight
 from gpu_orchestrator.service.transitions import Transitions
-from gpu_orchestrator.store.base import JobStore, LeaseKey
+from gpu_orchestrator.store.base import JobLeases, LeaseKey
 
 log = logging.getLogger("gpu_orchestrator.dispatcher")  # the dispatcher's records, one logger
 
@@ -27,7 +27,7 @@ log = logging.getLogger("gpu_orchestrator.dispatcher")  # the dispatcher's recor
 class Claims:
     # What it uses of the Dispatcher (set there).
     cfg: OrchestratorConfig
-    store: JobStore
+    store: JobLeases
     transitions: Transitions
     owner: str
     lease_s: float

@@ -37,7 +37,7 @@ from gpu_orchestrator.service.cloud.routing import CloudRouting
 from gpu_orchestrator.service.inflight import InFlight
 from gpu_orchestrator.service.outcomes import Outcomes
 from gpu_orchestrator.service.transitions import Transitions
-from gpu_orchestrator.store.base import AppQueueStats, JobStore, LeaseKey, StartNow
+from gpu_orchestrator.store.base import AppQueueStats, JobLeases, LeaseKey, StartNow
 
 log = logging.getLogger("gpu_orchestrator.dispatcher")
 
@@ -52,7 +52,7 @@ class Dispatcher(Claims, Outcomes):
         self,
         *,
         cfg: OrchestratorConfig,
-        store: JobStore,
+        store: JobLeases,
         transitions: Transitions,
         backends: Mapping[str, ModelBackend],
         owner: str,

@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable
 from gpu_orchestrator.bus.decisions import Snapshot
 from gpu_orchestrator.core.config import OrchestratorConfig
 from gpu_orchestrator.service.arbiter.views import replica_counts
-from gpu_orchestrator.store.base import AppQueueStats, JobStore
+from gpu_orchestrator.store.base import AppQueueStats, JobReports
 
 log = logging.getLogger("gpu_orchestrator.fleet")
 
@@ -105,7 +105,7 @@ class Fleet:
     """Gathers the view's inputs. `heartbeats` (async) and `replica_states` (sync, run in a thread)
     may fail: their part is then empty. `snapshot` is None without an arbiter."""
 
-    def __init__(self, cfg: OrchestratorConfig, store: JobStore, *,
+    def __init__(self, cfg: OrchestratorConfig, store: JobReports, *,
                  heartbeats: Callable[[], Awaitable[list[dict[str, Any]]]],
                  replica_states: Callable[[], ReplicaStates] = dict,
                  snapshot: Callable[[], Snapshot | None] | None = None,

@@ -22,7 +22,7 @@ from gpu_orchestrator.core.webhooks import EVENTS as WEBHOOK_EVENTS
 from gpu_orchestrator.core.webhooks import events_problem
 from gpu_orchestrator.service.cloud.routing import CloudRouting
 from gpu_orchestrator.service.transitions import Transitions
-from gpu_orchestrator.store.base import JobStore, StartNow
+from gpu_orchestrator.store.base import JobIntake, StartNow
 
 log = logging.getLogger("gpu_orchestrator.jobs")  # the job service's records, one logger
 
@@ -45,7 +45,7 @@ class Intake:
     # What it uses of the JobService (set there).
     cfg: OrchestratorConfig
     apps: dict[str, AppSpec]
-    store: JobStore
+    store: JobIntake
     transitions: Transitions
     deployed: Container[str]
     artifacts: ArtifactLookup | None

@@ -25,7 +25,7 @@ from gpu_orchestrator.core.jobs import InvalidRequest, Job, JobError, JobNotFoun
 from gpu_orchestrator.service.cloud.routing import CloudRouting
 from gpu_orchestrator.service.intake import ArtifactLookup, Intake, LocalRunner
 from gpu_orchestrator.service.transitions import Transitions
-from gpu_orchestrator.store.base import JobStore
+from gpu_orchestrator.store.base import JobIntake
 
 log = logging.getLogger("gpu_orchestrator.jobs")
 
@@ -52,7 +52,7 @@ def _noop(*_: Any) -> None:
 
 
 class JobService(Intake):
-    def __init__(self, *, cfg: OrchestratorConfig, store: JobStore, events: EventSource, transitions: Transitions,
+    def __init__(self, *, cfg: OrchestratorConfig, store: JobIntake, events: EventSource, transitions: Transitions,
                  deployed: Container[str], artifacts: ArtifactLookup | None = None,
                  on_submitted: Callable[[Job], None] = _noop, cancel_local: Callable[[uuid.UUID], Any] = _noop,
                  flag_timeout_s: float = 2.0, routing: CloudRouting | None = None,

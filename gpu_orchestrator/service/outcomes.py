@@ -20,7 +20,7 @@ from gpu_orchestrator.core.model_errors import JobCancelled
 from gpu_orchestrator.service.cloud.backend import CloudRun
 from gpu_orchestrator.service.inflight import InFlight
 from gpu_orchestrator.service.transitions import Transitions
-from gpu_orchestrator.store.base import Cost, JobStore, LeaseKey, ResultNotStorable
+from gpu_orchestrator.store.base import Cost, JobLeases, LeaseKey, ResultNotStorable
 
 log = logging.getLogger("gpu_orchestrator.dispatcher")  # the dispatcher's records, one logger
 
@@ -30,7 +30,7 @@ class Outcomes:
 
     # What it uses of the Dispatcher (set there).
     cfg: OrchestratorConfig
-    store: JobStore
+    store: JobLeases
     transitions: Transitions
     owner: str
     policy: RetryPolicy

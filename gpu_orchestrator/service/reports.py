@@ -1,26 +1,19 @@
 """What the admin page and `/v1/stats`, `/v1/costs` report: queues, jobs per minute, and what
-finished jobs cost, read from the store through the narrow port below (the HTTP layer asks this
+finished jobs cost, read from the store through its narrow port (store.base.JobReports) (the HTTP layer asks this
 service, never the store)."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from typing import Any, Protocol
+from typing import Any
 
 from gpu_orchestrator.core.costs import CostsSpec
-from gpu_orchestrator.store.base import AppQueueStats, CostRow, MinuteCount
-
-
-class ReportStore(Protocol):
-    def queue_stats(self, *, cloud: bool = False, app_id: str | None = None) -> dict[str, AppQueueStats]: ...
-    def jobs_per_minute(self, *, minutes: int) -> list[MinuteCount]: ...
-    def cost_summary(self, *, since: dt.datetime, until: dt.datetime, app_id: str | None = None,
-                     group_by: str = "backend") -> list[CostRow]: ...
+from gpu_orchestrator.store.base import JobReports
 
 
 class Reports:
-    def __init__(self, store: ReportStore, prices: CostsSpec):
+    def __init__(self, store: JobReports, prices: CostsSpec):
         self.store = store
         self.prices = prices  # the config's cost settings: their source is named in every answer
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gpu_orchestrator.core.artifact_refs import artifact_uris
-from gpu_orchestrator.store.base import JobStore, Pruned
+from gpu_orchestrator.store.base import JobRetention, Pruned
 
 log = logging.getLogger("gpu_orchestrator.retention")
 
@@ -52,7 +52,7 @@ class PruneReport:
 class Retention:
     PAUSE_S = 0.05  # between batches: intake's statements get the table between two deletes
 
-    def __init__(self, *, store: JobStore, artifacts: ArtifactRemover | None, streams: StreamRemover,
+    def __init__(self, *, store: JobRetention, artifacts: ArtifactRemover | None, streams: StreamRemover,
                  retention_days: float | None, batch: int = 500, interval_s: float = 600.0):
         self.store = store
         self.artifacts = artifacts

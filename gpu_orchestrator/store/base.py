@@ -1,5 +1,6 @@
-"""The JobStore protocol: what the service layer needs from wherever jobs live. Two
-implementations: store.postgres.PostgresJobStore (production) and store.memory.MemoryJobStore
+"""The JobStore protocol: what the service layer needs from wherever jobs live, split by who uses
+it (JobIntake: the job service; JobLeases: the dispatcher; JobReports: stats, costs, the fleet;
+JobRetention: retention; JobStore: all of them, for the composition root). Two implementations: store.postgres.PostgresJobStore (production) and store.memory.MemoryJobStore
 (unit tests of the middle, no database). Every transition is guarded: it changes the job only from
 the state it expects, else TransitionError (another router, a cancel or a rescue got there first).
 """
@@ -143,8 +144,9 @@ class StartNow:
     max_in_flight: int
 
 
-class JobStore(Protocol):
-    # intake and reads
+class JobIntake(Protocol):
+    """The job service's (service/jobs.py, intake.py): accept, read, list, cancel."""
+
     def submit(self, *, app_id: str, params: dict[str, Any], priority: int = 0, max_attempts: int = 3,
                timeout_s: float = 600.0, idempotency_key: str | None = None, max_queued: int | None = None,
                job_id: uuid.UUID | None = None, idempotency_ttl_s: float = 86_400.0, route: str | None = None,
@@ -155,22 +157,25 @@ class JobStore(Protocol):
     # The job path's calls from the event loop (the Postgres store runs them on asyncpg).
     async def asubmit(self, **kw: Any) -> tuple[Job, bool]: ...  # submit's arguments
     async def aget(self, job_id: uuid.UUID) -> Job: ...
-    async def acomplete(self, *, job_id: uuid.UUID, owner: str, attempt: int, result: Any, backend: str,
-                        cost: "Cost | None" = None) -> Job: ...
     def list(self, *, app_id: str | None = None, status: JobStatus | None = None, limit: int = 50,
              cursor: str | None = None, owner: str | None = None,
              ids: tuple[uuid.UUID, uuid.UUID] | None = None) -> tuple[list[Job], str | None]: ...
     def cancel(self, job_id: uuid.UUID) -> tuple[Job, JobStatus]: ...
-    def ping(self) -> None: ...  # raises when the store cannot answer
-    def is_transient(self, exc: BaseException) -> bool: ...  # the same write may land if tried again
-    def close(self) -> None: ...
-    def leader_lock(self, key: int) -> "LeaderLock": ...  # a new contender for lock `key`
-
-    # the dispatcher's
-    def apps_with_queued(self) -> dict[str, set[str | None]]: ...  # app -> the routes its queued jobs wait on
-    # local jobs, or cloud-routed ones; of one app only where app_id is given
+    # local jobs, or cloud-routed ones; of one app only where app_id is given (max_queued's count too)
     def queue_stats(self, *, cloud: bool = False, app_id: str | None = None) -> dict[str, AppQueueStats]: ...
-    def jobs_per_minute(self, *, minutes: int) -> list[MinuteCount]: ...  # jobs submitted in the last `minutes`
+    def ping(self) -> None: ...  # raises when the store cannot answer
+
+
+class JobLeases(Protocol):
+    """The dispatcher's (service/dispatcher.py, claims.py, outcomes.py): which queues have work,
+    claims under a lease, the lease kept or lost, outcomes written, expired leases rescued."""
+
+    def get(self, job_id: uuid.UUID) -> Job: ...
+    def list(self, *, app_id: str | None = None, status: JobStatus | None = None, limit: int = 50,
+             cursor: str | None = None, owner: str | None = None,
+             ids: tuple[uuid.UUID, uuid.UUID] | None = None) -> tuple[list[Job], str | None]: ...
+    def apps_with_queued(self) -> dict[str, set[str | None]]: ...  # app -> the routes its queued jobs wait on
+    def queue_stats(self, *, cloud: bool = False, app_id: str | None = None) -> dict[str, AppQueueStats]: ...
     def service_times(self, *, window_s: float = 3600.0) -> dict[str, float]: ...
     # route None: the app's local jobs; a backend name: the jobs sent to that cloud backend.
     def claim(self, *, app_id: str, owner: str, limit: int, lease_s: float, max_in_flight: int,
@@ -179,25 +184,50 @@ class JobStore(Protocol):
     # (None: back to local); only `ids` when given, only those older than `older_than_s` when given.
     def reroute_queued(self, app_id: str, backend: str | None, reason: str, *, frm: str | None = None,
                        ids: Iterable[uuid.UUID] | None = None, older_than_s: float | None = None) -> list[uuid.UUID]: ...
+    def fail_queued(self, app_id: str, error: str, *, older_than_s: float | None = None,
+                    route: str | None = None) -> list[uuid.UUID]: ...  # route as reroute_queued's frm, or ANY_ROUTE: all
     def set_cloud_ref(self, *, job_id: uuid.UUID, owner: str, attempt: int, ref: dict[str, Any]) -> None: ...
     def mark_dispatched(self, *, job_id: uuid.UUID, owner: str, attempt: int) -> None: ...
     def heartbeat(self, *, owner: str, leases: Iterable[LeaseKey], lease_s: float) -> set[LeaseKey]: ...
     def complete(self, *, job_id: uuid.UUID, owner: str, attempt: int, result: Any,
                  backend: str, cost: Cost | None = None) -> Job: ...  # ResultNotStorable: the result itself cannot be kept
+    async def acomplete(self, *, job_id: uuid.UUID, owner: str, attempt: int, result: Any, backend: str,
+                        cost: "Cost | None" = None) -> Job: ...  # complete, on the event loop
     def fail_attempt(self, *, job_id: uuid.UUID, owner: str, attempt: int, error: str, retryable: bool = True,
                      backend: str | None = None, kind: str = "error", retry_delay_s: float = 0.0,
                      cost: Cost | None = None) -> Job: ...
+    def rescue_expired(self, policy: RetryPolicy = RetryPolicy()) -> list[Rescued]: ...
+    def release(self, *, owner: str, policy: RetryPolicy = RetryPolicy()) -> list[Rescued]: ...
+    def is_transient(self, exc: BaseException) -> bool: ...  # the same write may land if tried again
+
+
+class JobReports(Protocol):
+    """Stats, costs and the fleet view (service/reports.py, fleet.py; the arbiter's two reads are
+    service/arbiter/ports.py's QueueReader)."""
+
+    def queue_stats(self, *, cloud: bool = False, app_id: str | None = None) -> dict[str, AppQueueStats]: ...
+    def jobs_per_minute(self, *, minutes: int) -> list[MinuteCount]: ...  # jobs submitted in the last `minutes`
+    def service_times(self, *, window_s: float = 3600.0) -> dict[str, float]: ...
     # Finished jobs in [since, until): by backend ("local" or the cloud's), app or day (UTC).
     def cost_summary(self, *, since: dt.datetime, until: dt.datetime, app_id: str | None = None,
                      group_by: str = "backend") -> list[CostRow]: ...
-    def fail_queued(self, app_id: str, error: str, *, older_than_s: float | None = None,
-                    route: str | None = None) -> list[uuid.UUID]: ...  # route as reroute_queued's frm, or ANY_ROUTE: all
-    def rescue_expired(self, policy: RetryPolicy = RetryPolicy()) -> list[Rescued]: ...
-    # retention: delete up to `limit` terminal jobs finished more than older_than_s ago (oldest
-    # first); None when another caller is pruning right now. prunable: how many there are, by app.
+
+
+class JobRetention(Protocol):
+    """Retention's (service/retention.py): delete up to `limit` terminal jobs finished more than
+    older_than_s ago (oldest first); None when another caller is pruning right now. prunable: how
+    many there are, by app."""
+
     def prune(self, *, older_than_s: float, limit: int) -> list[Pruned] | None: ...
     def prunable(self, *, older_than_s: float) -> dict[str, int]: ...
-    def release(self, *, owner: str, policy: RetryPolicy = RetryPolicy()) -> list[Rescued]: ...
+
+
+class JobStore(JobIntake, JobLeases, JobReports, JobRetention, Protocol):
+    """All of it, and what the composition root needs besides (root/): PostgresJobStore and
+    MemoryJobStore implement this; each service is given the narrow part it uses."""
+
+    def close(self) -> None: ...
+    def leader_lock(self, key: int) -> "LeaderLock": ...  # a new contender for lock `key`
 
 
 class LeaderLock(Protocol):
