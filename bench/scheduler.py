@@ -25,7 +25,7 @@ import argparse
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -322,6 +322,35 @@ def scale(seed: int) -> list[tuple[str, str, bool]]:
     return verdicts
 
 
+# -- warm tier: weights kept in host memory after eviction (core.warm) ------------------------------
+
+WARM_FACTOR = 0.1  # ASSUMED warm_load_s = 0.1 x load_s until bench/warm.py measures it
+HOST_BUDGET_GB = 64.0
+
+
+def warm_tier(cfg: PolicyConfig, seed: int) -> None:
+    """Each trace, cold-only (today's figures) vs with a warm tier, for the arbiter and FIFO."""
+    print(f"\nwarm tier: evicted models keep their weights in host memory (budget {HOST_BUDGET_GB:g} GB per node; "
+          f"dropped least recently used first,\nties by the smaller reload saving: core.warm); a warm load takes "
+          f"warm_load_s = {WARM_FACTOR:g} x load_s (an ASSUMPTION until\nbench/warm.py measures it). Loads' share of "
+          f"GPU time and p99 wait (s), cold-only -> warm:")
+    print(f"  {'trace':<16}{'models':<7}{'policy':<8}{'load% cold':>11}{'warm':>6}{'p99 cold':>10}{'warm':>8}"
+          f"{'loads':>7}{'warm':>6}")
+    sets = sorted(TRACES.items(), key=lambda kv: kv[1].models is not REAL)
+    for name, tr in sets:
+        trace = tr.gen(random.Random(seed))
+        warm_models = [replace(m, warm_load_s=round(WARM_FACTOR * m.load_s, 3)) for m in tr.models]
+        label = "real" if tr.models is REAL else "synth"
+        runs = (("arbiter", simulate(trace, tr.models, GPUS, cfg),
+                 simulate(trace, warm_models, GPUS, cfg, host_budget_gb=HOST_BUDGET_GB)),
+                ("fifo", simulate_fifo(trace, tr.models, GPUS),
+                 simulate_fifo(trace, warm_models, GPUS, host_budget_gb=HOST_BUDGET_GB)))
+        for policy, cold, warm in runs:
+            print(f"  {name:<16}{label:<7}{policy:<8}{cold.load_share:>11.1%}{warm.load_share:>6.1%}"
+                  f"{cold.p99_wait():>10.1f}{warm.p99_wait():>8.1f}{cold.loads:>4}->{warm.loads:<3}{warm.warm_loads:>5}")
+    print("  (loads: cold-only -> with the warm tier; warm: how many of those came from host memory)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--max-wait", type=float, default=60.0, help="arbiter max_wait_s")
@@ -404,6 +433,7 @@ def main() -> None:
               f"turns {b.mean_wait:7.1f} / {b.p99_wait():7.1f}")
     print("notes: the GPU time-slices what runs on it (core.gpu_share: k tasks with no overlap each progress at\n"
           "1/k; a load is a task too); the lower bound serialises all work and counts one load per model.")
+    warm_tier(cfg, args.seed)
 
 
 if __name__ == "__main__":

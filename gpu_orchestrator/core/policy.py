@@ -20,6 +20,8 @@ here from declared/measured VRAM against each GPU's budget:
   `swap_budget` of GPU time, so batches grow as long as the budget requires instead of thrashing;
   a higher-priority job still goes first, within `max_wait_s`, and its loads are paid from the same
   budget (normal-priority swaps wait longer to make up for them);
+- a load is weighed at what it costs (core.warm.load_cost): from host memory for a warm model,
+  from disk otherwise;
 - higher priority first; a model pinned to a GPU or node type only goes there;
 - no starvation: a model whose work has waited for the GPU `starvation_s` (10 x max_wait_s) goes
   before every other, whatever the priorities and the budget; a model just loaded starts its first
@@ -35,6 +37,7 @@ import math
 from typing import Iterable, Mapping
 
 from gpu_orchestrator.core.policy_types import Action, Decision, Gpu, ModelView, PolicyConfig, Verb
+from gpu_orchestrator.core.warm import load_cost
 
 DRAIN_MARGIN = 1.5
 
@@ -238,7 +241,7 @@ def _eviction_plan(w, fits, on_gpu, by, targets, draining, free, cfg, credit):
         drain_s = max((m.service_s for m in residents if m.in_flight > 0 or m.queued > 0), default=0.0)
         # Due: waiting any longer would start w's oldest job after max_wait_s. service_s is a mean,
         # so that job counts half again (a long one must not push w past the bound).
-        due = w.oldest_wait_s + DRAIN_MARGIN * drain_s + w.load_s >= cfg.max_wait_s
+        due = w.oldest_wait_s + DRAIN_MARGIN * drain_s + load_cost(w) >= cfg.max_wait_s
 
         # A full bucket pays for any one swap, even one dearer than the cap (or it would never run).
         have = credit.get(g.id, math.inf) if credit is not None and cfg.swap_budget is not None else math.inf
@@ -252,7 +255,7 @@ def _eviction_plan(w, fits, on_gpu, by, targets, draining, free, cfg, credit):
                 return False  # just loaded, about to start its first job: let it (else the load was for nothing)
             if hungry:  # past the starvation bound: priority and budget no longer hold it back
                 return m.resident_s >= cfg.min_resident_s
-            affordable = have >= w.load_s + reload_cost(m)
+            affordable = have >= load_cost(w) + reload_cost(m)
             if w.max_priority > m.max_priority:
                 return affordable or due
             return due and m.resident_s >= cfg.min_resident_s and affordable
@@ -279,11 +282,12 @@ def _eviction_plan(w, fits, on_gpu, by, targets, draining, free, cfg, credit):
         if freed >= need:
             key = (cost, len(chosen), g.id)
             if best is None or key < best[0]:
-                best = (key, g.id, chosen, w.load_s + sum(reload_cost(by[m]) for m in chosen))
+                best = (key, g.id, chosen, load_cost(w) + sum(reload_cost(by[m]) for m in chosen))
     return None if best is None else (best[1], best[2], best[3])
 
 
 def reload_cost(m: ModelView) -> float:
-    """What swapping out `m` costs beyond the newcomer's load: its reload, if it still has work."""
-    return m.load_s if m.queued > 0 else 0.0
+    """What swapping out `m` costs beyond the newcomer's load: its reload (warm when its weights
+    stay in host memory, core.warm.load_cost), if it still has work."""
+    return load_cost(m) if m.queued > 0 else 0.0
 

@@ -37,6 +37,11 @@ class ModelView:
     pin: str | None = None  # a GPU id or node type; None = anywhere
     max_replicas: int = 1
     idle_ttl_s: float | None = None  # per-model override of PolicyConfig.idle_ttl_s
+    # The warm tier (core.warm): the measured load time from host memory, and whether its next load
+    # comes from there (its weights are held warm now, or, for a resident model, would be kept warm
+    # when it leaves). core.warm.load_cost picks the load time the policy weighs.
+    warm_load_s: float | None = None
+    warm: bool = False
 
     @property
     def holds(self) -> int:

@@ -14,6 +14,11 @@ FIFO runs one task per GPU at a time (a load, then its job), which under this mo
 nothing: with no overlap, sharing never adds throughput.
 
 The service times in a trace are solo-speed GPU seconds; `lower_bound` serialises them.
+
+The warm tier (optional, `host_budget_gb`; core.warm): a model that leaves the GPU keeps its weights
+in host memory while the budget allows (the simulated GPUs share one node, so one budget), and its
+next load takes `warm_load_s` instead of `load_s`. Only models with a `warm_load_s` are kept warm.
+The arbiter sees it in its views (warm, warm_load_s: core.warm.load_cost). None: no warm tier.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from gpu_orchestrator.core.gpu_share import SharedGpu, job_share, may_start
 from gpu_orchestrator.core.policy import decide
 from gpu_orchestrator.core.policy_types import Gpu, ModelView, PolicyConfig, Verb
 from gpu_orchestrator.core.swap_budget import SwapBudget
+from gpu_orchestrator.core.warm import WarmTier
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,7 @@ class SimModel:
     load_s: float
     pin: str | None = None
     overlap: float = 0.0  # models.<name>.overlap: how much its jobs share a GPU for free (core.gpu_share)
+    warm_load_s: float | None = None  # its load time from host memory (the warm tier; core.warm)
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,7 @@ class SimResult:
     load_s: float = 0.0  # GPU time spent loading models
     # Per model, the longest stretch it had queued work and no replica (not even loading).
     max_cold_with_work: dict[str, float] = field(default_factory=dict)
+    warm_loads: int = 0  # loads from host memory (the warm tier)
 
     @property
     def load_share(self) -> float:
@@ -105,6 +113,19 @@ def percentile(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, max(0, math.ceil(p / 100 * len(xs)) - 1))]
 
 
+def _leave(tier: WarmTier | None, m: SimModel, t: float) -> None:
+    """`m` left the GPU at `t`: with a warm tier, its weights stay in host memory if they fit."""
+    if tier is not None and m.warm_load_s is not None:
+        tier.keep(m.name, m.vram_gb, m.load_s - m.warm_load_s, t)
+
+
+def _load_time(tier: WarmTier | None, m: SimModel) -> tuple[float, bool]:
+    """`m` starts loading: its load time, and whether it loads warm (its warm copy is consumed)."""
+    if tier is not None and tier.take(m.name) and m.warm_load_s is not None:
+        return m.warm_load_s, True
+    return m.load_s, False
+
+
 def lower_bound(trace: list[TraceJob], models: dict[str, SimModel], n_gpus: int = 1) -> float:
     """The GPU serialises its work: the sum of service times (each weighted by its compute share:
     overlapping jobs may pack) plus one load per model with work, spread over the GPUs; and never
@@ -126,10 +147,14 @@ class _Replica:
 
 
 def simulate(trace: list[TraceJob], models: list[SimModel], gpus: list[Gpu], cfg: PolicyConfig = PolicyConfig(),
-             service_estimate: dict[str, float] | None = None, turns: bool = False) -> SimResult:
+             service_estimate: dict[str, float] | None = None, turns: bool = False,
+             host_budget_gb: float | None = None) -> SimResult:
     """Run the trace under the arbiter policy, each GPU shared by what runs on it (core.gpu_share).
     `turns`: jobs of different models on one GPU take turns (core.gpu_share.may_start; the model
-    whose last job started longest ago goes next, after priority) instead of running side by side."""
+    whose last job started longest ago goes next, after priority) instead of running side by side.
+    `host_budget_gb`: the warm tier's host memory (None: no warm tier)."""
+    tier = WarmTier(host_budget_gb) if host_budget_gb is not None else None
+    warm_loads = 0
     mdl = {m.name: m for m in models}
     trace = sorted(trace, key=lambda j: j.arrival)
     records = {id(j): JobRecord(j) for j in trace}
@@ -201,7 +226,9 @@ def simulate(trace: list[TraceJob], models: list[SimModel], gpus: list[Gpu], cfg
                     idle_s=(t - idle_from) if r and not r.running and idle_from is not None else None,
                     resident_s=t - resident_since[name] if name in resident_since else 0.0,
                     cold_s=t - cold_since[name] if r is None and name in cold_since else None,
-                    pin=m.pin,
+                    pin=m.pin, warm_load_s=m.warm_load_s,
+                    warm=tier is not None and m.warm_load_s is not None and (
+                        tier.is_warm(name) if r is None else tier.would_keep(m.vram_gb)),
                 ))
             budget.refill(t)
             d = decide(views, gpus, cfg, budget.credits([g.id for g in gpus]))
@@ -216,15 +243,18 @@ def simulate(trace: list[TraceJob], models: list[SimModel], gpus: list[Gpu], cfg
                     del reps[name]
                     resident_since.pop(name, None)
                     cold_since[name] = t
+                    _leave(tier, mdl[name], t)
                     changed = True
             for name, target in d.targets.items():
                 if target > 0 and name not in reps:
                     gid = d.placements[name][0]
                     reps[name] = _Replica(gpu=gid)
-                    shared[gid].add(("load", name), mdl[name].load_s, 1.0)
+                    took, warm = _load_time(tier, mdl[name])
+                    shared[gid].add(("load", name), took, 1.0)
                     loads += 1
-                    load_s += mdl[name].load_s
-                    budget.loaded(name, mdl[name].load_s)
+                    warm_loads += warm
+                    load_s += took
+                    budget.loaded(name, took)
             for gid in peak:
                 peak[gid] = max(peak[gid], sum(mdl[n].vram_gb for n, r in reps.items() if r.gpu == gid))
             if not changed:
@@ -251,12 +281,16 @@ def simulate(trace: list[TraceJob], models: list[SimModel], gpus: list[Gpu], cfg
             next_tick = math.inf
         elif next_tick <= t + 1e-9 or next_tick == math.inf:
             next_tick = t + 1.0
-    return SimResult(list(records.values()), loads, swaps, busy, len(gpus), peak, load_s, cold_max)
+    return SimResult(list(records.values()), loads, swaps, busy, len(gpus), peak, load_s, cold_max, warm_loads)
 
 
-def simulate_fifo(trace: list[TraceJob], models: list[SimModel], gpus: list[Gpu]) -> SimResult:
+def simulate_fifo(trace: list[TraceJob], models: list[SimModel], gpus: list[Gpu],
+                  host_budget_gb: float | None = None) -> SimResult:
     """FIFO with swap on demand: the head-of-line job runs next, on a GPU where its model is resident
-    or can be loaded after evicting least-recently-used models."""
+    or can be loaded after evicting least-recently-used models. `host_budget_gb`: the warm tier's
+    host memory, as in `simulate` (None: none)."""
+    tier = WarmTier(host_budget_gb) if host_budget_gb is not None else None
+    warm_loads = 0
     mdl = {m.name: m for m in models}
     trace = sorted(trace, key=lambda j: j.arrival)
     free_at = {g.id: 0.0 for g in gpus}
@@ -265,9 +299,10 @@ def simulate_fifo(trace: list[TraceJob], models: list[SimModel], gpus: list[Gpu]
     records, loads, swaps, busy, load_s = [], 0, 0, 0.0, 0.0
     for j in trace:
         m = mdl[j.model]
+        cost = m.warm_load_s if tier is not None and tier.is_warm(m.name) and m.warm_load_s is not None else m.load_s
         allowed = [g for g in gpus if m.pin is None or m.pin in (g.id, g.node_type)]
         # The earliest GPU to be free; prefer one that already holds the model.
-        g = min(allowed, key=lambda g: (max(free_at[g.id], j.arrival) + (0 if j.model in resident[g.id] else m.load_s), g.id))
+        g = min(allowed, key=lambda g: (max(free_at[g.id], j.arrival) + (0 if j.model in resident[g.id] else cost), g.id))
         start = max(free_at[g.id], j.arrival)
         if j.model not in resident[g.id]:
             held = resident[g.id]
@@ -275,15 +310,18 @@ def simulate_fifo(trace: list[TraceJob], models: list[SimModel], gpus: list[Gpu]
                 victim = min(held, key=held.get)
                 del held[victim]
                 swaps += 1
-            start += m.load_s
+                _leave(tier, mdl[victim], start)
+            took, warm = _load_time(tier, m)
+            start += took
             loads += 1
-            load_s += m.load_s
+            warm_loads += warm
+            load_s += took
         resident[g.id][j.model] = start + j.service_s
         rec = JobRecord(j, start=start, end=start + j.service_s)
         records.append(rec)
         busy += j.service_s
         free_at[g.id] = rec.end
-    return SimResult(records, loads, swaps, busy, len(gpus), load_s=load_s)
+    return SimResult(records, loads, swaps, busy, len(gpus), load_s=load_s, warm_loads=warm_loads)
 
 
 def _mean_service(trace: list[TraceJob]) -> dict[str, float]:
