@@ -332,8 +332,9 @@ def warm_tier(cfg: PolicyConfig, seed: int) -> None:
     """Each trace, cold-only (today's figures) vs with a warm tier, for the arbiter and FIFO."""
     print(f"\nwarm tier: evicted models keep their weights in host memory (budget {HOST_BUDGET_GB:g} GB per node; "
           f"dropped least recently used first,\nties by the smaller reload saving: core.warm); a warm load takes "
-          f"warm_load_s = {WARM_FACTOR:g} x load_s (an ASSUMPTION until\nbench/warm.py measures it). Loads' share of "
-          f"GPU time and p99 wait (s), cold-only -> warm:")
+          f"warm_load_s = {WARM_FACTOR:g} x load_s (an ASSUMPTION: bench/warm.py\nmeasures 0.05x for a parked "
+          f"replica on CPU; a GPU's figure awaits bench/gpu/swap.py).\nLoads' share of GPU time and p99 wait (s), "
+          f"cold-only -> warm:")
     print(f"  {'trace':<16}{'models':<7}{'policy':<8}{'load% cold':>11}{'warm':>6}{'p99 cold':>10}{'warm':>8}"
           f"{'loads':>7}{'warm':>6}")
     sets = sorted(TRACES.items(), key=lambda kv: kv[1].models is not REAL)
