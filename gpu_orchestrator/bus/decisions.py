@@ -48,16 +48,25 @@ class Snapshot:
 class DecisionBoard(Protocol):
     async def publish(self, snapshot: Snapshot) -> None: ...
     async def read(self) -> Snapshot | None: ...
+    # Each model's latest measured load time, kept beyond one leader's term (no TTL): the next
+    # leader, or one after a restart of every router, starts from it instead of the declared figure.
+    async def remember_load(self, model: str, seconds: float) -> None: ...
+    async def loads(self) -> dict[str, float]: ...
 
 
 def board_key(app_name: str) -> str:
     return f"gpu-orch:arbiter:{app_name}:decision"
 
 
+def loads_key(app_name: str) -> str:
+    return f"gpu-orch:arbiter:{app_name}:load_s"
+
+
 class RedisDecisionBoard:
     def __init__(self, r: aredis.Redis, app_name: str, ttl_s: int = TTL_S):
         self.r = r
         self.key = board_key(app_name)
+        self.loads_key = loads_key(app_name)
         self.ttl_s = ttl_s
 
     async def publish(self, snapshot: Snapshot) -> None:
@@ -66,6 +75,13 @@ class RedisDecisionBoard:
     async def read(self) -> Snapshot | None:
         raw = await self.r.get(self.key)
         return Snapshot.from_json(raw) if raw else None
+
+    async def remember_load(self, model: str, seconds: float) -> None:
+        await self.r.hset(self.loads_key, model, repr(float(seconds)))
+
+    async def loads(self) -> dict[str, float]:
+        raw = await self.r.hgetall(self.loads_key)
+        return {(k.decode() if isinstance(k, bytes) else k): float(v) for k, v in raw.items()}
 
 
 class MemoryDecisionBoard:
@@ -77,6 +93,7 @@ class MemoryDecisionBoard:
         self._raw: str | None = None
         self._at = 0.0
         self.publishes = 0
+        self._loads: dict[str, float] = {}
 
     async def publish(self, snapshot: Snapshot) -> None:
         self._raw, self._at = snapshot.to_json(), self.clock()
@@ -86,3 +103,9 @@ class MemoryDecisionBoard:
         if self._raw is None or self.clock() - self._at >= self.ttl_s:
             return None
         return Snapshot.from_json(self._raw)
+
+    async def remember_load(self, model: str, seconds: float) -> None:
+        self._loads[model] = float(seconds)
+
+    async def loads(self) -> dict[str, float]:
+        return dict(self._loads)

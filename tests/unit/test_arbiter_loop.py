@@ -476,3 +476,48 @@ def test_no_ray_database_or_redis_behind_the_loop_and_the_policy_function(module
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'redis', 'sqlalchemy'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_new_leader_starts_from_the_load_times_earlier_leaders_measured():
+    """Measured load times outlive a leader's term (the board keeps them with no TTL): a replica
+    that takes over, even one started after every router was gone, weighs swaps with them, not
+    with the declared figure."""
+    w = World()
+    a, _, _ = w.router("router-a")
+    w.submit("echo-a")
+    run(a.tick())
+    w.clock.advance(3.5)
+    w.cluster.running("echo-a")
+    run(a.tick())
+    assert a.snapshot.models["echo-a"]["load_s"] == 3.5
+    assert run(w.board.loads()) == {"echo-a": 3.5}
+    run(a.stop())
+    w.clock.advance(120.0)  # the decision itself has expired: a restart of every router
+    b, _, _ = w.router("router-b")  # a fresh replica: it never saw echo-a load
+    run(b.tick())
+    assert b.is_leader
+    assert b.snapshot.models["echo-a"]["load_s"] == 3.5 and b.snapshot.models["echo-b"]["load_s"] == 2.0
+
+
+def test_load_times_the_board_could_not_keep_are_kept_for_the_next_tick():
+    w = World()
+
+    class Flaky(MemoryDecisionBoard):
+        down = True
+
+        async def remember_load(self, model, seconds):
+            if self.down:
+                raise ConnectionError("redis gone")
+            await super().remember_load(model, seconds)
+
+    w.board = Flaky(clock=w.clock)
+    a, _, _ = w.router("router-a")
+    w.submit("echo-a")
+    run(a.tick())
+    w.clock.advance(2.5)
+    w.cluster.running("echo-a")
+    run(a.tick())  # measured, but the board is away
+    assert run(w.board.loads()) == {}
+    w.board.down = False
+    run(a.tick())
+    assert run(w.board.loads()) == {"echo-a": 2.5}

@@ -116,15 +116,33 @@ class ArbiterLoop:
             # room for) may be stale; another leader may have loaded models since.
             self.book.new_term()
             self.budget.forget_room()
+            await self._adopt_loads()
         if self.is_leader:
             snap = await self._lead()
             await self.board.publish(snap)
+            await self._remember_loads()
         else:
             snap = await self.board.read()
         before = set(self.snapshot.dispatchable) if self.snapshot else set()
         self.snapshot = snap
         if snap is not None and set(snap.dispatchable) != before:
             self.on_change()
+
+    async def _adopt_loads(self) -> None:
+        """The load times earlier leaders measured (kept on the board with no TTL)."""
+        try:
+            self.book.adopt_loads(await self.board.loads())
+        except Exception as e:  # the declared figures, or this replica's own, until the board answers
+            log.warning("arbiter: could not read the measured load times: %s", e)
+
+    async def _remember_loads(self) -> None:
+        measured, self.book.measured = self.book.measured, {}
+        try:
+            for model, seconds in measured.items():
+                await self.board.remember_load(model, seconds)
+        except Exception as e:  # kept for the next tick
+            self.book.measured = {**measured, **self.book.measured}
+            log.warning("arbiter: could not keep the measured load times: %s", e)
 
     def _hold(self) -> bool:
         try:

@@ -37,6 +37,14 @@ class DecisionBook:
         self.metrics = metrics
         # The latest distinct actions, oldest first (the admin page's "recent decisions").
         self.history: deque[tuple[float, str]] = deque(maxlen=HISTORY)
+        self.measured: dict[str, float] = {}  # load times measured since the board last heard
+
+    def adopt_loads(self, known: Mapping[str, float]) -> None:
+        """A new term: the latest load time measured by any leader (the board's) replaces this
+        replica's own, which may be older."""
+        for name, seconds in known.items():
+            if name in self.tracks:
+                self.tracks[name].measured_load_s = seconds
 
     def new_term(self) -> None:
         """Leadership (re)gained: forget this replica's own targets and load timings; counts and
@@ -53,6 +61,7 @@ class DecisionBook:
                 tr.resident_since = now
                 if tr.load_started is not None:
                     tr.measured_load_s = now - tr.load_started
+                    self.measured[name] = tr.measured_load_s  # for the board, beyond this term
                     self.metrics.load_seconds(name, tr.measured_load_s)
                     tr.load_started = None
                     self.history.append((now, f"{name} loaded in {tr.measured_load_s:.1f} s"))
