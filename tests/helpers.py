@@ -1,13 +1,15 @@
-"""What tests wait on and read, written once: a free port, a condition (sync and async), a job's
-status, a job's SSE stream (parsed by the SDK's own parser). Every wait is on a condition with a
-deadline, never a fixed sleep; the deadline only bounds a failure."""
+"""What tests wait on and read, written once: a free port, an ASGI app served in a thread, a
+condition (sync and async), a job's status, a job's SSE stream (parsed by the SDK's own parser).
+Every wait is on a condition with a deadline, never a fixed sleep; the deadline only bounds a failure."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import threading
 import time
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
 import httpx
 
@@ -21,6 +23,40 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served(app: Any) -> Iterator[tuple[str, asyncio.AbstractEventLoop]]:
+    """`app` served by uvicorn on a free loopback port, on an event loop of its own in a thread:
+    (its base URL, that loop). Work that must run on the loop (closing what the app holds) goes
+    before the block ends; the server stops when it ends."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    loop = asyncio.new_event_loop()
+
+    def serve_forever() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.serve())
+
+    t = threading.Thread(target=serve_forever, daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            if time.monotonic() > deadline or not t.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{port}", loop
+    finally:
+        server.should_exit = True
+        t.join(timeout=10)
+
+
+def wait_terminal(http: httpx.Client, job_id: str, timeout: float = 30) -> dict:
+    """The job once terminal (AssertionError after `timeout`)."""
+    return wait_status(http, job_id, TERMINAL, timeout)
 
 
 def wait_for(fn: Callable[[], T], what: str, timeout_s: float = 60, every_s: float = 0.05) -> T:

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-import threading
-import time
 from typing import Any, Iterator
 
 import httpx
@@ -23,7 +20,7 @@ from gpu_orchestrator.root.memory import in_memory
 from gpu_orchestrator.service.backends import InProcessBackend
 from gpu_orchestrator.store.artifacts import ArtifactStore
 from tests.fakes.models import AsModelObject, FakeModel, config
-from tests.helpers import TERMINAL, wait_status
+from tests.helpers import served
 
 
 class RunningOrchestrator:
@@ -35,53 +32,24 @@ class RunningOrchestrator:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def running_orchestrator(cfg: dict | None = None, *, artifacts: str | None = None,
                          models: tuple[str, ...] = ("echo", "llm")) -> Iterator[RunningOrchestrator]:
     """The in-memory orchestrator on a free loopback port; `models`: the deployments it has a
     backend for (one FakeModel answers for all of them, on the orchestrator's own bus)."""
-    import uvicorn
-
     model = FakeModel()
     model.artifacts_url = artifacts
     backend = InProcessBackend(AsModelObject(model))
     orch = in_memory(cfg or config(), {m: backend for m in models},
                      artifacts=ArtifactStore(artifacts) if artifacts else None)
     model._bus = orch.bus  # progress and tokens go where the orchestrator's SSE reads
-    server = uvicorn.Server(uvicorn.Config(orch.asgi(), host="127.0.0.1", port=_free_port(), log_level="warning",
-                                           lifespan="off"))
-    loop = asyncio.new_event_loop()
-
-    def serve_forever() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(server.serve())
-
-    t = threading.Thread(target=serve_forever, daemon=True)
-    t.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not t.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    running = RunningOrchestrator(orch, f"http://127.0.0.1:{server.config.port}", model, loop)
-    try:
-        yield running
-    finally:
-        with contextlib.suppress(Exception):
-            running.call(orch.aclose(), timeout=10)
-        server.should_exit = True
-        t.join(timeout=10)
-
-
-def wait_terminal(http: httpx.Client, job_id: str, timeout: float = 30) -> dict:
-    """The job once terminal (AssertionError after `timeout`)."""
-    return wait_status(http, job_id, TERMINAL, timeout)
+    with served(orch.asgi()) as (base, loop):
+        running = RunningOrchestrator(orch, base, model, loop)
+        try:
+            yield running
+        finally:
+            with contextlib.suppress(Exception):
+                running.call(orch.aclose(), timeout=10)
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import socket
 import threading
-import time
 import uuid
 from typing import Any, Iterator
 
@@ -20,7 +19,7 @@ from sqlalchemy.engine import make_url
 
 from tests.fakes.models import (AUDIO_APP, CHAT_APP, ECHO_APP, IMAGE_APP, SEGMENTS, FakeModel,  # noqa: F401
                                  config)
-from tests.helpers import TERMINAL, wait_status
+from tests.helpers import free_port, served
 
 
 class TcpProxy:
@@ -29,7 +28,7 @@ class TcpProxy:
 
     def __init__(self, upstream: str | tuple[str, int]):
         self.upstream = upstream
-        self.port = _free_port()
+        self.port = free_port()
         self.mode = "up"
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -124,12 +123,6 @@ class TcpProxy:
         self.cut()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def redis_upstream(url: str) -> str | tuple[str, int]:
     if url.startswith("unix://"):
         return url[len("unix://"):].split("?")[0]
@@ -166,11 +159,6 @@ class RunningRouter:
         self.call(start())
 
 
-def wait_terminal(http: httpx.Client, job_id: str, timeout: float = 30) -> dict:
-    """The job once terminal (AssertionError after `timeout`)."""
-    return wait_status(http, job_id, TERMINAL, timeout)
-
-
 class NoReplicas:
     """A cluster view with no Serve replicas and no nodes (GET /v1/workers: no replica counts)."""
 
@@ -184,7 +172,6 @@ class NoReplicas:
 @contextlib.contextmanager
 def running_router(database_url: str, redis_url: str, *, artifacts: str | None = None,
                    cfg: dict | None = None, cloud_providers: dict | None = None) -> Iterator[RunningRouter]:
-    import uvicorn
 
     from gpu_orchestrator.core.config import parse_config
     from gpu_orchestrator.root.memory import MemoryMetrics
@@ -198,45 +185,27 @@ def running_router(database_url: str, redis_url: str, *, artifacts: str | None =
                          redis_url=redis_url, metrics=MemoryMetrics(), cluster=NoReplicas(),
                          owner=f"router:test:{uuid.uuid4().hex[:8]}", board_name="orchestrator", artifacts_url=artifacts,
                          cloud_providers=cloud_providers)
-    app = router.asgi()
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off"))
-    loop_box: dict[str, Any] = {}
-
-    def serve_forever() -> None:
-        loop = asyncio.new_event_loop()
-        loop_box["loop"] = loop
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(server.serve())
-
-    t = threading.Thread(target=serve_forever, daemon=True)
-    t.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not t.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    running = RunningRouter(router, f"http://127.0.0.1:{port}", model, loop_box["loop"])
     try:
-        yield running
-    finally:
-        with contextlib.suppress(Exception):
-            running.call(router.dispatcher.stop(), timeout=5)
-        with contextlib.suppress(Exception):
-            running.call(router.retention.stop(), timeout=5)
-        if router._gauge is not None:  # the queue-depth gauge loop of the replica
-            loop_box["loop"].call_soon_threadsafe(router._gauge.cancel)
-        router.loop_watch.stop()
-        if router.webhooks is not None:  # before its database goes with the test
-            with contextlib.suppress(Exception):
-                running.call(router.webhooks.stop(), timeout=5)
-        for bus in (router.bus, model._bus):
-            if bus is not None:
+        with served(router.asgi()) as (base, loop):
+            running = RunningRouter(router, base, model, loop)
+            try:
+                yield running
+            finally:
                 with contextlib.suppress(Exception):
-                    running.call(bus.close(), timeout=5)
-        server.should_exit = True
-        t.join(timeout=10)
+                    running.call(router.dispatcher.stop(), timeout=5)
+                with contextlib.suppress(Exception):
+                    running.call(router.retention.stop(), timeout=5)
+                if router._gauge is not None:  # the queue-depth gauge loop of the replica
+                    loop.call_soon_threadsafe(router._gauge.cancel)
+                router.loop_watch.stop()
+                if router.webhooks is not None:  # before its database goes with the test
+                    with contextlib.suppress(Exception):
+                        running.call(router.webhooks.stop(), timeout=5)
+                for bus in (router.bus, model._bus):
+                    if bus is not None:
+                        with contextlib.suppress(Exception):
+                            running.call(bus.close(), timeout=5)
+    finally:
         router.store.close()
 
 

@@ -18,7 +18,9 @@ from gpu_orchestrator.core.jobs import JobNotFound
 from gpu_orchestrator.store.access import PostgresAccess
 from gpu_orchestrator.store.pg_engine import create_engine
 
-from .router_harness import config, db_url, running_router, wait_terminal  # noqa: F401 (fixtures)
+from tests.helpers import wait_terminal
+
+from .router_harness import config, db_url, running_router  # noqa: F401 (fixtures)
 
 OPEN_PATHS = {"/healthz", "/docs", "/openapi.json", "/static/swagger-ui"}
 

@@ -16,7 +16,8 @@ import pytest
 from gpu_orchestrator.core.config import ModalSpec
 from gpu_orchestrator.service.cloud.modal import ModalProvider
 from tests.fakes.cloud import FakeModalEndpoint, png_of_size
-from tests.integration.router_harness import config, db_url, running_router, wait_terminal  # noqa: F401 (fixture)
+from tests.helpers import wait_terminal
+from tests.integration.router_harness import config, db_url, running_router  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -16,9 +16,9 @@ import sqlalchemy as sa
 from PIL import Image
 
 from gpu_orchestrator.store.pg_engine import create_engine
-from tests.helpers import wait_for
+from tests.helpers import wait_for, wait_terminal
 from tests.fakes.cloud import Behaviour, FakeReplicate, png_of_size
-from tests.integration.router_harness import config, db_url, running_router, wait_terminal  # noqa: F401 (fixture)
+from tests.integration.router_harness import config, db_url, running_router  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from gpu_orchestrator.bus.events import stream_key
 from gpu_orchestrator.cli import cli
 
-from .router_harness import db_url, http, rr, wait_terminal  # noqa: F401 (fixtures)
+from tests.helpers import wait_terminal
+from .router_harness import db_url, http, rr  # noqa: F401 (fixtures)
 
 
 def backdate_finished(rr, job_id: str, days: float) -> None:

@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from gpu_orchestrator.core.webhooks import verify
-from tests.helpers import free_port, wait_for
+from tests.helpers import free_port, wait_for, wait_terminal
 
-from .router_harness import config, db_url, running_router, wait_terminal  # noqa: F401 (fixtures)
+from .router_harness import config, db_url, running_router  # noqa: F401 (fixtures)
 
 
 class Receiver:

@@ -13,8 +13,8 @@ import time
 from click.testing import CliRunner
 
 from gpu_orchestrator.cli import cli
-from tests.helpers import wait_for
-from tests.memory_router import http, rr, wait_terminal  # noqa: F401 (fixtures)
+from tests.helpers import wait_for, wait_terminal
+from tests.memory_router import http, rr  # noqa: F401 (fixtures)
 
 
 def run(rr, *args: str, input: str | None = None):

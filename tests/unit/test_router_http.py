@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.memory_router import http, rr, running_orchestrator, wait_terminal  # noqa: F401 (fixtures)
+from tests.helpers import wait_terminal
+from tests.memory_router import http, rr, running_orchestrator  # noqa: F401 (fixtures)
 
 
 def fields(r: httpx.Response) -> set[str]:

@@ -1,15 +1,18 @@
 """The store's protocol split by who uses it (store/base.py): each service calls only what its port
-declares (read from the source), and the ports together are the store (both stores implement every
-method with the protocol's parameters: tests/unit/test_memory_store.py)."""
+declares (read from the source), the ports together are the store, and both stores implement every
+method with the protocol's parameters."""
 
 from __future__ import annotations
 
 import ast
+import inspect
 from pathlib import Path
 
 import pytest
 
 from gpu_orchestrator.store import base
+from gpu_orchestrator.store.memory import MemoryJobStore
+from gpu_orchestrator.store.postgres import PostgresJobStore
 
 SERVICE = Path(base.__file__).resolve().parents[1] / "service"
 PORTS = {  # service module -> the port its store is typed as
@@ -45,3 +48,13 @@ def test_each_service_calls_only_what_its_port_declares(module):
 def test_the_ports_cover_the_store():
     assert declared(base.JobStore) == set().union(*(declared(p) for p in (
         base.JobIntake, base.JobLeases, base.JobReports, base.JobRetention))) | {"close", "leader_lock"}
+
+
+def test_both_stores_have_every_protocol_method_with_the_same_parameters():
+    methods = declared(base.JobStore)  # every port's methods and the root's two
+    assert {"submit", "claim", "leader_lock", "ping"} <= methods
+    for name in methods:
+        want = list(inspect.signature(getattr(base.JobStore, name)).parameters)
+        for impl in (MemoryJobStore, PostgresJobStore):
+            got = list(inspect.signature(getattr(impl, name)).parameters)
+            assert got == want, f"{impl.__name__}.{name}{got} differs from the protocol's {want}"
