@@ -119,9 +119,10 @@ def _leave(tier: WarmTier | None, m: SimModel, t: float) -> None:
         tier.keep(m.name, m.vram_gb, m.load_s - m.warm_load_s, t)
 
 
-def _load_time(tier: WarmTier | None, m: SimModel) -> tuple[float, bool]:
-    """`m` starts loading: its load time, and whether it loads warm (its warm copy is consumed)."""
-    if tier is not None and tier.take(m.name) and m.warm_load_s is not None:
+def _load_time(tier: WarmTier | None, m: SimModel, *, consume: bool = True) -> tuple[float, bool]:
+    """`m`'s load time, and whether it loads warm: when it starts loading its warm copy is
+    consumed; `consume=False` only asks (only models with a warm_load_s are ever kept warm)."""
+    if tier is not None and m.warm_load_s is not None and (tier.take(m.name) if consume else tier.is_warm(m.name)):
         return m.warm_load_s, True
     return m.load_s, False
 
@@ -299,7 +300,7 @@ def simulate_fifo(trace: list[TraceJob], models: list[SimModel], gpus: list[Gpu]
     records, loads, swaps, busy, load_s = [], 0, 0, 0.0, 0.0
     for j in trace:
         m = mdl[j.model]
-        cost = m.warm_load_s if tier is not None and tier.is_warm(m.name) and m.warm_load_s is not None else m.load_s
+        cost, _ = _load_time(tier, m, consume=False)
         allowed = [g for g in gpus if m.pin is None or m.pin in (g.id, g.node_type)]
         # The earliest GPU to be free; prefer one that already holds the model.
         g = min(allowed, key=lambda g: (max(free_at[g.id], j.arrival) + (0 if j.model in resident[g.id] else cost), g.id))

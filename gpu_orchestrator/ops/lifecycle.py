@@ -165,7 +165,8 @@ def _up(s: Settings, state: dict[str, Any], started: list[str], config_path: str
     host = http.get("host", "127.0.0.1")
     from gpu_orchestrator.core.keys import auth_required
 
-    auth_on = auth_required(((router_app.get("args") or {}).get("router") or {}).get("auth", "auto"), host)
+    router_args = router_app.get("args") or {}  # the UIs' env vars below leave them as they are
+    auth_on = auth_required((router_args.get("router") or {}).get("auth", "auto"), host)
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{http.get('port', 8000)}"
     # The UIs talk to the router through the Serve proxy on their own node (every node runs one).
     uis = [a for a in cfg["applications"] if a["name"] != APP_NAME]
@@ -174,7 +175,6 @@ def _up(s: Settings, state: dict[str, Any], started: list[str], config_path: str
     from gpu_orchestrator.serve.warm import model_envs, warm
     from gradio_uis.serve import page_paths
 
-    router_args = next(a for a in cfg["applications"] if a["name"] == APP_NAME).get("args") or {}
     arbiter_on, envs = model_envs(router_args, Path(config_path).resolve().parent)
     # The demo's models start at zero (its arbiter): their environments now, on this one machine, not
     # on their first jobs. (A real profile's GPU replicas may run on other nodes: nothing to warm here.)
