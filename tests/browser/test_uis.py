@@ -39,8 +39,10 @@ WATCH_CHAT_JS = """() => { window.__lengths = []; const el = document.querySelec
 def model_defaults_shown(page, steps_default: int) -> None:
     """The chosen model's defaults and limits have come from the router (the fields show them): what
     a user types after this stays."""
-    expect(page.locator("#steps")).to_contain_text(f"default {steps_default},")
-    expect(page.locator("#steps input")).to_have_value(str(steps_default))
+    # The page asks the router on load (GET /v1/apps): on a busy 2-core box that can take longer
+    # than expect()'s 5 s default, so wait as long as the page's own timeout.
+    expect(page.locator("#steps")).to_contain_text(f"default {steps_default},", timeout=60_000)
+    expect(page.locator("#steps input")).to_have_value(str(steps_default), timeout=60_000)
 
 
 def type_number(page, elem: str, value: str) -> None:
