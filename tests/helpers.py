@@ -9,6 +9,7 @@ import contextlib
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
 import httpx
@@ -108,7 +109,27 @@ def wait_status(http: httpx.Client, job_id: str, statuses: set[str] | frozenset[
         return wait_for(check, f"job {job_id} in {sorted(statuses)}", timeout_s)
     except AssertionError as e:
         stalls = f" (polls with no answer: {', '.join(slow)})" if slow else ""
-        raise AssertionError(f"{e}: {last[0]}{stalls}") from None
+        raise AssertionError(f"{e}: {last[0]}{stalls}{ray_log_lines(job_id)}") from None
+
+
+def ray_log_lines(needle: str, most: int = 40) -> str:
+    """What this process's Ray session logged about `needle` (a job id): the router's and models'
+    lines, for a failure message on a box where the logs are gone after the run. Empty outside Ray."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return ""
+        logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    except Exception:
+        return ""
+    lines = []
+    for f in sorted(logs.glob("worker-*.err")) + sorted(logs.glob("serve/replica_*.log")):
+        with contextlib.suppress(OSError):
+            text = f.read_text(errors="replace").splitlines()
+            who = next((t.split(":", 2)[2] for t in text[:5] if t.startswith(":actor_name:")), f.name)
+            lines += [f"{who} {f.name.rsplit('-', 1)[-1]}: {t}" for t in text if needle in t]
+    return ("\nRay's logs about it:\n" + "\n".join(lines[-most:])) if lines else ""
 
 
 def read_sse(base_or_http: str | httpx.Client, job_id: str, *, last_event_id: str | None = None,

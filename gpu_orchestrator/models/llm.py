@@ -26,6 +26,9 @@ class LLM(ModelDeployment):
             raise ValueError("llm: set `model` (a hub id or a local path), or `demo: true` for a tiny untrained model")
         self.model_id, self.demo, self.tiny_path = model, demo, tiny_path
         self.engine_name, self.max_model_len, self.dtype = engine, max_model_len, dtype
+        # transformers samples from torch's process-wide RNG: a seeded job is reproducible only if
+        # no other generation draws from it meanwhile, so this engine runs one generation at a time.
+        self._generating = threading.Lock()
         super().__init__(redis_url=redis_url, vram_gb=vram_gb)
 
     def load(self) -> None:
@@ -104,11 +107,20 @@ class LLM(ModelDeployment):
 
         inputs = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        while not self._generating.acquire(timeout=0.1):
+            ctx.check_cancelled()  # a job cancelled while another generates stops waiting
+        try:
+            return self._generate(torch, inputs, streamer, max_tokens, min_tokens, temperature, seed, ctx, pieces,
+                                  StoppingCriteriaList([Cancelled()]))
+        finally:
+            self._generating.release()
+
+    def _generate(self, torch, inputs, streamer, max_tokens, min_tokens, temperature, seed, ctx, pieces, stop) -> Any:
         if seed is not None:
             torch.manual_seed(int(seed))
         kw = dict(inputs, max_new_tokens=max_tokens, min_new_tokens=min_tokens, streamer=streamer,
                   pad_token_id=self.tokenizer.pad_token_id,
-                  stopping_criteria=StoppingCriteriaList([Cancelled()]))
+                  stopping_criteria=stop)
         kw.update(do_sample=True, temperature=temperature) if temperature > 0 else kw.update(do_sample=False)
         result: dict[str, Any] = {}
 

@@ -29,6 +29,9 @@ from gpu_orchestrator.store.base import JobIntake
 
 log = logging.getLogger("gpu_orchestrator.jobs")
 
+# A client that left: its job's cancel is tried again after these pauses (the store briefly away).
+CANCEL_SOON_RETRIES_S = (0.5, 2.0, 5.0)
+
 
 class EventSource(Protocol):
     """What the service needs from the event bus besides publishing (Transitions does that)."""
@@ -184,15 +187,22 @@ class JobService(Intake):
             return
 
         async def go() -> None:
-            try:
-                job = await self.get(job_id)
-                if not job.status.terminal:
-                    await self.cancel(job_id)
-                    log.info("job %s cancelled: %s", job_id, why)
-            except JobError:
-                pass  # finished meanwhile
-            except Exception as e:
-                log.warning("could not cancel job %s (%s): %s", job_id, why, reason(e))
+            # Nobody will ask again: a database blip must not leave the job running for no one.
+            for delay in (*CANCEL_SOON_RETRIES_S, None):
+                try:
+                    job = await self.get(job_id)
+                    if not job.status.terminal:
+                        await self.cancel(job_id)
+                        log.info("job %s cancelled: %s", job_id, why)
+                    return
+                except JobError:
+                    return  # finished meanwhile
+                except Exception as e:
+                    if delay is None:
+                        log.warning("could not cancel job %s (%s): %s", job_id, why, reason(e))
+                        return
+                    log.info("cancelling job %s (%s) again in %g s: %s", job_id, why, delay, reason(e))
+                    await asyncio.sleep(delay)
 
         task = asyncio.get_running_loop().create_task(go())
         self._tasks.add(task)

@@ -51,7 +51,7 @@ def test_openai_client_that_disconnects_cancels_its_job(orchestrator, http):
     with pytest.raises(APITimeoutError):
         client.chat.completions.create(model="chat", messages=MSGS, max_tokens=4000, extra_body={"min_tokens": 4000})
     (job_id,) = _chat_job_ids(http) - before
-    assert wait_status(http, job_id, TERMINAL, timeout_s=30)["status"] == "cancelled"
+    assert wait_status(http, job_id, TERMINAL, timeout_s=60)["status"] == "cancelled"
 
 
 def test_openai_stream_that_goes_away_cancels_its_job(orchestrator, http):
@@ -65,4 +65,4 @@ def test_openai_stream_that_goes_away_cancels_its_job(orchestrator, http):
         next(stream)
     stream.close()
     (job_id,) = _chat_job_ids(http) - before
-    assert wait_status(http, job_id, TERMINAL, timeout_s=30)["status"] == "cancelled"
+    assert wait_status(http, job_id, TERMINAL, timeout_s=60)["status"] == "cancelled"

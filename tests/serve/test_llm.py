@@ -43,6 +43,20 @@ def test_openai_client_non_stream_and_stream(orchestrator):
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
 
 
+def test_a_seeded_job_gives_the_same_text_while_another_job_generates(orchestrator, http):
+    # The CPU engine samples from torch's process-wide RNG: a generation running beside a seeded
+    # one on the same replica must not change its tokens.
+    seeded = {"messages": MESSAGES, "max_tokens": 12, "temperature": 1.0, "seed": 11}
+    alone = wait_status(http, http.post("/v1/jobs", json={"app_id": "chat", "params": seeded}).json()["job_id"],
+                        {"succeeded"}, timeout_s=120)["result"]["text"]
+    long = http.post("/v1/jobs", json={"app_id": "chat", "params": {
+        "messages": MESSAGES, "max_tokens": 300, "min_tokens": 300, "temperature": 1.0}}).json()["job_id"]
+    read_sse(orchestrator, long, until=lambda e: e["data"].get("index") == 5, timeout_s=300)
+    beside = http.post("/v1/jobs", json={"app_id": "chat", "params": seeded}).json()["job_id"]
+    assert wait_status(http, beside, {"succeeded", "failed"}, timeout_s=120)["result"]["text"] == alone
+    assert wait_status(http, long, {"succeeded", "failed"}, timeout_s=120)["status"] == "succeeded"
+
+
 def test_chat_bad_input_names_the_field(http):
     r = http.post("/v1/jobs", json={"app_id": "chat", "params": {"messages": []}})
     assert r.status_code == 422 and "params.messages" in r.json()["message"]

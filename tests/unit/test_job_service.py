@@ -309,6 +309,31 @@ def test_cancel_soon_spares_a_job_someone_here_still_waits_for():
     assert h.store.get(alone.id).status == JobStatus.cancelled
 
 
+def test_cancel_soon_tries_again_through_a_store_blip(monkeypatch):
+    import gpu_orchestrator.service.jobs as jobs_mod
+
+    monkeypatch.setattr(jobs_mod, "CANCEL_SOON_RETRIES_S", (0.01, 0.01))
+    h = Harness()
+    real, fails = h.store.cancel, [ConnectionError("server closed the connection"), OSError("timeout")]
+
+    def flaky(job_id):
+        if fails:
+            raise fails.pop(0)
+        return real(job_id)
+
+    h.store.cancel = flaky
+
+    async def go():
+        job, _ = await h.svc.submit("echo", {})
+        h.svc.cancel_soon(job.id, "client disconnected")
+        while h.svc._tasks:
+            await asyncio.sleep(0.01)
+        return job
+
+    job = run(go())
+    assert fails == [] and h.store.get(job.id).status == JobStatus.cancelled
+
+
 def test_remembered_jobs_are_lossy_not_errors():
     h = Harness()
 
