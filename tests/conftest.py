@@ -22,7 +22,7 @@ from gpu_orchestrator.store.postgres import PostgresJobStore
 
 # The Ray session (one Ray instance and the deployed applications), shared by tests/serve and
 # tests/browser: fixtures in a plugin rather than a directory's conftest, so both see one instance.
-pytest_plugins = ["tests.ray_session"]
+pytest_plugins = ["tests.ray_session", "tests.timing"]
 
 EXTERNAL_PG = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 EXTERNAL_REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -58,7 +58,7 @@ def runtime_env_text(name: str, task: str, pinned: list[str] | tuple[str, ...] =
     packages = merged_packages(task, list(pinned))
     shared = ""
     if tuple(packages) == TASKS[task].packages:
-        twin = "sdxl.yaml and zimage.yaml" if task == "image" else "llm.yaml" if task in ("text", "chat") else ""
+        twin = "sdxl.yaml, zimage.yaml and llm.yaml" if task in ("image", "text", "chat") else ""
         if twin:
             shared = (f"\n# The list is {twin}'s on purpose: Ray keys its pip virtualenvs by it, so these models "
                       "share one.")

@@ -20,6 +20,10 @@ _PKG_RE = re.compile(r"^(?P<name>[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)(?P<
                      r"==(?P<version>[A-Za-z0-9][A-Za-z0-9.+!_-]*(?:\.\*)?)$")
 _PKG_NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
 TRANSFORMERS = ("transformers>=4.51,<6", "tokenizers>=0.20", "safetensors>=0.4", "accelerate>=1.0")
+# Image, text and chat models list the same packages as runtime_envs/sdxl.yaml, zimage.yaml and
+# llm.yaml: Ray keys its pip virtualenvs by the list, so they all share one (a clone of the base
+# install each costs a GB of disk and a minute of a small box; diffusers is a few MB of Python).
+HF = ("diffusers>=0.36,<1", *TRANSFORMERS)
 
 
 class ScaffoldError(ValueError):
@@ -60,7 +64,7 @@ TASKS: dict[str, TaskSpec] = {
         app_task="image", what="Text to image", model_id="stabilityai/sd-turbo",
         loader="diffusers AutoPipelineForText2Image", vram_gb=6, load_s=15, timeout_s=600, max_in_flight=2,
         # The same list as runtime_envs/sdxl.yaml: Ray keys pip virtualenvs by it, so they share one.
-        packages=("diffusers>=0.36,<1", *TRANSFORMERS),
+        packages=HF,
         parameters=(
             {"name": "prompt", "type": "string", "required": True, "max_length": 2000},
             {"name": "negative_prompt", "type": "string", "max_length": 2000},
@@ -85,14 +89,13 @@ TASKS: dict[str, TaskSpec] = {
     "text": TaskSpec(
         app_task="generic", what="Text generation", model_id="Qwen/Qwen2.5-0.5B",
         loader="transformers AutoModelForCausalLM", vram_gb=3, load_s=10, timeout_s=600, max_in_flight=4,
-        # The same list as runtime_envs/llm.yaml (one virtualenv for both).
-        packages=TRANSFORMERS,
+        packages=HF,
         parameters=({"name": "prompt", "type": "string", "required": True, "max_length": 20000}, *_LM_PARAMS),
         example='gpu-orch submit {name} -p prompt="Once upon a time" -p max_tokens=32 --wait'),
     "chat": TaskSpec(
         app_task="chat", what="Chat", model_id="Qwen/Qwen2.5-0.5B-Instruct",
         loader="transformers AutoModelForCausalLM with its chat template", vram_gb=3, load_s=10, timeout_s=600,
-        max_in_flight=4, packages=TRANSFORMERS,
+        max_in_flight=4, packages=HF,
         parameters=({"name": "messages", "type": "messages", "required": True, "max_length": 100000}, *_LM_PARAMS),
         example="gpu-orch submit {name} -p messages='[{{\"role\":\"user\",\"content\":\"hi\"}}]' --wait"),
 }

@@ -23,7 +23,7 @@ from gpu_orchestrator.core.config import parse_config
 ROOT = Path(__file__).resolve().parents[2]
 # What a project checkout needs for new-app and for the generated tests to run as `make test` runs them.
 PROJECT_FILES = ["serve_config.yaml", "pyproject.toml", "deploy/kuberay/rayservice.yaml", "tests/__init__.py",
-                 "tests/conftest.py", "tests/ray_session.py", "tests/helpers.py", "tests/unit/__init__.py"]
+                 "tests/conftest.py", "tests/ray_session.py", "tests/timing.py", "tests/helpers.py", "tests/unit/__init__.py"]
 # Names no project is likely to have (the test runs in copies of this one, generated apps included).
 TASKS = {"sc_pic": "image", "sc_hear": "audio", "sc_write": "text", "sc_talk": "chat"}
 
@@ -125,8 +125,8 @@ def test_runtime_env_pins_replace_or_add_to_the_tasks_packages(tmp_path):
                 "--runtime-env", "einops==0.8.1")
     assert r.exit_code == 0, r.output
     env = yaml.safe_load((root / "runtime_envs/sc_pinned.yaml").read_text())
-    assert env["pip"]["packages"] == ["transformers==4.57.1", "tokenizers>=0.20", "safetensors>=0.4", "accelerate>=1.0",
-                                      "einops==0.8.1"]
+    assert env["pip"]["packages"] == ["diffusers>=0.36,<1", "transformers==4.57.1", "tokenizers>=0.20", "safetensors>=0.4",
+                                      "accelerate>=1.0", "einops==0.8.1"]
     assert "--runtime-env transformers==4.57.1" in (root / "deployments/sc_pinned.py").read_text()
 
 
