@@ -217,7 +217,7 @@ def ray_cluster():
 
     serve.shutdown()
     ray.shutdown()
-    drop_runtime_envs(session)
+    drop_runtime_envs(session, wait=False)  # the suite need not wait for 8 GB to be deleted
     if mark is not None:
         mark.unlink(missing_ok=True)
 
