@@ -27,9 +27,14 @@ from gpu_orchestrator.bus.events import EventBus
 # The errors a run ends with live in core (the service layer reads them); importable from here as before.
 from gpu_orchestrator.core.model_errors import JobCancelled, JobTimeout, ModelLoadError, SlotTimeout
 
+
 log = logging.getLogger("gpu_orchestrator.models")
 
-__all__ = ["JobCancelled", "JobContext", "JobTimeout", "ModelDeployment", "ModelLoadError", "SlotTimeout"]
+__all__ = ["JobCancelled", "JobContext", "JobTimeout", "ModelDeployment", "ModelLoadError", "ParkUnsupported", "SlotTimeout"]
+
+
+class ParkUnsupported(Exception):
+    """This model has no park/wake: the arbiter scales it to zero and it reloads from disk."""
 
 _redis_warned_at = 0.0
 
@@ -107,6 +112,11 @@ class ModelDeployment:
         self.fatal_error: str | None = None
         self.jobs_done = 0
         self.busy = 0
+        # The warm tier (park/wake): host memory the parked model holds, and the last park and wake.
+        self.host_gb = 0.0
+        self.park_time_s: float | None = None
+        self.wake_time_s: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the replica's, for async offload hooks
         self.last_used = None  # wall-clock time of the last finished job
         self._deployment, self._replica_id = _replica_identity(self.model_name)
         self._gpu_index = _gpu_index()  # fixed for the life of the replica: Ray assigned its GPU
@@ -154,6 +164,78 @@ class ModelDeployment:
 
     def load(self) -> None:
         """Load weights. Subclasses override; runs once in the replica's constructor."""
+
+    # -- the warm tier: park (leave the GPU, keep the built model in host memory) and wake ----------
+
+    def offload(self) -> float:
+        """Move the loaded model's tensors to host memory (parking.to_host) and return the GB held
+        there. Runs in a worker thread. Models that can park override this, onload and unload."""
+        raise ParkUnsupported(f"{self.model_name} cannot park (it reloads from disk instead)")
+
+    def onload(self) -> None:
+        """Move the parked tensors back to the GPU (parking.to_device). Runs in a worker thread."""
+        raise ParkUnsupported(f"{self.model_name} cannot wake")
+
+    def unload(self) -> None:
+        """Drop the loaded model, after a park or wake that failed half-way: the next job loads it
+        afresh (state cold), so no job ever runs on half a model."""
+
+    async def park(self) -> dict[str, Any]:
+        """Leave the GPU and keep the built model in host memory (state `warm`). Refused, with the
+        reason, unless the model is resident and has no job here; the next job (or wake) brings it
+        back. The process, its CUDA context and its Serve replica stay."""
+        if self.state != "resident" or self.busy or self._running:
+            why = f"{len(self._running) or self.busy} job(s) here" if self.state == "resident" else f"it is {self.state}"
+            return {"parked": False, "state": self.state, "why": why}
+        self.state = "parking"  # set on the event loop: a job arriving from now on waits for the wake
+        self._loop = asyncio.get_running_loop()
+        return await asyncio.to_thread(self._park)
+
+    def _park(self) -> dict[str, Any]:
+        with self._load_lock:
+            t0 = time.perf_counter()
+            try:
+                host_gb = float(self.offload())
+            except ParkUnsupported as e:
+                self.state = "resident"
+                return {"parked": False, "state": self.state, "why": str(e)}
+            except Exception as e:
+                self._drop(f"park failed: {type(e).__name__}: {_first_line(e)}")
+                return {"parked": False, "state": self.state, "why": f"park failed: {_first_line(e)}"}
+            self.host_gb, self.park_time_s, self.state = host_gb, time.perf_counter() - t0, "warm"
+        log.info("parked in %.3f s: %.2f GB held in host memory", self.park_time_s, host_gb)
+        return {"parked": True, "state": "warm", "seconds": self.park_time_s, "host_gb": host_gb}
+
+    async def wake(self) -> dict[str, Any]:
+        """Back to the GPU from host memory (state resident); a wake that fails leaves it cold."""
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self._wake)
+        return {"state": self.state, "seconds": self.wake_time_s}
+
+    def _wake(self) -> None:
+        with self._load_lock:
+            if self.state != "warm":
+                return  # woken meanwhile (or never parked)
+            self.state = "waking"
+            t0 = time.perf_counter()
+            try:
+                self.onload()
+            except Exception as e:
+                self._drop(f"wake failed: {type(e).__name__}: {_first_line(e)}")
+                return
+            self.wake_time_s, self.host_gb, self.state = time.perf_counter() - t0, 0.0, "resident"
+        log.info("woke in %.3f s", self.wake_time_s)
+
+    def _drop(self, why: str) -> None:
+        log.warning("%s: dropping the model; the next job loads it afresh", why)
+        try:
+            self.unload()
+        except Exception:
+            log.exception("unloading after %s", why)
+        from .parking import release_gpu_memory
+
+        release_gpu_memory()
+        self.host_gb, self.state = 0.0, "cold"
 
     def infer(self, params: dict[str, Any], ctx: JobContext) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -214,6 +296,11 @@ class ModelDeployment:
 
     async def _run_job_here(self, job_id: str, params: dict[str, Any], attempt: int, timeout_s: float | None,
                             queue_timeout_s: float | None) -> Any:
+        if self.state in ("parking", "warm", "waking"):
+            self._loop = asyncio.get_running_loop()
+            await asyncio.to_thread(self._wake)  # a parked model's job wakes it, never fails for it
+        if self.state == "cold":
+            await asyncio.to_thread(self._try_load)
         if self.load_error is not None and time.monotonic() - self._failed_at >= self.reload_after_s:
             await asyncio.to_thread(self._try_load)
         if self.load_error is not None:
@@ -302,6 +389,9 @@ class ModelDeployment:
             "node_id": _node_id(),
             "gpu_index": self._gpu_index,
             "load_time_s": self.load_time_s,
+            "host_held_gb": self.host_gb,
+            "park_time_s": self.park_time_s,
+            "wake_time_s": self.wake_time_s,
             "load_error": self.load_error,
             "vram_declared_gb": self.declared_vram_gb,
             "vram_held_gb": vram,

@@ -65,6 +65,25 @@ class DiffusionModel(ModelDeployment):
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe
 
+    # The warm tier: the built pipeline stays; only its tensors move (models/parking.py).
+    def offload(self) -> float:
+        from .base import ParkUnsupported
+        from .parking import modules_of, tensors_gb, to_host
+
+        if self.cpu_offload and self.device == "cuda":
+            raise ParkUnsupported(f"{self.model_name} runs with model CPU offload: its weights already live in host memory")
+        mods = modules_of(self.pipe)
+        to_host(mods)
+        return tensors_gb(mods)
+
+    def onload(self) -> None:
+        from .parking import modules_of, to_device
+
+        to_device(modules_of(self.pipe), self.device)
+
+    def unload(self) -> None:
+        self.pipe = None
+
     def pipeline_kwargs(self, params: dict[str, Any]) -> dict[str, Any]:
         """Model-specific call arguments; subclasses add or drop some."""
         kw = {"prompt": params["prompt"], "width": int(params["width"]), "height": int(params["height"]),

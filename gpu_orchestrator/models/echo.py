@@ -19,8 +19,12 @@ class Echo(ModelDeployment):
     synthetic = True
 
     def __init__(self, *, load_time_s: float = 0.0, vram_gb: float = 0.0, redis_url: str | None = None,
-                 report_packages: list[str] | None = None, run_log: str | None = None):
+                 report_packages: list[str] | None = None, run_log: str | None = None,
+                 warm_load_time_s: float | None = None):
         self._load_time_s = load_time_s
+        # A wake from host memory: a tenth of a cold load unless told (bench/warm.py measured 0.05x).
+        self._warm_load_time_s = load_time_s / 10 if warm_load_time_s is None else warm_load_time_s
+        self._weights: bytes | None = None
         # Fault runs count how often each job really started on a model: one line per start.
         self._run_log = run_log
         # Versions of these packages as this replica sees them (its runtime_env), in every result.
@@ -31,6 +35,18 @@ class Echo(ModelDeployment):
         # Simulated weight loading, so scheduling tests see a real cold-start cost.
         if self._load_time_s > 0:
             time.sleep(self._load_time_s)
+        self._weights = b"loaded"
+
+    # The warm tier, simulated: parking keeps the "weights"; waking costs warm_load_time_s.
+    def offload(self) -> float:
+        return float(self.declared_vram_gb)
+
+    def onload(self) -> None:
+        if self._warm_load_time_s > 0:
+            time.sleep(self._warm_load_time_s)
+
+    def unload(self) -> None:
+        self._weights = None
 
     async def infer(self, params: dict[str, Any], ctx: JobContext) -> Any:
         if self._run_log:
@@ -46,6 +62,8 @@ class Echo(ModelDeployment):
             ctx.check_cancelled()  # a cheap Redis EXISTS, rate-limited in JobContext
             if steps > 1 or delay > 0:
                 await asyncio.to_thread(ctx.progress, step=step, total=steps)
+        if self._weights is None:  # never on a half-loaded model (base.py's park and wake)
+            raise RuntimeError("echo: ran with no model loaded")
         out = {"synthetic": True, "echo": params, "replica_pid": os.getpid(), "attempt": ctx.attempt}
         if self._packages:
             out["packages"] = self._packages

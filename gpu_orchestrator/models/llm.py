@@ -52,7 +52,8 @@ class LLM(ModelDeployment):
             gpu_gb = _gpu_gb()
             util = min(self.declared_vram_gb / gpu_gb if self.declared_vram_gb else 0.9, 0.95)
             self.vllm = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(
-                model=path, max_model_len=self.max_model_len, dtype=self.dtype, gpu_memory_utilization=util))
+                model=path, max_model_len=self.max_model_len, dtype=self.dtype, gpu_memory_utilization=util,
+                enable_sleep_mode=True))  # the warm tier parks it with sleep(level=1)
             # vLLM's engine core is another process: this one's torch allocator holds none of it.
             # It takes exactly its share of the GPU (weights + KV cache), so report that.
             self.vllm_reserved_gb = util * gpu_gb
@@ -67,6 +68,29 @@ class LLM(ModelDeployment):
             dtype = torch.float16 if device == "cuda" else torch.float32
             self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
             self.device = device
+
+    # The warm tier. vLLM: sleep level 1 (weights to host memory, KV cache dropped), wake_up back.
+    # transformers: the model object stays, its tensors move (models/parking.py).
+    def offload(self) -> float:
+        if self.engine == "vllm":
+            asyncio.run_coroutine_threadsafe(self.vllm.sleep(level=1), self._loop).result()
+            # Level 1 keeps the weights only; the declared figure (weights + KV cache) bounds them.
+            return float(self.declared_vram_gb)
+        from .parking import tensors_gb, to_host
+
+        to_host([self.model])
+        return tensors_gb([self.model])
+
+    def onload(self) -> None:
+        if self.engine == "vllm":
+            asyncio.run_coroutine_threadsafe(self.vllm.wake_up(), self._loop).result()
+            return
+        from .parking import to_device
+
+        to_device([self.model], self.device)
+
+    def unload(self) -> None:
+        self.model = self.vllm = None
 
     def info(self) -> dict[str, Any]:
         out = super().info()

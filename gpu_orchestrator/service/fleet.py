@@ -41,9 +41,12 @@ def models_view(cfg: OrchestratorConfig, beats: list[dict[str, Any]], replica_st
         load_errors = [r["load_error"] for r in replicas if r.get("load_error")]
         loads = [r["load_time_s"] for r in replicas if r.get("load_time_s") is not None]
         failed = bool(replicas) and len(load_errors) == len(replicas)
+        # Parked replicas (the warm tier) run for Serve but hold their weights in host memory.
+        warm = bool(replicas) and all(r.get("state") == "warm" for r in replicas)
         out.append({
             # A replica up but unable to load its model is "failed" whatever Serve says.
-            "state": "failed" if failed else (arb.get("state") or plain_state(replica_states.get(name, {}))),
+            "state": "failed" if failed else "warm" if warm else (arb.get("state") or plain_state(replica_states.get(name, {}))),
+            "host_held_gb": sum(r.get("host_held_gb") or 0.0 for r in replicas) if replicas else None,
             "load_error": load_errors[0] if load_errors else None,
             "load_time_s": max(loads) if loads else None,
             "vram_held_gb": sum(held) if held else None,
