@@ -97,3 +97,33 @@ def test_llm_on_cuda_streams_tokens(tmp_path, engine):
     tokens = [e["token"] for e in ctx.events if "token" in e]
     assert res["engine"] == engine and "".join(tokens) == res["text"] and res["completion_tokens"] >= len(tokens)
     assert model.info()["vram_held_gb"] > 0  # vLLM: its share of the GPU, held by its engine process
+
+
+@pytest.mark.parametrize("cls_path", ["deployments.sdxl:SDXL", "deployments.whisper_model:Whisper", "deployments.llm:LLM"])
+def test_a_parked_model_gives_its_vram_back_and_wakes_to_the_same_output(tmp_path, cls_path):
+    """The warm tier on a GPU: park() frees what the weights held on the device (as the driver
+    sees it: mem_get_info), keeps them pinned in host memory, and the wake gives the same output."""
+    import importlib
+
+    module, _, name = cls_path.partition(":")
+    pytest.importorskip({"SDXL": "diffusers", "Whisper": "whisper", "LLM": "transformers"}[name])
+    kw = {"artifacts_url": str(tmp_path / "art")} if name != "LLM" else {"engine": "transformers"}
+    model = getattr(importlib.import_module(module), name)(demo=True, tiny_path=str(tmp_path / "model"), **kw)
+    assert model.state == "resident", model.load_error
+
+    def output():
+        if name == "SDXL":
+            res = run(model, {"prompt": "a fox", "width": 64, "height": 64, "num_inference_steps": 2, "seed": 3}, Ctx())
+            return model.artifacts.read(res["images"][0]["artifact"])
+        if name == "LLM":
+            return run(model, {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "seed": 1}, Ctx())["text"]
+        return model.model.encoder.conv1.weight.detach().float().cpu().sum().item()
+
+    before = output()
+    torch.cuda.synchronize()
+    free0 = torch.cuda.mem_get_info()[0]
+    parked = asyncio.run(model.park())
+    freed_gb = (torch.cuda.mem_get_info()[0] - free0) / 2**30
+    assert parked["parked"] and freed_gb >= 0.8 * parked["host_gb"], (parked, freed_gb)
+    asyncio.run(model.wake())
+    assert model.state == "resident" and output() == before
