@@ -43,9 +43,17 @@ def _replicas(states: dict[str, int]) -> str:
 
 def _vram(m: dict[str, Any]) -> str:
     declared, held = m.get("vram_declared_gb") or 0, m.get("vram_held_gb")
+    host = f", {m['host_held_gb']:.1f} GB parked in host memory" if m.get("host_held_gb") else ""
     if not declared and held is None:
-        return "no VRAM declared"
-    return f"VRAM {'-' if held is None else f'{held:.1f}'} of {declared:g} GB held"
+        return "no VRAM declared" + host
+    return f"VRAM {'-' if held is None else f'{held:.1f}'} of {declared:g} GB held{host}"
+
+
+def _replica_line(r: dict[str, Any]) -> str:
+    if r.get("load_time_s") is None:
+        return f"    {r['replica_id']}  {r['state']}"
+    warm = f" wake={r['wake_time_s']:.2f}s" if r.get("wake_time_s") is not None else ""
+    return f"    {r['replica_id']}  {r['state']:<9} load={r['load_time_s']:.2f}s{warm}  jobs={r['jobs_done']}  pid={r['pid']}"
 
 
 @cli.command()
@@ -67,8 +75,7 @@ def workers(ctx: click.Context) -> None:
         if m.get("load_error"):
             click.echo(f"    load error: {m['load_error']}")
         for r in m["replicas"]:
-            click.echo(f"    {r['replica_id']}  {r['state']:<9} load={r['load_time_s']:.2f}s  jobs={r['jobs_done']}  pid={r['pid']}"
-                       if r.get("load_time_s") is not None else f"    {r['replica_id']}  {r['state']}")
+            click.echo(_replica_line(r))
     arbiter = data.get("arbiter")
     if arbiter:
         click.echo(f"arbiter: leader {arbiter['leader']}, dispatchable {arbiter['dispatchable']}, draining {arbiter['draining']}")

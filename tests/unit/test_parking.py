@@ -6,6 +6,7 @@ and a replica with a job is not parked."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
@@ -158,3 +159,19 @@ def test_workers_show_a_parked_model_as_warm_with_its_host_memory():
     assert (resident["state"], resident["host_held_gb"]) == ("resident", 0.0)
     assert (warm["state"], warm["host_held_gb"]) == ("warm", 2.0)
     assert models_view(cfg, [], {"echo": {}}, {})[0]["state"] == "cold"
+
+
+def test_gpu_orch_workers_shows_the_parked_model_and_its_wake():
+    from gpu_orchestrator.cli.admin import _replica_line, _vram
+    from gpu_orchestrator.core.config import parse_config
+    from gpu_orchestrator.service.fleet import models_view
+
+    cfg = parse_config({"models": {"echo": {"impl": "deployments.echo:Echo", "vram_gb": 2}},
+                        "apps": [{"id": "echo", "deployment": "echo"}]})
+    m = Echo(vram_gb=2, warm_load_time_s=0.01)
+    run(m.park())
+    (warm,) = models_view(cfg, [m.info()], {"echo": {"RUNNING": 1}}, {})
+    assert _vram(warm) == "VRAM - of 2 GB held, 2.0 GB parked in host memory"
+    run(m.wake())
+    (woke,) = models_view(cfg, [m.info()], {"echo": {"RUNNING": 1}}, {})
+    assert _vram(woke) == "VRAM - of 2 GB held" and re.search(r" wake=\d+\.\d\ds ", _replica_line(woke["replicas"][0]))
