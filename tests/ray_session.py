@@ -207,6 +207,9 @@ def ray_cluster():
     # Scale-from-zero must not wait out the default 10 s metrics push (read when Ray starts).
     os.environ["RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S"] = "0.5"
     metrics_port = free_port()
+    from gpu_orchestrator.serve import overlay_env
+
+    os.environ.update(overlay_env.register(dict(os.environ)))  # as `gpu-orch up` starts its head
     ray.init(address="local", num_cpus=16, num_gpus=1, include_dashboard=False, configure_logging=False, log_to_driver=False,
              _metrics_export_port=metrics_port)
     from gpu_orchestrator.serve.deploy import drop_runtime_envs, ray_session_dir

@@ -65,6 +65,11 @@ def ray_env(home: Path, *, own_head: bool) -> dict[str, str]:
         extra["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
         for var, value in IDLE_FRIENDLY.items():
             extra[var] = os.environ.get(var, value)
+        # The models' pip packages in thin overlays of this install (under home/envs), not a 2 GB
+        # copy each.
+        from gpu_orchestrator.serve.overlay_env import register
+
+        extra = register({**extra, "GPU_ORCH_HOME": str(home)})
     return extra
 
 

@@ -159,9 +159,10 @@ def serve_http_host() -> str | None:
 
 
 def load_runtime_env(spec: str | dict[str, Any] | None, base_dir: Path | None = None) -> dict[str, Any] | None:
-    """Resolve a model's runtime_env: inline dict as is, or a YAML file path."""
+    """Resolve a model's runtime_env: inline dict, or a YAML file path. Its `pip` packages go to
+    the overlay plugin where this Ray loads it (serve/overlay_env.py: no copy of the base install)."""
     if spec is None or isinstance(spec, dict):
-        return spec
+        return spec if spec is None else _served(spec)
     candidates = [Path(spec)]
     if base_dir is not None:
         candidates.insert(0, base_dir / spec)
@@ -172,5 +173,11 @@ def load_runtime_env(spec: str | dict[str, Any] | None, base_dir: Path | None = 
             data = yaml.safe_load(path.read_text()) or {}
             if not isinstance(data, dict):
                 raise ConfigError(f"runtime_env file {path}: expected a mapping")
-            return data
+            return _served(data)
     raise ConfigError(f"runtime_env file {spec!r} not found (looked in {[str(c) for c in candidates]})")
+
+
+def _served(runtime_env: dict[str, Any]) -> dict[str, Any]:
+    from gpu_orchestrator.serve import overlay_env
+
+    return overlay_env.overlaid(runtime_env) if overlay_env.registered() else runtime_env

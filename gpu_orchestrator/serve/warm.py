@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-BUILT_BY_RAY = ("pip", "uv", "conda")  # the runtime_env fields Ray builds an environment for
+BUILT_BY_RAY = ("pip", "uv", "conda", "overlay_pip")  # the runtime_env fields Ray builds an environment for
 
 
 def model_envs(args: dict[str, Any], base_dir: Path | None = None) -> tuple[bool, dict[str, dict[str, Any]]]:

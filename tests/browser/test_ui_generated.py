@@ -82,8 +82,10 @@ def test_a_generated_chat_app_is_in_the_chat_model_list_and_replies(tab, http):
     page.locator("#send").click()
     wait_for(lambda: "succeeded" in page.locator("#job-info").inner_text(), "the ui_talk reply finished", 120)
     assert "this cluster (ui_talk)" in page.locator("#job-info").inner_text()
-    assert page.locator('#chatbot [data-testid="bot"]').last.inner_text().strip()
     job = job_of(page, http)
+    # The reply's bubble fills as the page renders it (a beat after the job's status line).
+    wait_for(lambda: page.locator('#chatbot [data-testid="bot"]').last.inner_text().strip(),
+             f"the reply shown (the job's text: {job['result'].get('text')!r})", 30)
     assert job["app_id"] == "ui_talk" and job["params"]["max_tokens"] == 6 and job["result"]["completion_tokens"] >= 1
 
 

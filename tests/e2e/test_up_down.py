@@ -119,6 +119,11 @@ def test_up_submit_down_restart_keeps_jobs(user):
 
         session = state["ray_session_dir"]
         assert (Path(session) / "runtime_resources").is_dir()
+        # The models' pip packages: one thin overlay of this install per package list, under the home
+        # (the image models and the LLM share one), and no copy of the base virtualenv in Ray's session.
+        overlays = [d for d in (home / "envs").iterdir() if (d / ".ready").exists()]
+        assert len(overlays) == 2, sorted((home / "envs").iterdir())
+        assert not list((Path(session) / "runtime_resources").glob("pip/*/virtualenv"))
         first_token = token.read_text()
         out = user.ok("down")
         assert "stopping the Ray head" in out and "stopping embedded Postgres" in out
