@@ -20,7 +20,9 @@ class OverlayPip(RuntimeEnvPlugin):
             raise ValueError(f"runtime_env {NAME}: expected {{packages: [str], pip_install_options: [str]}}, got {spec!r}")
 
     def get_uris(self, runtime_env) -> list[str]:
-        return [f"{NAME}://{key(runtime_env[NAME])}"]
+        # Asked of every plugin for every runtime_env (the agent's reference counting).
+        spec = runtime_env.get(NAME)
+        return [f"{NAME}://{key(spec)}"] if spec else []
 
     async def create(self, uri, runtime_env, context, logger) -> float:
         env_dir = envs_root() / uri.split("://", 1)[1]
