@@ -172,6 +172,25 @@ class Timeline:
         return "\n".join(self.rows)
 
 
+# First of the arbiter's tests: it needs a round trip's swap credit, which the tests that swap
+# spend (after them it waited most of a minute for the budget to refill).
+def test_a_model_with_a_running_job_is_not_evicted(arb):
+    # Cold first: echo-a's load then goes into free memory and spends no credit (evicting a model an
+    # earlier test left resident would, and a slow load could leave too little for echo-b's).
+    wait_all_cold(arb)
+    wait_for_round_trip_credit(arb)  # a higher priority displaces at once only while the budget pays
+    long_job = submit(arb, "a", delay_s=6, steps=6)
+    read_sse(arb, long_job, until=lambda e: e["event"] == "progress", timeout_s=60)  # mid-job on echo-a
+    urgent = submit(arb, "b", priority=50)
+    models = lambda: {m["deployment"]: m for m in arb.get("/v1/workers").json()["models"]}  # noqa: E731
+    w = wait_for(lambda: (w := models())["echo-a"]["state"] == "draining" and w, "echo-a draining for echo-b", 30)
+    assert w["echo-a"]["arbiter"]["last_decision"].startswith("drain echo-a (0 queued, 1 running) for echo-b")
+    a = wait_status(arb, long_job, {"succeeded", "failed"}, timeout_s=60)
+    b = wait_status(arb, urgent, {"succeeded", "failed"}, timeout_s=60)
+    assert a["status"] == "succeeded" and a["attempts"] == 1  # finished on its replica, not killed
+    assert b["status"] == "succeeded" and b["started_at"] > a["finished_at"]
+
+
 def test_cold_model_scales_from_zero_and_completes(arb):
     wait_all_cold(arb)
     assert holding(replica_states()["echo-a"]) == 0
@@ -210,23 +229,6 @@ def test_models_that_do_not_fit_swap_and_are_never_resident_together(arb):
         jobs = [wait_status(arb, j, {"succeeded", "failed"}, timeout_s=120) for j in ids]
     assert all(j["status"] == "succeeded" for j in jobs), jobs
     assert s.samples > 20 and s.overlaps == [], s.overlaps[:3]
-
-
-def test_a_model_with_a_running_job_is_not_evicted(arb):
-    # Cold first: echo-a's load then goes into free memory and spends no credit (evicting a model an
-    # earlier test left resident would, and a slow load could leave too little for echo-b's).
-    wait_all_cold(arb)
-    wait_for_round_trip_credit(arb)  # a higher priority displaces at once only while the budget pays
-    long_job = submit(arb, "a", delay_s=6, steps=6)
-    read_sse(arb, long_job, until=lambda e: e["event"] == "progress", timeout_s=60)  # mid-job on echo-a
-    urgent = submit(arb, "b", priority=50)
-    models = lambda: {m["deployment"]: m for m in arb.get("/v1/workers").json()["models"]}  # noqa: E731
-    w = wait_for(lambda: (w := models())["echo-a"]["state"] == "draining" and w, "echo-a draining for echo-b", 30)
-    assert w["echo-a"]["arbiter"]["last_decision"].startswith("drain echo-a (0 queued, 1 running) for echo-b")
-    a = wait_status(arb, long_job, {"succeeded", "failed"}, timeout_s=60)
-    b = wait_status(arb, urgent, {"succeeded", "failed"}, timeout_s=60)
-    assert a["status"] == "succeeded" and a["attempts"] == 1  # finished on its replica, not killed
-    assert b["status"] == "succeeded" and b["started_at"] > a["finished_at"]
 
 
 def test_abaac_loads_each_model_once(arb):
