@@ -209,7 +209,9 @@ def ray_cluster():
     metrics_port = free_port()
     from gpu_orchestrator.serve import overlay_env
 
-    os.environ.update(overlay_env.register(dict(os.environ)))  # as `gpu-orch up` starts its head
+    # As `gpu-orch up` starts its head; the overlays go to $GPU_ORCH_HOME/envs (CI: its empty HOME;
+    # a developer's later test sessions reuse them).
+    os.environ.update(overlay_env.register(dict(os.environ)))
     ray.init(address="local", num_cpus=16, num_gpus=1, include_dashboard=False, configure_logging=False, log_to_driver=False,
              _metrics_export_port=metrics_port)
     from gpu_orchestrator.serve.deploy import drop_runtime_envs, ray_session_dir

@@ -126,6 +126,7 @@ class ModelDeployment:
         self._slots: asyncio.Semaphore | None = None  # made in the replica's event loop, on first use
         self._failed_at = 0.0
         self._running: dict[str, tuple[asyncio.Future, set]] = {}  # job id -> (its run here, requests awaiting it)
+        self._live: set[asyncio.Future] = set()  # infer calls still computing (also after their job ended)
         self._recent: collections.OrderedDict[str, tuple[float, int, Any]] = collections.OrderedDict()
         if self._bus is not None:
             threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
@@ -184,8 +185,11 @@ class ModelDeployment:
         """Leave the GPU and keep the built model in host memory (state `warm`). Refused, with the
         reason, unless the model is resident and has no job here; the next job (or wake) brings it
         back. The process, its CUDA context and its Serve replica stay."""
-        if self.state != "resident" or self.busy or self._running:
-            why = f"{len(self._running) or self.busy} job(s) here" if self.state == "resident" else f"it is {self.state}"
+        # _live: a cancelled or timed-out job's work can outlive its request (a thread cannot be
+        # killed; vLLM aborts on the way out): its tensors must stay where they are until it stops.
+        if self.state != "resident" or self.busy or self._running or self._live:
+            jobs = len(self._running) or self.busy or len(self._live)
+            why = f"{jobs} job(s) here" if self.state == "resident" else f"it is {self.state}"
             return {"parked": False, "state": self.state, "why": why}
         self.state = "parking"  # set on the event loop: a job arriving from now on waits for the wake
         self._loop = asyncio.get_running_loop()
@@ -213,9 +217,16 @@ class ModelDeployment:
         return {"state": self.state, "seconds": self.wake_time_s}
 
     def _wake(self) -> None:
+        while True:
+            with self._load_lock:
+                if self.state == "warm":
+                    break
+                if self.state != "parking":
+                    return  # woken meanwhile (or never parked)
+            time.sleep(0.01)  # the park's thread has not taken the lock yet: wake after it
         with self._load_lock:
             if self.state != "warm":
-                return  # woken meanwhile (or never parked)
+                return
             self.state = "waking"
             t0 = time.perf_counter()
             try:
@@ -228,6 +239,8 @@ class ModelDeployment:
 
     def _drop(self, why: str) -> None:
         log.warning("%s: dropping the model; the next job loads it afresh", why)
+        if "CUDA error" in why:  # a poisoned CUDA context: have Serve replace this replica (as _run does)
+            self.fatal_error = why
         try:
             self.unload()
         except Exception:
@@ -296,9 +309,11 @@ class ModelDeployment:
 
     async def _run_job_here(self, job_id: str, params: dict[str, Any], attempt: int, timeout_s: float | None,
                             queue_timeout_s: float | None) -> Any:
-        if self.state in ("parking", "warm", "waking"):
+        while self.state in ("parking", "warm", "waking"):  # a parked model's job wakes it, never fails for it
             self._loop = asyncio.get_running_loop()
-            await asyncio.to_thread(self._wake)  # a parked model's job wakes it, never fails for it
+            await asyncio.to_thread(self._wake)
+            if self.state == "waking":  # another job's wake: wait for it (it holds the load lock)
+                await asyncio.to_thread(lambda: self._load_lock.acquire() and self._load_lock.release())
         if self.state == "cold":
             await asyncio.to_thread(self._try_load)
         if self.load_error is not None and time.monotonic() - self._failed_at >= self.reload_after_s:
@@ -340,7 +355,9 @@ class ModelDeployment:
         self.busy += 1
         is_async = inspect.iscoroutinefunction(self.infer)
         task = asyncio.ensure_future(self.infer(params, ctx) if is_async else asyncio.to_thread(self.infer, params, ctx))
+        self._live.add(task)
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # an abandoned task's error is not news
+        task.add_done_callback(self._live.discard)
         try:
             # Not cancelled with the request (asyncio.wait never cancels what it waits on): a thread
             # cannot be killed, so on a cancel or timeout the work is told to stop at its next step,

@@ -26,9 +26,6 @@ class LLM(ModelDeployment):
             raise ValueError("llm: set `model` (a hub id or a local path), or `demo: true` for a tiny untrained model")
         self.model_id, self.demo, self.tiny_path = model, demo, tiny_path
         self.engine_name, self.max_model_len, self.dtype = engine, max_model_len, dtype
-        # transformers samples from torch's process-wide RNG: a seeded job is reproducible only if
-        # no other generation draws from it meanwhile, so this engine runs one generation at a time.
-        self._generating = threading.Lock()
         super().__init__(redis_url=redis_url, vram_gb=vram_gb)
 
     def load(self) -> None:
@@ -68,6 +65,10 @@ class LLM(ModelDeployment):
             dtype = torch.float16 if device == "cuda" else torch.float32
             self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
             self.device = device
+            # transformers samples from torch's process-wide RNG: a seeded job repeats only if no
+            # other generation draws from it meanwhile, so this engine runs one job at a time (the
+            # base's slots: later jobs wait, saying so, within their queue timeout).
+            self.max_concurrent = 1
 
     # The warm tier. vLLM: sleep level 1 (weights to host memory, KV cache dropped), wake_up back.
     # transformers: the model object stays, its tensors move (models/parking.py).
@@ -90,6 +91,9 @@ class LLM(ModelDeployment):
         to_device([self.model], self.device)
 
     def unload(self) -> None:
+        engine = getattr(self, "vllm", None)
+        if engine is not None and hasattr(engine, "shutdown"):
+            engine.shutdown()  # its engine-core process holds the GPU memory, not this one
         self.model = self.vllm = None
 
     def info(self) -> dict[str, Any]:
@@ -131,13 +135,8 @@ class LLM(ModelDeployment):
 
         inputs = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        while not self._generating.acquire(timeout=0.1):
-            ctx.check_cancelled()  # a job cancelled while another generates stops waiting
-        try:
-            return self._generate(torch, inputs, streamer, max_tokens, min_tokens, temperature, seed, ctx, pieces,
-                                  StoppingCriteriaList([Cancelled()]))
-        finally:
-            self._generating.release()
+        return self._generate(torch, inputs, streamer, max_tokens, min_tokens, temperature, seed, ctx, pieces,
+                              StoppingCriteriaList([Cancelled()]))
 
     def _generate(self, torch, inputs, streamer, max_tokens, min_tokens, temperature, seed, ctx, pieces, stop) -> Any:
         if seed is not None:

@@ -269,6 +269,6 @@ def down(say: Say = print, warn: Say = print) -> bool:
     if "ray" in stopped:
         from gpu_orchestrator.serve.deploy import drop_runtime_envs
 
-        drop_runtime_envs(state.get("ray_session_dir"))  # GBs of per-model virtualenvs, rebuilt on the next up
+        drop_runtime_envs(state.get("ray_session_dir"))  # Ray's own pip copies (GBs) where overlays are off
     stack.state_path(home).unlink(missing_ok=True)
     return bool(stopped or deleted_app)

@@ -16,7 +16,6 @@ before. Every node that runs models needs it registered.
 from __future__ import annotations
 
 import fcntl
-import functools
 import hashlib
 import json
 import os
@@ -24,6 +23,7 @@ import shutil
 import site
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +50,14 @@ def register(env: dict[str, str]) -> dict[str, str]:
 
 
 def overlaid(runtime_env: dict[str, Any]) -> dict[str, Any]:
-    """A runtime_env's `pip` field served by the overlay plugin (its packages and options as given)."""
+    """A runtime_env's `pip` field served by the overlay plugin (its packages and options as given).
+    Forms the overlay does not take (a requirements file's path, pip_version, pip_check) stay Ray's."""
     pip = runtime_env.get("pip")
-    if pip is None:
+    if pip is None or isinstance(pip, str):
         return runtime_env
     spec = {"packages": list(pip)} if isinstance(pip, list) else dict(pip)
+    if spec.get("pip_version") or spec.get("pip_check"):
+        return runtime_env
     out = {k: v for k, v in runtime_env.items() if k != "pip"}
     out[NAME] = {"packages": list(spec.get("packages") or []), "pip_install_options": list(spec.get("pip_install_options") or [])}
     return out
@@ -68,12 +71,23 @@ def base_site_dirs() -> list[str]:
     return [d for d in site.getsitepackages() if os.path.isdir(d)]
 
 
-@functools.lru_cache(maxsize=1)
-def _base() -> str:
-    import importlib.metadata
+LAYOUT = 1  # what build() makes: a change to it makes new overlays, not reuse of old ones
 
-    dists = sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions() if d.metadata["Name"])
-    return json.dumps({"python": sys.version, "prefix": sys.prefix, "base": dists})
+
+def _base() -> str:
+    """The base install this process sees (read again after BASE_TTL_S: an upgrade under a running
+    head makes new overlays)."""
+    now = time.monotonic()
+    if _base_cache[0] is None or now - _base_cache[1] > BASE_TTL_S:
+        import importlib.metadata
+
+        dists = sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions() if d.metadata["Name"])
+        _base_cache[:] = [json.dumps({"python": sys.version, "prefix": sys.prefix, "base": dists, "layout": LAYOUT}), now]
+    return _base_cache[0]
+
+
+BASE_TTL_S = 60.0
+_base_cache: list[Any] = [None, 0.0]
 
 
 def key(spec: dict[str, Any]) -> str:
@@ -85,15 +99,22 @@ def python_of(env_dir: Path) -> Path:
     return env_dir / "bin" / "python"
 
 
+def ready(env_dir: Path) -> bool:
+    return (env_dir / READY).exists()
+
+
 def build(env_dir: Path, spec: dict[str, Any], log: Any) -> None:
     """Make the overlay at env_dir (once: a file lock keeps two builders of one key apart)."""
     env_dir.parent.mkdir(parents=True, exist_ok=True)
     with open(env_dir.with_name(env_dir.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (env_dir / READY).exists():
+        if ready(env_dir):
             return
         shutil.rmtree(env_dir, ignore_errors=True)  # what a builder that died left
-        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True, capture_output=True)
+        # The builders' children hold the lock too (pass_fds): a pip that outlives a killed agent
+        # keeps the next builder out until it is done, instead of writing into its fresh tree.
+        held = {"pass_fds": (lock.fileno(),)}
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True, capture_output=True, **held)
         py = python_of(env_dir)
         (own,) = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                 check=True, capture_output=True, text=True).stdout.split()
@@ -107,7 +128,7 @@ def build(env_dir: Path, spec: dict[str, Any], log: Any) -> None:
             cmd = [sys.executable, "-m", "pip", "--python", str(py), "install", "-r", str(req),
                    *spec.get("pip_install_options", [])]
             log.info("overlay_pip: %s", " ".join(cmd))
-            r = subprocess.run(cmd, capture_output=True, text=True)
+            r = subprocess.run(cmd, capture_output=True, text=True, **held)
             log.info("%s", r.stdout[-4000:])
             if r.returncode != 0:
                 raise RuntimeError(f"pip install failed for {packages}: {(r.stderr or r.stdout)[-2000:]}")

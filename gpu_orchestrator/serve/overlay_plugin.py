@@ -7,7 +7,7 @@ import asyncio
 
 from ray._private.runtime_env.plugin import RuntimeEnvPlugin
 
-from gpu_orchestrator.serve.overlay_env import NAME, build, envs_root, key, python_of
+from gpu_orchestrator.serve.overlay_env import NAME, build, envs_root, key, python_of, ready
 
 
 class OverlayPip(RuntimeEnvPlugin):
@@ -30,10 +30,10 @@ class OverlayPip(RuntimeEnvPlugin):
         return 0  # reused by later sessions: not Ray's to count or delete
 
     def modify_context(self, uris, runtime_env, context, logger) -> None:
-        py = python_of(envs_root() / uris[0].split("://", 1)[1])
-        if not py.exists():
-            raise ValueError(f"{NAME}: no environment at {py.parent.parent} (its build failed: see runtime_env_setup logs)")
-        context.py_executable = str(py)
+        env_dir = envs_root() / uris[0].split("://", 1)[1]
+        if not ready(env_dir):
+            raise ValueError(f"{NAME}: no finished environment at {env_dir} (its build failed: see runtime_env_setup logs)")
+        context.py_executable = str(python_of(env_dir))
 
     def delete_uri(self, uri: str, logger) -> float:
         return 0

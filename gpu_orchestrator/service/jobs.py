@@ -189,6 +189,8 @@ class JobService(Intake):
         async def go() -> None:
             # Nobody will ask again: a database blip must not leave the job running for no one.
             for delay in (*CANCEL_SOON_RETRIES_S, None):
+                if self._attached.get(job_id):
+                    return  # a caller on this replica waits for it again (a client that came back)
                 try:
                     job = await self.get(job_id)
                     if not job.status.terminal:

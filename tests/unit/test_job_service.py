@@ -334,6 +334,34 @@ def test_cancel_soon_tries_again_through_a_store_blip(monkeypatch):
     assert fails == [] and h.store.get(job.id).status == JobStatus.cancelled
 
 
+def test_cancel_soon_does_not_try_again_once_a_caller_here_waits_for_the_job(monkeypatch):
+    import gpu_orchestrator.service.jobs as jobs_mod
+
+    monkeypatch.setattr(jobs_mod, "CANCEL_SOON_RETRIES_S", (0.2,))
+    h = Harness()
+    real, calls = h.store.cancel, []
+
+    def flaky(job_id):
+        calls.append(job_id)
+        if len(calls) == 1:
+            raise ConnectionError("server closed the connection")
+        return real(job_id)
+
+    h.store.cancel = flaky
+
+    async def go():
+        job, _ = await h.svc.submit("echo", {})
+        h.svc.cancel_soon(job.id, "client disconnected")
+        await asyncio.sleep(0.05)  # the first try failed; the retry waits
+        with h.svc.attached(job.id):  # the client came back and waits for it on this replica
+            while h.svc._tasks:
+                await asyncio.sleep(0.01)
+        return job
+
+    job = run(go())
+    assert len(calls) == 1 and h.store.get(job.id).status == JobStatus.queued
+
+
 def test_remembered_jobs_are_lossy_not_errors():
     h = Harness()
 

@@ -19,6 +19,9 @@ def test_a_pip_runtime_env_is_served_by_the_overlay_only_where_the_plugin_is_reg
     assert overlay_env.overlaid(env) == {"env_vars": {"A": "1"}, "overlay_pip": want}
     assert overlay_env.overlaid({"pip": ["x==1"]})["overlay_pip"] == {"packages": ["x==1"], "pip_install_options": []}
     assert overlay_env.overlaid({"env_vars": {}}) == {"env_vars": {}}
+    for ray_only in ({"pip": "requirements.txt"}, {"pip": {"packages": ["x"], "pip_check": True}},
+                     {"pip": {"packages": ["x"], "pip_version": "==24.0"}}):
+        assert overlay_env.overlaid(ray_only) == ray_only  # forms the overlay does not take stay Ray's
 
     from gpu_orchestrator.serve.app import load_runtime_env
 

@@ -10,6 +10,7 @@ import re
 import time
 from typing import Any
 
+import pytest
 import torch
 
 from gpu_orchestrator.models.base import JobContext, ModelDeployment
@@ -175,3 +176,56 @@ def test_gpu_orch_workers_shows_the_parked_model_and_its_wake():
     run(m.wake())
     (woke,) = models_view(cfg, [m.info()], {"echo": {"RUNNING": 1}}, {})
     assert _vram(woke) == "VRAM - of 2 GB held" and re.search(r" wake=\d+\.\d\ds ", _replica_line(woke["replicas"][0]))
+
+
+def test_no_park_while_the_work_of_a_timed_out_job_still_runs():
+    class Slow(Tiny):
+        def infer(self, params, ctx):
+            time.sleep(0.5)  # a thread: the timeout ends the job, not the work
+            return super().infer(params, ctx)
+
+    m = Slow()
+
+    async def go():
+        from gpu_orchestrator.core.model_errors import JobTimeout
+
+        try:
+            await m.run("j1", {}, timeout_s=0.05)
+        except JobTimeout:
+            pass
+        refused = await m.park()
+        while m._live:
+            await asyncio.sleep(0.02)
+        return refused, await m.park()
+
+    refused, parked = run(go())
+    assert not refused["parked"] and refused["why"] == "1 job(s) here"
+    assert parked["parked"]
+
+
+def test_a_job_that_wakes_before_the_park_took_the_lock_waits_for_the_park_then_wakes():
+    m = Tiny()
+    before = run(m.run("j1", {}))
+
+    async def go():
+        m.state = "parking"  # park() has begun on the loop; its thread has not run yet
+        job = asyncio.ensure_future(m.run("j2", {}))
+        await asyncio.sleep(0.2)
+        assert not job.done() and m.state == "parking"
+        await asyncio.to_thread(m._park)
+        return await job
+
+    assert run(go()) == before and m.state == "resident" and m.loads == 1
+
+
+def test_a_cuda_error_in_a_wake_has_serve_replace_the_replica():
+    class Poisoned(Tiny):
+        def onload(self) -> None:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    m = Poisoned()
+    run(m.park())
+    run(m.wake())
+    assert m.state == "cold" and "CUDA error" in m.fatal_error
+    with pytest.raises(RuntimeError, match="unusable"):
+        m.check_health()
