@@ -17,8 +17,10 @@ pytestmark = [pytest.mark.serve, pytest.mark.timeout(600)]
 
 def offered(page, app_id: str, default: str) -> None:
     """The page lists the generated app (from the router), and its built-in default is still chosen."""
-    expect(page.locator(f'#model input[value="{app_id}"]')).to_have_count(1)
-    expect(page.locator(f'#model input[value="{default}"]')).to_have_attribute("aria-checked", "true")
+    # As long as the page's own timeout (60 s): the list comes from the router as the page loads,
+    # which a loaded 2-core box took more than expect()'s 5 s default over.
+    expect(page.locator(f'#model input[value="{app_id}"]')).to_have_count(1, timeout=60_000)
+    expect(page.locator(f'#model input[value="{default}"]')).to_have_attribute("aria-checked", "true", timeout=60_000)
     assert "untrained" in page.locator("#model label", has_text=app_id).inner_text()  # its name from the router
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from gpu_orchestrator.bus.events import EventBus
 
-from tests.helpers import read_sse, wait_for, wait_status
+from tests.helpers import ray_log_lines, read_sse, wait_for, wait_status
 from tests.ray_session import wait_healthy
 from .test_job_path import submit
 
@@ -63,12 +63,21 @@ def test_two_router_replicas_never_dispatch_a_job_twice(http, serve_backend):
         job = wait_status(http, job_id, TERMINAL)
         assert job["status"] == "succeeded" and job["attempts"] == 1
         # Events follow the commit (the row may say succeeded a moment before its event is out).
-        statuses = wait_for(lambda: (ev := status_events(serve_backend, job_id))[-1:] and ev[-1]["status"] in TERMINAL
-                            and ev, f"job {job_id}'s terminal status event", 30)
+        dropped = False
+        try:
+            statuses = wait_for(lambda: (ev := status_events(serve_backend, job_id))[-1:] and ev[-1]["status"] in TERMINAL
+                                and ev, f"job {job_id}'s terminal status event", 30)
+        except AssertionError:
+            # Status events are lossy by design (a publish slower than redis_timeout_s is dropped, logged,
+            # and watchers read the row): a missing one is accepted only where its router said so.
+            logged = ray_log_lines(job_id)
+            if "not published" not in logged:
+                raise AssertionError(f"job {job_id}: no terminal status event, none said dropped{logged}") from None
+            statuses, dropped = status_events(serve_backend, job_id), True
         running = [s for s in statuses if s["status"] == "running"]
-        assert len(running) == 1, statuses
-        owners.add(running[0]["router"])
-        assert [s["status"] for s in statuses if s["status"] in TERMINAL] == ["succeeded"]
+        assert len(running) == 1 or (dropped and not running), statuses  # never dispatched twice
+        owners.update(s["router"] for s in running)
+        assert [s["status"] for s in statuses if s["status"] in TERMINAL] in (["succeeded"], [] if dropped else ["succeeded"])
     assert len(owners) == 2, f"expected both router replicas to claim work, got {owners}"
 
 
