@@ -10,7 +10,9 @@ PYTHON ?= python3
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	# --no-compile: byte-compiling every installed file is most of an install's time; Python compiles
+	# what it imports, on first use.
+	$(PY) -m pip install -q --no-compile -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed
