@@ -110,6 +110,20 @@ def run_llm(path: Path, device: str, dtype, tiny: bool):
     return model, load, took, f"{out.shape[1] - ids['input_ids'].shape[1]} tokens ({n / took:.0f} tok/s)"
 
 
+def build_on(device: str, build, path: Path, tiny: bool, dtype) -> None:
+    """Build a model's random-weight checkpoint on `device` in its dtype: random init of billions
+    of weights on a CPU is slow."""
+    import torch
+
+    prev = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(dtype if dtype != torch.float16 else torch.float32)
+        with torch.device(device):
+            build(path, tiny, dtype)
+    finally:
+        torch.set_default_dtype(prev)
+
+
 def _sync(t0: float, device: str) -> float:
     if device == "cuda":
         import torch
@@ -150,14 +164,7 @@ def main() -> None:
         path = root / key
         shutil.rmtree(path, ignore_errors=True)
         t0 = time.perf_counter()
-        prev = torch.get_default_dtype()
-        try:
-            # Build on the GPU in the target dtype: random init of billions of weights on a CPU is slow.
-            torch.set_default_dtype(dtype if dtype != torch.float16 else torch.float32)
-            with torch.device(device):
-                build(path, args.tiny, dtype)
-        finally:
-            torch.set_default_dtype(prev)
+        build_on(device, build, path, args.tiny, dtype)
         build_s = time.perf_counter() - t0
         gc.collect()
         if device == "cuda":

@@ -59,16 +59,8 @@ class TorchShaped(ModelDeployment):
         net.load_state_dict(sd, assign=True)
         self.net = net.to(self.device, self.dtype)
 
-    def offload(self) -> float:
-        from gpu_orchestrator.models.parking import tensors_gb, to_host
-
-        to_host([self.net])
-        return tensors_gb([self.net])
-
-    def onload(self) -> None:
-        from gpu_orchestrator.models.parking import to_device
-
-        to_device([self.net], self.device)
+    def parked_modules(self) -> list[Any]:
+        return [self.net]
 
     def unload(self) -> None:
         self.net = None
@@ -99,13 +91,7 @@ def build(key: str, path: Path, tiny: bool, device: str, dtype: Any) -> None:
             net = shaped(1 if tiny else 32, 512 if tiny else 51866).to(dtype)
         torch.save(net.state_dict(), path / "model.pt")
         return
-    prev = torch.get_default_dtype()
-    try:  # as bench/gpu/models.py: random init of billions of weights is quick on the GPU only
-        torch.set_default_dtype(dtype if dtype != torch.float16 else torch.float32)
-        with torch.device(device):
-            real_size.MODELS[key][1](path, tiny, dtype)
-    finally:
-        torch.set_default_dtype(prev)
+    real_size.build_on(device, real_size.MODELS[key][1], path, tiny, dtype)
 
 
 def deployment(key: str, path: Path, tiny: bool, device: str, dtype: Any, dtype_name: str) -> ModelDeployment:

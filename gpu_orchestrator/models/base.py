@@ -168,14 +168,28 @@ class ModelDeployment:
 
     # -- the warm tier: park (leave the GPU, keep the built model in host memory) and wake ----------
 
+    def parked_modules(self) -> list[Any] | None:
+        """The torch modules a park moves (the loaded model's); None: this model cannot park.
+        Models that can park name them here and drop them in unload()."""
+        return None
+
     def offload(self) -> float:
-        """Move the loaded model's tensors to host memory (parking.to_host) and return the GB held
-        there. Runs in a worker thread. Models that can park override this, onload and unload."""
-        raise ParkUnsupported(f"{self.model_name} cannot park (it reloads from disk instead)")
+        """Move the loaded model's tensors to host memory and return the GB held there. Runs in a
+        worker thread. A model that parks other than by moving its modules (vLLM) overrides this
+        and onload."""
+        from .parking import tensors_gb, to_host
+
+        mods = self.parked_modules()
+        if mods is None:
+            raise ParkUnsupported(f"{self.model_name} cannot park (it reloads from disk instead)")
+        to_host(mods)
+        return tensors_gb(mods)
 
     def onload(self) -> None:
-        """Move the parked tensors back to the GPU (parking.to_device). Runs in a worker thread."""
-        raise ParkUnsupported(f"{self.model_name} cannot wake")
+        """Move the parked tensors back to the model's device. Runs in a worker thread."""
+        from .parking import to_device
+
+        to_device(self.parked_modules() or [], self.device)
 
     def unload(self) -> None:
         """Drop the loaded model, after a park or wake that failed half-way: the next job loads it
@@ -309,11 +323,10 @@ class ModelDeployment:
 
     async def _run_job_here(self, job_id: str, params: dict[str, Any], attempt: int, timeout_s: float | None,
                             queue_timeout_s: float | None) -> Any:
-        while self.state in ("parking", "warm", "waking"):  # a parked model's job wakes it, never fails for it
+        if self.state in ("parking", "warm", "waking"):  # a parked model's job wakes it, never fails for it
+            # (another job's wake holds the load lock while `waking`: _wake waits for it, then sees resident)
             self._loop = asyncio.get_running_loop()
             await asyncio.to_thread(self._wake)
-            if self.state == "waking":  # another job's wake: wait for it (it holds the load lock)
-                await asyncio.to_thread(lambda: self._load_lock.acquire() and self._load_lock.release())
         if self.state == "cold":
             await asyncio.to_thread(self._try_load)
         if self.load_error is not None and time.monotonic() - self._failed_at >= self.reload_after_s:

@@ -65,21 +65,14 @@ class DiffusionModel(ModelDeployment):
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe
 
-    # The warm tier: the built pipeline stays; only its tensors move (models/parking.py).
-    def offload(self) -> float:
+    # The warm tier: the built pipeline stays; only its modules' tensors move (base.py, parking.py).
+    def parked_modules(self) -> list[Any]:
         from .base import ParkUnsupported
-        from .parking import modules_of, tensors_gb, to_host
+        from .parking import modules_of
 
         if self.cpu_offload and self.device == "cuda":
             raise ParkUnsupported(f"{self.model_name} runs with model CPU offload: its weights already live in host memory")
-        mods = modules_of(self.pipe)
-        to_host(mods)
-        return tensors_gb(mods)
-
-    def onload(self) -> None:
-        from .parking import modules_of, to_device
-
-        to_device(modules_of(self.pipe), self.device)
+        return modules_of(self.pipe)
 
     def unload(self) -> None:
         self.pipe = None

@@ -71,24 +71,21 @@ class LLM(ModelDeployment):
             self.max_concurrent = 1
 
     # The warm tier. vLLM: sleep level 1 (weights to host memory, KV cache dropped), wake_up back.
-    # transformers: the model object stays, its tensors move (models/parking.py).
-    def offload(self) -> float:
-        if self.engine == "vllm":
-            asyncio.run_coroutine_threadsafe(self.vllm.sleep(level=1), self._loop).result()
-            # Level 1 keeps the weights only; the declared figure (weights + KV cache) bounds them.
-            return float(self.declared_vram_gb)
-        from .parking import tensors_gb, to_host
+    # transformers: the model object stays, its tensors move (base.py, parking.py).
+    def parked_modules(self) -> list[Any]:
+        return [self.model]
 
-        to_host([self.model])
-        return tensors_gb([self.model])
+    def offload(self) -> float:
+        if self.engine != "vllm":
+            return super().offload()
+        asyncio.run_coroutine_threadsafe(self.vllm.sleep(level=1), self._loop).result()
+        # Level 1 keeps the weights only; the declared figure (weights + KV cache) bounds them.
+        return float(self.declared_vram_gb)
 
     def onload(self) -> None:
-        if self.engine == "vllm":
-            asyncio.run_coroutine_threadsafe(self.vllm.wake_up(), self._loop).result()
-            return
-        from .parking import to_device
-
-        to_device([self.model], self.device)
+        if self.engine != "vllm":
+            return super().onload()
+        asyncio.run_coroutine_threadsafe(self.vllm.wake_up(), self._loop).result()
 
     def unload(self) -> None:
         engine = getattr(self, "vllm", None)
@@ -135,15 +132,11 @@ class LLM(ModelDeployment):
 
         inputs = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        return self._generate(torch, inputs, streamer, max_tokens, min_tokens, temperature, seed, ctx, pieces,
-                              StoppingCriteriaList([Cancelled()]))
-
-    def _generate(self, torch, inputs, streamer, max_tokens, min_tokens, temperature, seed, ctx, pieces, stop) -> Any:
         if seed is not None:
             torch.manual_seed(int(seed))
         kw = dict(inputs, max_new_tokens=max_tokens, min_new_tokens=min_tokens, streamer=streamer,
                   pad_token_id=self.tokenizer.pad_token_id,
-                  stopping_criteria=stop)
+                  stopping_criteria=StoppingCriteriaList([Cancelled()]))
         kw.update(do_sample=True, temperature=temperature) if temperature > 0 else kw.update(do_sample=False)
         result: dict[str, Any] = {}
 

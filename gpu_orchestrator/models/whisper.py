@@ -46,17 +46,9 @@ class Whisper(ModelDeployment):
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = whisper.load_model(ref, device=self.device)
 
-    # The warm tier: the model object stays; only its tensors move (models/parking.py).
-    def offload(self) -> float:
-        from .parking import tensors_gb, to_host
-
-        to_host([self.model])
-        return tensors_gb([self.model])
-
-    def onload(self) -> None:
-        from .parking import to_device
-
-        to_device([self.model], self.device)
+    # The warm tier: the model object stays; only its tensors move (base.py, parking.py).
+    def parked_modules(self) -> list[Any]:
+        return [self.model]
 
     def unload(self) -> None:
         self.model = None

@@ -15,7 +15,7 @@ import torch
 
 from gpu_orchestrator.models.base import JobContext, ModelDeployment
 from gpu_orchestrator.models.echo import Echo
-from gpu_orchestrator.models.parking import modules_of, tensors_gb, to_device, to_host
+from gpu_orchestrator.models.parking import modules_of, tensors_gb, to_host
 
 
 def run(coro):
@@ -37,14 +37,15 @@ class Tiny(ModelDeployment):
         self.net = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.LayerNorm(256),
                                        torch.nn.Linear(256, 8)).eval()
 
-    def offload(self) -> float:
-        to_host(modules_of(self.net))
-        return tensors_gb(modules_of(self.net))
+    device = "cpu"
+
+    def parked_modules(self) -> list[Any]:
+        return modules_of(self.net)
 
     def onload(self) -> None:
         if self.fail_wake:
             raise RuntimeError("CUDA out of memory (simulated)")
-        to_device(modules_of(self.net), "cpu")
+        super().onload()
 
     def unload(self) -> None:
         self.net = None
