@@ -33,6 +33,10 @@ class Snapshot:
     # Per GPU pool: {"vram_gb": its budget, "held_gb": the declared VRAM of every replica on it
     # (resident, loading, stopping), "virtual": true for the demo's}, as the policy counted it.
     gpus: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The warm tier: models kept parked (their replica stays up for Serve, holding no VRAM), and per
+    # node {"budget_gb", "held_gb", "free_gb", "room_gb"} of host memory.
+    parked: list[str] = field(default_factory=list)
+    hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         # Its fields are plain JSON values: no deep copy (asdict's) of a thousand models' rows.

@@ -145,6 +145,20 @@ class GpuPoolSpec(BaseModel):
     virtual: bool = False
 
 
+class WarmSpec(BaseModel):
+    """The warm tier (docs/warm.md): a model the arbiter takes off the GPU parks (its replica stays,
+    its weights in the node's host memory) instead of stopping, so its next load is a copy back."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    # Host memory the parked models of one node may hold. null: host_budget_share of the node's RAM.
+    host_budget_gb: float | None = Field(default=None, gt=0)
+    host_budget_share: float = Field(default=0.4, gt=0, le=0.9)
+    # Parked copies go (least recently used first) when the node's free RAM falls below this.
+    min_free_gb: float = Field(default=2.0, ge=0)
+
+
 class ArbiterSpec(BaseModel):
     """The GPU arbiter (docs/arbiter.md). Disabled: every model keeps `num_replicas` replicas."""
 
@@ -173,6 +187,15 @@ class ArbiterSpec(BaseModel):
     # When set, each model replica also requests this custom resource in GB of its VRAM, so Ray's
     # scheduler itself refuses to co-locate models that do not fit (nodes declare their VRAM).
     vram_resource: str | None = None
+    warm: WarmSpec = Field(default_factory=WarmSpec)
+
+    @model_validator(mode="after")
+    def _warm_needs_shares(self) -> "ArbiterSpec":
+        # A parked replica keeps the custom resource Ray gave it: the next model could not start.
+        if self.warm.enabled and self.vram_resource:
+            raise ValueError("warm.enabled: a parked replica keeps its vram_resource "
+                             f"({self.vram_resource!r}) and would block the next model; unset vram_resource")
+        return self
 
 
 class ReplicateSpec(BaseModel):

@@ -94,3 +94,47 @@ class WarmTier:
     def take(self, name: str) -> bool:
         """`name` starts loading: whether it loads warm (its copy, if any, is consumed)."""
         return self.held.pop(name, None) is not None
+
+
+# -- the live tier: which leaving models park, which parked copies go (per node) -------------------
+
+@dataclass(frozen=True)
+class HostMemory:
+    """One node's host memory as its model replicas report it: the warm tier's budget there, and
+    the RAM free now (None: not reported)."""
+
+    budget_gb: float
+    free_gb: float | None = None
+
+
+def room(host: HostMemory, held_gb: float, min_free_gb: float) -> float:
+    """What the node's parked copies may hold in all: the budget, less whatever keeps `min_free_gb`
+    of RAM free (the copies already held are counted as theirs, not as used)."""
+    if host.free_gb is None:
+        return host.budget_gb
+    return max(0.0, min(host.budget_gb, held_gb + host.free_gb - min_free_gb))
+
+
+def plan_parking(held: dict[str, list[WarmCopy]], leaving: dict[str, list[WarmCopy]],
+                 hosts: dict[str, HostMemory], min_free_gb: float) -> tuple[set[str], set[str]]:
+    """Per node: the copies parked there now (`held`) and the models leaving its GPU now
+    (`leaving`). Returns (the leaving models to park, the parked copies to drop). A node short of
+    room (its budget, or its free RAM below min_free_gb) drops copies in drop_order first; then each
+    leaving model, the least recently used first, is kept if it fits (making room by the same
+    rule), so the copies kept never exceed the room."""
+    park: set[str] = set()
+    drop: set[str] = set()
+    for node in sorted(set(held) | set(leaving)):
+        here = held.get(node, [])
+        host = hosts.get(node)
+        if host is None:  # nothing known about its memory: park nothing new there
+            continue
+        tier = WarmTier(room(host, sum(c.gb for c in here), min_free_gb))
+        short = victims(here, tier.budget_gb, 0.0) or []
+        tier.held = {c.name: c for c in here if c not in short}
+        for c in sorted(leaving.get(node, []), key=lambda c: (c.since, c.name)):
+            tier.keep(c.name, c.gb, c.saving_s, c.since)
+        kept = set(tier.held)
+        park |= {c.name for c in leaving.get(node, []) if c.name in kept}
+        drop |= {c.name for c in here if c.name not in kept}
+    return park, drop

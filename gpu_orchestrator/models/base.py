@@ -26,6 +26,7 @@ from gpu_orchestrator.bus import workers
 from gpu_orchestrator.bus.events import EventBus
 # The errors a run ends with live in core (the service layer reads them); importable from here as before.
 from gpu_orchestrator.core.model_errors import JobCancelled, JobTimeout, ModelLoadError, SlotTimeout
+from gpu_orchestrator.models.host_memory import host_memory
 
 
 log = logging.getLogger("gpu_orchestrator.models")
@@ -408,6 +409,7 @@ class ModelDeployment:
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available():
             vram = torch.cuda.memory_reserved() / 2**30
+        ram = host_memory()  # the node's, for the arbiter's warm-tier budget
         return {
             "model": self.model_name,
             "deployment": self._deployment,
@@ -420,6 +422,8 @@ class ModelDeployment:
             "gpu_index": self._gpu_index,
             "load_time_s": self.load_time_s,
             "host_held_gb": self.host_gb,
+            "host_total_gb": ram[0] if ram else None,
+            "host_free_gb": ram[1] if ram else None,
             "park_time_s": self.park_time_s,
             "wake_time_s": self.wake_time_s,
             "load_error": self.load_error,

@@ -43,13 +43,13 @@ class MemoryMetrics(CountingMetrics):
     def set_arbiter(self, snapshot: Any) -> None:
         self.arbiter_snapshot = snapshot
 
-    def loaded(self, model: str) -> None:
+    def loaded(self, model: str, warm: bool = False) -> None:
         self.loads[model] = self.loads.get(model, 0) + 1
 
     def evicted(self, model: str) -> None:
         self.evictions[model] = self.evictions.get(model, 0) + 1
 
-    def load_seconds(self, model: str, seconds: float) -> None:
+    def load_seconds(self, model: str, seconds: float, warm: bool = False) -> None:
         pass
 
 

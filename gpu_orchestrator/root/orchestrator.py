@@ -123,7 +123,7 @@ class Orchestrator:
         return ArbiterLoop(
             cfg=self.cfg, store=self.store, lock=self.store.leader_lock(LEADER_LOCK_KEY), board=self.ports.board,
             cluster=self.cluster, heartbeats=_Beats(self.ports.heartbeats), owner=self.owner, metrics=self.metrics,
-            on_change=lambda: self.dispatcher.poke(),
+            on_change=lambda: self.dispatcher.poke(), backends=self.ports.backends,
         )
 
     # -- lifecycle --------------------------------------------------------------------------------

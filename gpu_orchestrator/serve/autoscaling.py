@@ -31,6 +31,8 @@ def encode(snapshot: Snapshot | None, is_leader: bool) -> dict[str, float]:
         return {LEADER_KEY: 0.0}
     out = {LEADER_KEY: 1.0, TS_KEY: snapshot.ts}
     out.update({f"{TARGET_PREFIX}{k}": float(v) for k, v in snapshot.targets.items()})
+    for k in snapshot.parked:  # the warm tier: a parked model's replica stays up (holding no VRAM)
+        out[f"{TARGET_PREFIX}{k}"] = max(out.get(f"{TARGET_PREFIX}{k}", 0.0), 1.0)
     return out
 
 

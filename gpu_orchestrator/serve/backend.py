@@ -54,5 +54,12 @@ class ServeBackend:
         # Cancelling the response raises CancelledError inside the model replica's request.
         return StartedRun(response, response.cancel, from_ray)
 
+    # The warm tier (service/arbiter/warm.py): the arbiter's leader parks and wakes the replica.
+    async def park(self) -> dict[str, Any]:
+        return await self.handle.park.remote()
+
+    async def wake(self) -> dict[str, Any]:
+        return await self.handle.wake.remote()
+
 
 __all__ = ["ServeBackend", "from_ray"]

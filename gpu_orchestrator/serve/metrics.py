@@ -58,19 +58,26 @@ class ServeMetrics:
                                          "queued job of the app has waited (local queue; 0 when empty)", tag_keys=tags)
         model = ("model",)
         self.model_state = metrics.Gauge("gpu_orch_model_state", description="1 for the arbiter state the model "
-                                         "is in (cold, loading, resident, draining, stopping), 0 for the others",
+                                         "is in (cold, warm, loading, resident, draining, stopping), 0 for the others",
                                          tag_keys=("model", "state"))
         self.vram_held = metrics.Gauge("gpu_orch_gpu_vram_held_gb", description="VRAM held on the GPU pool: the "
                                        "declared VRAM of every replica placed there (resident, loading, stopping)",
                                        tag_keys=("gpu",))
         self.vram_budget = metrics.Gauge("gpu_orch_gpu_vram_budget_gb", description="the GPU pool's VRAM budget "
                                          "(declared arbiter.gpus, or the node's vram_gb resource)", tag_keys=("gpu",))
-        self.loads_counter = metrics.Counter("gpu_orch_model_loads", description="arbiter scale-ups from zero (swaps in)", tag_keys=model)
+        # source: warm (a parked replica woke from host memory: a warm hit) or cold (from disk).
+        self.loads_counter = metrics.Counter("gpu_orch_model_loads", description="arbiter scale-ups from zero (swaps "
+                                             "in), by source: warm (from host memory) or cold", tag_keys=("model", "source"))
         self.evictions_counter = metrics.Counter("gpu_orch_model_evictions", description="arbiter scale-downs to zero (swaps out, idle TTL)", tag_keys=model)
         self.load_histogram = metrics.Histogram(
-            "gpu_orch_model_load_seconds", description="time from the arbiter's load decision to a running replica",
-            boundaries=LOAD_SECONDS_BOUNDARIES, tag_keys=model,
+            "gpu_orch_model_load_seconds", description="time from the arbiter's load decision to a running replica "
+            "(cold) or to a parked replica's answer that it woke (warm)",
+            boundaries=LOAD_SECONDS_BOUNDARIES, tag_keys=("model", "source"),
         )
+        self.host_held = metrics.Gauge("gpu_orch_host_warm_held_gb", description="host memory the parked (warm) "
+                                       "models of the node hold", tag_keys=("node",))
+        self.host_budget = metrics.Gauge("gpu_orch_host_warm_budget_gb", description="the warm tier's host memory "
+                                         "budget on the node", tag_keys=("node",))
         self._finished = {JobStatus.succeeded: self.succeeded, JobStatus.failed: self.failed,
                           JobStatus.cancelled: self.cancelled}
         self._pending: dict[tuple[Any, tuple[tuple[str, str], ...]], float] = {}
@@ -134,15 +141,18 @@ class ServeMetrics:
             for gpu, (held, budget) in gauges.gpu_vram_readings(getattr(snapshot, "gpus", None) or {}).items():
                 self.vram_held.set(held, tags={"gpu": gpu})
                 self.vram_budget.set(budget, tags={"gpu": gpu})
+            for node, h in (getattr(snapshot, "hosts", None) or {}).items():
+                self.host_held.set(h.get("held_gb") or 0.0, tags={"node": node})
+                self.host_budget.set(h.get("budget_gb") or 0.0, tags={"node": node})
         except Exception as e:
             log.warning("arbiter gauges not set: %s", e)
 
     # ArbiterMetrics (service/arbiter/ports.py)
-    def loaded(self, model: str) -> None:
-        self.loads_counter.inc(tags={"model": model})
+    def loaded(self, model: str, warm: bool = False) -> None:
+        self.loads_counter.inc(tags={"model": model, "source": "warm" if warm else "cold"})
 
     def evicted(self, model: str) -> None:
         self.evictions_counter.inc(tags={"model": model})
 
-    def load_seconds(self, model: str, seconds: float) -> None:
-        self.load_histogram.observe(seconds, tags={"model": model})
+    def load_seconds(self, model: str, seconds: float, warm: bool = False) -> None:
+        self.load_histogram.observe(seconds, tags={"model": model, "source": "warm" if warm else "cold"})

@@ -87,5 +87,11 @@ class InProcessBackend:
         self.runs.append(run)
         return run
 
+    async def park(self) -> dict[str, Any]:
+        return await self.model.park()
+
+    async def wake(self) -> dict[str, Any]:
+        return await self.model.wake()
+
 
 __all__ = ["InProcessBackend", "ModelBackend", "ModelRun", "RunnableModel", "StartedRun"]

@@ -16,7 +16,7 @@ from gpu_orchestrator.store.base import AppQueueStats
 
 # The arbiter's model states (service.arbiter_views.model_state). gpu_orch_model_state{model, state}
 # is 1 for the state a model is in and 0 for the others.
-MODEL_STATES = ("cold", "loading", "resident", "draining", "stopping")
+MODEL_STATES = ("cold", "warm", "loading", "resident", "draining", "stopping")
 
 
 def queue_readings(apps: Iterable[str], stats: Mapping[str, AppQueueStats]) -> dict[str, tuple[int, float]]:

@@ -521,3 +521,124 @@ def test_load_times_the_board_could_not_keep_are_kept_for_the_next_tick():
     w.board.down = False
     run(a.tick())
     assert run(w.board.loads()) == {"echo-a": 2.5}
+
+
+# -- the warm tier: the leader parks instead of stopping, and wakes -----------------------------------
+
+class ParkingBackend:
+    """A model replica's park and wake as the leader calls them (through its backend)."""
+
+    def __init__(self, name: str, calls: list, host_gb: float, clock: Clock) -> None:
+        self.name, self.calls, self.host_gb, self.clock = name, calls, host_gb, clock
+
+    async def park(self) -> dict:
+        self.calls.append(("park", self.name))
+        return {"parked": True, "state": "warm", "seconds": 0.1, "host_gb": self.host_gb}
+
+    async def wake(self) -> dict:
+        self.calls.append(("wake", self.name))
+        self.clock.advance(0.25)  # the copy back to the GPU
+        return {"state": "resident", "seconds": 0.2}
+
+
+def warm_world(budget_gb: float):
+    w = World(min_resident_s=0.0, warm={"enabled": True, "host_budget_gb": budget_gb})
+    calls: list = []
+    backends = {m: ParkingBackend(m, calls, v, w.clock) for m, v in {"echo-a": 16.0, "echo-b": 14.0}.items()}
+    metrics = CountingArbiterMetrics()
+    loop = ArbiterLoop(cfg=w.cfg, store=w.store, lock=w.store.leader_lock(LEADER_LOCK_KEY), board=w.board,
+                       cluster=w.cluster, heartbeats=w.beats, owner="router-a", metrics=metrics, clock=w.clock,
+                       backends=backends)
+    return w, loop, calls, metrics
+
+
+def beat(w, model: str, state: str, host_gb: float = 0.0) -> dict:
+    return {"deployment": model, "replica_id": f"{model}-r1", "node_id": "node-1", "state": state,
+            "last_used": w.clock.now - 1, "last_heartbeat": w.clock.now, "host_total_gb": 64.0,
+            "host_free_gb": 40.0, "host_held_gb": host_gb}
+
+
+async def settle():
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def finish_jobs(w, app_id: str) -> None:
+    for job in w.store.claim(app_id=app_id, owner="router-a", limit=10, lease_s=60, max_in_flight=10):
+        w.store.complete(job_id=job.id, owner="router-a", attempt=job.claims, result={}, backend=app_id)
+
+
+def test_an_evicted_model_parks_keeps_its_replica_and_wakes_for_its_next_job():
+    from gpu_orchestrator.serve.autoscaling import encode
+
+    w, a, calls, metrics = warm_world(budget_gb=40.0)
+
+    async def scenario():
+        w.submit("echo-a")
+        await a.tick()
+        w.clock.advance(2.0)
+        w.cluster.running("echo-a")
+        w.beats.beats = [beat(w, "echo-a", "resident")]
+        await a.tick()
+        finish_jobs(w, "echo-a")
+        # echo-b's job: echo-a (16 GB) and echo-b (14 GB) do not fit one 24 GB GPU together.
+        w.submit("echo-b")
+        w.clock.advance(1.0)
+        await a.tick()
+        s = a.snapshot
+        assert s.targets["echo-a"] == 0 and s.parked == ["echo-a"]
+        assert encode(s, True)["target:echo-a"] == 1.0  # Serve keeps its replica up
+        await settle()
+        assert calls == [("park", "echo-a")]
+        # Parked (the heartbeat has not caught up; the park's answer is newer): no VRAM held, echo-b loads.
+        w.clock.advance(0.5)
+        await a.tick()
+        s = a.snapshot
+        assert s.targets["echo-b"] == 1 and s.models["echo-a"]["state"] == "warm"
+        w.cluster.running("echo-b")
+        w.beats.beats = [beat(w, "echo-a", "warm", 16.0), beat(w, "echo-b", "resident")]
+        w.clock.advance(1.0)
+        await a.tick()
+        assert a.snapshot.hosts["node-1"]["held_gb"] == 16.0 and a.snapshot.hosts["node-1"]["budget_gb"] == 40.0
+        finish_jobs(w, "echo-b")
+        # echo-a's next job: echo-b parks too (30 GB of a 40 GB budget), then echo-a wakes.
+        w.submit("echo-a")
+        w.clock.advance(1.0)
+        await a.tick()
+        await settle()
+        assert calls[-1] == ("park", "echo-b") and a.snapshot.parked == ["echo-a", "echo-b"]
+        w.clock.advance(0.5)
+        await a.tick()
+        assert a.snapshot.targets["echo-a"] == 1
+        assert a.dispatchable("echo-a")  # at once: its replica is up, and its first job wakes it
+        await settle()
+        assert calls[-1] == ("wake", "echo-a")
+        # The warm load: from the decision to the replica's answer that it woke.
+        assert metrics.warm_loads["echo-a"] == 1 and metrics.warm_times["echo-a"] == [0.25]
+        assert a.book.tracks["echo-a"].measured_warm_s == 0.25
+        assert a.book.measured["echo-a@warm"] == 0.25  # kept on the board, for the next leader
+        assert encode(a.snapshot, True)["target:echo-b"] == 1.0
+
+    run(scenario())
+
+
+def test_a_model_bigger_than_the_host_budget_stops_as_before():
+    from gpu_orchestrator.serve.autoscaling import encode
+
+    w, a, calls, _ = warm_world(budget_gb=10.0)
+
+    async def scenario():
+        w.submit("echo-a")
+        await a.tick()
+        w.cluster.running("echo-a")
+        w.beats.beats = [beat(w, "echo-a", "resident")]
+        await a.tick()
+        finish_jobs(w, "echo-a")
+        w.submit("echo-b")
+        w.clock.advance(1.0)
+        await a.tick()
+        await settle()
+        assert a.snapshot.targets["echo-a"] == 0 and a.snapshot.parked == [] and calls == []
+        assert encode(a.snapshot, True)["target:echo-a"] == 0.0
+
+    run(scenario())

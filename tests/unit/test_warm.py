@@ -109,3 +109,37 @@ def test_simulator_warm_tier_cuts_load_time():
         # A budget smaller than any model: nothing is ever warm.
         none = sim(_trace(), WARM, [Gpu("g", 24)], host_budget_gb=8)
         assert none.warm_loads == 0 and none.load_s == cold.load_s
+
+
+# -- the live tier's plan (core.warm.plan_parking) -------------------------------------------------
+
+def test_plan_parks_what_fits_and_drops_the_least_recently_used_copy():
+    from gpu_orchestrator.core.warm import HostMemory, plan_parking
+
+    held = {"n1": [WarmCopy("old", 10, 5.0, 1.0), WarmCopy("newer", 10, 5.0, 5.0)]}
+    leaving = {"n1": [WarmCopy("now", 10, 5.0, 9.0)]}
+    park, drop = plan_parking(held, leaving, {"n1": HostMemory(24.0, free_gb=100.0)}, min_free_gb=2.0)
+    assert park == {"now"} and drop == {"old"}  # 30 GB do not fit 24: the least recently used goes
+    # Too big for the whole budget: it stops, the copies held stay.
+    park, drop = plan_parking(held, {"n1": [WarmCopy("huge", 30, 5.0, 9.0)]}, {"n1": HostMemory(24.0)}, 2.0)
+    assert park == set() and drop == set()
+    # A node with no memory reported parks nothing new and keeps what it holds.
+    assert plan_parking(held, leaving, {}, 2.0) == (set(), set())
+
+
+def test_plan_drops_copies_when_free_ram_runs_low_and_never_exceeds_the_room():
+    from gpu_orchestrator.core.warm import HostMemory, plan_parking, room
+
+    held = {"n1": [WarmCopy("a", 6, 1.0, 1.0), WarmCopy("b", 6, 9.0, 1.0), WarmCopy("c", 6, 3.0, 3.0)]}
+    host = HostMemory(budget_gb=100.0, free_gb=1.0)  # 1 GB free, 2 GB wanted free: 17 GB of room
+    assert room(host, 18.0, 2.0) == 17.0
+    park, drop = plan_parking(held, {}, {"n1": host}, min_free_gb=2.0)
+    assert drop == {"a"} and park == set()  # tie on age: the smaller reload saving goes first
+    rng = random.Random(5)
+    for _ in range(200):
+        copies = [WarmCopy(f"h{i}", rng.choice([1.0, 4.0, 8.0]), rng.uniform(0, 9), rng.uniform(0, 9)) for i in range(5)]
+        going = [WarmCopy(f"l{i}", rng.choice([1.0, 4.0, 8.0, 40.0]), rng.uniform(0, 9), 10.0 + i) for i in range(3)]
+        host = HostMemory(rng.choice([8.0, 16.0, 32.0]), rng.choice([None, 0.5, 6.0, 60.0]))
+        park, drop = plan_parking({"n": copies}, {"n": going}, {"n": host}, 2.0)
+        kept = sum(c.gb for c in copies if c.name not in drop) + sum(c.gb for c in going if c.name in park)
+        assert kept <= max(room(host, sum(c.gb for c in copies), 2.0), 0) + 1e-9

@@ -14,18 +14,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from gpu_orchestrator.bus.decisions import DecisionBoard, Snapshot
 from gpu_orchestrator.core.config import OrchestratorConfig
 from gpu_orchestrator.core.policy import decide
 from gpu_orchestrator.core.policy_types import PolicyConfig
 from gpu_orchestrator.core.swap_budget import SwapBudget
+from gpu_orchestrator.core.warm import load_cost
 from gpu_orchestrator.service.arbiter.ports import (ArbiterMetrics, ClusterView, Heartbeats, NoArbiterMetrics,
                                                     QueueReader)
 from gpu_orchestrator.service.arbiter.tracks import DecisionBook
-from gpu_orchestrator.service.arbiter.views import (Pools, decision_snapshot, gpu_pools, model_views, model_wait,
-                                                    packing_warnings, quiet, replica_counts)
+from gpu_orchestrator.service.arbiter.views import (Pools, decision_snapshot, gpu_pools, model_views, model_wait, on_gpu,
+                                                    packing_warnings, quiet)
+from gpu_orchestrator.service.arbiter.warm import WarmKeeper
 from gpu_orchestrator.store.base import LeaderLock
 
 log = logging.getLogger("gpu_orchestrator.arbiter")
@@ -39,7 +41,8 @@ NODES_EVERY_S = 30.0  # discovered GPU pools (declared pools are read once)
 class ArbiterLoop:
     def __init__(self, *, cfg: OrchestratorConfig, store: QueueReader, lock: LeaderLock, board: DecisionBoard,
                  cluster: ClusterView, heartbeats: Heartbeats, owner: str, metrics: ArbiterMetrics | None = None,
-                 on_change: Callable[[], None] | None = None, clock: Callable[[], float] = time.time):
+                 on_change: Callable[[], None] | None = None, clock: Callable[[], float] = time.time,
+                 backends: Mapping[str, Any] | None = None):
         self.cfg = cfg
         self.store = store
         self.lock = lock
@@ -54,6 +57,8 @@ class ArbiterLoop:
                                    swap_budget=a.swap_budget, swap_window_s=a.swap_window_s, starvation_s=a.starvation_s)
         self.budget = SwapBudget(a.swap_budget, a.swap_window_s)
         self.book = DecisionBook(cfg.models, metrics or NoArbiterMetrics())
+        # The warm tier (cfg.arbiter.warm): parks and wakes the models through their backends.
+        self.warm = WarmKeeper(cfg, backends or {}, self.book.woke, clock)
         self.snapshot: Snapshot | None = None
         self.is_leader = False
         self._service: dict[str, float] = {}
@@ -78,6 +83,7 @@ class ArbiterLoop:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        await self.warm.aclose()
         # Unconditionally: a hold() still running in its worker thread when the tick was cancelled
         # may have taken the lock although is_leader was never set.
         self.is_leader = False
@@ -165,19 +171,26 @@ class ArbiterLoop:
         states = await asyncio.to_thread(self.cluster.replica_states)
         beats = await self.heartbeats.read_all()
         pools = await self._gpu_pools(now)
-        self.book.observe({name: replica_counts(states.get(name, {}))[0] for name in self.cfg.models}, now)
+        reps = self.warm.observe(beats) if self.warm.enabled else None
+        self.book.observe({name: on_gpu(states.get(name, {}), (reps or {}).get(name))[0] for name in self.cfg.models},
+                          now)
         views = model_views(self.cfg, stats=stats, service=self._service, states=states, beats=beats,
-                            tracks=self.book.tracks, pools=pools, now=now)
+                            tracks=self.book.tracks, pools=pools, now=now, reps=reps,
+                            keepable=self.warm.keepable(reps) if reps is not None else frozenset())
         gpu_ids = [g.id for g in pools.gpus]
         self.budget.refill(now)
         d = decide(views, pools.gpus, self.policy, self.budget.credits(gpu_ids))
         self.budget.note(d)
-        load_s = {v.name: v.load_s for v in views}
-        for name in self.book.record(d, now):
-            self.budget.loaded(name, load_s[name])
+        cost = {v.name: load_cost(v) for v in views}  # what each load spends: warm when parked
+        parked = {name for name, r in (reps or {}).items() if r.warm}
+        for name in self.book.record(d, now, warm=parked):
+            self.budget.loaded(name, cost[name])
+        if reps is not None:
+            self.warm.after(views, d, reps, states)
         return decision_snapshot(views, d, self.book.tracks, leader=self.owner, now=now,
                                  swap_credit_s=self.budget.credits(gpu_ids), history=self.book.history,
-                                 gpus=pools.gpus)
+                                 gpus=pools.gpus, reps=reps, kept=self.warm.kept if reps is not None else (),
+                                 hosts=self.warm.host_report(reps) if reps is not None else None)
 
     async def _gpu_pools(self, now: float) -> Pools:
         if self._pools is not None and (self.cfg.arbiter.gpus or now - self._pools_at < NODES_EVERY_S):

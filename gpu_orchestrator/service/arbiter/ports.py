@@ -48,27 +48,27 @@ class QueueReader(Protocol):
 
 
 class ArbiterMetrics(Protocol):
-    def loaded(self, model: str) -> None:
-        """The arbiter scaled a model up from zero (a swap in)."""
+    def loaded(self, model: str, warm: bool = False) -> None:
+        """The arbiter scaled a model up from zero (a swap in); `warm`: a parked replica wakes."""
         ...
 
     def evicted(self, model: str) -> None:
         """The arbiter scaled a model down to zero (a swap out or an idle-TTL release)."""
         ...
 
-    def load_seconds(self, model: str, seconds: float) -> None:
-        """Measured time from the load decision to a running replica."""
+    def load_seconds(self, model: str, seconds: float, warm: bool = False) -> None:
+        """Measured time from the load decision to a running replica (`warm`: to the woken one)."""
         ...
 
 
 class NoArbiterMetrics:
-    def loaded(self, model: str) -> None:
+    def loaded(self, model: str, warm: bool = False) -> None:
         pass
 
     def evicted(self, model: str) -> None:
         pass
 
-    def load_seconds(self, model: str, seconds: float) -> None:
+    def load_seconds(self, model: str, seconds: float, warm: bool = False) -> None:
         pass
 
 
@@ -79,12 +79,15 @@ class CountingArbiterMetrics:
         self.loads: Counter[str] = Counter()
         self.evictions: Counter[str] = Counter()
         self.load_times: dict[str, list[float]] = {}
+        self.warm_loads: Counter[str] = Counter()
+        self.warm_times: dict[str, list[float]] = {}
 
-    def loaded(self, model: str) -> None:
+    def loaded(self, model: str, warm: bool = False) -> None:
         self.loads[model] += 1
+        self.warm_loads[model] += warm
 
     def evicted(self, model: str) -> None:
         self.evictions[model] += 1
 
-    def load_seconds(self, model: str, seconds: float) -> None:
-        self.load_times.setdefault(model, []).append(seconds)
+    def load_seconds(self, model: str, seconds: float, warm: bool = False) -> None:
+        (self.warm_times if warm else self.load_times).setdefault(model, []).append(seconds)

@@ -1,6 +1,10 @@
-"""The leader's memory between ticks, per model: when it became resident, how long its load took
-(measured from the load decision to a running replica), its last decision, loads and evictions.
-Updated from the policy's typed actions and targets; no I/O.
+"""The leader's memory between ticks, per model: when it became resident, how long its loads take
+(cold: from the load decision to a running replica, the replica's process start included; warm:
+from the decision to the parked replica's answer that it woke), its last decision, loads and
+evictions. Updated from the policy's typed actions and targets; no I/O.
+
+Load times are learned, not the last sample: each new one moves the estimate half way (LEARN), so
+one slow start (a cold page cache, a busy node) does not set the next swap's price alone.
 """
 
 from __future__ import annotations
@@ -15,6 +19,12 @@ from gpu_orchestrator.service.arbiter.ports import ArbiterMetrics
 
 log = logging.getLogger("gpu_orchestrator.arbiter")
 HISTORY = 30  # actions kept for GET /v1/workers
+LEARN = 0.5  # weight of a new load time against the estimate so far
+WARM = "@warm"  # the board's key suffix for a model's warm load time (beside its cold one)
+
+
+def learn(old: float | None, sample: float) -> float:
+    return sample if old is None else old + LEARN * (sample - old)
 
 
 @dataclass
@@ -22,7 +32,9 @@ class ModelTrack:
     resident_since: float | None = None
     cold_since: float | None = None  # when its last replica stopped running (None: not seen resident)
     load_started: float | None = None
-    measured_load_s: float | None = None
+    measured_load_s: float | None = None  # cold
+    measured_warm_s: float | None = None  # from host memory (the warm tier)
+    load_warm: bool = False  # the load under way is a wake
     last_target: int | None = None  # None until this leader has decided for the model
     placement: tuple[str, ...] = ()
     last_action: str | None = None
@@ -37,14 +49,16 @@ class DecisionBook:
         self.metrics = metrics
         # The latest distinct actions, oldest first (the admin page's "recent decisions").
         self.history: deque[tuple[float, str]] = deque(maxlen=HISTORY)
-        self.measured: dict[str, float] = {}  # load times measured since the board last heard
+        # Load times learned since the board last heard: model (cold) or model@warm -> seconds.
+        self.measured: dict[str, float] = {}
 
     def adopt_loads(self, known: Mapping[str, float]) -> None:
-        """A new term: the latest load time measured by any leader (the board's) replaces this
-        replica's own, which may be older."""
-        for name, seconds in known.items():
+        """A new term: the load times learned by any leader (the board's) replace this replica's
+        own, which may be older."""
+        for key, seconds in known.items():
+            name, warm = (key[:-len(WARM)], True) if key.endswith(WARM) else (key, False)
             if name in self.tracks:
-                self.tracks[name].measured_load_s = seconds
+                setattr(self.tracks[name], "measured_warm_s" if warm else "measured_load_s", seconds)
 
     def new_term(self) -> None:
         """Leadership (re)gained: forget this replica's own targets and load timings; counts and
@@ -59,21 +73,35 @@ class DecisionBook:
         for name, tr in self.tracks.items():
             if running.get(name, 0) > 0 and tr.resident_since is None:
                 tr.resident_since = now
-                if tr.load_started is not None:
-                    tr.measured_load_s = now - tr.load_started
+                # A wake is timed by the replica's answer (woke), not by the next heartbeat.
+                if tr.load_started is not None and not tr.load_warm:
+                    seconds = now - tr.load_started
+                    tr.measured_load_s = learn(tr.measured_load_s, seconds)
                     self.measured[name] = tr.measured_load_s  # for the board, beyond this term
-                    self.metrics.load_seconds(name, tr.measured_load_s)
+                    self.metrics.load_seconds(name, seconds, warm=False)
                     tr.load_started = None
-                    self.history.append((now, f"{name} loaded in {tr.measured_load_s:.1f} s"))
+                    self.history.append((now, f"{name} loaded in {seconds:.1f} s"))
             if running.get(name, 0) == 0:
                 if tr.resident_since is not None:
                     tr.cold_since = now
                 tr.resident_since = None
 
-    def record(self, d: Decision, now: float) -> list[str]:
+    def woke(self, name: str, now: float) -> None:
+        """A parked replica this leader loaded answered that it woke: that load's time, warm."""
+        tr = self.tracks.get(name)
+        if tr is None or tr.load_started is None or not tr.load_warm:
+            return
+        seconds = now - tr.load_started
+        tr.measured_warm_s = learn(tr.measured_warm_s, seconds)
+        self.measured[name + WARM] = tr.measured_warm_s
+        self.metrics.load_seconds(name, seconds, warm=True)
+        tr.load_started = None
+        self.history.append((now, f"{name} woke from host memory in {seconds:.2f} s"))
+
+    def record(self, d: Decision, now: float, warm: frozenset[str] | set[str] = frozenset()) -> list[str]:
         """After deciding: each model's latest action (its own, or one making room for it) and its
-        target crossing zero, counted as a load or an eviction. Returns the models it counted a load
-        for."""
+        target crossing zero, counted as a load (`warm`: the models parked now, whose load is a
+        wake) or an eviction. Returns the models it counted a load for."""
         loaded: list[str] = []
         fresh: list[str] = []
         concerning: dict[str, list[Action]] = {}  # model -> the acting actions that concern it, in order
@@ -92,7 +120,8 @@ class DecisionBook:
                 loaded.append(name)
                 tr.loads += 1
                 tr.load_started = now
-                self.metrics.loaded(name)
+                tr.load_warm = name in warm
+                self.metrics.loaded(name, warm=tr.load_warm)
             elif tr.last_target and new == 0:
                 tr.evictions += 1
                 self.metrics.evicted(name)

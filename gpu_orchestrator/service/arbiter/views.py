@@ -13,6 +13,7 @@ from gpu_orchestrator.core.config import ArbiterSpec, OrchestratorConfig
 from gpu_orchestrator.core.policy_types import Decision, Gpu, ModelView
 from gpu_orchestrator.service.arbiter.ports import Node
 from gpu_orchestrator.service.arbiter.tracks import ModelTrack
+from gpu_orchestrator.service.arbiter.warm import Replicas
 from gpu_orchestrator.store.base import AppQueueStats
 
 
@@ -78,11 +79,18 @@ def packing_warnings(cfg: OrchestratorConfig, pools: Pools) -> list[str]:
     which GPU of a node a replica gets, packing fractional `num_gpus` shares; where a node has
     several GPUs, a model whose share is below its VRAM's share of the GPU could land beside
     another model the arbiter placed on a different GPU of that node."""
+    out = []
+    shares = sum(m.num_gpus for m in cfg.models.values())
+    if cfg.arbiter.warm.enabled and pools.gpus and shares > len(pools.gpus) + 1e-9:
+        # Serve counts a parked replica's share as taken: the GPU must have a share for every model
+        # that may be parked or resident on it; the arbiter, packing VRAM, judges what really fits.
+        out.append(f"arbiter.warm: a parked model keeps its num_gpus share, and the models' shares sum to {shares:g} "
+                   f"on {len(pools.gpus)} GPU(s): Serve may not start a model beside parked ones; give each model a "
+                   f"placement share (num_gpus <= {len(pools.gpus) / max(1, len(cfg.models)):.2f} here)")
     multi = [g for ids in pools.node_pools.values() if len(ids) > 1 for g in pools.gpus if g.id in ids]
     if not multi or cfg.arbiter.vram_resource:
-        return []
+        return out
     smallest = min(g.vram_gb for g in multi)
-    out = []
     for name, m in cfg.models.items():
         need = m.vram_gb / smallest
         if m.vram_gb > 0 and m.num_gpus < need - 1e-9:
@@ -112,11 +120,24 @@ def replica_counts(states: Mapping[str, int]) -> tuple[int, int, int]:
             states.get("STOPPING", 0))
 
 
+def on_gpu(states: Mapping[str, int], reps: Replicas | None) -> tuple[int, int, int]:
+    """(running, starting, stopping) as the policy counts them: replica_counts less the warm
+    tier's replicas that hold no VRAM (parked, or dropped after a failed park), with a park under
+    way counted as stopping and a wake as starting."""
+    running, starting, stopping = replica_counts(states)
+    if reps is None:
+        return running, starting, stopping
+    return (max(0, running - reps.off_gpu), starting + reps.waking, stopping + reps.parking)
+
+
 def model_views(cfg: OrchestratorConfig, *, stats: Mapping[str, AppQueueStats], service: Mapping[str, float],
                 states: Mapping[str, Mapping[str, int]], beats: Iterable[dict[str, Any]],
-                tracks: Mapping[str, ModelTrack], pools: Pools, now: float) -> list[ModelView]:
+                tracks: Mapping[str, ModelTrack], pools: Pools, now: float,
+                reps: Mapping[str, Replicas] | None = None, keepable: frozenset[str] | set[str] = frozenset()
+                ) -> list[ModelView]:
     """What the policy sees of every model deployment now. `tracks` must already have observed
-    this tick's replica states (resident_since)."""
+    this tick's replica states (resident_since). `reps` (the warm tier on): each model's replicas by
+    heartbeat; `keepable`: the resident models whose node would keep them warm."""
     by_model: dict[str, list[str]] = {}  # deployment -> its app ids (one pass, not one per model)
     for a in cfg.apps:
         by_model.setdefault(a.deployment, []).append(a.id)
@@ -126,8 +147,11 @@ def model_views(cfg: OrchestratorConfig, *, stats: Mapping[str, AppQueueStats], 
     views = []
     for name, spec in cfg.models.items():
         apps = [a for a in by_model.get(name, ()) if a in stats]
-        running, starting, stopping = replica_counts(states.get(name, {}))
         tr = tracks[name]
+        r = reps.get(name) if reps is not None else None
+        running, starting, stopping = on_gpu(states.get(name, {}), r)
+        if r is not None and r.warm and tr.last_target:
+            starting += r.warm  # parked, and this leader loads it: waking (its first job wakes it)
         if tr.last_target == 0 and running + starting > 0:
             # Replicas this leader did not ask for (Serve's cold-start fast path restarts a model
             # evicted a moment after its last request): memory held, not adopted, so the model it
@@ -162,11 +186,15 @@ def model_views(cfg: OrchestratorConfig, *, stats: Mapping[str, AppQueueStats], 
             pin=spec.pin,
             max_replicas=spec.max_replicas,
             idle_ttl_s=spec.idle_ttl_s,
+            warm_load_s=tr.measured_warm_s,
+            warm=r is not None and (r.warm > 0 or (name in keepable and running + starting > 0)),
         ))
     return views
 
 
-def model_state(v: ModelView, d: Decision) -> str:
+def model_state(v: ModelView, d: Decision, parked: bool = False) -> str:
+    if parked and v.holds == 0 and d.targets.get(v.name, 0) == 0:
+        return "warm"  # its replica is parked: weights in host memory, no VRAM
     if v.name in d.draining:
         return "draining"
     if v.replicas > 0 and d.targets.get(v.name, 0) == 0:
@@ -195,10 +223,17 @@ def gpu_vram(views: Iterable[ModelView], gpus: Iterable[Gpu]) -> dict[str, dict[
 
 def decision_snapshot(views: list[ModelView], d: Decision, tracks: Mapping[str, ModelTrack], *, leader: str,
                       now: float, swap_credit_s: Mapping[str, float] | None = None,
-                      history: Iterable[tuple[float, str]] = (), gpus: Iterable[Gpu] = ()) -> Snapshot:
+                      history: Iterable[tuple[float, str]] = (), gpus: Iterable[Gpu] = (),
+                      reps: Mapping[str, Replicas] | None = None, kept: Iterable[str] = (),
+                      hosts: Mapping[str, dict[str, Any]] | None = None) -> Snapshot:
+    """The decision as published. The warm tier's parts: `reps` (each model's replicas),
+    `kept` (the models kept parked: Serve keeps their replica) and `hosts` (per node memory)."""
+    reps = reps or {}
+    # A parked model the policy loads takes work at once: its replica is up; the first job wakes it.
+    wakeable = {n for n, r in reps.items() if r.warm and not r.resident}
     models = {
         v.name: {
-            "state": model_state(v, d),
+            "state": model_state(v, d, v.name in wakeable),
             "target": d.targets.get(v.name, 0),
             "replicas": v.replicas,
             "pending": v.pending,
@@ -214,17 +249,22 @@ def decision_snapshot(views: list[ModelView], d: Decision, tracks: Mapping[str, 
             "last_decision": tracks[v.name].last_action,
             "last_decision_at": tracks[v.name].last_action_at,
             "load_measured_s": tracks[v.name].measured_load_s,
+            "warm_load_measured_s": tracks[v.name].measured_warm_s,
             "loading_since": tracks[v.name].load_started,
+            **({"host_held_gb": round(reps[v.name].host_gb, 3)} if v.name in reps and reps[v.name].warm else {}),
         }
         for v in views
     }
     return Snapshot(
         ts=now, leader=leader, targets=d.targets,
-        dispatchable=[v.name for v in views if d.dispatchable(v)],
+        dispatchable=[v.name for v in views if d.dispatchable(v) or (
+            v.name in wakeable and d.targets.get(v.name, 0) > 0 and v.name not in d.draining)],
         draining=sorted(d.draining), reasons=list(d.reasons), models=models, unplaceable=dict(d.unplaceable),
         swap_credit_s={g: round(c, 1) for g, c in (swap_credit_s or {}).items()},
         history=[[ts, text] for ts, text in history],
         gpus=gpu_vram(views, gpus),
+        parked=sorted(kept),
+        hosts=dict(hosts or {}),
     )
 
 
@@ -263,7 +303,7 @@ def model_wait(s: Snapshot | None, model: str, now: float) -> dict[str, Any] | N
 
 def quiet(s: Snapshot | None) -> bool:
     """Nothing for the arbiter to watch: no model with work queued or running, none loading,
-    stopping or draining (every model resident and idle, or cold)."""
+    stopping or draining (every model resident and idle, warm, or cold)."""
     return s is not None and not s.draining and all(
         not (m.get("queued") or m.get("in_flight") or m.get("pending") or m.get("stopping"))
-        and m.get("state") in ("resident", "cold") for m in s.models.values())
+        and m.get("state") in ("resident", "cold", "warm") for m in s.models.values())

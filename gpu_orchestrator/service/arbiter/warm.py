@@ -1,0 +1,191 @@
+"""The leader's side of the warm tier (docs/warm.md): a model the policy takes off the GPU parks (its
+replica stays, its weights in the node's host memory, its Serve target 1) instead of stopping,
+when its node has room for it (core.warm.plan_parking); parked copies the node has no room for
+stop. The park and wake calls go to the model replicas through their backends.
+
+What the policy sees of a parked model: no replica (it holds no VRAM), `warm` with its measured
+warm load time. Once the policy loads it again it is dispatchable at once: its replica is up and
+its first job wakes it (the leader's wake call starts the copy even before a job arrives).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Iterable, Mapping
+
+from gpu_orchestrator.core.config import OrchestratorConfig
+from gpu_orchestrator.core.policy_types import Decision, ModelView
+from gpu_orchestrator.core.warm import HostMemory, WarmCopy, plan_parking, room
+
+log = logging.getLogger("gpu_orchestrator.arbiter")
+RETRY_PARK_S = 1.0  # a refused park (a job still ran there) is asked again this often
+
+
+@dataclass
+class Replicas:
+    """One model's live replicas by what their heartbeats (or the leader's last call) say."""
+
+    warm: int = 0  # parked: weights in host memory, no VRAM
+    parking: int = 0
+    waking: int = 0
+    cold: int = 0  # alive, model dropped after a failed park or wake (its next job loads it)
+    resident: int = 0  # resident, busy or loading: holding VRAM
+    idle: int = 0  # resident with no job
+    node: str | None = None
+    last_used: float | None = None
+    host_gb: float = 0.0
+
+    @property
+    def off_gpu(self) -> int:
+        """Replicas Serve counts as running that hold no VRAM and take no work until woken."""
+        return self.warm + self.cold + self.parking + self.waking
+
+
+def replicas(beats: Iterable[dict[str, Any]], last: Mapping[str, tuple[str, float]]) -> dict[str, Replicas]:
+    """Per model deployment. A heartbeat older than the leader's last park or wake of that model
+    says what the call's answer says instead (heartbeats come every 2 s; calls answer at once)."""
+    out: dict[str, Replicas] = {}
+    for b in beats:
+        name = b.get("deployment")
+        r = out.setdefault(name, Replicas())
+        state = b.get("state")
+        said = last.get(name)
+        if said is not None and (b.get("last_heartbeat") or 0.0) < said[1]:
+            state = said[0]
+        if state in ("warm", "parking", "waking", "cold"):
+            setattr(r, state, getattr(r, state) + 1)
+        else:
+            r.resident += 1
+            r.idle += state == "resident"
+        r.node = r.node or b.get("node_id") or b.get("node")
+        r.last_used = max(filter(None, [r.last_used, b.get("last_used")]), default=None)
+        r.host_gb += float(b.get("host_held_gb") or 0.0)
+    return out
+
+
+def hosts(beats: Iterable[dict[str, Any]], budget_gb: float | None, share: float) -> dict[str, HostMemory]:
+    """Per node: the warm tier's budget (configured, else `share` of the RAM the replicas report)
+    and the free RAM reported last."""
+    seen: dict[str, tuple[float, dict[str, Any]]] = {}
+    for b in beats:
+        node = b.get("node_id") or b.get("node")
+        if node and b.get("host_total_gb") and (node not in seen or (b.get("last_heartbeat") or 0) > seen[node][0]):
+            seen[node] = (b.get("last_heartbeat") or 0.0, b)
+    return {node: HostMemory(budget_gb if budget_gb is not None else share * float(b["host_total_gb"]),
+                             b.get("host_free_gb"))
+            for node, (_, b) in seen.items()}
+
+
+class WarmKeeper:
+    """The leader's park and wake calls, and which models it keeps parked (`kept`)."""
+
+    def __init__(self, cfg: OrchestratorConfig, backends: Mapping[str, Any],
+                 on_woke: Callable[[str, float], None], clock: Callable[[], float]):
+        self.cfg = cfg
+        self.spec = cfg.arbiter.warm
+        self.backends = backends
+        self.on_woke = on_woke  # (model, when): a wake the leader asked for answered
+        self.clock = clock
+        self.kept: set[str] = set()  # parked (or being parked): Serve keeps their replica
+        self.last: dict[str, tuple[str, float]] = {}  # model -> (state its last call left, when)
+        self.hosts: dict[str, HostMemory] = {}
+        self._calls: dict[str, asyncio.Task] = {}
+        self._tried: dict[str, float] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return self.spec.enabled
+
+    def observe(self, beats: list[dict[str, Any]]) -> dict[str, Replicas]:
+        self.hosts = hosts(beats, self.spec.host_budget_gb, self.spec.host_budget_share) if self.enabled else {}
+        return replicas(beats, self.last)
+
+    def keepable(self, reps: Mapping[str, Replicas]) -> set[str]:
+        """Resident models whose node could keep them warm when they leave (their reload cost is
+        the warm one, for the policy's weighing of a swap)."""
+        out = set()
+        for name, r in reps.items():
+            host = self.hosts.get(r.node or "")
+            if name in self.cfg.models and host is not None and self.cfg.model_vram_gb(name) <= host.budget_gb:
+                out.add(name)
+        return out
+
+    def after(self, views: list[ModelView], d: Decision, reps: Mapping[str, Replicas],
+              states: Mapping[str, Mapping[str, int]]) -> None:
+        """After the policy decided: which models stay parked or park now, which parked copies go,
+        and the park and wake calls that takes."""
+        if not self.enabled:
+            return
+        now = self.clock()
+        held: dict[str, list[WarmCopy]] = {}
+        leaving: dict[str, list[WarmCopy]] = {}
+        by_name = {v.name: v for v in views}
+        for name, r in reps.items():
+            v = by_name.get(name)
+            if v is None or d.targets.get(name, 0) > 0 or not r.node:
+                continue
+            saving = max(0.0, v.load_s - (v.warm_load_s or 0.0))
+            if r.warm:
+                held.setdefault(r.node, []).append(WarmCopy(name, r.host_gb or v.vram_gb, saving, r.last_used or now))
+            elif r.resident or r.parking:
+                leaving.setdefault(r.node, []).append(WarmCopy(name, v.vram_gb, saving, r.last_used or now))
+        park, drop = plan_parking(held, leaving, self.hosts, self.spec.min_free_gb)
+        kept = {c.name for copies in held.values() for c in copies} - drop | park
+        for name in sorted(drop):
+            log.info("arbiter: dropping %s's warm copy (its node needs the host memory)", name)
+        for name in sorted(park - self.kept):
+            log.info("arbiter: %s parks in host memory (warm) instead of stopping", name)
+        self.kept = kept
+        for name in park:
+            r, s = reps[name], states.get(name, {})
+            # One idle replica left (Serve stops the others first), no call under way, not asked just now.
+            if (r.idle == 1 and r.resident == 1 and s.get("RUNNING", 0) == 1 and not s.get("STARTING")
+                    and now - self._tried.get(name, 0.0) >= RETRY_PARK_S):
+                self._call(name, "park")
+        for name, r in reps.items():
+            if r.warm and d.targets.get(name, 0) > 0 and name not in d.draining:
+                self._call(name, "wake")
+
+    def wakeable(self, reps: Mapping[str, Replicas]) -> set[str]:
+        """Parked models a job may be sent to (the job wakes the replica)."""
+        return {name for name, r in reps.items() if r.warm and not r.resident} if self.enabled else set()
+
+    def host_report(self, reps: Mapping[str, Replicas]) -> dict[str, dict[str, Any]]:
+        """Per node, for GET /v1/workers and the gauges: the budget, what parked copies hold, free RAM."""
+        out = {}
+        for node, h in self.hosts.items():
+            held = sum(r.host_gb for r in reps.values() if r.node == node and r.warm)
+            out[node] = {"budget_gb": round(h.budget_gb, 2), "held_gb": round(held, 2),
+                         "free_gb": None if h.free_gb is None else round(h.free_gb, 2),
+                         "room_gb": round(room(h, held, self.spec.min_free_gb), 2)}
+        return out
+
+    def _call(self, name: str, verb: str) -> None:
+        task = self._calls.get(name)
+        backend = self.backends.get(name)
+        if (task is not None and not task.done()) or backend is None or not hasattr(backend, verb):
+            return
+        if verb == "park":
+            self._tried[name] = self.clock()
+        self._calls[name] = asyncio.get_running_loop().create_task(self._run(name, verb, getattr(backend, verb)))
+
+    async def _run(self, name: str, verb: str, call: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        try:
+            answer = await call()
+        except Exception as e:  # the replica went away, or a call timed out: the heartbeats tell
+            log.warning("arbiter: %s of %s failed: %s", verb, name, e)
+            return
+        state = (answer or {}).get("state")
+        if state:
+            self.last[name] = (state, self.clock())
+        if verb == "park" and not answer.get("parked"):
+            log.info("arbiter: %s did not park: %s", name, answer.get("why"))
+        elif verb == "wake" and state == "resident":
+            self.on_woke(name, self.clock())
+
+    async def aclose(self) -> None:
+        for task in self._calls.values():
+            task.cancel()
+        await asyncio.gather(*self._calls.values(), return_exceptions=True)
