@@ -136,6 +136,26 @@ def arbiter_args(database_url: str, redis_url: str, replicate: dict | None = Non
     }
 
 
+def warm_args(database_url: str, redis_url: str) -> dict:
+    """Two synthetic models that cannot share the fake GPU's 24 GB (16 and 14), under the arbiter
+    with the warm tier on: each takes a placement share (0.2: beside the arbiter app's 0.6), so a
+    parked replica never stops Serve from starting the other."""
+    def model(vram):
+        return {"impl": "deployments.echo:Echo", "runtime_env": "runtime_envs/echo.yaml", "num_cpus": 0.1,
+                "num_gpus": 0.2, "vram_gb": vram, "load_s": 2.0, "init": {"load_time_s": 2.0, "warm_load_time_s": 0.1}}
+
+    return {
+        "database_url": database_url, "redis_url": redis_url,
+        "router": {"num_replicas": 1, "lease_s": 5, "poll_interval_s": 0.2},
+        "arbiter": {"enabled": True, "idle_ttl_s": 600, "max_wait_s": 30, "min_resident_s": 0, "tick_s": 0.25,
+                    "swap_budget": None, "gpus": [{"id": "gpu0", "vram_gb": 24}],
+                    "warm": {"enabled": True, "host_budget_gb": 40}},
+        "models": {"warm-a": model(16), "warm-b": model(14)},
+        "apps": [{"id": i, "deployment": f"warm-{i}", "synthetic": True, "timeout_s": 60,
+                  "parameters": [{"name": "message", "type": "string", "default": ""}]} for i in ("a", "b")],
+    }
+
+
 def ui_apps(api_url: str) -> list[dict]:
     """The UI applications exactly as serve_config.yaml ships them, pointed at the test orchestrator."""
     cfg = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
@@ -286,6 +306,13 @@ def stack(ray_cluster, serve_backend, fake_replicate):
     st.specs["arbiter"] = lambda: router_app(
         "arbiter", "/arb", arbiter_args(urls[1], serve_backend.redis_url, fake_replicate),
         autoscaling_policy={"policy_function": "serve_apps.autoscaling:arbiter_policy"})
+    def warm_db() -> str:  # made when a test first needs the app
+        dbs.append(serve_backend.fresh_database())
+        return serve_backend.url_for(dbs[-1])
+
+    st.specs["warm"] = lambda: router_app(
+        "warm", "/warm", warm_args(warm_db(), serve_backend.redis_url),
+        autoscaling_policy={"policy_function": "serve_apps.autoscaling:arbiter_policy"})
     # The UIs as shipped, and the admin page also over the arbiter app (fake GPU, short timers),
     # where models change state.
     for ui in ui_apps(st.base) + [{"name": "ui-admin-arb", "route_prefix": "/ui/admin-arb",
@@ -314,6 +341,16 @@ def orchestrator(deployed):
 @pytest.fixture(scope="session")
 def arbiter_url(stack):
     return stack.need("arbiter") + "/arb"
+
+
+@pytest.fixture(scope="module")
+def warm_url(stack):
+    """The warm tier's app, deleted afterwards: its parked replicas keep their GPU shares."""
+    from ray import serve
+
+    yield stack.need("warm") + "/warm"
+    serve.delete("warm")
+    stack.up.pop("warm", None)
 
 
 @pytest.fixture(scope="session")

@@ -81,6 +81,10 @@ def workers(ctx: click.Context) -> None:
         click.echo(f"arbiter: leader {arbiter['leader']}, dispatchable {arbiter['dispatchable']}, draining {arbiter['draining']}")
         for line in _gpu_lines(data):
             click.echo(f"  {line}")
+        for node, h in sorted((arbiter.get("hosts") or {}).items()):
+            if h.get("budget_gb"):  # the warm tier is on
+                free = f", {h['free_gb']:g} GB free" if h.get("free_gb") is not None else ""
+                click.echo(f"  host {node[:12]}: warm copies hold {h['held_gb']:g} of {h['budget_gb']:g} GB{free}")
         credit = arbiter.get("swap_credit_s") or {}
         if credit:
             click.echo("  swap budget left: " + ", ".join(f"{g} {c:g} s" for g, c in credit.items()))

@@ -187,6 +187,10 @@ class ArbiterSpec(BaseModel):
     # When set, each model replica also requests this custom resource in GB of its VRAM, so Ray's
     # scheduler itself refuses to co-locate models that do not fit (nodes declare their VRAM).
     vram_resource: str | None = None
+    # Once a model has loaded and run a job on a GPU, pack it by its measured peak GPU memory
+    # (heartbeats' vram_peak_gb) times 1 + vram_margin instead of its declared vram_gb.
+    vram_from_peak: bool = True
+    vram_margin: float = Field(default=0.15, ge=0, le=2)
     warm: WarmSpec = Field(default_factory=WarmSpec)
 
     @model_validator(mode="after")

@@ -27,6 +27,7 @@ from gpu_orchestrator.bus.events import EventBus
 # The errors a run ends with live in core (the service layer reads them); importable from here as before.
 from gpu_orchestrator.core.model_errors import JobCancelled, JobTimeout, ModelLoadError, SlotTimeout
 from gpu_orchestrator.models.host_memory import host_memory
+from gpu_orchestrator.models.vram import PeakVram
 
 
 log = logging.getLogger("gpu_orchestrator.models")
@@ -117,6 +118,7 @@ class ModelDeployment:
         self.host_gb = 0.0
         self.park_time_s: float | None = None
         self.wake_time_s: float | None = None
+        self._vram_peak = PeakVram()  # the arbiter packs by the measured peak (docs/warm.md)
         self._loop: asyncio.AbstractEventLoop | None = None  # the replica's, for async offload hooks
         self.last_used = None  # wall-clock time of the last finished job
         self._deployment, self._replica_id = _replica_identity(self.model_name)
@@ -409,6 +411,7 @@ class ModelDeployment:
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available():
             vram = torch.cuda.memory_reserved() / 2**30
+        peak = self._vram_peak.sample(torch)
         ram = host_memory()  # the node's, for the arbiter's warm-tier budget
         return {
             "model": self.model_name,
@@ -429,6 +432,7 @@ class ModelDeployment:
             "load_error": self.load_error,
             "vram_declared_gb": self.declared_vram_gb,
             "vram_held_gb": vram,
+            "vram_peak_gb": peak,
             "jobs_done": self.jobs_done,
             "in_flight": self.busy,
             "last_used": self.last_used,

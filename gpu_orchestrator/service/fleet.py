@@ -90,7 +90,7 @@ def arbiter_view(s: Snapshot | None) -> dict[str, Any] | None:
         return None
     return {"leader": s.leader, "decided_at": s.ts, "targets": s.targets, "dispatchable": s.dispatchable,
             "draining": s.draining, "reasons": s.reasons, "swap_credit_s": s.swap_credit_s, "history": s.history,
-            "gpus": s.gpus}
+            "gpus": s.gpus, "parked": s.parked, "hosts": s.hosts}
 
 
 def seed_workers(models: list[dict[str, Any]]) -> dict[str, Any]:

@@ -49,3 +49,38 @@ def test_a_parked_model_is_warm_and_its_next_job_gives_the_same_output(deployed,
     woke = wait_for(lambda: (m := _model(http, deployment))["state"] == "resident" and m, f"{deployment} resident again", 30)
     assert woke["host_held_gb"] == 0.0 and woke["replicas"][0]["wake_time_s"] is not None
     assert woke["replicas"][0]["load_time_s"] == warm["replicas"][0]["load_time_s"]  # woken, not loaded again
+
+
+def _done(c, app_id: str, message: str) -> dict:
+    job = wait_status(c, c.post("/v1/jobs", json={"app_id": app_id, "params": {"message": message}}).json()["job_id"],
+                      {"succeeded", "failed"}, timeout_s=120)
+    assert job["status"] == "succeeded", job
+    return job["result"]
+
+
+def test_the_arbiter_parks_an_evicted_model_and_its_next_job_wakes_the_same_replica(warm_url):
+    """Two models that cannot share the GPU's 24 GB, with the warm tier on: the one evicted parks
+    (its Serve replica stays, holding no VRAM), and its next job runs on the same process, woken
+    from host memory, not started and loaded again."""
+    import httpx
+
+    with httpx.Client(base_url=warm_url, timeout=30) as c:
+        pid_a = _done(c, "a", "cold")["replica_pid"]
+        _done(c, "b", "evicts a")  # warm-b (14 GB) needs the room warm-a (16 GB) holds
+
+        def parked(name: str) -> dict | None:
+            m = _model(c, name)
+            return m if m["state"] == "warm" else None
+
+        a = wait_for(lambda: parked("warm-a"), timeout_s=30, what="warm-a parked")
+        assert a["replica_states"] == {"RUNNING": 1} and a["host_held_gb"] == 16  # Serve kept its replica
+        assert _done(c, "a", "warm")["replica_pid"] == pid_a  # the same process, woken
+        wait_for(lambda: parked("warm-b"), timeout_s=30, what="warm-b parked for warm-a")
+        # The leader times the wake by the replica's answer, which may come just after the job's.
+        data = wait_for(lambda: (lambda d: d if any("warm-a woke from host memory" in t for _, t in d["arbiter"]["history"])
+                                 else None)(c.get("/v1/workers").json()), timeout_s=10, what="warm-a's wake recorded")
+        arb = {m["deployment"]: m["arbiter"] for m in data["models"]}["warm-a"]
+        # Both load times learned apart: the wake (0.1 s in the model) well under the cold start (2 s + process).
+        assert arb["warm_load_measured_s"] < 1.0 < arb["load_measured_s"], arb
+        (host,) = data["arbiter"]["hosts"].values()
+        assert host["budget_gb"] == 40 and host["held_gb"] == 14  # warm-b's copy, now warm-a is back

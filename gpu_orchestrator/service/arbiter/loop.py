@@ -171,7 +171,9 @@ class ArbiterLoop:
         states = await asyncio.to_thread(self.cluster.replica_states)
         beats = await self.heartbeats.read_all()
         pools = await self._gpu_pools(now)
-        reps = self.warm.observe(beats) if self.warm.enabled else None
+        self.book.observe_vram(beats)
+        seen = self.warm.observe(beats)
+        reps = seen if self.warm.enabled else None
         self.book.observe({name: on_gpu(states.get(name, {}), (reps or {}).get(name))[0] for name in self.cfg.models},
                           now)
         views = model_views(self.cfg, stats=stats, service=self._service, states=states, beats=beats,
@@ -190,7 +192,8 @@ class ArbiterLoop:
         return decision_snapshot(views, d, self.book.tracks, leader=self.owner, now=now,
                                  swap_credit_s=self.budget.credits(gpu_ids), history=self.book.history,
                                  gpus=pools.gpus, reps=reps, kept=self.warm.kept if reps is not None else (),
-                                 hosts=self.warm.host_report(reps) if reps is not None else None)
+                                 hosts=self.warm.host_report(seen),
+                                 declared={name: self.cfg.model_vram_gb(name) for name in self.cfg.models})
 
     async def _gpu_pools(self, now: float) -> Pools:
         if self._pools is not None and (self.cfg.arbiter.gpus or now - self._pools_at < NODES_EVERY_S):

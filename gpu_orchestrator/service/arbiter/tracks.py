@@ -21,6 +21,7 @@ log = logging.getLogger("gpu_orchestrator.arbiter")
 HISTORY = 30  # actions kept for GET /v1/workers
 LEARN = 0.5  # weight of a new load time against the estimate so far
 WARM = "@warm"  # the board's key suffix for a model's warm load time (beside its cold one)
+VRAM = "@vram"  # and for its measured peak GPU memory
 
 
 def learn(old: float | None, sample: float) -> float:
@@ -35,6 +36,7 @@ class ModelTrack:
     measured_load_s: float | None = None  # cold
     measured_warm_s: float | None = None  # from host memory (the warm tier)
     load_warm: bool = False  # the load under way is a wake
+    measured_vram_gb: float | None = None  # the highest peak GPU memory a replica reported after a job
     last_target: int | None = None  # None until this leader has decided for the model
     placement: tuple[str, ...] = ()
     last_action: str | None = None
@@ -55,10 +57,24 @@ class DecisionBook:
     def adopt_loads(self, known: Mapping[str, float]) -> None:
         """A new term: the load times learned by any leader (the board's) replace this replica's
         own, which may be older."""
-        for key, seconds in known.items():
-            name, warm = (key[:-len(WARM)], True) if key.endswith(WARM) else (key, False)
+        for key, value in known.items():
+            name, field = key, "measured_load_s"
+            for suffix, f in ((WARM, "measured_warm_s"), (VRAM, "measured_vram_gb")):
+                if key.endswith(suffix):
+                    name, field = key[:-len(suffix)], f
             if name in self.tracks:
-                setattr(self.tracks[name], "measured_warm_s" if warm else "measured_load_s", seconds)
+                setattr(self.tracks[name], field, value)
+
+    def observe_vram(self, beats: Iterable[dict]) -> None:
+        """The peak GPU memory replicas report, once they have run a job (a load alone does not
+        show the working memory); the highest one seen is kept, and shared on the board."""
+        for b in beats:
+            tr, peak = self.tracks.get(b.get("deployment")), b.get("vram_peak_gb")
+            if tr is None or not peak or not b.get("jobs_done"):
+                continue
+            if tr.measured_vram_gb is None or peak > tr.measured_vram_gb + 0.01:
+                tr.measured_vram_gb = float(peak)
+                self.measured[b["deployment"] + VRAM] = tr.measured_vram_gb
 
     def new_term(self) -> None:
         """Leadership (re)gained: forget this replica's own targets and load timings; counts and

@@ -130,6 +130,14 @@ def on_gpu(states: Mapping[str, int], reps: Replicas | None) -> tuple[int, int, 
     return (max(0, running - reps.off_gpu), starting + reps.waking, stopping + reps.parking)
 
 
+def packing_vram(declared: float, measured: float | None, margin: float | None) -> float:
+    """The VRAM the arbiter packs a model by: its measured peak with the margin once known (margin
+    None: the declared figure always), else the declared one."""
+    if measured is None or margin is None:
+        return declared
+    return round(measured * (1 + margin), 3)
+
+
 def model_views(cfg: OrchestratorConfig, *, stats: Mapping[str, AppQueueStats], service: Mapping[str, float],
                 states: Mapping[str, Mapping[str, int]], beats: Iterable[dict[str, Any]],
                 tracks: Mapping[str, ModelTrack], pools: Pools, now: float,
@@ -167,7 +175,8 @@ def model_views(cfg: OrchestratorConfig, *, stats: Mapping[str, AppQueueStats], 
         services = [service[a] for a in by_model.get(name, ()) if a in service]
         views.append(ModelView(
             name=name,
-            vram_gb=cfg.model_vram_gb(name),
+            vram_gb=packing_vram(cfg.model_vram_gb(name), tr.measured_vram_gb,
+                                 cfg.arbiter.vram_margin if cfg.arbiter.vram_from_peak else None),
             load_s=tr.measured_load_s if tr.measured_load_s is not None else spec.load_s,
             service_s=sum(services) / len(services) if services else 1.0,
             replicas=running,
@@ -221,11 +230,21 @@ def gpu_vram(views: Iterable[ModelView], gpus: Iterable[Gpu]) -> dict[str, dict[
     return out
 
 
+def _vram(v: ModelView, tr: ModelTrack, declared: Mapping[str, float]) -> dict[str, Any]:
+    """What the arbiter packs the model by (`vram_packed_gb`: the measured peak with the margin once
+    known, else the declared figure), and a flag where the declared figure is below the peak."""
+    d, m = declared.get(v.name, v.vram_gb), tr.measured_vram_gb
+    return {"vram_declared_gb": d, "vram_measured_gb": None if m is None else round(m, 3), "vram_packed_gb": v.vram_gb,
+            "vram_source": "measured" if m is not None and v.vram_gb != d else "declared",
+            **({"vram_declared_below_measured": True} if m is not None and d < m else {})}
+
+
 def decision_snapshot(views: list[ModelView], d: Decision, tracks: Mapping[str, ModelTrack], *, leader: str,
                       now: float, swap_credit_s: Mapping[str, float] | None = None,
                       history: Iterable[tuple[float, str]] = (), gpus: Iterable[Gpu] = (),
                       reps: Mapping[str, Replicas] | None = None, kept: Iterable[str] = (),
-                      hosts: Mapping[str, dict[str, Any]] | None = None) -> Snapshot:
+                      hosts: Mapping[str, dict[str, Any]] | None = None,
+                      declared: Mapping[str, float] | None = None) -> Snapshot:
     """The decision as published. The warm tier's parts: `reps` (each model's replicas),
     `kept` (the models kept parked: Serve keeps their replica) and `hosts` (per node memory)."""
     reps = reps or {}
@@ -239,7 +258,7 @@ def decision_snapshot(views: list[ModelView], d: Decision, tracks: Mapping[str, 
             "pending": v.pending,
             "stopping": v.stopping,
             "placement": list(d.placements.get(v.name, v.placement)),
-            "vram_declared_gb": v.vram_gb,
+            **_vram(v, tracks[v.name], declared or {}),
             "queued": v.queued,
             "in_flight": v.in_flight,
             "idle_s": v.idle_s,
@@ -290,7 +309,7 @@ def model_wait(s: Snapshot | None, model: str, now: float) -> dict[str, Any] | N
     about = round(load_s) if load_s is not None else None
     tail = f"about {load_s:.0f} s" if load_s is not None else "its load time unknown"
     # A model giving its memory back for this one: say so, not the policy's "waits" (it has acted).
-    leaving = [f"{name} ({o.get('vram_declared_gb', 0):g} GB)" for name, o in s.models.items()
+    leaving = [f"{name} ({o.get('vram_packed_gb', o.get('vram_declared_gb', 0)):g} GB)" for name, o in s.models.items()
                if name != model and o.get("state") in ("stopping", "draining")
                and f" for {model}:" in (o.get("last_decision") or "")]
     if leaving:

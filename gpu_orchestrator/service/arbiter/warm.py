@@ -43,17 +43,18 @@ class Replicas:
         return self.warm + self.cold + self.parking + self.waking
 
 
-def replicas(beats: Iterable[dict[str, Any]], last: Mapping[str, tuple[str, float]]) -> dict[str, Replicas]:
+def replicas(beats: Iterable[dict[str, Any]], last: Mapping[str, tuple[str, float, float]]) -> dict[str, Replicas]:
     """Per model deployment. A heartbeat older than the leader's last park or wake of that model
-    says what the call's answer says instead (heartbeats come every 2 s; calls answer at once)."""
+    says what the call's answer says instead, its state and host memory (heartbeats come every 2 s;
+    calls answer at once)."""
     out: dict[str, Replicas] = {}
     for b in beats:
         name = b.get("deployment")
         r = out.setdefault(name, Replicas())
-        state = b.get("state")
+        state, host_gb = b.get("state"), float(b.get("host_held_gb") or 0.0)
         said = last.get(name)
         if said is not None and (b.get("last_heartbeat") or 0.0) < said[1]:
-            state = said[0]
+            state, host_gb = said[0], said[2]
         if state in ("warm", "parking", "waking", "cold"):
             setattr(r, state, getattr(r, state) + 1)
         else:
@@ -61,7 +62,7 @@ def replicas(beats: Iterable[dict[str, Any]], last: Mapping[str, tuple[str, floa
             r.idle += state == "resident"
         r.node = r.node or b.get("node_id") or b.get("node")
         r.last_used = max(filter(None, [r.last_used, b.get("last_used")]), default=None)
-        r.host_gb += float(b.get("host_held_gb") or 0.0)
+        r.host_gb += host_gb
     return out
 
 
@@ -89,7 +90,7 @@ class WarmKeeper:
         self.on_woke = on_woke  # (model, when): a wake the leader asked for answered
         self.clock = clock
         self.kept: set[str] = set()  # parked (or being parked): Serve keeps their replica
-        self.last: dict[str, tuple[str, float]] = {}  # model -> (state its last call left, when)
+        self.last: dict[str, tuple[str, float, float]] = {}  # model -> (state its last call left, when, host GB)
         self.hosts: dict[str, HostMemory] = {}
         self._calls: dict[str, asyncio.Task] = {}
         self._tried: dict[str, float] = {}
@@ -99,14 +100,15 @@ class WarmKeeper:
         return self.spec.enabled
 
     def observe(self, beats: list[dict[str, Any]]) -> dict[str, Replicas]:
-        self.hosts = hosts(beats, self.spec.host_budget_gb, self.spec.host_budget_share) if self.enabled else {}
+        # Also with the tier off (a budget of 0): the host gauges say so rather than go missing.
+        self.hosts = hosts(beats, self.spec.host_budget_gb if self.enabled else 0.0, self.spec.host_budget_share)
         return replicas(beats, self.last)
 
     def keepable(self, reps: Mapping[str, Replicas]) -> set[str]:
         """Resident models whose node could keep them warm when they leave (their reload cost is
         the warm one, for the policy's weighing of a swap)."""
-        out = set()
-        for name, r in reps.items():
+        out: set[str] = set()
+        for name, r in reps.items() if self.enabled else ():
             host = self.hosts.get(r.node or "")
             if name in self.cfg.models and host is not None and self.cfg.model_vram_gb(name) <= host.budget_gb:
                 out.add(name)
@@ -173,13 +175,14 @@ class WarmKeeper:
 
     async def _run(self, name: str, verb: str, call: Callable[[], Awaitable[dict[str, Any]]]) -> None:
         try:
-            answer = await call()
+            self._answer(name, verb, await call())
         except Exception as e:  # the replica went away, or a call timed out: the heartbeats tell
-            log.warning("arbiter: %s of %s failed: %s", verb, name, e)
-            return
+            log.warning("arbiter: %s of %s failed: %s", verb, name, e, exc_info=True)
+
+    def _answer(self, name: str, verb: str, answer: dict[str, Any]) -> None:
         state = (answer or {}).get("state")
         if state:
-            self.last[name] = (state, self.clock())
+            self.last[name] = (state, self.clock(), float(answer.get("host_gb") or 0.0))
         if verb == "park" and not answer.get("parked"):
             log.info("arbiter: %s did not park: %s", name, answer.get("why"))
         elif verb == "wake" and state == "resident":
