@@ -16,7 +16,7 @@ REFRESH_S = 2.0
 ALL = "(all)"
 STATUSES = [ALL, "queued", "running", "succeeded", "failed", "cancelled"]
 QUEUE_COLS = ["app", "queued", "running", "oldest wait (s)", "cloud (queued/running)"]
-MODEL_COLS = ["model", "state", "gpu", "vram held (GB)", "vram declared (GB)", "replicas", "target", "queued",
+MODEL_COLS = ["model", "state", "gpu", "vram held (GB)", "vram declared (GB)", "host held (GB)", "replicas", "target", "queued",
               "running", "loads", "evictions", "last decision"]
 GPU_COLS = ["gpu", "size (GB)", "models", "vram held (GB)", "vram declared (GB)", "swap credit (s)"]
 VIRTUAL = " (virtual)"  # the demo's GPU: accounting only, its models run on CPU
@@ -47,7 +47,9 @@ def model_rows(fleet: dict[str, Any]) -> list[list[Any]]:
         running = (m.get("replica_states") or {}).get("RUNNING", 0)
         rows.append([m["deployment"], m["state"], ", ".join(arb.get("placement") or []) or "",
                      m.get("vram_held_gb") if m.get("vram_held_gb") is not None else "",
-                     m.get("vram_declared_gb") or 0, running, m.get("target_replicas"), m.get("queued", 0),
+                     m.get("vram_declared_gb") or 0,
+                     # A parked model's weights in host memory (the warm tier); blank for the others.
+                     round(m["host_held_gb"], 1) if m.get("host_held_gb") else "", running, m.get("target_replicas"), m.get("queued", 0),
                      m.get("running", 0), arb.get("loads", ""), arb.get("evictions", ""), arb.get("last_decision") or ""])
     return rows
 

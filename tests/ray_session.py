@@ -142,7 +142,7 @@ def warm_args(database_url: str, redis_url: str) -> dict:
     parked replica never stops Serve from starting the other."""
     def model(vram):
         return {"impl": "deployments.echo:Echo", "runtime_env": "runtime_envs/echo.yaml", "num_cpus": 0.1,
-                "num_gpus": 0.2, "vram_gb": vram, "load_s": 2.0, "init": {"load_time_s": 2.0, "warm_load_time_s": 0.1}}
+                "num_gpus": 0.2, "vram_gb": vram, "load_s": 1.0, "init": {"load_time_s": 0.5, "warm_load_time_s": 0.1}}
 
     return {
         "database_url": database_url, "redis_url": redis_url,
@@ -349,7 +349,7 @@ def warm_url(stack):
     from ray import serve
 
     yield stack.need("warm") + "/warm"
-    serve.delete("warm")
+    serve.delete("warm", _blocking=False)
     stack.up.pop("warm", None)
 
 

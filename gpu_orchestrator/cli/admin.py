@@ -132,8 +132,14 @@ def arbiter(ctx: click.Context, last: int) -> None:
         a = m.get("arbiter") or {}
         measured = a.get("load_measured_s")
         took = f"{measured:.1f} s measured" if measured is not None else f"{a.get('load_s', 0):g} s expected (not loaded yet)"
-        click.echo(f"{m['deployment']:<16} {m['state']:<10} {m.get('vram_declared_gb') or 0:>8g} {a.get('loads', 0):>6} "
-                   f"{a.get('evictions', 0):>10}  {took}")
+        if measured is not None and m.get("load_time_s") is not None:  # the cold path, split
+            took += f" (load step {m['load_time_s']:.1f} s, the rest the replica's start)"
+        if a.get("warm_load_measured_s") is not None:
+            took += f"; warm {a['warm_load_measured_s']:.2f} s"
+        vram = a.get("vram_packed_gb", m.get("vram_declared_gb") or 0)
+        flag = "  DECLARED BELOW MEASURED PEAK" if a.get("vram_declared_below_measured") else ""
+        click.echo(f"{m['deployment']:<16} {m['state']:<10} {vram:>8g} {a.get('loads', 0):>6} "
+                   f"{a.get('evictions', 0):>10}  {took}{flag}")
     click.echo("decisions (oldest first):")
     for ts, text in (arb.get("history") or [])[-last:]:
         click.echo(f"  {dt.datetime.fromtimestamp(ts).strftime('%H:%M:%S')}  {text}")

@@ -80,7 +80,8 @@ def test_the_arbiter_parks_an_evicted_model_and_its_next_job_wakes_the_same_repl
         data = wait_for(lambda: (lambda d: d if any("warm-a woke from host memory" in t for _, t in d["arbiter"]["history"])
                                  else None)(c.get("/v1/workers").json()), timeout_s=10, what="warm-a's wake recorded")
         arb = {m["deployment"]: m["arbiter"] for m in data["models"]}["warm-a"]
-        # Both load times learned apart: the wake (0.1 s in the model) well under the cold start (2 s + process).
+        # Both load times learned apart: the wake (0.1 s in the model) well under the cold start
+        # (0.5 s in the model, after Serve started the replica's process).
         assert arb["warm_load_measured_s"] < 1.0 < arb["load_measured_s"], arb
         (host,) = data["arbiter"]["hosts"].values()
         assert host["budget_gb"] == 40 and host["held_gb"] == 14  # warm-b's copy, now warm-a is back

@@ -616,7 +616,7 @@ def test_an_evicted_model_parks_keeps_its_replica_and_wakes_for_its_next_job():
         # The warm load: from the decision to the replica's answer that it woke.
         assert metrics.warm_loads["echo-a"] == 1 and metrics.warm_times["echo-a"] == [0.25]
         assert a.book.tracks["echo-a"].measured_warm_s == 0.25
-        assert a.book.measured["echo-a@warm"] == 0.25  # kept on the board, for the next leader
+        assert a.book.measured["echo-a@warm"] == 0.25  # for the board (next tick), for the next leader
         assert encode(a.snapshot, True)["target:echo-b"] == 1.0
 
     run(scenario())
@@ -642,3 +642,48 @@ def test_a_model_bigger_than_the_host_budget_stops_as_before():
         assert encode(a.snapshot, True)["target:echo-a"] == 0.0
 
     run(scenario())
+
+
+def test_the_arbiter_packs_by_the_measured_peak_once_a_replica_has_run_a_job():
+    w = World()
+    a, _, _ = w.router("router-a")
+    w.submit("echo-a")
+    run(a.tick())
+    w.cluster.running("echo-a")
+    peak = {"deployment": "echo-a", "replica_id": "r1", "node_id": "node-1", "state": "resident", "vram_peak_gb": 9.0}
+    w.beats.beats = [dict(peak, jobs_done=0)]  # loaded, no job yet: the working memory is not known
+    run(a.tick())
+    m = a.snapshot.models["echo-a"]
+    assert (m["vram_packed_gb"], m["vram_source"], m["vram_measured_gb"]) == (16, "declared", None)
+    w.beats.beats = [dict(peak, jobs_done=1)]
+    run(a.tick())
+    m = a.snapshot.models["echo-a"]
+    assert (m["vram_declared_gb"], m["vram_measured_gb"], m["vram_packed_gb"], m["vram_source"]) == (16, 9.0, 10.35, "measured")
+    assert "vram_declared_below_measured" not in m
+    assert run(w.board.loads())["echo-a@vram"] == 9.0  # kept on the board for the next leader
+    # Now echo-c (12 GB) fits beside it on the 24 GB GPU: 10.35 + 12 <= 24 (16 + 12 would not).
+    w.submit("echo-c")
+    run(a.tick())
+    assert a.snapshot.targets == {"echo-a": 1, "echo-b": 0, "echo-c": 1, "echo-huge": 0}
+    # A peak above the declared figure is flagged, and packed by.
+    w.beats.beats = [dict(peak, jobs_done=2, vram_peak_gb=20.0)]
+    run(a.tick())
+    m = a.snapshot.models["echo-a"]
+    assert m["vram_declared_below_measured"] is True and m["vram_packed_gb"] == 23.0
+
+
+def test_a_new_leader_starts_from_the_learned_figures_on_the_board():
+    w = World()
+    run(w.board.remember_load("echo-a", 7.0))
+    run(w.board.remember_load("echo-a@warm", 0.4))
+    run(w.board.remember_load("echo-a@vram", 9.0))
+    a, _, _ = w.router("router-a")
+    run(a.tick())
+    tr = a.book.tracks["echo-a"]
+    assert (tr.measured_load_s, tr.measured_warm_s, tr.measured_vram_gb) == (7.0, 0.4, 9.0)
+
+
+def test_learned_load_times_move_half_way_per_sample():
+    from gpu_orchestrator.service.arbiter.tracks import learn
+
+    assert learn(None, 8.0) == 8.0 and learn(8.0, 4.0) == 6.0 and learn(6.0, 30.0) == 18.0

@@ -80,7 +80,10 @@ FLEET = {
 
 def test_admin_tables():
     rows = model_rows(FLEET)
-    assert rows[0][:6] == ["sdxl", "resident", "gpu0", 15.2, 16, 1] and rows[1][1] == "cold" and rows[1][3] == ""
+    assert rows[0][:7] == ["sdxl", "resident", "gpu0", 15.2, 16, "", 1] and rows[1][1] == "cold" and rows[1][3] == ""
+    parked = {"models": [{"deployment": "llm", "state": "warm", "host_held_gb": 14.04, "vram_declared_gb": 14,
+                          "replica_states": {"RUNNING": 1}}]}
+    assert model_rows(parked)[0][:7] == ["llm", "warm", "", "", 14, 14.0, 1]  # the warm tier: in host memory
     assert gpu_rows(FLEET) == [["gpu0", "", "sdxl", 15.2, 16.0, 7.5]]  # held as reported; a cold model holds nothing
     sized = {**FLEET, "arbiter": {**FLEET["arbiter"], "gpus": {"gpu0": {"vram_gb": 24.0, "held_gb": 16.0, "virtual": True}}}}
     assert gpu_rows(sized) == [["gpu0 (virtual)", 24.0, "sdxl", 15.2, 16.0, 7.5]]

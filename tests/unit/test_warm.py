@@ -3,6 +3,7 @@ and the simulator."""
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import replace
 
@@ -143,3 +144,47 @@ def test_plan_drops_copies_when_free_ram_runs_low_and_never_exceeds_the_room():
         park, drop = plan_parking({"n": copies}, {"n": going}, {"n": host}, 2.0)
         kept = sum(c.gb for c in copies if c.name not in drop) + sum(c.gb for c in going if c.name in park)
         assert kept <= max(room(host, sum(c.gb for c in copies), 2.0), 0) + 1e-9
+
+
+def test_peak_vram_is_the_highest_sample_and_none_without_cuda(monkeypatch):
+    from types import SimpleNamespace
+
+    from gpu_orchestrator.models import vram
+
+    reserved = iter([2 * vram.GB, 6 * vram.GB, 3 * vram.GB])
+    cuda = SimpleNamespace(is_available=lambda: True, max_memory_reserved=lambda: next(reserved))
+    monkeypatch.setattr(vram, "nvml_gb", lambda pid=None: None)  # no NVML here: torch's figure alone
+    peak = vram.PeakVram()
+    assert [peak.sample(SimpleNamespace(cuda=cuda)) for _ in range(3)] == [2.0, 6.0, 6.0]
+    monkeypatch.setattr(vram, "nvml_gb", lambda pid=None: 7.5)  # a child process's engine counts too
+    cuda.max_memory_reserved = lambda: 1 * vram.GB
+    assert peak.sample(SimpleNamespace(cuda=cuda)) == 7.5
+    assert vram.PeakVram().sample(None) is None
+    assert vram._children(os.getpid()) >= {os.getpid()}
+
+
+def test_host_memory_reads_this_machine():
+    from gpu_orchestrator.models.host_memory import host_memory
+
+    total, free = host_memory()
+    assert 0 < free <= total
+
+
+def test_the_warm_tier_refuses_vram_resource_and_warns_of_full_gpu_shares():
+    import pytest
+
+    from gpu_orchestrator.core.config import ConfigError, parse_config
+    from gpu_orchestrator.service.arbiter.views import Pools, packing_warnings
+
+    def cfg(share, **arbiter):
+        return parse_config({"apps": [{"id": "a", "deployment": "a"}],
+                             "models": {m: {"impl": "deployments.echo:Echo", "num_gpus": share, "vram_gb": 8}
+                                        for m in ("a", "b", "c")},
+                             "arbiter": {"enabled": True, "warm": {"enabled": True}, **arbiter}})
+
+    with pytest.raises(ConfigError, match="warm.enabled: a parked replica keeps its vram_resource"):
+        cfg(0.3, vram_resource="vram_gb")
+    pools = Pools([Gpu("g0", 24)], {"n1": ("g0",)})
+    (w,) = packing_warnings(cfg(0.5), pools)
+    assert "shares sum to 1.5 on 1 GPU(s)" in w and "num_gpus <= 0.33" in w
+    assert packing_warnings(cfg(0.3), pools) == []
