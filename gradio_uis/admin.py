@@ -49,7 +49,8 @@ def model_rows(fleet: dict[str, Any]) -> list[list[Any]]:
                      m.get("vram_held_gb") if m.get("vram_held_gb") is not None else "",
                      m.get("vram_declared_gb") or 0,
                      # A parked model's weights in host memory (the warm tier); blank for the others.
-                     round(m["host_held_gb"], 1) if m.get("host_held_gb") else "", running, m.get("target_replicas"), m.get("queued", 0),
+                     round(m["host_held_gb"], 1) if m.get("host_held_gb") else "", running, m.get("target_replicas"),
+                     m.get("queued", 0),
                      m.get("running", 0), arb.get("loads", ""), arb.get("evictions", ""), arb.get("last_decision") or ""])
     return rows
 

@@ -295,17 +295,33 @@ def test_cli_workers_shows_arbiter_state(arbiter_url):
     assert "last decision: " in r.stdout and "arbiter: leader router:" in r.stdout
 
 
-def test_jobs_no_gpu_can_hold_fail_with_the_reason_after_max_wait(arb):
+def test_jobs_no_gpu_can_hold_fail_with_the_reason_or_run_on_their_fallback_after_max_wait(arb, fake_replicate):
+    """echo-huge (30 GB) fits no GPU (24 GB). Its jobs have max_wait_s (30 s) to find room; then a
+    job of the app without a fallback fails with the reason, and one of the app with a fallback
+    (the session's loopback Replicate) moves to it. Both wait out the same 30 s, side by side."""
+    fake = fake_replicate["fake"]
     t0 = time.monotonic()
     job = submit(arb, "huge")
+    moved = submit(arb, "huge-fb", delay_s=0)
     why = "cannot place echo-huge: needs 30 GB, largest allowed GPU has 24 GB"
     wait_for(lambda: why in arb.get("/v1/workers").json()["arbiter"]["reasons"], "the arbiter saying why", 30)
     done = wait_status(arb, job, {"succeeded", "failed"}, timeout_s=120)
     assert done["status"] == "failed" and done["attempts"] == 0
     assert done["error"] == "no capacity: cannot place echo-huge: needs 30 GB, largest allowed GPU has 24 GB"
     assert time.monotonic() - t0 >= 28  # it had max_wait_s (30 s) to find room first
+    reason = f"no local GPU can hold the model ({why})"
+    ran = wait_status(arb, moved, {"succeeded", "failed"}, timeout_s=120)
+    assert ran["status"] == "succeeded", ran
+    assert ran["route"] == "replicate" and ran["route_reason"] == reason
+    assert ran["backend"] == "replicate:test/echo" and ran["result"] == {"echo": {"delay_s": 0, "steps": 1}}
+    assert ran["cost"]["gpu_seconds"] == 0.5 and ran["attempts"] == 1
+    # Now known unplaceable: a new job of the fallback app goes to the cloud at submit.
+    second = arb.post("/v1/jobs", json={"app_id": "huge-fb", "params": {"delay_s": 0}}).json()
+    assert second["route"] == "replicate" and second["route_reason"] == reason
+    assert wait_status(arb, second["job_id"], {"succeeded", "failed"})["status"] == "succeeded"
+    assert sum(1 for c in fake.creates if c["input"] == {"delay_s": 0, "steps": 1}) >= 2
     w = {m["deployment"]: m for m in arb.get("/v1/workers").json()["models"]}
-    assert w["echo-huge"]["replica_states"] in ({}, {"RUNNING": 0}) and w["echo-huge"]["queued"] == 0
+    assert w["echo-huge"]["replica_states"] in ({}, {"RUNNING": 0}) and w["echo-huge"]["queued"] == 0  # never loaded
 
 
 # Last of the single-GPU tests on purpose: the swap budget lives in the arbiter leader for the whole
