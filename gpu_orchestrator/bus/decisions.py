@@ -30,7 +30,7 @@ class Snapshot:
     unplaceable: dict[str, str] = field(default_factory=dict)
     swap_credit_s: dict[str, float] = field(default_factory=dict)  # per GPU pool: what the swap budget still allows
     history: list[list] = field(default_factory=list)  # the leader's latest actions, [ts, text], oldest first
-    # Per GPU pool: {"vram_gb": its budget, "held_gb": the declared VRAM of every replica on it
+    # Per GPU pool: {"vram_gb": its budget, "held_gb": the packed VRAM of every replica on it
     # (resident, loading, stopping), "virtual": true for the demo's}, as the policy counted it.
     gpus: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The warm tier: models kept parked (their replica stays up for Serve, holding no VRAM), and per

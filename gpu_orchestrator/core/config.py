@@ -157,6 +157,8 @@ class WarmSpec(BaseModel):
     host_budget_share: float = Field(default=0.4, gt=0, le=0.9)
     # Parked copies go (least recently used first) when the node's free RAM falls below this.
     min_free_gb: float = Field(default=2.0, ge=0)
+    # VRAM a parked replica still holds on its GPU (its process's CUDA context), counted against it.
+    parked_vram_gb: float = Field(default=0.5, ge=0)
 
 
 class ArbiterSpec(BaseModel):

@@ -117,24 +117,21 @@ def room(host: HostMemory, held_gb: float, min_free_gb: float) -> float:
 
 def plan_parking(held: dict[str, list[WarmCopy]], leaving: dict[str, list[WarmCopy]],
                  hosts: dict[str, HostMemory], min_free_gb: float) -> tuple[set[str], set[str]]:
-    """Per node: the copies parked there now (`held`) and the models leaving its GPU now
-    (`leaving`). Returns (the leaving models to park, the parked copies to drop). A node short of
-    room (its budget, or its free RAM below min_free_gb) drops copies in drop_order first; then each
-    leaving model, the least recently used first, is kept if it fits (making room by the same
-    rule), so the copies kept never exceed the room."""
+    """Per node: the copies held there now (`held`: parked, or being parked) and the models leaving
+    its GPU now (`leaving`). Returns (the leaving models to park, the held copies to drop). Held and
+    leaving copies compete alike: one bigger than the node's room (its budget, less whatever would
+    leave under min_free_gb of RAM free) goes; while the rest exceed the room, copies go in
+    drop_order (the least recently used first), so the copies kept never exceed the room. A node with no memory reported parks nothing new."""
     park: set[str] = set()
     drop: set[str] = set()
     for node in sorted(set(held) | set(leaving)):
-        here = held.get(node, [])
+        here, going = held.get(node, []), leaving.get(node, [])
         host = hosts.get(node)
-        if host is None:  # nothing known about its memory: park nothing new there
+        if host is None:
             continue
-        tier = WarmTier(room(host, sum(c.gb for c in here), min_free_gb))
-        short = victims(here, tier.budget_gb, 0.0) or []
-        tier.held = {c.name: c for c in here if c not in short}
-        for c in sorted(leaving.get(node, []), key=lambda c: (c.since, c.name)):
-            tier.keep(c.name, c.gb, c.saving_s, c.since)
-        kept = set(tier.held)
-        park |= {c.name for c in leaving.get(node, []) if c.name in kept}
-        drop |= {c.name for c in here if c.name not in kept}
+        space = room(host, sum(c.gb for c in here), min_free_gb)
+        fits = [c for c in here + going if c.gb <= space]  # one bigger than the room never stays
+        gone = {c.name for c in here + going if c.gb > space} | {c.name for c in victims(fits, space, 0.0) or []}
+        park |= {c.name for c in going if c.name not in gone}
+        drop |= {c.name for c in here if c.name in gone}
     return park, drop

@@ -207,31 +207,36 @@ class ModelDeployment:
         if self.state != "resident" or self.busy or self._running or self._live:
             jobs = len(self._running) or self.busy or len(self._live)
             why = f"{jobs} job(s) here" if self.state == "resident" else f"it is {self.state}"
-            return {"parked": False, "state": self.state, "why": why}
+            return self._answer({"parked": False, "why": why})
         self.state = "parking"  # set on the event loop: a job arriving from now on waits for the wake
         self._loop = asyncio.get_running_loop()
-        return await asyncio.to_thread(self._park)
+        return self._answer(await asyncio.to_thread(self._park))
+
+    def _answer(self, out: dict[str, Any]) -> dict[str, Any]:
+        """A park's or wake's answer, with the state it left and this replica's id and clock (the
+        arbiter compares it with this replica's heartbeats, stamped by the same clock)."""
+        return {**out, "state": self.state, "replica_id": self._replica_id, "at": time.time()}
 
     def _park(self) -> dict[str, Any]:
         with self._load_lock:
             t0 = time.perf_counter()
             try:
                 host_gb = float(self.offload())
-            except ParkUnsupported as e:
+            except ParkUnsupported as e:  # the arbiter stops it instead, as without the warm tier
                 self.state = "resident"
-                return {"parked": False, "state": self.state, "why": str(e)}
+                return {"parked": False, "unsupported": True, "why": str(e)}
             except Exception as e:
                 self._drop(f"park failed: {type(e).__name__}: {_first_line(e)}")
                 return {"parked": False, "state": self.state, "why": f"park failed: {_first_line(e)}"}
             self.host_gb, self.park_time_s, self.state = host_gb, time.perf_counter() - t0, "warm"
         log.info("parked in %.3f s: %.2f GB held in host memory", self.park_time_s, host_gb)
-        return {"parked": True, "state": "warm", "seconds": self.park_time_s, "host_gb": host_gb}
+        return {"parked": True, "seconds": self.park_time_s, "host_gb": host_gb}
 
     async def wake(self) -> dict[str, Any]:
         """Back to the GPU from host memory (state resident); a wake that fails leaves it cold."""
         self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self._wake)
-        return {"state": self.state, "seconds": self.wake_time_s}
+        return self._answer({"seconds": self.wake_time_s})
 
     def _wake(self) -> None:
         while True:

@@ -61,7 +61,8 @@ class ServeMetrics:
                                          "is in (cold, warm, loading, resident, draining, stopping), 0 for the others",
                                          tag_keys=("model", "state"))
         self.vram_held = metrics.Gauge("gpu_orch_gpu_vram_held_gb", description="VRAM held on the GPU pool: the "
-                                       "declared VRAM of every replica placed there (resident, loading, stopping)",
+                                       "packed VRAM (declared, or the measured peak with a margin) of every replica "
+                                       "placed there (resident, loading, stopping)",
                                        tag_keys=("gpu",))
         self.vram_budget = metrics.Gauge("gpu_orch_gpu_vram_budget_gb", description="the GPU pool's VRAM budget "
                                          "(declared arbiter.gpus, or the node's vram_gb resource)", tag_keys=("gpu",))

@@ -533,12 +533,13 @@ class ParkingBackend:
 
     async def park(self) -> dict:
         self.calls.append(("park", self.name))
-        return {"parked": True, "state": "warm", "seconds": 0.1, "host_gb": self.host_gb}
+        return {"parked": True, "state": "warm", "seconds": 0.1, "host_gb": self.host_gb,
+                "replica_id": f"{self.name}-r1", "at": self.clock.now}
 
     async def wake(self) -> dict:
         self.calls.append(("wake", self.name))
         self.clock.advance(0.25)  # the copy back to the GPU
-        return {"state": "resident", "seconds": 0.2}
+        return {"state": "resident", "seconds": 0.25, "replica_id": f"{self.name}-r1", "at": self.clock.now}
 
 
 def warm_world(budget_gb: float):
@@ -589,6 +590,10 @@ def test_an_evicted_model_parks_keeps_its_replica_and_wakes_for_its_next_job():
         assert s.targets["echo-a"] == 0 and s.parked == ["echo-a"]
         assert encode(s, True)["target:echo-a"] == 1.0  # Serve keeps its replica up
         await settle()
+        assert calls == []  # not yet: a follower may still act on the decision before this one
+        w.clock.advance(0.5)
+        await a.tick()
+        await settle()
         assert calls == [("park", "echo-a")]
         # Parked (the heartbeat has not caught up; the park's answer is newer): no VRAM held, echo-b loads.
         w.clock.advance(0.5)
@@ -604,6 +609,8 @@ def test_an_evicted_model_parks_keeps_its_replica_and_wakes_for_its_next_job():
         # echo-a's next job: echo-b parks too (30 GB of a 40 GB budget), then echo-a wakes.
         w.submit("echo-a")
         w.clock.advance(1.0)
+        await a.tick()
+        w.clock.advance(0.5)
         await a.tick()
         await settle()
         assert calls[-1] == ("park", "echo-b") and a.snapshot.parked == ["echo-a", "echo-b"]
@@ -687,3 +694,48 @@ def test_learned_load_times_move_half_way_per_sample():
     from gpu_orchestrator.service.arbiter.tracks import learn
 
     assert learn(None, 8.0) == 8.0 and learn(8.0, 4.0) == 6.0 and learn(6.0, 30.0) == 18.0
+
+
+class UnparkableBackend(ParkingBackend):
+    async def park(self) -> dict:
+        self.calls.append(("park", self.name))
+        return {"parked": False, "unsupported": True, "why": "cannot park", "state": "resident",
+                "replica_id": f"{self.name}-r1", "at": self.clock.now}
+
+
+def test_a_model_that_cannot_park_stops_and_one_left_cold_takes_its_next_job():
+    from gpu_orchestrator.serve.autoscaling import encode
+
+    w, a, calls, _ = warm_world(budget_gb=40.0)
+    a.warm.backends = {**a.warm.backends, "echo-a": UnparkableBackend("echo-a", calls, 16.0, w.clock)}
+
+    async def scenario():
+        w.submit("echo-a")
+        await a.tick()
+        w.cluster.running("echo-a")
+        w.beats.beats = [beat(w, "echo-a", "resident")]
+        await a.tick()
+        finish_jobs(w, "echo-a")
+        w.submit("echo-b")
+        for _ in range(3):
+            w.clock.advance(0.5)
+            await a.tick()
+            await settle()
+        # Its replica answered that it cannot park: it is no longer kept, and Serve stops it.
+        assert calls == [("park", "echo-a")] and a.snapshot.parked == []
+        assert encode(a.snapshot, True)["target:echo-a"] == 0.0
+        # echo-b: a wake that failed left its replica up with no model (cold). Its next load is
+        # dispatchable at once (the job loads it in place), and counts as cold, not warm.
+        w.cluster.running("echo-a", 0)
+        w.cluster.running("echo-b")
+        w.beats.beats = [beat(w, "echo-b", "cold")]
+        finish_jobs(w, "echo-b")
+        w.clock.advance(1.0)
+        await a.tick()
+        w.submit("echo-b")
+        w.clock.advance(1.0)
+        await a.tick()
+        assert a.snapshot.targets["echo-b"] == 1 and a.dispatchable("echo-b")
+        assert a.book.tracks["echo-b"].load_warm is False
+
+    run(scenario())

@@ -121,6 +121,9 @@ def test_plan_parks_what_fits_and_drops_the_least_recently_used_copy():
     leaving = {"n1": [WarmCopy("now", 10, 5.0, 9.0)]}
     park, drop = plan_parking(held, leaving, {"n1": HostMemory(24.0, free_gb=100.0)}, min_free_gb=2.0)
     assert park == {"now"} and drop == {"old"}  # 30 GB do not fit 24: the least recently used goes
+    # Leaving on its idle TTL, last used before both held copies: it is the one that goes.
+    park, drop = plan_parking(held, {"n1": [WarmCopy("idle", 10, 5.0, 0.5)]}, {"n1": HostMemory(24.0)}, 2.0)
+    assert park == set() and drop == set()
     # Too big for the whole budget: it stops, the copies held stay.
     park, drop = plan_parking(held, {"n1": [WarmCopy("huge", 30, 5.0, 9.0)]}, {"n1": HostMemory(24.0)}, 2.0)
     assert park == set() and drop == set()

@@ -26,7 +26,7 @@ from gpu_orchestrator.service.arbiter.ports import (ArbiterMetrics, ClusterView,
                                                     QueueReader)
 from gpu_orchestrator.service.arbiter.tracks import DecisionBook
 from gpu_orchestrator.service.arbiter.views import (Pools, decision_snapshot, gpu_pools, model_views, model_wait, on_gpu,
-                                                    packing_warnings, quiet)
+                                                    packing_warnings, parked_context, quiet)
 from gpu_orchestrator.service.arbiter.warm import WarmKeeper
 from gpu_orchestrator.store.base import LeaderLock
 
@@ -180,8 +180,9 @@ class ArbiterLoop:
                             tracks=self.book.tracks, pools=pools, now=now, reps=reps,
                             keepable=self.warm.keepable(reps) if reps is not None else frozenset())
         gpu_ids = [g.id for g in pools.gpus]
+        gpus = parked_context(pools, reps, self.cfg.arbiter.warm.parked_vram_gb) if reps is not None else pools.gpus
         self.budget.refill(now)
-        d = decide(views, pools.gpus, self.policy, self.budget.credits(gpu_ids))
+        d = decide(views, gpus, self.policy, self.budget.credits(gpu_ids))
         self.budget.note(d)
         cost = {v.name: load_cost(v) for v in views}  # what each load spends: warm when parked
         parked = {name for name, r in (reps or {}).items() if r.warm}
@@ -191,7 +192,7 @@ class ArbiterLoop:
             self.warm.after(views, d, reps, states)
         return decision_snapshot(views, d, self.book.tracks, leader=self.owner, now=now,
                                  swap_credit_s=self.budget.credits(gpu_ids), history=self.book.history,
-                                 gpus=pools.gpus, reps=reps, kept=self.warm.kept if reps is not None else (),
+                                 gpus=gpus, reps=reps, kept=self.warm.kept if reps is not None else (),
                                  hosts=self.warm.host_report(seen),
                                  declared={name: self.cfg.model_vram_gb(name) for name in self.cfg.models})
 

@@ -5,7 +5,7 @@ decision. No I/O: the loop gathers the inputs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping
 
 from gpu_orchestrator.bus.decisions import Snapshot
@@ -114,6 +114,17 @@ def placement(holding: int, locations: Iterable[tuple[str, int | None]], pools: 
     return tuple(known) + tuple(previous[len(known):holding]) or previous
 
 
+def parked_context(pools: Pools, reps: Mapping[str, Replicas], gb: float) -> list[Gpu]:
+    """The GPUs less what parked replicas still hold there (their CUDA context): a parked process
+    keeps it until it stops."""
+    on: dict[str, int] = {}
+    for r in reps.values():
+        pool = pools.pool_of(r.node or "", r.gpu_index) if r.off_gpu else None
+        if pool is not None:
+            on[pool] = on.get(pool, 0) + r.off_gpu
+    return [replace(g, vram_gb=max(0.0, g.vram_gb - gb * on[g.id])) if on.get(g.id) else g for g in pools.gpus]
+
+
 def replica_counts(states: Mapping[str, int]) -> tuple[int, int, int]:
     """(running, starting, stopping) from Serve's replica states of one deployment."""
     return (states.get("RUNNING", 0), states.get("STARTING", 0) + states.get("UPDATING", 0),
@@ -158,8 +169,8 @@ def model_views(cfg: OrchestratorConfig, *, stats: Mapping[str, AppQueueStats], 
         tr = tracks[name]
         r = reps.get(name) if reps is not None else None
         running, starting, stopping = on_gpu(states.get(name, {}), r)
-        if r is not None and r.warm and tr.last_target:
-            starting += r.warm  # parked, and this leader loads it: waking (its first job wakes it)
+        if r is not None and (r.warm or r.cold) and tr.last_target:
+            starting += r.warm + r.cold  # up but off the GPU, and this leader loads it: its first job wakes it
         if tr.last_target == 0 and running + starting > 0:
             # Replicas this leader did not ask for (Serve's cold-start fast path restarts a model
             # evicted a moment after its last request): memory held, not adopted, so the model it
@@ -192,7 +203,9 @@ def model_views(cfg: OrchestratorConfig, *, stats: Mapping[str, AppQueueStats], 
             idle_s=(now - idle_from) if idle_from is not None and in_flight == 0 else None,
             resident_s=(now - tr.resident_since) if tr.resident_since else 0.0,
             cold_s=(now - tr.cold_since) if tr.cold_since is not None and running == 0 else None,
-            pin=spec.pin,
+            # A replica up but off the GPU wakes where it sits: the policy places it on that GPU.
+            pin=(pools.pool_of(r.node or "", r.gpu_index) or spec.pin) if r is not None and r.off_gpu and not r.resident
+            else spec.pin,
             max_replicas=spec.max_replicas,
             idle_ttl_s=spec.idle_ttl_s,
             warm_load_s=tr.measured_warm_s,
@@ -249,7 +262,7 @@ def decision_snapshot(views: list[ModelView], d: Decision, tracks: Mapping[str, 
     `kept` (the models kept parked: Serve keeps their replica) and `hosts` (per node memory)."""
     reps = reps or {}
     # A parked model the policy loads takes work at once: its replica is up; the first job wakes it.
-    wakeable = {n for n, r in reps.items() if r.warm and not r.resident}
+    wakeable = {n for n, r in reps.items() if (r.warm or r.cold) and not r.resident}
     models = {
         v.name: {
             "state": model_state(v, d, v.name in wakeable),

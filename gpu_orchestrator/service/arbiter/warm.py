@@ -21,6 +21,8 @@ from gpu_orchestrator.core.warm import HostMemory, WarmCopy, plan_parking, room
 
 log = logging.getLogger("gpu_orchestrator.arbiter")
 RETRY_PARK_S = 1.0  # a refused park (a job still ran there) is asked again this often
+CALL_TIMEOUT_S = 300.0  # a park or wake that takes longer is given up (the heartbeats tell the rest)
+STALE_BEAT_S = 6.0  # a heartbeat this old is a replica that went away (the key lives 10 s)
 
 
 @dataclass
@@ -31,11 +33,17 @@ class Replicas:
     parking: int = 0
     waking: int = 0
     cold: int = 0  # alive, model dropped after a failed park or wake (its next job loads it)
-    resident: int = 0  # resident, busy or loading: holding VRAM
     idle: int = 0  # resident with no job
+    busy: int = 0
+    other: int = 0  # loading or failed: holding (or about to hold) VRAM, not parkable
     node: str | None = None
+    gpu_index: int | None = None
     last_used: float | None = None
     host_gb: float = 0.0
+
+    @property
+    def resident(self) -> int:
+        return self.idle + self.busy + self.other
 
     @property
     def off_gpu(self) -> int:
@@ -43,24 +51,31 @@ class Replicas:
         return self.warm + self.cold + self.parking + self.waking
 
 
-def replicas(beats: Iterable[dict[str, Any]], last: Mapping[str, tuple[str, float, float]]) -> dict[str, Replicas]:
-    """Per model deployment. A heartbeat older than the leader's last park or wake of that model
-    says what the call's answer says instead, its state and host memory (heartbeats come every 2 s;
-    calls answer at once)."""
+def replicas(beats: Iterable[dict[str, Any]], last: Mapping[str, dict[str, Any]],
+             now: float | None = None) -> dict[str, Replicas]:
+    """Per model deployment. Where the leader's last park or wake of a model answered after a
+    replica's heartbeat (both stamped by that replica's clock), the answer's state and host memory
+    stand for that replica (heartbeats come every 2 s; calls answer at once). Heartbeats older than
+    STALE_BEAT_S before `now` are replicas gone."""
     out: dict[str, Replicas] = {}
     for b in beats:
+        if now is not None and (b.get("last_heartbeat") or now) < now - STALE_BEAT_S:
+            continue
         name = b.get("deployment")
         r = out.setdefault(name, Replicas())
         state, host_gb = b.get("state"), float(b.get("host_held_gb") or 0.0)
         said = last.get(name)
-        if said is not None and (b.get("last_heartbeat") or 0.0) < said[1]:
-            state, host_gb = said[0], said[2]
-        if state in ("warm", "parking", "waking", "cold"):
+        if (said is not None and said.get("replica_id") == b.get("replica_id")
+                and (b.get("last_heartbeat") or 0.0) < (said.get("at") or 0.0)):
+            state, host_gb = said.get("state"), float(said.get("host_gb") or 0.0)
+        if state in ("warm", "parking", "waking", "cold", "busy"):
             setattr(r, state, getattr(r, state) + 1)
+        elif state == "resident":
+            r.idle += 1
         else:
-            r.resident += 1
-            r.idle += state == "resident"
-        r.node = r.node or b.get("node_id") or b.get("node")
+            r.other += 1
+        if r.node is None:
+            r.node, r.gpu_index = b.get("node_id") or b.get("node"), b.get("gpu_index")
         r.last_used = max(filter(None, [r.last_used, b.get("last_used")]), default=None)
         r.host_gb += host_gb
     return out
@@ -89,11 +104,16 @@ class WarmKeeper:
         self.backends = backends
         self.on_woke = on_woke  # (model, when): a wake the leader asked for answered
         self.clock = clock
+        # Followers act on a decision up to a tick late: a park waits that long, so a job one of
+        # them dispatched just before the eviction does not wake the model again behind it.
+        self.park_after_s = 2 * cfg.arbiter.tick_s
         self.kept: set[str] = set()  # parked (or being parked): Serve keeps their replica
-        self.last: dict[str, tuple[str, float, float]] = {}  # model -> (state its last call left, when, host GB)
+        self.unparkable: set[str] = set()  # models whose replicas answered that they cannot park
+        self.last: dict[str, dict[str, Any]] = {}  # model -> the last park or wake answer
         self.hosts: dict[str, HostMemory] = {}
         self._calls: dict[str, asyncio.Task] = {}
         self._tried: dict[str, float] = {}
+        self._leaving_since: dict[str, float] = {}
 
     @property
     def enabled(self) -> bool:
@@ -102,7 +122,7 @@ class WarmKeeper:
     def observe(self, beats: list[dict[str, Any]]) -> dict[str, Replicas]:
         # Also with the tier off (a budget of 0): the host gauges say so rather than go missing.
         self.hosts = hosts(beats, self.spec.host_budget_gb if self.enabled else 0.0, self.spec.host_budget_share)
-        return replicas(beats, self.last)
+        return replicas(beats, self.last, self.clock())
 
     def keepable(self, reps: Mapping[str, Replicas]) -> set[str]:
         """Resident models whose node could keep them warm when they leave (their reload cost is
@@ -110,7 +130,8 @@ class WarmKeeper:
         out: set[str] = set()
         for name, r in reps.items() if self.enabled else ():
             host = self.hosts.get(r.node or "")
-            if name in self.cfg.models and host is not None and self.cfg.model_vram_gb(name) <= host.budget_gb:
+            if (name in self.cfg.models and name not in self.unparkable and host is not None
+                    and self.cfg.model_vram_gb(name) <= host.budget_gb):
                 out.add(name)
         return out
 
@@ -129,10 +150,11 @@ class WarmKeeper:
             if v is None or d.targets.get(name, 0) > 0 or not r.node:
                 continue
             saving = max(0.0, v.load_s - (v.warm_load_s or 0.0))
-            if r.warm:
-                held.setdefault(r.node, []).append(WarmCopy(name, r.host_gb or v.vram_gb, saving, r.last_used or now))
-            elif r.resident or r.parking:
-                leaving.setdefault(r.node, []).append(WarmCopy(name, v.vram_gb, saving, r.last_used or now))
+            since = r.last_used or now
+            if r.warm or r.parking:  # a park under way holds its share of the room already
+                held.setdefault(r.node, []).append(WarmCopy(name, r.host_gb or v.vram_gb, saving, since))
+            elif (r.idle or r.busy) and not r.other and name not in self.unparkable:
+                leaving.setdefault(r.node, []).append(WarmCopy(name, v.vram_gb, saving, since))
         park, drop = plan_parking(held, leaving, self.hosts, self.spec.min_free_gb)
         kept = {c.name for copies in held.values() for c in copies} - drop | park
         for name in sorted(drop):
@@ -140,10 +162,12 @@ class WarmKeeper:
         for name in sorted(park - self.kept):
             log.info("arbiter: %s parks in host memory (warm) instead of stopping", name)
         self.kept = kept
+        self._leaving_since = {n: self._leaving_since.get(n, now) for n in park}
         for name in park:
             r, s = reps[name], states.get(name, {})
             # One idle replica left (Serve stops the others first), no call under way, not asked just now.
             if (r.idle == 1 and r.resident == 1 and s.get("RUNNING", 0) == 1 and not s.get("STARTING")
+                    and now - self._leaving_since[name] >= self.park_after_s
                     and now - self._tried.get(name, 0.0) >= RETRY_PARK_S):
                 self._call(name, "park")
         for name, r in reps.items():
@@ -151,8 +175,9 @@ class WarmKeeper:
                 self._call(name, "wake")
 
     def wakeable(self, reps: Mapping[str, Replicas]) -> set[str]:
-        """Parked models a job may be sent to (the job wakes the replica)."""
-        return {name for name, r in reps.items() if r.warm and not r.resident} if self.enabled else set()
+        """Models whose replica is up but off the GPU (parked, or dropped after a failed park or
+        wake): a job may be sent to them once the policy loads them (the job wakes or loads it)."""
+        return {name for name, r in reps.items() if (r.warm or r.cold) and not r.resident} if self.enabled else set()
 
     def host_report(self, reps: Mapping[str, Replicas]) -> dict[str, dict[str, Any]]:
         """Per node, for GET /v1/workers and the gauges: the budget, what parked copies hold, free RAM."""
@@ -175,17 +200,19 @@ class WarmKeeper:
 
     async def _run(self, name: str, verb: str, call: Callable[[], Awaitable[dict[str, Any]]]) -> None:
         try:
-            self._answer(name, verb, await call())
+            self._answer(name, verb, await asyncio.wait_for(call(), CALL_TIMEOUT_S))
         except Exception as e:  # the replica went away, or a call timed out: the heartbeats tell
-            log.warning("arbiter: %s of %s failed: %s", verb, name, e, exc_info=True)
+            log.warning("arbiter: %s of %s failed: %s", verb, name, e, exc_info=not isinstance(e, asyncio.TimeoutError))
 
     def _answer(self, name: str, verb: str, answer: dict[str, Any]) -> None:
-        state = (answer or {}).get("state")
-        if state:
-            self.last[name] = (state, self.clock(), float(answer.get("host_gb") or 0.0))
-        if verb == "park" and not answer.get("parked"):
+        if answer.get("state") and answer.get("at") is not None:
+            self.last[name] = answer
+        if verb == "park" and answer.get("unsupported"):
+            log.info("arbiter: %s cannot park (%s): it stops when it leaves the GPU", name, answer.get("why"))
+            self.unparkable.add(name)
+        elif verb == "park" and not answer.get("parked"):
             log.info("arbiter: %s did not park: %s", name, answer.get("why"))
-        elif verb == "wake" and state == "resident":
+        elif verb == "wake" and answer.get("state") == "resident":
             self.on_woke(name, self.clock())
 
     async def aclose(self) -> None:
