@@ -128,8 +128,9 @@ class Transitions:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # events are lossy; watchers fall back to the job row
-            # Once the bus is known down (its breaker open), one line per job would flood the log.
-            level = logging.DEBUG if isinstance(e, EventBusDown) else logging.WARNING
+            # Once the bus is known down (its breaker open) a warning per job would drown the first
+            # one; each dropped status event still says so, at INFO (as each job's start does).
+            level = logging.INFO if isinstance(e, EventBusDown) else logging.WARNING
             log.log(level, "status event for job %s -> %s not published: %s", job_id,
                     "/".join(st.value for st, _ in statuses), reason(e))
 

@@ -66,6 +66,9 @@ def test_the_arbiter_parks_an_evicted_model_and_its_next_job_wakes_the_same_repl
 
     with httpx.Client(base_url=warm_url, timeout=30) as c:
         pid_a = _done(c, "a", "cold")["replica_pid"]
+        # A model parks only where the leader knows its node's memory: from its replica's heartbeat.
+        wait_for(lambda: any(r.get("host_total_gb") for r in _model(c, "warm-a")["replicas"]), timeout_s=30,
+                 what="warm-a's heartbeat with its node's memory")
         _done(c, "b", "evicts a")  # warm-b (14 GB) needs the room warm-a (16 GB) holds
 
         def parked(name: str) -> dict | None:

@@ -739,3 +739,26 @@ def test_a_model_that_cannot_park_stops_and_one_left_cold_takes_its_next_job():
         assert a.book.tracks["echo-b"].load_warm is False
 
     run(scenario())
+
+
+def test_the_keeper_reads_a_late_loading_beat_as_resident_and_lets_a_stopping_replica_go():
+    from gpu_orchestrator.core.policy_types import Decision
+    from gpu_orchestrator.service.arbiter.warm import WarmKeeper, replicas
+
+    w = World(warm={"enabled": True, "host_budget_gb": 40})
+    keeper = WarmKeeper(w.cfg, {}, lambda name, at: None, w.clock)
+    beats = [beat(w, "echo-a", "loading")]  # sent before its load ended; Serve already runs it
+    reps = keeper.observe(beats)
+    assert reps["echo-a"].idle == 1 and reps["echo-a"].other == 0
+    views = [ModelView("echo-a", 16, load_s=5.0)]
+    d = Decision(targets={"echo-a": 0}, placements={}, draining=frozenset())
+    keeper.after(views, d, reps, {"echo-a": {"RUNNING": 1}})
+    assert keeper.kept == {"echo-a"}
+    # Serve already stopping it (a target of 0 went out before): keeping it would start a fresh replica.
+    keeper.kept = set()
+    keeper.after(views, d, reps, {"echo-a": {"STOPPING": 1}})
+    assert keeper.kept == set()
+    # A failed replica is not parked; nor is a heartbeat 6 s old (a replica gone).
+    assert replicas([beat(w, "echo-a", "failed")], {})["echo-a"].other == 1
+    old = dict(beat(w, "echo-a", "resident"), last_heartbeat=w.clock.now - 7)
+    assert replicas([old], {}, now=w.clock.now) == {}

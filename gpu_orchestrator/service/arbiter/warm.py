@@ -35,7 +35,7 @@ class Replicas:
     cold: int = 0  # alive, model dropped after a failed park or wake (its next job loads it)
     idle: int = 0  # resident with no job
     busy: int = 0
-    other: int = 0  # loading or failed: holding (or about to hold) VRAM, not parkable
+    other: int = 0  # failed to load (or unknown): not parkable
     node: str | None = None
     gpu_index: int | None = None
     last_used: float | None = None
@@ -70,7 +70,7 @@ def replicas(beats: Iterable[dict[str, Any]], last: Mapping[str, dict[str, Any]]
             state, host_gb = said.get("state"), float(said.get("host_gb") or 0.0)
         if state in ("warm", "parking", "waking", "cold", "busy"):
             setattr(r, state, getattr(r, state) + 1)
-        elif state == "resident":
+        elif state in ("resident", "loading"):  # loading: a beat sent before its load ended (Serve knows)
             r.idle += 1
         else:
             r.other += 1
@@ -153,7 +153,9 @@ class WarmKeeper:
             since = r.last_used or now
             if r.warm or r.parking:  # a park under way holds its share of the room already
                 held.setdefault(r.node, []).append(WarmCopy(name, r.host_gb or v.vram_gb, saving, since))
-            elif (r.idle or r.busy) and not r.other and name not in self.unparkable:
+            # Only a replica Serve still runs: one it is stopping is let go (keeping it now would
+            # have Serve start a fresh replica that loads from disk).
+            elif (r.idle or r.busy) and not r.other and name not in self.unparkable and states.get(name, {}).get("RUNNING"):
                 leaving.setdefault(r.node, []).append(WarmCopy(name, v.vram_gb, saving, since))
         park, drop = plan_parking(held, leaving, self.hosts, self.spec.min_free_gb)
         kept = {c.name for copies in held.values() for c in copies} - drop | park
