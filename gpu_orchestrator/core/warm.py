@@ -121,7 +121,8 @@ def plan_parking(held: dict[str, list[WarmCopy]], leaving: dict[str, list[WarmCo
     its GPU now (`leaving`). Returns (the leaving models to park, the held copies to drop). Held and
     leaving copies compete alike: one bigger than the node's room (its budget, less whatever would
     leave under min_free_gb of RAM free) goes; while the rest exceed the room, copies go in
-    drop_order (the least recently used first), so the copies kept never exceed the room. A node with no memory reported parks nothing new."""
+    drop_order (the least recently used first), so the copies kept never exceed the room. A node
+    with no memory reported parks nothing new."""
     park: set[str] = set()
     drop: set[str] = set()
     for node in sorted(set(held) | set(leaving)):
