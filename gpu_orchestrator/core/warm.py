@@ -14,6 +14,11 @@ copies already held leave too little room, copies are dropped to make it:
 A model bigger than the whole budget never becomes warm, and the copies held never add up to more
 than the budget. A warm copy is consumed when its model loads again (the weights go back to the GPU
 and the host memory is freed); the model becomes warm again when it next leaves.
+
+Two users: the simulator (WarmTier: a copy's time is when it left the GPU, so the one leaving now
+always stays when it fits) and the live arbiter (plan_parking: a copy's time is its model's last
+job, so a model leaving on its idle TTL competes with the copies held by when it was last used,
+and the room also keeps the node's free RAM above a floor).
 """
 
 from __future__ import annotations
