@@ -137,9 +137,10 @@ def arbiter_args(database_url: str, redis_url: str, replicate: dict | None = Non
 
 
 def warm_args(database_url: str, redis_url: str) -> dict:
-    """Two synthetic models that cannot share the fake GPU's 24 GB (16 and 14), under the arbiter
+    """Two synthetic models that cannot share the fake GPU's 4 GB (2.6 and 2.4), under the arbiter
     with the warm tier on: each takes a placement share (0.2: beside the arbiter app's 0.6), so a
-    parked replica never stops Serve from starting the other."""
+    parked replica never stops Serve from starting the other. Small, because a park also needs
+    the node's free RAM (min_free_gb on top of the copy), and a CI box has less free than 16 GB."""
     def model(vram):
         return {"impl": "deployments.echo:Echo", "runtime_env": "runtime_envs/echo.yaml", "num_cpus": 0.1,
                 "num_gpus": 0.2, "vram_gb": vram, "load_s": 1.0, "init": {"load_time_s": 0.5, "warm_load_time_s": 0.1}}
@@ -148,9 +149,9 @@ def warm_args(database_url: str, redis_url: str) -> dict:
         "database_url": database_url, "redis_url": redis_url,
         "router": {"num_replicas": 1, "lease_s": 5, "poll_interval_s": 0.2},
         "arbiter": {"enabled": True, "idle_ttl_s": 600, "max_wait_s": 30, "min_resident_s": 0, "tick_s": 0.25,
-                    "swap_budget": None, "gpus": [{"id": "gpu0", "vram_gb": 24}],
+                    "swap_budget": None, "gpus": [{"id": "gpu0", "vram_gb": 4}],
                     "warm": {"enabled": True, "host_budget_gb": 40}},
-        "models": {"warm-a": model(16), "warm-b": model(14)},
+        "models": {"warm-a": model(2.6), "warm-b": model(2.4)},
         "apps": [{"id": i, "deployment": f"warm-{i}", "synthetic": True, "timeout_s": 60,
                   "parameters": [{"name": "message", "type": "string", "default": ""}]} for i in ("a", "b")],
     }

@@ -59,7 +59,7 @@ def _done(c, app_id: str, message: str) -> dict:
 
 
 def test_the_arbiter_parks_an_evicted_model_and_its_next_job_wakes_the_same_replica(warm_url):
-    """Two models that cannot share the GPU's 24 GB, with the warm tier on: the one evicted parks
+    """Two models that cannot share the GPU's 4 GB, with the warm tier on: the one evicted parks
     (its Serve replica stays, holding no VRAM), and its next job runs on the same process, woken
     from host memory, not started and loaded again."""
     import httpx
@@ -69,14 +69,14 @@ def test_the_arbiter_parks_an_evicted_model_and_its_next_job_wakes_the_same_repl
         # A model parks only where the leader knows its node's memory: from its replica's heartbeat.
         wait_for(lambda: any(r.get("host_total_gb") for r in _model(c, "warm-a")["replicas"]), timeout_s=30,
                  what="warm-a's heartbeat with its node's memory")
-        _done(c, "b", "evicts a")  # warm-b (14 GB) needs the room warm-a (16 GB) holds
+        _done(c, "b", "evicts a")  # warm-b (2.4 GB) needs the room warm-a (2.6 GB) holds
 
         def parked(name: str) -> dict | None:
             m = _model(c, name)
             return m if m["state"] == "warm" else None
 
         a = wait_for(lambda: parked("warm-a"), timeout_s=30, what="warm-a parked")
-        assert a["replica_states"] == {"RUNNING": 1} and a["host_held_gb"] == 16  # Serve kept its replica
+        assert a["replica_states"] == {"RUNNING": 1} and a["host_held_gb"] == 2.6  # Serve kept its replica
         assert _done(c, "a", "warm")["replica_pid"] == pid_a  # the same process, woken
         wait_for(lambda: parked("warm-b"), timeout_s=30, what="warm-b parked for warm-a")
         # The leader times the wake by the replica's answer, which may come just after the job's.
@@ -87,4 +87,4 @@ def test_the_arbiter_parks_an_evicted_model_and_its_next_job_wakes_the_same_repl
         # (0.5 s in the model, after Serve started the replica's process).
         assert arb["warm_load_measured_s"] < 1.0 < arb["load_measured_s"], arb
         (host,) = data["arbiter"]["hosts"].values()
-        assert host["budget_gb"] == 40 and host["held_gb"] == 14  # warm-b's copy, now warm-a is back
+        assert host["budget_gb"] == 40 and host["held_gb"] == 2.4  # warm-b's copy, now warm-a is back

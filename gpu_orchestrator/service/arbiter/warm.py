@@ -22,7 +22,6 @@ from gpu_orchestrator.core.warm import HostMemory, WarmCopy, plan_parking, room
 log = logging.getLogger("gpu_orchestrator.arbiter")
 RETRY_PARK_S = 1.0  # a refused park (a job still ran there) is asked again this often
 CALL_TIMEOUT_S = 300.0  # a park or wake that takes longer is given up (the heartbeats tell the rest)
-STALE_BEAT_S = 6.0  # a heartbeat this old is a replica that went away (the key lives 10 s)
 
 
 @dataclass
@@ -51,16 +50,13 @@ class Replicas:
         return self.warm + self.cold + self.parking + self.waking
 
 
-def replicas(beats: Iterable[dict[str, Any]], last: Mapping[str, dict[str, Any]],
-             now: float | None = None) -> dict[str, Replicas]:
+def replicas(beats: Iterable[dict[str, Any]], last: Mapping[str, dict[str, Any]]) -> dict[str, Replicas]:
     """Per model deployment. Where the leader's last park or wake of a model answered after a
     replica's heartbeat (both stamped by that replica's clock), the answer's state and host memory
-    stand for that replica (heartbeats come every 2 s; calls answer at once). Heartbeats older than
-    STALE_BEAT_S before `now` are replicas gone."""
+    stand for that replica (heartbeats come every 2 s; calls answer at once). A replica that went
+    away counts until its heartbeat key expires (bus.workers.TTL_S)."""
     out: dict[str, Replicas] = {}
     for b in beats:
-        if now is not None and (b.get("last_heartbeat") or now) < now - STALE_BEAT_S:
-            continue
         name = b.get("deployment")
         r = out.setdefault(name, Replicas())
         state, host_gb = b.get("state"), float(b.get("host_held_gb") or 0.0)
@@ -114,6 +110,7 @@ class WarmKeeper:
         self._calls: dict[str, asyncio.Task] = {}
         self._tried: dict[str, float] = {}
         self._leaving_since: dict[str, float] = {}
+        self._told: set[str] = set()  # models whose stop instead of a park was logged (once each time)
 
     @property
     def enabled(self) -> bool:
@@ -122,7 +119,7 @@ class WarmKeeper:
     def observe(self, beats: list[dict[str, Any]]) -> dict[str, Replicas]:
         # Also with the tier off (a budget of 0): the host gauges say so rather than go missing.
         self.hosts = hosts(beats, self.spec.host_budget_gb if self.enabled else 0.0, self.spec.host_budget_share)
-        return replicas(beats, self.last, self.clock())
+        return replicas(beats, self.last)
 
     def keepable(self, reps: Mapping[str, Replicas]) -> set[str]:
         """Resident models whose node could keep them warm when they leave (their reload cost is
@@ -159,6 +156,7 @@ class WarmKeeper:
                 leaving.setdefault(r.node, []).append(WarmCopy(name, v.vram_gb, saving, since))
         park, drop = plan_parking(held, leaving, self.hosts, self.spec.min_free_gb)
         kept = {c.name for copies in held.values() for c in copies} - drop | park
+        self._tell_stops(d, reps, states, kept)
         for name in sorted(drop):
             log.info("arbiter: dropping %s's warm copy (its node needs the host memory)", name)
         for name in sorted(park - self.kept):
@@ -175,6 +173,25 @@ class WarmKeeper:
         for name, r in reps.items():
             if r.warm and d.targets.get(name, 0) > 0 and name not in d.draining:
                 self._call(name, "wake")
+
+    def _tell_stops(self, d: Decision, reps: Mapping[str, Replicas], states: Mapping[str, Mapping[str, int]],
+                    kept: set[str]) -> None:
+        """Log once, each time, why a model leaving the GPU stops instead of parking."""
+        for name in self.cfg.models:
+            if d.targets.get(name, 0) > 0 or not states.get(name, {}).get("RUNNING"):
+                self._told.discard(name)
+                continue
+            if name in kept or name in self._told:
+                continue
+            r = reps.get(name)
+            why = ("no heartbeat from its replica" if r is None
+                   else "it cannot park" if name in self.unparkable
+                   else "its node's memory is not reported" if (r.node or "") not in self.hosts
+                   else "its replica failed to load" if r.other
+                   else "its replica is already off the GPU" if not (r.idle or r.busy)
+                   else "its node has no room in the warm tier's host-memory budget")
+            log.info("arbiter: %s stops instead of parking: %s", name, why)
+            self._told.add(name)
 
     def wakeable(self, reps: Mapping[str, Replicas]) -> set[str]:
         """Models whose replica is up but off the GPU (parked, or dropped after a failed park or
