@@ -569,21 +569,26 @@ def finish_jobs(w, app_id: str) -> None:
         w.store.complete(job_id=job.id, owner="router-a", attempt=job.claims, result={}, backend=app_id)
 
 
+async def a_ran_then_b_queued(w, a, load_s: float = 0.0) -> None:
+    """echo-a loads (in load_s), runs its job and is idle on node-1; then echo-b's job is queued."""
+    w.submit("echo-a")
+    await a.tick()
+    w.clock.advance(load_s)
+    w.cluster.running("echo-a")
+    w.beats.beats = [beat(w, "echo-a", "resident")]
+    await a.tick()
+    finish_jobs(w, "echo-a")
+    w.submit("echo-b")
+
+
 def test_an_evicted_model_parks_keeps_its_replica_and_wakes_for_its_next_job():
     from gpu_orchestrator.serve.autoscaling import encode
 
     w, a, calls, metrics = warm_world(budget_gb=40.0)
 
     async def scenario():
-        w.submit("echo-a")
-        await a.tick()
-        w.clock.advance(2.0)
-        w.cluster.running("echo-a")
-        w.beats.beats = [beat(w, "echo-a", "resident")]
-        await a.tick()
-        finish_jobs(w, "echo-a")
         # echo-b's job: echo-a (16 GB) and echo-b (14 GB) do not fit one 24 GB GPU together.
-        w.submit("echo-b")
+        await a_ran_then_b_queued(w, a, load_s=2.0)
         w.clock.advance(1.0)
         await a.tick()
         s = a.snapshot
@@ -636,13 +641,7 @@ def test_a_model_bigger_than_the_host_budget_stops_as_before(caplog):
     caplog.set_level("INFO", logger="gpu_orchestrator.arbiter")
 
     async def scenario():
-        w.submit("echo-a")
-        await a.tick()
-        w.cluster.running("echo-a")
-        w.beats.beats = [beat(w, "echo-a", "resident")]
-        await a.tick()
-        finish_jobs(w, "echo-a")
-        w.submit("echo-b")
+        await a_ran_then_b_queued(w, a)
         w.clock.advance(1.0)
         await a.tick()
         await a.tick()
@@ -715,13 +714,7 @@ def test_a_model_that_cannot_park_stops_and_one_left_cold_takes_its_next_job():
     a.warm.backends = {**a.warm.backends, "echo-a": UnparkableBackend("echo-a", calls, 16.0, w.clock)}
 
     async def scenario():
-        w.submit("echo-a")
-        await a.tick()
-        w.cluster.running("echo-a")
-        w.beats.beats = [beat(w, "echo-a", "resident")]
-        await a.tick()
-        finish_jobs(w, "echo-a")
-        w.submit("echo-b")
+        await a_ran_then_b_queued(w, a)
         for _ in range(3):
             w.clock.advance(0.5)
             await a.tick()

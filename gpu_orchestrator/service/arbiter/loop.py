@@ -59,6 +59,7 @@ class ArbiterLoop:
         self.book = DecisionBook(cfg.models, metrics or NoArbiterMetrics())
         # The warm tier (cfg.arbiter.warm): parks and wakes the models through their backends.
         self.warm = WarmKeeper(cfg, backends or {}, self.book.woke, clock)
+        self._declared = {name: cfg.model_vram_gb(name) for name in cfg.models}  # beside the measured peak
         self.snapshot: Snapshot | None = None
         self.is_leader = False
         self._service: dict[str, float] = {}
@@ -194,7 +195,7 @@ class ArbiterLoop:
                                  swap_credit_s=self.budget.credits(gpu_ids), history=self.book.history,
                                  gpus=gpus, reps=reps, kept=self.warm.kept if reps is not None else (),
                                  hosts=self.warm.host_report(seen),
-                                 declared={name: self.cfg.model_vram_gb(name) for name in self.cfg.models})
+                                 declared=self._declared)
 
     async def _gpu_pools(self, now: float) -> Pools:
         if self._pools is not None and (self.cfg.arbiter.gpus or now - self._pools_at < NODES_EVERY_S):

@@ -262,7 +262,7 @@ def decision_snapshot(views: list[ModelView], d: Decision, tracks: Mapping[str, 
     `kept` (the models kept parked: Serve keeps their replica) and `hosts` (per node memory)."""
     reps = reps or {}
     # A parked model the policy loads takes work at once: its replica is up; the first job wakes it.
-    wakeable = {n for n, r in reps.items() if (r.warm or r.cold) and not r.resident}
+    wakeable = {n for n, r in reps.items() if r.asleep}
     models = {
         v.name: {
             "state": model_state(v, d, v.name in wakeable),

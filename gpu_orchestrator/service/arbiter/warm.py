@@ -45,6 +45,12 @@ class Replicas:
         return self.idle + self.busy + self.other
 
     @property
+    def asleep(self) -> bool:
+        """Up but off the GPU (parked, or dropped after a failed park or wake), none on it: once the
+        policy loads the model, a job may be sent to it (the job wakes it, or loads it in place)."""
+        return bool(self.warm or self.cold) and not self.resident
+
+    @property
     def off_gpu(self) -> int:
         """Replicas Serve counts as running that hold no VRAM and take no work until woken."""
         return self.warm + self.cold + self.parking + self.waking
@@ -192,11 +198,6 @@ class WarmKeeper:
                    else "its node has no room in the warm tier's host-memory budget")
             log.info("arbiter: %s stops instead of parking: %s", name, why)
             self._told.add(name)
-
-    def wakeable(self, reps: Mapping[str, Replicas]) -> set[str]:
-        """Models whose replica is up but off the GPU (parked, or dropped after a failed park or
-        wake): a job may be sent to them once the policy loads them (the job wakes or loads it)."""
-        return {name for name, r in reps.items() if (r.warm or r.cold) and not r.resident} if self.enabled else set()
 
     def host_report(self, reps: Mapping[str, Replicas]) -> dict[str, dict[str, Any]]:
         """Per node, for GET /v1/workers and the gauges: the budget, what parked copies hold, free RAM."""
