@@ -66,7 +66,10 @@ class FakeModel:
 
     def _remote(self, job_id: str, params: dict, attempt: int, **_: Any) -> asyncio.Task:
         self.calls.append(job_id)
-        return asyncio.get_running_loop().create_task(self._run(job_id, params))
+        task = asyncio.get_running_loop().create_task(self._run(job_id, params))
+        # A callback, not an except clause: a task cancelled before its first step never runs its body.
+        task.add_done_callback(lambda t: t.cancelled() and self.cancelled.append(job_id))
+        return task
 
     async def _publish(self, job_id: str, **data: Any) -> None:
         if self._bus is None and self.redis_url is not None:
@@ -78,28 +81,24 @@ class FakeModel:
 
     async def _run(self, job_id: str, params: dict) -> dict:
         delay = float(params.get("delay_s", 0.05 if "messages" in params else 0))
-        try:
-            if "messages" in params:
-                n = max(params.get("min_tokens", 0), min(params.get("max_tokens", 8), 8))
-                text = ""
-                for i in range(n):
-                    await asyncio.sleep(delay)
-                    tok = f"t{i} "
-                    text += tok
-                    await self._publish(job_id, token=tok, index=i)
-                return {"text": text, "finish_reason": "length", "completion_tokens": n, "prompt_tokens": 3}
-            if "prompt" in params:  # an image app: PNGs in the artifact store, as models/diffusion.py
-                return await asyncio.to_thread(self._images, params)
-            if "audio" in params:  # a transcription app: models/whisper.py's result
-                return {"echo": params, "text": "".join(s["text"] for s in SEGMENTS), "segments": SEGMENTS,
-                        "language": params.get("language") or "en", "audio_s": 3.25}
-            for step in range(1, params.get("steps", 1) + 1):
+        if "messages" in params:
+            n = max(params.get("min_tokens", 0), min(params.get("max_tokens", 8), 8))
+            text = ""
+            for i in range(n):
                 await asyncio.sleep(delay)
-                await self._publish(job_id, step=step)
-            return {"echo": params}
-        except asyncio.CancelledError:
-            self.cancelled.append(job_id)
-            raise
+                tok = f"t{i} "
+                text += tok
+                await self._publish(job_id, token=tok, index=i)
+            return {"text": text, "finish_reason": "length", "completion_tokens": n, "prompt_tokens": 3}
+        if "prompt" in params:  # an image app: PNGs in the artifact store, as models/diffusion.py
+            return await asyncio.to_thread(self._images, params)
+        if "audio" in params:  # a transcription app: models/whisper.py's result
+            return {"echo": params, "text": "".join(s["text"] for s in SEGMENTS), "segments": SEGMENTS,
+                    "language": params.get("language") or "en", "audio_s": 3.25}
+        for step in range(1, params.get("steps", 1) + 1):
+            await asyncio.sleep(delay)
+            await self._publish(job_id, step=step)
+        return {"echo": params}
 
 
     def _images(self, params: dict) -> dict:

@@ -86,7 +86,9 @@ def test_jobs_submitted_and_cancelled_while_redis_is_down(faulty, http):
     faulty.redis_proxy.cut()
     done = submit(http, steps=2)
     slow = submit(http, steps=100, delay_s=0.1)
-    wait_status(http, slow, {"running"})
+    # Not just "running" (committed at submit): a cancel before the model has the request stops it
+    # being sent at all, and this test is about stopping the model's work.
+    wait_for(lambda: slow in faulty.model.calls, "the model has the slow job", 10)
     r = http.delete(f"/v1/jobs/{slow}")
     assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
     assert wait_status(http, done, TERMINAL)["status"] == "succeeded"
@@ -177,17 +179,10 @@ async def serve_stops(router) -> None:
 
 def test_graceful_stop_hands_leases_back(faulty, http):
     job_id = submit(http, steps=100, delay_s=0.1)
-    wait_status(http, job_id, {"running"})
-    # "running" is written at the claim; wait until the model really has it (a claim not yet handed
+    # "running" is written at the submit; wait until the model really has it (a claim not yet handed
     # to the model goes back too, but then there is no model request to cancel).
-    deadline = time.monotonic() + 5
-    while job_id not in faulty.model.calls and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # its first step is under way
+    wait_for(lambda: job_id in faulty.model.calls, "the model has the job", 10)
     faulty.call(serve_stops(faulty.router))
     job = http.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "queued", job
-    deadline = time.monotonic() + 5
-    while job_id not in faulty.model.cancelled and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert job_id in faulty.model.cancelled  # the model's request was cancelled too
+    wait_for(lambda: job_id in faulty.model.cancelled, "the model's request cancelled too", 5)
