@@ -294,20 +294,33 @@ def main() -> None:
     ap.add_argument("--services", choices=("embedded", "machine", "env"), default="embedded")
     ap.add_argument("--profile", metavar="FILE", default=None,
                     help="py-spy the router replica during the first Prefer: wait round (collapsed stacks to FILE)")
+    ap.add_argument("--ingress", choices=("haproxy", "serve"), default="haproxy",
+                    help="ours: the HTTP ingress `gpu-orch up` starts (GPU_ORCH_INGRESS; haproxy is its default)")
+    ap.add_argument("--peer-ingress", choices=("same", "haproxy", "serve"), default="same",
+                    help="the peer's and the plain no-op's Ray instance: the same ingress as ours (default), "
+                         "or Serve's Python proxy as Ray's async-inference docs leave it (serve)")
     args = ap.parse_args()
+    peer_ingress = args.ingress if args.peer_ingress == "same" else args.peer_ingress
+    if args.stack == "echo" and peer_ingress != args.ingress:
+        raise SystemExit("--stack echo runs every path on one Ray instance: one ingress for all")
+    # Read by Ray when it is first imported (below) and by the Ray instance it starts for the peer.
+    from gpu_orchestrator.ops.ingress import ingress_env
+
+    os.environ.update(ingress_env(peer_ingress))
+    ingress = f"ingress: ours {args.ingress}, peer and plain {peer_ingress}"
 
     if args.stack == "echo":
         with stack(args.services) as (base, db, rd, where):
             deploy_ours(db, rd)
             deploy_peer(rd)
-            run(args, base, base, f"ours: the echo model alone, on the peer's Ray instance; {where}",
+            run(args, base, base, f"ours: the echo model alone, on the peer's Ray instance; {where}; {ingress}",
                 create_key({"DATABASE_URL": db}))
         return
-    with demo_stack() as (ours, env):
+    with demo_stack(args.ingress) as (ours, env):
         with stack(args.services) as (base, _db, rd, where):
             deploy_peer(rd)
             run(args, ours, base, f"ours: `gpu-orch up --demo` (its own Ray, embedded Postgres/Redis); peer and plain "
-                                  f"on a second Ray instance; {where}", create_key(env))
+                                  f"on a second Ray instance; {where}; {ingress}", create_key(env))
 
 
 def create_key(env: dict[str, str]) -> str:
@@ -322,7 +335,7 @@ def create_key(env: dict[str, str]) -> str:
 
 
 @contextlib.contextmanager
-def demo_stack() -> Iterator[tuple[str, dict[str, str]]]:
+def demo_stack(ingress: str = "haproxy") -> Iterator[tuple[str, dict[str, str]]]:
     """`gpu-orch up --demo` in a temporary GPU_ORCH_HOME on free Ray ports, as a user starts it;
     `gpu-orch down` afterwards. Yields the API's base URL and the environment that names the stack."""
     import json
@@ -330,7 +343,12 @@ def demo_stack() -> Iterator[tuple[str, dict[str, str]]]:
     home = Path(tempfile.mkdtemp(prefix="gpu-orch-bench-home-"))
     os.chmod(home, 0o755)  # the embedded Postgres runs as its own user when we are root
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "RAY_ADDRESS")}
-    env.update(GPU_ORCH_HOME=str(home), GPU_ORCH_RAY_PORT=str(free_port()), GPU_ORCH_RAY_DASHBOARD_PORT=str(free_port()))
+    from gpu_orchestrator.ops.ingress import HAPROXY_ENV, HAPROXY_PORTS
+
+    for var in (*HAPROXY_ENV, *HAPROXY_PORTS):  # the peer's ingress (main) is not ours: `up` sets its own
+        env.pop(var, None)
+    env.update(GPU_ORCH_HOME=str(home), GPU_ORCH_RAY_PORT=str(free_port()), GPU_ORCH_RAY_DASHBOARD_PORT=str(free_port()),
+               GPU_ORCH_INGRESS=ingress)
     cli = str(Path(sys.executable).parent / "gpu-orch")
     try:
         print("starting the demo stack (gpu-orch up --demo) ...", flush=True)

@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     # The local Ray head `gpu-orch up` starts (not 6379: Redis's port, and Ray's GCS default).
     ray_port: int = Field(default=6380, ge=1, le=65535, alias="GPU_ORCH_RAY_PORT")
     ray_dashboard_port: int = Field(default=8265, ge=1, le=65535, alias="GPU_ORCH_RAY_DASHBOARD_PORT")
+    # The HTTP ingress of the Ray head `up` starts: Serve's Python proxy (`serve`) or its HAProxy
+    # ingress (`haproxy`); see ops/ingress.py. A cluster of RAY_ADDRESS keeps its own.
+    ingress: str = Field(default="serve", alias="GPU_ORCH_INGRESS")
     # Memory bound of the embedded Redis (redis-server syntax: 256mb, 1gb); see ops/embedded.py.
     redis_maxmemory: str = Field(default="256mb", alias="GPU_ORCH_REDIS_MAXMEMORY")
 

@@ -233,6 +233,11 @@ def ray_cluster():
     # As `gpu-orch up` starts its head; the overlays go to $GPU_ORCH_HOME/envs (CI: its empty HOME;
     # a developer's later test sessions reuse them).
     os.environ.update(overlay_env.register(dict(os.environ)))
+    # The ingress `gpu-orch up` starts (Serve's proxy; GPU_ORCH_INGRESS=haproxy runs the session on
+    # Serve's HAProxy ingress, with ports of its own beside the e2e tests' Ray heads).
+    from gpu_orchestrator.ops.ingress import ingress_env
+
+    os.environ.update(ingress_env(os.environ.get("GPU_ORCH_INGRESS", "serve")))
     ray.init(address="local", num_cpus=16, num_gpus=1, include_dashboard=False, configure_logging=False, log_to_driver=False,
              _metrics_export_port=metrics_port)
     from gpu_orchestrator.serve.deploy import drop_runtime_envs, ray_session_dir

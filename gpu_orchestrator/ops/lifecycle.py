@@ -16,6 +16,7 @@ from typing import Any, Callable
 from ..settings import Settings
 from . import embedded, ray_auth, stack
 from .admin_key import bootstrap_admin
+from .ingress import INGRESS_CHOICES, ingress_env
 from .config_edit import APP_NAME
 Say = Callable[[str], None]
 
@@ -55,9 +56,11 @@ def ray_cli() -> str:
     return str(exe) if exe.exists() else (shutil.which("ray") or "ray")
 
 
-def ray_env(home: Path, *, own_head: bool) -> dict[str, str]:
+def ray_env(home: Path, *, own_head: bool, ingress: str = "serve") -> dict[str, str]:
     """Environment of the local Ray head and of our driver."""
     extra = ray_auth.stack_env(home) if own_head else {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
+    if own_head:
+        extra.update(ingress_env(ingress))
     # Faster autoscaling metric pushes: scale-from-zero without waiting out a 10 s interval.
     extra["RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S"] = os.environ.get(
         "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
@@ -101,6 +104,8 @@ def _up(s: Settings, state: dict[str, Any], started: list[str], config_path: str
     # Checks first, so that a stack that cannot start starts nothing.
     if address and os.environ.get("RAY_AUTH_MODE", "").lower() != "disabled" and ray_auth.external_token_source() is None:
         raise StackError(ray_auth.missing_token_message(address))
+    if own_head and s.ingress not in INGRESS_CHOICES:
+        raise StackError(f"GPU_ORCH_INGRESS is {s.ingress!r}: it must be one of {', '.join(INGRESS_CHOICES)}")
     head = stack.ray_head(home) if own_head else None  # (pid, port) of the head an earlier `up` started
     if own_head and head is None:
         for port, var, what in ((s.ray_port, "GPU_ORCH_RAY_PORT", "Ray's port"),
@@ -122,7 +127,7 @@ def _up(s: Settings, state: dict[str, Any], started: list[str], config_path: str
     PostgresJobStore.connect(db).close()
     admin_token = bootstrap_admin(db, home)  # the first up of this home: shown once
 
-    env = ray_env(home, own_head=own_head)
+    env = ray_env(home, own_head=own_head, ingress=s.ingress)
     dashboard_port = s.ray_dashboard_port
     if own_head:
         ray_auth.ensure_token(home)

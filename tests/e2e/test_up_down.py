@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -26,6 +27,12 @@ def readme_python() -> str:
     """The README's Python example (the code block that uses Serve handles)."""
     blocks = (ROOT / "README.md").read_text().split("```python\n")[1:]
     return next(b.split("```")[0] for b in blocks if "get_app_handle" in b)
+
+
+def listeners(port: int) -> set[str]:
+    """Names of the processes listening on this TCP port."""
+    pids = {c.pid for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port}
+    return {psutil.Process(pid).name() for pid in pids if pid}
 
 
 @pytest.mark.serve
@@ -129,6 +136,7 @@ def test_up_submit_down_restart_keeps_jobs(user):
         assert "stopping the Ray head" in out and "stopping embedded Postgres" in out
         # Nothing of the stack is left: no Postgres/Redis under this HOME, no Ray process of its session.
         assert user.processes() == [] and processes_mentioning(session) == []
+        assert listeners(port) == set()
         # Ray keeps every session's runtime_env virtualenvs (GBs); `down` drops the ones it made.
         assert Path(session).is_dir() and not (Path(session) / "runtime_resources").exists()
         assert "nothing to stop" in user.ok("down")
@@ -149,4 +157,35 @@ def test_up_submit_down_restart_keeps_jobs(user):
         assert token.read_text() == first_token  # kept across `up`s
     finally:
         user.gpu_orch("down")
+        config.unlink(missing_ok=True)
+
+
+@pytest.mark.serve
+@pytest.mark.timeout(900)
+def test_up_on_the_haproxy_ingress(user):
+    """GPU_ORCH_INGRESS=haproxy (docs/operations.md): HAProxy answers on the API's port, and a job
+    (one request with Prefer: wait, an event stream) and a UI page go through it; `down` stops it."""
+    port = free_port()
+    cfg = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    cfg["http_options"] = {"host": "127.0.0.1", "port": port}
+    config = user.home.parent / f"{user.home.name}-haproxy_config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    user.env["GPU_ORCH_INGRESS"] = "haproxy"
+    try:
+        user.ok("up", "--config", str(config), "--num-cpus", "4", timeout=600)  # the real profile: nothing loads
+        assert listeners(port) == {"haproxy"}
+        with Client(f"http://127.0.0.1:{port}") as c:
+            r = c.http.post("/v1/jobs", json={"app_id": "echo", "params": {"message": "via haproxy", "steps": 2}},
+                            headers={"Prefer": "wait=30"})
+            assert r.status_code == 200 and r.json()["status"] == "succeeded", r.text
+            assert r.json()["result"]["echo"]["message"] == "via haproxy"
+            job_id = c.submit("echo", {"steps": 3, "delay_s": 0.1})["job_id"]
+            events = list(c.events(job_id))
+            assert events[-1]["event"] == "status" and events[-1]["data"]["status"] == "succeeded", events[-3:]
+            page = c.http.get("/ui/admin/", follow_redirects=True)
+            assert page.status_code == 200 and "gradio" in page.text.lower()
+            assert c.http.get("/no/such/path").status_code == 404
+        assert "stopping the Ray head" in user.ok("down")
+        assert listeners(port) == set() and user.processes() == []
+    finally:
         config.unlink(missing_ok=True)

