@@ -294,8 +294,8 @@ def main() -> None:
     ap.add_argument("--services", choices=("embedded", "machine", "env"), default="embedded")
     ap.add_argument("--profile", metavar="FILE", default=None,
                     help="py-spy the router replica during the first Prefer: wait round (collapsed stacks to FILE)")
-    ap.add_argument("--ingress", choices=("haproxy", "serve"), default="haproxy",
-                    help="ours: the HTTP ingress `gpu-orch up` starts (GPU_ORCH_INGRESS; haproxy is its default)")
+    ap.add_argument("--ingress", choices=("serve", "haproxy"), default="serve",
+                    help="ours: the HTTP ingress `gpu-orch up` starts (GPU_ORCH_INGRESS; serve is its default)")
     ap.add_argument("--peer-ingress", choices=("same", "haproxy", "serve"), default="same",
                     help="the peer's and the plain no-op's Ray instance: the same ingress as ours (default), "
                          "or Serve's Python proxy as Ray's async-inference docs leave it (serve)")
