@@ -17,6 +17,9 @@ import httpx
 
 def main(db: str, redis_url: str) -> None:
     os.environ["RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S"] = "0.5"
+    # Three "nodes" on one machine cannot each run an HAProxy on Serve's port (a session run with
+    # GPU_ORCH_INGRESS=haproxy hands its environment down): Serve's proxy here, whatever the session's.
+    os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "0"
     import ray
     from ray.cluster_utils import Cluster
 
