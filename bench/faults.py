@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gpu_orchestrator.client import TERMINAL  # noqa: E402
+from gpu_orchestrator.ops.stack import free_port  # noqa: E402
 
 
 # -- faults -----------------------------------------------------------------------------------------
@@ -227,13 +228,6 @@ def echo_only_config(path: Path, port: int, run_log: Path) -> None:
     app.pop("autoscaling_policy", None)
     path.write_text(yaml.safe_dump(cfg))
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:

@@ -45,7 +45,6 @@ import os
 import shutil
 import signal
 import statistics
-import socket
 import subprocess
 import sys
 import tempfile
@@ -58,6 +57,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from gpu_orchestrator.ops.ingress import HAPROXY_ENV, HAPROXY_PORTS, ingress_env  # noqa: E402
+from gpu_orchestrator.ops.stack import free_port  # noqa: E402
 
 TERMINAL_OURS = {"succeeded", "failed", "cancelled"}
 TERMINAL_PEER = {"SUCCESS", "FAILURE", "REVOKED"}
@@ -304,8 +306,6 @@ def main() -> None:
     if args.stack == "echo" and peer_ingress != args.ingress:
         raise SystemExit("--stack echo runs every path on one Ray instance: one ingress for all")
     # Read by Ray when it is first imported (below) and by the Ray instance it starts for the peer.
-    from gpu_orchestrator.ops.ingress import ingress_env
-
     os.environ.update(ingress_env(peer_ingress))
     ingress = f"ingress: ours {args.ingress}, peer and plain {peer_ingress}"
 
@@ -343,8 +343,6 @@ def demo_stack(ingress: str = "serve") -> Iterator[tuple[str, dict[str, str]]]:
     home = Path(tempfile.mkdtemp(prefix="gpu-orch-bench-home-"))
     os.chmod(home, 0o755)  # the embedded Postgres runs as its own user when we are root
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "RAY_ADDRESS")}
-    from gpu_orchestrator.ops.ingress import HAPROXY_ENV, HAPROXY_PORTS
-
     for var in (*HAPROXY_ENV, *HAPROXY_PORTS):  # the peer's ingress (main) is not ours: `up` sets its own
         env.pop(var, None)
     env.update(GPU_ORCH_HOME=str(home), GPU_ORCH_RAY_PORT=str(free_port()), GPU_ORCH_RAY_DASHBOARD_PORT=str(free_port()),
@@ -360,11 +358,6 @@ def demo_stack(ingress: str = "serve") -> Iterator[tuple[str, dict[str, str]]]:
         subprocess.run([cli, "down"], env=env, cwd=ROOT, capture_output=True)
         shutil.rmtree(home, ignore_errors=True)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

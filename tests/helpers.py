@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import threading
 import time
 from pathlib import Path
@@ -15,15 +14,11 @@ from typing import Any, Awaitable, Callable, Iterator, TypeVar
 import httpx
 
 from gpu_orchestrator.client import parse_sse
+from gpu_orchestrator.ops.stack import free_port  # noqa: F401 (tests import it from here)
 
 T = TypeVar("T")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -236,8 +236,9 @@ def ray_cluster():
     # The ingress `gpu-orch up` starts (Serve's proxy; GPU_ORCH_INGRESS=haproxy runs the session on
     # Serve's HAProxy ingress, with ports of its own beside the e2e tests' Ray heads).
     from gpu_orchestrator.ops.ingress import ingress_env
+    from gpu_orchestrator.settings import Settings
 
-    os.environ.update(ingress_env(os.environ.get("GPU_ORCH_INGRESS", "serve")))
+    os.environ.update(ingress_env(Settings().ingress))
     ray.init(address="local", num_cpus=16, num_gpus=1, include_dashboard=False, configure_logging=False, log_to_driver=False,
              _metrics_export_port=metrics_port)
     from gpu_orchestrator.serve.deploy import drop_runtime_envs, ray_session_dir

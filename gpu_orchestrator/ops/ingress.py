@@ -29,8 +29,9 @@ that deploys. What is set beside the switch, and why:
 from __future__ import annotations
 
 import os
-import socket
 from typing import Callable
+
+from .stack import free_port
 
 INGRESS_CHOICES = ("haproxy", "serve")
 
@@ -42,12 +43,6 @@ HAPROXY_ENV = {
 # Fixed ports of the HAProxy ingress, one free port each per head.
 HAPROXY_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT",
                  "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ingress_env(ingress: str, *, environ: dict[str, str] | None = None,

@@ -89,6 +89,13 @@ def ray_head(home: Path) -> tuple[int, int] | None:
     return head if head and _is_ray_start(head[0]) else None
 
 
+def free_port() -> int:
+    """A TCP port free on loopback now (the OS's pick)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def port_in_use(port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a TIME_WAIT leftover is no conflict
