@@ -202,6 +202,10 @@ class Dispatcher(Claims, Outcomes):
         """A cloud run whose job another router now holds goes on there (it re-attaches): stop
         waiting on it, without cancelling the prediction. Cancelled or ended: cancel it too."""
         f = self.inflight.get(key)
+        if f is not None and f.recording:
+            # Its outcome is in hand and being written: the commit itself ends the lease, and a write
+            # that finds another owner drops the result. Cancelling here would cut the announce after it.
+            return
         if f is not None and isinstance(f.run, CloudRun):
             try:
                 job = await asyncio.to_thread(self.store.get, key[0])

@@ -482,3 +482,36 @@ def test_a_result_the_store_cannot_keep_fails_the_job_once():
     assert job.error == "the result could not be stored: UntranslatableCharacter: unsupported Unicode escape sequence"
     assert rig.statuses(job.id) == ["running", "failed"]
     rig.assert_one_event_and_metric_each()
+
+
+def test_a_lease_heartbeat_while_the_outcome_is_announced_does_not_cut_the_announce():
+    """The completion's commit ends the lease; a heartbeat in the moment before its status event is
+    out (a slow Redis) must not take the attempt for lost and cancel the announce: the terminal
+    event and the log line are still due (a CI run lost both)."""
+    class SlowTerminalEvent(MemoryEventBus):
+        def __init__(self):
+            super().__init__()
+            self.gate = asyncio.Event()
+            self.waiting = False
+
+        async def publish_many(self, job_id, events, **kw):
+            if any(data.get("status") == "succeeded" for _, data in events):
+                self.waiting = True
+                await self.gate.wait()
+            return await super().publish_many(job_id, events, **kw)
+
+    async def go():
+        rig = Rig(FakeBackend({"done": 1}), router={"lease_s": 60})
+        rig.bus = rig.d.transitions.events = SlowTerminalEvent()
+        job_id = rig.submit()
+        rig.d.start()
+        await until(lambda: rig.bus.waiting, what="the success committed, its event on the way")
+        await rig.d._maintain()  # the lease heartbeat: the job's lease went with its commit
+        rig.bus.gate.set()
+        job = await settled(rig, job_id)
+        await stop(rig)
+        return rig, job
+
+    rig, job = run(go())
+    assert job.status == S and rig.statuses(job.id) == ["running", "succeeded"]
+    rig.assert_one_event_and_metric_each()
