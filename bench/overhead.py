@@ -106,6 +106,12 @@ def celery_urls(redis_url: str) -> tuple[str, str]:
     return redis_url, redis_url
 
 
+# The rest of Ray by process, so a cost that moves there (logs, events, the controller) shows up.
+RAY_PARTS = (("ray::ServeController", "Serve controller"), ("/raylet", "raylet"), ("gcs_server", "GCS"),
+             ("log_monitor", "log monitor"), ("dashboard/agent", "dashboard agent"),
+             ("runtime_env/agent", "dashboard agent"), ("dashboard.py", "dashboard"))
+
+
 def cpu_seconds() -> dict[str, float]:
     """CPU seconds so far by process kind (Linux /proc): Serve's proxy and each replica by name,
     Postgres and Redis summed over their processes, this client, the rest of Ray as `other`."""
@@ -130,7 +136,7 @@ def cpu_seconds() -> dict[str, float]:
         elif "redis-server" in cmd:
             kind = "Redis"
         else:
-            kind = "other"
+            kind = next((name for part, name in RAY_PARTS if part in cmd), "other")
         out[kind] = out.get(kind, 0.0) + used
     return out
 

@@ -45,6 +45,8 @@ ENV = [
     _secret_env("REDIS_URL", "redis-url"),
     # Scale-from-zero without waiting out a 10 s metrics interval (as `gpu-orch up` sets).
     {"name": "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "value": "0.5"},
+    # Serve's proxy calls the ingress replicas over gRPC (as `gpu-orch up` sets: ops/ingress.py).
+    {"name": "RAY_SERVE_PROXY_USE_GRPC", "value": "1"},
 ]
 
 

@@ -22,8 +22,10 @@ def test_what_the_operator_set_is_kept():
     assert env["RAY_SERVE_HAPROXY_STATS_PORT"] == "9999" and env["RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S"] == "60"
 
 
-def test_serve_turns_haproxy_off_even_when_the_environment_had_it_on():
-    assert ingress_env("serve", environ={"RAY_SERVE_ENABLE_HA_PROXY": "1"}) == {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+def test_serve_turns_haproxy_off_even_when_the_environment_had_it_on_and_its_proxy_calls_replicas_over_grpc():
+    assert ingress_env("serve", environ={"RAY_SERVE_ENABLE_HA_PROXY": "1"}) == {
+        "RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_PROXY_USE_GRPC": "1"}
+    assert ingress_env("serve", environ={"RAY_SERVE_PROXY_USE_GRPC": "0"})["RAY_SERVE_PROXY_USE_GRPC"] == "0"
 
 
 def test_an_unknown_ingress_names_the_variable_and_the_choices():
