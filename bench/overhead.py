@@ -114,7 +114,8 @@ RAY_PARTS = (("ray::ServeController", "Serve controller"), ("/raylet", "raylet")
 
 def cpu_seconds() -> dict[str, float]:
     """CPU seconds so far by process kind (Linux /proc): Serve's proxy and each replica by name,
-    Postgres and Redis summed over their processes, this client, the rest of Ray as `other`."""
+    Postgres and Redis summed over their processes, this client, Ray's own processes by name
+    (RAY_PARTS), anything else as `other`."""
     tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -314,6 +315,9 @@ def main() -> None:
     # Read by Ray when it is first imported (below) and by the Ray instance it starts for the peer.
     os.environ.update(ingress_env(peer_ingress))
     ingress = f"ingress: ours {args.ingress}, peer and plain {peer_ingress}"
+    if "serve" in (args.ingress, peer_ingress):  # `up` keeps what this environment now says, for ours too
+        ingress += ("; Serve's proxy to replicas: " +
+                    ("gRPC" if os.environ.get("RAY_SERVE_PROXY_USE_GRPC") == "1" else "actor calls"))
 
     if args.stack == "echo":
         with stack(args.services) as (base, db, rd, where):
