@@ -315,9 +315,9 @@ def main() -> None:
     # Read by Ray when it is first imported (below) and by the Ray instance it starts for the peer.
     os.environ.update(ingress_env(peer_ingress))
     ingress = f"ingress: ours {args.ingress}, peer and plain {peer_ingress}"
-    if "serve" in (args.ingress, peer_ingress):  # `up` keeps what this environment now says, for ours too
+    if "serve" in (args.ingress, peer_ingress):  # what either side on Serve's proxy gets (up keeps this env's)
         ingress += ("; Serve's proxy to replicas: " +
-                    ("gRPC" if os.environ.get("RAY_SERVE_PROXY_USE_GRPC") == "1" else "actor calls"))
+                    ("gRPC" if ingress_env("serve")["RAY_SERVE_PROXY_USE_GRPC"] == "1" else "actor calls"))
 
     if args.stack == "echo":
         with stack(args.services) as (base, db, rd, where):

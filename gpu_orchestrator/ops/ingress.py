@@ -58,8 +58,8 @@ def ingress_env(ingress: str, *, environ: dict[str, str] | None = None,
         raise ValueError(f"GPU_ORCH_INGRESS must be one of {', '.join(INGRESS_CHOICES)}, not {ingress!r}")
     environ = os.environ if environ is None else environ
     if ingress == "serve":
-        return {"RAY_SERVE_ENABLE_HA_PROXY": "0", **{var: environ.get(var, value) for var, value in SERVE_PROXY_ENV.items()}}
-    env = {var: environ.get(var, value) for var, value in HAPROXY_ENV.items()}
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "0", **_kept(SERVE_PROXY_ENV, environ)}
+    env = _kept(HAPROXY_ENV, environ)
     taken: set[int] = set()
     for var in HAPROXY_PORTS:
         if var in environ:
@@ -71,3 +71,8 @@ def ingress_env(ingress: str, *, environ: dict[str, str] | None = None,
         taken.add(port)
         env[var] = str(port)
     return env
+
+
+def _kept(defaults: dict[str, str], environ: dict[str, str]) -> dict[str, str]:
+    """`defaults`, with what `environ` already sets for any of them."""
+    return {var: environ.get(var, value) for var, value in defaults.items()}

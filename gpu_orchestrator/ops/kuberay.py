@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from .ingress import SERVE_PROXY_ENV
+
 NAME = "gpu-orchestrator"
 SECRET = "gpu-orchestrator"  # keys: database-url, redis-url, gcs-redis-password
 GCS_REDIS = "redis:6379"  # the Redis Ray's GCS fault tolerance writes to (any Redis; not the job bus's data)
@@ -45,8 +47,8 @@ ENV = [
     _secret_env("REDIS_URL", "redis-url"),
     # Scale-from-zero without waiting out a 10 s metrics interval (as `gpu-orch up` sets).
     {"name": "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "value": "0.5"},
-    # Serve's proxy calls the ingress replicas over gRPC (as `gpu-orch up` sets: ops/ingress.py).
-    {"name": "RAY_SERVE_PROXY_USE_GRPC", "value": "1"},
+    # Serve's proxy calls the ingress replicas over gRPC, as `gpu-orch up` sets it.
+    *({"name": var, "value": value} for var, value in SERVE_PROXY_ENV.items()),
 ]
 
 
