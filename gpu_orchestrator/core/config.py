@@ -79,6 +79,11 @@ class RouterSpec(BaseModel):
     # The job path's statements are prepared once per connection (asyncpg). Off behind PgBouncer in
     # transaction mode, where the next transaction may run on a connection that never prepared them.
     prepared_statements: bool = True
+    # How the router calls the model replicas: Serve's gRPC transport between deployments ("grpc":
+    # the arguments and the result go by value, no Ray object per call; what Serve's throughput-
+    # optimized mode uses), or Ray actor calls ("actor"). gRPC needs the router to reach each
+    # model replica's own gRPC port (a free port on its node, as Ray's worker ports are).
+    model_calls: Literal["grpc", "actor"] = "grpc"
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     # Uploads (POST /v1/artifacts, /v1/jobs/multipart) may be larger: audio, images.
     max_upload_bytes: int = Field(default=200 * 1_048_576, ge=1024)

@@ -4,8 +4,8 @@ The router calls `run(job_id, params, attempt, timeout_s=..., queue_timeout_s=..
 deployment handle. A model implements `infer(params, ctx)` (sync or async); `ctx.progress(...)`
 publishes events to the job's Redis stream and `ctx.check_cancelled()` stops work between steps when
 the job was cancelled. Redis is best effort here: while it is down, progress events are dropped and
-the cancel flag reads "not cancelled" (the router still cancels the request itself); a job never
-fails because of it.
+the cancel flag reads "not cancelled" (the router still cancels the request itself, and a request
+cancelled while the flag cannot be read stops its run); a job never fails because of it.
 """
 
 from __future__ import annotations
@@ -131,6 +131,7 @@ class ModelDeployment:
         self._running: dict[str, tuple[asyncio.Future, set]] = {}  # job id -> (its run here, requests awaiting it)
         self._live: set[asyncio.Future] = set()  # infer calls still computing (also after their job ended)
         self._recent: collections.OrderedDict[str, tuple[float, int, Any]] = collections.OrderedDict()
+        self._deciding: set[asyncio.Future] = set()  # abandoned runs: stop, or go on for a re-sent attempt
         if self._bus is not None:
             threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
         self._try_load()
@@ -303,10 +304,39 @@ class ModelDeployment:
         except asyncio.CancelledError:
             waiters.discard(me)
             if not waiters:
-                work.cancel()  # every request for it was cancelled (DELETE, lease lost): stop the work
+                self._abandoned(job_id, work)
             raise
         finally:
             waiters.discard(me)
+
+    def _abandoned(self, job_id: str, work: asyncio.Future) -> None:
+        """Every request for a run was cancelled. A cancelled job (its flag set: DELETE sets it before
+        cancelling the request) stops, and so does one whose flag cannot be read (Redis down: the
+        request's cancel is the only word then). Otherwise its router went away without cancelling the
+        job (it died: Serve's gRPC cuts the call with the connection; it stopped and handed its lease
+        back; it lost the lease in a stall): the run goes on, bounded by its timeout, and the job's
+        next attempt re-attaches to it or takes its result (run) instead of repeating GPU work."""
+        if self._bus is None:
+            work.cancel()
+            return
+
+        async def decide() -> None:
+            try:
+                cancelled = await asyncio.to_thread(self._bus.is_cancelled, job_id)
+            except Exception as e:
+                _redis_trouble("cancel flag not read; stopping the run", e)
+                cancelled = True
+            entry = self._running.get(job_id)
+            if entry is not None and entry[0] is work and entry[1]:
+                return  # re-attached meanwhile: a live request waits on it
+            if cancelled:
+                work.cancel()
+            elif not work.done():
+                log.info("job %s: its request went away without a cancel; the run goes on for its next attempt", job_id)
+
+        task = asyncio.ensure_future(decide())
+        self._deciding.add(task)  # a task nobody holds may be collected before it runs
+        task.add_done_callback(self._deciding.discard)
 
     def _finished(self, job_id: str, attempt: int, task: asyncio.Future) -> None:
         if self._running.get(job_id, (None,))[0] is task:

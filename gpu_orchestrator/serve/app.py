@@ -67,7 +67,12 @@ def arbiter_autoscaling(max_replicas: int) -> dict[str, Any]:
 # The router's code never blocks its event loop (every blocking call goes through a thread), so it
 # runs on the replica's own loop, and its Serve handles route there too: no hop between threads per
 # request and per model call.
-ROUTER_SERVE_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+# Serve's gRPC between replicas (router.model_calls) caps a message at 4 MiB by default, on the
+# router's side for a result and on the model's for a job's params: a long transcript or a large
+# body would fail. Both sides raise it.
+MODEL_CALL_ENV = {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(512 * 1024 * 1024)}
+ROUTER_SERVE_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+                    **MODEL_CALL_ENV}
 
 
 def resolve_artifacts(cfg: OrchestratorConfig) -> str:
@@ -89,12 +94,11 @@ def model_deployments(cfg: OrchestratorConfig, redis_url: str, base_dir: Path | 
             resources[arbiter.vram_resource] = cfg.model_vram_gb(name)
         if resources:
             actor_opts["resources"] = resources
-        runtime_env = load_runtime_env(m.runtime_env, base_dir)
+        runtime_env = load_runtime_env(m.runtime_env, base_dir) or {}
+        env_vars = {**MODEL_CALL_ENV, **runtime_env.get("env_vars", {})}  # the model's own env wins
         if cfg.log_format != "text":  # the replica's logs as the router's (logs.configure_from_env)
-            runtime_env = {**(runtime_env or {}), "env_vars": {**(runtime_env or {}).get("env_vars", {}),
-                                                               "GPU_ORCH_LOG_FORMAT": cfg.log_format}}
-        if runtime_env:
-            actor_opts["runtime_env"] = runtime_env
+            env_vars["GPU_ORCH_LOG_FORMAT"] = cfg.log_format
+        actor_opts["runtime_env"] = {**runtime_env, "env_vars": env_vars}
         scale: dict[str, Any] = (
             {"autoscaling_config": arbiter_autoscaling(m.max_replicas)} if arbiter.enabled else {"num_replicas": m.num_replicas}
         )

@@ -40,14 +40,17 @@ def from_ray(exc: BaseException) -> ModelError:
 
 class ServeBackend:
     """Runs jobs on a model deployment through its DeploymentHandle (`run.remote(job_id, params,
-    attempt, timeout_s=, queue_timeout_s=)`, see models/base.py)."""
+    attempt, timeout_s=, queue_timeout_s=)`, see models/base.py); `by_value`: router.model_calls grpc."""
 
-    def __init__(self, handle: Any):
+    def __init__(self, handle: Any, *, by_value: bool = False):
         self.handle = handle
+        # By value: Serve's gRPC between replicas (an unary call, no ObjectRef to own, resolve and
+        # free per job); its errors come back as on the actor path (serve/_private/replica_result).
+        self._runs = handle.options(_by_reference=False) if by_value else handle
 
     def run(self, job: Job, attempt: int, *, timeout_s: float, queue_timeout_s: float) -> StartedRun:
         try:
-            response = self.handle.run.remote(str(job.id), job.params, attempt, timeout_s=timeout_s,
+            response = self._runs.run.remote(str(job.id), job.params, attempt, timeout_s=timeout_s,
                                               queue_timeout_s=queue_timeout_s)
         except Exception as e:  # e.g. the deployment is gone: a failed attempt like any other
             raise from_ray(e) from e

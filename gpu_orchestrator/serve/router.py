@@ -32,7 +32,8 @@ class Router:
         logs.configure(cfg.log_format, component="router")
         # Postgres and Redis (root/postgres.py); Ray's part: the model handles, metrics, replica states.
         self.orch = on_postgres(
-            cfg, {name: ServeBackend(handle) for name, handle in models.items()}, database_url=database_url,
+            cfg, {name: ServeBackend(handle, by_value=cfg.router.model_calls == "grpc") for name, handle in models.items()},
+            database_url=database_url,
             redis_url=redis_url, metrics=ServeMetrics(), cluster=RayClusterView(app_name()),
             owner=f"router:{replica_id()}:{os.getpid()}:{uuid.uuid4().hex[:8]}", board_name=app_name(),
             artifacts_url=artifacts_url, cloud_providers=cloud_providers)

@@ -289,12 +289,14 @@ class Dispatcher(Claims, Outcomes):
         # our own bound only catches a replica that never answers.
         limit = queue_s + job.timeout_s + self.ANSWER_MARGIN_S
         try:
-            # The claim committed `running`: announced once per attempt, before the model gets it
-            # (while the dispatch is recorded: the two are independent).
+            # `running` is committed: announced once per attempt. A claimed job's before the model gets
+            # it (while the dispatch is recorded: the two are independent); one created and started by
+            # its insert announces both steps at once, with nothing to mark, while the model starts (its
+            # round trip off the job's path; the outcome's event waits for it: InFlight.started_announced).
             running = dict(attempt=attempt, router=self.owner, backend=job.route or "local", reason=job.route_reason)
             mark: Any = None
-            if dispatched:  # created and started by its insert: both announced at once, nothing to mark
-                await self.transitions.announce_started(job.id, job.app_id, **running)
+            if dispatched:
+                f.announced = asyncio.ensure_future(self.transitions.announce_started(job.id, job.app_id, **running))
             else:
                 _, mark = await asyncio.gather(
                     self.transitions.announce(job.id, job.app_id, JobStatus.running, **running),

@@ -20,6 +20,12 @@ class InFlight:
     write_retries: int = 0
     started: float | None = None  # monotonic time the run was handed to its backend
     ended: Job | None = None  # the row its recorded outcome left (terminal or queued again)
+    announced: asyncio.Future | None = None  # its start's status events, still being published
+
+    async def started_announced(self) -> None:
+        """Before the outcome's event: the start's events come first on the job's stream."""
+        if self.announced is not None:
+            await asyncio.shield(self.announced)  # announce never raises; a cancel here leaves it going
 
     @property
     def key(self) -> LeaseKey:

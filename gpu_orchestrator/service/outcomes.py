@@ -136,6 +136,7 @@ class Outcomes:
         f.ended = done
         self._hand_over(f)
         self.transitions.ran(job.app_id, job.route or "local", JobStatus.succeeded, cost)
+        await f.started_announced()
         await self.transitions.announce(job.id, job.app_id, JobStatus.succeeded, attempt=attempt, result=done.result,
                                         row=done)
         log.info("succeeded on %s in %.3f s", backend, time.monotonic() - (f.started or time.monotonic()))
@@ -166,5 +167,6 @@ class Outcomes:
         f.ended = after
         self._hand_over(f)
         self.transitions.ran(job.app_id, job.route or "local", JobStatus.failed, cost)
+        await f.started_announced()
         await self.transitions.announce(job.id, job.app_id, after.status, attempt=attempt, error=error, row=after)
         log.info("attempt %d failed (%s) -> %s: %s", attempt, kind, after.status.value, error[:200])

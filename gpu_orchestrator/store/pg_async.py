@@ -122,7 +122,9 @@ class AsyncJobPath:
                 "backend": backend, **cost_args(cost)}
         async with self._conn() as conn:
             try:
-                async with conn.transaction():
+                # Without artifacts to grant, the UPDATE alone: its own transaction, one round trip
+                # (no BEGIN and COMMIT of their own).
+                async with conn.transaction() if grant else contextlib.nullcontext():
                     row = await _fetchrow(conn, leased_update(COMPLETE_SET), args)
                     if row is None:
                         raise TransitionError(job_id, await _fetchval(conn, STATUS, {"id": job_id}), "complete")

@@ -195,6 +195,19 @@ def test_retries_then_fails_with_the_models_error(http):
     assert job["result"] is None and job["finished_at"]
 
 
+def test_a_job_larger_than_grpcs_default_message_reaches_the_model_and_its_error_comes_back(orchestrator):
+    """The router calls models over Serve's gRPC (router.model_calls), whose default cap is 4 MiB a
+    message: params over it must reach the model, and what the model sends back must reach the router."""
+    from ray import serve
+
+    h = serve.get_app_handle(APP_NAME)
+    big = "x" * (5 * 1024 * 1024)  # no HTTP body limit on the Python handle
+    job = h.submit.remote("echo", {"fail_message": big}).result()
+    done = h.wait.remote(job["job_id"], 60).result()
+    assert done["status"] == "failed", done["status"]
+    assert done["error"].startswith("RuntimeError: xxxx") and "RESOURCE_EXHAUSTED" not in done["error"], done["error"][:300]
+
+
 def test_queue_limit_answers_429_with_retry_after(http):
     blocker = submit(http, app_id="echo-tiny", delay_s=30, steps=30)
     wait_status(http, blocker, {"running"})

@@ -194,3 +194,32 @@ def test_serve_backend_calls_the_handle_and_translates_what_it_raises():
             ServeBackend(Handle(rex.ActorDiedError())).run(FakeJob(), 1, timeout_s=1.0, queue_timeout_s=1.0)
 
     asyncio.run(go())
+
+
+def test_serve_backend_calls_models_by_value_over_grpc_unless_the_config_says_actor():
+    """router.model_calls: "grpc" (the default) asks Serve for by-value calls (its gRPC between
+    replicas); "actor" keeps the handle as given (Ray actor calls, results by reference)."""
+    from gpu_orchestrator.core.config import RouterSpec
+
+    class Options(Handle):
+        def __init__(self, response):
+            super().__init__(response)
+            self.options_asked: list[dict] = []
+            self.by_value = Handle(response)
+
+        def options(self, **kw):
+            self.options_asked.append(kw)
+            return self.by_value
+
+    async def go(by_value: bool) -> Options:
+        h = Options(Response(result={"y": 2}))
+        assert await ServeBackend(h, by_value=by_value).run(FakeJob(), 1, timeout_s=1.0, queue_timeout_s=1.0) == {"y": 2}
+        return h
+
+    grpc = asyncio.run(go(True))
+    assert grpc.options_asked == [{"_by_reference": False}] and len(grpc.by_value.calls) == 1 and not grpc.calls
+    actor = asyncio.run(go(False))
+    assert actor.options_asked == [] and len(actor.calls) == 1
+    assert RouterSpec().model_calls == "grpc"
+    with pytest.raises(ValueError, match="model_calls"):
+        RouterSpec(model_calls="http")

@@ -77,3 +77,61 @@ def test_recent_results_are_bounded():
         return list(m._recent)
 
     assert asyncio.run(go()) == ["j2", "j3", "j4"]
+
+
+class Flags:
+    """The cancel flags as a model replica reads them (EventBus.is_cancelled); `down`: Redis is."""
+
+    def __init__(self, down: bool = False) -> None:
+        self.cancelled: set[str] = set()
+        self.down = down
+
+    def is_cancelled(self, job_id: str) -> bool:
+        if self.down:
+            raise ConnectionError("redis unavailable")
+        return job_id in self.cancelled
+
+
+def test_a_request_cut_without_a_cancel_leaves_the_run_for_the_next_attempt():
+    """Its router died (Serve's gRPC cuts the call with the connection) or handed the lease back: the
+    job was not cancelled, so the run goes on, and the rescued attempt takes its result."""
+    async def go():
+        m = Counting()
+        m._bus = Flags()
+        first = asyncio.ensure_future(m.run("job-1", {"steps": 5, "delay_s": 0.04, "n": 1}, 1))
+        await asyncio.sleep(0.05)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        again = await m.run("job-1", {"steps": 5, "delay_s": 0.04, "n": 1}, 2)
+        assert again == {"attempt": 1, "n": 1}
+        return m.starts
+
+    assert asyncio.run(go()) == [("job-1", 1)]
+
+
+@pytest.mark.parametrize("why", ["flag set", "flag unreadable"])
+def test_a_request_cut_for_a_cancelled_job_stops_its_run(why):
+    """DELETE sets the job's flag, then cancels the request: the work stops (it gets no further than
+    the step it is in). With Redis down, the flag cannot say, and the request's cancel stops it."""
+    async def go():
+        m = Counting()
+        m._bus = Flags(down=why == "flag unreadable")
+        run = asyncio.ensure_future(m.run("job-1", {"steps": 100, "delay_s": 0.02}, 1))
+        await asyncio.sleep(0.05)
+        if why == "flag set":
+            m._bus.cancelled.add("job-1")
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        for _ in range(100):  # the decision reads the flag off the event loop
+            if "job-1" not in m._running:
+                break
+            await asyncio.sleep(0.01)
+        assert "job-1" not in m._running and "job-1" not in m._recent and not m.busy
+        m._bus.down = False
+        m._bus.cancelled.discard("job-1")
+        assert (await m.run("job-1", {"steps": 1, "delay_s": 0.01}, 2))["attempt"] == 2
+        return m.starts
+
+    assert asyncio.run(go()) == [("job-1", 1), ("job-1", 2)]

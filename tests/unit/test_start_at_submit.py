@@ -54,11 +54,13 @@ def test_an_accepted_job_starts_in_its_insert_and_its_waiter_hears_the_outcome_i
                 assert created and job.status == R and job.claims == 1  # no claim, no separate dispatch mark
                 done = await svc.wait(job.id, 10)
                 assert done.status == S and done.result == {"ok": i + 1}
-        # No claim, no dispatch mark, no read of the row and no event read for any of them; the
-        # status events still went out (for SSE and callers on other replicas).
+            # The status events still go out, after the waiter has its answer (for SSE and callers on
+            # other replicas).
+            await until(lambda: len(rig.bus.inner.statuses(job.id)) == 3, what="the last job's status events")
+            assert rig.bus.inner.statuses(job.id) == ["queued", "running", "succeeded"]
+        # No claim, no dispatch mark, no read of the row and no event read for any of them.
         assert rig.store.calls == {"get": 0, "claim": 0, "mark_dispatched": 0}
         assert rig.bus.calls["tail"] == 0
-        assert rig.bus.inner.statuses(job.id) == ["queued", "running", "succeeded"]
 
     run(go())
 
@@ -110,5 +112,35 @@ def test_no_start_at_submit_while_the_arbiter_holds_the_model_back():
             rig.d.gate = lambda model: True
             rig.d.poke()
             assert (await svc.wait(job.id, 10)).status == S
+
+    run(go())
+
+
+def test_the_model_gets_a_started_job_while_its_start_is_announced_and_the_stream_keeps_its_order():
+    """The start's status events are published while the model runs the job, not before it gets it;
+    the waiter here hears the outcome at once, and the outcome's event still follows the start's."""
+    rig, svc = wired(FakeBackend(FakeBackend.HANG))
+    bus = rig.bus.inner
+    publish_many = bus.publish_many
+
+    async def go():
+        held = asyncio.Event()
+
+        async def slow_start(job_id, events, **kw):  # Redis slow to take the start's two events
+            if any(data.get("status") == "running" for _, data in events):
+                await held.wait()
+            return await publish_many(job_id, events, **kw)
+
+        bus.publish_many = slow_start
+        async with started(rig):
+            job, _ = await svc.submit("a", {})
+            await until(lambda: rig.backend.runs, what="the job on the model")
+            assert bus.statuses(job.id) == []  # the model has it; its start is still being published
+            rig.backend.runs[0].succeed({"ok": 1})
+            assert (await svc.wait(job.id, 10)).status == S  # in process: not held up by the events
+            assert bus.statuses(job.id) == []  # the outcome's event waits for the start's
+            held.set()
+            await until(lambda: len(bus.statuses(job.id)) == 3, what="the job's status events")
+            assert bus.statuses(job.id) == ["queued", "running", "succeeded"]
 
     run(go())
