@@ -22,8 +22,7 @@ import asyncpg
 from gpu_orchestrator.core.jobs import Job, QueueFull, TransitionError
 from gpu_orchestrator.store.base import Cost, ResultNotStorable, StartNow, StoreUnavailable
 from gpu_orchestrator.store.pg_sql import (COMPLETE_SET, GET, GRANT_RESULTS, INSERT_QUEUED, INSERT_STARTED, QUEUED_DEPTH,
-                                           STATUS, XACT_LOCK, claim_lock, cost_args, insert_args, leased_update,
-                                           numbered)
+                                           STATUS, cost_args, insert_args, leased_update, numbered)
 
 
 # Connection trouble (class 08), a server shutting down or a statement timeout (57), a server not
@@ -102,12 +101,8 @@ class AsyncJobPath:
                 depth = await _fetchval(conn, QUEUED_DEPTH, {"app_id": app_id})
                 if depth >= max_queued:
                     raise QueueFull.at(app_id, depth)
-            if start is None:
-                row = await _fetchrow(conn, INSERT_QUEUED, args)
-            else:
-                async with conn.transaction():
-                    await _fetchval(conn, XACT_LOCK, {"k": claim_lock(app_id, route)})
-                    row = await _fetchrow(conn, INSERT_STARTED, args)
+            # One statement in its own transaction either way (the start takes its lock inside it).
+            row = await _fetchrow(conn, INSERT_QUEUED if start is None else INSERT_STARTED, args)
         return Job.from_row(dict(row))
 
     async def get(self, job_id: uuid.UUID) -> dict[str, Any] | None:

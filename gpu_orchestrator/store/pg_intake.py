@@ -15,8 +15,8 @@ from gpu_orchestrator.core.keys import Quota, check_quota
 from gpu_orchestrator.core.webhooks import DEFAULT_EVENTS
 from gpu_orchestrator.store.base import StartNow, decode_cursor, encode_cursor
 from gpu_orchestrator.store.pg_engine import fresh_on_stale
-from gpu_orchestrator.store.pg_sql import (COLS, GET, INSERT_QUEUED, INSERT_STARTED, QUEUED_DEPTH, SET_WEBHOOK, claim_lock,
-                                           insert_args, lock_key)
+from gpu_orchestrator.store.pg_sql import (COLS, GET, INSERT_QUEUED, INSERT_STARTED, QUEUED_DEPTH, SET_WEBHOOK, insert_args,
+                                           lock_key)
 from gpu_orchestrator.store.pg_webhooks import CHANNEL as WEBHOOK_CHANNEL
 
 
@@ -77,12 +77,8 @@ class PgIntake:
             args = insert_args(job_id=job_id, app_id=app_id, params=params, priority=priority,
                                max_attempts=max_attempts, timeout_s=timeout_s, key=idempotency_key,
                                fingerprint=fingerprint, route=route, reason=route_reason, owner=owner, start=start)
-            if start is not None:
-                # The claim's own lock: the in-flight bound stays exact against claims and other starts.
-                conn.execute(lock_key(claim_lock(app_id, route)))
-                row = conn.execute(sa.text(INSERT_STARTED), args).first()
-            else:
-                row = conn.execute(sa.text(INSERT_QUEUED), args).first()
+            # A start takes the claim's own lock in its statement: the in-flight bound stays exact.
+            row = conn.execute(sa.text(INSERT_QUEUED if start is None else INSERT_STARTED), args).first()
             if row is None:  # lost a race with the same key
                 existing = self._by_key(conn, app_id, idempotency_key, fingerprint)  # type: ignore[arg-type]
                 assert existing is not None

@@ -38,13 +38,12 @@ INSERT_QUEUED = (f"INSERT INTO jobs ({INSERT_COLS}) VALUES ({INSERT_VALUES.forma
                   f"ON CONFLICT (app_id, idempotency_key) DO NOTHING RETURNING {COLS}")
 # Started at once when no claimable job of the app (on this route) waits and a slot is free: running,
 # attempt 1, leased and dispatched (the accepting router hands it to its model in the same breath).
-# Its own statement after the lock, so its snapshot sees every claim and start committed before.
-START_OK = ("NOT EXISTS (SELECT 1 FROM jobs WHERE app_id = :app_id AND status = 'queued' "
-             "AND route IS NOT DISTINCT FROM :route AND (run_after IS NULL OR run_after <= now())) "
-             "AND (SELECT count(*) FROM jobs WHERE app_id = :app_id AND status = 'running' "
-             "AND route IS NOT DISTINCT FROM :route) < :cap")
+# One statement, one round trip: it takes the claim's own lock first (`held`), then asks
+# jobs_start_ok() (migration 0007), whose queries take a fresh snapshot after the lock: it sees
+# every claim and start committed meanwhile, so the in-flight bound stays exact.
 INSERT_STARTED = (
-    f"WITH go AS (SELECT {START_OK} AS ok) "
+    "WITH held AS MATERIALIZED (SELECT pg_advisory_xact_lock(hashtext(:k))), "
+    "go AS MATERIALIZED (SELECT jobs_start_ok(:app_id, :route, :cap) AS ok FROM held) "
     f"INSERT INTO jobs ({INSERT_COLS}, attempts, claims, lease_owner, lease_expires_at, started_at, dispatched_at) "
     f"SELECT {INSERT_VALUES.format(status=RUNNING_IF_OK)}, "
     f"go.ok::int, go.ok::int, CASE WHEN go.ok THEN :lease_owner END, "
@@ -64,7 +63,8 @@ def insert_args(*, job_id: uuid.UUID | None, app_id: str, params: dict[str, Any]
         "reason": reason, "owner": owner,
     }
     if start is not None:
-        args.update(lease_owner=start.owner, lease=float(start.lease_s), cap=start.max_in_flight)
+        args.update(lease_owner=start.owner, lease=float(start.lease_s), cap=start.max_in_flight,
+                    k=claim_lock(app_id, route))
     return args
 
 

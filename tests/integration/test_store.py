@@ -228,6 +228,48 @@ def test_starts_at_submit_keep_the_in_flight_bound_under_concurrency(store):
     assert store.queue_stats()["a"].running == cap and store.queue_stats()["a"].queued == n - cap
 
 
+@pytest.mark.parametrize("path", ["sqlalchemy", "asyncpg"])
+def test_a_start_that_waited_for_the_claim_lock_counts_the_start_committed_meanwhile(pg_store, database_url, path):
+    """The insert-and-start is one statement: it takes the app's claim lock, then checks for a free
+    slot. The check must see what another router committed while this one waited for the lock (a
+    statement's own snapshot predates the wait): the app's one slot is taken, so this job queues."""
+    import asyncio
+
+    from gpu_orchestrator.store.pg_async import AsyncJobPath
+    from gpu_orchestrator.store.pg_sql import INSERT_STARTED, insert_args
+
+    def ours() -> JobStatus:
+        kw = dict(app_id="a", params={"x": 1}, priority=0, max_attempts=3, timeout_s=60, route=None,
+                  route_reason=None, owner=None, start=StartNow(owner="r2", lease_s=30, max_in_flight=1))
+        if path == "sqlalchemy":
+            return pg_store.submit(**kw)[0].status
+        fast = AsyncJobPath(database_url, pool_size=1)
+        try:
+            return asyncio.run(fast.submit(max_queued=None, **kw)).status
+        finally:
+            fast.close()
+
+    got: dict[str, JobStatus] = {}
+    with pg_store.engine.connect() as other:
+        tx = other.begin()  # another router's start: it holds the lock until its commit
+        theirs = other.execute(sa.text(INSERT_STARTED), insert_args(
+            job_id=None, app_id="a", params={}, priority=0, max_attempts=3, timeout_s=60, key=None, fingerprint=None,
+            route=None, reason=None, owner=None, start=StartNow(owner="r1", lease_s=30, max_in_flight=1))).first()
+        assert theirs.status == "running"
+        t = threading.Thread(target=lambda: got.update(status=ours()))
+        t.start()
+        waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        with pg_store.engine.connect() as look:
+            deadline = time.monotonic() + 10
+            while not look.execute(sa.text(waiting)).scalar() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert look.execute(sa.text(waiting)).scalar() == 1, "our start never waited for the claim lock"
+        tx.commit()
+        t.join(10)
+    assert got["status"] == JobStatus.queued
+    assert pg_store.queue_stats()["a"].running == 1
+
+
 def test_a_repeated_key_returns_the_first_job_whether_it_started_or_not(store):
     start = StartNow(owner="r1", lease_s=30, max_in_flight=1)
     first = submit(store, idempotency_key="k1", start=start)
@@ -523,7 +565,7 @@ def test_migrations_are_idempotent_and_concurrent_safe(database_url):
     [t.start() for t in ts]
     [t.join() for t in ts]
     with engines[0].connect() as c:
-        assert c.execute(sa.text("SELECT version_num FROM gpu_orch_alembic_version")).scalar() == "0006"
+        assert c.execute(sa.text("SELECT version_num FROM gpu_orch_alembic_version")).scalar() == "0007"
     [e.dispose() for e in engines]
 
 
@@ -872,7 +914,7 @@ def test_job_index_builds_do_not_block_intake(blank_database_url):
         writer.close()
         migrating.join(timeout=120)
     with engine.connect() as c:
-        assert c.execute(sa.text("SELECT version_num FROM gpu_orch_alembic_version")).scalar() == "0006"
+        assert c.execute(sa.text("SELECT version_num FROM gpu_orch_alembic_version")).scalar() == "0007"
         assert c.execute(sa.text("SELECT count(*) FROM jobs WHERE app_id = 'live'")).scalar() == 1
     assert index_validity(engine) == {name: True for name in JOB_INDEXES}
     engine.dispose()
@@ -905,6 +947,6 @@ def test_a_migration_stopped_during_its_index_build_runs_again(blank_database_ur
                           "ADD COLUMN usage jsonb"))
     run_migrations(engine)
     with engine.connect() as c:
-        assert c.execute(sa.text("SELECT version_num FROM gpu_orch_alembic_version")).scalar() == "0006"
+        assert c.execute(sa.text("SELECT version_num FROM gpu_orch_alembic_version")).scalar() == "0007"
     assert index_validity(engine) == {name: True for name in JOB_INDEXES}
     engine.dispose()
