@@ -65,6 +65,13 @@ class ModelSpec(BaseModel):
         return self
 
 
+# The most one gRPC message between Serve's replicas (and from its proxy) may carry: a job's params,
+# its result, a page of jobs. gRPC's own default, 4 MiB, would fail a long transcript or a big body.
+# The router and the models set it in their runtime_envs (serve/app.py), the Ray head `up` starts for
+# its proxy (ops/ingress.py).
+GRPC_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
+
+
 class RouterSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

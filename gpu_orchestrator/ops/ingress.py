@@ -31,6 +31,8 @@ from __future__ import annotations
 import os
 from typing import Callable
 
+from gpu_orchestrator.core.config import GRPC_MAX_MESSAGE_BYTES
+
 from .stack import free_port
 
 INGRESS_CHOICES = ("haproxy", "serve")
@@ -43,8 +45,10 @@ HAPROXY_ENV = {
 # Serve's proxy reaches the ingress replicas over Serve's gRPC between replicas instead of an
 # actor call per request (the transport of Ray's throughput-optimized mode): less CPU per request
 # on both sides. The replica still asks the proxy for the request's body and the client's close by
-# actor calls, so disconnects and large uploads behave as before.
-SERVE_PROXY_ENV = {"RAY_SERVE_PROXY_USE_GRPC": "1"}
+# actor calls, so disconnects and large uploads behave as before. The proxy's channel takes 4 MiB
+# a message by default, and an answer comes back in one: a larger one (a page of jobs with big
+# params or results) would be a 500. The proxy takes its cap from the head's environment.
+SERVE_PROXY_ENV = {"RAY_SERVE_PROXY_USE_GRPC": "1", "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(GRPC_MAX_MESSAGE_BYTES)}
 # Fixed ports of the HAProxy ingress, one free port each per head.
 HAPROXY_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT",
                  "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")

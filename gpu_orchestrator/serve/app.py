@@ -15,7 +15,7 @@ import yaml
 from ray import serve
 from ray.serve import Application
 
-from gpu_orchestrator.core.config import ConfigError, OrchestratorConfig, parse_config
+from gpu_orchestrator.core.config import GRPC_MAX_MESSAGE_BYTES, ConfigError, OrchestratorConfig, parse_config
 from gpu_orchestrator.core.keys import auth_required
 from gpu_orchestrator.settings import Settings
 
@@ -68,9 +68,8 @@ def arbiter_autoscaling(max_replicas: int) -> dict[str, Any]:
 # runs on the replica's own loop, and its Serve handles route there too: no hop between threads per
 # request and per model call.
 # Serve's gRPC between replicas (router.model_calls) caps a message at 4 MiB by default, on the
-# router's side for a result and on the model's for a job's params: a long transcript or a large
-# body would fail. Both sides raise it.
-MODEL_CALL_ENV = {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(512 * 1024 * 1024)}
+# router's side for a result and on the model's for a job's params: both sides raise it.
+MODEL_CALL_ENV = {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(GRPC_MAX_MESSAGE_BYTES)}
 ROUTER_SERVE_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
                     **MODEL_CALL_ENV}
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.test_uis import gallery_image_size, model_defaults_shown, rows, type_number
+from tests.browser.test_uis import admin_shows, gallery_image_size, model_defaults_shown, rows, type_number
 from tests.helpers import wait_for
 from tests.serve.test_whisper import tone_wav
 
@@ -95,5 +95,5 @@ def test_the_admin_page_lists_the_generated_models_and_apps(tab):
     page = tab.page
     tab.open("/ui/admin/")
     names = {"ui_pic", "ui_hear", "ui_talk"}
-    wait_for(lambda: names <= {r[0] for r in rows(page, "#models")}, "the generated models listed", 60)
+    admin_shows(page, lambda: names <= {r[0] for r in rows(page, "#models")}, "the generated models listed")
     wait_for(lambda: names <= {r[0] for r in rows(page, "#queues")}, "the generated apps' queues listed", 30)

@@ -91,6 +91,15 @@ def rows(page, elem: str) -> list[list[str]]:
     return page.evaluate(ROWS_JS, elem)
 
 
+def admin_shows(page, fn, what: str, timeout_s: float = 60):
+    """wait_for on the admin page; a timeout says what the page showed (its error line, its tables)."""
+    try:
+        return wait_for(fn, what, timeout_s)
+    except AssertionError as e:
+        seen = {t: rows(page, f"#{t}")[:8] for t in ("jobs", "models", "queues")}
+        raise AssertionError(f"{e}; the page's error line: {page.locator('#error').inner_text()!r}; it shows {seen}") from None
+
+
 def test_images_generates_an_image_of_the_requested_size(tab, http):
     page = tab.page
     tab.open("/ui/images/")
@@ -233,7 +242,8 @@ def test_admin_lists_the_job_just_run_charts_it_and_cancels_from_the_page(tab, h
     cloud = http.post("/v1/jobs", json={"app_id": "echo-cloud", "params": {"message": "to the cloud"}}).json()["job_id"]
     assert wait_status(http, cloud, {"succeeded", "failed"})["status"] == "succeeded"
     tab.open("/ui/admin/")
-    wait_for(lambda: any(r[1] == done and r[3] == "succeeded" for r in rows(page, "#jobs")), "the finished job listed", 60)
+    admin_shows(page, lambda: any(r[1] == done and r[3] == "succeeded" for r in rows(page, "#jobs")),
+                f"the finished job listed (the API says {http.get(f'/v1/jobs/{done}').json()['status']})")
     wait_for(lambda: any(r[0] == "echo" for r in rows(page, "#queues")), "echo's queue row")
     models = {r[0]: r for r in rows(page, "#models")}
     assert models["echo"][1] == "resident" and {"sdxl", "llm", "whisper", "zimage"} <= set(models)

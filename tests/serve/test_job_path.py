@@ -195,9 +195,11 @@ def test_retries_then_fails_with_the_models_error(http):
     assert job["result"] is None and job["finished_at"]
 
 
-def test_a_job_larger_than_grpcs_default_message_reaches_the_model_and_its_error_comes_back(orchestrator):
-    """The router calls models over Serve's gRPC (router.model_calls), whose default cap is 4 MiB a
-    message: params over it must reach the model, and what the model sends back must reach the router."""
+def test_a_job_larger_than_grpcs_default_message_reaches_the_model_and_its_error_comes_back(orchestrator, http):
+    """The router calls models over Serve's gRPC (router.model_calls), and Serve's proxy calls the
+    router over it (ops/ingress.py), each with a default cap of 4 MiB a message: params over it must
+    reach the model, what the model sends back must reach the router, and the job read over HTTP
+    must come back through the proxy (a 500 there once broke the admin page's list of jobs)."""
     from ray import serve
 
     h = serve.get_app_handle(APP_NAME)
@@ -206,6 +208,9 @@ def test_a_job_larger_than_grpcs_default_message_reaches_the_model_and_its_error
     done = h.wait.remote(job["job_id"], 60).result()
     assert done["status"] == "failed", done["status"]
     assert done["error"].startswith("RuntimeError: xxxx") and "RESOURCE_EXHAUSTED" not in done["error"], done["error"][:300]
+    r = http.get(f"/v1/jobs/{job['job_id']}")
+    assert r.status_code == 200, r.text[:300]
+    assert r.json()["params"]["fail_message"] == big
 
 
 def test_queue_limit_answers_429_with_retry_after(http):

@@ -24,7 +24,9 @@ def test_what_the_operator_set_is_kept():
 
 def test_serve_turns_haproxy_off_even_when_the_environment_had_it_on_and_its_proxy_calls_replicas_over_grpc():
     assert ingress_env("serve", environ={"RAY_SERVE_ENABLE_HA_PROXY": "1"}) == {
-        "RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_PROXY_USE_GRPC": "1"}
+        "RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_PROXY_USE_GRPC": "1",
+        # the proxy's channel takes an answer over gRPC's default 4 MiB (tests/serve/test_job_path.py sends one)
+        "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(512 * 1024 * 1024)}
     assert ingress_env("serve", environ={"RAY_SERVE_PROXY_USE_GRPC": "0"})["RAY_SERVE_PROXY_USE_GRPC"] == "0"
 
 
