@@ -153,6 +153,10 @@ def build(api: str | None = None) -> gr.Blocks:
         return f"<div>job {job['job_id']} is {job['status']}</div>"
 
     def pick(evt: gr.SelectData, table: pd.DataFrame) -> str:
+        # The clicked row as the page showed it: a refresh (every REFRESH_S) between the click and
+        # this call may have reordered the table, and the index would then name another job.
+        if evt.row_value:
+            return str(evt.row_value[JOB_COLS.index("job id")])
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
         return str(table.iloc[row]["job id"]) if 0 <= row < len(table) else ""
 

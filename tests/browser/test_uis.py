@@ -260,8 +260,14 @@ def test_admin_lists_the_job_just_run_charts_it_and_cancels_from_the_page(tab, h
     page.get_by_role("option", name="running").click()
     wait_for(lambda: rows(page, "#jobs") and all(r[3] == "running" for r in rows(page, "#jobs")), "only running jobs")
     # Cancel the slow job by picking its row.
-    page.locator("#jobs [role=gridcell]", has_text=slow).first.click()
-    wait_for(lambda: page.locator("#cancel-id textarea").input_value() == slow, "the picked job id")
+    cell = page.locator("#jobs [role=gridcell]", has_text=slow).first
+
+    def picked() -> bool:
+        if page.locator("#cancel-id textarea").input_value() == slow:
+            return True
+        cell.click()  # (again: a click that lands while the 2 s refresh redraws the table can be lost)
+        return False
+    wait_for(picked, "the picked job id", 60, every_s=2)
     page.locator("#cancel").click()
     wait_for(lambda: "cancelled" in page.locator("#cancel-result").inner_text(), "the cancel confirmed", 30)
     assert http.get(f"/v1/jobs/{slow}").json()["status"] == "cancelled"
