@@ -152,13 +152,10 @@ def build(api: str | None = None) -> gr.Blocks:
             return error_html(explain(e))
         return f"<div>job {job['job_id']} is {job['status']}</div>"
 
-    def pick(evt: gr.SelectData, table: pd.DataFrame) -> str:
-        # The clicked row as the page showed it: a refresh (every REFRESH_S) between the click and
-        # this call may have reordered the table, and the index would then name another job.
-        if evt.row_value:
-            return str(evt.row_value[JOB_COLS.index("job id")])
-        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-        return str(table.iloc[row]["job id"]) if 0 <= row < len(table) else ""
+    def pick(evt: gr.SelectData) -> str:
+        # The clicked row as the page showed it (Gradio 6 sends it with a Dataframe's select), not
+        # its index: a refresh (every REFRESH_S) may reorder the table before this runs.
+        return str(evt.row_value[JOB_COLS.index("job id")]) if evt.row_value else ""
 
     with gr.Blocks(delete_cache=DELETE_CACHE, title="GPU Orchestrator: admin") as demo:
         gr.Markdown("## GPU Orchestrator")
@@ -191,7 +188,7 @@ def build(api: str | None = None) -> gr.Blocks:
         demo.load(refresh, [app_filter, status_filter], outputs)
         for f in (app_filter, status_filter):
             f.change(refresh, [app_filter, status_filter], outputs)
-        jobs.select(pick, [jobs], job_id)
+        jobs.select(pick, None, job_id)
         cancel_btn.click(cancel, job_id, cancel_out)
     return demo.queue(default_concurrency_limit=CONCURRENCY)
 
